@@ -1,0 +1,92 @@
+"""``rafs inspect`` and ``rafs check`` (nydus-image inspect / check)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import rafs
+from rafs.inspect import blob_info, describe, stats
+
+
+def register(sub) -> None:
+    p = sub.add_parser("inspect", help="show superblock, flags, blobs and counts of a bootstrap")
+    p.add_argument("bootstrap", metavar="BOOTSTRAP", help="bootstrap path or URL (or a blob with inline meta)")
+    p.add_argument("-R", "--request", choices=["stats", "blobs", "prefetch", "all"], default="all",
+                   help="what to show, as nydus-image inspect -R (default all)")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.set_defaults(func=run_inspect)
+
+    c = sub.add_parser("check", help="validate every structure and digest of an image")
+    c.add_argument("bootstrap", metavar="BOOTSTRAP", help="bootstrap path or URL")
+    c.add_argument("-B", "--bootstrap", dest="bootstrap_opt", help="(deprecated) same as BOOTSTRAP")
+    c.add_argument("-D", "--blob-dir", help="directory of data blobs: also read and verify every chunk")
+    c.add_argument("-J", "--output-json", help="write the result as JSON to this file")
+    c.add_argument("-v", "--verbose", action="store_true", help="list every inode checked")
+    c.set_defaults(func=run_check)
+
+
+def run_inspect(args) -> int:
+    with rafs.open(args.bootstrap) as image:
+        if args.request == "stats":
+            info = stats(image)
+        elif args.request == "blobs":
+            info = [blob_info(b) for b in image.blobs]
+        elif args.request == "prefetch":
+            info = {"prefetch_table": image.reader.prefetch_inodes()}
+        else:
+            info = describe(image)
+    if args.json or args.request != "all":
+        json.dump(info, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_text(info)
+    return 0
+
+
+def print_text(info: dict) -> None:
+    print(f"RAFS v{info['version']}  bootstrap {info['bootstrap_size']} bytes")
+    print(f"  flags        {info['flags']:#x} ({' | '.join(info['flag_words'])})")
+    print(f"  compressor   {info['compressor']}    digester {info['digester']}    "
+          f"chunk size {info['chunk_size']:#x}")
+    for key in ("meta_blkaddr", "root_nid", "inos", "devices", "chunk_table_entries"):
+        if key in info:
+            print(f"  {key:<12} {info[key]}")
+    print(f"  blobs        {len(info['blobs'])}")
+    if info["blobs"]:
+        print(f"    {'#':>3}  {'blob id':<64}  {'chunks':>7}  {'compressed':>11}  {'uncompressed':>12}  features")
+        for b in info["blobs"]:
+            print(f"    {b['index']:>3}  {b['blob_id']:<64}  {b['chunk_count']:>7}  {b['compressed_size']:>11}  "
+                  f"{b['uncompressed_size']:>12}  {' | '.join(b['feature_words']) or '-'}")
+    if info.get("prefetch"):
+        print(f"  prefetch     {info['prefetch']}")
+    if "stats" in info:
+        s = info["stats"]
+        print("  tree         " + ", ".join(f"{k} {v}" for k, v in s.items()))
+
+
+def run_check(args) -> int:
+    bootstrap = args.bootstrap_opt or args.bootstrap
+    faults, checked = [], 0
+    with rafs.open(bootstrap, blob_dir=args.blob_dir, validate=bool(args.blob_dir)) as image:
+        for fault in image.check(verify_data=bool(args.blob_dir)):
+            faults.append(fault)
+            print(f"FAULT: {fault}", file=sys.stderr)
+        if args.verbose:
+            for path, inode in image.iter_entries("/"):
+                checked += 1
+                print(f"{inode.ino:>8} {inode.mode:07o} {inode.size:>12} {path.decode('utf-8', 'replace')}")
+        result = {"version": image.version, "compressor": image.compressor, "digester": image.digester,
+                  "blobs": [blob_info(b) for b in image.blobs], "data_verified": bool(args.blob_dir),
+                  "faults": faults}
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(result, f, separators=(",", ":"))
+    for b in result["blobs"]:
+        print(f"blob {b['index']}: {b['blob_id']} compressor {b['compressor']} chunks {b['chunk_count']} "
+              f"compressed {b['compressed_size']} uncompressed {b['uncompressed_size']}")
+    if faults:
+        print(f"check failed: {len(faults)} fault(s)", file=sys.stderr)
+        return 1
+    print("check passed" + (" (metadata and data)" if args.blob_dir else " (metadata)"))
+    return 0

@@ -1,0 +1,68 @@
+"""The ``rafs`` command: subcommands named and flagged like nydus-image, nydusd and nydusify.
+
+Each command group lives in its own module with ``register(subparsers)``; this module only wires them
+and turns rafs errors into one-line messages and exit codes (1 for a fault in the input, 2 for usage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from .. import __version__
+from ..errors import InvalidArgumentError, RafsError
+
+# Modules providing ``register(subparsers)``; a group whose module is missing is simply absent.
+COMMAND_MODULES = ("inspect", "unpack", "create", "merge", "build", "mount")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rafs", description="Build, inspect, check, unpack and mount "
+                                     "RAFS (Nydus) images.")
+    parser.add_argument("-V", "--version", action="version", version=f"rafs {__version__}")
+    parser.add_argument("-l", "--log-level", default="info",
+                        choices=["trace", "debug", "info", "warn", "error"], help="log level (default info)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__package__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name and exc.name.startswith(f"{__package__}.{name}"):
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def setup_logging(level: str) -> None:
+    mapping = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
+               "warn": logging.WARNING, "error": logging.ERROR}
+    logging.basicConfig(level=mapping.get(level, logging.INFO), format="[%(levelname)s] %(message)s",
+                        stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    setup_logging(getattr(args, "log_level", "info"))
+    try:
+        return int(args.func(args) or 0)
+    except InvalidArgumentError as exc:
+        print(f"rafs {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except RafsError as exc:
+        print(f"rafs {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,568 @@
+"""The public :class:`Image`: browse a RAFS (v5, v6) or EROFS image like a read-only filesystem.
+
+``rafs.open()`` finds the version from the bytes and wraps the matching reader. Paths are ``str`` as
+in :mod:`os` (names that are not UTF-8 come back as surrogate escapes, so none is lost) and ``bytes``
+paths are accepted too. File data is read chunk by chunk from the blobs, only where asked.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+import io
+import os
+import stat as _stat
+import threading
+from dataclasses import dataclass
+from typing import Iterator
+
+from . import errors
+from .blob.reader import ChunkReader
+from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
+from .io.blobs import BlobLocator
+from .io.source import load_bytes
+from .model import Chunk, ImageReader, Inode
+
+MAX_SYMLINK_FOLLOWS = 40      # like Linux's MAXSYMLINKS, then ELOOP
+
+
+def fsencode(path) -> bytes:
+    if isinstance(path, bytes):
+        return path
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+        if isinstance(path, bytes):
+            return path
+    if not isinstance(path, str):
+        raise InvalidArgumentError(f"path must be str or bytes, not {type(path).__name__}")
+    return path.encode("utf-8", "surrogateescape")
+
+
+def fsdecode(name: bytes) -> str:
+    return name.decode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True, slots=True)
+class Stat:
+    """What ``os.stat`` reports, for an inode of the image."""
+
+    st_mode: int
+    st_ino: int
+    st_nlink: int
+    st_uid: int
+    st_gid: int
+    st_size: int
+    st_mtime_ns: int
+    st_rdev: int
+    st_blocks: int
+    st_dev: int = 0
+
+    @property
+    def st_mtime(self) -> float:
+        return self.st_mtime_ns / 1e9
+
+    @property
+    def st_atime_ns(self) -> int:
+        return self.st_mtime_ns
+
+    @property
+    def st_ctime_ns(self) -> int:
+        return self.st_mtime_ns
+
+    @property
+    def st_blksize(self) -> int:
+        return 4096
+
+    @property
+    def filemode(self) -> str:
+        return _stat.filemode(self.st_mode)
+
+    @classmethod
+    def from_inode(cls, inode: Inode) -> "Stat":
+        return cls(st_mode=inode.mode, st_ino=inode.ino, st_nlink=inode.nlink, st_uid=inode.uid,
+                   st_gid=inode.gid, st_size=inode.size, st_mtime_ns=inode.mtime_ns, st_rdev=inode.rdev,
+                   st_blocks=inode.blocks)
+
+
+def detect_reader(data, *, blob_id_hint: str | None = None) -> ImageReader:
+    """The reader for a bootstrap's bytes: v5 by its magic at 0, v6/EROFS by the magic at 1024."""
+    from .v5.reader import V5Reader, is_v5
+    if is_v5(bytes(data[:8])):
+        return V5Reader(data)
+    try:
+        from .v6.reader import V6Reader, is_erofs
+    except ImportError:                           # pragma: no cover - v6 support not installed
+        V6Reader = is_erofs = None
+    if is_erofs is not None and is_erofs(data):
+        return V6Reader(data, blob_id_hint=blob_id_hint)
+    raise InvalidImageError("neither a RAFS v5 superblock (magic 0x52414653 at 0) nor an EROFS/RAFS v6 "
+                            "superblock (magic 0xe0f5e1e2 at 1024)", structure="superblock", offset=0)
+
+
+def open(source, *, blob_dir=None, blobs=None, storage_options: dict | None = None,  # noqa: A001
+         validate: bool = False, config=None) -> "Image":
+    """Open a bootstrap (v5, v6, plain EROFS) or a blob with an inline bootstrap.
+
+    ``source`` is a local path, an fsspec URL or an open binary file object. Blobs are found in
+    ``blob_dir`` by blob id, or through ``blobs`` (a mapping of blob id to path/URL/file object, or a
+    list in device order). ``config`` is a nydusd configuration (path, JSON text or dict) whose backend
+    and cache are used for the blobs. With ``validate=True`` every chunk read is checked against its
+    digest.
+    """
+    locator = None
+    if config is not None:
+        from .io.config import locator_from_config
+        locator = locator_from_config(config, storage_options=storage_options)
+        validate = validate or getattr(locator, "validate", False)
+    if locator is None:
+        locator = BlobLocator(blob_dir=blob_dir, blobs=blobs, storage_options=storage_options)
+    data = load_bytes(source, storage_options)
+    reader, inline_blob = _reader_for(data, source, storage_options)
+    if inline_blob is not None and not (blob_dir or blobs or config):
+        # the blob that carried the bootstrap also carries the data
+        locator = BlobLocator(blobs={inline_blob[0]: inline_blob[1]}, storage_options=storage_options)
+    return Image(reader, locator, validate=validate, name=_describe_source(source))
+
+
+def _reader_for(data, source, storage_options):
+    """(reader, (blob id, source) if the bootstrap came out of a data blob)."""
+    try:
+        return detect_reader(data), None
+    except InvalidImageError as first_error:
+        try:
+            from .blob.toc import extract_inline_bootstrap
+        except ImportError:                       # pragma: no cover
+            raise first_error from None
+        found = extract_inline_bootstrap(data, name=_describe_source(source))
+        if found is None:
+            raise first_error from None
+        bootstrap, blob_id = found
+        return detect_reader(bootstrap, blob_id_hint=blob_id), (blob_id, source)
+
+
+def _describe_source(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source) if not isinstance(os.fspath(source), bytes) else fsdecode(os.fspath(source))
+    return getattr(source, "name", None) or f"<{type(source).__name__}>"
+
+
+class Image:
+    """A read-only view of a RAFS or EROFS image; a context manager.
+
+    Use :func:`rafs.open` to make one. ``reader`` answers the format questions, ``locator`` finds the
+    blobs.
+    """
+
+    def __init__(self, reader: ImageReader, locator: BlobLocator | None = None, *, validate: bool = False,
+                 name: str = "<image>", chunk_cache_size: int = 64):
+        self.reader = reader
+        self.locator = locator or BlobLocator()
+        self.validate = validate
+        self.name = name
+        self._chunk_readers: dict[int, ChunkReader] = {}
+        self._lock = threading.Lock()
+        self._chunk_cache: collections.OrderedDict = collections.OrderedDict()
+        self._chunk_cache_size = chunk_cache_size
+
+    # -- the image as a whole --------------------------------------------------------------------
+
+    @property
+    def version(self) -> int:
+        return self.reader.version
+
+    @property
+    def superblock(self):
+        return self.reader.superblock
+
+    @property
+    def blobs(self):
+        return self.reader.blobs
+
+    @property
+    def chunk_size(self) -> int:
+        return self.reader.chunk_size
+
+    @property
+    def compressor(self) -> str:
+        return self.reader.compressor
+
+    @property
+    def digester(self) -> str:
+        return self.reader.digester
+
+    def __repr__(self) -> str:
+        return (f"<rafs.Image {self.name!r} v{self.version} {self.compressor}/{self.digester} "
+                f"chunk_size={self.chunk_size:#x} blobs={len(self.blobs)}>")
+
+    def close(self) -> None:
+        self.locator.close()
+        self.reader.close()
+
+    def __enter__(self) -> "Image":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- paths -----------------------------------------------------------------------------------
+
+    def _resolve(self, path, *, follow_symlinks: bool = True) -> tuple[int, bytes]:
+        """(ino, normalised absolute path) of ``path``, following symlinks like the kernel would."""
+        raw = fsencode(path)
+        parts = [p for p in raw.split(b"/") if p and p != b"."]
+        ino, stack, follows = self.reader.root_ino, [], 0
+        dirs = [self.reader.root_ino]
+        todo = list(reversed(parts))
+        while todo:
+            part = todo.pop()
+            if part == b"..":
+                if stack:
+                    stack.pop()
+                    dirs.pop()
+                ino = dirs[-1]
+                continue
+            inode = self.reader.inode(ino)
+            if not inode.is_dir:
+                raise errors.NotADirectoryError(fsdecode(b"/" + b"/".join(stack)))
+            child = self.reader.lookup(ino, part)
+            if child is None:
+                raise errors.FileNotFoundError(fsdecode(b"/" + b"/".join(stack + [part])))
+            child_inode = self.reader.inode(child)
+            if child_inode.is_symlink and (todo or follow_symlinks):
+                follows += 1
+                if follows > MAX_SYMLINK_FOLLOWS:
+                    raise errors.PathError(path, "Too many levels of symbolic links")
+                target = child_inode.symlink or b""
+                if target.startswith(b"/"):
+                    stack, dirs, ino = [], [self.reader.root_ino], self.reader.root_ino
+                todo.extend(reversed([p for p in target.split(b"/") if p and p != b"."]))
+                continue
+            stack.append(part)
+            dirs.append(child)
+            ino = child
+        return ino, b"/" + b"/".join(stack)
+
+    def _inode_at(self, path, follow_symlinks: bool = True) -> Inode:
+        return self.reader.inode(self._resolve(path, follow_symlinks=follow_symlinks)[0])
+
+    def exists(self, path) -> bool:
+        try:
+            self._resolve(path, follow_symlinks=False)
+            return True
+        except (errors.FileNotFoundError, errors.NotADirectoryError):
+            return False
+
+    def stat(self, path, *, follow_symlinks: bool = True) -> Stat:
+        return Stat.from_inode(self._inode_at(path, follow_symlinks))
+
+    def lstat(self, path) -> Stat:
+        return self.stat(path, follow_symlinks=False)
+
+    def inode(self, path, *, follow_symlinks: bool = False) -> Inode:
+        """The model inode at ``path`` (not following a final symlink by default)."""
+        return self._inode_at(path, follow_symlinks)
+
+    def readlink(self, path) -> str | bytes:
+        inode = self._inode_at(path, follow_symlinks=False)
+        if not inode.is_symlink:
+            raise errors.NotASymlinkError(path)
+        return inode.symlink if isinstance(path, bytes) else fsdecode(inode.symlink)
+
+    def listxattr(self, path, *, follow_symlinks: bool = True) -> list:
+        names = list(self._inode_at(path, follow_symlinks).xattrs)
+        return names if isinstance(path, bytes) else [fsdecode(n) for n in names]
+
+    def getxattr(self, path, attribute, *, follow_symlinks: bool = True) -> bytes:
+        xattrs = self._inode_at(path, follow_symlinks).xattrs
+        key = fsencode(attribute)
+        if key not in xattrs:
+            raise errors.NoSuchXattrError(path)
+        return xattrs[key]
+
+    # -- directories -----------------------------------------------------------------------------
+
+    def _dir_ino(self, path) -> int:
+        ino, _ = self._resolve(path)
+        if not self.reader.inode(ino).is_dir:
+            raise errors.NotADirectoryError(path)
+        return ino
+
+    def scandir(self, path="/") -> Iterator[tuple[bytes, int]]:
+        """(name bytes, ino) of each entry of a directory, in name order."""
+        return self.reader.entries(self._dir_ino(path))
+
+    def iterdir(self, path="/") -> Iterator:
+        as_bytes = isinstance(path, bytes)
+        for name, _ in self.scandir(path):
+            yield name if as_bytes else fsdecode(name)
+
+    def listdir(self, path="/") -> list:
+        return list(self.iterdir(path))
+
+    def iter_entries(self, top="/") -> Iterator[tuple[bytes, Inode]]:
+        """Every (absolute path bytes, inode) under ``top`` in pre-order, children by name.
+
+        A directory reached twice (a loop in a corrupt image) raises InvalidImageError.
+        """
+        ino, top_path = self._resolve(top, follow_symlinks=False)
+        seen_dirs = set()
+        stack = [(top_path, ino)]
+        while stack:
+            path, ino = stack.pop()
+            inode = self.reader.inode(ino)
+            yield path, inode
+            if inode.is_dir:
+                if ino in seen_dirs:
+                    raise InvalidImageError(f"directory inode {ino} is reachable twice ({fsdecode(path)})",
+                                            structure="directory tree")
+                seen_dirs.add(ino)
+                children = list(self.reader.entries(ino))
+                prefix = path.rstrip(b"/") + b"/"
+                for name, child in reversed(children):
+                    _check_name(name, path)
+                    stack.append((prefix + name, child))
+
+    def walk(self, top="/", topdown: bool = True) -> Iterator[tuple]:
+        """Like :func:`os.walk`: (dirpath, dirnames, filenames) for every directory under ``top``."""
+        as_bytes = isinstance(top, bytes)
+        conv = (lambda b: b) if as_bytes else fsdecode
+        ino, top_path = self._resolve(top)
+        seen = set()
+
+        def visit(path: bytes, ino: int):
+            if ino in seen:
+                raise InvalidImageError(f"directory inode {ino} is reachable twice ({fsdecode(path)})",
+                                        structure="directory tree")
+            seen.add(ino)
+            dirs, files = [], []
+            for name, child in self.reader.entries(ino):
+                _check_name(name, path)
+                (dirs if self.reader.inode(child).is_dir else files).append((name, child))
+            entry = (conv(path), [conv(n) for n, _ in dirs], [conv(n) for n, _ in files])
+            if topdown:
+                yield entry
+            prefix = path.rstrip(b"/") + b"/"
+            for name, child in dirs:
+                if topdown and conv(name) not in entry[1]:
+                    continue               # pruned by the caller, as os.walk allows
+                yield from visit(prefix + name, child)
+            if not topdown:
+                yield entry
+
+        if not self.reader.inode(ino).is_dir:
+            return
+        yield from visit(top_path, ino)
+
+    def tree(self, top="/"):
+        """The subtree under ``top`` as a :class:`rafs.model.Node` tree (chunks included)."""
+        from .model import Node
+        ino, _ = self._resolve(top, follow_symlinks=False)
+
+        def build(name: bytes, ino: int, depth: int) -> Node:
+            inode = self.reader.inode(ino)
+            node = Node(name=name, inode=inode)
+            if inode.is_reg:
+                node.chunks = self.reader.chunks(ino)
+                node.hardlink_key = ino if inode.nlink > 1 else None
+            elif inode.is_dir:
+                if depth > 4096:
+                    raise InvalidImageError("directory tree deeper than 4096 levels", structure="directory tree")
+                node.children = [build(n, c, depth + 1) for n, c in self.reader.entries(ino)]
+            return node
+
+        return build(b"/", ino, 0)
+
+    # -- file data -------------------------------------------------------------------------------
+
+    def chunks(self, path) -> list[Chunk]:
+        ino, _ = self._resolve(path)
+        return self.reader.chunks(ino)
+
+    def chunk_reader(self, blob_index: int) -> ChunkReader:
+        reader = self._chunk_readers.get(blob_index)
+        if reader is None:
+            with self._lock:
+                reader = self._chunk_readers.get(blob_index)
+                if reader is None:
+                    if not 0 <= blob_index < len(self.blobs):
+                        raise InvalidImageError(f"chunk refers to blob {blob_index} of {len(self.blobs)}",
+                                                structure="chunk info")
+                    blob = self.blobs[blob_index]
+                    source = self.locator.open(blob.blob_id, blob_index)
+                    reader = ChunkReader(blob, source, validate=self.validate)
+                    self._chunk_readers[blob_index] = reader
+        return reader
+
+    def read_chunk(self, chunk: Chunk, *, path: str | None = None) -> bytes:
+        """The uncompressed bytes of one chunk (verified when the image was opened with validate)."""
+        key = (chunk.blob_index, chunk.uncompressed_offset, chunk.compressed_offset)
+        with self._lock:
+            data = self._chunk_cache.get(key)
+            if data is not None:
+                self._chunk_cache.move_to_end(key)
+                return data
+        data = self.chunk_reader(chunk.blob_index).read(chunk, path=path)
+        with self._lock:
+            self._chunk_cache[key] = data
+            while len(self._chunk_cache) > self._chunk_cache_size:
+                self._chunk_cache.popitem(last=False)
+        return data
+
+    def open(self, path, mode: str = "rb") -> "ImageFile":  # noqa: A003
+        if mode not in ("r", "rb"):
+            raise InvalidArgumentError(f"images are read-only: mode {mode!r} is not supported")
+        ino, resolved = self._resolve(path)
+        inode = self.reader.inode(ino)
+        if inode.is_dir:
+            raise errors.IsADirectoryError(path)
+        if not inode.is_reg:
+            raise errors.PathError(path, "Not a regular file")
+        return ImageFile(self, inode, self.reader.chunks(ino), fsdecode(resolved))
+
+    def read(self, path) -> bytes:
+        with self.open(path) as f:
+            return f.read()
+
+    def open_inode(self, ino: int) -> "ImageFile":
+        inode = self.reader.inode(ino)
+        return ImageFile(self, inode, self.reader.chunks(ino), f"<inode {ino}>")
+
+    # -- checks and extraction -------------------------------------------------------------------
+
+    def check(self, *, verify_data: bool = False) -> Iterator[str]:
+        """Every fault found in the image: structure, digests, and with ``verify_data`` every chunk.
+
+        Yields one message per fault; an image is sound when nothing is yielded.
+        """
+        yield from self.reader.verify_structure()
+        seen_chunks = set()
+        try:
+            entries = list(self.iter_entries())
+        except errors.RafsError as exc:
+            yield f"tree walk: {exc}"
+            return
+        for path, inode in entries:
+            if not inode.is_reg:
+                continue
+            try:
+                chunks = self.reader.chunks(inode.ino)
+            except errors.RafsError as exc:
+                yield f"{fsdecode(path)}: {exc}"
+                continue
+            problem = _chunk_layout_problem(inode, chunks)
+            if problem:
+                yield f"{fsdecode(path)}: {problem}"
+            if not verify_data:
+                continue
+            for chunk in chunks:
+                key = (chunk.blob_index, chunk.compressed_offset, chunk.uncompressed_offset, chunk.digest)
+                if key in seen_chunks:
+                    continue
+                seen_chunks.add(key)
+                try:
+                    reader = self.chunk_reader(chunk.blob_index)
+                    data = reader.decode(chunk, reader.fetch_raw(chunk), path=fsdecode(path))
+                    reader.verify(chunk, data, path=fsdecode(path))
+                except errors.RafsError as exc:
+                    yield f"{fsdecode(path)}: {exc}"
+
+    def extractall(self, dest, *, filter="data", members=None) -> None:  # noqa: A002
+        """Write the tree under ``dest`` with :mod:`tarfile`'s extraction-filter semantics."""
+        from .extract import extract_all
+        extract_all(self, dest, filter=filter, members=members)
+
+
+def _check_name(name: bytes, parent: bytes) -> None:
+    if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+        raise InvalidImageError(f"entry name {name!r} in {fsdecode(parent)} is not a valid file name",
+                                structure="directory entry")
+
+
+def _chunk_layout_problem(inode: Inode, chunks: list[Chunk]) -> str | None:
+    end = 0
+    for chunk in chunks:
+        if chunk.file_offset < end:
+            return f"chunk {chunk.index} at file offset {chunk.file_offset} overlaps the previous chunk"
+        end = chunk.file_offset + chunk.uncompressed_size
+    if end > inode.size:
+        return f"chunks cover {end} bytes but the file has {inode.size}"
+    return None
+
+
+class ImageFile(io.RawIOBase):
+    """A seekable, read-only binary file over a regular file's chunks; holes read as zeros."""
+
+    def __init__(self, image: Image, inode: Inode, chunks: list[Chunk], name: str):
+        super().__init__()
+        self.image = image
+        self.inode = inode
+        self.name = name
+        self.size = inode.size
+        problem = _chunk_layout_problem(inode, chunks)
+        if problem:
+            raise InvalidImageError(f"{name}: {problem}", structure="chunk info")
+        self._chunks = chunks
+        self._starts = [c.file_offset for c in chunks]
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            pos = offset
+        elif whence == io.SEEK_CUR:
+            pos = self._pos + offset
+        elif whence == io.SEEK_END:
+            pos = self.size + offset
+        else:
+            raise InvalidArgumentError(f"invalid whence {whence}")
+        if pos < 0:
+            raise InvalidArgumentError("negative seek position")
+        self._pos = pos
+        return pos
+
+    def pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` without moving the file position."""
+        if offset >= self.size or size <= 0:
+            return b""
+        end = min(self.size, offset + size)
+        out = bytearray(end - offset)
+        i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        while i < len(self._chunks):
+            chunk = self._chunks[i]
+            c_start = chunk.file_offset
+            if c_start >= end:
+                break
+            c_end = c_start + chunk.uncompressed_size
+            if c_end > offset:
+                data = self.image.read_chunk(chunk, path=self.name)
+                lo, hi = max(offset, c_start), min(end, c_end)
+                out[lo - offset:hi - offset] = data[lo - c_start:hi - c_start]
+            i += 1
+        return bytes(out)
+
+    def readinto(self, buffer) -> int:
+        data = self.pread(len(buffer), self._pos)
+        buffer[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = max(0, self.size - self._pos)
+        data = self.pread(size, self._pos)
+        self._pos += len(data)
+        return data
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def __repr__(self) -> str:
+        return f"<rafs.ImageFile {self.name!r} size={self.size}>"

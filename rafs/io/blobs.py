@@ -1,0 +1,67 @@
+"""Finding the data blobs an image refers to: a directory searched by blob id, an explicit mapping of
+id to path/URL/file object, or a list in device order (for EROFS extra devices without ids).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+from ..errors import BlobNotFoundError, InvalidArgumentError
+from .source import RangeReader, is_url, open_range_reader
+
+
+class BlobLocator:
+    """Resolves a blob (by id and table position) to a RangeReader, opening each one once."""
+
+    def __init__(self, *, blob_dir=None, blobs: Mapping | Sequence | None = None,
+                 storage_options: dict | None = None):
+        if blobs is not None and not isinstance(blobs, (Mapping, Sequence)) or isinstance(blobs, (str, bytes)):
+            raise InvalidArgumentError("blobs must be a mapping of blob id to source, or a list in "
+                                       "device order")
+        self.blob_dir = os.fspath(blob_dir) if blob_dir is not None else None
+        self.blobs = blobs
+        self.storage_options = storage_options or {}
+        self._open: dict[int, RangeReader] = {}
+
+    def describe(self) -> str:
+        places = []
+        if isinstance(self.blobs, Mapping):
+            places.append(f"the blobs mapping ({len(self.blobs)} entries)")
+        elif self.blobs is not None:
+            places.append(f"the blobs list ({len(self.blobs)} entries)")
+        if self.blob_dir is not None:
+            places.append(f"blob_dir {self.blob_dir}")
+        return ", ".join(places) or "nowhere: pass blob_dir= or blobs="
+
+    def source_for(self, blob_id: str, index: int):
+        if isinstance(self.blobs, Mapping) and blob_id in self.blobs:
+            return self.blobs[blob_id]
+        if self.blobs is not None and not isinstance(self.blobs, Mapping):
+            if index < len(self.blobs):
+                return self.blobs[index]
+        if self.blob_dir is not None:
+            if is_url(self.blob_dir):
+                return self.blob_dir.rstrip("/") + "/" + blob_id
+            path = os.path.join(self.blob_dir, blob_id)
+            if os.path.exists(path):
+                return path
+        return None
+
+    def open(self, blob_id: str, index: int) -> RangeReader:
+        reader = self._open.get(index)
+        if reader is None:
+            source = self.source_for(blob_id, index)
+            if source is None:
+                raise BlobNotFoundError(blob_id, self.describe())
+            try:
+                reader = open_range_reader(source, self.storage_options)
+            except FileNotFoundError:
+                raise BlobNotFoundError(blob_id, str(source)) from None
+            self._open[index] = reader
+        return reader
+
+    def close(self) -> None:
+        for reader in self._open.values():
+            reader.close()
+        self._open.clear()

@@ -1,0 +1,335 @@
+"""The version-neutral model of a RAFS filesystem: inodes, chunks, blobs and build-tree nodes.
+
+Readers of every version (``rafs.v5.reader``, ``rafs.v6.reader``) answer the :class:`ImageReader`
+questions with these objects, and writers consume :class:`Node` trees made of them, so layering,
+merging, comparison and conversion are written once rather than per version.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import stat as _stat
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, BinaryIO
+
+# Compressor ids as stored in blob tables and CI headers (utils/src/compress/mod.rs `Algorithm`).
+COMPRESSOR_IDS = {"none": 0, "lz4_block": 1, "gzip": 2, "zstd": 3}
+COMPRESSOR_NAMES = {v: k for k, v in COMPRESSOR_IDS.items()}
+# Digester ids (utils/src/digest.rs `Algorithm`); every digest is 32 bytes.
+DIGESTER_IDS = {"blake3": 0, "sha256": 1}
+DIGESTER_NAMES = {v: k for k, v in DIGESTER_IDS.items()}
+DIGEST_SIZE = 32
+# Cipher ids (utils/src/crypt.rs `Algorithm`).
+CIPHER_IDS = {"none": 0, "aes128xts": 1, "aes256xts": 2, "aes256gcm": 3}
+CIPHER_NAMES = {v: k for k, v in CIPHER_IDS.items()}
+
+DEFAULT_CHUNK_SIZE = 0x100000       # RAFS_DEFAULT_CHUNK_SIZE, storage/src/lib.rs
+MIN_CHUNK_SIZE = 0x1000
+MAX_CHUNK_SIZE = 0x1000000          # RAFS_MAX_CHUNK_SIZE
+MAX_CHUNKS_PER_BLOB = 1 << 24       # RAFS_MAX_CHUNKS_PER_BLOB
+MAX_BLOBS = 255                     # blob index is a u8 (v6 stores index + 1)
+MAX_NAME_SIZE = 255
+MAX_XATTR_VALUE_SIZE = 0x10000
+# Xattr name prefixes RAFS stores (rafs/src/metadata/layout/mod.rs `RAFS_XATTR_PREFIXES`).
+XATTR_PREFIXES = (b"user.", b"security.", b"trusted.", b"system.posix_acl_access",
+                  b"system.posix_acl_default")
+
+
+class SuperFlags(enum.IntFlag):
+    """``RafsSuperFlags`` (rafs/src/metadata/mod.rs): the superblock-wide feature bits."""
+
+    COMPRESSION_NONE = 0x1
+    COMPRESSION_LZ4 = 0x2
+    HASH_BLAKE3 = 0x4
+    HASH_SHA256 = 0x8
+    EXPLICIT_UID_GID = 0x10
+    HAS_XATTR = 0x20
+    COMPRESSION_GZIP = 0x40
+    COMPRESSION_ZSTD = 0x80
+    INLINED_CHUNK_DIGEST = 0x100
+    TARTFS_MODE = 0x200
+    ENCRYPTION_NONE = 0x0100_0000
+    ENCRYPTION_ASE_128_XTS = 0x0200_0000
+    PRESERVED_COMPAT_5 = 0x0400_0000
+    PRESERVED_COMPAT_4 = 0x0800_0000
+    PRESERVED_COMPAT_3 = 0x1000_0000
+    PRESERVED_COMPAT_2 = 0x2000_0000
+    PRESERVED_COMPAT_1 = 0x4000_0000
+    PRESERVED_COMPAT_0 = 0x8000_0000
+
+    @classmethod
+    def known_mask(cls) -> int:
+        mask = 0
+        for member in cls:
+            mask |= member.value
+        return mask
+
+    @property
+    def compressor(self) -> str:
+        """First compression bit present wins; none present means lz4_block (the v5 default)."""
+        for bit, name in ((self.COMPRESSION_NONE, "none"), (self.COMPRESSION_LZ4, "lz4_block"),
+                          (self.COMPRESSION_GZIP, "gzip"), (self.COMPRESSION_ZSTD, "zstd")):
+            if self & bit:
+                return name
+        return "lz4_block"
+
+    @property
+    def digester(self) -> str:
+        if self & self.HASH_BLAKE3:
+            return "blake3"
+        if self & self.HASH_SHA256:
+            return "sha256"
+        return "blake3"
+
+    @classmethod
+    def for_compressor(cls, name: str) -> "SuperFlags":
+        return {"none": cls.COMPRESSION_NONE, "lz4_block": cls.COMPRESSION_LZ4,
+                "gzip": cls.COMPRESSION_GZIP, "zstd": cls.COMPRESSION_ZSTD}[name]
+
+    @classmethod
+    def for_digester(cls, name: str) -> "SuperFlags":
+        return {"blake3": cls.HASH_BLAKE3, "sha256": cls.HASH_SHA256}[name]
+
+
+class BlobFeatures(enum.IntFlag):
+    """``BlobFeatures`` (storage/src/device.rs): per-blob feature bits in blob tables and CI headers."""
+
+    ALIGNED = 0x1
+    INLINED_FS_META = 0x2
+    CHUNK_INFO_V2 = 0x4
+    ZRAN = 0x8
+    SEPARATE = 0x10
+    INLINED_CHUNK_DIGEST = 0x20
+    TARFS = 0x40
+    BATCH = 0x80
+    ENCRYPTED = 0x100
+    IS_CHUNKDICT_GENERATED = 0x200
+    IS_SEPARATED_WITH_PREFETCH_FILES = 0x400
+    EXTERNAL = 0x800
+    HAS_TAR_HEADER = 0x1000_0000
+    HAS_TOC = 0x2000_0000
+    CAP_TAR_TOC = 0x4000_0000
+    _V5_NO_EXT_BLOB_TABLE = 0x8000_0000
+
+
+# Bits the reference rejects on disk (`BlobFeatures::try_from`): 0xf000 and the internal bit 31.
+BLOB_FEATURES_INVALID_MASK = 0x0000_F000 | 0x8000_0000
+
+
+class ChunkFlags(enum.IntFlag):
+    """``BlobChunkFlags`` (storage/src/device.rs) as stored in v5/v6 chunk records."""
+
+    COMPRESSED = 0x1
+    HOLECHUNK = 0x2
+    ENCRYPTED = 0x4
+    BATCH = 0x8
+    HAS_CRC32 = 0x10
+
+
+class InodeFlags(enum.IntFlag):
+    """``RafsInodeFlags`` (rafs/src/metadata/inode.rs), stored in v5 inodes."""
+
+    SYMLINK = 0x1
+    HARDLINK = 0x2
+    XATTR = 0x4
+    HAS_HOLE = 0x8
+
+
+def flag_words(flags: type[enum.IntFlag], value: int) -> list[str]:
+    """Names of the bits set in ``value``, plus a hex remainder for bits the enum does not know."""
+    words, rest = [], value
+    for member in flags:
+        if member.value and value & member.value == member.value:
+            words.append(member.name)
+            rest &= ~member.value
+    if rest:
+        words.append(f"{rest:#x}")
+    return words
+
+
+@dataclass(slots=True)
+class Chunk:
+    """One chunk of a regular file: where its bytes live in a blob and what they hash to.
+
+    Offsets are those of the reference's ``BlobChunkInfo``: ``compressed_*`` address the blob file,
+    ``uncompressed_*`` the blob's decompressed address space (the nydusd cache file), ``file_offset`` the
+    position inside the file, ``index`` the chunk's number within its blob.
+    """
+
+    digest: bytes
+    blob_index: int
+    compressed_offset: int
+    compressed_size: int
+    uncompressed_offset: int
+    uncompressed_size: int
+    file_offset: int
+    index: int
+    flags: int = 0
+    crc32: int = 0
+
+    @property
+    def is_compressed(self) -> bool:
+        return bool(self.flags & ChunkFlags.COMPRESSED)
+
+    @property
+    def has_crc32(self) -> bool:
+        return bool(self.flags & ChunkFlags.HAS_CRC32)
+
+
+@dataclass(slots=True)
+class Blob:
+    """A data blob as the bootstrap describes it (v5 blob + extended table, v6 blob table + device)."""
+
+    index: int
+    blob_id: str
+    compressor: str = "none"
+    digester: str = "blake3"
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    chunk_count: int = 0
+    compressed_size: int = 0
+    uncompressed_size: int = 0
+    features: int = 0
+    readahead_offset: int = 0
+    readahead_size: int = 0
+    # v6 blob meta (CI array) location and properties
+    ci_compressor: str = "none"
+    ci_offset: int = 0
+    ci_compressed_size: int = 0
+    ci_uncompressed_size: int = 0
+    toc_digest: bytes = b""
+    toc_size: int = 0
+    meta_digest: bytes = b""
+    meta_size: int = 0
+    cipher: str = "none"
+    cipher_key: bytes = b""
+    cipher_iv: bytes = b""
+    # v6 device slot
+    mapped_blkaddr: int = 0
+
+    @property
+    def feature_words(self) -> list[str]:
+        return flag_words(BlobFeatures, self.features)
+
+    def has(self, feature: BlobFeatures) -> bool:
+        return bool(self.features & feature)
+
+
+@dataclass(slots=True)
+class Inode:
+    """Attributes of one inode, as ``stat`` reports them, plus what RAFS stores beside them."""
+
+    ino: int
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    size: int = 0
+    mtime: int = 0
+    mtime_nsec: int = 0
+    nlink: int = 1
+    rdev: int = 0
+    blocks: int = 0
+    flags: int = 0
+    symlink: bytes | None = None
+    xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    digest: bytes | None = None          # v5 i_digest
+    chunk_count: int = 0                 # number of chunk records of a regular file
+
+    @property
+    def is_dir(self) -> bool:
+        return _stat.S_ISDIR(self.mode)
+
+    @property
+    def is_reg(self) -> bool:
+        return _stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return _stat.S_ISLNK(self.mode)
+
+    @property
+    def mtime_ns(self) -> int:
+        return self.mtime * 1_000_000_000 + self.mtime_nsec
+
+
+@dataclass(eq=False)
+class Node:
+    """A node of a build or merge tree: a name, its inode, children (directories) and file data.
+
+    ``data`` opens the file's bytes for a build (a path on disk or a callable returning a binary
+    stream); ``chunks`` holds the chunk records once the blob writer has placed them, or those read
+    from an existing image. ``hardlink_key`` groups the paths that share one regular-file inode.
+    """
+
+    name: bytes
+    inode: Inode
+    children: list["Node"] = field(default_factory=list)
+    data: str | Callable[[], BinaryIO] | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    hardlink_key: object = None
+    layer: int = 0
+
+    def walk(self, path: bytes = b"/") -> Iterator[tuple[bytes, "Node"]]:
+        """Pre-order (path, node) pairs; children in their stored (name) order."""
+        yield path, self
+        for child in self.children:
+            yield from child.walk(path.rstrip(b"/") + b"/" + child.name)
+
+    def child(self, name: bytes) -> "Node | None":
+        for candidate in self.children:
+            if candidate.name == name:
+                return candidate
+        return None
+
+
+class ImageReader(abc.ABC):
+    """What every version's bootstrap reader answers; :class:`rafs.image.Image` asks only this.
+
+    Inode numbers are whatever the format uses at run time (v5 ``i_ino``, v6 nid). Readers decode
+    lazily: nothing beyond the superblock and blob table is parsed before it is asked for.
+    """
+
+    version: int
+    superblock: object
+    blobs: list[Blob]
+    root_ino: int
+    chunk_size: int
+    flags: SuperFlags
+    size: int
+
+    @property
+    def compressor(self) -> str:
+        return self.flags.compressor
+
+    @property
+    def digester(self) -> str:
+        return self.flags.digester
+
+    @abc.abstractmethod
+    def inode(self, ino: int) -> Inode:
+        """The inode ``ino``; InvalidImageError if it does not exist or is malformed."""
+
+    @abc.abstractmethod
+    def entries(self, ino: int) -> Iterator[tuple[bytes, int]]:
+        """(name, ino) of the directory's children in name order, without ``.`` and ``..``."""
+
+    def lookup(self, ino: int, name: bytes) -> int | None:
+        for child_name, child_ino in self.entries(ino):
+            if child_name == name:
+                return child_ino
+        return None
+
+    @abc.abstractmethod
+    def chunks(self, ino: int) -> list[Chunk]:
+        """The chunk records of a regular file, in file order (holes leave gaps in file_offset)."""
+
+    def prefetch_inodes(self) -> list[int]:
+        """Inodes named by the bootstrap's prefetch table, in table order."""
+        return []
+
+    def verify_structure(self) -> Iterator[str]:
+        """Problems in the metadata beyond what reading the tree finds (empty when sound)."""
+        return iter(())
+
+    def close(self) -> None:
+        pass
