@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what rafs needs on a Debian machine (as root): Debian packages when missing, then rafs
+# itself with its test and FUSE extras. Sourced by scripts/demo.sh and scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+DEBIAN_PACKAGES=(
+  python3-pip python3-venv python3-dev gcc pkg-config   # building pyfuse3
+  fuse3 libfuse3-dev                                    # FUSE mounts (rafs mount)
+  erofs-utils                                           # mkfs.erofs / fsck.erofs: independent EROFS writer
+  squashfs-tools squashfuse zstd tar util-linux attr    # benchmark anchors, losetup, xattr tools
+)
+
+missing=()
+if command -v dpkg-query >/dev/null 2>&1; then
+  for pkg in "${DEBIAN_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing Debian packages: ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PYTHON=${PYTHON:-python3}
+pip_flags=(-q --disable-pip-version-check)
+# Debian's own python3 is "externally managed" (PEP 668): rafs goes into a venv there.
+if "$PYTHON" -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
+  if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+  fi
+  PYTHON=$PWD/.venv/bin/python
+fi
+export PYTHON
+"$PYTHON" -m pip install "${pip_flags[@]}" -e ".[test,fuse]"
