@@ -116,7 +116,8 @@ def open(source, *, blob_dir=None, blobs=None, storage_options: dict | None = No
         validate = validate or getattr(locator, "validate", False)
     if locator is None:
         locator = BlobLocator(blob_dir=blob_dir, blobs=blobs, storage_options=storage_options)
-    data = load_bytes(source, storage_options)
+    load_bootstrap = getattr(locator, "load_bootstrap", None)
+    data = load_bootstrap(source) if load_bootstrap else load_bytes(source, storage_options)
     reader, inline_blob = _reader_for(data, source, storage_options)
     if inline_blob is not None and not (blob_dir or blobs or config):
         # the blob that carried the bootstrap also carries the data
@@ -388,8 +389,12 @@ class Image:
                         raise InvalidImageError(f"chunk refers to blob {blob_index} of {len(self.blobs)}",
                                                 structure="chunk info")
                     blob = self.blobs[blob_index]
-                    source = self.locator.open(blob.blob_id, blob_index)
-                    reader = ChunkReader(blob, source, validate=self.validate)
+                    make = getattr(self.locator, "chunk_reader", None)
+                    if make is not None:
+                        reader = make(blob, validate=self.validate)
+                    else:
+                        reader = ChunkReader(blob, self.locator.open(blob.blob_id, blob_index),
+                                             validate=self.validate)
                     self._chunk_readers[blob_index] = reader
         return reader
 
@@ -407,6 +412,79 @@ class Image:
             while len(self._chunk_cache) > self._chunk_cache_size:
                 self._chunk_cache.popitem(last=False)
         return data
+
+    def read_chunks(self, chunks: list[Chunk], *, path: str | None = None) -> list[bytes]:
+        """The uncompressed bytes of each chunk; the chunks of a blob that are not in memory are read in
+        one batch, so adjacent ones are fetched with one ranged request.
+        """
+        out: list = [None] * len(chunks)
+        by_blob: dict[int, list[int]] = {}
+        with self._lock:
+            for i, chunk in enumerate(chunks):
+                key = (chunk.blob_index, chunk.uncompressed_offset, chunk.compressed_offset)
+                data = self._chunk_cache.get(key)
+                if data is not None:
+                    self._chunk_cache.move_to_end(key)
+                    out[i] = data
+                else:
+                    by_blob.setdefault(chunk.blob_index, []).append(i)
+        for blob_index, positions in by_blob.items():
+            reader = self.chunk_reader(blob_index)
+            wanted = [chunks[i] for i in positions]
+            if hasattr(reader, "read_many"):
+                datas = reader.read_many(wanted, path=path)
+            else:
+                datas = [reader.read(c, path=path) for c in wanted]
+            with self._lock:
+                for i, data in zip(positions, datas):
+                    out[i] = data
+                    chunk = chunks[i]
+                    self._chunk_cache[(chunk.blob_index, chunk.uncompressed_offset, chunk.compressed_offset)] = data
+                while len(self._chunk_cache) > self._chunk_cache_size:
+                    self._chunk_cache.popitem(last=False)
+        return out
+
+    def prefetch(self, paths=None, *, all: bool = False, threads: int | None = None,  # noqa: A002
+                 batch_size: int | None = None, wait: bool = True):
+        """Fetch file data into the blob cache ahead of reads, as nydusd's ``fs_prefetch`` does.
+
+        What: ``paths`` (files or directories) if given, else the bootstrap's prefetch table (a table
+        holding only the root, or ``all=True``, means everything). ``threads`` workers (default from the
+        configuration's prefetch settings, else 8) fetch merged ranges of at most ``batch_size`` bytes.
+        With ``wait=False`` it runs in the background and returns a :class:`rafs.io.prefetch.Prefetch`
+        handle (``wait()``, ``cancel()``, ``fetched``); with a locator that has no cache it does nothing.
+        """
+        from .io.prefetch import Prefetch
+        settings = getattr(getattr(self.locator, "config", None), "prefetch", None)
+        threads = threads or (settings.threads if settings else 8)
+        batch_size = batch_size or (settings.batch_size if settings else 0x100000)
+        if paths is not None:
+            roots = [self._resolve(p)[0] for p in ([paths] if isinstance(paths, (str, bytes)) else paths)]
+        else:
+            roots = list(self.reader.prefetch_inodes())
+            if all or roots == [self.reader.root_ino]:
+                roots = [self.reader.root_ino]
+        jobs: dict[int, dict] = {}
+        seen: set[int] = set()
+        stack = list(reversed(roots))
+        while stack:
+            ino = stack.pop()
+            if ino in seen:
+                continue
+            seen.add(ino)
+            inode = self.reader.inode(ino)
+            if inode.is_dir:
+                stack.extend(child for _, child in self.reader.entries(ino))
+            elif inode.is_reg:
+                for chunk in self.reader.chunks(ino):
+                    key = (chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_offset)
+                    jobs.setdefault(chunk.blob_index, {}).setdefault(key, chunk)
+        work = [(self.chunk_reader(b), list(chunks.values())) for b, chunks in sorted(jobs.items())]
+        handle = Prefetch(work, threads=threads, batch_size=batch_size)
+        handle.start()
+        if wait:
+            handle.wait()
+        return handle
 
     def open(self, path, mode: str = "rb") -> "ImageFile":  # noqa: A003
         if mode not in ("r", "rb"):
@@ -535,17 +613,18 @@ class ImageFile(io.RawIOBase):
         end = min(self.size, offset + size)
         out = bytearray(end - offset)
         i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        wanted = []
         while i < len(self._chunks):
             chunk = self._chunks[i]
-            c_start = chunk.file_offset
-            if c_start >= end:
+            if chunk.file_offset >= end:
                 break
-            c_end = c_start + chunk.uncompressed_size
-            if c_end > offset:
-                data = self.image.read_chunk(chunk, path=self.name)
-                lo, hi = max(offset, c_start), min(end, c_end)
-                out[lo - offset:hi - offset] = data[lo - c_start:hi - c_start]
+            if chunk.file_offset + chunk.uncompressed_size > offset:
+                wanted.append(chunk)
             i += 1
+        for chunk, data in zip(wanted, self.image.read_chunks(wanted, path=self.name)):
+            c_start, c_end = chunk.file_offset, chunk.file_offset + chunk.uncompressed_size
+            lo, hi = max(offset, c_start), min(end, c_end)
+            out[lo - offset:hi - offset] = data[lo - c_start:hi - c_start]
         return bytes(out)
 
     def readinto(self, buffer) -> int:

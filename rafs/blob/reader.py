@@ -21,6 +21,11 @@ class ChunkReader:
 
     def fetch_raw(self, chunk: Chunk) -> bytes:
         """The stored (possibly compressed) bytes of ``chunk``."""
+        self.check_address(chunk)
+        return self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
+
+    def check_address(self, chunk: Chunk) -> None:
+        """Refuse a chunk whose sizes break the limits or whose range runs past the blob's end."""
         size = chunk.compressed_size
         if size > 2 * MAX_CHUNK_SIZE or chunk.uncompressed_size > MAX_CHUNK_SIZE:
             raise InvalidImageError(f"chunk {chunk.index} of blob {self.blob.blob_id} declares "
@@ -31,7 +36,6 @@ class ChunkReader:
             raise InvalidImageError(f"chunk {chunk.index} [{chunk.compressed_offset:#x}, +{size:#x}) runs "
                                     f"past the end of blob {self.blob.blob_id} ({known} bytes)",
                                     structure="chunk info")
-        return self.source.read_range(chunk.compressed_offset, size)
 
     def decode(self, chunk: Chunk, raw: bytes, *, path: str | None = None) -> bytes:
         """Decompress and (when validating) verify the stored bytes of ``chunk``."""

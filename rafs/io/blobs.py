@@ -1,21 +1,31 @@
 """Finding the data blobs an image refers to: a directory searched by blob id, an explicit mapping of
 id to path/URL/file object, or a list in device order (for EROFS extra devices without ids).
+
+``chunk_reader(blob)`` hands out the :class:`~rafs.io.fetch.ChunkFetcher` that reads a blob's chunks
+(lazily, merging adjacent ranges), through the nydusd-compatible blob cache when ``cache_dir`` is set.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Mapping, Sequence
 
 from ..errors import BlobNotFoundError, InvalidArgumentError
+from .retry import RetryPolicy
 from .source import RangeReader, is_url, open_range_reader
 
 
 class BlobLocator:
     """Resolves a blob (by id and table position) to a RangeReader, opening each one once."""
 
+    validate = False
+    cache_dir = None
+    disable_indexed_map = False
+    merge_size = 0x100000
+
     def __init__(self, *, blob_dir=None, blobs: Mapping | Sequence | None = None,
-                 storage_options: dict | None = None):
+                 storage_options: dict | None = None, cache_dir=None, retry: RetryPolicy | None = None):
         if blobs is not None and not isinstance(blobs, (Mapping, Sequence)) or isinstance(blobs, (str, bytes)):
             raise InvalidArgumentError("blobs must be a mapping of blob id to source, or a list in "
                                        "device order")
@@ -23,6 +33,12 @@ class BlobLocator:
         self.blobs = blobs
         self.storage_options = storage_options or {}
         self._open: dict[int, RangeReader] = {}
+        self._fetchers: dict[int, object] = {}
+        self._lock = threading.Lock()
+        if cache_dir is not None:
+            self.cache_dir = os.fspath(cache_dir)
+        if retry is not None:
+            self.retry = retry
 
     def describe(self) -> str:
         places = []
@@ -48,20 +64,44 @@ class BlobLocator:
                 return path
         return None
 
+    retry: RetryPolicy | None = None
+
+    def _open_source(self, blob_id: str, index: int) -> RangeReader:
+        source = self.source_for(blob_id, index)
+        if source is None:
+            raise BlobNotFoundError(blob_id, self.describe())
+        try:
+            return open_range_reader(source, self.storage_options, retry=self.retry)
+        except FileNotFoundError:
+            raise BlobNotFoundError(blob_id, str(source)) from None
+
     def open(self, blob_id: str, index: int) -> RangeReader:
         reader = self._open.get(index)
         if reader is None:
-            source = self.source_for(blob_id, index)
-            if source is None:
-                raise BlobNotFoundError(blob_id, self.describe())
-            try:
-                reader = open_range_reader(source, self.storage_options)
-            except FileNotFoundError:
-                raise BlobNotFoundError(blob_id, str(source)) from None
+            reader = self._open_source(blob_id, index)
             self._open[index] = reader
         return reader
 
+    def chunk_reader(self, blob, *, validate: bool = False):
+        """The ChunkFetcher of ``blob`` (a :class:`rafs.model.Blob`), made once per blob."""
+        from .cache import BlobCache
+        from .fetch import ChunkFetcher
+        with self._lock:
+            fetcher = self._fetchers.get(blob.index)
+            if fetcher is None:
+                source = self.open(blob.blob_id, blob.index)
+                cache = None
+                if self.cache_dir is not None:
+                    cache = BlobCache(self.cache_dir, blob, disable_indexed_map=self.disable_indexed_map)
+                fetcher = ChunkFetcher(blob, source, validate=validate or self.validate, cache=cache,
+                                       merge_size=self.merge_size)
+                self._fetchers[blob.index] = fetcher
+        return fetcher
+
     def close(self) -> None:
+        for fetcher in self._fetchers.values():
+            fetcher.close()
+        self._fetchers.clear()
         for reader in self._open.values():
             reader.close()
         self._open.clear()

@@ -13,6 +13,7 @@ from typing import Protocol
 import fsspec
 
 from ..errors import BackendError, InvalidArgumentError, RafsError
+from .retry import RetryPolicy, ShortReadError
 
 # Bootstraps are bounded by RAFS_MAX_METADATA_SIZE (2 GiB); reading one whole into memory is what
 # nydusd does too (it mmaps it).
@@ -84,22 +85,70 @@ class FileObjectRangeReader:
         return f"FileObjectRangeReader({self.name!r}, size={self.size})"
 
 
-def open_range_reader(source, storage_options: dict | None = None) -> RangeReader:
+class FsspecRangeReader:
+    """Ranged reads through an fsspec filesystem's ``cat_file(path, start, end)``: one ranged request
+    per call, no read-ahead buffer (an fsspec file object would fetch whole blocks), transient faults
+    retried by ``retry``. Thread safe: fsspec filesystems serve concurrent calls.
+    """
+
+    def __init__(self, fs, path: str, *, name: str | None = None, size: int | None = None,
+                 retry: RetryPolicy | None = None):
+        self.fs = fs
+        self.path = path
+        self.name = name or path
+        self.size = size
+        self.retry = retry or RetryPolicy()
+
+    def read_range(self, offset: int, size: int) -> bytes:
+        if size <= 0:
+            return b""
+
+        def fetch() -> bytes:
+            data = self.fs.cat_file(self.path, start=offset, end=offset + size)
+            if len(data) != size:
+                raise ShortReadError(f"{self.name}: short read of {size} bytes at {offset} (got {len(data)})")
+            return data
+
+        return self.retry.call(fetch, f"{self.name} [{offset:#x}, +{size:#x})")
+
+    def read_all(self, limit: int = MAX_BOOTSTRAP_SIZE) -> bytes:
+        """The whole object in one request (for bootstraps), refusing more than ``limit`` bytes."""
+        data = self.retry.call(lambda: self.fs.cat_file(self.path), f"{self.name} (whole object)")
+        if len(data) > limit:
+            raise InvalidArgumentError(f"{self.name}: larger than the 2 GiB RAFS metadata limit")
+        return data
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"FsspecRangeReader({self.name!r})"
+
+
+def url_to_fs(url: str, storage_options: dict | None = None):
+    """(filesystem, path) for an fsspec URL, chained URLs (``a::b://...``) included."""
+    try:
+        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    except (ImportError, ValueError) as exc:
+        raise InvalidArgumentError(f"cannot open {url}: {exc}") from None
+
+
+def open_range_reader(source, storage_options: dict | None = None, *,
+                      retry: RetryPolicy | None = None) -> RangeReader:
     """A RangeReader over a local path, an fsspec URL, or an open binary file object."""
     if hasattr(source, "read_range"):
         return source
     if hasattr(source, "read") and hasattr(source, "seek"):
         return FileObjectRangeReader(source, getattr(source, "name", "<file object>"))
     if isinstance(source, (str, os.PathLike)):
-        if is_url(os.fspath(source)) and not os.fspath(source).startswith("file://"):
-            try:
-                f = fsspec.open(os.fspath(source), "rb", **(storage_options or {})).open()
-            except FileNotFoundError:
-                raise
-            except Exception as exc:  # fsspec backends raise many types; say which URL failed
-                raise BackendError(f"cannot open {source}: {exc}") from exc
-            return FileObjectRangeReader(f, os.fspath(source))
         path = os.fspath(source)
+        if is_url(path) and not path.startswith("file://"):
+            fs, fs_path = url_to_fs(path, storage_options)
+            if getattr(fs, "protocol", None) in ("file", ("file", "local")) or type(fs).__name__ == "LocalFileSystem":
+                return LocalRangeReader(fs_path)
+            if not fs.exists(fs_path):
+                raise FileNotFoundError(path)
+            return FsspecRangeReader(fs, fs_path, name=path, retry=retry)
         if path.startswith("file://"):
             path = path[len("file://"):]
         return LocalRangeReader(path)
@@ -122,18 +171,13 @@ def load_bytes(source, storage_options: dict | None = None):
     if path.startswith("file://"):
         path = path[len("file://"):]
     if is_url(path):
+        fs, fs_path = url_to_fs(path, storage_options)
         try:
-            with fsspec.open(path, "rb", **(storage_options or {})) as f:
-                data = f.read(MAX_BOOTSTRAP_SIZE + 1)
-        except FileNotFoundError:
+            return FsspecRangeReader(fs, fs_path, name=path).read_all()
+        except (FileNotFoundError, RafsError):
             raise
-        except RafsError:
-            raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - fsspec backends raise many types
             raise BackendError(f"cannot read {path}: {exc}") from exc
-        if len(data) > MAX_BOOTSTRAP_SIZE:
-            raise InvalidArgumentError(f"{path}: larger than the 2 GiB RAFS metadata limit")
-        return data
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size > MAX_BOOTSTRAP_SIZE:

@@ -1,0 +1,240 @@
+"""Storage backends of a nydusd configuration, mapped onto fsspec filesystems.
+
+Each backend finds a blob by id and hands out RangeReaders over it. The keys are nydusd's
+(api/src/config.rs ``LocalFsConfig``, ``S3Config``, ``HttpProxyConfig``), and the object key of a blob
+is built as the reference builds it (storage/src/backend/{localfs,s3,http_proxy}.rs). Credentials stay
+inside the fsspec filesystem: ``describe()``, ``repr()`` and every error name the bucket, endpoint and
+key, never a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from ..errors import BlobNotFoundError, InvalidArgumentError, UnsupportedError
+from .retry import RetryPolicy
+from .source import FsspecRangeReader, LocalRangeReader
+
+# Keys that hold secrets in any backend section; redacted wherever a configuration is shown.
+SECRET_KEYS = frozenset({"access_key_id", "access_key_secret", "auth", "registry_token", "encryption_key",
+                         "key", "secret", "token", "password", "session_token"})
+S3_DEFAULT_ENDPOINT = "s3.amazonaws.com"       # S3_DEFAULT_ENDPOINT, storage/src/backend/s3.rs
+DEFAULT_TIMEOUT = 5                            # nydusd's default_http_timeout, seconds
+
+
+def _refuse_unsupported_connection_keys(section: str, config: dict) -> None:
+    """Connection options rafs cannot honour yet: refused by name rather than silently ignored."""
+    proxy = config.get("proxy") or {}
+    if isinstance(proxy, dict) and proxy.get("url"):
+        raise UnsupportedError(f"{section}.proxy.url is not supported yet (rafs talks to the backend directly)")
+    if config.get("mirrors"):
+        raise UnsupportedError(f"{section}.mirrors is not supported yet")
+
+
+class LocalFsBackend:
+    """``localfs``: one ``blob_file`` for every blob, or ``dir/<blob id>`` (then each of ``alt_dirs``)."""
+
+    type = "localfs"
+
+    def __init__(self, config: dict, *, section: str = "backend.localfs", retry: RetryPolicy | None = None):
+        self.blob_file = config.get("blob_file") or ""
+        self.dir = config.get("dir") or ""
+        self.alt_dirs = list(config.get("alt_dirs") or [])
+        if not self.blob_file and not self.dir:
+            raise InvalidArgumentError(f"{section}: needs 'dir' or 'blob_file'")
+        self.retry = retry
+
+    def path_for(self, blob_id: str) -> str | None:
+        if self.blob_file:
+            return self.blob_file
+        for directory in [self.dir, *self.alt_dirs]:
+            if directory:
+                path = os.path.join(directory, blob_id)
+                if os.path.isfile(path):
+                    return path
+        return None
+
+    def open(self, blob_id: str) -> LocalRangeReader:
+        path = self.path_for(blob_id)
+        if path is None or not os.path.isfile(path):
+            raise BlobNotFoundError(blob_id, self.describe())
+        return LocalRangeReader(path)
+
+    def describe(self) -> str:
+        if self.blob_file:
+            return f"localfs blob_file {self.blob_file}"
+        return "localfs dir " + ", ".join(d for d in [self.dir, *self.alt_dirs] if d)
+
+    storage_options: dict = {}
+
+    def bootstrap_fs(self, url: str):
+        return None
+
+
+class _RemoteBackend:
+    """A backend reached through an fsspec filesystem, made on first use."""
+
+    storage_options: dict
+    _fs = None
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            self._fs = self._make_fs()
+        return self._fs
+
+    def _make_fs(self):
+        raise NotImplementedError
+
+
+class S3Backend(_RemoteBackend):
+    """``s3``: ``{scheme}://{endpoint}/{bucket_name}/{object_prefix}{blob id}`` (path-style, as nydusd).
+
+    nydusify's backend configuration names the blob prefix ``blob_prefix`` and the guide copies it into
+    the nydusd configuration: without ``object_prefix``, ``blob_prefix`` is where blobs are looked up.
+    """
+
+    type = "s3"
+
+    def __init__(self, config: dict, *, section: str = "backend.s3", retry: RetryPolicy | None = None,
+                 storage_options: dict | None = None):
+        _refuse_unsupported_connection_keys(section, config)
+        self.bucket = config.get("bucket_name") or ""
+        if not self.bucket:
+            raise InvalidArgumentError(f"{section}.bucket_name is required")
+        self.scheme = config.get("scheme") or "https"
+        if self.scheme not in ("http", "https"):
+            raise InvalidArgumentError(f"{section}.scheme must be 'http' or 'https', not {self.scheme!r}")
+        self.endpoint = config.get("endpoint") or S3_DEFAULT_ENDPOINT
+        if "://" in self.endpoint:                   # tolerate a full URL in 'endpoint'
+            self.scheme, self.endpoint = self.endpoint.split("://", 1)
+        self.region = config.get("region") or ""
+        if "object_prefix" in config:
+            self.object_prefix = config.get("object_prefix") or ""
+        else:
+            self.object_prefix = config.get("blob_prefix") or ""
+        self.meta_prefix = config.get("meta_prefix") or ""
+        self.retry = retry or RetryPolicy()
+        key = config.get("access_key_id") or ""
+        secret = config.get("access_key_secret") or ""
+        self.retry.secrets = tuple(s for s in (key, secret) if s)
+        timeout = config.get("timeout") or DEFAULT_TIMEOUT
+        connect_timeout = config.get("connect_timeout") or DEFAULT_TIMEOUT
+        options = {
+            "endpoint_url": f"{self.scheme}://{self.endpoint}",
+            "skip_instance_cache": True,
+            "config_kwargs": {"s3": {"addressing_style": "path"}, "retries": {"total_max_attempts": 1},
+                              "connect_timeout": connect_timeout, "read_timeout": timeout},
+            "client_kwargs": {},
+        }
+        if self.region:
+            options["client_kwargs"]["region_name"] = self.region
+        if config.get("skip_verify"):
+            options["client_kwargs"]["verify"] = False
+        if key or secret:
+            options.update(key=key, secret=secret)
+        else:
+            options["anon"] = True
+        options.update(storage_options or {})
+        self.storage_options = options
+
+    def _make_fs(self):
+        import s3fs
+        fs = s3fs.S3FileSystem(**self.storage_options)
+        fs.retries = 1                            # one attempt per call: retries are ours (retry_limit)
+        return fs
+
+    def key_for(self, blob_id: str) -> str:
+        return f"{self.object_prefix}{blob_id}"
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def open(self, blob_id: str) -> FsspecRangeReader:
+        key = self.key_for(blob_id)
+        return FsspecRangeReader(self.fs, f"{self.bucket}/{key}", name=f"blob {blob_id} ({self.url(key)})",
+                                 retry=self.retry)
+
+    def bootstrap_fs(self, url: str):
+        """The filesystem (with this backend's endpoint and credentials) for an ``s3://`` bootstrap."""
+        if url.startswith(("s3://", "s3a://")):
+            return self.fs
+        return None
+
+    def describe(self) -> str:
+        return f"s3 {self.scheme}://{self.endpoint}/{self.bucket}/{self.object_prefix}"
+
+    def __repr__(self) -> str:
+        return f"<S3Backend {self.describe()}>"
+
+
+class HttpProxyBackend(_RemoteBackend):
+    """``http-proxy``: ``GET {addr}{path}/{blob id}`` with ``Range`` (storage/src/backend/http_proxy.rs)."""
+
+    type = "http-proxy"
+
+    def __init__(self, config: dict, *, section: str = "backend.http-proxy", retry: RetryPolicy | None = None,
+                 storage_options: dict | None = None):
+        _refuse_unsupported_connection_keys(section, config)
+        self.addr = config.get("addr") or ""
+        if not self.addr.startswith(("http://", "https://")):
+            if self.addr:
+                raise UnsupportedError(f"{section}.addr {self.addr!r}: only http(s) URLs are supported, not unix "
+                                       "sockets")
+            raise InvalidArgumentError(f"{section}.addr is required")
+        self.path = config.get("path") or ""
+        self.retry = retry or RetryPolicy()
+        timeout = config.get("timeout") or DEFAULT_TIMEOUT
+        options = {"client_kwargs": {}, "skip_instance_cache": True}
+        try:
+            import aiohttp
+            options["client_kwargs"]["timeout"] = aiohttp.ClientTimeout(
+                total=None, sock_connect=config.get("connect_timeout") or DEFAULT_TIMEOUT, sock_read=timeout)
+        except ImportError:                              # pragma: no cover - fsspec[http] pulls it in
+            pass
+        if config.get("skip_verify"):
+            options["client_kwargs"]["connector_kwargs"] = {"ssl": False}
+        options.update(storage_options or {})
+        self.storage_options = options
+
+    def _make_fs(self):
+        from fsspec.implementations.http import HTTPFileSystem
+        return HTTPFileSystem(**self.storage_options)
+
+    def url_for(self, blob_id: str) -> str:
+        return self.addr.rstrip("/") + "/" + posixpath.join(self.path.strip("/"), blob_id).lstrip("/")
+
+    def open(self, blob_id: str) -> FsspecRangeReader:
+        url = self.url_for(blob_id)
+        return FsspecRangeReader(self.fs, url, name=f"blob {blob_id} ({url})", retry=self.retry)
+
+    def bootstrap_fs(self, url: str):
+        return self.fs if url.startswith(self.addr) else None
+
+    def describe(self) -> str:
+        return f"http-proxy {self.url_for('')}"
+
+
+BACKENDS = {"localfs": LocalFsBackend, "s3": S3Backend, "http-proxy": HttpProxyBackend}
+# Backend types nydusd knows that rafs does not implement yet.
+UNSUPPORTED_BACKENDS = ("oss", "registry", "localdisk")
+
+
+def make_backend(backend_type: str, config: dict, *, section: str, retry: RetryPolicy,
+                 storage_options: dict | None = None):
+    """The backend object for ``backend_type`` with its ``config`` section."""
+    if backend_type == "http_proxy":
+        backend_type = "http-proxy"
+    cls = BACKENDS.get(backend_type)
+    if cls is None:
+        if backend_type in UNSUPPORTED_BACKENDS:
+            raise UnsupportedError(f"{section.rsplit('.', 1)[0]}.type {backend_type!r} is not supported yet "
+                                   f"(supported: {', '.join(BACKENDS)})")
+        raise InvalidArgumentError(f"{section.rsplit('.', 1)[0]}.type {backend_type!r} is not a nydusd backend "
+                                   f"type (supported: {', '.join(BACKENDS)})")
+    if not isinstance(config, dict):
+        raise InvalidArgumentError(f"{section} must be an object")
+    if cls is LocalFsBackend:
+        return cls(config, section=section, retry=retry)
+    return cls(config, section=section, retry=retry, storage_options=storage_options)

@@ -1,0 +1,79 @@
+"""Background prefetch into the blob cache, the way nydusd's ``fs_prefetch`` does it.
+
+The caller (``Image.prefetch``) turns files into chunk lists per blob; this module fetches them with a
+bounded pool of workers, each request merging adjacent chunks up to ``batch_size`` bytes, and lets the
+caller wait for it, cancel it, or ignore it. Chunks already cached are not fetched again, and chunks
+that a reader is fetching at the same time are not fetched twice (:class:`~rafs.io.fetch.ChunkFetcher`).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from .fetch import merge_ranges
+
+log = logging.getLogger(__name__)
+
+
+class Prefetch:
+    """A prefetch of ``work`` = [(ChunkFetcher, chunks)] with ``threads`` workers."""
+
+    def __init__(self, work, *, threads: int = 8, batch_size: int = 0x100000):
+        self.work = [(fetcher, chunks) for fetcher, chunks in work if getattr(fetcher, "cache", None) is not None]
+        self.threads = max(1, threads)
+        self.batch_size = max(1, batch_size)
+        self.fetched = 0                 # chunks fetched from the backend by this prefetch
+        self.errors: list[BaseException] = []
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "Prefetch":
+        if not self.work:
+            self._done.set()
+            return self
+        self._thread = threading.Thread(target=self._run, name="rafs-prefetch", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            tasks = []
+            for fetcher, chunks in self.work:
+                todo = [c for c in chunks if not fetcher.cache.is_ready(c)]
+                tasks.extend((fetcher, group) for group in merge_ranges(todo, self.batch_size))
+            with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="rafs-prefetch") as pool:
+                for future in [pool.submit(self._fetch, fetcher, group) for fetcher, group in tasks]:
+                    future.result()
+        except BaseException as exc:  # noqa: BLE001 - reported through wait()
+            self.errors.append(exc)
+        finally:
+            self._done.set()
+
+    def _fetch(self, fetcher, group) -> None:
+        if self._stop.is_set():
+            return
+        try:
+            fetcher.read_many(group, keep=False, merge_size=self.batch_size)
+        except Exception as exc:  # noqa: BLE001 - one failed range must not stop the others
+            log.warning("prefetch of blob %s failed: %s", fetcher.blob.blob_id, exc)
+            with self._lock:
+                self.errors.append(exc)
+            return
+        with self._lock:
+            self.fetched += len(group)
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the prefetch ends (or ``timeout``); True when it has ended."""
+        return self._done.wait(timeout)
+
+    def cancel(self) -> None:
+        """Stop issuing new requests; those under way finish."""
+        self._stop.set()
