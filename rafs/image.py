@@ -21,7 +21,7 @@ from .blob.reader import ChunkReader
 from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .io.blobs import BlobLocator
 from .io.source import load_bytes
-from .model import Chunk, ImageReader, Inode
+from .model import META_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
 
 MAX_SYMLINK_FOLLOWS = 40      # like Linux's MAXSYMLINKS, then ELOOP
 
@@ -164,6 +164,13 @@ class Image:
         self._lock = threading.Lock()
         self._chunk_cache: collections.OrderedDict = collections.OrderedDict()
         self._chunk_cache_size = chunk_cache_size
+        if getattr(reader, "ci_provider", False) is None:
+            try:
+                from .blob.meta import load_chunk_infos  # noqa: F401 - only if blob meta support exists
+            except ImportError:                          # pragma: no cover
+                pass
+            else:
+                reader.ci_provider = self._chunk_infos
 
     # -- the image as a whole --------------------------------------------------------------------
 
@@ -379,11 +386,26 @@ class Image:
         ino, _ = self._resolve(path)
         return self.reader.chunks(ino)
 
+    def _chunk_infos(self, blob_index: int) -> list:
+        """The CI array (blob meta) of one blob, for readers that resolve chunks through it (v6)."""
+        from .blob.meta import load_chunk_infos
+        blob = self.blobs[blob_index]
+        return load_chunk_infos(blob, self.locator.open(blob.blob_id, blob_index))
+
+    def _meta_chunk_reader(self) -> ChunkReader:
+        """Reads chunks stored in the image itself (META_BLOB_INDEX: plain EROFS data), which are never
+        compressed and carry no digest."""
+        from .blob._source import BytesRangeReader
+        blob = Blob(index=META_BLOB_INDEX, blob_id="<image>", compressor="none")
+        return ChunkReader(blob, BytesRangeReader(self.reader.data, "image"), validate=False)
+
     def chunk_reader(self, blob_index: int) -> ChunkReader:
         reader = self._chunk_readers.get(blob_index)
         if reader is None:
             with self._lock:
                 reader = self._chunk_readers.get(blob_index)
+                if reader is None and blob_index == META_BLOB_INDEX:
+                    reader = self._chunk_readers[blob_index] = self._meta_chunk_reader()
                 if reader is None:
                     if not 0 <= blob_index < len(self.blobs):
                         raise InvalidImageError(f"chunk refers to blob {blob_index} of {len(self.blobs)}",

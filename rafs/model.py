@@ -29,6 +29,9 @@ MIN_CHUNK_SIZE = 0x1000
 MAX_CHUNK_SIZE = 0x1000000          # RAFS_MAX_CHUNK_SIZE
 MAX_CHUNKS_PER_BLOB = 1 << 24       # RAFS_MAX_CHUNKS_PER_BLOB
 MAX_BLOBS = 255                     # blob index is a u8 (v6 stores index + 1)
+# Blob index of chunks stored in the image itself (plain EROFS flat/inline data, device 0 chunks):
+# their offsets address the bootstrap's own bytes, and there is no digest to verify.
+META_BLOB_INDEX = -1
 MAX_NAME_SIZE = 255
 MAX_XATTR_VALUE_SIZE = 0x10000
 # Xattr name prefixes RAFS stores (rafs/src/metadata/layout/mod.rs `RAFS_XATTR_PREFIXES`).
