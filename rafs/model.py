@@ -285,6 +285,43 @@ class Node:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class TreeIndex:
+    """A tree in the reference's inode index order (builder/src/core/bootstrap.rs ``build_rafs``).
+
+    ``nodes[i - 1]`` is the node with index ``i`` (the root is 1): a directory gives consecutive
+    indexes to all its children (name order, every hardlink path its own index), then its
+    subdirectories are processed the same way, depth first. ``parents[i - 1]`` is the parent's
+    index (0 for the root); ``child_index[i - 1]`` the index of a directory's first child (the next
+    free index when it has none; 0 for other nodes). v5 records and v6 metadata follow this order.
+    """
+
+    nodes: list[Node]
+    parents: list[int]
+    child_index: list[int]
+
+
+def index_order(root: Node) -> TreeIndex:
+    """Number ``root``'s tree as the reference does; iterative, so any depth works."""
+    nodes, parents, child_index = [root], [0], [0]
+    stack = [0]                          # positions of directories still to process, next on top
+    while stack:
+        position = stack.pop()
+        directory = nodes[position]
+        if not directory.inode.is_dir:
+            continue
+        child_index[position] = len(nodes) + 1
+        subdirs = []
+        for child in directory.children:
+            nodes.append(child)
+            parents.append(position + 1)
+            child_index.append(0)
+            if child.inode.is_dir:
+                subdirs.append(len(nodes) - 1)
+        stack.extend(reversed(subdirs))
+    return TreeIndex(nodes, parents, child_index)
+
+
 class ImageReader(abc.ABC):
     """What every version's bootstrap reader answers; :class:`rafs.image.Image` asks only this.
 

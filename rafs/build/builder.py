@@ -1,0 +1,443 @@
+"""``rafs.Builder``: turn a source into a RAFS bootstrap and data blob as ``nydus-image create`` does.
+
+The steps are the reference's (builder/src/directory.rs, builder/src/lib.rs): load the source into a
+:class:`~rafs.model.Node` tree, number it (:func:`rafs.build.tree.number_tree`), stream the regular
+files' chunks into the blob (prefetch files first), append the blob meta (v6), then write the
+bootstrap — into the blob itself with ``blob_inline_meta`` — and finish the blob. Outputs go to
+temporary files in their target directories and are renamed only when everything succeeded.
+
+Sources are pluggable: :data:`SOURCE_TYPES` maps a ``--type`` name to a loader
+``loader(source, *, whiteout_spec, layer) -> Node``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat as _stat
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .. import __version__
+from ..blob import codecs
+from ..blob.writer import BlobWriter, check_chunk_size
+from ..errors import InvalidArgumentError, UnsupportedError
+from ..model import Blob, BlobFeatures, Node, SuperFlags
+from . import tree
+from .directory import load_directory
+
+#: ``--type`` name -> loader returning the source's tree. Other sources register here.
+SOURCE_TYPES: dict[str, Callable[..., Node]] = {
+    "dir-rafs": load_directory,
+    "directory": load_directory,          # the reference's backward-compatible alias
+}
+FS_VERSIONS = (5, 6)
+CREATE_COMPRESSORS = ("none", "lz4_block", "zstd")
+FEATURES = ("blob-toc",)
+PREFETCH_POLICIES = ("none", "fs", "blob")
+COMPAT_MODES = (None, "2.2")
+
+
+@dataclass
+class BuildResult:
+    """What a build produced: paths (None when written to file objects), blob ids in blob-table
+    order, sizes, and ``output``, the document ``nydus-image create --output-json`` writes."""
+
+    bootstrap: str | None
+    blob: str | None
+    blob_ids: list[str]
+    bootstrap_size: int
+    blob_size: int | None
+    fs_version: int
+    compressor: str
+    blobs: list[Blob] = field(default_factory=list)
+    output: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(self.output, indent=2)
+
+
+class _Trace:
+    """The ``trace`` section of --output-json: phase times (seconds) and counted events."""
+
+    def __init__(self):
+        self.consumed_time: dict[str, float] = {}
+        self.registered_events: dict[str, object] = {}
+
+    def timed(self, name: str):
+        trace = self
+
+        class _Timer:
+            def __enter__(self):
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                trace.consumed_time[name] = round(time.perf_counter() - self.start, 6)
+
+        return _Timer()
+
+    def as_dict(self) -> dict:
+        return {"consumed_time": dict(self.consumed_time), "registered_events": dict(self.registered_events)}
+
+
+class Builder:
+    """Build a RAFS image from ``source`` (a directory for ``source_type="dir-rafs"``).
+
+    Options mirror ``nydus-image create``: ``fs_version`` 5 or 6, ``compressor`` none/lz4_block/zstd,
+    ``digester`` blake3/sha256, ``chunk_size`` (power of two, 4 KiB..16 MiB), ``whiteout_spec``
+    oci/overlayfs/none, ``repeatable`` (uid/gid written as 0, no EXPLICIT_UID_GID),
+    ``blob_inline_meta`` (the bootstrap goes into the blob), ``features=("blob-toc",)`` (v6: chunk
+    digests and a ToC in the blob), ``prefetch_patterns`` (absolute paths; ``prefetch_policy`` "fs" by
+    default when given, or "blob"), ``aligned_chunk`` (v5: 4 KiB aligned uncompressed offsets; v6 is
+    always aligned). ``compat="2.2"`` writes a v5 bootstrap the way nydus-image 2.2 did (records in
+    index order, no CRC-32C, no blob features). ``workers`` bounds the compression threads.
+    Invalid combinations raise :class:`~rafs.errors.InvalidArgumentError` with the reference's words.
+    """
+
+    def __init__(self, source, *, source_type: str = "dir-rafs", fs_version: int = 6,
+                 compressor: str = "zstd", digester: str = "blake3", chunk_size: int = 0x100000,
+                 whiteout_spec: str = "oci", repeatable: bool = False, blob_inline_meta: bool = False,
+                 features=(), prefetch_patterns=None, prefetch_policy: str | None = None,
+                 aligned_chunk: bool = False, compat: str | None = None, workers: int | None = None):
+        if source_type not in SOURCE_TYPES:
+            raise InvalidArgumentError(f"unsupported source type {source_type!r} (expected one of "
+                                       f"{', '.join(SOURCE_TYPES)})")
+        try:
+            fs_version = int(fs_version)
+        except (TypeError, ValueError):
+            raise InvalidArgumentError(f"invalid fs-version: {fs_version!r}") from None
+        if fs_version not in FS_VERSIONS:
+            raise InvalidArgumentError(f"invalid fs-version: {fs_version}")
+        if compressor not in CREATE_COMPRESSORS:
+            raise InvalidArgumentError(f"invalid compressor {compressor!r} (expected one of "
+                                       f"{', '.join(CREATE_COMPRESSORS)})")
+        codecs.check_digester(digester)
+        check_chunk_size(chunk_size)
+        tree.check_whiteout_spec(whiteout_spec)
+        features = (features,) if isinstance(features, str) else tuple(features)
+        for feature in features:
+            if feature not in FEATURES:
+                raise InvalidArgumentError(f"unknown feature {feature!r} (expected one of {', '.join(FEATURES)})")
+        if "blob-toc" in features and fs_version == 5:
+            raise InvalidArgumentError("`--features blob-toc` can't be used with `--version 5`")
+        if prefetch_policy is None:
+            prefetch_policy = "fs" if prefetch_patterns else "none"
+        if prefetch_policy not in PREFETCH_POLICIES:
+            raise InvalidArgumentError(f"invalid prefetch policy {prefetch_policy!r} (expected one of "
+                                       f"{', '.join(PREFETCH_POLICIES)})")
+        if compat not in COMPAT_MODES:
+            raise InvalidArgumentError(f"unknown compat mode {compat!r} (expected one of {COMPAT_MODES})")
+        if compat is not None and fs_version != 5:
+            raise InvalidArgumentError(f"compat mode {compat!r} only applies to RAFS v5")
+        self.source = source
+        self.source_type = source_type
+        self.fs_version = fs_version
+        self.compressor = compressor
+        self.digester = digester
+        self.chunk_size = chunk_size
+        self.whiteout_spec = whiteout_spec
+        self.repeatable = bool(repeatable)
+        self.blob_inline_meta = bool(blob_inline_meta)
+        self.features = features
+        self.prefetch_policy = prefetch_policy
+        self.prefetch_patterns = _prefetch_patterns(prefetch_patterns or ()) if prefetch_policy != "none" else []
+        # v6 (except tarfs) is always 4K aligned; --aligned-chunk only matters for v5
+        self.aligned_chunk = True if fs_version == 6 else bool(aligned_chunk)
+        self.compat = compat
+        self.workers = workers
+
+    @property
+    def blob_toc(self) -> bool:
+        return "blob-toc" in self.features
+
+    # -- outputs -----------------------------------------------------------------------------------
+
+    def write(self, *, bootstrap=None, blob=None, blob_dir=None) -> BuildResult:
+        """Build to files: ``blob`` (the data blob path) and/or ``blob_dir`` (blob named by its id,
+        and the bootstrap named by the sha256 of its bytes unless ``bootstrap`` is given)."""
+        if blob is None and blob_dir is None:
+            raise InvalidArgumentError("both --blob and --blob-dir are missing, please specify one to store "
+                                       "the generated data blob file")
+        if bootstrap is not None and self.blob_inline_meta:
+            raise InvalidArgumentError("--bootstrap conflicts with --blob-inline-meta")
+        if bootstrap is None and blob_dir is None and not self.blob_inline_meta:
+            raise InvalidArgumentError("both --bootstrap and --blob-dir are missing, please specify one to store "
+                                       "the generated metadata blob file")
+        if blob_dir is not None and not os.path.isdir(blob_dir):
+            raise InvalidArgumentError(f"directory to store blobs does not exist: {os.fspath(blob_dir)!r}")
+        blob_out = _Output(blob, blob_dir)
+        boot_out = None if self.blob_inline_meta else _Output(bootstrap, blob_dir)
+        try:
+            result = self._build(blob_out.fp, boot_out.fp if boot_out else None)
+            blob_path = blob_out.commit(result.blob_ids[-1] if result.blob_ids else None)
+            boot_path = None
+            if boot_out is not None:
+                boot_path = boot_out.commit(boot_out.digest_name())
+        except BaseException:
+            blob_out.discard()
+            if boot_out is not None:
+                boot_out.discard()
+            raise
+        result.blob = blob_path
+        result.bootstrap = boot_path
+        result.output["bootstrap"] = boot_path or ""
+        return result
+
+    def write_fp(self, blob_fp, bootstrap_fp=None) -> BuildResult:
+        """Build to binary file objects (``bootstrap_fp`` is not used with ``blob_inline_meta``)."""
+        if bootstrap_fp is None and not self.blob_inline_meta:
+            raise InvalidArgumentError("a bootstrap file object is needed unless blob_inline_meta is set")
+        if bootstrap_fp is not None and self.blob_inline_meta:
+            raise InvalidArgumentError("--bootstrap conflicts with --blob-inline-meta")
+        return self._build(blob_fp, bootstrap_fp)
+
+    # -- the build ---------------------------------------------------------------------------------
+
+    def _build(self, blob_fp, bootstrap_fp) -> BuildResult:
+        trace = _Trace()
+        started = time.perf_counter()
+        with trace.timed("build_tree"), trace.timed("load_from_directory"):
+            root = SOURCE_TYPES[self.source_type](self.source, whiteout_spec=self.whiteout_spec, layer=0)
+        nodes = list(tree.iter_nodes(root))
+        trace.registered_events["load_from_directory"] = len(nodes) - 1
+        if self.repeatable:
+            for node in nodes:
+                node.inode.uid = node.inode.gid = 0
+        with trace.timed("build_bootstrap"):
+            order = tree.number_tree(root)
+            prefetch_nodes, dump_order, prefetch_count = self._layout(order)
+
+        writer = BlobWriter(blob_fp, compressor=self.compressor, digester=self.digester,
+                            chunk_size=self.chunk_size, aligned=self.aligned_chunk,
+                            blob_meta=self.fs_version == 6, toc=self.blob_toc,
+                            inline_meta=self.blob_inline_meta, crc32=self.compat is None, workers=self.workers)
+        with trace.timed("dump_blob"):
+            writer.dump(dump_order, prefetch_count=prefetch_count)
+            has_blob = writer.chunk_count > 0 or self.blob_inline_meta
+            if writer.chunk_count:
+                writer.end_data()
+                writer.write_meta()
+        if self.prefetch_policy != "blob":
+            writer.prefetch_size = 0
+        flags = self._flags(nodes, writer)
+        write_bootstrap = self._bootstrap_writer()
+
+        def bootstrap_for(blobs):
+            return write_bootstrap(root, blobs, chunk_size=self.chunk_size, flags=flags,
+                                   prefetch=prefetch_nodes if self.prefetch_policy == "fs" else None,
+                                   order=order)
+
+        blobs: list[Blob] = []
+        with trace.timed("dump_bootstrap"):
+            if self.blob_inline_meta:
+                bootstrap = bootstrap_for([writer.inline_placeholder()])
+                writer.append_bootstrap(bootstrap)
+                blobs = [writer.finish()]
+            else:
+                if has_blob:
+                    blobs = [writer.finish()]
+                bootstrap = bootstrap_for(blobs)
+                bootstrap_fp.write(bootstrap)
+        trace.consumed_time["total_build"] = round(time.perf_counter() - started, 6)
+        trace.registered_events.update({
+            "blob_uncompressed_size": writer.stored_uncompressed_size,
+            "dedup_chunks": writer.dedup_chunks,
+            "dedup_uncompressed_size": writer.dedup_uncompressed_size,
+            "euid": str(os.geteuid()) if hasattr(os, "geteuid") else "0",
+            "egid": str(os.getegid()) if hasattr(os, "getegid") else "0",
+        })
+        blob_ids = [b.blob_id for b in blobs]
+        output = {
+            "version": f"rafs-{__version__}",
+            "bootstrap": "",
+            "blobs": blob_ids,
+            "external_bootstrap": "",
+            "external_blobs": [],
+            "trace": trace.as_dict(),
+            "fs_version": str(self.fs_version),
+            "compressor": self.compressor,
+        }
+        return BuildResult(bootstrap=None, blob=None, blob_ids=blob_ids, bootstrap_size=len(bootstrap),
+                           blob_size=writer.pos if has_blob else None, fs_version=self.fs_version,
+                           compressor=self.compressor, blobs=blobs, output=output)
+
+    def _bootstrap_writer(self):
+        if self.fs_version == 5:
+            from ..v5.writer import write_bootstrap as write_v5
+            compat = self.compat is not None
+
+            def write(root, blobs, *, chunk_size, flags, prefetch, order):
+                return write_v5(root, blobs, chunk_size=chunk_size, flags=flags, prefetch=prefetch,
+                                record_order="index" if compat else "dfs", ext_blob_features=not compat,
+                                order=order)
+            return write
+        try:
+            from ..v6.writer import write_bootstrap as write_v6
+        except ImportError:
+            raise UnsupportedError("writing RAFS v6 bootstraps is not available in this installation") from None
+
+        def write(root, blobs, *, chunk_size, flags, prefetch, order):
+            # Contract with rafs.v6.writer: every node's inode.ino holds its index (hardlinks share the
+            # first link's Inode), nlink is set, regular files' chunks are filled (4K-aligned
+            # uncompressed offsets, index = position in the blob's CI array), and each Blob carries its
+            # final fields (placeholder id "x"*64 for an inline bootstrap).
+            return write_v6(root, blobs, chunk_size=chunk_size, flags=flags, prefetch=prefetch)
+        return write
+
+    def _flags(self, nodes: list[Node], writer: BlobWriter) -> SuperFlags:
+        flags = SuperFlags.for_compressor(self.compressor) | SuperFlags.for_digester(self.digester)
+        if not self.repeatable:
+            flags |= SuperFlags.EXPLICIT_UID_GID
+        if any(n.inode.xattrs for n in nodes):
+            flags |= SuperFlags.HAS_XATTR
+        if self.fs_version == 6:
+            flags |= SuperFlags.ENCRYPTION_NONE
+            if writer.chunk_count and writer.features & BlobFeatures.INLINED_CHUNK_DIGEST:
+                flags |= SuperFlags.INLINED_CHUNK_DIGEST
+        return flags
+
+    def _layout(self, order):
+        """(exact prefetch matches in pattern order, regular files in dump order, prefetch count).
+
+        builder/src/core/prefetch.rs: a node matches the pattern equal to its path or to the nearest
+        ancestor path; regular files (non-empty) under a pattern are dumped first, by pattern, then
+        every other regular file in index order.
+        """
+        patterns = {p: i for i, p in enumerate(self.prefetch_patterns)}
+        exact: list[Node | None] = [None] * len(self.prefetch_patterns)
+        prefetch_files: list[tuple[int, int, Node]] = []
+        others: list[Node] = []
+        paths: list[bytes] = [b"/"] * len(order.nodes)
+        for position, node in enumerate(order.nodes):
+            parent = order.parents[position]
+            if parent:
+                base = paths[parent - 1]
+                paths[position] = (base if base != b"/" else b"") + b"/" + node.name
+            inode = node.inode
+            matched = None
+            if patterns and not (inode.is_reg and inode.size == 0):
+                path = paths[position]
+                probe = path
+                while True:
+                    if probe in patterns:
+                        matched = patterns[probe]
+                        if probe == path:
+                            exact[matched] = node
+                        break
+                    if probe == b"/":
+                        break
+                    probe = probe.rsplit(b"/", 1)[0] or b"/"
+            if inode.is_reg:
+                if matched is not None:
+                    prefetch_files.append((matched, position, node))
+                else:
+                    others.append(node)
+        prefetch_files.sort(key=lambda item: (item[0], item[1]))
+        dump = [node for _, _, node in prefetch_files] + others
+        return [n for n in exact if n is not None], dump, len(prefetch_files)
+
+
+def _prefetch_patterns(patterns) -> list[bytes]:
+    """Absolute paths, normalised; a pattern covered by an earlier one (itself or an ancestor) is
+    dropped, relative ones are ignored (builder/src/core/prefetch.rs ``generate_patterns``)."""
+    result: list[bytes] = []
+    seen: set[bytes] = set()
+    for raw in patterns:
+        text = os.fsencode(raw).strip()
+        if not text.startswith(b"/"):
+            continue
+        parts = [p for p in text.split(b"/") if p and p != b"."]
+        path = b"/" + b"/".join(parts)
+        probe, covered = path, False
+        while True:
+            if probe in seen:
+                covered = True
+                break
+            if probe == b"/":
+                break
+            probe = probe.rsplit(b"/", 1)[0] or b"/"
+        if not covered:
+            seen.add(path)
+            result.append(path)
+    return result
+
+
+class _Output:
+    """One output file written through a temporary file in its target directory.
+
+    ``path`` is the final file (renamed into place on commit), or None to name it by content in
+    ``directory``. A FIFO at ``path`` is written directly, as nydus-image does for ``--blob`` pipes.
+    """
+
+    def __init__(self, path, directory):
+        self.path = None if path is None else os.fspath(path)
+        self.directory = os.fspath(directory) if directory is not None else None
+        self.tmp = None
+        self._hash = None
+        if self.path is not None and _is_fifo(self.path):
+            self.fp = open(self.path, "wb")
+            return
+        target_dir = os.path.dirname(os.path.abspath(self.path)) if self.path is not None else self.directory
+        fd, self.tmp = tempfile.mkstemp(prefix=".rafs-create-", dir=target_dir)
+        self.fp = os.fdopen(fd, "wb", buffering=1 << 20)
+
+    def digest_name(self) -> str | None:
+        if self.path is not None or self.tmp is None:
+            return None
+        self.fp.flush()
+        hasher = hashlib.sha256()
+        with open(self.tmp, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                hasher.update(block)
+        return hasher.hexdigest()
+
+    def commit(self, name: str | None) -> str | None:
+        """Move the file into place: at ``path``, else as ``directory/name``; None if not kept."""
+        self.fp.close()
+        if self.tmp is None:
+            return self.path
+        final = self.path
+        if final is None:
+            if name is None:
+                os.unlink(self.tmp)
+                self.tmp = None
+                return None
+            final = os.path.join(self.directory, name)
+        os.chmod(self.tmp, 0o666 & ~_umask())
+        os.replace(self.tmp, final)
+        self.tmp = None
+        return final
+
+    def discard(self) -> None:
+        try:
+            self.fp.close()
+        except (OSError, ValueError):
+            pass
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except FileNotFoundError:
+                pass
+            self.tmp = None
+
+
+def _is_fifo(path: str) -> bool:
+    try:
+        return _stat.S_ISFIFO(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would race with other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022

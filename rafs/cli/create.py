@@ -1,0 +1,92 @@
+"""``rafs create`` (nydus-image create): build a bootstrap and a data blob from a source.
+
+Flags, defaults and refusals follow src/bin/nydus-image/main.rs; prefetch patterns are read from
+standard input when ``--prefetch-policy`` is not ``none``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import rafs
+from rafs.build.builder import CREATE_COMPRESSORS, PREFETCH_POLICIES, SOURCE_TYPES
+from rafs.build.tree import WHITEOUT_SPECS
+from rafs.errors import InvalidArgumentError
+
+log = logging.getLogger("rafs.create")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("create", help="create a RAFS filesystem (bootstrap and data blob) from a directory",
+                       description="Create RAFS filesystems as nydus-image create does.")
+    p.add_argument("source", metavar="SOURCE", help="source from which to build the RAFS filesystem")
+    p.add_argument("-t", "--type", "--source-type", dest="type", default="dir-rafs", choices=list(SOURCE_TYPES),
+                   help="conversion type (default dir-rafs)")
+    p.add_argument("-B", "--bootstrap", help="file path to save the generated RAFS metadata blob")
+    p.add_argument("-D", "--blob-dir", help="directory to save generated RAFS metadata and data blobs "
+                   "(blob named by its id, bootstrap by the sha256 of its bytes)")
+    p.add_argument("-b", "--blob", help="file path to save the generated RAFS data blob (may be a FIFO)")
+    p.add_argument("--blob-inline-meta", "--inline-bootstrap", action="store_true",
+                   help="inline RAFS metadata and blob metadata into the data blob")
+    p.add_argument("-v", "--fs-version", default="6", choices=["5", "6"], help="RAFS format version (default 6)")
+    p.add_argument("--compressor", default="zstd", choices=list(CREATE_COMPRESSORS),
+                   help="algorithm to compress data chunks (default zstd)")
+    p.add_argument("--digester", default="blake3", choices=["blake3", "sha256"],
+                   help="algorithm to digest data chunks (default blake3)")
+    p.add_argument("--chunk-size", help="size of data chunks, a power of two in 0x1000..0x1000000 "
+                   "(hex with 0x, or decimal; default 0x100000)")
+    p.add_argument("--whiteout-spec", default="oci", choices=list(WHITEOUT_SPECS),
+                   help="type of whiteout specification (default oci)")
+    p.add_argument("--features", choices=["blob-toc"], help="enable features (blob-toc: chunk digests and a ToC)")
+    p.add_argument("--repeatable", action="store_true", help="generate reproducible RAFS metadata (uid/gid 0)")
+    p.add_argument("--prefetch-policy", default="none", choices=list(PREFETCH_POLICIES),
+                   help="data prefetch policy; patterns are read from stdin, one absolute path a line")
+    p.add_argument("--aligned-chunk", action="store_true",
+                   help="align uncompressed data chunks to 4K, only for RAFS v5 (v6 is always aligned)")
+    p.add_argument("-J", "--output-json", help="file path to save the operation result in JSON format")
+    p.set_defaults(func=run)
+
+
+def parse_chunk_size(text: str | None) -> int:
+    """``--chunk-size``: hex with a 0x prefix or decimal, as get_chunk_size in the reference."""
+    if text is None:
+        return 0x100000
+    try:
+        value = int(text[2:], 16) if text[:2].lower() == "0x" else int(text, 10)
+    except ValueError:
+        raise InvalidArgumentError(f"invalid chunk size {text}") from None
+    if value > 0x1000000 or value < 0x1000 or value & (value - 1):
+        raise InvalidArgumentError(f"invalid chunk size: {value}")
+    return value
+
+
+def run(args) -> int:
+    if args.bootstrap and args.blob_inline_meta:
+        raise InvalidArgumentError("the argument '--bootstrap' cannot be used with '--blob-inline-meta'")
+    if not (args.bootstrap or args.blob_dir or args.blob_inline_meta):
+        raise InvalidArgumentError("one of '--bootstrap', '--blob-dir' or '--blob-inline-meta' is required")
+    chunk_size = parse_chunk_size(args.chunk_size)
+    patterns = None
+    if args.prefetch_policy != "none":
+        patterns = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        relative = [p for p in patterns if not p.strip().startswith("/")]
+        for pattern in relative:
+            log.warning("Illegal file path %s specified, should be absolute path", pattern)
+    features = (args.features,) if args.features else ()
+    builder = rafs.Builder(args.source, source_type=args.type, fs_version=int(args.fs_version),
+                           compressor=args.compressor, digester=args.digester, chunk_size=chunk_size,
+                           whiteout_spec=args.whiteout_spec, repeatable=args.repeatable,
+                           blob_inline_meta=args.blob_inline_meta, features=features,
+                           prefetch_policy=args.prefetch_policy, prefetch_patterns=patterns,
+                           aligned_chunk=args.aligned_chunk)
+    result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir)
+    if args.output_json:
+        with open(args.output_json, "w") as f:
+            json.dump(result.output, f, indent=2)
+    log.info("successfully built RAFS filesystem:")
+    print(f"meta blob path: {result.bootstrap or '<none>'}", file=sys.stderr)
+    print(f"data blob size: {result.blob_size or 0:#x}", file=sys.stderr)
+    print(f"data blobs: {result.blob_ids}", file=sys.stderr)
+    return 0

@@ -1,0 +1,205 @@
+"""Write a RAFS v5 bootstrap from a numbered build tree (builder/src/core/v5.rs ``v5_dump``).
+
+Layout: ``superblock | inode table | prefetch table | blob table | extended blob table | records``,
+every section 8-byte aligned. Records are written in DFS pre-order of the tree (the current builder)
+or in index order (``record_order="index"``, what nydus-image 2.2 and older wrote); either way the
+inode table points at them, so readers see the same filesystem. The tree must already be numbered
+(``inode.ino``/``nlink`` set, see :func:`rafs.build.tree.number_tree`) and every regular file's
+``chunks`` filled by the blob writer.
+
+Per-record rules (builder/src/core/v5.rs, builder/src/core/node.rs): a directory's ``i_size`` is the
+pseudo size sum(name size + 8) over its children rounded up to 4 KiB (4 KiB when empty),
+``i_blocks = ceil((i_size + aligned xattr bytes) / 512)``, ``i_digest`` is the digest of the chunk
+digests (files), of the target (symlinks), of the children's digests (directories) or of nothing
+(other types).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .. import _codec
+from ..blob import codecs
+from ..errors import BuildError, InvalidArgumentError
+from ..model import Blob, InodeFlags, Node, SuperFlags, TreeIndex, index_order
+from . import layout
+
+SUPERBLOCK = _codec.FastRecord(layout.SuperBlock, "v5 superblock")
+INODE = _codec.FastRecord(layout.Inode, "v5 inode")
+CHUNK = _codec.FastRecord(layout.ChunkInfo, "v5 chunk info")
+EXT_BLOB = _codec.FastRecord(layout.ExtBlobEntry, "v5 extended blob entry")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_BLOB_HEADER = _codec.FastRecord(layout.BlobTableEntryHeader, "v5 blob table entry")
+_U64_MASK = (1 << 64) - 1
+RECORD_ORDERS = ("dfs", "index")
+MAX_METADATA_SIZE = 0x8000_0000     # RAFS_MAX_METADATA_SIZE (rafs/src/metadata/mod.rs)
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+def _pad8(data: bytes) -> bytes:
+    return data + bytes(_align8(len(data)) - len(data))
+
+
+def xattr_table_size(xattrs: dict[bytes, bytes]) -> int:
+    """Sum over the pairs of (4 + key + NUL + value): the table's ``u64`` size field."""
+    return sum(4 + len(k) + 1 + len(v) for k, v in xattrs.items())
+
+
+def dir_pseudo_size(node: Node) -> int:
+    size = sum(len(child.name) + layout.RAFSV5_DIR_ENTRY_OVERHEAD for child in node.children)
+    if size == 0:
+        return layout.RAFSV5_DIR_SIZE_ALIGNMENT
+    align = layout.RAFSV5_DIR_SIZE_ALIGNMENT
+    return (size + align - 1) // align * align
+
+
+def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: SuperFlags,
+                    prefetch: list[Node] | None = None, record_order: str = "dfs",
+                    ext_blob_features: bool = True, order: TreeIndex | None = None) -> bytes:
+    """The bootstrap bytes for ``root`` and its ``blobs``.
+
+    ``flags`` carries compressor, digester and EXPLICIT_UID_GID; HAS_XATTR is added when any inode
+    has xattrs. ``prefetch`` lists the nodes whose inode numbers go into the prefetch table
+    (``--prefetch-policy fs``); the table is stored sorted, as the reference does. With
+    ``ext_blob_features=False`` the extended blob table's ``features`` word is written as 0 (it was
+    reserved before nydus-image 2.3). ``order`` reuses an index order already computed for ``root``.
+    """
+    if record_order not in RECORD_ORDERS:
+        raise InvalidArgumentError(f"unknown record order {record_order!r} (expected one of {RECORD_ORDERS})")
+    order = order or index_order(root)
+    nodes = order.nodes
+    if not nodes or nodes[0] is not root or not root.inode.is_dir:
+        raise InvalidArgumentError("the root of a v5 bootstrap must be a directory")
+    digester = SuperFlags(flags).digester
+    digests = _inode_digests(order, digester)
+
+    flags = int(flags)
+    if any(n.inode.xattrs for n in nodes):
+        flags |= SuperFlags.HAS_XATTR
+
+    entries = len(nodes)
+    inode_table_size = _align8(4 * entries)
+    prefetch_inos = sorted(n.inode.ino for n in prefetch) if prefetch else []
+    prefetch_size = _align8(4 * len(prefetch_inos))
+    blob_table = _blob_table(blobs)
+    ext_table = b"".join(EXT_BLOB.pack(b.chunk_count, b.features if ext_blob_features else 0,
+                                       b.uncompressed_size, b.compressed_size, bytes(40)) for b in blobs)
+
+    prefetch_offset = layout.RAFSV5_SUPERBLOCK_SIZE + inode_table_size
+    blob_table_offset = prefetch_offset + prefetch_size
+    ext_offset = blob_table_offset + len(blob_table)
+    records_offset = ext_offset + len(ext_table)
+
+    positions = range(entries) if record_order == "index" else _dfs_positions(order)
+    records, offsets, at = [], [0] * entries, records_offset
+    for position in positions:
+        record = _record(order, position, digests)
+        offsets[position] = at
+        records.append(record)
+        at += len(record)
+    if at > MAX_METADATA_SIZE:
+        raise BuildError(f"v5 bootstrap of {at} bytes exceeds the {MAX_METADATA_SIZE:#x}-byte metadata limit")
+
+    unique_inodes = len({id(n.inode) for n in nodes})
+    superblock = SUPERBLOCK.pack(
+        layout.RAFSV5_SUPER_MAGIC, layout.RAFSV5_SUPER_VERSION, layout.RAFSV5_SUPERBLOCK_SIZE, chunk_size,
+        flags, unique_inodes, layout.RAFSV5_SUPERBLOCK_SIZE, prefetch_offset, blob_table_offset, entries,
+        len(prefetch_inos), len(blob_table), len(blobs), ext_offset, bytes(8112))
+    inode_table = _pad8(struct.pack(f"<{entries}I", *(o >> 3 for o in offsets)))
+    prefetch_table = _pad8(struct.pack(f"<{len(prefetch_inos)}I", *prefetch_inos))
+    return b"".join([superblock, inode_table, prefetch_table, blob_table, ext_table, *records])
+
+
+def _blob_table(blobs: list[Blob]) -> bytes:
+    """``u32 readahead_offset | u32 readahead_size | id``, entries joined by NUL, padded to 8."""
+    parts = []
+    for blob in blobs:
+        blob_id = blob.blob_id.encode("ascii")
+        if not blob_id or b"\0" in blob_id:
+            raise InvalidArgumentError(f"blob id {blob.blob_id!r} cannot be stored in a v5 blob table")
+        parts.append(_BLOB_HEADER.pack(blob.readahead_offset, blob.readahead_size) + blob_id)
+    return _pad8(b"\0".join(parts))
+
+
+def _dfs_positions(order: TreeIndex):
+    """Positions (index - 1) in DFS pre-order: a node, then each child's subtree in name order."""
+    index_of = {id(node): i for i, node in enumerate(order.nodes)}
+    stack = [0]
+    while stack:
+        position = stack.pop()
+        yield position
+        node = order.nodes[position]
+        if node.inode.is_dir and node.children:
+            stack.extend(index_of[id(c)] for c in reversed(node.children))
+
+
+def _inode_digests(order: TreeIndex, digester: str) -> list[bytes]:
+    """i_digest per position; children come after their parent, so walking backwards works."""
+    nodes = order.nodes
+    digests: list[bytes] = [b""] * len(nodes)
+    for position in range(len(nodes) - 1, -1, -1):
+        node = nodes[position]
+        inode = node.inode
+        if inode.is_dir:
+            first = order.child_index[position] - 1
+            data = b"".join(digests[first:first + len(node.children)])
+        elif inode.is_reg:
+            data = b"".join(c.digest for c in node.chunks)
+        elif inode.is_symlink:
+            data = inode.symlink or b""
+        else:
+            data = b""
+        digests[position] = codecs.digest(digester, data)
+    return digests
+
+
+def _record(order: TreeIndex, position: int, digests: list[bytes]) -> bytes:
+    node = order.nodes[position]
+    inode = node.inode
+    name = node.name
+    symlink = inode.symlink if inode.is_symlink else None
+    if not name or len(name) > 0xFFFF:
+        raise InvalidArgumentError(f"inode {inode.ino}: name of {len(name)} bytes cannot be stored")
+    if inode.is_symlink and (not symlink or len(symlink) > 0xFFFF):
+        raise InvalidArgumentError(f"{name!r}: symlink target of {len(symlink or b'')} bytes cannot be stored")
+    xattr_size = xattr_table_size(inode.xattrs)
+    flags = inode.flags & InodeFlags.HARDLINK
+    if symlink is not None:
+        flags |= InodeFlags.SYMLINK
+    if inode.xattrs:
+        flags |= InodeFlags.XATTR
+    child_index = child_count = 0
+    if inode.is_dir:
+        size = dir_pseudo_size(node)
+        child_index = order.child_index[position]
+        child_count = len(node.children)
+    else:
+        size = inode.size
+        if inode.is_reg:
+            child_count = len(node.chunks)
+    blocks = (size + _align8(xattr_size) + 511) // 512
+    parent = order.parents[position]
+    parent_ino = order.nodes[parent - 1].inode.ino if parent else 0
+    header = INODE.pack(digests[position], parent_ino, inode.ino, inode.uid, inode.gid, 0, inode.mode,
+                        size, blocks, int(flags), inode.nlink, child_index, child_count, len(name),
+                        len(symlink) if symlink is not None else 0, inode.rdev & 0xFFFF_FFFF,
+                        inode.mtime_nsec, inode.mtime & _U64_MASK, bytes(8))
+    parts = [header, _pad8(name)]
+    if symlink is not None:
+        parts.append(_pad8(symlink))
+    if inode.xattrs:
+        pairs = [_U64.pack(xattr_size)]
+        for key in sorted(inode.xattrs):
+            value = inode.xattrs[key]
+            pairs.append(_U32.pack(len(key) + 1 + len(value)) + key + b"\0" + value)
+        parts.append(_pad8(b"".join(pairs)))
+    if inode.is_reg:
+        pack = CHUNK.pack
+        parts.extend(pack(c.digest, c.blob_index, c.flags, c.compressed_size, c.uncompressed_size,
+                          c.compressed_offset, c.uncompressed_offset, c.file_offset, c.index, c.crc32)
+                     for c in node.chunks)
+    return b"".join(parts)
