@@ -7,13 +7,16 @@ id to path/URL/file object, or a list in device order (for EROFS extra devices w
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from typing import Mapping, Sequence
 
-from ..errors import BlobNotFoundError, InvalidArgumentError
+from ..errors import BlobNotFoundError, InvalidArgumentError, RafsError
 from .retry import RetryPolicy
 from .source import RangeReader, is_url, open_range_reader
+
+log = logging.getLogger(__name__)
 
 
 class BlobLocator:
@@ -93,6 +96,10 @@ class BlobLocator:
                 cache = None
                 if self.cache_dir is not None:
                     cache = BlobCache(self.cache_dir, blob, disable_indexed_map=self.disable_indexed_map)
+                    try:
+                        cache.ensure_meta(source)
+                    except RafsError as exc:    # the data is still readable without it
+                        log.warning("blob %s: no .blob.meta in the cache: %s", blob.blob_id, exc)
                 fetcher = ChunkFetcher(blob, source, validate=validate or self.validate, cache=cache,
                                        merge_size=self.merge_size)
                 self._fetchers[blob.index] = fetcher

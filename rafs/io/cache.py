@@ -23,7 +23,7 @@ from typing import Iterable
 
 from .. import _codec
 from ..errors import InvalidArgumentError, RafsError
-from ..model import Blob, Chunk
+from ..model import Blob, BlobFeatures, Chunk
 from .layout import (CHUNK_MAP_ALL_READY, CHUNK_MAP_HEADER, CHUNK_MAP_HEADER_SIZE, CHUNK_MAP_MAGIC,
                      CHUNK_MAP_MAGIC2, CHUNK_MAP_SUFFIX, CHUNK_MAP_VERSION, DATA_SUFFIX, META_SUFFIX)
 
@@ -228,6 +228,43 @@ class BlobCache:
 
     def is_ready(self, chunk: Chunk) -> bool:
         return self.chunk_map.is_ready(chunk)
+
+    @property
+    def has_meta(self) -> bool:
+        """Whether the blob carries a CI array of its own (v6), which nydusd keeps as ``.blob.meta``."""
+        blob = self.blob
+        return bool(blob.ci_compressed_size or blob.ci_uncompressed_size) and \
+            not blob.features & BlobFeatures.SEPARATE
+
+    def ensure_meta(self, source) -> None:
+        """Write ``<blob id>.blob.meta`` from the blob's CI (one ranged read) unless a valid one exists.
+
+        The format and its checks belong to :mod:`rafs.blob.meta`; the file is written to a temporary
+        name, synced, and renamed, so readers never see half of it.
+        """
+        if not self.has_meta:
+            return
+        from ..blob.meta import load_blob_meta, load_blob_meta_file
+        if os.path.exists(self.meta_path):
+            try:
+                load_blob_meta_file(self.meta_path, self.blob)
+                return
+            except (RafsError, OSError) as exc:
+                log.warning("%s is not usable (%s); writing it again", self.meta_path, exc)
+        content = load_blob_meta(self.blob, source).file_bytes()
+        tmp = f"{self.meta_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.meta_path)
+        except OSError as exc:
+            log.warning("blob cache: cannot write %s: %s", self.meta_path, exc)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
     def read(self, chunk: Chunk) -> bytes | None:
         """The cached bytes of ``chunk``, or None when it is not cached."""

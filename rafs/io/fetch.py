@@ -116,10 +116,13 @@ class ChunkFetcher(ChunkReader):
             wanted.setdefault(chunk_key(chunk), chunk)
         results: dict[tuple, bytes] = {}
         missing = []
+        looked = set()              # keys whose cached copy was absent or corrupt a moment ago
         for key, chunk in wanted.items():
             data = self._cached(chunk, path)
             if data is None:
                 missing.append((key, chunk))
+                if self.cache is not None and self.cache.is_ready(chunk):
+                    looked.add(key)
             else:
                 results[key] = data
         mine, theirs = [], []
@@ -136,7 +139,7 @@ class ChunkFetcher(ChunkReader):
                 # a fetch that finished between our cache look-up and our claim already stored these
                 still = []
                 for key, chunk, pending in mine:
-                    data = self._cached(chunk, path) if self.cache.is_ready(chunk) else None
+                    data = self._cached(chunk, path) if key not in looked and self.cache.is_ready(chunk) else None
                     if data is None:
                         still.append((key, chunk, pending))
                     else:
