@@ -65,8 +65,9 @@ def describe_blob(source, blob: Blob | None = None, *, chunks: bool = False) -> 
 
     entry = attempt("inline bootstrap", lambda: find_inline_bootstrap(src))
     if entry is not None:
-        info["inline_bootstrap"] = {"offset": entry.compressed_offset, "compressed_size": entry.compressed_size,
-                                    "uncompressed_size": entry.uncompressed_size, "compressor": entry.compressor}
+        boot = entry.as_dict()
+        info["inline_bootstrap"] = {"offset": entry.compressed_offset, **{
+            key: boot[key] for key in ("compressed_size", "uncompressed_size", "compressor")}}
     info["blob_id"] = attempt("blob id", lambda: compute_blob_id(src))
     return info
 

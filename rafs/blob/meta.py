@@ -415,11 +415,11 @@ def _decode_v2(ci_data, count: int, features: int, climit: int, ulimit: int, bat
 # -- loading from a blob, a blob's tail, or a nydusd cache file --------------------------------------
 
 def _compressed_limit(features: int, ci_offset: int, compressed_size: int | None) -> int | None:
-    # Native blobs keep chunk data in front of the CI; SEPARATE/ZRAN chunks address the original
-    # (tar.gz) layer, bounded only by its size.
+    # Native blobs keep chunk data in front of the CI (and within the blob's compressed size);
+    # SEPARATE/ZRAN chunks address the original (tar.gz) layer, bounded only by its size.
     if features & (BlobFeatures.SEPARATE | BlobFeatures.ZRAN):
         return compressed_size or None
-    return ci_offset
+    return min(ci_offset, compressed_size) if compressed_size else ci_offset
 
 
 def _read_ci(header, header_bytes: bytes, raw_ci: bytes, *, what: str, compressed_limit,

@@ -10,6 +10,7 @@ it ends there. :func:`walk_sections` does that walk.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from .._codec import build, parse
 from ..errors import InvalidArgumentError, InvalidImageError
@@ -21,8 +22,7 @@ _MAX_OCTAL_SIZE = 8 ** 11                 # 11 octal digits; bigger sizes use GN
 MAX_SECTIONS = 16
 
 
-@dataclass(frozen=True, slots=True)
-class TarEntry:
+class TarEntry(NamedTuple):
     """What a section header says: the section's name and payload size."""
 
     name: str
