@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
 from ..errors import BuildError, InvalidArgumentError
-from ..io.source import FileObjectRangeReader, LocalRangeReader
+from ..io.source import FileObjectRangeReader
 from ..model import MAX_NAME_SIZE, MAX_XATTR_VALUE_SIZE, XATTR_PREFIXES, Inode, Node
 
 log = logging.getLogger(__name__)
@@ -125,9 +125,7 @@ def read_tar(source, *, on_file: OnFile | None = None, spool_dir=None) -> TarLay
         layer.compression = detect_compression(head)
         random_access = layer.compression == "none" and _is_seekable(raw) and on_file is None
         if random_access:
-            reader = _range_reader(source, raw)
-            if reader is not raw:
-                layer._resources.append(reader)
+            reader = _range_reader(raw)
             stream, size_limit = raw, reader.size
         else:
             stream, size_limit = _decompressed(raw, layer.compression), None
@@ -137,6 +135,22 @@ def read_tar(source, *, on_file: OnFile | None = None, spool_dir=None) -> TarLay
         layer.close()
         raise
     return layer
+
+
+def load_tar(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Node:
+    """The ``tar-rafs``/``targz-rafs`` source loader of :data:`rafs.build.builder.SOURCE_TYPES`.
+
+    Whiteout entries are kept whatever ``whiteout_spec`` says: a tar layer's whiteouts are applied
+    when it is merged onto the layers below (builder/src/tarball.rs never filters them). The tar (and
+    any spool) stays open as long as the nodes' ``data`` callables are referenced.
+    """
+    root = read_tar(source).root
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        node.layer = layer
+        stack.extend(node.children)
+    return root
 
 
 # -- opening the source ------------------------------------------------------------------------------
@@ -193,13 +207,18 @@ class _Prepended(io.RawIOBase):
         return len(data)
 
 
-def _range_reader(source, raw):
-    if isinstance(source, (str, bytes, os.PathLike)):
-        return LocalRangeReader(source)
-    start = raw.tell()
-    reader = FileObjectRangeReader(raw, getattr(raw, "name", "<tar>"))   # measures by seeking to the end
-    raw.seek(start)
-    return reader
+def _range_reader(raw):
+    """Ranged reads of the tar: ``pread`` on its descriptor when it has one (thread safe), else
+    seek-and-read under a lock."""
+    try:
+        fd = raw.fileno()
+        size = os.fstat(fd).st_size
+    except (AttributeError, OSError, ValueError):
+        start = raw.tell()
+        reader = FileObjectRangeReader(raw, getattr(raw, "name", "<tar>"))   # measures by seeking to the end
+        raw.seek(start)
+        return reader
+    return _FdRangeReader(raw, size)
 
 
 def _decompressed(raw, compression: str) -> BinaryIO:
@@ -310,7 +329,7 @@ class _Spool:
 
     def finish(self):
         self._file.flush()
-        self.reader = _FdRangeReader(self._file.fileno(), self.size)
+        self.reader = _FdRangeReader(self._file, self.size)
         return self.reader
 
     def close(self) -> None:
@@ -318,15 +337,16 @@ class _Spool:
 
 
 class _FdRangeReader:
-    """Thread-safe pread of an open file descriptor (the spool)."""
+    """Thread-safe ``pread`` of an open file; holding the file object keeps it open as long as some
+    node's ``data`` may still read from it."""
 
-    def __init__(self, fd: int, size: int):
-        self._fd, self.size = fd, size
+    def __init__(self, file, size: int):
+        self._file, self.size = file, size
 
     def read_range(self, offset: int, size: int) -> bytes:
-        data = os.pread(self._fd, size, offset)
+        data = os.pread(self._file.fileno(), size, offset)
         if len(data) != size:
-            raise BuildError(f"tar spool: short read of {size} bytes at {offset}")
+            raise BuildError(f"{getattr(self._file, 'name', 'tar')}: short read of {size} bytes at {offset}")
         return data
 
 
@@ -642,5 +662,5 @@ def _members(stream, random_access: bool) -> Iterator[tuple[tarfile.TarFile, tar
 
 
 
-__all__ = ["TarLayer", "read_tar", "detect_compression", "normalize_path", "GZIP_MAGIC", "ZSTD_MAGIC",
+__all__ = ["TarLayer", "read_tar", "load_tar", "detect_compression", "normalize_path", "GZIP_MAGIC", "ZSTD_MAGIC",
            "STARGZ_SPECIAL_FILES"]

@@ -1,0 +1,530 @@
+"""Write a RAFS v6 bootstrap (EROFS metadata) from a model tree, byte-compatible with nydus-image.
+
+Layout of the result (builder/src/core/v6.rs ``Bootstrap::v6_dump``)::
+
+    0      1024 zero bytes, then the EROFS superblock (128) and the RAFS v6 extension (256)
+    1408   device slots, 128 bytes per blob
+    align4k  blob table (256 bytes per blob), then the prefetch table (u32 nids)
+    align4k  meta_blkaddr: one unused block, then the root inode (nid 128), inodes, inline tails,
+             directory blocks, as :mod:`rafs.v6.alloc` placed them
+    align4k  chunk info table (80-byte records, sorted by digest then blob)
+    align4k  end
+
+Inputs come from the builder (see :func:`write_bootstrap`); the tree is walked in the reference's
+index order (a directory, then all its children, then its subdirectories in turn), which is both the
+order metadata is placed in and the order the ``i_ino`` numbers were given in.
+"""
+
+from __future__ import annotations
+
+import stat as _stat
+import struct
+
+from ..errors import InvalidArgumentError
+from ..model import (BlobFeatures, CIPHER_IDS, COMPRESSOR_IDS, DIGESTER_IDS, MAX_BLOBS, MAX_CHUNK_SIZE,
+                     MAX_CHUNKS_PER_BLOB, MAX_NAME_SIZE, MIN_CHUNK_SIZE, Blob, Chunk, Node, SuperFlags)
+from .. import _codec
+from . import alloc, layout
+
+SUPERBLOCK = _codec.FastRecord(layout.SuperBlock, "v6 superblock")
+SUPERBLOCK_EXT = _codec.FastRecord(layout.SuperBlockExt, "v6 superblock extension")
+DEVICE = _codec.FastRecord(layout.Device, "v6 device slot")
+BLOB = _codec.FastRecord(layout.Blob, "v6 blob table entry")
+INODE = _codec.FastRecord(layout.InodeExtended, "v6 extended inode")
+DIRENT = _codec.FastRecord(layout.Dirent, "v6 dirent")
+CHUNK_ADDR = _codec.FastRecord(layout.ChunkIndex, "v6 chunk index")
+CHUNK_INFO = _codec.FastRecord(layout.ChunkInfo, "v6 chunk info")
+XATTR_HEADER = _codec.FastRecord(layout.XattrIbodyHeader, "v6 xattr body header")
+XATTR_ENTRY = _codec.FastRecord(layout.XattrEntry, "v6 xattr entry")
+
+# Blobs start in the flattened block-device view at multiples of this (``V6_BLOCK_SEG_ALIGNMENT``).
+# Builders before 2023-03-30 (nydus-image 2.2) used 2 MiB.
+DEVSLOT_ALIGNMENT = 0x8_0000
+LEGACY_DEVSLOT_ALIGNMENT = 0x20_0000
+# Xattr name prefixes RAFS stores and their EROFS name indexes (v6.rs RAFSV6_XATTR_TYPES: no lustre).
+XATTR_INDEXES = tuple((prefix, index) for index, prefix in layout.EROFS_XATTR_PREFIXES.items()
+                      if index != layout.EROFS_XATTR_INDEX_LUSTRE)
+INODE_SIZE = layout.INODE_SIZES[layout.EROFS_INODE_LAYOUT_EXTENDED]
+ALIGNMENT = layout.RAFSV6_ALIGNMENT
+
+_COMPRESSION_BITS = (SuperFlags.COMPRESSION_NONE | SuperFlags.COMPRESSION_LZ4 | SuperFlags.COMPRESSION_GZIP
+                     | SuperFlags.COMPRESSION_ZSTD)
+_DIGEST_BITS = SuperFlags.HASH_BLAKE3 | SuperFlags.HASH_SHA256
+
+_SPECIAL = (_stat.S_IFCHR, _stat.S_IFBLK, _stat.S_IFIFO, _stat.S_IFSOCK)
+
+
+def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: SuperFlags,
+                    prefetch: list[Node] | None = None,
+                    devslot_alignment: int = DEVSLOT_ALIGNMENT) -> bytes:
+    """The bytes of a RAFS v6 bootstrap for the tree under ``root``.
+
+    What the caller (the builder) provides:
+
+    * ``root``: a directory :class:`~rafs.model.Node`; children of every directory in name order (the
+      order the reference numbers and places them in). Each node's ``inode`` holds ``ino`` (its index
+      in that order, root 1; written to ``i_ino``, not used at run time), mode, uid, gid, mtime,
+      mtime_nsec, nlink (directories: 2 + subdirectories), rdev (devices), ``symlink`` (symlinks) and
+      ``xattrs``. Regular files that are hardlinks of each other share one ``Inode`` object and get one
+      EROFS inode; their ``chunks`` must agree (the first link with chunks is used).
+    * regular files' ``chunks`` in file order: ``index`` = the chunk's index in its blob's CI array,
+      ``blob_index``, ``uncompressed_offset`` aligned to the block size, ``file_offset`` a multiple of
+      ``chunk_size``; a chunk slot with no chunk is a hole (EROFS null address, read as zeros).
+    * ``blobs`` in blob-table order (``Blob.index`` = position), every field filled.
+    * ``flags``: compressor, digester, cipher (ENCRYPTION_NONE or AES), EXPLICIT_UID_GID unless the
+      build is repeatable, TARTFS_MODE for tarfs (512-byte blocks). HAS_XATTR is added here when any
+      xattr is written; INLINED_CHUNK_DIGEST is set exactly when every blob has that feature.
+    * ``prefetch``: the nodes matched by ``--prefetch-policy fs`` patterns, in pattern order.
+    * ``devslot_alignment``: where blobs start in the flattened device view; 512 KiB now,
+      :data:`LEGACY_DEVSLOT_ALIGNMENT` to reproduce nydus-image 2.2 output.
+    """
+    return _BootstrapWriter(root, blobs, chunk_size, SuperFlags(flags), prefetch or [],
+                            devslot_alignment).write()
+
+
+def _round_up(value: int, unit: int) -> int:
+    return -(-value // unit) * unit
+
+
+def _bad(message: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"cannot write RAFS v6 bootstrap: {message}")
+
+
+def xattr_body(xattrs: dict[bytes, bytes]) -> bytes:
+    """Inline xattrs of one inode: body header, then entries padded to 4 bytes (RafsXAttrs::store_v6).
+
+    Names are stored without their prefix, which becomes the EROFS name index.
+    """
+    if not xattrs:
+        return b""
+    parts = [XATTR_HEADER.pack(0, 0, bytes(7))]
+    for key, value in xattrs.items():
+        for prefix, index in XATTR_INDEXES:
+            if key.startswith(prefix):
+                break
+        else:
+            raise _bad(f"xattr {key!r} has none of the prefixes RAFS stores")
+        name = key[len(prefix):]
+        if len(name) > 0xFF or len(value) > 0xFFFF:
+            raise _bad(f"xattr {key!r} is too long (name {len(name)} > 255 or value {len(value)} > 65535)")
+        entry = XATTR_ENTRY.pack(len(name), index, len(value)) + name + value
+        parts.append(entry + bytes(-len(entry) % layout.EROFS_XATTR_ALIGNMENT))
+    body = b"".join(parts)
+    if (len(body) - layout.EROFS_XATTR_IBODY_HEADER_SIZE) // 4 + 1 > 0xFFFF:
+        raise _bad("extended attributes of one inode are too big")
+    return body
+
+
+def dirent_blocks(entries: list[tuple[bytes, int, int]], block_size: int) -> list[bytes]:
+    """Directory blocks for sorted (name, nid, file type) entries: each ``[dirents][names]``.
+
+    An entry (12 bytes + name) never straddles a block; every block but the last is as full as entries
+    allow and is not padded here (the rest of its block stays zero).
+    """
+    blocks, current, used = [], [], 0
+    for entry in entries:
+        size = layout.EROFS_DIRENT_SIZE + len(entry[0])
+        if used + size > block_size:
+            blocks.append(_dirent_block(current))
+            current, used = [], 0
+        current.append(entry)
+        used += size
+    if current:
+        blocks.append(_dirent_block(current))
+    return blocks
+
+
+def _dirent_block(entries: list[tuple[bytes, int, int]]) -> bytes:
+    nameoff = layout.EROFS_DIRENT_SIZE * len(entries)
+    heads = []
+    for name, nid, file_type in entries:
+        heads.append(DIRENT.pack(nid, nameoff, file_type, 0))
+        nameoff += len(name)
+    return b"".join(heads) + b"".join(name for name, _, _ in entries)
+
+
+def dirent_size(names: list[bytes], block_size: int) -> int:
+    """``i_size`` of a directory with these (sorted) names incl. ``.`` and ``..`` (v6_dirent_size)."""
+    size = 0
+    for name in names:
+        entry = layout.EROFS_DIRENT_SIZE + len(name)
+        if size % block_size + entry > block_size:
+            size = _round_up(size, block_size)
+        size += entry
+    return size
+
+
+class _Object:
+    """One EROFS inode to write: what it is, where it went, and (directories) its entries."""
+
+    __slots__ = ("node", "parent", "placement", "xattrs", "entries", "data", "chunks")
+
+    def __init__(self, node: Node, parent: "_Object | None"):
+        self.node = node
+        self.parent = parent
+        self.placement: alloc.Placement | None = None
+        self.xattrs = b""
+        self.entries: list[tuple[bytes, "_Object"]] = []
+        self.data = 0                   # directory / symlink data size
+        self.chunks: list[Chunk] = []
+
+    @property
+    def inode_size(self) -> int:
+        return INODE_SIZE + len(self.xattrs)
+
+
+class _BootstrapWriter:
+    def __init__(self, root: Node, blobs: list[Blob], chunk_size: int, flags: SuperFlags,
+                 prefetch: list[Node], devslot_alignment: int):
+        if not root.inode.is_dir:
+            raise _bad("the root is not a directory")
+        if chunk_size & (chunk_size - 1) or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise _bad(f"chunk size {chunk_size:#x} is not a power of two in [0x1000, 0x1000000]")
+        for bits, what in ((_COMPRESSION_BITS, "compression"), (_DIGEST_BITS, "digest")):
+            if bin(flags & bits).count("1") != 1:
+                raise _bad(f"flags {flags:#x} must hold exactly one {what} bit")
+        if len(blobs) > MAX_BLOBS - 1:
+            raise _bad(f"{len(blobs)} blobs; at most {MAX_BLOBS - 1} fit a chunk address")
+        if devslot_alignment <= 0 or devslot_alignment & (devslot_alignment - 1):
+            raise _bad(f"device slot alignment {devslot_alignment:#x} is not a power of two")
+        self.root = root
+        self.blobs = blobs
+        self.chunk_size = chunk_size
+        self.flags = flags
+        self.prefetch = prefetch
+        self.devslot_alignment = devslot_alignment
+        # tarfs images address the tar in 512-byte blocks (BuildContext::v6_block_size)
+        self.block_bits = layout.EROFS_BLKSZBITS_MIN if flags & SuperFlags.TARTFS_MODE \
+            else layout.EROFS_BLKSZBITS_MAX
+        self.block_size = 1 << self.block_bits
+        self.external = [bool(b.features & BlobFeatures.EXTERNAL) for b in blobs]
+        self.order: list[_Object] = []      # every tree node, in index (dump) order
+        self.by_node: dict[int, _Object] = {}
+        self.has_xattr = False
+
+    # -- planning: the reference's build_rafs -----------------------------------------------------
+
+    def _plan(self) -> alloc.MetaAllocator:
+        """Place every object in the reference's order (Bootstrap::build_rafs): a directory when its
+        turn comes, then its non-directory children in name order, then each subdirectory in turn,
+        depth first. ``self.order`` gets the dump (and ``i_ino``) order: the root, then every
+        directory's children as the directory is reached."""
+        allocator = alloc.MetaAllocator(self.block_size)
+        first_links: dict[int, _Object] = {}    # id(shared Inode) -> first link of a regular file
+        stack = [self._visit(self.root, None)]
+        seen_dirs = {id(self.root)}
+        while stack:
+            parent = stack.pop()
+            self._place_dir(allocator, parent)
+            subdirs = []
+            for child in parent.node.children:
+                obj = self._visit(child, parent)
+                parent.entries.append((child.name, obj))
+                mode = child.inode.mode
+                if _stat.S_ISDIR(mode):
+                    if id(child) in seen_dirs:
+                        raise _bad(f"directory {child.name!r} appears twice in the tree")
+                    seen_dirs.add(id(child))
+                    subdirs.append(obj)
+                elif _stat.S_ISREG(mode):
+                    self._plan_file(allocator, obj, first_links)
+                elif _stat.S_ISLNK(mode):
+                    target = child.inode.symlink
+                    if target is None:
+                        raise _bad(f"symlink {child.name!r} has no target")
+                    obj.data = len(target)
+                    obj.placement = allocator.place_with_tail(obj.inode_size, obj.data)
+                elif _stat.S_IFMT(mode) in _SPECIAL:
+                    obj.placement = allocator.place_special(obj.inode_size)
+                else:
+                    raise _bad(f"{child.name!r} has an unknown file type (mode {mode:#o})")
+            stack.extend(reversed(subdirs))
+        return allocator
+
+    def _plan_file(self, allocator: alloc.MetaAllocator, obj: _Object, first_links: dict) -> None:
+        """Place a regular file; hardlinks (one shared Inode) get the first link's inode. The chunk
+        slots come from the first link that has chunks; every link's chunks are checked."""
+        node = obj.node
+        slots = self._chunk_slots(node) if node.chunks else None
+        first = first_links.setdefault(id(node.inode), obj)
+        if first is obj:
+            obj.chunks = slots or [None] * -(-node.inode.size // self.chunk_size)
+            obj.placement = allocator.place_file(obj.inode_size, len(obj.chunks))
+        else:
+            if slots and not any(first.chunks):
+                first.chunks[:] = slots
+            obj.chunks = first.chunks
+            obj.placement = first.placement
+            allocator.align(alloc.SLOT_SIZE)
+
+    def _visit(self, node: Node, parent: _Object | None) -> _Object:
+        if parent is not None:
+            name = node.name
+            if not name or len(name) > MAX_NAME_SIZE or b"/" in name or b"\0" in name or name in (b".", b".."):
+                raise _bad(f"invalid file name {name!r}")
+        obj = _Object(node, parent)
+        self.by_node[id(node)] = obj
+        obj.xattrs = xattr_body(node.inode.xattrs)
+        if obj.xattrs:
+            self.has_xattr = True
+        self.order.append(obj)
+        return obj
+
+    def _place_dir(self, allocator: alloc.MetaAllocator, obj: _Object) -> None:
+        names = sorted([b".", b".."] + [child.name for child in obj.node.children])
+        for prev, name in zip(names, names[1:]):
+            if prev == name:
+                raise _bad(f"name {name!r} appears twice in one directory")
+        obj.data = dirent_size(names, self.block_size)
+        obj.placement = allocator.place_with_tail(obj.inode_size, obj.data)
+
+    def _chunk_slots(self, node: Node) -> list[Chunk | None]:
+        """The file's chunk index entries: one per chunk_size of i_size, None for a hole."""
+        size, cs = node.inode.size, self.chunk_size
+        slots: list[Chunk | None] = [None] * -(-size // cs)
+        last = -1
+        for chunk in node.chunks:
+            slot, rest = divmod(chunk.file_offset, cs)
+            if rest or slot <= last or slot >= len(slots):
+                raise _bad(f"{node.name!r}: chunk at file offset {chunk.file_offset:#x} does not fit "
+                           f"a file of {size} bytes in {cs:#x}-byte chunks in order")
+            if not 0 <= chunk.blob_index < len(self.blobs):
+                raise _bad(f"{node.name!r}: chunk refers to blob {chunk.blob_index} of {len(self.blobs)}")
+            if chunk.uncompressed_offset % self.block_size or chunk.index >= MAX_CHUNKS_PER_BLOB:
+                raise _bad(f"{node.name!r}: chunk {chunk.index} at uncompressed offset "
+                           f"{chunk.uncompressed_offset:#x} is not block aligned or out of range")
+            slots[slot] = chunk
+            last = slot
+        return slots
+
+    # -- the tables at the front ------------------------------------------------------------------
+
+    def write(self) -> bytes:
+        allocator = self._plan()
+        bs = self.block_size
+        blob_table_offset = _round_up(layout.RAFSV6_DEVTABLE_OFFSET + layout.EROFS_DEVT_SLOT_SIZE * len(self.blobs),
+                                      ALIGNMENT)
+        blob_table_size = layout.RAFSV6_BLOB_ENTRY_SIZE * len(self.blobs)
+        prefetch_size = 4 * len(self.prefetch) if blob_table_size else 0
+        # Shift everything so the root inode sits one block after meta_blkaddr (root nid 128).
+        root_offset = self.order[0].placement.offset
+        orig_meta_addr = root_offset - ALIGNMENT
+        if blob_table_size:
+            meta_addr = _round_up(blob_table_offset + blob_table_size + prefetch_size,
+                                  ALIGNMENT)
+        else:
+            meta_addr = orig_meta_addr
+        self.shift = meta_addr - orig_meta_addr
+        self.meta_addr = meta_addr
+
+        self.buf = bytearray(max(self.shift + allocator.cursor, blob_table_offset + blob_table_size))
+        self.end = 0
+        chunk_table = self._write_objects()
+        meta_end = _round_up(self.end, ALIGNMENT)
+        del self.buf[meta_end:]
+        self.buf += bytes(meta_end - len(self.buf))
+        chunk_table_offset = meta_end
+        self.buf += chunk_table
+        self.buf += bytes(-len(self.buf) % ALIGNMENT)
+
+        devslots, blocks, inlined_digest = self._devslots(len(self.buf))
+        flags = self.flags & ~SuperFlags.INLINED_CHUNK_DIGEST
+        if inlined_digest:
+            flags |= SuperFlags.INLINED_CHUNK_DIGEST
+        if self.has_xattr:
+            flags |= SuperFlags.HAS_XATTR
+
+        root_nid = self._nid(self.order[0])
+        self.buf[layout.EROFS_SUPER_OFFSET:layout.EROFS_SUPER_OFFSET + SUPERBLOCK.size] = SUPERBLOCK.pack(
+            layout.EROFS_SUPER_MAGIC_V1, 0, layout.EROFS_FEATURE_COMPAT_RAFS_V6, self.block_bits, 0,
+            root_nid, len(self.order), 0, 0, blocks, meta_addr // bs, 0, bytes(16), bytes(16),
+            layout.RAFSV6_FEATURE_INCOMPAT, 0, len(self.blobs),
+            layout.RAFSV6_DEVTABLE_OFFSET // layout.EROFS_DEVT_SLOT_SIZE, 0, 0, 0, 0, 0, bytes(23))
+        prefetch_offset = blob_table_offset + blob_table_size if prefetch_size else 0
+        ext = SUPERBLOCK_EXT.pack(
+            int(flags), blob_table_offset, blob_table_size, self.chunk_size, chunk_table_offset,
+            len(chunk_table), prefetch_offset, prefetch_size, 0, bytes(200))
+        offset = layout.EROFS_SUPER_OFFSET + SUPERBLOCK.size
+        self.buf[offset:offset + len(ext)] = ext
+        self.buf[layout.RAFSV6_DEVTABLE_OFFSET:layout.RAFSV6_DEVTABLE_OFFSET + len(devslots)] = devslots
+        table = b"".join(self._blob_entry(i, blob) for i, blob in enumerate(self.blobs))
+        self.buf[blob_table_offset:blob_table_offset + len(table)] = table
+        if prefetch_size:
+            nids = struct.pack(f"<{len(self.prefetch)}I", *(self._prefetch_nid(n) for n in self.prefetch))
+            self.buf[prefetch_offset:prefetch_offset + len(nids)] = nids
+        return bytes(self.buf)
+
+    def _nid(self, obj: _Object) -> int:
+        return (obj.placement.offset + self.shift - self.meta_addr) >> 5
+
+    def _prefetch_nid(self, node: Node) -> int:
+        obj = self.by_node.get(id(node))
+        if obj is None:
+            raise _bad(f"prefetch node {node.name!r} is not in the tree")
+        return self._nid(obj)
+
+    def _devslots(self, position: int) -> tuple[bytes, int, bool]:
+        bs, align = self.block_size, self.devslot_alignment
+        slots, total, inlined_digest = [], 0, True
+        for blob in self.blobs:
+            blob_id = self._blob_id(blob)
+            count = blob.uncompressed_size // bs
+            mapped = _round_up(position, align) // bs
+            if mapped + count > 0xFFFF_FFFF:
+                raise _bad(f"blob {blob.blob_id} ends beyond the 32-bit block address space")
+            position = (mapped + count) * bs
+            total += count
+            if not blob.features & BlobFeatures.INLINED_CHUNK_DIGEST:
+                inlined_digest = False
+            slots.append(DEVICE.pack(blob_id, count, mapped, bytes(56)))
+        if total > 0xFFFF_FFFF:
+            raise _bad(f"{total} data blocks do not fit s_blocks")
+        return b"".join(slots), total, inlined_digest
+
+    @staticmethod
+    def _blob_id(blob: Blob) -> bytes:
+        raw = blob.blob_id.encode("utf-8")
+        if not raw or len(raw) > layout.RAFSV6_BLOB_ID_SIZE:
+            raise _bad(f"blob id {blob.blob_id!r} must be 1 to {layout.RAFSV6_BLOB_ID_SIZE} bytes")
+        return raw.ljust(layout.RAFSV6_BLOB_ID_SIZE, b"\0")
+
+    def _blob_entry(self, position: int, blob: Blob) -> bytes:
+        if blob.index != position:
+            raise _bad(f"blob {blob.blob_id} has index {blob.index} at position {position}")
+        try:
+            compressor, ci_compressor = COMPRESSOR_IDS[blob.compressor], COMPRESSOR_IDS[blob.ci_compressor]
+            digester, cipher = DIGESTER_IDS[blob.digester], CIPHER_IDS[blob.cipher]
+        except KeyError as exc:
+            raise _bad(f"blob {blob.blob_id}: unknown algorithm {exc}") from None
+        if cipher:
+            if len(blob.cipher_key) != 32 or len(blob.cipher_iv) != 16:
+                raise _bad(f"blob {blob.blob_id}: cipher key/IV must be 32/16 bytes")
+            # Encrypted blobs keep the key in blob_meta_digest and the IV across blob_meta_size and
+            # cipher_iv (rafs/src/metadata/layout/v6.rs RafsV6Blob::from_blob_info).
+            meta_digest = blob.cipher_key
+            meta_size = int.from_bytes(blob.cipher_iv[:8], "little")
+            cipher_iv = blob.cipher_iv[8:]
+        else:
+            meta_digest, meta_size, cipher_iv = blob.meta_digest, blob.meta_size, bytes(8)
+        return BLOB.pack(
+            self._blob_id(blob), position, blob.chunk_size, blob.chunk_count, compressor, digester,
+            blob.features, blob.compressed_size, blob.uncompressed_size, blob.toc_size, ci_compressor,
+            blob.ci_offset, blob.ci_compressed_size, blob.ci_uncompressed_size,
+            _digest32(blob.toc_digest), _digest32(meta_digest), meta_size, cipher_iv, cipher, bytes(36))
+
+    # -- inodes and their data --------------------------------------------------------------------
+
+    def _put(self, offset: int, data: bytes) -> None:
+        if data:
+            end = offset + len(data)
+            self.buf[offset:end] = data
+            if end > self.end:
+                self.end = end
+
+    def _write_objects(self) -> bytes:
+        """Write every inode (dump order); return the chunk info table."""
+        chunk_cache: dict[tuple, Chunk] = {}
+        for obj in self.order:
+            mode = obj.node.inode.mode
+            if _stat.S_ISDIR(mode):
+                self._write_dir(obj)
+            elif _stat.S_ISREG(mode):
+                self._write_file(obj, chunk_cache)
+            elif _stat.S_ISLNK(mode):
+                self._write_symlink(obj)
+            else:
+                self._write_inode(obj, layout.EROFS_INODE_FLAT_PLAIN, _u32(obj.node.inode.rdev, "rdev"))
+        records = []
+        for key in sorted(chunk_cache):
+            c = chunk_cache[key]
+            records.append(CHUNK_INFO.pack(_digest32(c.digest), c.blob_index, c.flags, c.compressed_size,
+                                           c.uncompressed_size, c.compressed_offset, c.uncompressed_offset,
+                                           c.file_offset, c.index, c.crc32))
+        return b"".join(records)
+
+    def _write_inode(self, obj: _Object, data_layout: int, i_u: int, size: int | None = None) -> int:
+        inode = obj.node.inode
+        offset = obj.placement.offset + self.shift
+        xattr_count = (len(obj.xattrs) - layout.EROFS_XATTR_IBODY_HEADER_SIZE) // 4 + 1 if obj.xattrs else 0
+        record = INODE.pack(
+            layout.EROFS_INODE_LAYOUT_EXTENDED | data_layout << 1, xattr_count, inode.mode & 0xFFFF, 0,
+            inode.size if size is None else size, i_u, _u32(inode.ino, "ino"), _u32(inode.uid, "uid"),
+            _u32(inode.gid, "gid"), inode.mtime, inode.mtime_nsec, _u32(inode.nlink, "nlink"), bytes(16))
+        self._put(offset, record)
+        self._put(offset + len(record), obj.xattrs)
+        return offset + len(record) + len(obj.xattrs)
+
+    def _write_tailed(self, obj: _Object, blocks: list[bytes], size: int) -> None:
+        """A directory's or symlink's inode and data: full blocks at i_u, the tail inline or not."""
+        placement = obj.placement
+        data_offset = placement.data_offset + self.shift
+        inline_at = self._write_inode(obj, placement.layout, _u32(data_offset // self.block_size, "blkaddr"),
+                                      size)
+        for i, block in enumerate(blocks):
+            if i == len(blocks) - 1 and placement.layout == layout.EROFS_INODE_FLAT_INLINE:
+                self._put(inline_at, block)
+            else:
+                self._put(data_offset + i * self.block_size, block)
+
+    def _write_dir(self, obj: _Object) -> None:
+        parent = obj.parent or obj
+        entries = [(b".", obj), (b"..", parent)] + obj.entries
+        entries.sort(key=lambda item: item[0])
+        rows = [(name, self._nid(child), layout.EROFS_FILE_TYPE_BY_MODE[_stat.S_IFMT(child.node.inode.mode)])
+                for name, child in entries]
+        self._write_tailed(obj, dirent_blocks(rows, self.block_size), obj.data)
+
+    def _write_symlink(self, obj: _Object) -> None:
+        target = obj.node.inode.symlink
+        bs = self.block_size
+        blocks = [target[i:i + bs] for i in range(0, len(target), bs)]
+        self._write_tailed(obj, blocks, len(target))
+
+    def _write_file(self, obj: _Object, chunk_cache: dict) -> None:
+        slots = obj.chunks
+        for chunk in obj.node.chunks or [c for c in slots if c is not None]:
+            key = (chunk.digest, chunk.blob_index + 1,
+                   chunk.index if self.external[chunk.blob_index] else -1)
+            chunk_cache[key] = chunk
+        size = obj.node.inode.size
+        # Page-cache sharing trick (v6_dump_file): when every chunk follows the previous one in the same
+        # blob, declare one chunk of next_power_of_two(i_size) so EROFS maps the file in one extent.
+        contiguous = all(slots)
+        for prev, chunk in zip(slots, slots[1:]):
+            if not contiguous:
+                break
+            if (chunk.blob_index != prev.blob_index
+                    or chunk.uncompressed_offset != prev.uncompressed_offset + self.chunk_size):
+                contiguous = False
+        declared = self.chunk_size
+        if contiguous and size > self.chunk_size:
+            declared = 1 << (size - 1).bit_length()
+        chunk_bits = declared.bit_length() - 1 - self.block_bits
+        if chunk_bits > layout.EROFS_CHUNK_FORMAT_BLKBITS_MASK:
+            raise _bad(f"file of {size} bytes is too big for one EROFS chunk")
+        chunk_format = layout.EROFS_CHUNK_FORMAT_INDEXES | chunk_bits
+        end = self._write_inode(obj, layout.EROFS_INODE_CHUNK_BASED, chunk_format)
+        addrs = []
+        for chunk in slots:
+            if chunk is None:
+                addrs.append(CHUNK_ADDR.pack(0, 0, layout.EROFS_NULL_ADDR))
+                continue
+            blkaddr = chunk.uncompressed_offset // self.block_size
+            if blkaddr >= layout.EROFS_NULL_ADDR:
+                raise _bad(f"chunk at uncompressed offset {chunk.uncompressed_offset:#x} is beyond the "
+                           "32-bit block address space")
+            addrs.append(CHUNK_ADDR.pack(chunk.index & 0xFFFF,
+                                         (chunk.index >> 16 & 0xFF) << 8 | (chunk.blob_index + 1), blkaddr))
+        self._put(_round_up(end - self.shift, alloc.CHUNK_ADDR_SIZE) + self.shift, b"".join(addrs))
+
+
+def _u32(value: int, what: str) -> int:
+    if not 0 <= value <= 0xFFFF_FFFF:
+        raise _bad(f"{what} {value} does not fit 32 bits")
+    return value
+
+
+def _digest32(value: bytes) -> bytes:
+    if len(value) > 32:
+        raise _bad(f"digest of {len(value)} bytes is longer than 32")
+    return bytes(value).ljust(32, b"\0")
