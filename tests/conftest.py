@@ -91,3 +91,10 @@ def tool():
         need(path is not None, f"{name} is not installed")
         return path
     return find
+
+
+@pytest.fixture(scope="session")
+def source_tree(tmp_path_factory) -> str:
+    """A directory with every entry type a build meets (tests/helpers.py ``make_source_tree``)."""
+    from helpers import make_source_tree
+    return make_source_tree(tmp_path_factory.mktemp("source") / "tree")
