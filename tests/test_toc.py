@@ -13,7 +13,7 @@ import pytest
 import zstandard
 
 import rafs
-from rafs.blob import codecs, layout
+from rafs.blob import codecs
 from rafs.blob._source import BytesRangeReader
 from rafs.blob.describe import describe_blob
 from rafs.blob.tar_header import build_tar_header, parse_tar_header, walk_sections

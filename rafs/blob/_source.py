@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+
 from ..errors import InvalidArgumentError, InvalidImageError
 from ..io.source import open_range_reader
 
@@ -31,6 +34,27 @@ def as_range_reader(source):
     if isinstance(source, (bytes, bytearray, memoryview)) or hasattr(source, "madvise"):
         return BytesRangeReader(source)
     return open_range_reader(source)
+
+
+@contextlib.contextmanager
+def opened(source):
+    """``source`` as a RangeReader for the duration of a block; what was opened here is closed."""
+    reader = as_range_reader(source)
+    try:
+        yield reader
+    finally:
+        if reader is not source:
+            reader.close()
+
+
+def reads_range(func):
+    """Decorator: the function's first argument (path, bytes, file object, RangeReader) arrives as a
+    RangeReader, opened and closed around the call when the caller did not pass one."""
+    @functools.wraps(func)
+    def wrapper(source, *args, **kwargs):
+        with opened(source) as reader:
+            return func(reader, *args, **kwargs)
+    return wrapper
 
 
 def known_size(source) -> int:

@@ -9,20 +9,20 @@ from __future__ import annotations
 from ..errors import InvalidImageError, RafsError
 from ..model import COMPRESSOR_NAMES, Blob, BlobFeatures, flag_words
 from . import layout
-from ._source import as_range_reader, known_size
+from ._source import known_size, reads_range
 from .meta import BlobMeta, load_blob_meta, load_blob_meta_file, parse_ci_header, read_blob_meta_at, round_up_4k
 from .tar_header import walk_sections
 from .toc import compute_blob_id, find_inline_bootstrap, read_toc
 
 
+@reads_range
 def describe_blob(source, blob: Blob | None = None, *, chunks: bool = False) -> dict:
     """Describe the blob file ``source`` (path, URL, bytes or RangeReader).
 
     With ``blob`` (its entry from a bootstrap) the ToC digest and the CI are checked against the blob
     table; without it the blob describes itself. ``chunks=True`` lists every chunk record.
     """
-    src = as_range_reader(source)
-    size = known_size(src)
+    size = known_size(source)
     problems: list[str] = []
     info: dict = {"size": size, "blob_id": None, "sections": [], "toc": None, "ci_header": None,
                   "chunk_info_version": None, "chunk_count": None, "batch_contexts": 0, "zran_contexts": 0,
@@ -35,18 +35,18 @@ def describe_blob(source, blob: Blob | None = None, *, chunks: bool = False) -> 
             problems.append(f"{what}: {exc}")
             return None
 
-    sections = attempt("sections", lambda: walk_sections(src)) or []
+    sections = attempt("sections", lambda: walk_sections(source)) or []
     info["sections"] = [{"name": s.name, "offset": s.offset, "size": s.size, "header_offset": s.header_offset}
                         for s in reversed(sections)]
     toc_digest = blob.toc_digest if blob is not None and blob.toc_size else None
     toc_size = blob.toc_size if blob is not None and blob.toc_size else None
     has_toc = toc_size is not None or any(s.name == layout.TOC_ENTRY_BLOB_TOC for s in sections)
-    toc = attempt("ToC", lambda: read_toc(src, digest=toc_digest, size=toc_size)) if has_toc else None
+    toc = attempt("ToC", lambda: read_toc(source, digest=toc_digest, size=toc_size)) if has_toc else None
     if toc is not None:
         info["toc"] = {"offset": toc.offset, "size": toc.size, "digest": toc.digest.hex(),
                        "entries": [entry.as_dict() for entry in toc]}
 
-    meta = attempt("CI", lambda: _load_meta(src, size, blob, toc, sections))
+    meta = attempt("CI", lambda: _load_meta(source, size, blob, toc, sections))
     if meta is not None:
         header = meta.header
         info["ci_header"] = {
@@ -63,12 +63,12 @@ def describe_blob(source, blob: Blob | None = None, *, chunks: bool = False) -> 
         if chunks:
             info["chunks"] = [_chunk_dict(i, c) for i, c in enumerate(meta.chunks)]
 
-    entry = attempt("inline bootstrap", lambda: find_inline_bootstrap(src))
+    entry = attempt("inline bootstrap", lambda: find_inline_bootstrap(source))
     if entry is not None:
         boot = entry.as_dict()
         info["inline_bootstrap"] = {"offset": entry.compressed_offset, **{
             key: boot[key] for key in ("compressed_size", "uncompressed_size", "compressor")}}
-    info["blob_id"] = attempt("blob id", lambda: compute_blob_id(src))
+    info["blob_id"] = attempt("blob id", lambda: compute_blob_id(source))
     return info
 
 

@@ -21,7 +21,7 @@ from .._codec import FastRecord, build, parse
 from ..errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from ..model import COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures, ChunkFlags
 from . import codecs, layout as L
-from ._source import as_range_reader, known_size, read_checked
+from ._source import known_size, opened, read_checked, reads_range
 
 CHUNK_INFO_V1 = FastRecord(L.ChunkInfoV1Ondisk, "chunk info v1")
 CHUNK_INFO_V2 = FastRecord(L.ChunkInfoV2Ondisk, "chunk info v2")
@@ -434,13 +434,13 @@ def _read_ci(header, header_bytes: bytes, raw_ci: bytes, *, what: str, compresse
 def load_blob_meta(blob: Blob, source) -> BlobMeta:
     """Read, check and decode the CI of ``blob`` from ``source`` (the data blob, or the RAFS meta blob
     for SEPARATE blobs: whichever file ``blob.ci_offset`` refers to)."""
-    source = as_range_reader(source)
     what = f"CI of blob {blob.blob_id}"
     _refuse_encrypted(blob.features | (BlobFeatures.ENCRYPTED if blob.cipher not in ("none", "") else 0), what)
     check_ci_layout(blob.features, blob.chunk_count, blob.ci_compressed_size, blob.ci_uncompressed_size,
                     COMPRESSOR_IDS.get(blob.ci_compressor, -1), with_contexts=False,
                     where=f"blob table entry of {blob.blob_id}")
-    raw = read_checked(source, blob.ci_offset, blob.ci_compressed_size + L.BLOB_CCT_HEADER_SIZE, what)
+    with opened(source) as reader:
+        raw = read_checked(reader, blob.ci_offset, blob.ci_compressed_size + L.BLOB_CCT_HEADER_SIZE, what)
     header_bytes = raw[blob.ci_compressed_size:]
     header = parse_ci_header(header_bytes)
     _check_against_blob(header, blob)
@@ -457,10 +457,10 @@ def load_chunk_infos(blob: Blob, source) -> list[ChunkInfo]:
     return load_blob_meta(blob, source).chunks
 
 
+@reads_range
 def read_blob_meta_at(source, header_offset: int) -> BlobMeta:
     """Decode the CI whose header sits at ``header_offset`` of a blob file, trusting only the header
     (for inspecting a blob without its bootstrap): the CI must end exactly where the header starts."""
-    source = as_range_reader(source)
     header_bytes = read_checked(source, header_offset, L.BLOB_CCT_HEADER_SIZE, "CI header")
     header = parse_ci_header(header_bytes)
     if header.s_ci_offset + header.s_ci_compressed_size != header_offset:
@@ -474,13 +474,14 @@ def read_blob_meta_at(source, header_offset: int) -> BlobMeta:
                     uncompressed_limit=None)
 
 
+@reads_range
 def load_blob_meta_file(path_or_reader, blob: Blob | None = None) -> BlobMeta:
     """Decode a nydusd ``<blob id>.blob.meta`` cache file (a path, bytes, file object or RangeReader).
 
     With ``blob`` the header must match the blob table, as nydusd requires before trusting the file;
     without it the header alone describes the data.
     """
-    source = as_range_reader(path_or_reader)
+    source = path_or_reader
     size = known_size(source)
     if size < L.BLOB_CCT_HEADER_SIZE or size % _PAGE:
         raise InvalidImageError(f"blob.meta file of {size} bytes is not 4 KiB aligned data + header",

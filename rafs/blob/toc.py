@@ -19,7 +19,7 @@ from ..errors import DigestMismatchError, InvalidArgumentError, InvalidImageErro
 from ..io.source import MAX_BOOTSTRAP_SIZE
 from ..model import MAX_CHUNKS_PER_BLOB
 from . import codecs, layout
-from ._source import as_range_reader, known_size, read_checked
+from ._source import known_size, read_checked, reads_range
 from .tar_header import build_tar_header, parse_tar_header, walk_sections
 
 TOC_ENTRY = FastRecord(layout.TocEntry, "ToC entry")
@@ -152,6 +152,7 @@ def parse_toc(buf, *, digest: bytes | None = None, base_offset: int = 0) -> Toc:
     return Toc(entries, offset=base_offset + start, size=header.size + layout.TAR_BLOCK_SIZE, digest=actual)
 
 
+@reads_range
 def read_toc(source, *, digest: bytes | None = None, size: int | None = None,
              offset: int | None = None) -> Toc:
     """Read the ToC at the tail of a blob.
@@ -161,7 +162,6 @@ def read_toc(source, *, digest: bytes | None = None, size: int | None = None,
     ending at the end of the blob or starting at ``offset``. A non-zero ``digest`` (``blob_toc_digest``)
     is verified. Any fault is an InvalidImageError.
     """
-    source = as_range_reader(source)
     blob_size = known_size(source)
     if size is None:
         if offset is not None:
@@ -175,11 +175,11 @@ def read_toc(source, *, digest: bytes | None = None, size: int | None = None,
     return parse_toc(buf, digest=digest, base_offset=offset)
 
 
+@reads_range
 def extract_entry(source, entry: TocEntry, *, max_size: int | None = None) -> bytes:
     """The uncompressed content of ``entry``, size- and sha256-checked (a zero digest is not checked,
     as in the reference). Decompression is bounded by the declared size, itself bounded by the format's
     limit for the entry (or ``max_size``)."""
-    source = as_range_reader(source)
     what = f"ToC entry {entry.name!r}"
     compressor = entry.compressor
     limit = max_size if max_size is not None else _MAX_ENTRY_SIZE.get(entry.name, MAX_BOOTSTRAP_SIZE)
@@ -199,10 +199,10 @@ def extract_entry(source, entry: TocEntry, *, max_size: int | None = None) -> by
     return data
 
 
+@reads_range
 def find_inline_bootstrap(source) -> TocEntry | None:
     """The ``image.boot`` entry of a blob: from its ToC, or (blobs built with ``--blob-inline-meta``
     without blob-toc) from a trailing ``image.boot`` tar header. None when the blob has neither."""
-    source = as_range_reader(source)
     blob_size = known_size(source)
     try:
         toc = read_toc(source)
@@ -226,6 +226,7 @@ def find_inline_bootstrap(source) -> TocEntry | None:
                         header.size, header.size)
 
 
+@reads_range
 def extract_inline_bootstrap(data, name: str | None = None) -> tuple[bytes, str] | None:
     """(bootstrap bytes, blob id) of a data blob carrying its bootstrap, or None if ``data`` is not one.
 
@@ -234,21 +235,20 @@ def extract_inline_bootstrap(data, name: str | None = None) -> tuple[bytes, str]
     otherwise it is computed as the builder does (:func:`compute_blob_id`). A blob that announces a
     bootstrap which then fails to decompress or verify is an InvalidImageError, not None.
     """
-    source = as_range_reader(data)
-    entry = find_inline_bootstrap(source)
+    entry = find_inline_bootstrap(data)
     if entry is None:
         return None
-    bootstrap = extract_entry(source, entry)
+    bootstrap = extract_entry(data, entry)
     base = os.path.basename(str(name).rstrip("/")) if name else ""
-    blob_id = base if _HEX_ID.fullmatch(base) else compute_blob_id(source)
+    blob_id = base if _HEX_ID.fullmatch(base) else compute_blob_id(data)
     return bootstrap, blob_id
 
 
+@reads_range
 def compute_blob_id(source) -> str:
     """The blob id nydus-image gives a native blob: sha256 of every byte it wrote through its hasher,
     which is the whole file except the chunk-digest array (the ``blob.digest`` payload; its tar
     header is hashed). Without such a section this is simply sha256 of the file."""
-    source = as_range_reader(source)
     blob_size = known_size(source)
     skipped = sorted((s.offset, s.end) for s in walk_sections(source) if s.name == layout.TOC_ENTRY_BLOB_DIGEST)
     hasher = hashlib.sha256()
