@@ -12,12 +12,12 @@ import subprocess
 
 import pytest
 
-from rafs import _codec
+import rafs
 from rafs.blob.meta import build_ci_header, encode_chunk_info_v1
 from rafs.errors import InvalidArgumentError
-from rafs.model import (BlobFeatures, Blob, Chunk, COMPRESSOR_NAMES, DIGESTER_NAMES, Inode, Node,
-                        SuperFlags)
-from rafs.v6 import alloc, layout
+from rafs.model import BlobFeatures, Blob, Chunk, Inode, Node, SuperFlags
+from rafs.build.tree import number_tree
+from rafs.v6 import alloc, dirent, layout
 from rafs.v6.writer import (BLOB, CHUNK_ADDR, CHUNK_INFO, DEVICE, DIRENT, INODE, LEGACY_DEVSLOT_ALIGNMENT,
                             SUPERBLOCK, SUPERBLOCK_EXT, dirent_blocks, dirent_size, write_bootstrap,
                             xattr_body)
@@ -181,41 +181,16 @@ def tree_of(entries: dict[str, object]) -> Node:
         elif isinstance(spec, S):
             inode = Inode(0, spec.kind | spec.mode, rdev=spec.rdev)
         elif isinstance(spec, H):
-            inode = by_path[spec.target].inode
-        node = Node(name.encode("utf-8", "surrogateescape"), inode)
+            inode = dataclasses.replace(by_path[spec.target].inode)
+            by_path[spec.target].hardlink_key = spec.target
+        node = Node(name.encode("utf-8", "surrogateescape"), inode,
+                    hardlink_key=spec.target if isinstance(spec, H) else None)
         ensure_dir(parent_path).children.append(node)
         by_path[path] = node
     for node in by_path.values():
         node.children.sort(key=lambda n: n.name)
-    number(root)
+    number_tree(root)               # the builder's numbering: ino, nlink, one Inode per hardlink group
     return root
-
-
-def index_order(root: Node):
-    """Nodes in the reference's index order: the root, then each directory's children as the
-    directory is reached (directories depth first)."""
-    yield root
-    stack = [root]
-    while stack:
-        parent = stack.pop()
-        yield from parent.children
-        stack.extend(reversed([c for c in parent.children if c.inode.is_dir]))
-
-
-def number(root: Node) -> None:
-    """Give ino and nlink as the builder does (Bootstrap::build_rafs)."""
-    links: dict[int, list[Node]] = {}
-    for index, node in enumerate(index_order(root), start=1):
-        if node.inode.is_dir:
-            node.inode.ino = index
-            node.inode.nlink = 2 + sum(c.inode.is_dir for c in node.children)
-        elif id(node.inode) in links:
-            links[id(node.inode)].append(node)
-        else:
-            links[id(node.inode)] = [node]
-            node.inode.ino = index
-    for nodes in links.values():
-        nodes[0].inode.nlink = len(nodes)
 
 
 def build(entries: dict[str, object], *, chunk_size: int = 0x4000, blob_count: int = 1,
@@ -418,6 +393,31 @@ def test_fsck_erofs_accepts_and_extracts(awkward, tmp_path, tool):
             assert (out / path.lstrip("/")).read_bytes() == content, path
 
 
+def test_rafs_reads_back_and_rebuilds_the_same_bytes(awkward, tmp_path):
+    built, image = awkward
+    boot = tmp_path / "boot"
+    boot.write_bytes(image)
+    blob_dir = tmp_path / "blobs"
+    blob_dir.mkdir()
+    for blob, data in zip(built.blobs, built.blob_data):
+        (blob_dir / blob.blob_id).write_bytes(data)
+    expected = expected_stats(built)
+    with rafs.open(boot, blob_dir=blob_dir, validate=True) as im:
+        got = {}
+        for path, inode in im.iter_entries():
+            size = None if inode.is_dir else inode.size
+            got[path.decode("utf-8", "surrogateescape")] = (
+                inode.mode, inode.uid, inode.gid, size, inode.mtime_ns, inode.nlink, inode.rdev, inode.symlink,
+                dict(inode.xattrs))
+        assert got == expected
+        for path, content in built.files.items():
+            assert im.read(path) == content, path
+        assert list(im.check(verify_data=True)) == []
+    # read, renumber, write again: the same bytes
+    root, blobs, chunk_size, flags = tree_of_image(boot)
+    assert write_bootstrap(root, blobs, chunk_size=chunk_size, flags=flags) == image
+
+
 # -- structure of the written bytes -------------------------------------------------------------------
 
 class Decoded:
@@ -455,16 +455,9 @@ class Decoded:
         return data[:size]
 
     def entries(self, nid: int) -> list[tuple[bytes, int, int]]:
-        data, out, bs = self.dir_data(nid), [], self.block_size
-        for start in range(0, len(data), bs):
-            block = data[start:start + bs]
-            n = DIRENT.unpack_from(block, 0).e_nameoff // 12
-            ents = [DIRENT.unpack_from(block, 12 * k) for k in range(n)]
-            for k, e in enumerate(ents):
-                end = ents[k + 1].e_nameoff if k + 1 < n else len(block)
-                name = block[e.e_nameoff:end].split(b"\0")[0]
-                out.append((name, e.e_nid, e.e_file_type))
-        return out
+        data, bs = self.dir_data(nid), self.block_size
+        return [e for start in range(0, len(data), bs)
+                for e in dirent.parse_block(data[start:start + bs], where=start)]
 
     def walk(self, nid: int | None = None, path: bytes = b"/"):
         nid = self.sb.s_root_nid if nid is None else nid
@@ -606,36 +599,19 @@ def test_bad_options_are_refused():
 
 # -- the reference's own bootstrap ------------------------------------------------------------------
 
-def fixture_tree(data: bytes, root_ino: int) -> tuple[Node, list[Blob], int, SuperFlags]:
-    """The tree, blobs, chunk size and flags recorded in a reference bootstrap."""
-    d = Decoded(data)
-    blobs = []
-    for i, b in enumerate(d.blobs):
-        blobs.append(Blob(i, b.blob_id.rstrip(b"\0").decode(), COMPRESSOR_NAMES[b.compression_algo],
-                          DIGESTER_NAMES[b.digest_algo], b.chunk_size, b.chunk_count, b.compressed_size,
-                          b.uncompressed_size, b.features, ci_compressor=COMPRESSOR_NAMES[b.ci_compressor],
-                          ci_offset=b.ci_offset, ci_compressed_size=b.ci_compressed_size,
-                          ci_uncompressed_size=b.ci_uncompressed_size, toc_digest=b.blob_toc_digest,
-                          toc_size=b.blob_toc_size, meta_digest=b.blob_meta_digest, meta_size=b.blob_meta_size))
-    chunk_by_index = {(c.blob_index, c.index): c for c in d.chunk_table}
-
-    def node(name: bytes, nid: int) -> Node:
-        i = d.inode(nid)
-        result = Node(name, Inode(0, i.i_mode, i.i_uid, i.i_gid, i.i_size, i.i_mtime, i.i_mtime_nsec, i.i_nlink))
-        if stat.S_ISREG(i.i_mode):
-            for slot, addr in enumerate(d.chunk_indexes(nid)):
-                c = chunk_by_index[(addr.c_blob_addr_hi & 0xFF) - 1, addr.c_blob_addr_lo | addr.c_blob_addr_hi >> 8 << 16]
-                result.chunks.append(Chunk(c.block_id, c.blob_index, c.compressed_offset, c.compressed_size,
-                                           c.uncompressed_offset, c.uncompressed_size, slot * d.ext.s_chunk_size,
-                                           c.index, c.flags, c.crc32))
-        if stat.S_ISDIR(i.i_mode):
-            result.children = [node(n, child) for n, child, _ in d.entries(nid) if n not in (b".", b"..")]
-        return result
-
-    root = node(b"/", d.sb.s_root_nid)
-    number(root)
+def tree_of_image(path, root_ino: int = 1) -> tuple[Node, list[Blob], int, SuperFlags]:
+    """The tree, blobs, chunk size and flags of a bootstrap, read with rafs and renumbered as the
+    builder numbers a tree (``root_ino``: what to write as the root's i_ino)."""
+    with rafs.open(path) as image:
+        root = image.tree()
+        reader = image.reader
+        blobs = [dataclasses.replace(b) for b in reader.blobs]
+        chunk_size, flags = reader.chunk_size, SuperFlags(reader.flags)
+    for _, node in root.walk():
+        node.inode = dataclasses.replace(node.inode)      # not the reader's cached objects
+    number_tree(root)
     root.inode.ino = root_ino
-    return root, blobs, d.ext.s_chunk_size, SuperFlags(d.ext.s_flags)
+    return root, blobs, chunk_size, flags
 
 
 def structures(data: bytes) -> dict[str, dict]:
@@ -667,7 +643,7 @@ def differences(a: bytes, b: bytes) -> set[tuple[str, str]]:
 def test_rebuilds_reference_bootstrap_byte_for_byte(v6_fixture):
     """nydus-image 2.2 output, rebuilt from its own tree with that builder's legacy values."""
     data = (v6_fixture[0]).read_bytes()
-    root, blobs, chunk_size, flags = fixture_tree(data, root_ino=0)   # 2.2 wrote root i_ino 0
+    root, blobs, chunk_size, flags = tree_of_image(v6_fixture[0], root_ino=0)   # 2.2 wrote root i_ino 0
     assert not flags & SuperFlags.ENCRYPTION_NONE                     # 2.2 did not set it
     rebuilt = write_bootstrap(root, blobs, chunk_size=chunk_size, flags=flags,
                               devslot_alignment=LEGACY_DEVSLOT_ALIGNMENT)
@@ -678,7 +654,7 @@ def test_rebuilds_reference_bootstrap_byte_for_byte(v6_fixture):
 def test_current_reference_differs_only_where_the_builder_changed(v6_fixture):
     """With today's builder values only the three known fields change."""
     data = (v6_fixture[0]).read_bytes()
-    root, blobs, chunk_size, flags = fixture_tree(data, root_ino=1)
+    root, blobs, chunk_size, flags = tree_of_image(v6_fixture[0])
     rebuilt = write_bootstrap(root, blobs, chunk_size=chunk_size, flags=flags | SuperFlags.ENCRYPTION_NONE)
     assert differences(rebuilt, data) == {("superblock ext", "s_flags"), ("device 0", "mapped_blkaddr"),
                                           ("inode /", "i_ino")}
