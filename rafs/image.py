@@ -88,7 +88,7 @@ def detect_reader(data, *, blob_id_hint: str | None = None) -> ImageReader:
     """The reader for a bootstrap's bytes: v5 by its magic at 0, v6/EROFS by the magic at 1024."""
     from .v5.reader import V5Reader, is_v5
     if is_v5(bytes(data[:8])):
-        return V5Reader(data)
+        return V5Reader(data, blob_id_hint=blob_id_hint)
     try:
         from .v6.reader import V6Reader, is_erofs
     except ImportError:                           # pragma: no cover - v6 support not installed

@@ -23,6 +23,7 @@ INODE = _codec.FastRecord(layout.Inode, "v5 inode")
 CHUNK = _codec.FastRecord(layout.ChunkInfo, "v5 chunk info")
 EXT_BLOB = _codec.FastRecord(layout.ExtBlobEntry, "v5 extended blob entry")
 _U32 = struct.Struct("<I")
+INLINE_BLOB_ID_PLACEHOLDER = "x" * 64     # builder/src/lib.rs dump_bootstrap, for --blob-inline-meta
 _U64 = struct.Struct("<Q")
 
 
@@ -39,7 +40,7 @@ class V5Reader(ImageReader):
 
     version = 5
 
-    def __init__(self, data, *, inode_cache_size: int = 4096):
+    def __init__(self, data, *, inode_cache_size: int = 4096, blob_id_hint: str | None = None):
         self.data = data
         self.size = len(data)
         if self.size < layout.RAFSV5_SUPERBLOCK_SIZE:
@@ -52,6 +53,10 @@ class V5Reader(ImageReader):
         self.root_ino = 1
         self.inode_count = sb.s_inode_table_entries
         self.blobs = self._read_blobs(sb)
+        if blob_id_hint:       # a bootstrap carried by its own blob: the builder wrote a placeholder id
+            for blob in self.blobs:
+                if blob.blob_id == INLINE_BLOB_ID_PLACEHOLDER:
+                    blob.blob_id = blob_id_hint
         self._cached_inode = functools.lru_cache(maxsize=inode_cache_size)(self._inode)
 
     # -- superblock and tables -------------------------------------------------------------------
