@@ -18,9 +18,10 @@ from rafs.errors import InvalidArgumentError
 from rafs.model import BlobFeatures, Blob, Chunk, Inode, Node, SuperFlags
 from rafs.build.tree import number_tree
 from rafs.v6 import alloc, dirent, layout
+from rafs.blob.toc import extract_inline_bootstrap
 from rafs.v6.writer import (BLOB, CHUNK_ADDR, CHUNK_INFO, DEVICE, DIRENT, INODE, LEGACY_DEVSLOT_ALIGNMENT,
-                            SUPERBLOCK, SUPERBLOCK_EXT, dirent_blocks, dirent_size, write_bootstrap,
-                            xattr_body)
+                            SUPERBLOCK, SUPERBLOCK_EXT, UNMAPPED_DEVSLOTS, dirent_blocks, dirent_size,
+                            write_bootstrap, xattr_body)
 
 FLAGS = (SuperFlags.COMPRESSION_NONE | SuperFlags.HASH_SHA256 | SuperFlags.ENCRYPTION_NONE
          | SuperFlags.EXPLICIT_UID_GID)
@@ -194,8 +195,10 @@ def tree_of(entries: dict[str, object]) -> Node:
 
 
 def build(entries: dict[str, object], *, chunk_size: int = 0x4000, blob_count: int = 1,
-          digester: str = "sha256") -> Built:
-    """A tree plus synthetic uncompressed blobs holding its file data at 4K-aligned offsets."""
+          digester: str = "sha256", tarfs: bool = False) -> Built:
+    """A tree plus synthetic uncompressed blobs holding its file data at 4K-aligned offsets (tarfs:
+    512-byte aligned, like file data inside a tar)."""
+    align = 512 if tarfs else 4096
     root = tree_of(entries)
     paths = {}
     for path, spec in entries.items():
@@ -226,7 +229,7 @@ def build(entries: dict[str, object], *, chunk_size: int = 0x4000, blob_count: i
             base = known.get((b, digest))
             if base is None:
                 at = len(datas[b])
-                datas[b] += piece + bytes(-len(piece) % 4096)
+                datas[b] += piece + bytes(-len(piece) % align)
                 base = Chunk(digest, b, at, len(piece), at, len(piece), off, len(infos[b]))
                 infos[b].append(base)
                 known[(b, digest)] = base
@@ -235,13 +238,16 @@ def build(entries: dict[str, object], *, chunk_size: int = 0x4000, blob_count: i
     blobs, blob_data = [], []
     for b in range(blob_count):
         data = bytes(datas[b])
-        ci = b"".join(struct.pack("<QQ", *encode_chunk_info_v1(c.compressed_offset, c.compressed_size,
-                                                                c.uncompressed_offset, c.uncompressed_size))
-                      for c in infos[b])
-        features = BlobFeatures.ALIGNED | BlobFeatures.CAP_TAR_TOC
-        header = build_ci_header(features=features, ci_compressor="none", ci_entries=len(infos[b]),
-                                 ci_offset=len(data), ci_compressed_size=len(ci), ci_uncompressed_size=len(ci))
-        whole = data + ci + header
+        if tarfs:                                   # the tar is the blob: no CI array
+            features, ci, whole = BlobFeatures.TARFS, b"", data
+        else:
+            features = BlobFeatures.ALIGNED | BlobFeatures.CAP_TAR_TOC
+            ci = b"".join(struct.pack("<QQ", *encode_chunk_info_v1(c.compressed_offset, c.compressed_size,
+                                                                    c.uncompressed_offset, c.uncompressed_size))
+                          for c in infos[b])
+            header = build_ci_header(features=features, ci_compressor="none", ci_entries=len(infos[b]),
+                                     ci_offset=len(data), ci_compressed_size=len(ci), ci_uncompressed_size=len(ci))
+            whole = data + ci + header
         blobs.append(Blob(b, hashlib.sha256(whole).hexdigest(), "none", digester, chunk_size, len(infos[b]),
                           len(whole), len(data), int(features), ci_compressor="none", ci_offset=len(data),
                           ci_compressed_size=len(ci), ci_uncompressed_size=len(ci)))
@@ -416,6 +422,33 @@ def test_rafs_reads_back_and_rebuilds_the_same_bytes(awkward, tmp_path):
     # read, renumber, write again: the same bytes
     root, blobs, chunk_size, flags = tree_of_image(boot)
     assert write_bootstrap(root, blobs, chunk_size=chunk_size, flags=flags) == image
+
+
+@pytest.mark.privileged
+def test_kernel_mounts_tarfs_mode_with_512_byte_blocks(kernel_mount, tmp_path):
+    entries = {
+        "a": F(b"".join(bytes([i]) * 4096 for i in range(3)) + b"tail"),     # contiguous: one 16 KiB chunk
+        "b": F(b"short"),
+        "dir/link-inline": L(b"t" * 400),
+        "dir/link-tail": L(b"u" * 600),                  # one full 512-byte block and an inline tail
+        "dir/xattrs": F(b"x", xattrs={b"user.k%02d" % i: b"v" * 20 for i in range(30)}),
+    }
+    for i in range(60):
+        entries["many/%03d-%s" % (i, "n" * 40)] = F(b"%d" % i)
+    built = build(entries, chunk_size=0x1000, tarfs=True)
+    image = write(built, flags=FLAGS | SuperFlags.TARTFS_MODE)
+    d = Decoded(image)
+    assert d.sb.s_blkszbits == 9 and d.sb.s_meta_blkaddr * 512 == 8192 and len(image) % 4096 == 0
+    nids = dict(d.walk())
+    assert d.inode(nids[b"/a"]).i_u & layout.EROFS_CHUNK_FORMAT_BLKBITS_MASK == 14 - 9
+    assert d.inode(nids[b"/many"]).i_size > 5 * 512
+    boot, blob = tmp_path / "boot", tmp_path / "tar"
+    boot.write_bytes(image)
+    blob.write_bytes(built.blob_data[0])
+    mnt = kernel_mount(boot, blob)
+    assert mounted_stats(mnt) == expected_stats(built)
+    for path, content in built.files.items():
+        assert (mnt / path.lstrip("/")).read_bytes() == content, path
 
 
 # -- structure of the written bytes -------------------------------------------------------------------
@@ -659,3 +692,18 @@ def test_current_reference_differs_only_where_the_builder_changed(v6_fixture):
     assert differences(rebuilt, data) == {("superblock ext", "s_flags"), ("device 0", "mapped_blkaddr"),
                                           ("inode /", "i_ino")}
     assert Decoded(rebuilt).devices[0].mapped_blkaddr == 0x80000 // 4096
+
+
+def test_rebuilds_pre_2_2_inline_bootstrap(fixtures, tmp_path):
+    """The bootstrap inside the early blob-toc fixture (4 inodes), from a builder that did not map
+    blobs into the flattened device view yet."""
+    blob = (fixtures / "toc" / "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca").read_bytes()
+    data, _ = extract_inline_bootstrap(blob)
+    path = tmp_path / "image.boot"
+    path.write_bytes(data)
+    root, blobs, chunk_size, flags = tree_of_image(path, root_ino=0)
+    assert [name for name, _ in root.walk()] == [b"/", b"/error.rs", b"/lib.rs", b"/logger.rs"]
+    rebuilt = write_bootstrap(root, blobs, chunk_size=chunk_size, flags=flags, devslot_alignment=UNMAPPED_DEVSLOTS)
+    assert rebuilt == data
+    rebuilt = write_bootstrap(root, blobs, chunk_size=chunk_size, flags=flags)
+    assert differences(rebuilt, data) == {("device 0", "mapped_blkaddr")}

@@ -38,9 +38,11 @@ XATTR_HEADER = _codec.FastRecord(layout.XattrIbodyHeader, "v6 xattr body header"
 XATTR_ENTRY = _codec.FastRecord(layout.XattrEntry, "v6 xattr entry")
 
 # Blobs start in the flattened block-device view at multiples of this (``V6_BLOCK_SEG_ALIGNMENT``).
-# Builders before 2023-03-30 (nydus-image 2.2) used 2 MiB.
+# Builders before 2023-03-30 (nydus-image 2.2) used 2 MiB; earlier ones left mapped_blkaddr 0
+# (``devslot_alignment=0``).
 DEVSLOT_ALIGNMENT = 0x8_0000
 LEGACY_DEVSLOT_ALIGNMENT = 0x20_0000
+UNMAPPED_DEVSLOTS = 0
 # Xattr name prefixes RAFS stores and their EROFS name indexes (v6.rs RAFSV6_XATTR_TYPES: no lustre).
 XATTR_INDEXES = tuple((prefix, index) for index, prefix in layout.EROFS_XATTR_PREFIXES.items()
                       if index != layout.EROFS_XATTR_INDEX_LUSTRE)
@@ -76,7 +78,8 @@ def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: Su
       xattr is written; INLINED_CHUNK_DIGEST is set exactly when every blob has that feature.
     * ``prefetch``: the nodes matched by ``--prefetch-policy fs`` patterns, in pattern order.
     * ``devslot_alignment``: where blobs start in the flattened device view; 512 KiB now,
-      :data:`LEGACY_DEVSLOT_ALIGNMENT` to reproduce nydus-image 2.2 output.
+      :data:`LEGACY_DEVSLOT_ALIGNMENT` to reproduce nydus-image 2.2 output, :data:`UNMAPPED_DEVSLOTS`
+      (0: every ``mapped_blkaddr`` 0) for the builders before it.
     """
     return _BootstrapWriter(root, blobs, chunk_size, SuperFlags(flags), prefetch or [],
                             devslot_alignment).write()
@@ -185,7 +188,7 @@ class _BootstrapWriter:
                 raise _bad(f"flags {flags:#x} must hold exactly one {what} bit")
         if len(blobs) > MAX_BLOBS - 1:
             raise _bad(f"{len(blobs)} blobs; at most {MAX_BLOBS - 1} fit a chunk address")
-        if devslot_alignment <= 0 or devslot_alignment & (devslot_alignment - 1):
+        if devslot_alignment < 0 or devslot_alignment & (devslot_alignment - 1):
             raise _bad(f"device slot alignment {devslot_alignment:#x} is not a power of two")
         self.root = root
         self.blobs = blobs
@@ -369,7 +372,7 @@ class _BootstrapWriter:
         for blob in self.blobs:
             blob_id = self._blob_id(blob)
             count = blob.uncompressed_size // bs
-            mapped = _round_up(position, align) // bs
+            mapped = _round_up(position, align) // bs if align else 0
             if mapped + count > 0xFFFF_FFFF:
                 raise _bad(f"blob {blob.blob_id} ends beyond the 32-bit block address space")
             position = (mapped + count) * bs
