@@ -24,6 +24,7 @@ from typing import Iterable
 from .. import _codec
 from ..errors import InvalidArgumentError, RafsError
 from ..model import Blob, BlobFeatures, Chunk
+from ..blob.layout import BLOB_CCT_HEADER_SIZE as CI_HEADER_SIZE
 from .layout import (CHUNK_MAP_ALL_READY, CHUNK_MAP_HEADER, CHUNK_MAP_HEADER_SIZE, CHUNK_MAP_MAGIC,
                      CHUNK_MAP_MAGIC2, CHUNK_MAP_SUFFIX, CHUNK_MAP_VERSION, DATA_SUFFIX, META_SUFFIX)
 
@@ -251,6 +252,10 @@ class BlobCache:
                 return
             except (RafsError, OSError) as exc:
                 log.warning("%s is not usable (%s); writing it again", self.meta_path, exc)
+        if getattr(source, "size", None) is None:
+            # a remote blob of unknown size: the CI and its header end at a known place, which is all
+            # the reader needs (asking the server for the size would cost a request)
+            source = _KnownEnd(source, self.blob.ci_offset + self.blob.ci_compressed_size + CI_HEADER_SIZE)
         content = load_blob_meta(self.blob, source).file_bytes()
         tmp = f"{self.meta_path}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
@@ -295,6 +300,20 @@ class BlobCache:
 
     def __repr__(self) -> str:
         return f"BlobCache({self.data_path!r})"
+
+
+class _KnownEnd:
+    """A RangeReader whose size is taken as ``size``: the blob holds at least that many bytes."""
+
+    def __init__(self, inner, size: int):
+        self.inner = inner
+        self.size = size
+
+    def read_range(self, offset: int, size: int) -> bytes:
+        return self.inner.read_range(offset, size)
+
+    def close(self) -> None:
+        pass
 
 
 def _check_blob_id(blob_id: str) -> None:
