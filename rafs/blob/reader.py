@@ -7,7 +7,7 @@ this module only knows chunk addresses and codecs.
 from __future__ import annotations
 
 from ..errors import DigestMismatchError, InvalidImageError, UnsupportedError
-from ..model import Blob, Chunk, ChunkFlags, MAX_CHUNK_SIZE
+from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
 from . import codecs
 
 
@@ -41,6 +41,12 @@ class ChunkReader:
         """Decompress and (when validating) verify the stored bytes of ``chunk``."""
         if chunk.flags & ChunkFlags.ENCRYPTED:
             raise UnsupportedError(f"chunk {chunk.index} of blob {self.blob.blob_id} is encrypted")
+        if chunk.flags & ChunkFlags.BATCH:
+            raise UnsupportedError(f"chunk {chunk.index} of blob {self.blob.blob_id} is packed in a batch "
+                                   "chunk (nydus-image --batch-size), which rafs does not read yet")
+        if self.blob.features & BlobFeatures.ZRAN:
+            raise UnsupportedError(f"blob {self.blob.blob_id} is a ZRAN (targz-ref) blob: reading its data "
+                                   "from the original .tar.gz is not supported yet")
         if chunk.flags & ChunkFlags.COMPRESSED:
             data = codecs.decompress(self.blob.compressor, raw, chunk.uncompressed_size,
                                      what=f"chunk {chunk.index} of blob {self.blob.blob_id}",
