@@ -365,20 +365,22 @@ class Image:
         """The subtree under ``top`` as a :class:`rafs.model.Node` tree (chunks included)."""
         from .model import Node
         ino, _ = self._resolve(top, follow_symlinks=False)
-
-        def build(name: bytes, ino: int, depth: int) -> Node:
-            inode = self.reader.inode(ino)
-            node = Node(name=name, inode=inode)
-            if inode.is_reg:
+        root = Node(name=b"/", inode=self.reader.inode(ino))
+        # iterative, so depth is no limit; a directory reached twice (a loop) is an invalid image
+        seen_dirs, stack = set(), [(root, ino)]
+        while stack:
+            node, ino = stack.pop()
+            if node.inode.is_reg:
                 node.chunks = self.reader.chunks(ino)
-                node.hardlink_key = ino if inode.nlink > 1 else None
-            elif inode.is_dir:
-                if depth > 4096:
-                    raise InvalidImageError("directory tree deeper than 4096 levels", structure="directory tree")
-                node.children = [build(n, c, depth + 1) for n, c in self.reader.entries(ino)]
-            return node
-
-        return build(b"/", ino, 0)
+                node.hardlink_key = ino if node.inode.nlink > 1 else None
+            elif node.inode.is_dir:
+                if ino in seen_dirs:
+                    raise InvalidImageError(f"directory inode {ino} is reachable twice", structure="directory tree")
+                seen_dirs.add(ino)
+                for name, child in self.reader.entries(ino):
+                    node.children.append(Node(name=name, inode=self.reader.inode(child)))
+                    stack.append((node.children[-1], child))
+        return root
 
     # -- file data -------------------------------------------------------------------------------
 
