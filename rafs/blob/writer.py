@@ -264,6 +264,12 @@ class BlobWriter:
             self._digests += digest
         node.chunks.append(chunk)
 
+    def seed_dedup(self, chunks) -> None:
+        """Chunks stored in other blobs (a parent image's, keyed by (digest, uncompressed size)) that
+        this blob need not store again: files repeating them get records pointing there."""
+        for key, chunk in dict(chunks).items():
+            self._dedup.setdefault(key, chunk)
+
     # -- sections after the data -------------------------------------------------------------------
 
     def end_data(self) -> None:

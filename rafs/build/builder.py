@@ -28,11 +28,14 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
 from . import tree
 from .directory import load_directory
+from .tar import load_tar
 
 #: ``--type`` name -> loader returning the source's tree. Other sources register here.
 SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "dir-rafs": load_directory,
     "directory": load_directory,          # the reference's backward-compatible alias
+    "tar-rafs": load_tar,                 # gzip (and zstd) detected by magic, as the reference does
+    "targz-rafs": load_tar,
 }
 FS_VERSIONS = (5, 6)
 CREATE_COMPRESSORS = ("none", "lz4_block", "zstd")
@@ -55,6 +58,7 @@ class BuildResult:
     compressor: str
     blobs: list[Blob] = field(default_factory=list)
     output: dict = field(default_factory=dict)
+    blob_id: str | None = None           # the blob this build wrote (the last one), None if none
 
     def to_json(self) -> str:
         return json.dumps(self.output, indent=2)
@@ -83,6 +87,21 @@ class _Trace:
         return {"consumed_time": dict(self.consumed_time), "registered_events": dict(self.registered_events)}
 
 
+def output_document(blob_ids: list[str], trace: _Trace, fs_version: int, compressor: str) -> dict:
+    """What ``--output-json`` holds (src/bin/nydus-image/main.rs ``OutputSerializer``); the
+    ``bootstrap`` path is filled in once the output is in place."""
+    return {
+        "version": f"rafs-{__version__}",
+        "bootstrap": "",
+        "blobs": blob_ids,
+        "external_bootstrap": "",
+        "external_blobs": [],
+        "trace": trace.as_dict(),
+        "fs_version": str(fs_version),
+        "compressor": compressor,
+    }
+
+
 class Builder:
     """Build a RAFS image from ``source`` (a directory for ``source_type="dir-rafs"``).
 
@@ -101,7 +120,8 @@ class Builder:
                  compressor: str = "zstd", digester: str = "blake3", chunk_size: int = 0x100000,
                  whiteout_spec: str = "oci", repeatable: bool = False, blob_inline_meta: bool = False,
                  features=(), prefetch_patterns=None, prefetch_policy: str | None = None,
-                 aligned_chunk: bool = False, compat: str | None = None, workers: int | None = None):
+                 aligned_chunk: bool = False, compat: str | None = None, workers: int | None = None,
+                 parent_bootstrap=None):
         if source_type not in SOURCE_TYPES:
             raise InvalidArgumentError(f"unsupported source type {source_type!r} (expected one of "
                                        f"{', '.join(SOURCE_TYPES)})")
@@ -148,6 +168,7 @@ class Builder:
         self.aligned_chunk = True if fs_version == 6 else bool(aligned_chunk)
         self.compat = compat
         self.workers = workers
+        self.parent_bootstrap = parent_bootstrap
 
     @property
     def blob_toc(self) -> bool:
@@ -172,7 +193,7 @@ class Builder:
         boot_out = None if self.blob_inline_meta else _Output(bootstrap, blob_dir)
         try:
             result = self._build(blob_out.fp, boot_out.fp if boot_out else None)
-            blob_path = blob_out.commit(result.blob_ids[-1] if result.blob_ids else None)
+            blob_path = blob_out.commit(result.blob_id)
             boot_path = None
             if boot_out is not None:
                 boot_path = boot_out.commit(boot_out.digest_name())
@@ -200,7 +221,17 @@ class Builder:
         trace = _Trace()
         started = time.perf_counter()
         with trace.timed("build_tree"), trace.timed("load_from_directory"):
-            root = SOURCE_TYPES[self.source_type](self.source, whiteout_spec=self.whiteout_spec, layer=0)
+            # on a parent image the source is an upper layer: its whiteouts are applied, not dropped
+            root = SOURCE_TYPES[self.source_type](self.source, whiteout_spec=self.whiteout_spec,
+                                                  layer=0 if self.parent_bootstrap is None else 1)
+        parent = None
+        if self.parent_bootstrap is not None:
+            from .merge import layer_on_parent
+            with trace.timed("load_tree_from_bootstrap"), trace.timed("merge_bootstrap"):
+                parent = layer_on_parent(root, self.parent_bootstrap, whiteout_spec=self.whiteout_spec,
+                                         fs_version=self.fs_version, chunk_size=self.chunk_size,
+                                         digester=self.digester, explicit_uidgid=not self.repeatable)
+            root = parent.root
         nodes = list(tree.iter_nodes(root))
         trace.registered_events["load_from_directory"] = len(nodes) - 1
         if self.repeatable:
@@ -209,11 +240,20 @@ class Builder:
         with trace.timed("build_bootstrap"):
             order = tree.number_tree(root)
             prefetch_nodes, dump_order, prefetch_count = self._layout(order)
+        parent_blobs = []
+        if parent is not None:
+            # only the upper layer's files are written; the parent's keep their chunks
+            upper = [n.data is not None or not n.chunks for n in dump_order]
+            prefetch_count = sum(upper[:prefetch_count])
+            dump_order = [n for n, own in zip(dump_order, upper) if own]
+            parent_blobs = parent.blobs
 
-        writer = BlobWriter(blob_fp, compressor=self.compressor, digester=self.digester,
-                            chunk_size=self.chunk_size, aligned=self.aligned_chunk,
+        writer = BlobWriter(blob_fp, blob_index=len(parent_blobs), compressor=self.compressor,
+                            digester=self.digester, chunk_size=self.chunk_size, aligned=self.aligned_chunk,
                             blob_meta=self.fs_version == 6, toc=self.blob_toc,
                             inline_meta=self.blob_inline_meta, crc32=self.compat is None, workers=self.workers)
+        if parent is not None:
+            writer.seed_dedup(parent.chunks)
         with trace.timed("dump_blob"):
             writer.dump(dump_order, prefetch_count=prefetch_count)
             has_blob = writer.chunk_count > 0 or self.blob_inline_meta
@@ -233,12 +273,13 @@ class Builder:
         blobs: list[Blob] = []
         with trace.timed("dump_bootstrap"):
             if self.blob_inline_meta:
-                bootstrap = bootstrap_for([writer.inline_placeholder()])
+                bootstrap = bootstrap_for(parent_blobs + [writer.inline_placeholder()])
                 writer.append_bootstrap(bootstrap)
-                blobs = [writer.finish()]
+                blobs = parent_blobs + [writer.finish()]
             else:
+                blobs = list(parent_blobs)
                 if has_blob:
-                    blobs = [writer.finish()]
+                    blobs.append(writer.finish())
                 bootstrap = bootstrap_for(blobs)
                 bootstrap_fp.write(bootstrap)
         trace.consumed_time["total_build"] = round(time.perf_counter() - started, 6)
@@ -250,17 +291,9 @@ class Builder:
             "egid": str(os.getegid()) if hasattr(os, "getegid") else "0",
         })
         blob_ids = [b.blob_id for b in blobs]
-        output = {
-            "version": f"rafs-{__version__}",
-            "bootstrap": "",
-            "blobs": blob_ids,
-            "external_bootstrap": "",
-            "external_blobs": [],
-            "trace": trace.as_dict(),
-            "fs_version": str(self.fs_version),
-            "compressor": self.compressor,
-        }
-        return BuildResult(bootstrap=None, blob=None, blob_ids=blob_ids, bootstrap_size=len(bootstrap),
+        output = output_document(blob_ids, trace, self.fs_version, self.compressor)
+        return BuildResult(blob_id=blob_ids[-1] if has_blob else None,
+                           bootstrap=None, blob=None, blob_ids=blob_ids, bootstrap_size=len(bootstrap),
                            blob_size=writer.pos if has_blob else None, fs_version=self.fs_version,
                            compressor=self.compressor, blobs=blobs, output=output)
 
