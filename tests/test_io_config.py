@@ -117,6 +117,16 @@ def test_v2_toml_and_json(tmp_path):
     assert parse_config(toml_path).work_dir == "/var/lib/nydus/cache"
 
 
+def test_v1_fs_prefetch_keys():
+    config = json.loads(GUIDE_LOCALFS)
+    config["fs_prefetch"] = {"enable": True, "threads_count": 2, "merging_size": 131072, "bandwidth_rate": 1000000}
+    locator = locator_from_config(config)
+    prefetch = locator.config.prefetch
+    assert (prefetch.enable, prefetch.threads, prefetch.batch_size, prefetch.bandwidth_limit) == \
+        (True, 2, 131072, 1000000)
+    assert locator.prefetch_bandwidth_limit == 1000000
+
+
 def test_v2_prefetch_defaults_differ_from_v1():
     config = parse_config({"version": 2, "backend": {"type": "localfs", "localfs": {"dir": "."}},
                            "rafs": {"prefetch": {"enable": True}}})

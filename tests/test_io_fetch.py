@@ -198,3 +198,15 @@ def test_prefetch_without_cache_does_nothing(v5_fixture):
     image, counter = open_counted(v5_fixture)
     with image:
         assert image.prefetch(all=True).fetched == 0 and counter.calls == []
+
+
+def test_prefetch_bandwidth_limit(v5_fixture, tmp_path):
+    image, counter = open_counted(v5_fixture, cache_dir=tmp_path)
+    with image:
+        image.chunk_reader(0).bandwidth_limit = 4_000_000             # bytes per second
+        start = time.monotonic()
+        handle = image.prefetch(all=True, threads=4)
+        elapsed = time.monotonic() - start
+    assert handle.fetched == 23 and handle.bandwidth_limit == 4_000_000
+    # 3.5 MB at 4 MB/s: the last request may start only after ~0.6 s of budget
+    assert elapsed >= 0.5, elapsed

@@ -26,6 +26,7 @@ class BlobLocator:
     cache_dir = None
     disable_indexed_map = False
     merge_size = 0x100000
+    prefetch_bandwidth_limit = 0
 
     def __init__(self, *, blob_dir=None, blobs: Mapping | Sequence | None = None,
                  storage_options: dict | None = None, cache_dir=None, retry: RetryPolicy | None = None):
@@ -102,6 +103,7 @@ class BlobLocator:
                         log.warning("blob %s: no .blob.meta in the cache: %s", blob.blob_id, exc)
                 fetcher = ChunkFetcher(blob, source, validate=validate or self.validate, cache=cache,
                                        merge_size=self.merge_size)
+                fetcher.bandwidth_limit = self.prefetch_bandwidth_limit
                 self._fetchers[blob.index] = fetcher
         return fetcher
 

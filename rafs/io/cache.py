@@ -226,9 +226,32 @@ class BlobCache:
         except BaseException:
             os.close(self._fd)
             raise
+        # close() waits for reads and stores under way (a prefetch thread may still be writing), so a
+        # file descriptor is never closed, reused by another open, and then written through
+        self._users = 0
+        self._closed = False
+        self._idle = threading.Condition()
+
+    def _enter(self) -> bool:
+        with self._idle:
+            if self._closed:
+                return False
+            self._users += 1
+            return True
+
+    def _leave(self) -> None:
+        with self._idle:
+            self._users -= 1
+            if self._users == 0:
+                self._idle.notify_all()
 
     def is_ready(self, chunk: Chunk) -> bool:
-        return self.chunk_map.is_ready(chunk)
+        if not self._enter():
+            return False
+        try:
+            return self.chunk_map.is_ready(chunk)
+        finally:
+            self._leave()
 
     @property
     def has_meta(self) -> bool:
@@ -273,15 +296,20 @@ class BlobCache:
 
     def read(self, chunk: Chunk) -> bytes | None:
         """The cached bytes of ``chunk``, or None when it is not cached."""
-        if not self.chunk_map.is_ready(chunk):
+        if not self._enter():
             return None
-        data = os.pread(self._fd, chunk.uncompressed_size, chunk.uncompressed_offset)
+        try:
+            if not self.chunk_map.is_ready(chunk):
+                return None
+            data = os.pread(self._fd, chunk.uncompressed_size, chunk.uncompressed_offset)
+        finally:
+            self._leave()
         return data if len(data) == chunk.uncompressed_size else None
 
     def store(self, items: list[tuple[Chunk, bytes]]) -> None:
         """Write decompressed chunks at their offsets, make them durable, then mark them ready."""
         items = [(c, d) for c, d in items if self.chunk_map.accepts(c) and len(d) == c.uncompressed_size]
-        if not items:
+        if not items or not self._enter():
             return
         try:
             for chunk, data in items:
@@ -291,8 +319,15 @@ class BlobCache:
         except OSError as exc:
             # a full disk or a read-only cache must not break reads: the data is still returned
             log.warning("blob cache %s: cannot store %d chunks: %s", self.data_path, len(items), exc)
+        finally:
+            self._leave()
 
     def close(self) -> None:
+        """Close the files once no read or store is under way; later calls find nothing cached."""
+        with self._idle:
+            self._closed = True
+            while self._users:
+                self._idle.wait()
         self.chunk_map.close()
         if self._fd >= 0:
             os.close(self._fd)

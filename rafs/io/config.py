@@ -313,6 +313,7 @@ class ConfigLocator(BlobLocator):
         self.cache_dir = config.work_dir if config.cached else None
         self.disable_indexed_map = config.disable_indexed_map
         self.merge_size = max(config.prefetch.batch_size, config.batch_size, 1)
+        self.prefetch_bandwidth_limit = config.prefetch.bandwidth_limit
 
     def source_for(self, blob_id: str, index: int):
         return None

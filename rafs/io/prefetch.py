@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .fetch import merge_ranges
@@ -20,10 +21,16 @@ log = logging.getLogger(__name__)
 class Prefetch:
     """A prefetch of ``work`` = [(ChunkFetcher, chunks)] with ``threads`` workers."""
 
-    def __init__(self, work, *, threads: int = 8, batch_size: int = 0x100000):
+    def __init__(self, work, *, threads: int = 8, batch_size: int = 0x100000, bandwidth_limit: int = 0):
         self.work = [(fetcher, chunks) for fetcher, chunks in work if getattr(fetcher, "cache", None) is not None]
         self.threads = max(1, threads)
         self.batch_size = max(1, batch_size)
+        # bytes per second over all workers, 0 = unlimited (nydusd's bandwidth_rate / bandwidth_limit)
+        # (when not given: what the blobs' locator was configured with, fs_prefetch.bandwidth_rate)
+        self.bandwidth_limit = max(0, bandwidth_limit or max(
+            (getattr(fetcher, "bandwidth_limit", 0) for fetcher, _ in self.work), default=0))
+        self._budget_start = None
+        self._budget_bytes = 0
         self.fetched = 0                 # chunks fetched from the backend by this prefetch
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
@@ -53,7 +60,23 @@ class Prefetch:
         finally:
             self._done.set()
 
+    def _throttle(self, size: int) -> None:
+        """Sleep so that the bytes fetched so far stay within ``bandwidth_limit`` per second."""
+        if not self.bandwidth_limit:
+            return
+        with self._lock:
+            now = time.monotonic()
+            if self._budget_start is None:
+                self._budget_start = now
+            self._budget_bytes += size
+            due = self._budget_start + self._budget_bytes / self.bandwidth_limit
+        while not self._stop.is_set() and time.monotonic() < due:
+            self._stop.wait(min(0.5, due - time.monotonic()))
+
     def _fetch(self, fetcher, group) -> None:
+        if self._stop.is_set():
+            return
+        self._throttle(sum(c.compressed_size for c in group))
         if self._stop.is_set():
             return
         try:
