@@ -64,6 +64,8 @@ class MetaAllocator:
         self.block_size = block_size
         self.cursor = FIRST_OFFSET
         self._free: list[collections.deque[int]] = [collections.deque() for _ in range(QUEUE_COUNT)]
+        self._nonempty = 0                  # bit n set <=> queue n holds a block
+        self._limit = -(-block_size // SLOT_SIZE)   # queues at or above this are never searched
 
     # -- the reference's primitives --------------------------------------------------------------
 
@@ -79,7 +81,9 @@ class MetaAllocator:
         bs = self.block_size
         rest = offset % bs
         if rest:
-            self._free[(bs - rest) // SLOT_SIZE].append(offset - rest)
+            slots = (bs - rest) // SLOT_SIZE
+            self._free[slots].append(offset - rest)
+            self._nonempty |= 1 << slots
 
     def take_fragment(self, size: int) -> int:
         """Offset of ``size`` bytes inside a remembered block, or 0 when none fits
@@ -88,13 +92,18 @@ class MetaAllocator:
         if size >= bs:
             return 0
         need = -(-size // SLOT_SIZE)
-        for slots in range(need, -(-bs // SLOT_SIZE)):
-            queue = self._free[slots]
-            if queue:
-                offset = queue.popleft() + bs - slots * SLOT_SIZE
-                self.release_tail(offset + need * SLOT_SIZE)
-                return offset
-        return 0
+        candidates = self._nonempty >> need
+        if not candidates:
+            return 0
+        slots = need + (candidates & -candidates).bit_length() - 1     # the first non-empty queue
+        if slots >= self._limit:
+            return 0
+        queue = self._free[slots]
+        offset = queue.popleft() + bs - slots * SLOT_SIZE
+        if not queue:
+            self._nonempty &= ~(1 << slots)
+        self.release_tail(offset + need * SLOT_SIZE)
+        return offset
 
     def _append(self, size: int) -> int:
         offset = self.cursor

@@ -267,8 +267,8 @@ class _BootstrapWriter:
                 raise _bad(f"invalid file name {name!r}")
         obj = _Object(node, parent)
         self.by_node[id(node)] = obj
-        obj.xattrs = xattr_body(node.inode.xattrs)
-        if obj.xattrs:
+        if node.inode.xattrs:
+            obj.xattrs = xattr_body(node.inode.xattrs)
             self.has_xattr = True
         self.order.append(obj)
         return obj
@@ -283,17 +283,18 @@ class _BootstrapWriter:
 
     def _chunk_slots(self, node: Node) -> list[Chunk | None]:
         """The file's chunk index entries: one per chunk_size of i_size, None for a hole."""
-        size, cs = node.inode.size, self.chunk_size
-        slots: list[Chunk | None] = [None] * -(-size // cs)
+        size, cs, blob_count, block_mask = node.inode.size, self.chunk_size, len(self.blobs), self.block_size - 1
+        count = -(-size // cs)
+        slots: list[Chunk | None] = [None] * count
         last = -1
         for chunk in node.chunks:
             slot, rest = divmod(chunk.file_offset, cs)
-            if rest or slot <= last or slot >= len(slots):
+            if rest or slot <= last or slot >= count:
                 raise _bad(f"{node.name!r}: chunk at file offset {chunk.file_offset:#x} does not fit "
                            f"a file of {size} bytes in {cs:#x}-byte chunks in order")
-            if not 0 <= chunk.blob_index < len(self.blobs):
-                raise _bad(f"{node.name!r}: chunk refers to blob {chunk.blob_index} of {len(self.blobs)}")
-            if chunk.uncompressed_offset % self.block_size or chunk.index >= MAX_CHUNKS_PER_BLOB:
+            if not 0 <= chunk.blob_index < blob_count:
+                raise _bad(f"{node.name!r}: chunk refers to blob {chunk.blob_index} of {blob_count}")
+            if chunk.uncompressed_offset & block_mask or not 0 <= chunk.index < MAX_CHUNKS_PER_BLOB:
                 raise _bad(f"{node.name!r}: chunk {chunk.index} at uncompressed offset "
                            f"{chunk.uncompressed_offset:#x} is not block aligned or out of range")
             slots[slot] = chunk
