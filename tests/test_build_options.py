@@ -293,15 +293,15 @@ def test_chunks_in_flight_are_bounded(tmp_path, monkeypatch):
         return Node(b"/", Inode(ino=0, mode=stat.S_IFDIR | 0o755),
                     children=[Node(b"big", inode, data=Stream)])
 
-    real_retire = blob_writer.BlobWriter._retire
+    real_store = blob_writer.BlobWriter._store
 
-    def retire(self, *args):
+    def store(self, *args):
         state["retired"] += 1
         state["limit"] = self.max_inflight
-        return real_retire(self, *args)
+        return real_store(self, *args)
 
     monkeypatch.setitem(builder_module.SOURCE_TYPES, "test-stream", loader)
-    monkeypatch.setattr(blob_writer.BlobWriter, "_retire", retire)
+    monkeypatch.setattr(blob_writer.BlobWriter, "_store", store)
     result = rafs.Builder("unused", source_type="test-stream", fs_version=5, chunk_size=chunk,
                           compressor="lz4_block").write_fp(io.BytesIO(), io.BytesIO())
     assert result.blobs[0].chunk_count == count and state["retired"] == count

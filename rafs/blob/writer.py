@@ -40,10 +40,11 @@ _CI_V1 = struct.Struct("<QQ")
 INLINE_BLOB_ID = "x" * 64            # placeholder id in a bootstrap embedded in its own blob
 _ALIGN = 4096
 DEFAULT_INFLIGHT_BYTES = 32 << 20
-
-
-def _round_up_4k(n: int) -> int:
-    return (n + _ALIGN - 1) & ~(_ALIGN - 1)
+# Small files are handed to the workers in batches of at most this many files / bytes.
+BATCH_FILES = 16
+BATCH_BYTES = 256 << 10
+_COMPRESSED = int(ChunkFlags.COMPRESSED)
+_HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
 
 
 def ci_v1_entry(compressed_offset: int, compressed_size: int, uncompressed_offset: int,
@@ -85,8 +86,17 @@ def _process(compressor: str, digester: str, data: bytes):
     return codecs.digest(digester, data), codecs.crc32c(data), stored, compressed
 
 
+def _process_batch(compressor: str, digester: str, data: bytes):
+    return [_process(compressor, digester, data)]
+
+
 def _process_file(compressor: str, digester: str, path: bytes, offset: int, size: int):
-    return _process(compressor, digester, _read_chunk(path, offset, size))
+    return [_process(compressor, digester, _read_chunk(path, offset, size))]
+
+
+def _process_files(compressor: str, digester: str, files: list[tuple[bytes, int]]):
+    """Results for a batch of whole small files (each one chunk)."""
+    return [_process(compressor, digester, _read_chunk(path, 0, size)) for path, size in files]
 
 
 class BlobWriter:
@@ -169,10 +179,38 @@ class BlobWriter:
 
         Hardlinked paths (same ``hardlink_key`` and Inode) are read once; later paths share the chunk
         list. The compressed bytes of the first ``prefetch_count`` nodes are counted as the blob's
-        prefetch (readahead) size.
+        prefetch (readahead) size. Small files read from disk go to the workers in batches, so the
+        per-task overhead does not dominate trees of many small files.
         """
         done: dict[int, list[Chunk]] = {}
-        pending: collections.deque = collections.deque()
+        pending: collections.deque = collections.deque()     # (future, entries) in dump order
+        batch: list = []
+        batch_bytes = 0
+        inflight = 0
+        batch_limit = max(1, min(BATCH_FILES, self.max_inflight // (2 * self.workers)))
+
+        def submit(job) -> None:
+            nonlocal inflight
+            pending.append(job)
+            inflight += len(job[1])
+            while inflight >= self.max_inflight:
+                retire()
+
+        def retire() -> None:
+            nonlocal inflight
+            future, entries = pending.popleft()
+            inflight -= len(entries)
+            for entry, result in zip(entries, future.result()):
+                self._store(*entry, *result)
+
+        def flush(pool) -> None:
+            nonlocal batch, batch_bytes
+            if batch:
+                paths = [(source, length) for source, (_, _, length, _) in batch]
+                submit((pool.submit(_process_files, self.compressor, self.digester, paths),
+                        [entry for _, entry in batch]))
+                batch, batch_bytes = [], 0
+
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rafs-blob") as pool:
             try:
                 for position, node in enumerate(nodes):
@@ -180,41 +218,50 @@ class BlobWriter:
                     if chunks is not None:
                         node.chunks = chunks
                         continue
-                    node.chunks = chunks = []
-                    done[id(node.inode)] = chunks
+                    node.chunks = []
+                    done[id(node.inode)] = node.chunks
+                    size = node.inode.size
+                    if size == 0:
+                        continue
                     prefetch = position < prefetch_count
-                    for piece in self._pieces(node, pool):
-                        pending.append((piece, node, prefetch))
-                        while len(pending) >= self.max_inflight:
-                            self._retire(*pending.popleft())
+                    source = self._source(node)
+                    if isinstance(source, bytes) and size <= min(self.chunk_size, BATCH_BYTES):
+                        batch.append((source, (node, 0, size, prefetch)))
+                        batch_bytes += size
+                        if len(batch) >= batch_limit or batch_bytes >= BATCH_BYTES:
+                            flush(pool)
+                        continue
+                    flush(pool)
+                    for job in self._jobs(node, source, prefetch, pool):
+                        submit(job)
+                flush(pool)
                 while pending:
-                    self._retire(*pending.popleft())
+                    retire()
             except BaseException:
-                for piece, _, _ in pending:
-                    piece[0].cancel()
+                for future, _ in pending:
+                    future.cancel()
                 raise
 
-    def _pieces(self, node: Node, pool):
-        size = node.inode.size
-        if size == 0:
-            return
-        chunk_size = self.chunk_size
-        count = (size + chunk_size - 1) // chunk_size
-        if self.chunk_count + count > MAX_CHUNKS_PER_BLOB:
-            raise BuildError(f"the blob would hold more than {MAX_CHUNKS_PER_BLOB} chunks")
+    @staticmethod
+    def _source(node: Node):
+        """A file's data: its path as bytes, or the callable that opens a stream."""
         source = node.data
-        stream = None
         if source is None:
-            raise BuildError(f"regular file {node.name!r} of {size} bytes has no data source")
+            raise BuildError(f"regular file {node.name!r} of {node.inode.size} bytes has no data source")
         if isinstance(source, (str, os.PathLike)):
-            source = os.fsencode(source)
-        elif not isinstance(source, bytes):
-            stream = source()
+            return os.fsencode(source)
+        return source
+
+    def _jobs(self, node: Node, source, prefetch: bool, pool):
+        """One task per chunk of ``node``: read by the worker from a path, or here from a stream."""
+        size, chunk_size = node.inode.size, self.chunk_size
+        stream = None if isinstance(source, bytes) else source()
         try:
-            for i in range(count):
-                offset = i * chunk_size
+            for offset in range(0, size, chunk_size):
                 length = min(chunk_size, size - offset)
-                if stream is not None:
+                if stream is None:
+                    future = pool.submit(_process_file, self.compressor, self.digester, source, offset, length)
+                else:
                     data = stream.read(length)
                     while len(data) < length:
                         more = stream.read(length - len(data))
@@ -222,17 +269,15 @@ class BlobWriter:
                             raise BuildError(f"data of {node.name!r} ended at {offset + len(data)} of "
                                              f"{size} bytes")
                         data += more
-                    future = pool.submit(_process, self.compressor, self.digester, data)
-                else:
-                    future = pool.submit(_process_file, self.compressor, self.digester, source, offset, length)
-                yield future, offset, length
+                    future = pool.submit(_process_batch, self.compressor, self.digester, data)
+                yield future, [(node, offset, length, prefetch)]
         finally:
             if stream is not None:
                 stream.close()
 
-    def _retire(self, piece, node: Node, prefetch: bool) -> None:
-        future, file_offset, length = piece
-        digest, crc, stored, compressed = future.result()
+    def _store(self, node: Node, file_offset: int, length: int, prefetch: bool,
+               digest: bytes, crc: int, stored: bytes, compressed: bool) -> None:
+        """Record one chunk of ``node``: a copy of an identical stored chunk, or a new one written now."""
         key = (digest, length)
         existing = self._dedup.get(key)
         if existing is not None:
@@ -243,15 +288,17 @@ class BlobWriter:
             self.dedup_chunks += 1
             self.dedup_uncompressed_size += length
             return
-        flags = ChunkFlags.COMPRESSED if compressed else 0
+        if self.chunk_count >= MAX_CHUNKS_PER_BLOB:
+            raise BuildError(f"the blob would hold more than {MAX_CHUNKS_PER_BLOB} chunks")
+        flags = _COMPRESSED if compressed else 0
         if self.crc32:
-            flags |= ChunkFlags.HAS_CRC32
+            flags |= _HAS_CRC32
         else:
             crc = 0
         uncompressed_offset = self.uncompressed_size
-        self.uncompressed_size += _round_up_4k(length) if self.aligned else length
+        self.uncompressed_size += (length + _ALIGN - 1) & ~(_ALIGN - 1) if self.aligned else length
         chunk = Chunk(digest, self.blob_index, self.pos, len(stored), uncompressed_offset, length,
-                      file_offset, self.chunk_count, int(flags), crc)
+                      file_offset, self.chunk_count, flags, crc)
         self.chunk_count += 1
         self.stored_uncompressed_size += length
         self._dedup[key] = chunk

@@ -16,6 +16,7 @@ digests (files), of the target (symlinks), of the children's digests (directorie
 
 from __future__ import annotations
 
+import stat
 import struct
 
 from .. import _codec
@@ -33,6 +34,9 @@ _U64 = struct.Struct("<Q")
 _BLOB_HEADER = _codec.FastRecord(layout.BlobTableEntryHeader, "v5 blob table entry")
 _U64_MASK = (1 << 64) - 1
 RECORD_ORDERS = ("dfs", "index")
+_RESERVED = bytes(8)
+_S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+_HARDLINK, _SYMLINK, _XATTR = int(InodeFlags.HARDLINK), int(InodeFlags.SYMLINK), int(InodeFlags.XATTR)
 MAX_METADATA_SIZE = 0x8000_0000     # RAFS_MAX_METADATA_SIZE (rafs/src/metadata/mod.rs)
 
 
@@ -41,7 +45,11 @@ def _align8(n: int) -> int:
 
 
 def _pad8(data: bytes) -> bytes:
-    return data + bytes(_align8(len(data)) - len(data))
+    pad = -len(data) & 7
+    return data + _ZEROS[:pad] if pad else data
+
+
+_ZEROS = bytes(8)
 
 
 def xattr_table_size(xattrs: dict[bytes, bytes]) -> int:
@@ -143,14 +151,14 @@ def _inode_digests(order: TreeIndex, digester: str) -> list[bytes]:
     digests: list[bytes] = [b""] * len(nodes)
     for position in range(len(nodes) - 1, -1, -1):
         node = nodes[position]
-        inode = node.inode
-        if inode.is_dir:
+        kind = node.inode.mode & _S_IFMT
+        if kind == _S_IFDIR:
             first = order.child_index[position] - 1
             data = b"".join(digests[first:first + len(node.children)])
-        elif inode.is_reg:
-            data = b"".join(c.digest for c in node.chunks)
-        elif inode.is_symlink:
-            data = inode.symlink or b""
+        elif kind == _S_IFREG:
+            data = b"".join([c.digest for c in node.chunks])
+        elif kind == _S_IFLNK:
+            data = node.inode.symlink or b""
         else:
             data = b""
         digests[position] = codecs.digest(digester, data)
@@ -161,45 +169,48 @@ def _record(order: TreeIndex, position: int, digests: list[bytes]) -> bytes:
     node = order.nodes[position]
     inode = node.inode
     name = node.name
-    symlink = inode.symlink if inode.is_symlink else None
+    kind = inode.mode & _S_IFMT
+    symlink = inode.symlink if kind == _S_IFLNK else None
     if not name or len(name) > 0xFFFF:
         raise InvalidArgumentError(f"inode {inode.ino}: name of {len(name)} bytes cannot be stored")
-    if inode.is_symlink and (not symlink or len(symlink) > 0xFFFF):
+    if kind == _S_IFLNK and (not symlink or len(symlink) > 0xFFFF):
         raise InvalidArgumentError(f"{name!r}: symlink target of {len(symlink or b'')} bytes cannot be stored")
-    xattr_size = xattr_table_size(inode.xattrs)
-    flags = inode.flags & InodeFlags.HARDLINK
+    xattrs = inode.xattrs
+    flags = int(inode.flags) & _HARDLINK
     if symlink is not None:
-        flags |= InodeFlags.SYMLINK
-    if inode.xattrs:
-        flags |= InodeFlags.XATTR
+        flags |= _SYMLINK
+    xattr_size = 0
+    if xattrs:
+        flags |= _XATTR
+        xattr_size = xattr_table_size(xattrs)
     child_index = child_count = 0
-    if inode.is_dir:
+    if kind == _S_IFDIR:
         size = dir_pseudo_size(node)
         child_index = order.child_index[position]
         child_count = len(node.children)
     else:
         size = inode.size
-        if inode.is_reg:
+        if kind == _S_IFREG:
             child_count = len(node.chunks)
     blocks = (size + _align8(xattr_size) + 511) // 512
     parent = order.parents[position]
     parent_ino = order.nodes[parent - 1].inode.ino if parent else 0
     header = INODE.pack(digests[position], parent_ino, inode.ino, inode.uid, inode.gid, 0, inode.mode,
-                        size, blocks, int(flags), inode.nlink, child_index, child_count, len(name),
+                        size, blocks, flags, inode.nlink, child_index, child_count, len(name),
                         len(symlink) if symlink is not None else 0, inode.rdev & 0xFFFF_FFFF,
-                        inode.mtime_nsec, inode.mtime & _U64_MASK, bytes(8))
+                        inode.mtime_nsec, inode.mtime & _U64_MASK, _RESERVED)
     parts = [header, _pad8(name)]
     if symlink is not None:
         parts.append(_pad8(symlink))
-    if inode.xattrs:
+    if xattrs:
         pairs = [_U64.pack(xattr_size)]
-        for key in sorted(inode.xattrs):
-            value = inode.xattrs[key]
+        for key in sorted(xattrs):
+            value = xattrs[key]
             pairs.append(_U32.pack(len(key) + 1 + len(value)) + key + b"\0" + value)
         parts.append(_pad8(b"".join(pairs)))
-    if inode.is_reg:
-        pack = CHUNK.pack
-        parts.extend(pack(c.digest, c.blob_index, c.flags, c.compressed_size, c.uncompressed_size,
-                          c.compressed_offset, c.uncompressed_offset, c.file_offset, c.index, c.crc32)
-                     for c in node.chunks)
+    if kind == _S_IFREG:
+        pack = CHUNK.struct.pack
+        parts.extend([pack(c.digest, c.blob_index, c.flags, c.compressed_size, c.uncompressed_size,
+                           c.compressed_offset, c.uncompressed_offset, c.file_offset, c.index, c.crc32)
+                      for c in node.chunks])
     return b"".join(parts)
