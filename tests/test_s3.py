@@ -237,3 +237,15 @@ validate = true
         assert image.read(BUSYBOX + "/etc/passwd") == rafs.open(v5_fixture[0], blob_dir=v5_fixture[1]).read(
             BUSYBOX + "/etc/passwd")
     assert len(blob_requests(s3, blob_id)) == 1
+
+
+def test_chained_fsspec_url_over_s3(s3, tmp_path, pushed_guide_image):
+    import fsspec
+    blob_id, boot_url = pushed_guide_image
+    s3_options = {"key": ACCESS_KEY_ID, "secret": ACCESS_KEY_SECRET, "endpoint_url": f"http://{s3.proxy.endpoint}",
+                  "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True}
+    url = f"rafs://dir_2/file_b::{boot_url}"
+    with fsspec.open(url, s3=s3_options, rafs={"config": s3.nydusd_config(tmp_path / "cache"),
+                                              "skip_instance_cache": True}) as f:
+        assert f.read() == b"file_b\n"
+    assert len(blob_requests(s3, blob_id)) <= 2
