@@ -204,6 +204,10 @@ class _BootstrapWriter:
         self.order: list[_Object] = []      # every tree node, in index (dump) order
         self.by_node: dict[int, _Object] = {}
         self.has_xattr = False
+        self.meta_addr = 0                  # byte offset of nid 0 (s_meta_blkaddr * block size)
+        self.shift = 0                      # added to every allocator offset (root nid -> 128)
+        self.buf = bytearray()
+        self.end = 0                        # end of the last byte written to the metadata area
 
     # -- planning: the reference's build_rafs -----------------------------------------------------
 
@@ -479,6 +483,9 @@ class _BootstrapWriter:
         self._write_tailed(obj, dirent_blocks(rows, self.block_size), obj.data)
 
     def _write_symlink(self, obj: _Object) -> None:
+        """Full blocks at i_u, the tail inline. (With 512-byte tarfs blocks a target can be longer than
+        a block; the reference then writes the whole target after the inode, which is not what EROFS
+        reads, so such symlinks are the one place this writer differs from nydus-image on purpose.)"""
         target = obj.node.inode.symlink
         bs = self.block_size
         blocks = [target[i:i + bs] for i in range(0, len(target), bs)]
