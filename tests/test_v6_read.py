@@ -4,9 +4,12 @@ path agreeing with construct for every v6 schema."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import random
+import stat as _stat
 import subprocess
 import sys
 import tarfile
@@ -16,9 +19,11 @@ import pytest
 
 import rafs
 from rafs import _codec
-from rafs.model import BlobFeatures, SuperFlags
+from rafs.build.tree import number_tree
+from rafs.model import Blob, BlobFeatures, Chunk, Inode, Node, SuperFlags
 from rafs.v6 import layout
 from rafs.v6.reader import V6Reader, is_erofs
+from rafs.v6.writer import write_bootstrap
 
 EXPECTED_FILES = {"lib.rs": 16931, "sync_io.rs": 13400}
 
@@ -259,3 +264,65 @@ def test_layout_sizes_and_constants():
     assert layout.EROFS_DATALAYOUT_NAMES[layout.EROFS_INODE_CHUNK_BASED] == "chunk_based"
     with pytest.raises(construct.ConstError):
         layout.SuperBlock.parse(bytes(128))
+
+
+def _tarfs_image(tmp_path):
+    """A tar used as the blob of a tarfs-mode (512-byte block) RAFS v6 bootstrap written by rafs."""
+    chunk_size = 0x1000
+    contents = {"d/contiguous": b"".join(bytes([i]) * 4096 for i in range(1, 4)) + b"tail",
+                "d/short": b"short", "top": bytes(range(256)) * 33}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in contents.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 1_600_000_000
+            tar.addfile(info, io.BytesIO(data))
+    tar_bytes = buf.getvalue()
+    offsets = {m.name: m.offset_data for m in tarfile.open(fileobj=io.BytesIO(tar_bytes)).getmembers()}
+
+    def node(name: bytes, mode: int, **kw) -> Node:
+        return Node(name=name, inode=Inode(ino=0, mode=mode, mtime=1_600_000_000, **kw))
+
+    root, sub = node(b"/", _stat.S_IFDIR | 0o755), node(b"d", _stat.S_IFDIR | 0o755)
+    count = 0
+    files = {}
+    for name, data in contents.items():
+        leaf = node(name.rsplit("/", 1)[-1].encode(), _stat.S_IFREG | 0o644, size=len(data))
+        leaf.chunks = []
+        for off in range(0, len(data), chunk_size):
+            piece = data[off:off + chunk_size]
+            at = offsets[name] + off
+            leaf.chunks.append(Chunk(hashlib.sha256(piece).digest(), 0, at, len(piece), at, len(piece), off, count))
+            count += 1
+        files[name] = leaf
+    sub.children = [files["d/contiguous"], files["d/short"]]
+    root.children = [sub, files["top"]]
+    number_tree(root)
+    blob = Blob(0, hashlib.sha256(tar_bytes).hexdigest(), "none", "sha256", chunk_size, count, len(tar_bytes),
+                len(tar_bytes), int(BlobFeatures.TARFS))
+    flags = SuperFlags.COMPRESSION_NONE | SuperFlags.HASH_SHA256 | SuperFlags.ENCRYPTION_NONE | \
+        SuperFlags.TARTFS_MODE
+    boot = tmp_path / "tarfs.boot"
+    boot.write_bytes(write_bootstrap(root, [blob], chunk_size=chunk_size, flags=flags))
+    tar_path = tmp_path / blob.blob_id
+    tar_path.write_bytes(tar_bytes)
+    return boot, tar_path, contents
+
+
+def test_tarfs_mode_reads_from_the_tar(tmp_path):
+    boot, tar_path, contents = _tarfs_image(tmp_path)
+    with rafs.open(boot, blob_dir=tmp_path, validate=True) as image:
+        assert image.reader.block_size == 512
+        for name, data in contents.items():
+            assert image.read(name) == data
+        assert list(image.check(verify_data=True)) == []
+
+
+@pytest.mark.privileged
+def test_tarfs_mode_matches_kernel_mount(tmp_path, kernel_mount):
+    boot, tar_path, contents = _tarfs_image(tmp_path)
+    mountpoint = kernel_mount(boot, tar_path)
+    with rafs.open(boot, blobs=[tar_path]) as image:
+        assert _rafs_stats(image) == _kernel_stats(mountpoint)
+        for name in contents:
+            assert image.read(name) == (mountpoint / name).read_bytes()

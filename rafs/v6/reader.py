@@ -10,7 +10,8 @@ Where file data lives:
 * RAFS v6 (``COMPAT_RAFS_V6``): every regular file is chunk-based; each 8-byte chunk index names a blob
   (``c_blob_addr_hi & 0xff`` - 1) and a 24-bit index into that blob's CI array. The chunk is resolved
   through the bootstrap's chunk info table, or failing that through the blob's CI array (blob meta),
-  which ``ci_provider`` (set by :class:`rafs.image.Image`) loads on demand.
+  which ``ci_provider`` (set by :class:`rafs.image.Image`) loads on demand. In tarfs mode the tar is
+  the blob: a chunk is the plain bytes at ``c_blk_addr`` (512-byte blocks), with no digest.
 * plain EROFS: flat (``FLAT_PLAIN``/``FLAT_INLINE``) data and chunk-based data with device id 0 live in
   the image itself, returned as chunks of the pseudo blob :data:`rafs.model.META_BLOB_INDEX` addressed by
   image byte offset; chunks on an extra device (``mkfs.erofs --blobdev``) belong to blob ``device - 1``.
@@ -665,8 +666,6 @@ class V6Reader(ImageReader):
 
     def _rafs_chunk_addrs(self, rec: _Record):
         """(position, blob index, CI index, c_blk_addr, entry offset) of a RAFS file's chunk indexes."""
-        if self.flags & SuperFlags.TARTFS_MODE:
-            raise UnsupportedError("reading file data of tarfs-mode RAFS v6 images is not supported")
         count = -(-rec.size // self.chunk_size)
         start = self._index_array(rec, layout.EROFS_CHUNK_INDEX_SIZE, count)
         for position, e in enumerate(CHUNK_INDEX.iter_unpack(self.data, start, count)):
@@ -681,11 +680,19 @@ class V6Reader(ImageReader):
 
     def _rafs_chunks(self, rec: _Record) -> list[Chunk]:
         table = self.chunk_table()
+        tarfs = bool(self.flags & SuperFlags.TARTFS_MODE)
         result = []
-        for position, blob_index, ci_index, _, at in self._rafs_chunk_addrs(rec):
+        for position, blob_index, ci_index, blkaddr, at in self._rafs_chunk_addrs(rec):
             file_offset = position * self.chunk_size
-            info = table.get((blob_index, ci_index))
-            if info is not None:
+            info = None if tarfs else table.get((blob_index, ci_index))
+            if tarfs:
+                # the tar is the blob: data sits uncompressed at c_blk_addr (512-byte blocks), no digest
+                length = min(self.chunk_size, rec.size - file_offset)
+                offset = blkaddr * self.block_size
+                chunk = Chunk(digest=b"", blob_index=blob_index, compressed_offset=offset, compressed_size=length,
+                              uncompressed_offset=offset, uncompressed_size=length, file_offset=file_offset,
+                              index=ci_index)
+            elif info is not None:
                 chunk = Chunk(digest=info.block_id, blob_index=blob_index, compressed_offset=info.compressed_offset,
                               compressed_size=info.compressed_size, uncompressed_offset=info.uncompressed_offset,
                               uncompressed_size=info.uncompressed_size, file_offset=file_offset, index=ci_index,
@@ -750,8 +757,11 @@ class V6Reader(ImageReader):
     def _check_chunk_addrs(self, nid: int) -> Iterator[str]:
         rec = self._record(nid)
         if rec.datalayout != layout.EROFS_INODE_CHUNK_BASED:
-            yield f"nid {nid}: regular file with {rec.layout_name} layout in a RAFS image"
+            if rec.size:
+                yield f"nid {nid}: regular file with {rec.layout_name} layout in a RAFS image"
             return
+        if self.flags & SuperFlags.TARTFS_MODE:
+            return                              # tarfs chunk tables carry no usable addresses
         table = self.chunk_table()
         for position, blob_index, ci_index, blkaddr, _ in self._rafs_chunk_addrs(rec):
             info = table.get((blob_index, ci_index))
