@@ -327,3 +327,12 @@ def test_v5_inline_placeholder_and_records(small_tree, tmp_path):
     assert reader.blobs[0].blob_id == "x" * 64
     # the embedded table records the blob size before the bootstrap was appended
     assert reader.blobs[0].compressed_size < result.blob_size
+
+
+def test_outputs_inside_the_source_are_not_part_of_it(small_tree):
+    out = small_tree / "out"
+    out.mkdir()
+    result = rafs.Builder(small_tree, fs_version=5).write(blob_dir=out)
+    with rafs.open(result.bootstrap, blob_dir=out) as image:
+        assert image.listdir("/out") == []
+        assert "a.txt" in image.listdir("/")

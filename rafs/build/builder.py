@@ -189,18 +189,24 @@ class Builder:
                                        "the generated metadata blob file")
         if blob_dir is not None and not os.path.isdir(blob_dir):
             raise InvalidArgumentError(f"directory to store blobs does not exist: {os.fspath(blob_dir)!r}")
-        blob_out = _Output(blob, blob_dir)
-        boot_out = None if self.blob_inline_meta else _Output(bootstrap, blob_dir)
+        outputs: dict[str, _Output] = {}
+
+        def open_outputs():
+            # opened only once the source is read, so an output inside the source is not part of it
+            outputs["blob"] = _Output(blob, blob_dir)
+            if not self.blob_inline_meta:
+                outputs["bootstrap"] = _Output(bootstrap, blob_dir)
+            return outputs["blob"].fp, outputs["bootstrap"].fp if "bootstrap" in outputs else None
+
         try:
-            result = self._build(blob_out.fp, boot_out.fp if boot_out else None)
-            blob_path = blob_out.commit(result.blob_id)
+            result = self._build(open_outputs)
+            blob_path = outputs["blob"].commit(result.blob_id)
             boot_path = None
-            if boot_out is not None:
-                boot_path = boot_out.commit(boot_out.digest_name())
+            if "bootstrap" in outputs:
+                boot_path = outputs["bootstrap"].commit(outputs["bootstrap"].digest_name())
         except BaseException:
-            blob_out.discard()
-            if boot_out is not None:
-                boot_out.discard()
+            for output in outputs.values():
+                output.discard()
             raise
         result.blob = blob_path
         result.bootstrap = boot_path
@@ -213,11 +219,12 @@ class Builder:
             raise InvalidArgumentError("a bootstrap file object is needed unless blob_inline_meta is set")
         if bootstrap_fp is not None and self.blob_inline_meta:
             raise InvalidArgumentError("--bootstrap conflicts with --blob-inline-meta")
-        return self._build(blob_fp, bootstrap_fp)
+        return self._build(lambda: (blob_fp, bootstrap_fp))
 
     # -- the build ---------------------------------------------------------------------------------
 
-    def _build(self, blob_fp, bootstrap_fp) -> BuildResult:
+    def _build(self, open_outputs) -> BuildResult:
+        """Read the source, then write through the file objects ``open_outputs()`` returns."""
         trace = _Trace()
         started = time.perf_counter()
         with trace.timed("build_tree"), trace.timed("load_from_directory"):
@@ -248,6 +255,7 @@ class Builder:
             dump_order = [n for n, own in zip(dump_order, upper) if own]
             parent_blobs = parent.blobs
 
+        blob_fp, bootstrap_fp = open_outputs()
         writer = BlobWriter(blob_fp, blob_index=len(parent_blobs), compressor=self.compressor,
                             digester=self.digester, chunk_size=self.chunk_size, aligned=self.aligned_chunk,
                             blob_meta=self.fs_version == 6, toc=self.blob_toc,
