@@ -249,3 +249,31 @@ def test_chained_fsspec_url_over_s3(s3, tmp_path, pushed_guide_image):
                                               "skip_instance_cache": True}) as f:
         assert f.read() == b"file_b\n"
     assert len(blob_requests(s3, blob_id)) <= 2
+
+
+def test_plain_urls_with_storage_options_and_http(s3, tmp_path, v5_fixture):
+    """Without a nydusd config: s3:// with storage_options passed through, and plain http:// ranges."""
+    boot_url, blob_id = upload_v5_fixture(s3, v5_fixture)
+    ref = rafs.open(v5_fixture[0], blob_dir=v5_fixture[1])
+    options = {"key": ACCESS_KEY_ID, "secret": ACCESS_KEY_SECRET, "endpoint_url": f"http://{s3.proxy.endpoint}",
+               "client_kwargs": {"region_name": "us-east-1"}, "skip_instance_cache": True}
+    with rafs.open(boot_url, blob_dir=f"s3://{s3.bucket}/nydus-demo/blob", storage_options=options) as image:
+        s3.proxy.reset()
+        assert image.read(GROUP) == ref.read(GROUP)
+        assert [range_size(r) for r in blob_requests(s3, blob_id)] == [307]
+    # the same objects, made public, over plain http(s) URLs
+    for key in ("nydus-demo/meta/v5", f"nydus-demo/blob/{blob_id}"):
+        s3.fs.call_s3("put_object_acl", Bucket=s3.bucket, Key=key, ACL="public-read")
+    base = f"http://{s3.proxy.endpoint}/{s3.bucket}/nydus-demo"
+    with rafs.open(f"{base}/meta/v5", blobs={blob_id: f"{base}/blob/{blob_id}"}) as image:
+        s3.proxy.reset()
+        assert image.read(LAYER_TAR) == ref.read(LAYER_TAR)
+        assert sorted(range_size(r) for r in blob_requests(s3, blob_id)) == [367104, 1048576]
+    # and as nydusd's http-proxy backend
+    config = {"version": 2, "backend": {"type": "http-proxy", "http-proxy": {
+        "addr": f"http://{s3.proxy.endpoint}", "path": f"/{s3.bucket}/nydus-demo/blob"}},
+        "cache": {"type": "blobcache", "filecache": {"work_dir": str(tmp_path / "cache")}}}
+    with rafs.open(f"{base}/meta/v5", config=config) as image:
+        s3.proxy.reset()
+        assert image.read(GROUP) == ref.read(GROUP)
+        assert [range_size(r) for r in blob_requests(s3, blob_id)] == [307]
