@@ -7,9 +7,11 @@ import hashlib
 import os
 import pathlib
 import random
+import shutil
 import socket
 import stat
 import subprocess
+from collections import Counter
 
 import pytest
 
@@ -17,7 +19,7 @@ import rafs
 from conftest import need
 from rafs.model import META_BLOB_INDEX, SuperFlags
 from rafs.v6 import layout, xattr
-from rafs.v6.reader import V6Reader
+from rafs.v6.reader import V6Reader, erofs_sb_checksum
 
 BUILD_TIME = 1_700_000_000
 BIG_DIR_ENTRIES = 3000
@@ -167,7 +169,6 @@ def images(source_tree, tmp_path_factory) -> dict:
 
 
 def _which(name: str) -> str:
-    import shutil
     path = shutil.which(name)
     need(path is not None, f"{name} is not installed (Debian package erofs-utils)")
     return path
@@ -317,8 +318,6 @@ def test_where_the_data_lives(images):
 def _punch_holes(images, name: str) -> tuple[bytes, int]:
     """The image with every chunk of /sparse that points at the shared zero block made a hole
     (EROFS_NULL_ADDR), its superblock checksum recomputed; and the number of holes."""
-    from collections import Counter
-    from rafs.v6.reader import _erofs_sb_checksum
     image_path, _ = images[name]
     data = bytearray(image_path.read_bytes())
     reader = V6Reader(bytes(data))
@@ -335,7 +334,7 @@ def _punch_holes(images, name: str) -> tuple[bytes, int]:
         if bytes(data[a:a + 4]) == zero_block:
             data[a:a + 4] = b"\xff\xff\xff\xff"
             holes += 1
-    checksum = _erofs_sb_checksum(data, reader.block_size)
+    checksum = erofs_sb_checksum(data, reader.block_size)
     data[layout.EROFS_SUPER_OFFSET + 4:layout.EROFS_SUPER_OFFSET + 8] = checksum.to_bytes(4, "little")
     return bytes(data), holes
 

@@ -15,7 +15,7 @@ from conftest import need
 from hostile import bit_flips, check_mutant, truncations
 from rafs.v6 import layout
 from rafs.v6.dirent import DIRENT
-from rafs.v6.reader import V6Reader, _erofs_sb_checksum
+from rafs.v6.reader import V6Reader, erofs_sb_checksum
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_zeroed_regions_never_escape(v6_bytes, v6_fixture, erofs_bytes):
 
 def _rechecksum(data: bytearray, reader: V6Reader) -> bytes:
     if reader.superblock.s_feature_compat & layout.EROFS_FEATURE_COMPAT_SB_CHKSUM:
-        checksum = _erofs_sb_checksum(data, reader.block_size)
+        checksum = erofs_sb_checksum(data, reader.block_size)
         data[layout.EROFS_SUPER_OFFSET + 4:layout.EROFS_SUPER_OFFSET + 8] = checksum.to_bytes(4, "little")
     return bytes(data)
 

@@ -35,7 +35,7 @@ from ..blob import codecs
 from ..errors import InvalidImageError, UnsupportedError
 from ..model import (BLOB_FEATURES_INVALID_MASK, CIPHER_NAMES, COMPRESSOR_NAMES, DEFAULT_CHUNK_SIZE,
                      DIGESTER_NAMES, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, META_BLOB_INDEX, MIN_CHUNK_SIZE,
-                     Blob, BlobFeatures, Chunk, ChunkFlags, ImageReader, Inode, InodeFlags, SuperFlags)
+                     Blob, BlobFeatures, Chunk, ImageReader, Inode, InodeFlags, SuperFlags)
 from . import dirent, layout, xattr
 
 SUPERBLOCK = _codec.FastRecord(layout.SuperBlock, "v6 superblock")
@@ -73,7 +73,7 @@ def _checksum_length(block_size: int) -> int:
     return block_size - layout.EROFS_SUPER_OFFSET if block_size > layout.EROFS_SUPER_OFFSET else block_size
 
 
-def _erofs_sb_checksum(data, block_size: int) -> int:
+def erofs_sb_checksum(data, block_size: int) -> int:
     """The kernel's superblock checksum: crc32c (no final xor) over the superblock block from 1024
     with the checksum field zeroed (fs/erofs/super.c erofs_superblock_csum_verify)."""
     start = layout.EROFS_SUPER_OFFSET
@@ -192,7 +192,7 @@ class V6Reader(ImageReader):
             if sb.s_feature_compat & layout.EROFS_FEATURE_COMPAT_SB_CHKSUM:
                 if self.size < layout.EROFS_SUPER_OFFSET + _checksum_length(self.block_size):
                     bad("image too small for its superblock checksum")
-                expected = _erofs_sb_checksum(self.data, self.block_size)
+                expected = erofs_sb_checksum(self.data, self.block_size)
                 if expected != sb.s_checksum:
                     bad(f"superblock checksum {sb.s_checksum:#010x} != computed {expected:#010x}", 4)
             unknown = sb.s_feature_incompat & ~((layout.EROFS_FEATURE_INCOMPAT_METABOX << 1) - 1)
