@@ -17,6 +17,7 @@ import pytest
 import rafs
 from rafs.cli.main import main as rafs_main
 from rafs.errors import BackendError
+from rafs.inspect import describe
 
 from s3server import ACCESS_KEY_ID, ACCESS_KEY_SECRET, Faults, moto_server, s3, s3_proxy  # noqa: F401
 from test_io_fetch import BUSYBOX, GROUP, LAYER_TAR
@@ -198,7 +199,9 @@ def test_faults_beyond_the_retry_limit_give_a_clear_error(s3, tmp_path, v5_fixtu
             else:
                 # aiohttp itself retries once a request whose pooled connection was closed under it
                 assert 3 <= attempts <= 6
-            for text in (message, repr(info.value), repr(image.locator), str(image.locator.config)):
+            inspected = json.dumps(describe(image), default=str)
+            for text in (message, repr(info.value), repr(image.locator), str(image.locator.config), inspected,
+                         repr(image)):
                 assert ACCESS_KEY_SECRET not in text and ACCESS_KEY_ID not in text.replace("***", "")
         s3.proxy.reset()
     # a permanent fault is not retried: a blob that is not there

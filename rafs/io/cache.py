@@ -23,7 +23,7 @@ from typing import Iterable
 
 from .. import _codec
 from ..errors import InvalidArgumentError, RafsError
-from ..model import Blob, BlobFeatures, Chunk
+from ..model import MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures, Chunk
 from ..blob.layout import BLOB_CCT_HEADER_SIZE as CI_HEADER_SIZE
 from .layout import (CHUNK_MAP_ALL_READY, CHUNK_MAP_HEADER, CHUNK_MAP_HEADER_SIZE, CHUNK_MAP_MAGIC,
                      CHUNK_MAP_MAGIC2, CHUNK_MAP_SUFFIX, CHUNK_MAP_VERSION, DATA_SUFFIX, META_SUFFIX)
@@ -218,8 +218,12 @@ class BlobCache:
         self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
         try:
             if blob.uncompressed_size and os.fstat(self._fd).st_size < blob.uncompressed_size:
-                os.ftruncate(self._fd, blob.uncompressed_size)     # sparse, like nydusd's set_len
-            if blob.chunk_count and not disable_indexed_map:
+                try:
+                    os.ftruncate(self._fd, blob.uncompressed_size)     # sparse, like nydusd's set_len
+                except OSError as exc:      # a size no filesystem takes: chunks still land at their offsets
+                    log.warning("blob cache %s: cannot size it to %d bytes: %s", self.data_path,
+                                blob.uncompressed_size, exc)
+            if 0 < blob.chunk_count <= MAX_CHUNKS_PER_BLOB and not disable_indexed_map:
                 self.chunk_map = PersistChunkMap(self.map_path, blob.chunk_count)
             else:
                 self.chunk_map = DigestChunkMap()
