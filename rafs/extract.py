@@ -1,10 +1,29 @@
-"""Writing an image's tree to a directory, with :mod:`tarfile`'s extraction filters.
+"""Writing an image's tree to a directory, with :mod:`tarfile`'s extraction filters (PEP 706).
 
 ``filter`` is ``"fully_trusted"``, ``"tar"`` or ``"data"`` (the default), with the meaning tarfile gives
-them (PEP 706): ``tar`` refuses entries that would land outside the target and strips setuid/setgid
-and group/other write from files; ``data`` also refuses absolute symlinks and links leaving the target,
-refuses device files and fifos, and ignores ownership. Names carrying ``/``, NUL, ``.`` or ``..`` are
-refused whatever the filter. Directory attributes are set after their contents.
+them:
+
+* ``tar``: no entry lands outside the target; setuid, setgid and sticky bits and group/other write
+  permission are cleared (``mode & 0o755``).
+* ``data``: as ``tar``, and also symlinks with absolute targets or targets resolving outside the target
+  are refused, device files and FIFOs are refused, ownership is ignored, regular files get owner
+  read/write (and lose group/other execute when the owner has none), directory modes are left as
+  created.
+* ``fully_trusted``: modes and ownership (as root) as the image says.
+
+A callable ``filter(path, inode)`` decides per entry (true: extract as ``fully_trusted``).
+
+Whatever the filter, rafs never writes through a symlink or outside the target: names carrying ``/``,
+NUL, ``.`` or ``..`` are refused (by the tree walk), nothing is created under a parent that resolves
+outside the target, an existing symlink in the way is replaced rather than followed, symlinks are
+created last (so none can redirect a later write) and, with ``data``, every symlink is checked once
+more after all exist (so a chain of links cannot leave the target either). Hardlinks are made to the
+first extracted link only while it is still the regular file written; sockets are skipped (tar cannot
+carry them either). Regular files are written sparse: only their chunks, then truncated to size.
+Directory attributes are set after their contents. Names over 255 bytes (which v5 can store) are
+refused too: no Linux file system can create them. Refusals raise
+:class:`~rafs.errors.UnsafePathError`; a symlink target with NUL or no bytes is an
+:class:`~rafs.errors.InvalidImageError`.
 """
 
 from __future__ import annotations
@@ -13,10 +32,10 @@ import os
 import stat as _stat
 
 from . import errors
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, InvalidImageError
+from .model import MAX_NAME_SIZE
 
 FILTERS = ("fully_trusted", "tar", "data")
-_COPY_BLOCK = 1 << 20
 
 
 def _inside(root: str, path: str) -> bool:
@@ -30,7 +49,8 @@ def extract_all(image, dest, *, filter="data", members=None) -> None:  # noqa: A
     os.makedirs(root, exist_ok=True)
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     links: dict[int, str] = {}
-    dir_attrs: list[tuple[str, object]] = []
+    dir_attrs: list[tuple[str, object, object]] = []
+    symlinks: list[tuple[str, str, object, object]] = []
     wanted = None if members is None else {image._resolve(m, follow_symlinks=False)[1] for m in members}
 
     for raw_path, inode in image.iter_entries("/"):
@@ -41,80 +61,144 @@ def extract_all(image, dest, *, filter="data", members=None) -> None:  # noqa: A
         display = "/" + rel
         if not _inside(root, os.path.normpath(target)):
             raise errors.UnsafePathError(display)
-        if callable(filter) and not filter(display, inode):
-            continue
-        parent = os.path.dirname(target)
-        if target != root and not _inside(root, os.path.realpath(parent)):
-            raise errors.UnsafePathError(display, "parent directory resolves outside the target")
-        mode = _file_mode(inode.mode, filter)
+        if len(raw_path.rsplit(b"/", 1)[-1]) > MAX_NAME_SIZE:
+            raise errors.UnsafePathError(display, f"a name longer than {MAX_NAME_SIZE} bytes cannot be created")
+        how = filter
+        if callable(filter):
+            if not filter(display, inode):
+                continue
+            how = "fully_trusted"
         kind = _stat.S_IFMT(inode.mode)
+        if kind == _stat.S_IFSOCK:
+            continue                   # sockets cannot be recreated meaningfully (tar cannot carry them)
+        if how == "data" and kind not in (_stat.S_IFDIR, _stat.S_IFREG, _stat.S_IFLNK):
+            raise errors.UnsafePathError(display, "the 'data' filter refuses device files and fifos")
+        parent = os.path.dirname(target)
+        if target != root:
+            if not _inside(root, os.path.realpath(parent)):
+                raise errors.UnsafePathError(display, "parent directory resolves outside the target")
+            os.makedirs(parent, exist_ok=True)       # members= may skip a parent
         if kind == _stat.S_IFDIR:
             if target != root:
-                if os.path.lexists(target) and not os.path.isdir(target):
-                    os.unlink(target)
+                if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
+                    os.unlink(target)                 # never follow a link in the way
                 os.makedirs(target, exist_ok=True)
-            dir_attrs.append((target, inode))
+            dir_attrs.append((target, inode, how))
             continue
-        if os.path.lexists(target):
-            if os.path.isdir(target) and not os.path.islink(target):
-                raise errors.UnsafePathError(display, "a directory of the same name exists")
-            os.unlink(target)
+        if kind == _stat.S_IFLNK:
+            link = _symlink_target(inode, display)
+            if how == "data":
+                _check_link(root, parent, link, display)
+            symlinks.append((target, link, inode, how))
+            continue
+        _clear_way(target, display)
+        mode = _file_mode(inode.mode, how)
         if kind == _stat.S_IFREG:
             first = links.get(inode.ino) if inode.nlink > 1 else None
-            if first is not None:
-                os.link(first, target)
+            if first is not None and _is_regular(first):
+                os.link(first, target, follow_symlinks=False)
                 continue
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as out, image.open_inode(inode.ino) as src:
-                while True:
-                    block = src.read(_COPY_BLOCK)
-                    if not block:
-                        break
-                    out.write(block)
+            _write_file(image, inode, target)
             if inode.nlink > 1:
                 links[inode.ino] = target
-        elif kind == _stat.S_IFLNK:
-            link = os.fsdecode(inode.symlink or b"")
-            if filter == "data":
-                if os.path.isabs(link):
-                    raise errors.UnsafePathError(display, f"absolute symlink target {link!r}")
-                resolved = os.path.normpath(os.path.join(parent, link))
-                if not _inside(root, resolved):
-                    raise errors.UnsafePathError(display, f"symlink target {link!r} leaves the target")
-            os.symlink(link, target)
-            _set_attrs(target, inode, filter, is_root, follow=False)
-            continue
         else:
-            if filter == "data":
-                raise errors.UnsafePathError(display, "the 'data' filter refuses device files and fifos")
             if kind in (_stat.S_IFCHR, _stat.S_IFBLK) and not is_root:
                 raise errors.UnsafePathError(display, "creating a device node needs root")
-            if kind == _stat.S_IFSOCK:
-                continue               # sockets cannot be recreated meaningfully (tarfile skips them)
-            os.mknod(target, kind | (mode & 0o7777), inode.rdev)
-        os.chmod(target, mode & 0o7777)
-        _set_attrs(target, inode, filter, is_root, follow=True)
+            os.mknod(target, kind | 0o600, inode.rdev)
+        _set_attrs(target, inode, how, is_root, mode)
 
-    for target, inode in reversed(dir_attrs):
-        os.chmod(target, _file_mode(inode.mode, filter) & 0o7777)
-        _set_attrs(target, inode, filter, is_root, follow=True)
+    for target, link, inode, how in symlinks:
+        display = "/" + os.path.relpath(target, root)
+        _clear_way(target, display)
+        os.symlink(link, target)
+        _set_attrs(target, inode, how, is_root, None)
+    # Every link was checked when made; a chain of links (each one inside) may still leave the target
+    # once all exist, so the 'data' filter checks them again, fully resolved, and removes offenders.
+    escaping = [t for t, _, _, how in symlinks if how == "data" and not _inside(root, os.path.realpath(t))]
+    for target in escaping:
+        os.unlink(target)
+    for target, inode, how in reversed(dir_attrs):
+        if os.path.islink(target) or not os.path.isdir(target):
+            continue
+        _set_attrs(target, inode, how, is_root, _file_mode(inode.mode, how))
+    if escaping:
+        shown = ", ".join("/" + os.path.relpath(t, root) for t in escaping[:5])
+        raise errors.UnsafePathError(shown, "symlinks resolving outside the target were removed")
 
 
-def _file_mode(mode: int, filter) -> int:  # noqa: A002
-    if filter in ("tar", "data"):
-        mode &= ~(_stat.S_ISUID | _stat.S_ISGID)
-        if filter == "data":
-            # as tarfile's data filter: no group/other write, and the owner can always read and write
-            mode &= ~(_stat.S_IWGRP | _stat.S_IWOTH)
-            mode |= _stat.S_IRUSR | _stat.S_IWUSR
-    return mode
+def _symlink_target(inode, display: str) -> str:
+    raw = inode.symlink or b""
+    if not raw or b"\0" in raw:
+        raise InvalidImageError(f"{display}: symlink target {raw!r} is empty or holds NUL",
+                                structure="symlink")
+    return os.fsdecode(raw)
 
 
-def _set_attrs(target: str, inode, filter, is_root: bool, *, follow: bool) -> None:  # noqa: A002
+def _check_link(root: str, parent: str, link: str, display: str) -> None:
+    if os.path.isabs(link):
+        raise errors.UnsafePathError(display, f"absolute symlink target {link!r}")
+    if not _inside(root, os.path.realpath(os.path.join(parent, link))):
+        raise errors.UnsafePathError(display, f"symlink target {link!r} leaves the target")
+
+
+def _clear_way(target: str, display: str) -> None:
+    """Remove what an earlier entry of the same name left (a file or a link, never a directory)."""
+    if os.path.lexists(target):
+        if os.path.isdir(target) and not os.path.islink(target):
+            raise errors.UnsafePathError(display, "a directory of the same name exists")
+        os.unlink(target)
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return _stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _write_file(image, inode, target: str) -> None:
+    """Only the chunks are written, then the file is truncated to its size: holes stay holes and a
+    huge sparse file costs nothing."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
+                 0o600)
+    try:
+        with image.open_inode(inode.ino) as src:
+            for chunk in sorted(image.reader.chunks(inode.ino), key=lambda c: c.file_offset):
+                data = src.pread(chunk.uncompressed_size, chunk.file_offset)
+                if data:
+                    os.pwrite(fd, data, chunk.file_offset)
+        os.ftruncate(fd, inode.size)
+    finally:
+        os.close(fd)
+
+
+def _file_mode(st_mode: int, filter) -> int | None:  # noqa: A002
+    """The permission bits to set, or None to leave what creation gave (tarfile's filters)."""
+    perms = st_mode & 0o7777
+    if filter == "fully_trusted":
+        return perms
+    perms &= 0o755                      # no setuid/setgid/sticky, no group/other write
+    if filter == "data":
+        if _stat.S_ISDIR(st_mode) or _stat.S_ISLNK(st_mode):
+            return None
+        if _stat.S_ISREG(st_mode):
+            if not perms & _stat.S_IXUSR:
+                perms &= ~0o111
+            perms |= _stat.S_IRUSR | _stat.S_IWUSR
+    return perms
+
+
+def _set_attrs(target: str, inode, filter, is_root: bool, mode: int | None) -> None:  # noqa: A002
+    """Owner (as root, not with 'data'), then mode (chown clears set-id bits), then times; a symlink
+    itself is changed, never what it points to."""
     if is_root and filter != "data":
         try:
-            os.chown(target, inode.uid, inode.gid, follow_symlinks=follow)
+            os.chown(target, inode.uid, inode.gid, follow_symlinks=False)
         except OSError:
             pass
-    if follow or os.utime in os.supports_follow_symlinks:
-        os.utime(target, ns=(inode.mtime_ns, inode.mtime_ns), follow_symlinks=follow)
+    if mode is not None:
+        os.chmod(target, mode)
+    try:
+        os.utime(target, ns=(inode.mtime_ns, inode.mtime_ns), follow_symlinks=False)
+    except (OverflowError, OSError):
+        pass                             # a time the target file system cannot hold is left unset

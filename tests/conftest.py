@@ -13,6 +13,14 @@ import shutil
 import subprocess
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Hypothesis profiles: "ci" (the default) keeps the suite fast; HYPOTHESIS_PROFILE=deep runs far more
+# examples (docs/fuzzing.md). Tests that are costly per example scale down from max_examples.
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile("ci", max_examples=20, deadline=None, suppress_health_check=_QUIET)
+settings.register_profile("deep", max_examples=2000, deadline=None, suppress_health_check=_QUIET)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SHARED = pathlib.Path(os.environ.get("RAFS_SHARED", ROOT.parent / "shared"))

@@ -1,0 +1,39 @@
+"""Property-based format fuzzing for RAFS, public and reusable.
+
+For rafs' own tests and for anyone testing another RAFS (or EROFS) implementation. Depends only on
+hypothesis and rafs.
+
+* :mod:`rafs.testing.trees` - source trees as plain data (``{path: Entry}``): hypothesis strategies with
+  every entry type, hostile and non-UTF-8 names, xattrs, hardlinks, sparse and chunk-boundary sizes;
+  :func:`materialise` to a real directory, :func:`to_node` for the model, read-back from a directory or
+  an image, and :func:`diff_trees` to compare.
+* :mod:`rafs.testing.images` - build options (version, compressor, digester, chunk size, inline
+  meta, blob ToC) as a strategy of ``rafs.Builder`` keyword arguments; images built from trees.
+* :mod:`rafs.testing.schemas` - strategies derived from construct schemas, and discovery of every
+  schema in the ``layout`` modules.
+* :mod:`rafs.testing.mutate` - blind and structure-aware mutations of images, decompression bombs.
+* :mod:`rafs.testing.exercise` - run every read path over an image under time and memory bounds.
+
+See ``docs/fuzzing.md`` for a guide with a worked example.
+"""
+
+from .exercise import (BytesSource, EscapedError, Outcome, OutOfMemoryError, OutOfTimeError, check_mutant,
+                       exercise, memory_budget, memory_limit, time_limit)
+from .mutate import (Located, bit_flips, blob_structures, field_extremes, flip_bit, replace_unique, set_field, set_int,
+                     truncations, v5_structures, v6_structures, word_extremes, zeroed_runs, zstd_bomb)
+from .images import Built, as_built, blob_devices, build_node, build_options, build_tree
+from .schemas import from_schema, layout_schemas, schema_bytes, schemas_in
+from .trees import (Entry, Extent, FileData, assert_same_tree, diff_trees, directory, file, file_data,
+                    hardlink, hostile_names, materialise, names, node, symlink, to_node, tree_from_directory,
+                    tree_from_image, trees)
+
+__all__ = [
+    "BytesSource", "EscapedError", "Outcome", "OutOfMemoryError", "OutOfTimeError", "check_mutant", "exercise",
+    "memory_budget", "memory_limit", "time_limit",
+    "Located", "bit_flips", "blob_structures", "field_extremes", "flip_bit", "replace_unique", "set_field", "set_int",
+    "truncations", "v5_structures", "v6_structures", "word_extremes", "zeroed_runs", "zstd_bomb",
+    "Built", "as_built", "blob_devices", "build_node", "build_options", "build_tree", "from_schema", "layout_schemas", "schema_bytes", "schemas_in",
+    "Entry", "Extent", "FileData", "assert_same_tree", "diff_trees", "directory", "file", "file_data",
+    "hardlink", "hostile_names", "materialise", "names", "node", "symlink", "to_node", "tree_from_directory",
+    "tree_from_image", "trees",
+]

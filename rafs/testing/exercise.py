@@ -1,0 +1,262 @@
+"""Run every read path of rafs over an image, under a time and a memory bound.
+
+:func:`exercise` opens an image and, step by step, walks it, stats every entry, reads its xattrs and
+symlink targets, reads every regular file, builds the model tree, runs ``check(verify_data=True)`` and
+writes the whole tree as a tar to a null sink. Each step either succeeds or raises a
+:class:`rafs.RafsError`; anything else (``IndexError``, ``struct.error``, ``RecursionError``,
+``MemoryError``, ...) is a bug and raises :class:`EscapedError`. :func:`check_mutant` wraps it with a
+wall-clock limit and, optionally, a tracemalloc peak limit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import stat as _stat
+import threading
+import time
+import tracemalloc
+from dataclasses import dataclass, field
+
+from ..errors import RafsError
+
+READ_BLOCK = 1 << 20
+MAX_READ_PER_FILE = 64 * READ_BLOCK
+# Bytes written to the null sink before unpacking is cut short: a hostile image may declare files of
+# any size (a sparse exabyte is legal), and the tar stream grows with what the image declares.
+UNPACK_OUTPUT_LIMIT = 64 << 20
+STEPS = ("walk", "stat", "read", "tree", "check", "unpack")
+
+
+class EscapedError(AssertionError):
+    """A step raised something that is not a :class:`rafs.RafsError`: a bug in the reader."""
+
+
+class OutOfTimeError(AssertionError):
+    """A step ran past its wall-clock limit: a hang or a loop over hostile counts."""
+
+
+class OutOfMemoryError(AssertionError):
+    """The exercise allocated more (tracemalloc peak) than its budget."""
+
+
+class BytesSource:
+    """A blob held in memory, served as a :class:`rafs.io.source.RangeReader` (``blobs={id: ...}``)."""
+
+    def __init__(self, data: bytes, name: str = "<bytes>"):
+        self.data = bytes(data)
+        self.size = len(self.data)
+        self.name = name
+
+    def read_range(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            from ..errors import BackendError
+            raise BackendError(f"{self.name}: read of {size} bytes at {offset} past the end ({self.size})")
+        return self.data[offset:offset + size]
+
+    def close(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None, what: str):
+    """Raise :class:`OutOfTimeError` inside the block once ``seconds`` have passed (main thread only;
+    elsewhere the block runs unbounded)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise OutOfTimeError(f"{what}: took longer than {seconds}s (hang?)")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@contextlib.contextmanager
+def memory_limit(max_bytes: int | None, what: str):
+    """Fail with :class:`OutOfMemoryError` when the Python heap peak inside the block (tracemalloc)
+    exceeds ``max_bytes``. The check is after the fact: it catches allocations proportional to a
+    hostile size field, not ones that would exhaust the machine (use resource limits for those)."""
+    if max_bytes is None:
+        yield
+        return
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    try:
+        yield
+    finally:
+        peak = tracemalloc.get_traced_memory()[1] - base
+        if started:
+            tracemalloc.stop()
+    if peak > max_bytes:
+        raise OutOfMemoryError(f"{what}: heap peak {peak} bytes exceeds the budget of {max_bytes}")
+
+
+def memory_budget(*inputs, per_byte: int = 16, slack: int = 48 << 20) -> int:
+    """A budget proportional to what the inputs declare: ``slack`` plus ``per_byte`` times their
+    total length (inputs are bytes, or ints counting bytes)."""
+    total = sum(x if isinstance(x, int) else len(x) for x in inputs)
+    return slack + per_byte * total
+
+
+class _NullSink:
+    """A write-only file that discards bytes and stops the writer after ``limit`` bytes."""
+
+    class Full(Exception):
+        pass
+
+    def __init__(self, limit: int):
+        self.limit, self.written = limit, 0
+
+    def write(self, data) -> int:
+        self.written += len(data)
+        if self.written > self.limit:
+            raise self.Full()
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def tell(self) -> int:
+        return self.written
+
+
+@dataclass
+class Outcome:
+    """What each step of :func:`exercise` did: ``"ok"``, ``"limit"`` (cut at a documented bound) or the
+    name of the :class:`rafs.RafsError` it raised. ``entries`` and ``bytes_read`` count the work done."""
+
+    steps: dict = field(default_factory=dict)
+    entries: int = 0
+    bytes_read: int = 0
+    seconds: float = 0.0
+
+    @property
+    def summary(self) -> str:
+        """``"ok"`` when every step succeeded, else the first error class name."""
+        for result in self.steps.values():
+            if result not in ("ok", "limit"):
+                return result
+        return "ok"
+
+
+def exercise(source, *, steps=STEPS, max_read_per_file: int = MAX_READ_PER_FILE,
+             unpack_limit: int = UNPACK_OUTPUT_LIMIT, what: str = "image", **open_kwargs) -> Outcome:
+    """Open ``source`` with :func:`rafs.open` (``open_kwargs`` passed on) and run every read path.
+
+    Steps run independently, so a fault in one (a bad file) does not hide faults in the next. Raises
+    :class:`EscapedError` when any step raises something other than a :class:`rafs.RafsError`.
+    """
+    import rafs
+    from ..unpack import write_tar
+
+    outcome = Outcome()
+    started = time.monotonic()
+
+    def run(name, step):
+        try:
+            result = step()
+            outcome.steps[name] = result or "ok"
+        except RafsError as exc:
+            outcome.steps[name] = type(exc).__name__
+        except (OutOfTimeError, OutOfMemoryError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - catching what is not ours is the point
+            raise EscapedError(f"{what}: step {name!r} let {type(exc).__name__} escape: {exc}") from exc
+
+    image = None
+
+    def do_open():
+        nonlocal image
+        image = rafs.open(source, **open_kwargs)
+
+    run("open", do_open)
+    if image is None:
+        outcome.seconds = time.monotonic() - started
+        return outcome
+    try:
+        entries = []
+
+        def walk():
+            for path, inode in image.iter_entries("/"):
+                entries.append((path, inode))
+            outcome.entries = len(entries)
+            for _ in image.walk("/"):
+                pass
+
+        def stat_all():
+            for path, inode in entries:
+                image.lstat(path)
+                for name in image.listxattr(path, follow_symlinks=False):
+                    image.getxattr(path, name, follow_symlinks=False)
+                if _stat.S_ISLNK(inode.mode):
+                    image.readlink(path)
+                    # following the link is allowed to fail as a path error, never otherwise
+                    try:
+                        image.stat(path)
+                    except rafs.errors.PathError:
+                        pass
+
+        def read_all():
+            first_error = None
+            for path, inode in entries:
+                if not _stat.S_ISREG(inode.mode):
+                    continue
+                try:
+                    with image.open_inode(inode.ino) as f:
+                        pos = 0
+                        while pos < min(inode.size, max_read_per_file):
+                            data = f.pread(READ_BLOCK, pos)
+                            if not data:
+                                break
+                            outcome.bytes_read += len(data)
+                            pos += len(data)
+                except RafsError as exc:
+                    first_error = first_error or exc
+            if first_error is not None:
+                raise first_error
+
+        def tree():
+            image.tree("/")
+
+        def check():
+            for _ in image.check(verify_data=True):
+                pass
+
+        def unpack():
+            try:
+                write_tar(image, _NullSink(unpack_limit))
+            except _NullSink.Full:
+                return "limit"
+
+        table = {"walk": walk, "stat": stat_all, "read": read_all, "tree": tree, "check": check,
+                 "unpack": unpack}
+        for name in steps:
+            if name in ("stat", "read") and "walk" not in outcome.steps:
+                run("walk", walk)
+            run(name, table[name])
+    finally:
+        run("close", image.close)
+    outcome.seconds = time.monotonic() - started
+    return outcome
+
+
+def check_mutant(description: str, source, *, seconds: float | None = 10.0, max_memory: int | None = None,
+                 **kwargs) -> str:
+    """:func:`exercise` a (mutated) image within ``seconds`` and ``max_memory`` bytes of heap peak.
+
+    Returns :attr:`Outcome.summary` (``"ok"`` or the first rafs error class name); raises
+    :class:`EscapedError`, :class:`OutOfTimeError` or :class:`OutOfMemoryError` naming
+    ``description`` otherwise.
+    """
+    with time_limit(seconds, description), memory_limit(max_memory, description):
+        return exercise(source, what=description, **kwargs).summary
