@@ -266,7 +266,7 @@ def test_layout_sizes_and_constants():
         layout.SuperBlock.parse(bytes(128))
 
 
-def _tarfs_image(tmp_path):
+def _tarfs_image(tmp_path, prefetch: tuple[str, ...] = ()):
     """A tar used as the blob of a tarfs-mode (512-byte block) RAFS v6 bootstrap written by rafs."""
     chunk_size = 0x1000
     contents = {"d/contiguous": b"".join(bytes([i]) * 4096 for i in range(1, 4)) + b"tail",
@@ -303,7 +303,8 @@ def _tarfs_image(tmp_path):
     flags = SuperFlags.COMPRESSION_NONE | SuperFlags.HASH_SHA256 | SuperFlags.ENCRYPTION_NONE | \
         SuperFlags.TARTFS_MODE
     boot = tmp_path / "tarfs.boot"
-    boot.write_bytes(write_bootstrap(root, [blob], chunk_size=chunk_size, flags=flags))
+    boot.write_bytes(write_bootstrap(root, [blob], chunk_size=chunk_size, flags=flags,
+                                     prefetch=[files[name] for name in prefetch]))
     tar_path = tmp_path / blob.blob_id
     tar_path.write_bytes(tar_bytes)
     return boot, tar_path, contents
@@ -326,3 +327,10 @@ def test_tarfs_mode_matches_kernel_mount(tmp_path, kernel_mount):
         assert _rafs_stats(image) == _kernel_stats(mountpoint)
         for name in contents:
             assert image.read(name) == (mountpoint / name).read_bytes()
+
+
+def test_prefetch_table_holds_nids(tmp_path):
+    boot, _, _ = _tarfs_image(tmp_path, prefetch=("top", "d/short"))
+    with rafs.open(boot, blob_dir=tmp_path) as image:
+        assert image.reader.prefetch_inodes() == [image.lstat("/top").st_ino, image.lstat("/d/short").st_ino]
+        assert image.reader.describe_extra()["superblock_ext"]["s_prefetch_table_size"] == 8
