@@ -275,3 +275,73 @@ def blob_devices(image, directory: str) -> list[str]:
         for f in files:
             f.close()
     return paths
+
+
+# -- OCI image layouts -------------------------------------------------------------------------------
+
+def _add_blob(layout: str, data: bytes) -> tuple[str, int]:
+    digest = hashlib.sha256(data).hexdigest()
+    os.makedirs(os.path.join(layout, "blobs", "sha256"), exist_ok=True)
+    with open(os.path.join(layout, "blobs", "sha256", digest), "wb") as f:
+        f.write(data)
+    return "sha256:" + digest, len(data)
+
+
+def _json(document) -> bytes:
+    import json
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def oci_image(layout: str, layers: list[str], *, platform=("linux", "amd64"), docker: bool = False) -> dict:
+    """Add an image of ``layers`` (tar, tar.gz or tar.zst files) to the layout; returns its
+    manifest descriptor (not yet listed in index.json)."""
+    import gzip as _gzip
+    types = ({"gz": "application/vnd.docker.image.rootfs.diff.tar.gzip", "tar": "application/vnd.docker.image.rootfs.diff.tar"}
+             if docker else
+             {"gz": "application/vnd.oci.image.layer.v1.tar+gzip", "tar": "application/vnd.oci.image.layer.v1.tar",
+              "zst": "application/vnd.oci.image.layer.v1.tar+zstd"})
+    descs, diff_ids = [], []
+    for path in layers:
+        data = open(path, "rb").read()
+        kind = path.rsplit(".", 1)[-1]
+        if kind == "gz":
+            plain = _gzip.decompress(data)
+        elif kind == "zst":
+            plain = subprocess.run(["zstd", "-dc", path], check=True, capture_output=True).stdout
+        else:
+            plain = data
+        digest, size = _add_blob(layout, data)
+        descs.append({"mediaType": types[kind], "digest": digest, "size": size})
+        diff_ids.append("sha256:" + hashlib.sha256(plain).hexdigest())
+    config = {"architecture": platform[1], "os": platform[0],
+              "config": {"Env": ["PATH=/usr/bin"], "Cmd": ["/usr/bin/tool"]},
+              "rootfs": {"type": "layers", "diff_ids": diff_ids},
+              "history": [{"created_by": f"layer {i}"} for i in range(len(layers))]}
+    config_digest, config_size = _add_blob(layout, _json(config))
+    manifest_type = ("application/vnd.docker.distribution.manifest.v2+json" if docker
+                     else "application/vnd.oci.image.manifest.v1+json")
+    manifest = {"schemaVersion": 2, "mediaType": manifest_type,
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json" if docker
+                           else "application/vnd.oci.image.config.v1+json",
+                           "digest": config_digest, "size": config_size},
+                "layers": descs, "annotations": {"org.example.note": "source"}}
+    digest, size = _add_blob(layout, _json(manifest))
+    return {"mediaType": manifest_type, "digest": digest, "size": size,
+            "platform": {"architecture": platform[1], "os": platform[0]}}
+
+
+def oci_layout(layout: str, entries: list[dict], *, index_of: list[dict] | None = None) -> str:
+    """Write ``oci-layout`` and ``index.json`` listing ``entries`` (descriptors); with ``index_of`` an
+    image index of those manifests is the single entry."""
+    os.makedirs(layout, exist_ok=True)
+    with open(os.path.join(layout, "oci-layout"), "wb") as f:
+        f.write(_json({"imageLayoutVersion": "1.0.0"}))
+    if index_of is not None:
+        digest, size = _add_blob(layout, _json({"schemaVersion": 2,
+                                                "mediaType": "application/vnd.oci.image.index.v1+json",
+                                                "manifests": index_of}))
+        entries = [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": size,
+                    "annotations": {"org.opencontainers.image.ref.name": "multi"}}]
+    with open(os.path.join(layout, "index.json"), "wb") as f:
+        f.write(_json({"schemaVersion": 2, "manifests": entries}))
+    return layout

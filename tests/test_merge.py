@@ -9,6 +9,7 @@ import io
 import json
 import os
 import stat
+import subprocess
 import tarfile
 
 import pytest
@@ -157,6 +158,20 @@ def test_merged_image_is_the_applied_layers(merged):
                 if chunk.blob_index not in first_use:
                     first_use.append(chunk.blob_index)
         assert first_use == list(range(len(image.blobs)))
+
+
+def test_unpack_of_the_merged_image_is_the_flattened_filesystem(merged, tmp_path):
+    _, boot, blob_dir, _, _, expected = merged
+    out = tmp_path / "flat.tar"
+    assert cli(["unpack", str(boot), "-D", str(blob_dir), "--output", str(out)]) == 0
+    (tmp_path / "flat").mkdir()
+    subprocess.run(["tar", "--xattrs", "--xattrs-include=*", "--numeric-owner", "--same-owner", "-xf", str(out),
+                    "-C", str(tmp_path / "flat")], check=True)
+    got, want = directory_view(str(tmp_path / "flat")), directory_view(expected)
+    assert sorted(got) == sorted(want)
+    for path in want:
+        assert got[path] == want[path], path
+    assert hardlink_groups(directory_inodes(str(tmp_path / "flat"))) == hardlink_groups(directory_inodes(expected))
 
 
 @pytest.mark.privileged

@@ -98,6 +98,15 @@ class TarLayer:
         self.close()
 
 
+@dataclass(frozen=True)
+class TarSource:
+    """A tar ``stream`` (or path) with where to spool it if it has to be spooled: what a caller hands
+    the ``tar-rafs`` loader when the system's temporary directory is no place for a large layer."""
+
+    stream: object
+    spool_dir: str | None = None
+
+
 def detect_compression(head: bytes) -> str:
     """``gzip``, ``zstd`` or ``none`` from the first bytes of a layer."""
     if head.startswith(GZIP_MAGIC):
@@ -116,6 +125,9 @@ def read_tar(source, *, on_file: OnFile | None = None, spool_dir=None) -> TarLay
     ``spool_dir`` is where a compressed or non-seekable tar's file data is spooled (the system temp
     directory by default).
     """
+    if isinstance(source, TarSource):
+        spool_dir = spool_dir if spool_dir is not None else source.spool_dir
+        source = source.stream
     layer = TarLayer(root=_new_dir(b"/"))
     raw, owned = _open_source(source)
     if owned:
@@ -243,11 +255,18 @@ def _decompress_error_types():
 
 # -- file data -----------------------------------------------------------------------------------------
 
-class _RangeStream(io.RawIOBase):
-    """``size`` bytes at ``offset`` of a RangeReader, read on demand (one open per ``node.data()``)."""
+class RangeStream(io.RawIOBase):
+    """A seekable stream of ``size`` bytes at ``offset`` of a RangeReader, read on demand (one per
+    ``node.data()``); with ``close_reader`` closing the stream closes the reader too."""
 
-    def __init__(self, reader, offset: int, size: int):
+    def __init__(self, reader, offset: int, size: int, *, close_reader: bool = False):
         self._reader, self._offset, self._size, self._pos = reader, offset, size, 0
+        self._close_reader = close_reader
+
+    def close(self) -> None:
+        if not self.closed and self._close_reader:
+            self._reader.close()
+        super().close()
 
     def readable(self) -> bool:
         return True
@@ -272,7 +291,7 @@ class _RangeStream(io.RawIOBase):
         return count
 
 
-class _SparseStream(_RangeStream):
+class _SparseStream(RangeStream):
     """A GNU sparse member: stored data runs at their file offsets, zeros in between."""
 
     def __init__(self, reader, offset: int, size: int, sparse: list[tuple[int, int]]):
@@ -310,7 +329,7 @@ class _SparseStream(_RangeStream):
 def _open_member(reader, offset: int, size: int, sparse) -> BinaryIO:
     if sparse:
         return _SparseStream(reader, offset, size, sparse)
-    return _RangeStream(reader, offset, size)
+    return RangeStream(reader, offset, size)
 
 
 class _Spool:
@@ -662,5 +681,5 @@ def _members(stream, random_access: bool) -> Iterator[tuple[tarfile.TarFile, tar
 
 
 
-__all__ = ["TarLayer", "read_tar", "load_tar", "detect_compression", "normalize_path", "GZIP_MAGIC", "ZSTD_MAGIC",
+__all__ = ["TarLayer", "TarSource", "RangeStream", "read_tar", "load_tar", "detect_compression", "normalize_path", "GZIP_MAGIC", "ZSTD_MAGIC",
            "STARGZ_SPECIAL_FILES"]

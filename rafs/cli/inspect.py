@@ -67,6 +67,9 @@ def print_text(info: dict) -> None:
 
 def run_check(args) -> int:
     bootstrap = args.bootstrap_opt or args.bootstrap
+    from rafs.oci.layout import is_oci_layout
+    if is_oci_layout(bootstrap):
+        return run_check_layout(bootstrap)
     faults, checked = [], 0
     with rafs.open(bootstrap, blob_dir=args.blob_dir, validate=bool(args.blob_dir)) as image:
         for fault in image.check(verify_data=bool(args.blob_dir)):
@@ -89,4 +92,17 @@ def run_check(args) -> int:
         print(f"check failed: {len(faults)} fault(s)", file=sys.stderr)
         return 1
     print("check passed" + (" (metadata and data)" if args.blob_dir else " (metadata)"))
+    return 0
+
+
+def run_check_layout(path) -> int:
+    """``nydusify check`` of a converted layout: manifest, blobs, bootstrap, every chunk."""
+    from rafs.oci.check import check_image
+    report = check_image(path)
+    for problem in report.problems:
+        print(f"FAULT: {problem}", file=sys.stderr)
+    if not report.ok:
+        print(f"check failed: {len(report.problems)} fault(s)", file=sys.stderr)
+        return 1
+    print(f"check passed: {len(report.manifests)} Nydus manifest(s), metadata and data")
     return 0

@@ -15,7 +15,7 @@ from .. import __version__
 from ..errors import InvalidArgumentError, RafsError
 
 # Modules providing ``register(subparsers)``; a group whose module is missing is simply absent.
-COMMAND_MODULES = ("inspect", "unpack", "create", "merge", "build", "mount", "blobinfo")
+COMMAND_MODULES = ("inspect", "unpack", "create", "merge", "build", "mount", "blobinfo", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
