@@ -20,6 +20,7 @@ OCI_WHITEOUT_PREFIX = b".wh."
 OCI_WHITEOUT_OPAQUE = b".wh..wh..opq"
 OVERLAYFS_OPAQUE_XATTR = b"trusted.overlay.opaque"
 WHITEOUT_SPECS = ("oci", "overlayfs", "none")
+_S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, _stat.S_IFDIR, _stat.S_IFREG
 
 
 class WhiteoutType(enum.Enum):
@@ -93,7 +94,8 @@ def number_tree(root: Node) -> TreeIndex:
     groups: dict[object, list[Node]] = {}
     for index, node in enumerate(order.nodes, start=1):
         inode = node.inode
-        if inode.is_reg and node.hardlink_key is not None:
+        kind = inode.mode & _S_IFMT
+        if kind == _S_IFREG and node.hardlink_key is not None:
             group = groups.get(node.hardlink_key)
             if group is not None:
                 node.inode = group[0].inode
@@ -102,8 +104,8 @@ def number_tree(root: Node) -> TreeIndex:
                 continue
             groups[node.hardlink_key] = [node]
         inode.ino = index
-        if inode.is_dir:
-            inode.nlink = 2 + sum(1 for c in node.children if c.inode.is_dir)
+        if kind == _S_IFDIR:
+            inode.nlink = 2 + sum(1 for c in node.children if c.inode.mode & _S_IFMT == _S_IFDIR)
         else:
             inode.nlink = 1
     return order
