@@ -336,3 +336,13 @@ def test_outputs_inside_the_source_are_not_part_of_it(small_tree):
     with rafs.open(result.bootstrap, blob_dir=out) as image:
         assert image.listdir("/out") == []
         assert "a.txt" in image.listdir("/")
+
+
+@pytest.mark.skipif(not HAVE_V6, reason="rafs.v6.writer not available")
+def test_prefetch_fs_policy_v6_keeps_pattern_order(small_tree, tmp_path):
+    result = rafs.Builder(small_tree, fs_version=6, prefetch_patterns=["/sub/deep/c.txt", "/a.txt"]) \
+        .write(bootstrap=tmp_path / "boot", blob_dir=tmp_path)
+    with rafs.open(result.bootstrap, blob_dir=tmp_path) as image:
+        assert image.reader.prefetch_inodes() == [image.inode("/sub/deep/c.txt").ino, image.inode("/a.txt").ino]
+        assert image.chunks("/sub/deep/c.txt")[0].index == 0
+        verify_tree(image, small_tree)
