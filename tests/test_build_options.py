@@ -346,3 +346,24 @@ def test_prefetch_fs_policy_v6_keeps_pattern_order(small_tree, tmp_path):
         assert image.reader.prefetch_inodes() == [image.inode("/sub/deep/c.txt").ino, image.inode("/a.txt").ino]
         assert image.chunks("/sub/deep/c.txt")[0].index == 0
         verify_tree(image, small_tree)
+
+
+@pytest.mark.parametrize("fs_version", VERSIONS)
+@pytest.mark.parametrize("toc", [False, True])
+def test_inline_meta_without_file_data(tmp_path, fs_version, toc):
+    """v6 keeps a data-less blob out of the blob table (a device slot of 0 blocks is invalid); the
+    blob still carries the bootstrap and is named by its id."""
+    if toc and fs_version == 5:
+        return
+    src = tmp_path / "src"
+    (src / "dir").mkdir(parents=True)
+    (src / "empty").write_bytes(b"")
+    out = tmp_path / "out"
+    out.mkdir()
+    result = rafs.Builder(src, fs_version=fs_version, blob_inline_meta=True,
+                          features=["blob-toc"] if toc else ()).write(blob_dir=out)
+    assert [p.name for p in out.iterdir()] == [result.blob_id] == result.output["blobs"]
+    with rafs.open(out / result.blob_id) as image:
+        assert len(image.blobs) == (1 if fs_version == 5 else 0)
+        assert image.listdir("/") == ["dir", "empty"]
+        assert list(image.check(verify_data=True)) == []

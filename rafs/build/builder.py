@@ -281,9 +281,14 @@ class Builder:
         blobs: list[Blob] = []
         with trace.timed("dump_bootstrap"):
             if self.blob_inline_meta:
-                bootstrap = bootstrap_for(parent_blobs + [writer.inline_placeholder()])
+                # A v6 blob without data would be a device slot of 0 blocks, which readers refuse
+                # (RafsV6Device::validate): then the blob only carries the bootstrap, outside the table.
+                in_table = writer.chunk_count > 0 or self.fs_version == 5
+                placeholder = [writer.inline_placeholder()] if in_table else []
+                bootstrap = bootstrap_for(parent_blobs + placeholder)
                 writer.append_bootstrap(bootstrap)
-                blobs = parent_blobs + [writer.finish()]
+                written = writer.finish()
+                blobs = parent_blobs + ([written] if in_table else [])
             else:
                 blobs = list(parent_blobs)
                 if has_blob:
@@ -299,8 +304,10 @@ class Builder:
             "egid": str(os.getegid()) if hasattr(os, "getegid") else "0",
         })
         blob_ids = [b.blob_id for b in blobs]
+        if has_blob and writer.blob_id not in blob_ids:
+            blob_ids.append(writer.blob_id)
         output = output_document(blob_ids, trace, self.fs_version, self.compressor)
-        return BuildResult(blob_id=blob_ids[-1] if has_blob else None,
+        return BuildResult(blob_id=writer.blob_id if has_blob else None,
                            bootstrap=None, blob=None, blob_ids=blob_ids, bootstrap_size=len(bootstrap),
                            blob_size=writer.pos if has_blob else None, fs_version=self.fs_version,
                            compressor=self.compressor, blobs=blobs, output=output)
