@@ -55,6 +55,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 STARGZ_SPECIAL_FILES = frozenset((b"/stargz.index.json", b"/.prefetch.landmark", b"/.no.prefetch.landmark"))
 MAX_SYMLINK_SIZE = 0xFFFF             # the reference refuses longer targets (u16 i_symlink_size)
 COPY_BUFFER = 1 << 20
+STREAM_BUFFER = 1 << 20
 BLOCKSIZE = tarfile.BLOCKSIZE
 
 _PAX_XATTR = "SCHILY.xattr."
@@ -650,7 +651,9 @@ def _members(stream, random_access: bool) -> Iterator[tuple[tarfile.TarFile, tar
     reference sets ``ignore_zeros``)."""
     mode = "r:" if random_access else "r|"
     try:
-        tar = tarfile.open(fileobj=stream, mode=mode, encoding="utf-8", errors="surrogateescape")
+        # a large buffer: tarfile's stream mode otherwise reads 10 KiB at a time
+        tar = tarfile.open(fileobj=stream, mode=mode, encoding="utf-8", errors="surrogateescape",
+                           bufsize=STREAM_BUFFER)
     except tarfile.ReadError as exc:
         if "empty file" in str(exc):
             return

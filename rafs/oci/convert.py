@@ -141,15 +141,15 @@ def convert_layer(job: LayerJob) -> LayerResult:
     the layer's bootstrap is also left in ``job.work_dir`` under the blob's hex digest."""
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=job.blob_dir)
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out, job.source.open() as layer:
-            hashing = HashingWriter(out)
-            builder = Builder(TarSource(layer, spool_dir=job.work_dir), source_type="tar-rafs", fs_version=job.fs_version, compressor=job.compressor,
-                              chunk_size=job.chunk_size, aligned_chunk=job.aligned_chunk, whiteout_spec="none",
-                              blob_inline_meta=True, features=("blob-toc",) if job.fs_version == 6 else (),
-                              prefetch_policy="fs", prefetch_patterns=list(job.prefetch_patterns),
-                              workers=job.threads)
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out, job.source.open() as layer, \
+                HashingWriter(out, background=True) as hashing:
+            builder = Builder(TarSource(layer, spool_dir=job.work_dir), source_type="tar-rafs",
+                              fs_version=job.fs_version, compressor=job.compressor, chunk_size=job.chunk_size,
+                              aligned_chunk=job.aligned_chunk, whiteout_spec="none", blob_inline_meta=True,
+                              features=("blob-toc",) if job.fs_version == 6 else (), prefetch_policy="fs",
+                              prefetch_patterns=list(job.prefetch_patterns), workers=job.threads)
             builder.write_fp(hashing)
-        digest = hashing.digest
+            digest, size = hashing.digest, hashing.size
         final = os.path.join(job.blob_dir, digest_hex(digest))
         os.replace(tmp, final)
     except BaseException:
@@ -167,7 +167,7 @@ def convert_layer(job: LayerJob) -> LayerResult:
     boot_path = os.path.join(job.work_dir, digest_hex(digest))
     with open(boot_path, "wb") as f:
         f.write(bootstrap)
-    return LayerResult(job.source_digest, digest, hashing.size, boot_path)
+    return LayerResult(job.source_digest, digest, size, boot_path)
 
 
 # -- the image ----------------------------------------------------------------------------------------------
@@ -254,8 +254,10 @@ class Converter:
             self._layer_jobs(tree, writer.blob_dir, work, jobs)
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         workers = max(1, min(self.options.workers or cpus, len(jobs)))
-        threads = max(1, cpus // workers)
-        jobs = {d: _with_threads(job, threads) for d, job in jobs.items()}
+        # every worker may use every CPU for compression: layers differ in size, and a big one
+        # finishing last should not be left with one thread; biggest first shortens the tail
+        jobs = {d: _with_threads(job, cpus) for d, job in
+                sorted(jobs.items(), key=lambda item: -item[1].source.size)}
         if workers == 1:
             return {d: convert_layer(job) for d, job in jobs.items()}
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()

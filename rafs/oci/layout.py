@@ -13,10 +13,12 @@ import hashlib
 import io
 import json
 import os
+import queue
 import re
 import shutil
 import tarfile
 import tempfile
+import threading
 from dataclasses import dataclass
 
 from ..build.tar import RangeStream, normalize_path
@@ -258,22 +260,50 @@ def sha256_file(path: str) -> str:
 
 
 class HashingWriter(io.RawIOBase):
-    """A write-only file that hashes (sha256) and counts what goes through it."""
+    """A write-only file that hashes (sha256) and counts what goes through it.
 
-    def __init__(self, out):
+    With ``background`` the hashing runs on a helper thread (hashlib releases the GIL), overlapping
+    with whatever produces the data; ``digest`` waits for it to catch up.
+    """
+
+    def __init__(self, out, *, background: bool = False):
         self._out = out
         self._hash = hashlib.sha256()
         self.size = 0
+        self._queue = None
+        if background:
+            self._queue = queue.Queue(maxsize=64)
+            self._thread = threading.Thread(target=self._drain, name="rafs-sha256", daemon=True)
+            self._thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            self._hash.update(data)
 
     def writable(self) -> bool:
         return True
 
     def write(self, data) -> int:
         self._out.write(data)
-        self._hash.update(data)
+        if self._queue is not None:
+            self._queue.put(bytes(data))
+        else:
+            self._hash.update(data)
         self.size += len(data)
         return len(data)
 
+    def close(self) -> None:
+        if self._queue is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        super().close()
+
     @property
     def digest(self) -> str:
+        if self._queue is not None and self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
         return "sha256:" + self._hash.hexdigest()
