@@ -331,13 +331,15 @@ class Image:
                     stack.append((prefix + name, child))
 
     def walk(self, top="/", topdown: bool = True) -> Iterator[tuple]:
-        """Like :func:`os.walk`: (dirpath, dirnames, filenames) for every directory under ``top``."""
+        """Like :func:`os.walk`: (dirpath, dirnames, filenames) for every directory under ``top``.
+
+        Walked without recursion, so any depth works (a directory loop raises InvalidImageError)."""
         as_bytes = isinstance(top, bytes)
         conv = (lambda b: b) if as_bytes else fsdecode
         ino, top_path = self._resolve(top)
         seen = set()
 
-        def visit(path: bytes, ino: int):
+        def listing(path: bytes, ino: int):
             if ino in seen:
                 raise InvalidImageError(f"directory inode {ino} is reachable twice ({fsdecode(path)})",
                                         structure="directory tree")
@@ -346,20 +348,29 @@ class Image:
             for name, child in self.reader.entries(ino):
                 _check_name(name, path)
                 (dirs if self.reader.inode(child).is_dir else files).append((name, child))
-            entry = (conv(path), [conv(n) for n, _ in dirs], [conv(n) for n, _ in files])
-            if topdown:
-                yield entry
-            prefix = path.rstrip(b"/") + b"/"
-            for name, child in dirs:
-                if topdown and conv(name) not in entry[1]:
-                    continue               # pruned by the caller, as os.walk allows
-                yield from visit(prefix + name, child)
-            if not topdown:
-                yield entry
+            return (conv(path), [conv(n) for n, _ in dirs], [conv(n) for n, _ in files]), dirs
 
         if not self.reader.inode(ino).is_dir:
             return
-        yield from visit(top_path, ino)
+        entry, dirs = listing(top_path, ino)
+        if topdown:
+            yield entry
+        stack = [(top_path, entry, iter(dirs))]
+        while stack:
+            path, entry, children = stack[-1]
+            for name, child in children:
+                if topdown and conv(name) not in entry[1]:
+                    continue               # pruned by the caller, as os.walk allows
+                child_path = path.rstrip(b"/") + b"/" + name
+                child_entry, child_dirs = listing(child_path, child)
+                if topdown:
+                    yield child_entry
+                stack.append((child_path, child_entry, iter(child_dirs)))
+                break
+            else:
+                stack.pop()
+                if not topdown:
+                    yield entry
 
     def tree(self, top="/"):
         """The subtree under ``top`` as a :class:`rafs.model.Node` tree (chunks included)."""

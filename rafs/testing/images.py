@@ -45,12 +45,14 @@ class Built:
     """Where a build put its outputs: open the image with ``rafs.open(built.source, **built.open_kwargs)``."""
 
     source: str
-    blob_dir: str
+    blob_dir: str | None
     result: object = None
 
     @property
     def open_kwargs(self) -> dict:
-        return {"blob_dir": self.blob_dir}
+        """``blob_dir`` for a separate bootstrap; nothing for a blob carrying its bootstrap (inline
+        meta), which is also where the data is read from."""
+        return {"blob_dir": self.blob_dir} if self.blob_dir is not None else {}
 
     def open(self, **kwargs):
         import rafs
@@ -74,7 +76,7 @@ def _write(builder_obj, workdir: str, options: dict) -> Built:
     if options.get("blob_inline_meta"):
         blob = os.path.join(workdir, "image.blob")
         result = builder_obj.write(blob=blob)
-        return Built(blob, blob_dir, result)
+        return Built(blob, None, result)
     bootstrap = os.path.join(workdir, "image.boot")
     result = builder_obj.write(bootstrap=bootstrap, blob_dir=blob_dir)
     return Built(bootstrap, blob_dir, result)

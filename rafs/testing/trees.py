@@ -37,7 +37,7 @@ _IFMT = {"file": _stat.S_IFREG, "dir": _stat.S_IFDIR, "symlink": _stat.S_IFLNK, 
          "socket": _stat.S_IFSOCK, "char": _stat.S_IFCHR, "block": _stat.S_IFBLK}
 _KIND_OF_IFMT = {v: k for k, v in _IFMT.items()}
 ROOT = b"/"
-MAX_MTIME = 0x3_7FFF_FFFF       # 2446-05-10: the latest time ext4 (256-byte inodes) stores
+MAX_MTIME = 0x3_7FFF_FFFE       # 2446-05-10: ext4 (256-byte inodes) clamps later times and drops their ns
 
 
 @functools.lru_cache(maxsize=8)
