@@ -162,7 +162,11 @@ class BlobWriter:
     # -- writing -----------------------------------------------------------------------------------
 
     def _write(self, data, *, hashed: bool = True) -> None:
-        self.out.write(data)
+        written = self.out.write(data)
+        if written is not None and written < len(data):      # a raw file object may write less
+            view = memoryview(data)
+            while written < len(data):
+                written += self.out.write(view[written:]) or 0
         if hashed:
             self._hash.update(data)
         self.pos += len(data)
