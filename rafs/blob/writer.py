@@ -166,7 +166,10 @@ class BlobWriter:
         if written is not None and written < len(data):      # a raw file object may write less
             view = memoryview(data)
             while written < len(data):
-                written += self.out.write(view[written:]) or 0
+                step = self.out.write(view[written:])
+                if not step:
+                    raise BuildError(f"the blob output accepted no more bytes at offset {self.pos + written}")
+                written += step
         if hashed:
             self._hash.update(data)
         self.pos += len(data)
