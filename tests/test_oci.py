@@ -293,3 +293,28 @@ def test_cli_convert_with_prefetch_patterns(small_layers, tmp_path, monkeypatch)
         assert image.compressor == "lz4_block" and image.chunk_size == 0x20000
         assert image.reader.prefetch_inodes() == [image.lstat(p).st_ino for p in ["/usr/bin", "/etc/passwd"]]
     assert cli(["convert", "--source", str(tmp_path / "dst"), "--target", str(tmp_path / "again")]) == 2
+
+
+@pytest.mark.parametrize("digest", ["sha256:../../../../etc/passwd", "md5:abcd", "sha256:" + "A" * 64, None])
+def test_hostile_layouts_are_refused(tmp_path, digest):
+    layout = tmp_path / "bad"
+    oci_layout(str(layout), [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": digest,
+                              "size": 10}])
+    with pytest.raises(rafs.InvalidImageError, match="digest"):
+        convert(layout, tmp_path / "out")
+    assert sorted(os.listdir(tmp_path)) == ["bad"]          # nothing half-written is left behind
+
+
+def test_layouts_that_lie_are_refused(small_layers, tmp_path):
+    tars, _, _ = small_layers
+    layout = tmp_path / "src"
+    desc = oci_image(str(layout), tars[:1])
+    oci_layout(str(layout), [dict(desc, size=desc["size"] + 1)])
+    with pytest.raises(rafs.InvalidImageError, match="size"):
+        convert(layout, tmp_path / "a")
+    (layout / "blobs" / "sha256" / desc["digest"].split(":")[1]).write_bytes(b"{}" + b" " * (desc["size"] - 2))
+    oci_layout(str(layout), [desc])
+    with pytest.raises(rafs.InvalidImageError, match="does not match its digest"):
+        convert(layout, tmp_path / "b")
+    with pytest.raises(InvalidArgumentError, match="not an OCI image layout"):
+        convert(tmp_path, tmp_path / "c")

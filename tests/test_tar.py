@@ -287,6 +287,26 @@ def test_any_order_missing_parents_and_replacements():
         assert [n.name for n in layer.files] == [b"file", b"x", b"escape", b".wh.deleted"]
 
 
+@pytest.mark.parametrize("fs_version", [5, 6])
+def test_device_entries_need_no_root(tmp_path, fs_version):
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, kind, major, minor in (("dev/null", tarfile.CHRTYPE, 1, 3), ("dev/loop9", tarfile.BLKTYPE, 7, 9),
+                                         ("dev/big", tarfile.BLKTYPE, 259, 70000), ("run/fifo", tarfile.FIFOTYPE, 0, 0),
+                                         ("dev/whiteout", tarfile.CHRTYPE, 0, 0)):
+            info = tarfile.TarInfo(name)
+            info.type, info.devmajor, info.devminor, info.mode, info.uid = kind, major, minor, 0o620, 5
+            tar.addfile(info)
+    (tmp_path / "devices.tar").write_bytes(out.getvalue())
+    Builder(str(tmp_path / "devices.tar"), source_type="tar-rafs", fs_version=fs_version).write(
+        bootstrap=tmp_path / "boot", blob_dir=tmp_path)
+    with rafs.open(tmp_path / "boot") as image:
+        assert image.lstat("/dev/null").st_rdev == os.makedev(1, 3)
+        assert stat.S_ISBLK(image.lstat("/dev/big").st_mode) and image.lstat("/dev/big").st_rdev == os.makedev(259, 70000)
+        assert stat.S_ISFIFO(image.lstat("/run/fifo").st_mode) and image.lstat("/run/fifo").st_uid == 5
+        assert stat.S_ISCHR(image.lstat("/dev/whiteout").st_mode)   # kept: merge applies whiteouts later
+
+
 def test_hardlinks_to_symlinks_copy_and_to_files_share():
     data = _tar([
         ("f", tarfile.REGTYPE, b"content"),

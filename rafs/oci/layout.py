@@ -178,17 +178,20 @@ class OciLayout:
 
 
 class LayoutWriter:
-    """Builds an OCI image layout directory; ``commit`` writes ``index.json`` and ``oci-layout`` and,
-    for a target ending in ``.tar``, packs the directory into that archive instead."""
+    """Builds an OCI image layout in a temporary directory beside ``target``; ``commit`` writes
+    ``index.json`` and ``oci-layout`` and moves it into place (a directory, which must not exist or
+    be empty, or for a target ending in ``.tar`` an archive of it), so a failed conversion leaves
+    nothing half-written."""
 
     def __init__(self, target):
         self.target = os.fspath(target)
         self.as_tar = self.target.endswith(".tar")
-        if self.as_tar:
-            self.root = tempfile.mkdtemp(prefix=".rafs-oci-", dir=os.path.dirname(os.path.abspath(self.target)))
-        else:
-            os.makedirs(self.target, exist_ok=True)
-            self.root = self.target
+        if not self.as_tar and os.path.exists(self.target) and \
+                (not os.path.isdir(self.target) or os.listdir(self.target)):
+            raise InvalidArgumentError(f"target {self.target} exists and is not an empty directory")
+        parent = os.path.dirname(os.path.abspath(self.target))
+        os.makedirs(parent, exist_ok=True)
+        self.root = tempfile.mkdtemp(prefix=".rafs-oci-", dir=parent)
         self.blob_dir = os.path.join(self.root, spec.BLOBS_DIR, "sha256")
         os.makedirs(self.blob_dir, exist_ok=True)
 
@@ -234,6 +237,10 @@ class LayoutWriter:
         with open(os.path.join(self.root, spec.INDEX_FILE), "wb") as f:
             f.write(dump_json(index))
         if not self.as_tar:
+            if os.path.isdir(self.target):
+                os.rmdir(self.target)              # empty, as checked at the start
+            os.chmod(self.root, 0o755)
+            os.rename(self.root, self.target)
             return self.target
         tmp = self.target + ".tmp"
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -247,8 +254,7 @@ class LayoutWriter:
         return self.target
 
     def discard(self) -> None:
-        if self.as_tar:
-            shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def sha256_file(path: str) -> str:
