@@ -309,6 +309,18 @@ def test_inconsistent_layers_are_refused(v6_layers, layers, tmp_path):
     assert cli(["merge", "-B", str(tmp_path / "x.boot"), built[0][0], str(other.bootstrap)]) == 2
 
 
+def test_chunk_dict_blobs_are_shared_not_owned(layers, tmp_path):
+    tars, _ = layers
+    base = Builder(tars[0], source_type="tar-rafs", chunk_size=CHUNK).write(bootstrap=tmp_path / "base.boot",
+                                                                            blob_dir=tmp_path)
+    upper = Builder(tars[1], source_type="tar-rafs", chunk_size=CHUNK, parent_bootstrap=base.bootstrap).write(
+        bootstrap=tmp_path / "upper.boot", blob_dir=tmp_path)
+    with pytest.raises(InconsistentFilesystemError, match="multiple associated data blobs"):
+        Merger([upper.bootstrap]).merge()
+    merged = Merger([upper.bootstrap], chunk_dict=f"{base.bootstrap}", blob_accessible=True).merge()
+    assert sorted(b.blob_id for b in merged.blobs) == sorted(upper.blob_ids)
+
+
 def test_cli_merge_with_parent_prefetch_and_json(v6_layers, layers, tmp_path, monkeypatch):
     built, out = v6_layers
     sources = [boot for boot, _ in built]

@@ -4,6 +4,10 @@ Options follow src/bin/nydus-image/main.rs: the output goes to ``-B`` or into ``
 sha256 of its bytes); per-source lists are comma separated; prefetch patterns are read from standard
 input when ``--prefetch-policy`` is not ``none``. Layers that cannot be merged exit with code 2, as
 ``MergeError::InconsistentFilesystem`` does.
+
+As in nydus-image, each layer's own blob is renamed unless ``-C`` is given: to
+``--original-blob-ids[i]``, else to the bootstrap's file name up to its first dot (nydusify names
+the bootstraps it extracts after their blob's digest), then to ``--blob-digests[i]`` when given.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ log = logging.getLogger("rafs.merge")
 def register(sub) -> None:
     p = sub.add_parser("merge", help="merge per-layer bootstraps into one bootstrap (overlay, OCI whiteouts)",
                        description="Merge multiple RAFS filesystems into one, as nydus-image merge does.")
-    p.add_argument("sources", metavar="SOURCE", nargs="+", help="bootstrap paths, lower layer first")
+    p.add_argument("sources", metavar="SOURCE", nargs="+",
+                   help="bootstrap paths, lower layer first; a layer's blob takes the file name (up to the "
+                   "first dot) as its id unless -C, --original-blob-ids or --blob-digests say otherwise")
     p.add_argument("-B", "--bootstrap", help="output path of the merged bootstrap")
     p.add_argument("-D", "--blob-dir", help="directory to save the merged bootstrap in, named by its sha256")
     p.add_argument("--parent-bootstrap", help="bootstrap of a parent image the sources are laid on")
