@@ -351,6 +351,22 @@ def test_damaged_tars_are_refused_not_truncated():
         assert [c.name for c in layer.root.children] == [b"a", b"b", b"c"]
 
 
+def test_build_from_a_fifo(fixtures, tmp_path):
+    """nydusify feeds layers to the builder through a FIFO: a stream that cannot seek."""
+    import threading
+    fifo = tmp_path / "layer.fifo"
+    os.mkfifo(fifo)
+    data = gzip.compress((fixtures / "tar" / "all-entry-type.tar").read_bytes())
+    feeder = threading.Thread(target=lambda: fifo.write_bytes(data))
+    feeder.start()
+    try:
+        Builder(str(fifo), source_type="targz-rafs").write(bootstrap=tmp_path / "boot", blob_dir=tmp_path)
+    finally:
+        feeder.join(timeout=30)
+    with rafs.open(tmp_path / "boot", blob_dir=tmp_path) as image:
+        assert_same(image_view(image), tarfile_view(fixtures / "tar" / "all-entry-type.tar"))
+
+
 def test_cli_create_from_tar(fixtures, tmp_path):
     tar = fixtures / "tar" / "all-entry-type.tar"
     assert cli(["create", "-t", "tar-rafs", "-B", str(tmp_path / "boot"), "-D", str(tmp_path), str(tar)]) == 0
