@@ -172,12 +172,13 @@ class S3Proxy:
                 if fault == "503":
                     payload = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>ServiceUnavailable</Code>"
                                b"<Message>injected fault</Message></Error>")
+                    # recorded before answering, so a client that saw the answer finds it in the log
+                    proxy._record(self.command, self.path, rng, 503, len(payload))
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload)
-                    proxy._record(self.command, self.path, rng, 503, len(payload))
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in proxy.HOP_HEADERS}
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -194,22 +195,25 @@ class S3Proxy:
                     time.sleep(proxy.delay)
                 self.send_response(status)
                 for name, value in reply_headers:
-                    if name.lower() not in proxy.HOP_HEADERS and name.lower() != "content-length":
+                    # a HEAD answer keeps the object's Content-Length; other answers get their body's
+                    if name.lower() not in proxy.HOP_HEADERS and (name.lower() != "content-length"
+                                                                   or self.command == "HEAD"):
                         self.send_header(name, value)
                 if fault == "cut" and len(payload) > 1:
+                    proxy._record(self.command, self.path, rng, status, len(payload) // 2)
                     self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
                     self.wfile.write(payload[:len(payload) // 2])
                     self.wfile.flush()
-                    proxy._record(self.command, self.path, rng, status, len(payload) // 2)
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return
-                self.send_header("Content-Length", str(len(payload)))
+                proxy._record(self.command, self.path, rng, status, 0 if self.command == "HEAD" else len(payload))
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)
-                proxy._record(self.command, self.path, rng, status, 0 if self.command == "HEAD" else len(payload))
 
             do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _handle
 

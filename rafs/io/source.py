@@ -146,9 +146,11 @@ def open_range_reader(source, storage_options: dict | None = None, *,
             fs, fs_path = url_to_fs(path, storage_options)
             if getattr(fs, "protocol", None) in ("file", ("file", "local")) or type(fs).__name__ == "LocalFileSystem":
                 return LocalRangeReader(fs_path)
-            if not fs.exists(fs_path):
-                raise FileNotFoundError(path)
-            return FsspecRangeReader(fs, fs_path, name=path, retry=retry)
+            # info(), not exists(): fsspec's http exists() is an unranged GET, info() a HEAD
+            info = (retry or RetryPolicy()).call(lambda: fs.info(fs_path), f"{path} (size)")
+            size = info.get("size") if isinstance(info, dict) else None
+            return FsspecRangeReader(fs, fs_path, name=path, retry=retry,
+                                     size=size if isinstance(size, int) else None)
         if path.startswith("file://"):
             path = path[len("file://"):]
         return LocalRangeReader(path)
