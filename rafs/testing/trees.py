@@ -413,6 +413,18 @@ def canonical(tree: dict) -> dict:
     return out
 
 
+def expand_hardlinks(tree: dict) -> dict:
+    """``tree`` with every hardlink replaced by a copy of the file it links to (for readers that
+    extract hardlinks as separate files)."""
+    out = dict(tree)
+    for group in hardlink_groups(tree):
+        leader = next((tree[p] for p in group if tree.get(p) is not None and tree[p].kind == "file"), None)
+        if leader is not None:
+            for path in group:
+                out[path] = leader
+    return out
+
+
 # -- materialising -----------------------------------------------------------------------------------
 
 def materialise(tree: dict, dest, *, block: int = 1 << 20) -> str:
@@ -631,11 +643,13 @@ ATTRIBUTES = ("kind", "mode", "uid", "gid", "mtime", "data", "target", "rdev", "
 
 def diff_trees(expected: dict, actual: dict, *, ignore: Iterable[str] = (),
                ignore_paths: Callable[[bytes], bool] | None = None,
-               xattr_filter: Callable[[bytes], bool] | None = None) -> list[str]:
+               xattr_filter: Callable[[bytes], bool] | None = None, mode_mask: int = 0o7777) -> list[str]:
     """Every difference between two trees, one line each; empty when they agree.
 
-    ``ignore`` names attributes of :data:`ATTRIBUTES` not to compare (e.g. ``{"mtime"}``); a path may
-    be ignored with ``ignore_paths``; ``xattr_filter`` keeps only the xattr names it accepts. Symlink
+    ``ignore`` names attributes of :data:`ATTRIBUTES` not to compare (e.g. ``{"mtime"}``; with
+    ``"hardlinks"``, linked paths compare as separate copies of the file); a path may
+    be ignored with ``ignore_paths``; ``xattr_filter`` keeps only the xattr names it accepts;
+    ``mode_mask`` picks the permission bits compared (e.g. ``0o1777`` without set-id bits). Symlink
     permission bits are never compared (Linux reports 0o777 whatever was stored), nor a directory's
     ``mode`` bits outside ``0o7777``.
     """
@@ -644,6 +658,8 @@ def diff_trees(expected: dict, actual: dict, *, ignore: Iterable[str] = (),
     if unknown:
         raise ValueError(f"unknown attributes {sorted(unknown)}; expected some of {ATTRIBUTES}")
     expected, actual = canonical(with_parents(expected)), canonical(actual)
+    if "hardlinks" in ignore:
+        expected, actual = expand_hardlinks(expected), expand_hardlinks(actual)
     problems = []
     for path in sorted(set(expected) | set(actual), key=_order_key):
         if ignore_paths is not None and ignore_paths(path):
@@ -660,7 +676,7 @@ def diff_trees(expected: dict, actual: dict, *, ignore: Iterable[str] = (),
             if "hardlinks" not in ignore and a.target != b.target:
                 problems.append(f"{shown}: hardlink of {b.target!r} != expected {a.target!r}")
             continue
-        checks = [("mode", a.mode, b.mode, a.kind != "symlink"), ("uid", a.uid, b.uid, True),
+        checks = [("mode", a.mode & mode_mask, b.mode & mode_mask, a.kind != "symlink"), ("uid", a.uid, b.uid, True),
                   ("gid", a.gid, b.gid, True), ("mtime", (a.mtime, a.mtime_nsec), (b.mtime, b.mtime_nsec), True),
                   ("target", a.target, b.target, True), ("rdev", a.rdev, b.rdev, True)]
         for name, want, got, applies in checks:
