@@ -189,6 +189,25 @@ TarHeader = Struct(
     "gnu_extra" / Bytes(167),            # atime, ctime, offset, longnames, sparse map, realsize, pad
 )
 
+
+# The bootstrap's chunk record, ``RafsV5ChunkInfo`` (rafs/src/metadata/layout/v5.rs), 80 bytes: the
+# chunk array of every v5 regular-file inode, and the v6 chunk info table (sorted there by digest and
+# blob index, with the file_offset of one of the files sharing the chunk). It describes where a chunk
+# lives in a blob, so it is declared here once and re-exported by both bootstrap layouts.
+RAFS_CHUNK_INFO_SIZE = 80
+RafsChunkInfo = Struct(
+    "block_id" / Bytes(32),              # chunk digest (digester of the uncompressed bytes)
+    "blob_index" / Int32ul,              # position of the blob in the bootstrap's blob table
+    "flags" / Int32ul,                   # BlobChunkFlags
+    "compressed_size" / Int32ul,
+    "uncompressed_size" / Int32ul,
+    "compressed_offset" / Int64ul,       # in the blob file
+    "uncompressed_offset" / Int64ul,     # in the blob's uncompressed (cache) space; 4K-aligned for v6
+    "file_offset" / Int64ul,
+    "index" / Int32ul,                   # chunk number within its blob (index into the v6 CI array)
+    "crc32" / Int32ul,                   # CRC-32C of the uncompressed data when HAS_CRC32 (>= 2.3.1)
+)
+
 assert BlobCompressionContextHeader.sizeof() == BLOB_CCT_HEADER_SIZE
 assert ChunkInfoV1Ondisk.sizeof() == 16
 assert ChunkInfoV2Ondisk.sizeof() == 24
@@ -196,3 +215,4 @@ assert BatchInflateContext.sizeof() == INFLATE_CONTEXT_SIZE
 assert ZranInflateContext.sizeof() == INFLATE_CONTEXT_SIZE
 assert TocEntry.sizeof() == TOC_ENTRY_SIZE
 assert TarHeader.sizeof() == TAR_BLOCK_SIZE
+assert RafsChunkInfo.sizeof() == RAFS_CHUNK_INFO_SIZE

@@ -9,6 +9,8 @@ All section offsets and sizes are 8-byte aligned (``RAFSV5_ALIGNMENT``). Integer
 
 from construct import Bytes, Const, Int16ul, Int32ul, Int64ul, Struct
 
+from ..blob.layout import RafsChunkInfo
+
 RAFSV5_SUPER_MAGIC = 0x5241_4653        # "RAFS" read as a little-endian u32 ("SFAR" on disk)
 RAFSV5_SUPER_VERSION = 0x500
 RAFSV4_SUPER_VERSION = 0x400
@@ -85,18 +87,8 @@ Inode = Struct(
     "i_reserved" / Bytes(8),
 )
 
-ChunkInfo = Struct(
-    "block_id" / Bytes(32),              # chunk digest (digester of the uncompressed bytes)
-    "blob_index" / Int32ul,
-    "flags" / Int32ul,                   # BlobChunkFlags
-    "compressed_size" / Int32ul,
-    "uncompressed_size" / Int32ul,
-    "compressed_offset" / Int64ul,       # in the blob file
-    "uncompressed_offset" / Int64ul,     # in the blob's decompressed address space
-    "file_offset" / Int64ul,
-    "index" / Int32ul,                   # chunk number within its blob
-    "crc32" / Int32ul,                   # CRC-32C of the uncompressed data when HAS_CRC32 (>= 2.3.1)
-)
+# The 80-byte chunk record (RafsV5ChunkInfo) is shared with the other version: see rafs/blob/layout.py.
+ChunkInfo = RafsChunkInfo
 
 XattrTableHeader = Struct("total_size" / Int64ul)   # sum of (4 + pair size) over the pairs
 XattrPairHeader = Struct("pair_size" / Int32ul)      # len(key) + 1 + len(value)

@@ -18,6 +18,8 @@ little-endian.
 
 from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
+from ..blob.layout import RafsChunkInfo
+
 EROFS_SUPER_OFFSET = 1024
 EROFS_SUPER_MAGIC_V1 = 0xE0F5_E1E2
 EROFS_SUPER_BLOCK_SIZE = 128
@@ -273,20 +275,8 @@ Blob = Struct(
     "reserved2" / Bytes(36),
 )
 
-# Chunk info table entry (the reference's RafsV5ChunkInfo, reused by v6), 80 bytes. Entries are
-# sorted by (digest, blob index); the stored file_offset is that of one of the files sharing it.
-ChunkInfo = Struct(
-    "block_id" / Bytes(32),              # chunk digest (digester of the uncompressed bytes)
-    "blob_index" / Int32ul,
-    "flags" / Int32ul,                   # BlobChunkFlags
-    "compressed_size" / Int32ul,
-    "uncompressed_size" / Int32ul,
-    "compressed_offset" / Int64ul,       # in the blob file
-    "uncompressed_offset" / Int64ul,     # in the blob's uncompressed (cache) space, 4K-aligned
-    "file_offset" / Int64ul,
-    "index" / Int32ul,                   # index into the blob's CI array
-    "crc32" / Int32ul,                   # CRC-32C of the uncompressed data when HAS_CRC32
-)
+# The 80-byte chunk record (RafsV5ChunkInfo) is shared with the other version: see rafs/blob/layout.py.
+ChunkInfo = RafsChunkInfo
 
 # Prefetch table: u32 nids of the files and directories to prefetch, in pattern order.
 PrefetchTableEntry = Struct("nid" / Int32ul)
