@@ -1,5 +1,6 @@
 """Print every entry of an image with its mode, size and content (or link target)."""
 
+import os
 import sys
 
 import rafs
@@ -7,7 +8,8 @@ import rafs
 bootstrap, blob_dir = sys.argv[1], sys.argv[2]
 with rafs.open(bootstrap, blob_dir=blob_dir, validate=True) as image:
     print(image)
-    for path, inode in image.iter_entries("/"):
+    for raw_path, inode in image.iter_entries("/"):
+        path = os.fsdecode(raw_path)
         st = image.lstat(path)
         if inode.is_symlink:
             detail = f"-> {image.readlink(path)}"
@@ -15,4 +17,4 @@ with rafs.open(bootstrap, blob_dir=blob_dir, validate=True) as image:
             detail = repr(image.read(path))
         else:
             detail = ""
-        print(f"{st.filemode} ino={st.st_ino:<4} {st.st_size:>6}  {path.decode()}  {detail}")
+        print(f"{st.filemode} ino={st.st_ino:<4} {st.st_size:>6}  {path}  {detail}")
