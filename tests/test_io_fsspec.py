@@ -6,7 +6,7 @@ import fsspec
 import pytest
 
 import rafs
-from rafs.io.fsspec_fs import RafsFileSystem
+from rafs.fsspec import RafsFileSystem
 
 from test_io_fetch import BUSYBOX, GROUP
 

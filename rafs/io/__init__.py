@@ -4,6 +4,6 @@
 ``backends`` (nydusd's localfs / s3 / http-proxy on fsspec), ``config`` (nydusd v1/v2 configuration files
 and the locator they make), ``blobs`` (finding a blob by id), ``fetch`` (lazy chunk reads, merged ranged
 requests, in-flight de-duplication), ``cache`` and ``layout`` (the nydusd blob cache in ``work_dir``),
-``prefetch`` (background fetch with bounded workers), ``push`` (nydusify's --backend-push) and
-``fsspec_fs`` (the ``rafs://`` filesystem, the one adapter that reaches up to :class:`rafs.Image`).
+``prefetch`` (background fetch with bounded workers) and ``push`` (nydusify's --backend-push). The
+``rafs://`` fsspec filesystem, which needs :class:`rafs.Image`, is ``rafs.fsspec``.
 """

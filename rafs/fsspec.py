@@ -8,7 +8,8 @@ when it is chained) and the keyword arguments of :func:`rafs.open` (``blob_dir``
 ``validate``).
 
 This module only adapts :class:`rafs.Image` to fsspec; it imports the image layer when an instance is
-made, so ``rafs.io`` itself stays free of inodes and directories.
+made. It lives at the top of the package, beside the public face it adapts, so that ``rafs.io`` stays
+free of inodes and directories.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import io
 
 from fsspec.archive import AbstractArchiveFileSystem
 
-from ..errors import InvalidArgumentError
+from .errors import InvalidArgumentError
 
 
 class RafsFileSystem(AbstractArchiveFileSystem):
@@ -46,7 +47,7 @@ class RafsFileSystem(AbstractArchiveFileSystem):
     def _get_dirs(self):
         if self.dir_cache is not None:
             return
-        from ..image import fsdecode
+        from .image import fsdecode
         cache = {}
         for raw_path, inode in self.image.iter_entries("/"):
             name = fsdecode(raw_path).lstrip("/")
