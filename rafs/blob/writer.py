@@ -15,6 +15,12 @@ the earlier one with its own ``file_offset``. Uncompressed offsets are 4 KiB ali
 with ``--aligned-chunk``). The blob id is the sha256 of every byte written except the chunk-digest
 array.
 
+With ``mapped`` (v6 builds without compression) every chunk is stored at its uncompressed offset, the
+gaps and the tail of the last block zero-filled, so the data section *is* the blob's uncompressed
+address space: the kernel's EROFS reads such a blob directly as an extra device (``-o device=``),
+as it reads a ``mkfs.erofs --blobdev`` file. nydus-image packs the chunks back to back instead;
+nydusd and rafs read both, since they go by ``compressed_offset``.
+
 Reading, hashing and compressing run on a thread pool (zstandard, lz4, blake3, hashlib and crc32c
 release the GIL) with a bounded number of chunks in flight; results are written in order as soon as
 they are ready, so memory does not grow with the size of the tree.
@@ -106,12 +112,13 @@ class BlobWriter:
     (v6), optionally :meth:`append_bootstrap`, and :meth:`finish`, which returns the :class:`Blob`.
     ``blob_meta`` writes the CI array and header (v6); ``toc`` adds the chunk-digest array and the
     ToC (``--features blob-toc``); ``inline_meta`` marks the blob for an inline bootstrap. ``crc32``
-    stores CRC-32C in chunk records (nydus-image >= 2.3.1).
+    stores CRC-32C in chunk records (nydus-image >= 2.3.1). ``mapped`` stores chunks at their
+    uncompressed offsets (see the module docstring).
     """
 
     def __init__(self, out, *, blob_index: int = 0, compressor: str = "zstd", digester: str = "blake3",
                  chunk_size: int = 0x100000, aligned: bool = True, blob_meta: bool = True,
-                 toc: bool = False, inline_meta: bool = False, crc32: bool = True,
+                 toc: bool = False, inline_meta: bool = False, crc32: bool = True, mapped: bool = False,
                  workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
         codecs.check_compressor(compressor)
         codecs.check_digester(digester)
@@ -125,6 +132,9 @@ class BlobWriter:
         self.toc = toc
         self.inline_meta = inline_meta
         self.crc32 = crc32
+        if mapped and (compressor != "none" or not aligned):
+            raise InvalidArgumentError("a mapped blob needs compressor 'none' and aligned chunks")
+        self.mapped = mapped
         if workers is None:
             workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         self.workers = max(1, workers)
@@ -145,7 +155,7 @@ class BlobWriter:
         self._digests = bytearray()
         self._toc_entries: list[TocEntry] = []
         self.chunk_count = 0
-        self.data_size = 0                  # compressed chunk bytes (`compressed_blob_size` so far)
+        self.data_size = 0                  # bytes of the data section (`compressed_blob_size` so far)
         self.uncompressed_size = 0
         self.prefetch_size = 0
         self.ci_compressor = "none"
@@ -304,6 +314,8 @@ class BlobWriter:
             crc = 0
         uncompressed_offset = self.uncompressed_size
         self.uncompressed_size += (length + _ALIGN - 1) & ~(_ALIGN - 1) if self.aligned else length
+        if self.mapped and self.pos < uncompressed_offset:
+            self._pad(uncompressed_offset - self.pos)
         chunk = Chunk(digest, self.blob_index, self.pos, len(stored), uncompressed_offset, length,
                       file_offset, self.chunk_count, flags, crc)
         self.chunk_count += 1
@@ -326,8 +338,15 @@ class BlobWriter:
 
     # -- sections after the data -------------------------------------------------------------------
 
+    def _pad(self, size: int) -> None:
+        """Zeros in the data section (``mapped`` blobs), part of the blob id like the chunks."""
+        self._write(bytes(size))
+        self.data_size += size
+
     def end_data(self) -> None:
         """The ``image.blob`` header (with blob-toc or inline meta) and its ToC entry."""
+        if self.mapped and self.pos < self.uncompressed_size:
+            self._pad(self.uncompressed_size - self.pos)
         if not (self.toc or self.inline_meta):
             return
         self._write_tar_header(layout.TOC_ENTRY_BLOB_RAW, self.data_size)

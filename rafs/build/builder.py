@@ -259,7 +259,9 @@ class Builder:
         writer = BlobWriter(blob_fp, blob_index=len(parent_blobs), compressor=self.compressor,
                             digester=self.digester, chunk_size=self.chunk_size, aligned=self.aligned_chunk,
                             blob_meta=self.fs_version == 6, toc=self.blob_toc,
-                            inline_meta=self.blob_inline_meta, crc32=self.compat is None, workers=self.workers)
+                            inline_meta=self.blob_inline_meta, crc32=self.compat is None, workers=self.workers,
+                            # an uncompressed v6 blob doubles as the EROFS device the bootstrap maps
+                            mapped=self.fs_version == 6 and self.compressor == "none")
         if parent is not None:
             writer.seed_dedup(parent.chunks)
         with trace.timed("dump_blob"):
