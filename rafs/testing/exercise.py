@@ -1,8 +1,8 @@
 """Run every read path of rafs over an image, under a time and a memory bound.
 
 :func:`exercise` opens an image and, step by step, walks it, stats every entry, reads its xattrs and
-symlink targets, reads every regular file, builds the model tree, runs ``check(verify_data=True)`` and
-writes the whole tree as a tar to a null sink. Each step either succeeds or raises a
+symlink targets, reads every regular file, builds the model tree, runs ``check(verify_data=True)``,
+writes the whole tree as a tar to a null sink and describes the image as ``rafs inspect`` does. Each step either succeeds or raises a
 :class:`rafs.RafsError`; anything else (``IndexError``, ``struct.error``, ``RecursionError``,
 ``MemoryError``, ...) is a bug and raises :class:`EscapedError`. :func:`check_mutant` wraps it with a
 wall-clock limit and, optionally, a tracemalloc peak limit.
@@ -27,7 +27,7 @@ MAX_READ_PER_FILE = 64 * READ_BLOCK
 UNPACK_OUTPUT_LIMIT = 64 << 20
 # Entries deeper than this are stat-ed by inode, not by resolving their path again.
 MAX_PATH_DEPTH = 64
-STEPS = ("walk", "stat", "read", "tree", "check", "unpack")
+STEPS = ("walk", "stat", "read", "tree", "check", "unpack", "inspect")
 
 
 class EscapedError(AssertionError):
@@ -279,8 +279,13 @@ def exercise(source, *, steps=STEPS, max_read_per_file: int = MAX_READ_PER_FILE,
             except _NullSink.Full:
                 return "limit"
 
+        def inspect():
+            import json
+            from ..inspect import describe
+            json.dumps(describe(image), default=str)       # what ``rafs inspect`` prints
+
         table = {"walk": walk, "stat": stat_all, "read": read_all, "tree": tree, "check": check,
-                 "unpack": unpack}
+                 "unpack": unpack, "inspect": inspect}
         for name in steps:
             if name in ("stat", "read") and "walk" not in outcome.steps:
                 run("walk", walk)

@@ -184,7 +184,7 @@ def v5_structures(data: bytes) -> list[Located]:
 
 def v6_structures(data: bytes) -> list[Located]:
     """Every structure of a RAFS v6 bootstrap reachable from its root: superblocks, device slots, blob
-    table, chunk info table, inodes, chunk indexes and directory entries."""
+    table, chunk info table, inodes, inline xattrs, chunk indexes and directory entries."""
     from ..errors import RafsError
     from ..v6 import layout
     from ..v6.reader import V6Reader
@@ -215,6 +215,12 @@ def v6_structures(data: bytes) -> list[Located]:
             continue
         schema = layout.InodeExtended if rec.extended else layout.InodeCompact
         found.append(Located(f"v6 inode nid {nid}", schema, rec.offset))
+        if rec.raw.i_xattr_icount:
+            body = rec.offset + rec.inode_size
+            found.append(Located(f"v6 xattr header of nid {nid}", layout.XattrIbodyHeader, body))
+            shared = data[body + 4] if body + 4 < len(data) else 0
+            found.append(Located(f"v6 xattr entry 0 of nid {nid}", layout.XattrEntry,
+                                 body + layout.EROFS_XATTR_IBODY_HEADER_SIZE + 4 * shared))
         try:
             if _stat.S_ISDIR(rec.mode):
                 for file_offset, length, blob, offset in reader._extents(rec):
