@@ -20,7 +20,7 @@ from . import errors
 from .blob.reader import ChunkReader
 from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .io.blobs import BlobLocator
-from .io.source import load_bytes
+from .io.source import LocalRangeReader, load_bytes
 from .model import META_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
 
 MAX_SYMLINK_FOLLOWS = 40      # like Linux's MAXSYMLINKS, then ELOOP
@@ -82,6 +82,16 @@ class Stat:
         return cls(st_mode=inode.mode, st_ino=inode.ino, st_nlink=inode.nlink, st_uid=inode.uid,
                    st_gid=inode.gid, st_size=inode.size, st_mtime_ns=inode.mtime_ns, st_rdev=inode.rdev,
                    st_blocks=inode.blocks)
+
+
+@dataclass(frozen=True, slots=True)
+class StatFs:
+    """What ``os.statvfs`` reports for an image: its data size in ``f_bsize`` blocks and its inodes."""
+
+    f_bsize: int
+    f_blocks: int
+    f_files: int
+    f_namemax: int = 255
 
 
 def detect_reader(data, *, blob_id_hint: str | None = None) -> ImageReader:
@@ -287,6 +297,39 @@ class Image:
             raise errors.NoSuchXattrError(path)
         return xattrs[key]
 
+    # -- by inode number (what an inode-level server such as rafs.fuse asks) ----------------------
+
+    @property
+    def root_ino(self) -> int:
+        return self.reader.root_ino
+
+    def get_inode(self, ino: int) -> Inode:
+        """The inode numbered ``ino`` in the format's own numbering (v5 ``i_ino``, v6 nid)."""
+        return self.reader.inode(ino)
+
+    def lookup(self, parent_ino: int, name: bytes) -> Inode:
+        """The inode of the entry ``name`` of directory ``parent_ino``; FileNotFoundError when absent."""
+        if not self.reader.inode(parent_ino).is_dir:
+            raise errors.NotADirectoryError(fsdecode(name))
+        child = self.reader.lookup(parent_ino, name)
+        if child is None:
+            raise errors.FileNotFoundError(fsdecode(name))
+        return self.reader.inode(child)
+
+    def dir_entries(self, ino: int) -> list[tuple[bytes, int]]:
+        """(name, ino) of every entry of directory ``ino`` in name order, each name checked."""
+        if not self.reader.inode(ino).is_dir:
+            raise errors.NotADirectoryError(f"<inode {ino}>")
+        entries = list(self.reader.entries(ino))
+        for name, _ in entries:
+            _check_name(name, b"<inode %d>" % ino)
+        return entries
+
+    def statfs(self) -> StatFs:
+        """Block size 4096, the blobs' uncompressed size in blocks, the inode count when known."""
+        size = sum(blob.uncompressed_size for blob in self.blobs)
+        return StatFs(f_bsize=4096, f_blocks=-(-size // 4096), f_files=getattr(self.reader, "inode_count", 0))
+
     # -- directories -----------------------------------------------------------------------------
 
     def _dir_ino(self, path) -> int:
@@ -448,9 +491,11 @@ class Image:
                 self._chunk_cache.popitem(last=False)
         return data
 
-    def read_chunks(self, chunks: list[Chunk], *, path: str | None = None) -> list[bytes]:
+    def read_chunks(self, chunks: list[Chunk], *, path: str | None = None,
+                    memory_only: bool = False) -> list[bytes] | None:
         """The uncompressed bytes of each chunk; the chunks of a blob that are not in memory are read in
-        one batch, so adjacent ones are fetched with one ranged request.
+        one batch, so adjacent ones are fetched with one ranged request. With ``memory_only`` nothing
+        is read: None unless every chunk is in memory.
         """
         out: list = [None] * len(chunks)
         by_blob: dict[int, list[int]] = {}
@@ -463,6 +508,8 @@ class Image:
                     out[i] = data
                 else:
                     by_blob.setdefault(chunk.blob_index, []).append(i)
+        if memory_only and by_blob:
+            return None
         for blob_index, positions in by_blob.items():
             reader = self.chunk_reader(blob_index)
             wanted = [chunks[i] for i in positions]
@@ -478,6 +525,21 @@ class Image:
                 while len(self._chunk_cache) > self._chunk_cache_size:
                     self._chunk_cache.popitem(last=False)
         return out
+
+    def needs_backend(self, chunks: list[Chunk]) -> bool:
+        """Whether reading ``chunks`` may wait on a remote backend: False when each one is in memory,
+        in the blob cache, or in a blob file on local disk.
+        """
+        for chunk in chunks:
+            if (chunk.blob_index, chunk.uncompressed_offset, chunk.compressed_offset) in self._chunk_cache:
+                continue
+            reader = self._chunk_readers.get(chunk.blob_index)
+            if reader is None:
+                return True                  # not opened yet: opening may itself ask the backend
+            is_cached = getattr(reader, "is_cached", None)
+            if not (isinstance(reader.source, LocalRangeReader) or (is_cached and is_cached(chunk))):
+                return True
+        return False
 
     def prefetch(self, paths=None, *, all: bool = False, threads: int | None = None,  # noqa: A002
                  batch_size: int | None = None, wait: bool = True):
@@ -641,12 +703,8 @@ class ImageFile(io.RawIOBase):
         self._pos = pos
         return pos
 
-    def pread(self, size: int, offset: int) -> bytes:
-        """Up to ``size`` bytes at ``offset`` without moving the file position."""
-        if offset >= self.size or size <= 0:
-            return b""
-        end = min(self.size, offset + size)
-        out = bytearray(end - offset)
+    def _covering(self, offset: int, end: int) -> list[Chunk]:
+        """The chunks holding bytes of [offset, end)."""
         i = max(0, bisect.bisect_right(self._starts, offset) - 1)
         wanted = []
         while i < len(self._chunks):
@@ -656,7 +714,25 @@ class ImageFile(io.RawIOBase):
             if chunk.file_offset + chunk.uncompressed_size > offset:
                 wanted.append(chunk)
             i += 1
-        for chunk, data in zip(wanted, self.image.read_chunks(wanted, path=self.name)):
+        return wanted
+
+    def needs_backend(self, size: int, offset: int) -> bool:
+        """Whether ``pread(size, offset)`` may wait on a remote backend (see Image.needs_backend)."""
+        return self.image.needs_backend(self._covering(offset, min(self.size, offset + size)))
+
+    def pread(self, size: int, offset: int, *, memory_only: bool = False) -> bytes | None:
+        """Up to ``size`` bytes at ``offset`` without moving the file position (``memory_only``: None
+        unless every chunk needed is already in memory, so the call never waits on I/O).
+        """
+        if offset >= self.size or size <= 0:
+            return b""
+        end = min(self.size, offset + size)
+        out = bytearray(end - offset)
+        wanted = self._covering(offset, end)
+        datas = self.image.read_chunks(wanted, path=self.name, memory_only=memory_only)
+        if datas is None:
+            return None
+        for chunk, data in zip(wanted, datas):
             c_start, c_end = chunk.file_offset, chunk.file_offset + chunk.uncompressed_size
             lo, hi = max(offset, c_start), min(end, c_end)
             out[lo - offset:hi - offset] = data[lo - c_start:hi - c_start]

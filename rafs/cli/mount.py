@@ -1,0 +1,93 @@
+"""``rafs mount`` (nydusd's FUSE mode, same flags) and ``rafs umount``.
+
+``rafs mount --config CFG --mountpoint MNT --bootstrap BOOT`` stays in the foreground like nydusd and
+returns once the mount is gone (``rafs umount MNT``, ``umount``, ``fusermount3 -u``, SIGINT or
+SIGTERM).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import rafs
+from rafs.errors import InvalidArgumentError, UnsupportedError
+
+log = logging.getLogger("rafs.mount")
+
+LOG_LEVELS = ["trace", "debug", "info", "warn", "error"]
+
+
+def register(sub) -> None:
+    p = sub.add_parser("mount", help="serve an image at a mountpoint through FUSE (nydusd's flags)",
+                       description="Mount a RAFS image read-only through FUSE and serve it in the "
+                       "foreground until it is unmounted or the process gets SIGINT/SIGTERM.")
+    p.add_argument("-B", "--bootstrap", required=True, help="bootstrap (metadata) path or URL")
+    p.add_argument("-M", "--mountpoint", required=True, help="directory to mount the image on")
+    p.add_argument("-C", "--config", help="nydusd configuration file (v1 JSON or v2 TOML/JSON): backend, "
+                   "blob cache, enable_xattr, digest_validate")
+    p.add_argument("-D", "--localfs-dir", help="directory holding the data blobs, named by blob id "
+                   "(nydusd's shortcut for a localfs backend without a configuration)")
+    p.add_argument("--threads", "--fuse-threads", "--thread-num", "-T", dest="threads", type=_threads,
+                   default=4, help="worker threads per data lane (default 4)")
+    p.add_argument("-l", "--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
+                   help="log level (default info)")
+    p.add_argument("-L", "--log-file", help="also write log messages to this file")
+    p.set_defaults(func=run_mount)
+
+    u = sub.add_parser("umount", help="unmount a rafs (or any FUSE) mount",
+                       description="Unmount MOUNTPOINT with fusermount3 -u (or umount); the serving "
+                       "rafs mount process then exits.")
+    u.add_argument("mountpoint", metavar="MOUNTPOINT")
+    u.add_argument("-z", "--lazy", action="store_true", help="detach now, finish when no longer busy")
+    u.set_defaults(func=run_umount)
+
+
+def _threads(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 1 <= value <= 1024:
+        raise argparse.ArgumentTypeError("must be between 1 and 1024")
+    return value
+
+
+def _fuse():
+    try:
+        from rafs import fuse
+    except ImportError as exc:
+        raise UnsupportedError(f"rafs mount needs pyfuse3 and trio ({exc}); install them with "
+                               "pip install 'rafs[fuse]' (pyfuse3 builds against libfuse3-dev)") from None
+    return fuse
+
+
+def run_mount(args) -> int:
+    if args.log_file:
+        handler = logging.FileHandler(args.log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
+        logging.getLogger().addHandler(handler)
+    fuse = _fuse()
+    if args.config and args.localfs_dir:
+        raise InvalidArgumentError("--config and --localfs-dir exclude each other")
+    if args.localfs_dir and not os.path.isdir(args.localfs_dir):
+        raise InvalidArgumentError(f"--localfs-dir {args.localfs_dir}: not a directory")
+    # a stale mount would make the checks below fail with "Transport endpoint is not connected"
+    fuse.clear_stale_mount(args.mountpoint)
+    if not os.path.isdir(args.mountpoint):
+        raise InvalidArgumentError(f"--mountpoint {args.mountpoint}: not a directory")
+    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir) as image:
+        settings = getattr(image.locator, "config", None)
+        enable_xattr = bool(getattr(settings, "enable_xattr", False))
+        log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s", args.bootstrap, image.version,
+                 len(image.blobs), args.mountpoint, "on" if enable_xattr else "off")
+        fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr,
+                   ready=lambda: log.info("ready: %s answers", args.mountpoint))
+    log.info("%s unmounted", args.mountpoint)
+    return 0
+
+
+def run_umount(args) -> int:
+    _fuse().unmount(args.mountpoint, lazy=args.lazy)
+    return 0
