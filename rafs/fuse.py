@@ -2,37 +2,33 @@
 
 This is the adapter behind ``rafs mount`` (nydusd's FUSE mode). It holds no format knowledge: the
 image answers by inode number (``get_inode``, ``lookup``, ``dir_entries``, ``open_inode``,
-``statfs``); this module only speaks FUSE. It uses pyfuse3, libfuse3's low-level API on trio, so FUSE
-inode numbers are the image's own (the root and inode 1 trade places, as FUSE fixes the root at 1),
-and nothing is resolved by path.
+``statfs``); this module only speaks FUSE, through libfuse3's low-level API (:mod:`rafs._libfuse`,
+ctypes), so FUSE inode numbers are the image's own (the root and inode 1 trade places, as FUSE fixes
+the root at 1) and nothing is resolved by path.
 
 Speed comes from the kernel: the image never changes, so entries and attributes are cached for a
-year, file pages are kept across opens (``keep_cache``) and directory listings carry attributes
-(readdirplus). Metadata requests are answered inline on the event loop, since the bootstrap is in
-memory. File data is read inline when every chunk it needs is in memory; otherwise in a worker
-thread, on one of two lanes of ``threads`` threads each: one for data on local disk or in the blob
-cache, one for data that waits on a remote backend, so slow fetches never hold up cached reads.
-
-pyfuse3 keeps one FUSE session per process: one :func:`mount` at a time.
+year, opens and opendirs cost no request at all (zero-message open: the kernel keeps file pages and
+directory listings across opens), symlink targets are cached and listings carry attributes
+(readdirplus). One thread runs libfuse's request loop and answers metadata and data that is in
+memory, in the blob cache or in a local blob inline; data that waits on a remote backend is read by
+a pool of ``threads`` workers that reply when it arrives, so slow fetches never hold up the rest.
 """
 
 from __future__ import annotations
 
 import collections
+import ctypes
 import errno
-import functools
-import itertools
 import logging
 import os
 import shutil
 import signal
 import subprocess
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-import pyfuse3
-import trio
-
+from . import _libfuse as ll
 from . import errors
 from .image import Image
 
@@ -41,11 +37,10 @@ log = logging.getLogger(__name__)
 # The image is immutable: let the kernel keep entries and attributes as long as it likes.
 CACHE_TIMEOUT = 365 * 24 * 3600.0
 DEFAULT_THREADS = 4          # nydusd's --fuse-threads default
-ATTR_CACHE_SIZE = 1 << 16
-LISTING_CACHE_SIZE = 256     # directory listings kept between opendir calls
-FILE_CACHE_SIZE = 1024       # open ImageFile objects (chunk lists) kept between open calls
-
-_session_lock = threading.Lock()
+ROOT_INODE = 1               # FUSE_ROOT_ID
+ENTRY_CACHE_SIZE = 1 << 16   # attribute records kept for replies
+LISTING_CACHE_SIZE = 256     # directory listings kept between readdir calls
+FILE_CACHE_SIZE = 4096       # files (their chunk lists) kept between reads
 
 
 class InodeNumbers:
@@ -66,47 +61,26 @@ class InodeNumbers:
 
     def to_fuse(self, ino: int) -> int:
         if ino == self.root:
-            return pyfuse3.ROOT_INODE
-        if ino == pyfuse3.ROOT_INODE:
+            return ROOT_INODE
+        if ino == ROOT_INODE:
             return self._root_slot
         return self._plain(ino)
 
     def to_image(self, fuse_ino: int) -> int:
-        if fuse_ino == pyfuse3.ROOT_INODE:
+        if fuse_ino == ROOT_INODE:
             return self.root
         if fuse_ino == self._root_slot:
-            return pyfuse3.ROOT_INODE
+            return ROOT_INODE
         return 0 if fuse_ino == self.ZERO else fuse_ino
 
 
 def errno_for(exc: BaseException) -> int:
     """The errno the kernel gets for a failed request."""
-    if isinstance(exc, pyfuse3.FUSEError):
-        return exc.errno
     if isinstance(exc, errors.PathError):
         return exc.errno
     if isinstance(exc, errors.UnsupportedError):
         return errno.EOPNOTSUPP
     return errno.EIO         # a broken image, a missing blob, a backend that failed: an I/O error
-
-
-def _replies_errno(method):
-    """Turn whatever a request handler raises into a FUSE error reply (pyfuse3 would stop serving)."""
-    @functools.wraps(method)
-    async def handler(self, *args):
-        try:
-            return await method(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except errors.PathError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from None
-        except errors.RafsError as exc:
-            log.warning("%s: %s", method.__name__, exc)
-            raise pyfuse3.FUSEError(errno_for(exc)) from None
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-    return handler
 
 
 class _LRU(collections.OrderedDict):
@@ -127,182 +101,237 @@ class _LRU(collections.OrderedDict):
             self.popitem(last=False)
 
 
-class RafsOperations(pyfuse3.Operations):
-    """The FUSE request handlers for one image (read-only)."""
+class _Reply(Exception):
+    """Raised by a handler to answer the request with an errno."""
 
-    supports_dot_lookup = False
-    enable_writeback_cache = False
-    enable_acl = False
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.errno = code
 
-    def __init__(self, image: Image, *, threads: int = DEFAULT_THREADS, enable_xattr: bool = False):
-        super().__init__()
+
+class RafsOperations:
+    """The FUSE request handlers for one image (read-only), as a ``struct fuse_lowlevel_ops``."""
+
+    def __init__(self, image: Image, lib, *, threads: int = DEFAULT_THREADS, enable_xattr: bool = False):
         self.image = image
+        self.lib = lib
         self.threads = max(1, int(threads))
         self.enable_xattr = enable_xattr
         self.numbers = InodeNumbers(image.root_ino)
-        self._attr = functools.lru_cache(maxsize=ATTR_CACHE_SIZE)(self._make_attr)
-        self._parents: dict[int, int] = {}
-        self._handles = itertools.count(1)
-        self._dirs: dict[int, tuple[int, list]] = {}
-        self._files: dict[int, int] = {}
+        self.zero_message_open = False
+        self.zero_message_opendir = False
+        self._entries = _LRU(ENTRY_CACHE_SIZE)
         self._listings = _LRU(LISTING_CACHE_SIZE)
-        self._open_files = _LRU(FILE_CACHE_SIZE)
-        self._remote_lane: trio.CapacityLimiter | None = None
+        self._files = _LRU(FILE_CACHE_SIZE)
+        self._parents: dict[int, int] = {}
+        self._negative = ll.entry_param(ino=0, entry_timeout=CACHE_TIMEOUT)
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rafs-fetch")
+        self._in_flight = 0
+        self._in_flight_lock = threading.Lock()
+        self._callbacks = {}
+        self.table = ll.lowlevel_ops()
+        for name in ll.PROTOTYPES:
+            callback = ll.PROTOTYPES[name](self._init if name == "init" else self._guarded(getattr(self, name)))
+            self._callbacks[name] = callback              # ctypes callbacks must outlive the session
+            setattr(self.table, name, ctypes.cast(callback, ctypes.c_void_p))
 
-    def start(self) -> None:
-        """Make the worker lane; called inside the trio run that serves the requests."""
-        self._remote_lane = trio.CapacityLimiter(self.threads)
+    def _guarded(self, handler):
+        """Every request gets exactly one reply: a handler replies itself or raises."""
+        lib = self.lib
+
+        def callback(req, *args):
+            try:
+                handler(req, *args)
+            except _Reply as reply:
+                lib.fuse_reply_err(req, reply.errno)
+            except errors.PathError as exc:
+                lib.fuse_reply_err(req, exc.errno)
+            except errors.RafsError as exc:
+                log.warning("%s: %s", handler.__name__, exc)
+                lib.fuse_reply_err(req, errno_for(exc))
+            except BaseException:
+                log.exception("%s failed", handler.__name__)
+                lib.fuse_reply_err(req, errno.EIO)
+        return callback
+
+    def _init(self, userdata, conn) -> None:
+        conn = conn.contents
+        wanted = ll.CAP_CACHE_SYMLINKS | ll.CAP_NO_OPEN_SUPPORT | ll.CAP_NO_OPENDIR_SUPPORT
+        conn.want |= conn.capable & wanted
+        conn.want &= ~(ll.CAP_READDIRPLUS_AUTO | ll.CAP_EXPORT_SUPPORT)    # always readdirplus
+        self.zero_message_open = bool(conn.capable & ll.CAP_NO_OPEN_SUPPORT)
+        self.zero_message_opendir = bool(conn.capable & ll.CAP_NO_OPENDIR_SUPPORT)
+
+    def close(self, timeout: float = 10) -> bool:
+        """Stop the fetch workers; False if some are still busy after ``timeout`` seconds."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        done = threading.Event()
+
+        def wait():
+            self._pool.shutdown(wait=True)
+            done.set()
+        threading.Thread(target=wait, daemon=True).start()
+        return done.wait(timeout)
 
     # -- attributes --------------------------------------------------------------------------------
 
-    def _make_attr(self, ino: int) -> pyfuse3.EntryAttributes:
-        inode = self.image.get_inode(ino)
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = self.numbers.to_fuse(ino)
-        attr.generation = 0
-        attr.entry_timeout = CACHE_TIMEOUT
-        attr.attr_timeout = CACHE_TIMEOUT
-        attr.st_mode = inode.mode
-        attr.st_nlink = inode.nlink
-        attr.st_uid = inode.uid
-        attr.st_gid = inode.gid
-        attr.st_rdev = inode.rdev
-        attr.st_size = inode.size
-        attr.st_blksize = 4096
-        attr.st_blocks = inode.blocks
-        attr.st_atime_ns = attr.st_mtime_ns = attr.st_ctime_ns = inode.mtime_ns
-        return attr
+    def _entry(self, ino: int) -> ll.entry_param:
+        entry = self._entries.get(ino)
+        if entry is None:
+            inode = self.image.get_inode(ino)
+            entry = ll.entry_param()
+            entry.ino = self.numbers.to_fuse(ino)
+            entry.attr_timeout = entry.entry_timeout = CACHE_TIMEOUT
+            attr = entry.attr
+            attr.st_ino = entry.ino
+            attr.st_mode = inode.mode
+            attr.st_nlink = inode.nlink
+            attr.st_uid = inode.uid
+            attr.st_gid = inode.gid
+            attr.st_rdev = inode.rdev
+            attr.st_size = inode.size
+            attr.st_blksize = 4096
+            attr.st_blocks = inode.blocks
+            seconds, nanoseconds = divmod(inode.mtime_ns, 1_000_000_000)
+            for stamp in (attr.st_atim, attr.st_mtim, attr.st_ctim):
+                stamp.tv_sec, stamp.tv_nsec = seconds, nanoseconds
+            self._entries.put(ino, entry)
+        return entry
 
-    def _negative_entry(self) -> pyfuse3.EntryAttributes:
-        attr = pyfuse3.EntryAttributes()
-        attr.st_ino = 0                       # the kernel caches the miss for entry_timeout
-        attr.entry_timeout = CACHE_TIMEOUT
-        return attr
+    def _is_dir(self, entry: ll.entry_param) -> bool:
+        return entry.attr.st_mode & 0o170000 == 0o040000
 
-    # -- lookups and attributes --------------------------------------------------------------------
+    # -- requests ----------------------------------------------------------------------------------
 
-    @_replies_errno
-    async def lookup(self, parent_inode, name, ctx):
-        parent = self.numbers.to_image(parent_inode)
+    def lookup(self, req, parent_ino, name) -> None:
+        parent = self.numbers.to_image(parent_ino)
         if name == b".":
-            return self._attr(parent)
-        if name == b"..":
-            return self._attr(self._parents.get(parent, self.image.root_ino))
-        try:
-            inode = self.image.lookup(parent, name)
-        except errors.FileNotFoundError:
-            return self._negative_entry()
-        if inode.is_dir:
-            self._parents[inode.ino] = parent
-        return self._attr(inode.ino)
+            entry = self._entry(parent)
+        elif name == b"..":
+            entry = self._entry(self._parents.get(parent, self.image.root_ino))
+        else:
+            try:
+                ino = self.image.lookup(parent, name).ino
+            except errors.FileNotFoundError:
+                self.lib.fuse_reply_entry(req, self._negative)      # cached as a negative dentry
+                return
+            entry = self._entry(ino)
+            if self._is_dir(entry):
+                self._parents[ino] = parent
+        self.lib.fuse_reply_entry(req, entry)
 
-    async def forget(self, inode_list):
-        pass                                  # nothing is kept per lookup
+    def getattr(self, req, ino, fi) -> None:
+        self.lib.fuse_reply_attr(req, self._entry(self.numbers.to_image(ino)).attr, CACHE_TIMEOUT)
 
-    @_replies_errno
-    async def getattr(self, inode, ctx):
-        return self._attr(self.numbers.to_image(inode))
-
-    @_replies_errno
-    async def readlink(self, inode, ctx):
-        target = self.image.get_inode(self.numbers.to_image(inode)).symlink
+    def readlink(self, req, ino) -> None:
+        target = self.image.get_inode(self.numbers.to_image(ino)).symlink
         if target is None:
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        return target
+            raise _Reply(errno.EINVAL)
+        self.lib.fuse_reply_readlink(req, target)
 
-    @_replies_errno
-    async def statfs(self, ctx):
+    def statfs(self, req, ino) -> None:
         fs = self.image.statfs()
-        out = pyfuse3.StatvfsData()
-        out.f_bsize = out.f_frsize = fs.f_bsize
-        out.f_blocks = fs.f_blocks
-        out.f_bfree = out.f_bavail = 0
-        out.f_files = fs.f_files
-        out.f_ffree = out.f_favail = 0
-        out.f_namemax = fs.f_namemax
-        return out
+        out = ll.statvfs(f_bsize=fs.f_bsize, f_frsize=fs.f_bsize, f_blocks=fs.f_blocks, f_files=fs.f_files,
+                         f_namemax=fs.f_namemax)
+        self.lib.fuse_reply_statfs(req, out)
 
-    # -- extended attributes -------------------------------------------------------------------------
-
-    @_replies_errno
-    async def getxattr(self, inode, name, ctx):
+    def getxattr(self, req, ino, name, size) -> None:
         if not self.enable_xattr:
-            raise pyfuse3.FUSEError(errno.ENOSYS)    # as nydusd: the kernel stops asking
-        value = self.image.get_inode(self.numbers.to_image(inode)).xattrs.get(name)
+            raise _Reply(errno.ENOSYS)                # as nydusd: the kernel stops asking
+        value = self.image.get_inode(self.numbers.to_image(ino)).xattrs.get(name)
         if value is None:
-            raise pyfuse3.FUSEError(errno.ENODATA)
-        return value
+            raise _Reply(errno.ENODATA)
+        self._reply_xattr(req, value, size)
 
-    @_replies_errno
-    async def listxattr(self, inode, ctx):
+    def listxattr(self, req, ino, size) -> None:
         if not self.enable_xattr:
-            raise pyfuse3.FUSEError(errno.ENOSYS)
-        return list(self.image.get_inode(self.numbers.to_image(inode)).xattrs)
+            raise _Reply(errno.ENOSYS)
+        names = self.image.get_inode(self.numbers.to_image(ino)).xattrs
+        self._reply_xattr(req, b"".join(name + b"\0" for name in names), size)
 
-    # -- directories ---------------------------------------------------------------------------------
+    def _reply_xattr(self, req, value: bytes, size: int) -> None:
+        if size == 0:
+            self.lib.fuse_reply_xattr(req, len(value))
+        elif len(value) > size:
+            raise _Reply(errno.ERANGE)
+        else:
+            self.lib.fuse_reply_buf(req, value, len(value))
 
-    @_replies_errno
-    async def opendir(self, inode, ctx):
-        ino = self.numbers.to_image(inode)
-        entries = self._listings.get(ino)
+    def opendir(self, req, ino, fi) -> None:
+        if self.zero_message_opendir:
+            raise _Reply(errno.ENOSYS)                # the kernel opens directories itself from now on
+        fi.contents.fh = 0
+        self.lib.fuse_reply_open(req, fi)
+
+    def readdirplus(self, req, ino, size, offset, fi) -> None:
+        dir_ino = self.numbers.to_image(ino)
+        entries = self._listings.get(dir_ino)
         if entries is None:
-            entries = self.image.dir_entries(ino)
-            self._listings.put(ino, entries)
-        fh = next(self._handles)
-        self._dirs[fh] = (ino, entries)
-        return fh
-
-    @_replies_errno
-    async def readdir(self, fh, start_id, token):
-        ino, entries = self._dirs[fh]
-        # offsets: 0 is ".", 1 is "..", 2 + i is entries[i]; each reply names the offset after it
-        index = start_id
+            entries = self.image.dir_entries(dir_ino)
+            self._listings.put(dir_ino, entries)
+        buffer = ctypes.create_string_buffer(size)
+        base, used = ctypes.addressof(buffer), 0
+        # offsets: 0 is ".", 1 is "..", 2 + i is entries[i]; each entry names the offset after it
+        index = offset
         while index < len(entries) + 2:
             if index == 0:
-                name, attr = b".", self._attr(ino)
+                name, entry = b".", self._entry(dir_ino)
             elif index == 1:
-                name, attr = b"..", self._attr(self._parents.get(ino, self.image.root_ino))
+                name, entry = b"..", self._entry(self._parents.get(dir_ino, self.image.root_ino))
             else:
                 name, child = entries[index - 2]
-                attr = self._attr(child)
-                if attr.st_mode & 0o170000 == 0o040000:
-                    self._parents[child] = ino
-            if not pyfuse3.readdir_reply(token, name, attr, index + 1):
-                return
+                entry = self._entry(child)
+                if self._is_dir(entry):
+                    self._parents[child] = dir_ino
+            need = self.lib.fuse_add_direntry_plus(req, base + used, size - used, name, entry, index + 1)
+            if need > size - used:
+                break
+            used += need
             index += 1
+        self.lib.fuse_reply_buf(req, buffer.raw[:used], used)
 
-    async def releasedir(self, fh):
-        self._dirs.pop(fh, None)
+    def open(self, req, ino, fi) -> None:
+        if self.zero_message_open:
+            raise _Reply(errno.ENOSYS)                # the kernel opens files itself from now on
+        info = fi.contents
+        if info.flags & os.O_ACCMODE != os.O_RDONLY or info.flags & os.O_TRUNC:
+            raise _Reply(errno.EROFS)
+        info.fh = 0
+        info.bits |= ll.FI_KEEP_CACHE
+        self.lib.fuse_reply_open(req, fi)
 
-    # -- files ---------------------------------------------------------------------------------------
-
-    @_replies_errno
-    async def open(self, inode, flags, ctx):
-        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        ino = self.numbers.to_image(inode)
-        file = self._open_files.get(ino)
+    def read(self, req, ino, size, offset, fi) -> None:
+        image_ino = self.numbers.to_image(ino)
+        file = self._files.get(image_ino)
         if file is None:
-            # the chunk list comes from the bootstrap (in memory); only images whose chunks live in
-            # a blob's CI array fetch that array here, once per blob
-            file = self.image.open_inode(ino)
-            self._open_files.put(ino, file)
-        fh = next(self._handles)
-        self._files[fh] = file
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
-
-    @_replies_errno
-    async def read(self, fh, off, size):
-        file = self._files[fh]
-        data = file.pread(size, off, memory_only=True)
+            # the chunk list comes from the bootstrap (in memory); only images whose chunks live in a
+            # blob's CI array fetch that array here, once per blob
+            file = self.image.open_inode(image_ino)
+            self._files.put(image_ino, file)
+        data = file.pread(size, offset, memory_only=True)
+        if data is None and not file.needs_backend(size, offset):
+            data = file.pread(size, offset)           # local disk or blob cache: as quick as a hand-off
         if data is not None:
-            return data
-        if not file.needs_backend(size, off):
-            return file.pread(size, off)      # local disk or blob cache: as quick as a thread hop
-        return await trio.to_thread.run_sync(file.pread, size, off, limiter=self._remote_lane)
+            self.lib.fuse_reply_buf(req, data, len(data))
+            return
+        with self._in_flight_lock:
+            self._in_flight += 1
+        self._pool.submit(self._read_remote, req, file, size, offset)
 
-    async def release(self, fh):
-        self._files.pop(fh, None)
+    def _read_remote(self, req, file, size, offset) -> None:
+        try:
+            data = file.pread(size, offset)
+        except BaseException as exc:
+            if not isinstance(exc, errors.RafsError):
+                log.exception("read of %s failed", file.name)
+            else:
+                log.warning("read of %s: %s", file.name, exc)
+            self.lib.fuse_reply_err(req, errno_for(exc))
+        else:
+            self.lib.fuse_reply_buf(req, data, len(data))
+        finally:
+            with self._in_flight_lock:
+                self._in_flight -= 1
 
 
 # -- mounting ------------------------------------------------------------------------------------------
@@ -350,7 +379,7 @@ def clear_stale_mount(mountpoint) -> bool:
 def mount_options(*, allow_other: bool | None = None, auto_unmount: bool = True, fsname: str = "rafs",
                   extra=()) -> set[str]:
     """The libfuse options of a read-only image mount."""
-    options = set(pyfuse3.default_options) | {"ro", f"fsname={fsname}", "subtype=rafs"}
+    options = {"ro", "default_permissions", f"fsname={fsname}", "subtype=rafs"}
     if allow_other if allow_other is not None else os.geteuid() == 0:
         options.add("allow_other")
     if auto_unmount and shutil.which("fusermount3"):
@@ -364,11 +393,11 @@ def mount(image: Image, mountpoint, *, threads: int = DEFAULT_THREADS, enable_xa
           ready: Callable[[], None] | None = None, handle_signals: bool = True) -> None:
     """Serve ``image`` at ``mountpoint`` until it is unmounted; returns after a clean unmount.
 
-    ``threads``: worker threads per lane (data on local disk or in the cache; data from a remote
-    backend). ``enable_xattr``: expose extended attributes (nydusd's ``enable_xattr``). ``ready`` is
-    called once the mountpoint answers. With ``handle_signals`` (main thread only) SIGINT, SIGTERM
-    and SIGHUP unmount and return; a second signal stops at once. ``umount``/``fusermount3 -u`` from
-    outside also ends it. A stale mount left by a crashed daemon at ``mountpoint`` is cleared first.
+    ``threads``: workers for data that waits on a remote backend. ``enable_xattr``: expose extended
+    attributes (nydusd's ``enable_xattr``). ``ready`` is called once the mountpoint answers. With
+    ``handle_signals`` (main thread only) SIGINT, SIGTERM and SIGHUP unmount and return;
+    ``umount``/``fusermount3 -u`` from outside also ends it. A stale mount left by a crashed daemon at
+    ``mountpoint`` is cleared first.
     """
     mountpoint = os.path.abspath(os.fspath(mountpoint))
     clear_stale_mount(mountpoint)
@@ -376,50 +405,84 @@ def mount(image: Image, mountpoint, *, threads: int = DEFAULT_THREADS, enable_xa
         raise errors.InvalidArgumentError(f"mountpoint {mountpoint} is not a directory")
     if handle_signals and threading.current_thread() is not threading.main_thread():
         raise errors.InvalidArgumentError("handle_signals=True needs the main thread")
-    if not _session_lock.acquire(blocking=False):
-        raise errors.InvalidArgumentError("this process already serves a FUSE mount (pyfuse3 keeps one)")
+    lib = ll.load()
+    operations = RafsOperations(image, lib, threads=threads, enable_xattr=enable_xattr)
+    fuse_args, keep = ll.make_args("rafs", mount_options(allow_other=allow_other, auto_unmount=auto_unmount,
+                                                         extra=options))
+    session = lib.fuse_session_new(ctypes.byref(fuse_args), ctypes.byref(operations.table),
+                                   ctypes.sizeof(operations.table), None)
+    if not session:
+        raise errors.InvalidArgumentError(f"libfuse refused the mount options {sorted(options)}")
+    idle = True
     try:
-        operations = RafsOperations(image, threads=threads, enable_xattr=enable_xattr)
+        if lib.fuse_session_mount(session, os.fsencode(mountpoint)) != 0:
+            raise errors.RafsError(f"cannot mount {mountpoint} (is /dev/fuse there, fuse3 installed, "
+                                   f"are you root?)")
         try:
-            pyfuse3.init(operations, mountpoint,
-                         mount_options(allow_other=allow_other, auto_unmount=auto_unmount, extra=options))
-        except RuntimeError as exc:
-            raise errors.RafsError(f"cannot mount {mountpoint}: {exc} (is /dev/fuse there and "
-                                   f"fuse3 installed?)") from None
-        try:
-            trio.run(_serve, operations, mountpoint, ready, handle_signals)
+            _serve(lib, session, mountpoint, ready, handle_signals)
         finally:
-            pyfuse3.close(unmount=True)
+            lib.fuse_session_unmount(session)
+            idle = operations.close()
     finally:
-        _session_lock.release()
+        if idle:                      # a worker still waiting on a backend would reply into freed memory
+            lib.fuse_session_destroy(session)
+        del keep
 
 
-async def _serve(operations: RafsOperations, mountpoint: str, ready, handle_signals: bool) -> None:
-    operations.start()
-    async with trio.open_nursery() as nursery:
-        if handle_signals:
-            nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
-        if ready is not None:
-            nursery.start_soon(_announce_when_ready, mountpoint, ready)
-        await pyfuse3.main(min_tasks=2, max_tasks=max(16, 4 * operations.threads))
-        nursery.cancel_scope.cancel()
+def _serve(lib, session, mountpoint: str, ready, handle_signals: bool) -> None:
+    finished = threading.Event()
+    signals: list[int] = []
+
+    def loop():
+        try:
+            status = lib.fuse_session_loop(session)
+            if status not in (0, -errno.ENODEV):
+                log.warning("FUSE session ended with %s", os.strerror(-status) if status < 0 else status)
+        finally:
+            finished.set()
+
+    def on_signal(signum, frame):
+        signals.append(signum)
+        finished.set()
+
+    previous = {}
+    if handle_signals:
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, on_signal)
+    thread = threading.Thread(target=loop, name="rafs-fuse", daemon=True)
+    thread.start()
+    try:
+        connection = None
+        try:
+            connection = os.stat(mountpoint).st_dev    # answered once the kernel's INIT went through
+            os.statvfs(mountpoint)
+        except OSError as exc:
+            log.warning("%s does not answer: %s", mountpoint, exc)
+        else:
+            if ready is not None:
+                ready()
+        while not finished.wait(3600):
+            pass
+        if signals and thread.is_alive():
+            log.info("%s: unmounting", signal.Signals(signals[0]).name)
+            lib.fuse_session_exit(session)
+            try:
+                unmount(mountpoint, lazy=True)
+            except errors.RafsError as exc:
+                log.warning("%s", exc)
+            thread.join(5)
+            if thread.is_alive() and connection is not None:
+                _abort_connection(connection)     # files still open: end the connection itself
+                thread.join(5)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-async def _announce_when_ready(mountpoint: str, ready) -> None:
-    # the stat is answered only once the kernel's INIT went through the loop
-    await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)
-    ready()
-
-
-async def _stop_on_signals(cancel_scope: trio.CancelScope) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
-        count = 0
-        async for signum in signals:
-            count += 1
-            if count == 1:
-                log.info("%s: unmounting", signal.Signals(signum).name)
-                pyfuse3.terminate()
-            else:
-                log.warning("%s again: stopping without waiting for requests in flight",
-                            signal.Signals(signum).name)
-                cancel_scope.cancel()
+def _abort_connection(dev: int) -> None:
+    path = f"/sys/fs/fuse/connections/{os.minor(dev)}/abort"
+    try:
+        with open(path, "w") as f:
+            f.write("1")
+    except OSError as exc:
+        log.warning("cannot abort the FUSE connection (%s): %s", path, exc)

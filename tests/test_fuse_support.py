@@ -5,6 +5,7 @@ with its source.
 
 from __future__ import annotations
 
+import ctypes.util
 import errno
 import os
 import pathlib
@@ -24,11 +25,7 @@ def need_fuse() -> None:
     need(hasattr(os, "geteuid") and os.geteuid() == 0, "FUSE mounts need root")
     need(os.path.exists("/dev/fuse"), "/dev/fuse is missing")
     need(shutil.which("fusermount3") is not None, "fusermount3 (Debian package fuse3) is not installed")
-    try:
-        import pyfuse3  # noqa: F401
-        import trio  # noqa: F401
-    except ImportError as exc:
-        need(False, f"pyfuse3/trio not installed: {exc}")
+    need(ctypes.util.find_library("fuse3") is not None, "libfuse3 (Debian package fuse3) is not installed")
 
 
 def _env() -> dict:

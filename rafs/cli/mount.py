@@ -12,7 +12,7 @@ import logging
 import os
 
 import rafs
-from rafs.errors import InvalidArgumentError, UnsupportedError
+from rafs.errors import InvalidArgumentError
 
 log = logging.getLogger("rafs.mount")
 
@@ -55,11 +55,7 @@ def _threads(text: str) -> int:
 
 
 def _fuse():
-    try:
-        from rafs import fuse
-    except ImportError as exc:
-        raise UnsupportedError(f"rafs mount needs pyfuse3 and trio ({exc}); install them with "
-                               "pip install 'rafs[fuse]' (pyfuse3 builds against libfuse3-dev)") from None
+    from rafs import fuse
     return fuse
 
 
