@@ -17,22 +17,23 @@ hypothesis and rafs.
 See ``docs/fuzzing.md`` for a guide with a worked example.
 """
 
-from .exercise import (BytesSource, EscapedError, Outcome, OutOfMemoryError, OutOfTimeError, check_mutant,
-                       exercise, memory_budget, memory_limit, time_limit)
-from .mutate import (Located, bit_flips, blob_structures, field_extremes, flip_bit, replace_unique, set_field, set_int,
-                     truncations, v5_structures, v6_structures, word_extremes, zeroed_runs, zstd_bomb)
+from .exercise import (BytesSource, EscapedError, Outcome, OutOfMemoryError, OutOfTimeError, check_blob_mutant,
+                       check_mutant, exercise, exercise_blob, memory_budget, memory_limit, time_limit)
 from .images import Built, as_built, blob_devices, build_node, build_options, build_tree
+from .mutate import (Located, bit_flips, blob_structures, field_extremes, flip_bit, replace_unique, set_field,
+                     set_int, truncations, v5_structures, v6_structures, word_extremes, zeroed_runs, zstd_bomb)
 from .schemas import from_schema, layout_schemas, schema_bytes, schemas_in
 from .trees import (Entry, Extent, FileData, assert_same_tree, diff_trees, directory, file, file_data,
                     hardlink, hostile_names, materialise, names, node, symlink, to_node, tree_from_directory,
                     tree_from_image, trees)
 
 __all__ = [
-    "BytesSource", "EscapedError", "Outcome", "OutOfMemoryError", "OutOfTimeError", "check_mutant", "exercise",
-    "memory_budget", "memory_limit", "time_limit",
-    "Located", "bit_flips", "blob_structures", "field_extremes", "flip_bit", "replace_unique", "set_field", "set_int",
-    "truncations", "v5_structures", "v6_structures", "word_extremes", "zeroed_runs", "zstd_bomb",
-    "Built", "as_built", "blob_devices", "build_node", "build_options", "build_tree", "from_schema", "layout_schemas", "schema_bytes", "schemas_in",
+    "BytesSource", "EscapedError", "Outcome", "OutOfMemoryError", "OutOfTimeError", "check_blob_mutant",
+    "check_mutant", "exercise", "exercise_blob", "memory_budget", "memory_limit", "time_limit",
+    "Built", "as_built", "blob_devices", "build_node", "build_options", "build_tree",
+    "Located", "bit_flips", "blob_structures", "field_extremes", "flip_bit", "replace_unique", "set_field",
+    "set_int", "truncations", "v5_structures", "v6_structures", "word_extremes", "zeroed_runs", "zstd_bomb",
+    "from_schema", "layout_schemas", "schema_bytes", "schemas_in",
     "Entry", "Extent", "FileData", "assert_same_tree", "diff_trees", "directory", "file", "file_data",
     "hardlink", "hostile_names", "materialise", "names", "node", "symlink", "to_node", "tree_from_directory",
     "tree_from_image", "trees",

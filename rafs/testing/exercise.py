@@ -2,10 +2,11 @@
 
 :func:`exercise` opens an image and, step by step, walks it, stats every entry, reads its xattrs and
 symlink targets, reads every regular file, builds the model tree, runs ``check(verify_data=True)``,
-writes the whole tree as a tar to a null sink and describes the image as ``rafs inspect`` does. Each step either succeeds or raises a
+writes the whole tree as a tar to a null sink and describes the image as ``rafs inspect`` does;
+:func:`exercise_blob` runs every blob parser. Each step either succeeds or raises a
 :class:`rafs.RafsError`; anything else (``IndexError``, ``struct.error``, ``RecursionError``,
 ``MemoryError``, ...) is a bug and raises :class:`EscapedError`. :func:`check_mutant` wraps it with a
-wall-clock limit and, optionally, a tracemalloc peak limit.
+wall-clock limit and, optionally, a memory limit (tracemalloc or peak RSS).
 """
 
 from __future__ import annotations
