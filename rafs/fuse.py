@@ -419,17 +419,20 @@ def mount(image: Image, mountpoint, *, threads: int = DEFAULT_THREADS, enable_xa
             raise errors.RafsError(f"cannot mount {mountpoint} (is /dev/fuse there, fuse3 installed, "
                                    f"are you root?)")
         try:
-            _serve(lib, session, mountpoint, ready, handle_signals)
+            idle = _serve(lib, session, mountpoint, ready, handle_signals)
         finally:
-            lib.fuse_session_unmount(session)
-            idle = operations.close()
+            if idle:
+                lib.fuse_session_unmount(session)
+            idle = operations.close() and idle
     finally:
-        if idle:                      # a worker still waiting on a backend would reply into freed memory
+        # a loop or a worker still running would touch freed memory: leave the session to the exit
+        if idle:
             lib.fuse_session_destroy(session)
         del keep
 
 
-def _serve(lib, session, mountpoint: str, ready, handle_signals: bool) -> None:
+def _serve(lib, session, mountpoint: str, ready, handle_signals: bool) -> bool:
+    """Run the request loop until the mount goes away or a signal asks; True once the loop ended."""
     finished = threading.Event()
     signals: list[int] = []
 
@@ -470,10 +473,11 @@ def _serve(lib, session, mountpoint: str, ready, handle_signals: bool) -> None:
                 unmount(mountpoint, lazy=True)
             except errors.RafsError as exc:
                 log.warning("%s", exc)
-            thread.join(5)
+            thread.join(2)
             if thread.is_alive() and connection is not None:
                 _abort_connection(connection)     # files still open: end the connection itself
                 thread.join(5)
+        return not thread.is_alive()
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
@@ -481,6 +485,9 @@ def _serve(lib, session, mountpoint: str, ready, handle_signals: bool) -> None:
 
 def _abort_connection(dev: int) -> None:
     path = f"/sys/fs/fuse/connections/{os.minor(dev)}/abort"
+    if not os.path.exists(path) and os.geteuid() == 0:
+        # the fusectl filesystem is what systemd usually mounts there
+        subprocess.run(["mount", "-t", "fusectl", "fusectl", "/sys/fs/fuse/connections"], capture_output=True)
     try:
         with open(path, "w") as f:
             f.write("1")

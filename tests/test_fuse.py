@@ -6,6 +6,7 @@ errno of every refused operation, and the daemon's life cycle (signals, umount, 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import ctypes
 import errno
 import hashlib
@@ -325,6 +326,25 @@ def test_signal_unmounts_cleanly(v5_mount_args, tmp_path, signum):
         assert mount.signal(signum) == 0, mount.log_text()
         assert not os.path.ismount(mount.path) and not is_stale(mount.path)
     finally:
+        mount.close()
+
+
+def test_sigterm_with_a_file_held_open(v5_mount_args, tmp_path):
+    """A busy mount cannot be unmounted at once: the daemon detaches it, ends the connection and
+    exits anyway; the holder then gets an error instead of hanging."""
+    mount = Mount(v5_mount_args, tmp_path / "mnt", tmp_path / "rafs.log")
+    held = open(mount.path / "hardlink-test" / "foo", "rb")
+    try:
+        assert held.read(4)
+        assert mount.signal(signal.SIGTERM, timeout=40) == 0, mount.log_text()
+        assert not os.path.ismount(mount.path)
+        os.posix_fadvise(held.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        with pytest.raises(OSError) as info:
+            os.pread(held.fileno(), 10, 0)                  # the daemon is gone: an error, no hang
+        assert info.value.errno in (errno.ENOTCONN, errno.ECONNABORTED)
+    finally:
+        with contextlib.suppress(OSError):
+            held.close()                                    # the flush of a dead connection fails
         mount.close()
 
 
