@@ -30,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("-D", "--localfs-dir", help="directory holding the data blobs, named by blob id "
                    "(nydusd's shortcut for a localfs backend without a configuration)")
     p.add_argument("--threads", "--fuse-threads", "--thread-num", "-T", dest="threads", type=_threads,
-                   default=4, help="worker threads per data lane (default 4)")
+                   default=4, help="worker threads for data fetched from a remote backend (default 4)")
     p.add_argument("-l", "--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
                    help="log level (default info)")
     p.add_argument("-L", "--log-file", help="also write log messages to this file")
