@@ -1,14 +1,17 @@
 """Writing an image's tree as an OCI-compatible tar (what ``nydus-image unpack`` produces).
 
-PAX format: long names and links, xattrs (``SCHILY.xattr.*``), nanosecond mtimes; hardlinks as link
+PAX format: long names and links, xattrs (``SCHILY.xattr.*``, or libarchive's ``LIBARCHIVE.xattr.*``
+for names that are not UTF-8), nanosecond mtimes; hardlinks as link
 entries to the first path; devices and fifos kept; content copied chunk by chunk.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import stat as _stat
 import tarfile
+import urllib.parse
 
 from .errors import BuildError
 
@@ -37,8 +40,13 @@ def write_tar(image, fileobj) -> int:
             if inode.mtime_nsec:
                 pax["mtime"] = f"{inode.mtime}.{inode.mtime_nsec:09d}".rstrip("0")
             for key, value in inode.xattrs.items():
-                pax["SCHILY.xattr." + key.decode("utf-8", "surrogateescape")] = \
-                    value.decode("utf-8", "surrogateescape")
+                try:
+                    pax["SCHILY.xattr." + key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
+                except UnicodeDecodeError:
+                    # PAX keywords must be UTF-8 (tarfile refuses others): libarchive's form carries
+                    # any name, URL-encoded, with the value in base64
+                    pax["LIBARCHIVE.xattr." + urllib.parse.quote_from_bytes(key)] = \
+                        base64.b64encode(value).decode("ascii")
             info.pax_headers = pax
             if kind == _stat.S_IFREG and inode.nlink > 1 and inode.ino in first_link:
                 info.type = tarfile.LNKTYPE

@@ -47,6 +47,8 @@ def test_build_then_read_returns_the_tree(tmp_path_factory, version, data):
     with built.open(validate=True) as image:
         assert_same_tree(as_built(tree), tree_from_image(image))
         assert list(image.check(verify_data=True)) == []
+    outcome = exercise(built.source, **built.open_kwargs)       # and every other read path works
+    assert outcome.verdict == "ok", outcome.steps
 
 
 @pytest.mark.parametrize("version", [5, 6])
