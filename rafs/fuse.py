@@ -126,8 +126,6 @@ class RafsOperations:
         self._parents: dict[int, int] = {}
         self._negative = ll.entry_param(ino=0, entry_timeout=CACHE_TIMEOUT)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rafs-fetch")
-        self._in_flight = 0
-        self._in_flight_lock = threading.Lock()
         self._callbacks = {}
         self.table = ll.lowlevel_ops()
         for name in ll.PROTOTYPES:
@@ -314,8 +312,6 @@ class RafsOperations:
         if data is not None:
             self.lib.fuse_reply_buf(req, data, len(data))
             return
-        with self._in_flight_lock:
-            self._in_flight += 1
         self._pool.submit(self._read_remote, req, file, size, offset)
 
     def _read_remote(self, req, file, size, offset) -> None:
@@ -329,9 +325,6 @@ class RafsOperations:
             self.lib.fuse_reply_err(req, errno_for(exc))
         else:
             self.lib.fuse_reply_buf(req, data, len(data))
-        finally:
-            with self._in_flight_lock:
-                self._in_flight -= 1
 
 
 # -- mounting ------------------------------------------------------------------------------------------
