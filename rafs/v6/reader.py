@@ -53,12 +53,45 @@ _U16 = struct.Struct("<H")
 FLAT_PIECE_SIZE = DEFAULT_CHUNK_SIZE
 # Plain EROFS images have no compressor or digester of their own.
 PLAIN_EROFS_FLAGS = SuperFlags.COMPRESSION_NONE | SuperFlags.HASH_SHA256
+# Directories of at most this many blocks get a name -> nid dict for lookups (at most LOOKUP_TABLES of
+# them cached, the most recently used); larger ones are searched block by block.
+LOOKUP_TABLE_BLOCKS = 4
+LOOKUP_TABLES = 256
 # Symlink targets longer than this cannot come from a Linux file system (PATH_MAX - 1).
 MAX_SYMLINK_SIZE = 4095
 _BLOB_MAX_UNCOMPRESSED = 1 << 44        # v6.rs BLOB_MAX_SIZE_UNCOMPRESSED
 _BLOB_MAX_COMPRESSED = 1 << 40
 _CI_V1_SIZE, _CI_V2_SIZE = 16, 24
 _FILE_TYPES = frozenset(layout.EROFS_FILE_TYPE_BY_MODE)
+_COMPACT = INODE_RECORDS[layout.EROFS_INODE_LAYOUT_COMPACT]
+_EXTENDED = INODE_RECORDS[layout.EROFS_INODE_LAYOUT_EXTENDED]
+_COMPACT_SIZE, _EXTENDED_SIZE = _COMPACT.size, _EXTENDED.size
+
+
+def _skipping_reserved(record: _codec.FastRecord):
+    """``unpack_from`` of the record's own struct format with the trailing reserved bytes skipped
+    (``16s`` -> ``16x``), so the hot path makes no bytes object per inode."""
+    fmt = record.struct.format
+    assert record.fields[-1] == "i_reserved2" and fmt.endswith("s")
+    return struct.Struct(fmt[:-1] + "x").unpack_from
+
+
+_COMPACT_UNPACK, _EXTENDED_UNPACK = _skipping_reserved(_COMPACT), _skipping_reserved(_EXTENDED)
+# both inode records start i_format, i_xattr_icount, i_mode, (16 bits), i_size
+_I_SIZE = _COMPACT.fields.index("i_size")
+assert _COMPACT.fields[:3] == _EXTENDED.fields[:3] == ("i_format", "i_xattr_icount", "i_mode")
+assert _EXTENDED.fields.index("i_size") == _I_SIZE
+_UNKNOWN_I_FORMAT = ~layout.EROFS_I_ALL
+_EXTENDED_BIT = layout.EROFS_I_VERSION_MASK
+_DATALAYOUT_BIT, _DATALAYOUT_MASK = layout.EROFS_I_DATALAYOUT_BIT, layout.EROFS_I_DATALAYOUT_MASK
+# every i_format with no unknown bit and a known data layout
+_KNOWN_I_FORMATS = frozenset(f for f in range(layout.EROFS_I_ALL + 1)
+                             if f >> _DATALAYOUT_BIT & _DATALAYOUT_MASK in layout.EROFS_DATALAYOUT_NAMES)
+_CHUNK_BASED = layout.EROFS_INODE_CHUNK_BASED
+_COMPRESSED_LAYOUTS = (layout.EROFS_INODE_COMPRESSED_FULL, layout.EROFS_INODE_COMPRESSED_COMPACT)
+_S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, _stat.S_IFDIR, _stat.S_IFREG, _stat.S_IFLNK
+_S_IFCHR, _S_IFBLK = _stat.S_IFCHR, _stat.S_IFBLK
+_XATTR_FLAG, _SYMLINK_FLAG, _HARDLINK_FLAG = int(InodeFlags.XATTR), int(InodeFlags.SYMLINK), int(InodeFlags.HARDLINK)
 
 
 def is_erofs(data) -> bool:
@@ -150,11 +183,14 @@ class V6Reader(ImageReader):
             self.chunk_size = self.block_size
             self.blobs = self._device_blobs()
             self._shared_xattr_base = sb.s_xattr_blkaddr * self.block_size
+        self._build_time, self._build_time_nsec = sb.s_build_time, sb.s_build_time_nsec
         self._chunk_table: dict | None = None
         self._ci_arrays: dict[int, list] = {}
         self._record = functools.lru_cache(maxsize=inode_cache_size)(self._decode_record)
         self._cached_inode = functools.lru_cache(maxsize=inode_cache_size)(self._inode)
+        self.inode = self._cached_inode         # the cached decoder itself: no extra call per lookup
         self._dir_blocks = functools.lru_cache(maxsize=256)(self._parse_dir_block)
+        self._lookup_tables = functools.lru_cache(maxsize=LOOKUP_TABLES)(self._lookup_table)
         if not self.inode(self.root_ino).is_dir:
             raise InvalidImageError(f"root nid {self.root_ino} is not a directory", structure="v6 superblock",
                                     offset=layout.EROFS_SUPER_OFFSET + 14)
@@ -395,33 +431,56 @@ class V6Reader(ImageReader):
     def inode_offset(self, nid: int) -> int:
         return self.meta_base + nid * layout.EROFS_INODE_SLOT_SIZE
 
+    def _unpack_inode(self, nid: int) -> tuple[int, int, int, tuple]:
+        """(offset, i_format, data layout, field values) of inode ``nid``, checked against the image:
+        the inode and its inline xattrs inside it, a known format, layout and file type, a size below
+        2^63. One ``struct`` unpack of the compact or extended record; both :meth:`_inode` and
+        :meth:`record` start here."""
+        offset = self.meta_base + (nid << 5)
+        image_size = self.size
+        if nid < 0 or offset + _COMPACT_SIZE > image_size:
+            raise InvalidImageError(f"nid {nid} lies outside the image", structure="v6 inode",
+                                    offset=self.inode_offset(nid))
+        data = self.data
+        ifmt = data[offset] | data[offset + 1] << 8
+        datalayout = ifmt >> _DATALAYOUT_BIT & _DATALAYOUT_MASK
+        if ifmt not in _KNOWN_I_FORMATS:
+            if ifmt & _UNKNOWN_I_FORMAT:
+                raise InvalidImageError(f"nid {nid} has unsupported i_format {ifmt:#x}", structure="v6 inode",
+                                        offset=offset)
+            raise InvalidImageError(f"nid {nid} has unknown data layout {datalayout}", structure="v6 inode",
+                                    offset=offset)
+        if ifmt & _EXTENDED_BIT:
+            end = offset + _EXTENDED_SIZE
+            if end > image_size:
+                raise InvalidImageError(f"nid {nid} inode runs past the image", structure="v6 inode",
+                                        offset=offset)
+            values = _EXTENDED_UNPACK(data, offset)
+        else:
+            end = offset + _COMPACT_SIZE
+            values = _COMPACT_UNPACK(data, offset)
+        icount, mode, size = values[1], values[2], values[_I_SIZE]
+        if icount:
+            end += xattr.body_size(icount)
+        if end > image_size:
+            raise InvalidImageError(f"nid {nid} inode and xattrs run past the image", structure="v6 inode",
+                                    offset=offset)
+        if size >> 63:
+            raise InvalidImageError(f"nid {nid} has a negative size", structure="v6 inode", offset=offset)
+        if mode & _S_IFMT not in _FILE_TYPES:
+            raise InvalidImageError(f"nid {nid} has unknown file type in mode {mode:#o}",
+                                    structure="v6 inode", offset=offset)
+        return offset, ifmt, datalayout, values
+
     def _decode_record(self, nid: int) -> _Record:
-        offset = self.inode_offset(nid)
-        if nid < 0 or offset + layout.INODE_SIZES[layout.EROFS_INODE_LAYOUT_COMPACT] > self.size:
-            raise InvalidImageError(f"nid {nid} lies outside the image", structure="v6 inode", offset=offset)
-        ifmt = _U16.unpack_from(self.data, offset)[0]
-        if ifmt & ~layout.EROFS_I_ALL:
-            raise InvalidImageError(f"nid {nid} has unsupported i_format {ifmt:#x}", structure="v6 inode",
-                                    offset=offset)
+        offset, ifmt, datalayout, values = self._unpack_inode(nid)
         rec = _Record()
-        rec.nid, rec.offset, rec.format = nid, offset, ifmt
+        rec.nid, rec.offset, rec.format, rec.datalayout = nid, offset, ifmt, datalayout
         rec.extended = ifmt & layout.EROFS_I_VERSION_MASK
-        rec.datalayout = (ifmt >> layout.EROFS_I_DATALAYOUT_BIT) & layout.EROFS_I_DATALAYOUT_MASK
-        if rec.datalayout not in layout.EROFS_DATALAYOUT_NAMES:
-            raise InvalidImageError(f"nid {nid} has unknown data layout {rec.datalayout}", structure="v6 inode",
-                                    offset=offset)
         rec.inode_size = layout.INODE_SIZES[rec.extended]
         raw = rec.raw = INODE_RECORDS[rec.extended].unpack_from(self.data, offset)
         rec.mode, rec.size = raw.i_mode, raw.i_size
         rec.xattr_size = xattr.body_size(raw.i_xattr_icount)
-        if rec.body_end > self.size:
-            raise InvalidImageError(f"nid {nid} inode and xattrs run past the image", structure="v6 inode",
-                                    offset=offset)
-        if rec.size >= 1 << 63:
-            raise InvalidImageError(f"nid {nid} has a negative size", structure="v6 inode", offset=offset)
-        if _stat.S_IFMT(rec.mode) not in _FILE_TYPES:
-            raise InvalidImageError(f"nid {nid} has unknown file type in mode {rec.mode:#o}",
-                                    structure="v6 inode", offset=offset)
         rec.startblk = raw.i_u
         if not rec.extended and not _stat.S_ISDIR(rec.mode) and (ifmt >> layout.EROFS_I_NLINK_1_BIT) & 1:
             rec.startblk |= raw.i_nlink << 32
@@ -431,57 +490,70 @@ class V6Reader(ImageReader):
         return self._record(nid)
 
     def inode(self, ino: int) -> Inode:
+        """The inode ``ino`` (an nid); every instance replaces this with its cached decoder."""
         return self._cached_inode(ino)
 
     def _inode(self, nid: int) -> Inode:
-        rec = self._record(nid)
-        raw, mode = rec.raw, rec.mode
-        sb = self.superblock
-        if rec.extended:
-            mtime, mtime_nsec, nlink = raw.i_mtime, raw.i_mtime_nsec, raw.i_nlink
+        """The model inode, straight from the unpacked fields (no :class:`_Record` unless the inode's
+        data is needed: a symlink's target)."""
+        offset, ifmt, datalayout, values = self._unpack_inode(nid)
+        if ifmt & _EXTENDED_BIT:
+            _, icount, mode, _, size, i_u, _, uid, gid, mtime, mtime_nsec, nlink = values
+            body = offset + _EXTENDED_SIZE
         else:
+            _, icount, mode, nlink, size, reserved, i_u, _, uid, gid = values
             # kernel >= 6.15 adds the compact i_mtime (formerly reserved, 0 in older images) to the epoch
-            mtime, mtime_nsec = sb.s_build_time + raw.i_reserved, sb.s_build_time_nsec
-            nlink = 1 if not _stat.S_ISDIR(mode) and (rec.format >> layout.EROFS_I_NLINK_1_BIT) & 1 else raw.i_nlink
-        rdev = _decode_dev(raw.i_u) if _stat.S_ISCHR(mode) or _stat.S_ISBLK(mode) else 0
-        if rec.datalayout in (layout.EROFS_INODE_COMPRESSED_FULL, layout.EROFS_INODE_COMPRESSED_COMPACT):
-            blocks = raw.i_u << (self.block_bits - 9)
+            mtime, mtime_nsec = self._build_time + reserved, self._build_time_nsec
+            if mode & _S_IFMT != _S_IFDIR and (ifmt >> layout.EROFS_I_NLINK_1_BIT) & 1:
+                nlink = 1
+            body = offset + _COMPACT_SIZE
+        kind = mode & _S_IFMT
+        bits = self.block_bits
+        if datalayout in _COMPRESSED_LAYOUTS:
+            blocks = i_u << (bits - 9)
         else:
-            blocks = ((rec.size + self.block_size - 1) >> self.block_bits) << (self.block_bits - 9)
-        xattrs = xattr.decode(self.data, rec.offset + rec.inode_size, raw.i_xattr_icount,
-                              shared_base=self._shared_xattr_base)
-        symlink = None
-        flags = InodeFlags.XATTR if xattrs else 0
-        chunk_count = 0
-        if _stat.S_ISLNK(mode):
-            if rec.size > MAX_SYMLINK_SIZE:
-                raise InvalidImageError(f"nid {nid} symlink target of {rec.size} bytes is too long",
-                                        structure="v6 inode", offset=rec.offset)
-            symlink = self._meta_data(rec)
-            flags |= InodeFlags.SYMLINK
-        elif _stat.S_ISREG(mode):
-            chunk_count = self._chunk_positions(rec)
+            blocks = ((size + self.block_size - 1) >> bits) << (bits - 9)
+        xattrs = xattr.decode(self.data, body, icount, shared_base=self._shared_xattr_base) if icount else {}
+        flags = _XATTR_FLAG if xattrs else 0
+        rdev, symlink, chunk_count = 0, None, 0
+        if kind == _S_IFREG:
+            if self.is_rafs and datalayout == _CHUNK_BASED:
+                chunk_count = -(-size // self.chunk_size)
+            else:
+                chunk_count = self._chunk_positions(nid, datalayout, size, i_u)
             if nlink > 1:
-                flags |= InodeFlags.HARDLINK
-        return Inode(ino=nid, mode=mode, uid=raw.i_uid, gid=raw.i_gid, size=rec.size, mtime=mtime,
-                     mtime_nsec=mtime_nsec, nlink=nlink, rdev=rdev, blocks=blocks, flags=int(flags),
-                     symlink=symlink, xattrs=xattrs, chunk_count=chunk_count)
+                flags |= _HARDLINK_FLAG
+        elif kind == _S_IFLNK:
+            if size > MAX_SYMLINK_SIZE:
+                raise InvalidImageError(f"nid {nid} symlink target of {size} bytes is too long",
+                                        structure="v6 inode", offset=offset)
+            symlink = self._meta_data(self._record(nid))
+            flags |= _SYMLINK_FLAG
+        elif kind == _S_IFCHR or kind == _S_IFBLK:
+            rdev = _decode_dev(i_u)
+        # positional, in the order of rafs.model.Inode's fields (keywords cost a microsecond an inode)
+        return Inode(nid, mode, uid, gid, size, mtime, mtime_nsec, nlink, rdev, blocks, flags, symlink, xattrs,
+                     None, chunk_count)
 
     # -- data extents ----------------------------------------------------------------------------
 
     def _chunk_bits(self, rec: _Record) -> int:
-        fmt = rec.raw.i_u & 0xFFFF
+        return self._chunk_format_bits(rec.nid, rec.raw.i_u)
+
+    def _chunk_format_bits(self, nid: int, i_u: int) -> int:
+        """log2 of the chunk size a chunk-based inode's i_u declares."""
+        fmt = i_u & 0xFFFF
         if fmt & ~layout.EROFS_CHUNK_FORMAT_ALL or fmt & layout.EROFS_CHUNK_FORMAT_48BIT:
-            raise UnsupportedError(f"nid {rec.nid}: chunk format {fmt:#x} is not supported")
+            raise UnsupportedError(f"nid {nid}: chunk format {fmt:#x} is not supported")
         return self.block_bits + (fmt & layout.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
 
-    def _chunk_positions(self, rec: _Record) -> int:
+    def _chunk_positions(self, nid: int, datalayout: int, size: int, i_u: int) -> int:
         """Number of chunk positions (index entries, or flat pieces) of a regular file."""
-        if rec.datalayout == layout.EROFS_INODE_CHUNK_BASED:
-            unit = self.chunk_size if self.is_rafs else 1 << self._chunk_bits(rec)
+        if datalayout == layout.EROFS_INODE_CHUNK_BASED:
+            unit = self.chunk_size if self.is_rafs else 1 << self._chunk_format_bits(nid, i_u)
         else:
             unit = FLAT_PIECE_SIZE
-        return -(-rec.size // unit)
+        return -(-size // unit)
 
     def _check_compression(self, rec: _Record) -> None:
         if rec.datalayout in (layout.EROFS_INODE_COMPRESSED_FULL, layout.EROFS_INODE_COMPRESSED_COMPACT):
@@ -602,44 +674,69 @@ class V6Reader(ImageReader):
                                     structure="v6 inode", offset=rec.offset)
         return -(-rec.size // self.block_size)
 
-    def _parse_dir_block(self, nid: int, index: int) -> list[tuple[bytes, int, int]]:
+    def _parse_dir_block(self, nid: int, index: int):
+        """One decoded block of a directory (the blocks :meth:`lookup` visits are cached)."""
         rec = self._record(nid)
+        return self._dir_block(rec, self._extents(rec), index)
+
+    def _dir_block(self, rec: _Record, extents, index: int):
+        """(names, nids, file types) of block ``index`` of a directory whose extents are given."""
         bs = self.block_size
         start = index * bs
         length = min(bs, rec.size - start)
-        for file_offset, ext_len, blob, offset in self._extents(rec):
+        for file_offset, ext_len, blob, offset in extents:
             if file_offset <= start and start + length <= file_offset + ext_len:
                 if blob != META_BLOB_INDEX:
                     break
                 at = offset + start - file_offset
-                return dirent.parse_block(bytes(self.data[at:at + length]), where=at)
-        raise InvalidImageError(f"directory nid {nid} block {index} is a hole or outside the image",
+                return dirent.decode_block(bytes(self.data[at:at + length]), where=at)
+        raise InvalidImageError(f"directory nid {rec.nid} block {index} is a hole or outside the image",
                                 structure="v6 directory block", offset=rec.offset)
 
     def entries(self, ino: int) -> Iterator[tuple[bytes, int]]:
+        """(name, nid) of every entry but ``.`` and ``..``; the whole directory is decoded at once."""
         rec = self._dir_record(ino)
         if rec is None:
-            return
+            return iter(())
+        extents = self._extents(rec)            # once per listing, not once per block
+        names: list[bytes] = []
+        nids: list[int] = []
         for index in range(self._block_count(rec)):
-            for name, nid, _ in self._dir_blocks(ino, index):
-                if name != b"." and name != b"..":
-                    yield name, nid
+            block_names, block_nids, _ = self._dir_block(rec, extents, index)
+            names += block_names
+            nids += block_nids
+        return iter(dirent.without_dots(names, nids))
+
+    def _lookup_table(self, nid: int):
+        """What :meth:`lookup` searches in directory ``nid``: a name -> nid dict when the directory has
+        at most :data:`LOOKUP_TABLE_BLOCKS` blocks, else its block count (binary search over blocks);
+        None when ``nid`` is not a directory."""
+        rec = self._dir_record(nid)
+        if rec is None:
+            return None
+        count = self._block_count(rec)
+        if count > LOOKUP_TABLE_BLOCKS:
+            return count
+        return dict(self.entries(nid))
 
     def lookup(self, ino: int, name: bytes) -> int | None:
-        """Binary search over the directory blocks by their first names, then inside the block."""
-        rec = self._dir_record(ino)
-        if rec is None or name in (b".", b".."):
+        """A dict lookup in a small directory; in a large one a binary search over the directory's
+        blocks by their first and last names, then inside the block."""
+        table = self._lookup_tables(ino)
+        if table is None or name == b"." or name == b"..":
             return None
-        lo, hi = 0, self._block_count(rec) - 1
+        if type(table) is dict:
+            return table.get(name)
+        lo, hi = 0, table - 1
         while lo <= hi:
             mid = (lo + hi) // 2
-            block = self._dir_blocks(ino, mid)
-            if name < block[0][0]:
+            names, nids, _ = self._dir_blocks(ino, mid)
+            if name < names[0]:
                 hi = mid - 1
-            elif name > block[-1][0]:
+            elif name > names[-1]:
                 lo = mid + 1
             else:
-                return dirent.find(block, name)
+                return dirent.find(names, nids, name)
         return None
 
     # -- chunks ----------------------------------------------------------------------------------
