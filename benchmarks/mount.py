@@ -11,8 +11,8 @@ Needs root, /dev/fuse, squashfs-tools, squashfuse, erofs-utils and the kernel's 
 
     python benchmarks/mount.py [--files 3000] [--megabytes 60] [--repeat 3] [--fs-version 6]
 
-Prints the best of ``--repeat`` runs for each and the ratios rafs / squashfuse_ll and rafs / EROFS
-(below 1.0: rafs is faster).
+The three take turns in each of ``--repeat`` rounds; prints the best and median times and the
+ratios of the best, rafs / squashfuse_ll and rafs / EROFS (below 1.0: rafs is faster).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import argparse
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -186,21 +187,31 @@ def stat_all(top: str) -> int:
     return count
 
 
-def measure(mounter: Mounter, work, repeat: int) -> tuple[float, float, object]:
-    """(best seconds of ``work``, best mount seconds, work's result) over ``repeat`` cold mounts."""
-    best = best_mount = float("inf")
-    result = None
+def measure_once(mounter: Mounter, work) -> tuple[float, float, object]:
+    """(seconds of ``work``, seconds until the mount answered, work's result) on a cold mount."""
+    drop_caches()
+    mount_time = mounter.mount()
+    try:
+        start = time.perf_counter()
+        result = work(mounter.mountpoint)
+        return time.perf_counter() - start, mount_time, result
+    finally:
+        mounter.umount()
+
+
+def measure_all(mounters: list[Mounter], repeat: int) -> dict[str, dict[str, list]]:
+    """Every mounter's read and walk times over ``repeat`` rounds, the mounters taking turns within
+    each round so that a busy spell of the machine does not land on one of them only."""
+    times = {m.name: {"read": [], "walk": [], "mount": [], "bytes": None, "entries": None} for m in mounters}
     for _ in range(repeat):
-        drop_caches()
-        mount_time = mounter.mount()
-        try:
-            start = time.perf_counter()
-            result = work(mounter.mountpoint)
-            best = min(best, time.perf_counter() - start)
-        finally:
-            mounter.umount()
-        best_mount = min(best_mount, mount_time)
-    return best, best_mount, result
+        for mounter in mounters:
+            row = times[mounter.name]
+            seconds, mount_time, row["bytes"] = measure_once(mounter, read_all)
+            row["read"].append(seconds)
+            row["mount"].append(mount_time)
+            seconds, _, row["entries"] = measure_once(mounter, stat_all)
+            row["walk"].append(seconds)
+    return times
 
 
 def main(argv=None) -> int:
@@ -249,24 +260,24 @@ def main(argv=None) -> int:
 
         mounters = [RafsMounter(mountpoint, bootstrap, blob_dir, args.threads),
                     SquashfuseMounter(mountpoint, squash), ErofsMounter(mountpoint, erofs)]
-        rows = {}
-        for mounter in mounters:
-            read_time, mount_time, read_bytes = measure(mounter, read_all, args.repeat)
-            walk_time, _, walked = measure(mounter, stat_all, args.repeat)
-            if read_bytes != size or walked != entries:
-                raise SystemExit(f"{mounter.name}: read {read_bytes} of {size} bytes, walked {walked} of "
+        times = measure_all(mounters, args.repeat)
+        for name, row in times.items():
+            if row["bytes"] != size or row["entries"] != entries:
+                raise SystemExit(f"{name}: read {row['bytes']} of {size} bytes, walked {row['entries']} of "
                                  f"{entries} entries")
-            rows[mounter.name] = (read_time, walk_time, mount_time)
 
-        print(f"\nbest of {args.repeat} cold runs (page cache dropped, fresh mount):")
-        print(f"{'':16} {'cold read':>10} {'MB/s':>7} {'meta walk':>10} {'mount':>8}")
-        for name, (read_time, walk_time, mount_time) in rows.items():
-            print(f"{name:16} {read_time:9.3f}s {size / 1e6 / read_time:7.1f} {walk_time:9.3f}s "
-                  f"{mount_time:7.3f}s")
-        ours = rows["rafs mount"]
+        print(f"\n{args.repeat} cold runs each (page cache dropped, fresh mount), best and median:")
+        print(f"{'':16} {'cold read':>17} {'MB/s':>7} {'metadata walk':>17} {'mount':>7}")
+        best = {}
+        for name, row in times.items():
+            read, walk = min(row["read"]), min(row["walk"])
+            best[name] = (read, walk)
+            print(f"{name:16} {read:7.3f}s {statistics.median(row['read']):7.3f}s {size / 1e6 / read:7.1f} "
+                  f"{walk:7.3f}s {statistics.median(row['walk']):7.3f}s {min(row['mount']):6.3f}s")
+        ours = best["rafs mount"]
         for other in ("squashfuse_ll", "kernel EROFS"):
-            theirs = rows[other]
-            print(f"rafs / {other}: cold read {ours[0] / theirs[0]:.2f}x, metadata walk "
+            theirs = best[other]
+            print(f"rafs / {other} (best): cold read {ours[0] / theirs[0]:.2f}x, metadata walk "
                   f"{ours[1] / theirs[1]:.2f}x")
     finally:
         if os.path.ismount(mountpoint):

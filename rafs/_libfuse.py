@@ -135,10 +135,13 @@ def load():
             ("fuse_reply_statfs", ctypes.c_int, [c_req, P(statvfs)]),
             ("fuse_reply_xattr", ctypes.c_int, [c_req, ctypes.c_size_t]),
             ("fuse_add_direntry_plus", ctypes.c_size_t,
-             [c_req, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, P(entry_param), c_off])):
+             [c_req, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p, c_off])):
         function = getattr(lib, fn)
         function.restype = restype
         function.argtypes = argtypes
+    # fuse_reply_buf again, for a reply that sits in a ctypes buffer (its address, no copy)
+    lib.fuse_reply_buffer = ctypes.CFUNCTYPE(ctypes.c_int, c_req, ctypes.c_void_p, ctypes.c_size_t)(
+        ("fuse_reply_buf", lib))
     return lib
 
 

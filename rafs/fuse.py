@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 CACHE_TIMEOUT = 365 * 24 * 3600.0
 DEFAULT_THREADS = 4          # nydusd's --fuse-threads default
 ROOT_INODE = 1               # FUSE_ROOT_ID
-ENTRY_CACHE_SIZE = 1 << 16   # attribute records kept for replies
+ENTRY_CACHE_SIZE = 1 << 17   # attribute records kept for replies (then started afresh)
 LISTING_CACHE_SIZE = 256     # directory listings kept between readdir calls
 FILE_CACHE_SIZE = 4096       # files (their chunk lists) kept between reads
 
@@ -120,11 +120,12 @@ class RafsOperations:
         self.numbers = InodeNumbers(image.root_ino)
         self.zero_message_open = False
         self.zero_message_opendir = False
-        self._entries = _LRU(ENTRY_CACHE_SIZE)
+        self._slots: dict[int, tuple] = {}
         self._listings = _LRU(LISTING_CACHE_SIZE)
         self._files = _LRU(FILE_CACHE_SIZE)
         self._parents: dict[int, int] = {}
         self._negative = ll.entry_param(ino=0, entry_timeout=CACHE_TIMEOUT)
+        self._dir_buffer = ctypes.create_string_buffer(1 << 16)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rafs-fetch")
         self._callbacks = {}
         self.table = ll.lowlevel_ops()
@@ -173,31 +174,24 @@ class RafsOperations:
 
     # -- attributes --------------------------------------------------------------------------------
 
-    def _entry(self, ino: int) -> ll.entry_param:
-        entry = self._entries.get(ino)
-        if entry is None:
+    def _slot(self, ino: int) -> tuple:
+        """(entry_param, its address, is a directory) of image inode ``ino``, built once."""
+        slot = self._slots.get(ino)
+        if slot is None:
+            if len(self._slots) >= ENTRY_CACHE_SIZE:
+                self._slots.clear()
             inode = self.image.get_inode(ino)
-            entry = ll.entry_param()
-            entry.ino = self.numbers.to_fuse(ino)
-            entry.attr_timeout = entry.entry_timeout = CACHE_TIMEOUT
-            attr = entry.attr
-            attr.st_ino = entry.ino
-            attr.st_mode = inode.mode
-            attr.st_nlink = inode.nlink
-            attr.st_uid = inode.uid
-            attr.st_gid = inode.gid
-            attr.st_rdev = inode.rdev
-            attr.st_size = inode.size
-            attr.st_blksize = 4096
-            attr.st_blocks = inode.blocks
-            seconds, nanoseconds = divmod(inode.mtime_ns, 1_000_000_000)
-            for stamp in (attr.st_atim, attr.st_mtim, attr.st_ctim):
-                stamp.tv_sec, stamp.tv_nsec = seconds, nanoseconds
-            self._entries.put(ino, entry)
-        return entry
+            fuse_ino = self.numbers.to_fuse(ino)
+            stamp = ll.timespec(*divmod(inode.mtime_ns, 1_000_000_000))
+            attr = ll.stat(st_ino=fuse_ino, st_mode=inode.mode, st_nlink=inode.nlink, st_uid=inode.uid,
+                           st_gid=inode.gid, st_rdev=inode.rdev, st_size=inode.size, st_blksize=4096,
+                           st_blocks=inode.blocks, st_atim=stamp, st_mtim=stamp, st_ctim=stamp)
+            entry = ll.entry_param(fuse_ino, 0, attr, CACHE_TIMEOUT, CACHE_TIMEOUT)
+            slot = self._slots[ino] = (entry, ctypes.addressof(entry), inode.is_dir)
+        return slot
 
-    def _is_dir(self, entry: ll.entry_param) -> bool:
-        return entry.attr.st_mode & 0o170000 == 0o040000
+    def _entry(self, ino: int) -> ll.entry_param:
+        return self._slot(ino)[0]
 
     # -- requests ----------------------------------------------------------------------------------
 
@@ -213,8 +207,8 @@ class RafsOperations:
             except errors.FileNotFoundError:
                 self.lib.fuse_reply_entry(req, self._negative)      # cached as a negative dentry
                 return
-            entry = self._entry(ino)
-            if self._is_dir(entry):
+            entry, _, is_dir = self._slot(ino)
+            if is_dir:
                 self._parents[ino] = parent
         self.lib.fuse_reply_entry(req, entry)
 
@@ -267,26 +261,26 @@ class RafsOperations:
         if entries is None:
             entries = self.image.dir_entries(dir_ino)
             self._listings.put(dir_ino, entries)
-        buffer = ctypes.create_string_buffer(size)
-        base, used = ctypes.addressof(buffer), 0
+        if len(self._dir_buffer) < size:
+            self._dir_buffer = ctypes.create_string_buffer(size)
+        base, used = ctypes.addressof(self._dir_buffer), 0     # only the loop thread lists
         # offsets: 0 is ".", 1 is "..", 2 + i is entries[i]; each entry names the offset after it
-        index = offset
-        while index < len(entries) + 2:
-            if index == 0:
-                name, entry = b".", self._entry(dir_ino)
-            elif index == 1:
-                name, entry = b"..", self._entry(self._parents.get(dir_ino, self.image.root_ino))
-            else:
+        add, slot, parents = self.lib.fuse_add_direntry_plus, self._slot, self._parents
+        for index in range(offset, len(entries) + 2):
+            if index >= 2:
                 name, child = entries[index - 2]
-                entry = self._entry(child)
-                if self._is_dir(entry):
-                    self._parents[child] = dir_ino
-            need = self.lib.fuse_add_direntry_plus(req, base + used, size - used, name, entry, index + 1)
+                _, address, is_dir = slot(child)
+                if is_dir:
+                    parents[child] = dir_ino
+            elif index == 0:
+                name, address = b".", slot(dir_ino)[1]
+            else:
+                name, address = b"..", slot(parents.get(dir_ino, self.image.root_ino))[1]
+            need = add(req, base + used, size - used, name, address, index + 1)
             if need > size - used:
                 break
             used += need
-            index += 1
-        self.lib.fuse_reply_buf(req, buffer.raw[:used], used)
+        self.lib.fuse_reply_buffer(req, base, used)
 
     def open(self, req, ino, fi) -> None:
         if self.zero_message_open:
@@ -306,9 +300,8 @@ class RafsOperations:
             # blob's CI array fetch that array here, once per blob
             file = self.image.open_inode(image_ino)
             self._files.put(image_ino, file)
-        data = file.pread(size, offset, memory_only=True)
-        if data is None and not file.needs_backend(size, offset):
-            data = file.pread(size, offset)           # local disk or blob cache: as quick as a hand-off
+        # in memory, in the blob cache or in a local blob: quicker here than handed to a worker
+        data = file.pread(size, offset, local_only=True)
         if data is not None:
             self.lib.fuse_reply_buf(req, data, len(data))
             return

@@ -492,10 +492,11 @@ class Image:
         return data
 
     def read_chunks(self, chunks: list[Chunk], *, path: str | None = None,
-                    memory_only: bool = False) -> list[bytes] | None:
+                    local_only: bool = False) -> list[bytes] | None:
         """The uncompressed bytes of each chunk; the chunks of a blob that are not in memory are read in
-        one batch, so adjacent ones are fetched with one ranged request. With ``memory_only`` nothing
-        is read: None unless every chunk is in memory.
+        one batch, so adjacent ones are fetched with one ranged request. With ``local_only`` nothing
+        waits on a remote backend: None unless every chunk is in memory, in the blob cache or in a
+        blob file on local disk (see :meth:`needs_backend`).
         """
         out: list = [None] * len(chunks)
         by_blob: dict[int, list[int]] = {}
@@ -508,7 +509,7 @@ class Image:
                     out[i] = data
                 else:
                     by_blob.setdefault(chunk.blob_index, []).append(i)
-        if memory_only and by_blob:
+        if local_only and by_blob and self.needs_backend([chunks[i] for p in by_blob.values() for i in p]):
             return None
         for blob_index, positions in by_blob.items():
             reader = self.chunk_reader(blob_index)
@@ -716,20 +717,16 @@ class ImageFile(io.RawIOBase):
             i += 1
         return wanted
 
-    def needs_backend(self, size: int, offset: int) -> bool:
-        """Whether ``pread(size, offset)`` may wait on a remote backend (see Image.needs_backend)."""
-        return self.image.needs_backend(self._covering(offset, min(self.size, offset + size)))
-
-    def pread(self, size: int, offset: int, *, memory_only: bool = False) -> bytes | None:
-        """Up to ``size`` bytes at ``offset`` without moving the file position (``memory_only``: None
-        unless every chunk needed is already in memory, so the call never waits on I/O).
+    def pread(self, size: int, offset: int, *, local_only: bool = False) -> bytes | None:
+        """Up to ``size`` bytes at ``offset`` without moving the file position (``local_only``: None
+        when some chunk needed would have to come from a remote backend, see Image.read_chunks).
         """
         if offset >= self.size or size <= 0:
             return b""
         end = min(self.size, offset + size)
         out = bytearray(end - offset)
         wanted = self._covering(offset, end)
-        datas = self.image.read_chunks(wanted, path=self.name, memory_only=memory_only)
+        datas = self.image.read_chunks(wanted, path=self.name, local_only=local_only)
         if datas is None:
             return None
         for chunk, data in zip(wanted, datas):
