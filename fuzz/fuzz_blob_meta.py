@@ -9,6 +9,7 @@ from __future__ import annotations
 from _harness import instrumented, main
 
 with instrumented():
+    import rafs.blob.codecs  # noqa: F401
     from rafs.blob import layout, meta
     from rafs.errors import RafsError
     from rafs.testing import BytesSource

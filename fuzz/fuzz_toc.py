@@ -9,6 +9,11 @@ from __future__ import annotations
 from _harness import instrumented, main
 
 with instrumented():
+    # the parsers exercise_blob imports lazily are imported here, so that they are instrumented
+    import rafs.blob.describe  # noqa: F401
+    import rafs.blob.meta  # noqa: F401
+    import rafs.blob.tar_header  # noqa: F401
+    import rafs.blob.toc  # noqa: F401
     from rafs.testing.exercise import exercise_blob
 
 SEEDS = ["toc/2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca",
