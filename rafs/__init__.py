@@ -6,17 +6,26 @@
 
 from .errors import (BlobNotFoundError, BuildError, DigestMismatchError, InternalError,
                      InvalidArgumentError, InvalidImageError, RafsError, UnsupportedError)
-from .image import Image, ImageFile, Stat, open  # noqa: A004
 
 __version__ = "0.1.0"
 
+# Imported on first use, so ``import rafs`` (and every ``rafs`` command) loads only what it needs:
+# the reader side pulls in the codecs, the builder the writers.
+_LAZY = {"open": "image", "Image": "image", "ImageFile": "image", "Stat": "image", "Builder": "build.builder"}
+
 
 def __getattr__(name):
-    # The builder pulls in the writers; import it only when asked for.
-    if name == "Builder":
-        from .build.builder import Builder
-        return Builder
-    raise AttributeError(f"module 'rafs' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rafs' has no attribute {name!r}")
+    import importlib
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = ["open", "Image", "ImageFile", "Stat", "Builder", "RafsError", "InvalidImageError",

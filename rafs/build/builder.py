@@ -28,7 +28,13 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
 from . import tree
 from .directory import load_directory
-from .tar import load_tar
+
+
+def load_tar(source, **options) -> Node:
+    """:func:`rafs.build.tar.load_tar`, imported when a tar is built (not by every directory build)."""
+    from .tar import load_tar as load
+    return load(source, **options)
+
 
 #: ``--type`` name -> loader returning the source's tree. Other sources register here.
 SOURCE_TYPES: dict[str, Callable[..., Node]] = {

@@ -10,8 +10,6 @@ import os
 import threading
 from typing import Protocol
 
-import fsspec
-
 from ..errors import BackendError, InvalidArgumentError, RafsError
 from .retry import RetryPolicy, ShortReadError
 
@@ -126,7 +124,9 @@ class FsspecRangeReader:
 
 
 def url_to_fs(url: str, storage_options: dict | None = None):
-    """(filesystem, path) for an fsspec URL, chained URLs (``a::b://...``) included."""
+    """(filesystem, path) for an fsspec URL, chained URLs (``a::b://...``) included. fsspec (and
+    asyncio, aiohttp, s3fs behind it) is imported here, when a URL is first used, not with rafs."""
+    import fsspec.core
     try:
         return fsspec.core.url_to_fs(url, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
