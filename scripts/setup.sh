@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 DEBIAN_PACKAGES=(
-  python3-pip python3-venv python3-dev gcc pkg-config   # building pyfuse3
-  fuse3 libfuse3-dev                                    # FUSE mounts (rafs mount)
+  python3-pip python3-venv python3-dev gcc             # pip, and building wheels a platform lacks
+  fuse3                                                 # libfuse3 + fusermount3 (rafs mount, via ctypes)
   erofs-utils                                           # mkfs.erofs / fsck.erofs: independent EROFS writer
   squashfs-tools squashfuse zstd tar util-linux attr    # benchmark anchors, losetup, xattr tools
 )
@@ -34,4 +34,4 @@ if "$PYTHON" -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path
   PYTHON=$PWD/.venv/bin/python
 fi
 export PYTHON
-"$PYTHON" -m pip install "${pip_flags[@]}" -e ".[test,fuse]"
+"$PYTHON" -m pip install "${pip_flags[@]}" -e ".[test]"

@@ -150,7 +150,6 @@ def test_converted_image_mounts_with_rafs_mount(source, converted, tmp_path):
     target, _ = converted
     need(os.geteuid() == 0 and os.path.exists("/dev/fuse"), "FUSE mounts need root and /dev/fuse")
     try:
-        import pyfuse3  # noqa: F401
         import rafs.fuse  # noqa: F401
     except ImportError as exc:
         need(False, f"rafs mount is not available: {exc}")
