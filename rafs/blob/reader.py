@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..errors import DigestMismatchError, InvalidImageError, UnsupportedError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
-from . import codecs
+from . import codecs, crypt
 
 
 class ChunkReader:
@@ -39,14 +39,19 @@ class ChunkReader:
 
     def decode(self, chunk: Chunk, raw: bytes, *, path: str | None = None) -> bytes:
         """Decompress and (when validating) verify the stored bytes of ``chunk``."""
-        if chunk.flags & ChunkFlags.ENCRYPTED:
-            raise UnsupportedError(f"chunk {chunk.index} of blob {self.blob.blob_id} is encrypted")
         if chunk.flags & ChunkFlags.BATCH:
             raise UnsupportedError(f"chunk {chunk.index} of blob {self.blob.blob_id} is packed in a batch "
                                    "chunk (nydus-image --batch-size), which rafs does not read yet")
         if self.blob.features & BlobFeatures.ZRAN:
             raise UnsupportedError(f"blob {self.blob.blob_id} is a ZRAN (targz-ref) blob: reading its data "
                                    "from the original .tar.gz is not supported yet")
+        if chunk.flags & ChunkFlags.ENCRYPTED:
+            # encrypted after compression (utils/src/crypt.rs), with the blob's key and IV
+            if self.blob.cipher in ("none", ""):
+                raise InvalidImageError(f"chunk {chunk.index} of blob {self.blob.blob_id} is marked encrypted "
+                                        "but the blob has no cipher", structure="chunk info")
+            raw = crypt.decrypt(self.blob.cipher, self.blob.cipher_key, self.blob.cipher_iv, raw,
+                                what=f"chunk {chunk.index} of blob {self.blob.blob_id}")
         if chunk.flags & ChunkFlags.COMPRESSED:
             data = codecs.decompress(self.blob.compressor, raw, chunk.uncompressed_size,
                                      what=f"chunk {chunk.index} of blob {self.blob.blob_id}",
