@@ -202,6 +202,11 @@ def with_parents(tree: dict) -> dict:
 
 # -- hypothesis strategies ---------------------------------------------------------------------------
 
+def is_root() -> bool:
+    """Whether this process may create devices, chown and set ``trusted.*`` xattrs."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
 def _valid_name(name: bytes) -> bool:
     return bool(name) and b"/" not in name and b"\0" not in name and name not in (b".", b"..")
 
@@ -293,10 +298,6 @@ def file_data(draw, *, chunk_size: int = 0x1000, max_size: int = 1 << 16, sparse
     return FileData(size, tuple(sorted(extents, key=lambda e: e.offset)))
 
 
-def _is_root() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0
-
-
 @st.composite
 def entry_attrs(draw, kind: str, *, owners: bool, with_xattrs: bool, mtimes: bool = True) -> dict:
     attrs = {}
@@ -321,14 +322,14 @@ def entry_attrs(draw, kind: str, *, owners: bool, with_xattrs: bool, mtimes: boo
 
 def default_kinds() -> tuple[str, ...]:
     """Every entry type this process can create: devices only as root."""
-    return KINDS if _is_root() else tuple(k for k in KINDS if k not in ("char", "block"))
+    return KINDS if is_root() else tuple(k for k in KINDS if k not in ("char", "block"))
 
 
 @st.composite
 def trees(draw, *, max_entries: int = 16, kinds: Iterable[str] | None = None, chunk_size: int = 0x1000,
           max_file_size: int = 1 << 16, max_total_size: int = 1 << 20, max_depth: int = 6,
           names_strategy: st.SearchStrategy[bytes] | None = None, owners: bool | None = None,
-          with_xattrs: bool | None = None, mtimes: bool = True) -> dict:
+          with_xattrs: bool | None = None, mtimes: bool = True, sparse: bool = True) -> dict:
     """A tree (``dict`` path -> :class:`Entry`) with every entry type, hostile but valid names,
     xattrs, hardlinks, and sparse or chunk-boundary file sizes.
 
@@ -336,7 +337,7 @@ def trees(draw, *, max_entries: int = 16, kinds: Iterable[str] | None = None, ch
     ``chown`` need it); devices are only drawn as root unless ``kinds`` says otherwise. The total of
     file sizes stays under ``max_total_size``.
     """
-    root = _is_root()
+    root = is_root()
     owners = root if owners is None else owners
     with_xattrs = root if with_xattrs is None else with_xattrs
     kinds = tuple(kinds or default_kinds())
@@ -358,7 +359,8 @@ def trees(draw, *, max_entries: int = 16, kinds: Iterable[str] | None = None, ch
             continue
         attrs = draw(entry_attrs(kind, owners=owners, with_xattrs=with_xattrs, mtimes=mtimes))
         if kind == "file":
-            data = draw(file_data(chunk_size=chunk_size, max_size=max(0, min(max_file_size, budget))))
+            data = draw(file_data(chunk_size=chunk_size, max_size=max(0, min(max_file_size, budget)),
+                                  sparse=sparse))
             budget -= data.size
             tree[path] = Entry("file", data=data, **attrs)
             files.append(path)
@@ -377,11 +379,6 @@ def trees(draw, *, max_entries: int = 16, kinds: Iterable[str] | None = None, ch
         else:
             tree[path] = Entry(kind, **attrs)
     return tree
-
-
-def is_root() -> bool:
-    """Whether this process may create devices, chown and set ``trusted.*`` xattrs."""
-    return _is_root()
 
 
 # -- hardlink groups and canonical form --------------------------------------------------------------
@@ -482,7 +479,7 @@ def _apply_attrs(target: bytes, entry: Entry) -> None:
     link = entry.kind == "symlink"
     for key, value in entry.xattrs.items():
         os.setxattr(target, key, value, follow_symlinks=not link)
-    if _is_root():                                  # ownership is only kept by root
+    if is_root():                                  # ownership is only kept by root
         os.chown(target, entry.uid, entry.gid, follow_symlinks=not link)
     if not link:
         os.chmod(target, entry.mode & 0o7777)       # after chown, which clears set-id bits
@@ -719,7 +716,3 @@ def without(tree: dict, predicate: Callable[[bytes, Entry], bool]) -> dict:
             continue
         out[path] = entry
     return {p: e for p, e in out.items() if e.kind != "hardlink" or e.target in out}
-
-
-def replace_entry(entry: Entry, **changes) -> Entry:
-    return replace(entry, **changes)
