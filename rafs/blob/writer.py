@@ -46,9 +46,12 @@ _CI_V1 = struct.Struct("<QQ")
 INLINE_BLOB_ID = "x" * 64            # placeholder id in a bootstrap embedded in its own blob
 _ALIGN = 4096
 DEFAULT_INFLIGHT_BYTES = 32 << 20
-# Small files are handed to the workers in batches of at most this many files / bytes.
-BATCH_FILES = 16
-BATCH_BYTES = 256 << 10
+# Small files are handed to the workers in batches of at most this many files / bytes: one task (and one
+# thread hand-over) per file would cost more than reading and digesting a small file does.
+BATCH_FILES = 256
+BATCH_BYTES = 1 << 20
+# Chunks smaller than this are gathered into one write (and one blob-id update) of about this size.
+WRITE_BUFFER = 1 << 20
 _COMPRESSED = int(ChunkFlags.COMPRESSED)
 _HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
 
@@ -150,6 +153,7 @@ class BlobWriter:
             self.features |= BlobFeatures.ALIGNED
         self.pos = 0
         self._hash = hashlib.sha256()
+        self._buffer = bytearray()          # written and hashed in WRITE_BUFFER pieces
         self._dedup: dict[tuple[bytes, int], Chunk] = {}
         self._ci = bytearray()
         self._digests = bytearray()
@@ -172,17 +176,38 @@ class BlobWriter:
     # -- writing -----------------------------------------------------------------------------------
 
     def _write(self, data, *, hashed: bool = True) -> None:
+        """Append ``data`` to the blob (and to the blob id unless ``hashed`` is false). Small pieces
+        are gathered and written and hashed together, a piece of WRITE_BUFFER bytes or more at once."""
+        if hashed and len(data) < WRITE_BUFFER:
+            buffer = self._buffer
+            buffer += data
+            if len(buffer) >= WRITE_BUFFER:
+                self._flush()
+        else:
+            self._flush()
+            self._emit(data)
+            if hashed:
+                self._hash.update(data)
+        self.pos += len(data)
+
+    def _flush(self) -> None:
+        """Write and hash what :meth:`_write` gathered."""
+        if self._buffer:
+            data = bytes(self._buffer)
+            self._buffer.clear()
+            self._emit(data)
+            self._hash.update(data)
+
+    def _emit(self, data) -> None:
         written = self.out.write(data)
         if written is not None and written < len(data):      # a raw file object may write less
             view = memoryview(data)
             while written < len(data):
                 step = self.out.write(view[written:])
                 if not step:
-                    raise BuildError(f"the blob output accepted no more bytes at offset {self.pos + written}")
+                    raise BuildError(f"the blob output accepted no more bytes at offset "
+                                     f"{self.pos - len(self._buffer) + written}")
                 written += step
-        if hashed:
-            self._hash.update(data)
-        self.pos += len(data)
 
     def _write_tar_header(self, name: str, size: int) -> bytes:
         header = build_tar_header(name, size)
@@ -200,32 +225,36 @@ class BlobWriter:
         per-task overhead does not dominate trees of many small files.
         """
         done: dict[int, list[Chunk]] = {}
-        pending: collections.deque = collections.deque()     # (future, entries) in dump order
+        pending: collections.deque = collections.deque()     # (future, entries, units) in dump order
         batch: list = []
         batch_bytes = 0
-        inflight = 0
-        batch_limit = max(1, min(BATCH_FILES, self.max_inflight // (2 * self.workers)))
+        inflight = 0            # chunk_size units read ahead: one per chunk of a large file, a batch's bytes
+        chunk_size = self.chunk_size
+        # a batch is at most BATCH_FILES files and BATCH_BYTES bytes, and small enough that 2 per worker
+        # fit the in-flight bound: the workers stay busy while this thread writes
+        batch_limit = max(chunk_size, min(BATCH_BYTES, self.max_inflight // (2 * self.workers) * chunk_size))
 
-        def submit(job) -> None:
+        def submit(future, entries, units: int = 1) -> None:
             nonlocal inflight
-            pending.append(job)
-            inflight += len(job[1])
+            pending.append((future, entries, units))
+            inflight += units
             while inflight >= self.max_inflight:
                 retire()
 
         def retire() -> None:
             nonlocal inflight
-            future, entries = pending.popleft()
-            inflight -= len(entries)
+            future, entries, units = pending.popleft()
+            inflight -= units
+            store = self._store
             for entry, result in zip(entries, future.result()):
-                self._store(*entry, *result)
+                store(*entry, *result)
 
         def flush(pool) -> None:
             nonlocal batch, batch_bytes
             if batch:
-                paths = [(source, length) for source, (_, _, length, _) in batch]
-                submit((pool.submit(_process_files, self.compressor, self.digester, paths),
-                        [entry for _, entry in batch]))
+                paths = [(source, entry[2]) for source, entry in batch]
+                submit(pool.submit(_process_files, self.compressor, self.digester, paths),
+                       [entry for _, entry in batch], -(-batch_bytes // chunk_size))
                 batch, batch_bytes = [], 0
 
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rafs-blob") as pool:
@@ -242,20 +271,20 @@ class BlobWriter:
                         continue
                     prefetch = position < prefetch_count
                     source = self._source(node)
-                    if isinstance(source, bytes) and size <= min(self.chunk_size, BATCH_BYTES):
+                    if isinstance(source, bytes) and size <= chunk_size:      # one chunk: batched
                         batch.append((source, (node, 0, size, prefetch)))
                         batch_bytes += size
-                        if len(batch) >= batch_limit or batch_bytes >= BATCH_BYTES:
+                        if len(batch) >= BATCH_FILES or batch_bytes >= batch_limit:
                             flush(pool)
                         continue
                     flush(pool)
-                    for job in self._jobs(node, source, prefetch, pool):
-                        submit(job)
+                    for future, entries in self._jobs(node, source, prefetch, pool):
+                        submit(future, entries)
                 flush(pool)
                 while pending:
                     retire()
             except BaseException:
-                for future, _ in pending:
+                for future, _, _ in pending:
                     future.cancel()
                 raise
 
@@ -351,6 +380,7 @@ class BlobWriter:
             return
         self._write_tar_header(layout.TOC_ENTRY_BLOB_RAW, self.data_size)
         if self.toc:
+            self._flush()
             self._toc_entries.append(TocEntry.new(layout.TOC_ENTRY_BLOB_RAW, "none", self._hash.digest(), 0,
                                                   self.data_size, self.uncompressed_size))
 
@@ -418,6 +448,7 @@ class BlobWriter:
             self.toc_size = len(data)
         if not self.inline_meta:
             self.compressed_size = self.pos
+        self._flush()
         self.blob_id = self._hash.hexdigest()
         return self.blob(self.blob_id)
 

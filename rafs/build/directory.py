@@ -40,6 +40,7 @@ def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Nod
     root = _node(b"/", top, st, layer)
     root.inode.mtime = root.inode.mtime_nsec = 0
     drop = whiteout_spec != "none" and layer == 0
+    oci_only = whiteout_spec == "oci"
     stack = [(root, top)]
     while stack:
         directory, path = stack.pop()
@@ -56,7 +57,9 @@ def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Nod
             except OSError as exc:
                 raise BuildError(f"failed to stat {os.fsdecode(child_path)!r}: {exc.strerror}") from None
             child = _node(name, child_path, child_st, layer)
-            if drop and tree.is_dropped_whiteout(child, whiteout_spec):
+            # only ".wh." names are OCI whiteouts: the others need no closer look
+            if drop and (not oci_only or name.startswith(tree.OCI_WHITEOUT_PREFIX)) \
+                    and tree.is_dropped_whiteout(child, whiteout_spec):
                 continue
             children.append(child)
             if child.inode.is_dir:
@@ -70,8 +73,9 @@ def _node(name: bytes, path: bytes, st: os.stat_result, layer: int) -> Node:
         raise BuildError(f"file name length {len(name):#x} is too big: {os.fsdecode(path)!r}")
     mode = st.st_mode
     seconds, nanoseconds = divmod(st.st_mtime_ns, 1_000_000_000)
-    inode = Inode(ino=0, mode=mode, uid=st.st_uid, gid=st.st_gid, mtime=seconds, mtime_nsec=nanoseconds,
-                  rdev=st.st_rdev, xattrs=_xattrs(path))
+    # positional, in rafs.model.Inode's field order: ino, mode, uid, gid, size, mtime, mtime_nsec, nlink,
+    # rdev, blocks, flags, symlink, xattrs (keywords cost a microsecond an entry)
+    inode = Inode(0, mode, st.st_uid, st.st_gid, 0, seconds, nanoseconds, 1, st.st_rdev, 0, 0, None, _xattrs(path))
     node = Node(name=name, inode=inode, layer=layer)
     if _stat.S_ISREG(mode):
         inode.size = st.st_size

@@ -120,9 +120,15 @@ class MetaAllocator:
         if shared_offset is not None:
             offset = shared_offset
         else:
-            total = round_up(inode_size, CHUNK_ADDR_SIZE) + chunk_entries * CHUNK_ADDR_SIZE
-            offset = self.take_fragment(total) or self._append(total)
-        self.align(SLOT_SIZE)
+            # round_up and align inlined (every regular file comes here); the units are powers of two
+            total = (inode_size + CHUNK_ADDR_SIZE - 1 & -CHUNK_ADDR_SIZE) + chunk_entries * CHUNK_ADDR_SIZE
+            offset = 0
+            if self._nonempty >> -(-total // SLOT_SIZE):        # a remembered block may fit it
+                offset = self.take_fragment(total)
+            if not offset:
+                offset = self.cursor
+                self.cursor += total
+        self.cursor = self.cursor + SLOT_SIZE - 1 & -SLOT_SIZE
         return Placement(offset, CHUNK_BASED)
 
     def place_special(self, inode_size: int) -> Placement:

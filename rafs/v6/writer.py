@@ -54,6 +54,17 @@ _COMPRESSION_BITS = (SuperFlags.COMPRESSION_NONE | SuperFlags.COMPRESSION_LZ4 | 
 _DIGEST_BITS = SuperFlags.HASH_BLAKE3 | SuperFlags.HASH_SHA256
 
 _SPECIAL = (_stat.S_IFCHR, _stat.S_IFBLK, _stat.S_IFIFO, _stat.S_IFSOCK)
+_S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, _stat.S_IFDIR, _stat.S_IFREG, _stat.S_IFLNK
+_FILE_TYPES = layout.EROFS_FILE_TYPE_BY_MODE
+
+# The hot records packed with the fast codecs' own formats; the inode's trailing reserved bytes as
+# pad bytes, so each pack needs no zero bytes object.
+assert INODE.fields[-1] == "i_reserved2" and INODE.struct.format.endswith("16s")
+_INODE_PACK = struct.Struct(INODE.struct.format[:-3] + "16x").pack
+INODE_RECORD_SIZE = INODE.size
+_CHUNK_ADDR_PACK = CHUNK_ADDR.struct.pack
+_NULL_CHUNK_ADDR = CHUNK_ADDR.pack(0, 0, layout.EROFS_NULL_ADDR)
+_DIRENT_PACK = DIRENT.struct.pack
 
 
 def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: SuperFlags,
@@ -140,9 +151,12 @@ def dirent_blocks(entries: list[tuple[bytes, int, int]], block_size: int) -> lis
 def _dirent_block(entries: list[tuple[bytes, int, int]]) -> bytes:
     nameoff = layout.EROFS_DIRENT_SIZE * len(entries)
     heads = []
-    for name, nid, file_type in entries:
-        heads.append(DIRENT.pack(nid, nameoff, file_type, 0))
-        nameoff += len(name)
+    try:
+        for name, nid, file_type in entries:
+            heads.append(_DIRENT_PACK(nid, nameoff, file_type, 0))
+            nameoff += len(name)
+    except struct.error as exc:
+        raise InvalidArgumentError(f"cannot encode {DIRENT.name}: {exc}") from None
     return b"".join(heads) + b"".join(name for name, _, _ in entries)
 
 
@@ -224,18 +238,20 @@ class _BootstrapWriter:
             parent = stack.pop()
             self._place_dir(allocator, parent)
             subdirs = []
+            entries = parent.entries
             for child in parent.node.children:
                 obj = self._visit(child, parent)
-                parent.entries.append((child.name, obj))
+                entries.append((child.name, obj))
                 mode = child.inode.mode
-                if _stat.S_ISDIR(mode):
+                kind = mode & _S_IFMT
+                if kind == _S_IFREG:
+                    self._plan_file(allocator, obj, first_links)
+                elif kind == _S_IFDIR:
                     if id(child) in seen_dirs:
                         raise _bad(f"directory {child.name!r} appears twice in the tree")
                     seen_dirs.add(id(child))
                     subdirs.append(obj)
-                elif _stat.S_ISREG(mode):
-                    self._plan_file(allocator, obj, first_links)
-                elif _stat.S_ISLNK(mode):
+                elif kind == _S_IFLNK:
                     target = child.inode.symlink
                     if target is None:
                         raise _bad(f"symlink {child.name!r} has no target")
@@ -256,7 +272,7 @@ class _BootstrapWriter:
         first = first_links.setdefault(id(node.inode), obj)
         if first is obj:
             obj.chunks = slots or [None] * -(-node.inode.size // self.chunk_size)
-            obj.placement = allocator.place_file(obj.inode_size, len(obj.chunks))
+            obj.placement = allocator.place_file(INODE_SIZE + len(obj.xattrs), len(obj.chunks))
         else:
             if slots and not any(first.chunks):
                 first.chunks[:] = slots
@@ -289,21 +305,29 @@ class _BootstrapWriter:
         """The file's chunk index entries: one per chunk_size of i_size, None for a hole."""
         size, cs, blob_count, block_mask = node.inode.size, self.chunk_size, len(self.blobs), self.block_size - 1
         count = -(-size // cs)
+        chunks = node.chunks
+        if count == 1 and len(chunks) == 1 and chunks[0].file_offset == 0:
+            self._check_chunk(node, chunks[0], blob_count, block_mask)   # the common small file
+            return [chunks[0]]
         slots: list[Chunk | None] = [None] * count
         last = -1
-        for chunk in node.chunks:
+        for chunk in chunks:
             slot, rest = divmod(chunk.file_offset, cs)
             if rest or slot <= last or slot >= count:
                 raise _bad(f"{node.name!r}: chunk at file offset {chunk.file_offset:#x} does not fit "
                            f"a file of {size} bytes in {cs:#x}-byte chunks in order")
-            if not 0 <= chunk.blob_index < blob_count:
-                raise _bad(f"{node.name!r}: chunk refers to blob {chunk.blob_index} of {blob_count}")
-            if chunk.uncompressed_offset & block_mask or not 0 <= chunk.index < MAX_CHUNKS_PER_BLOB:
-                raise _bad(f"{node.name!r}: chunk {chunk.index} at uncompressed offset "
-                           f"{chunk.uncompressed_offset:#x} is not block aligned or out of range")
+            self._check_chunk(node, chunk, blob_count, block_mask)
             slots[slot] = chunk
             last = slot
         return slots
+
+    @staticmethod
+    def _check_chunk(node: Node, chunk: Chunk, blob_count: int, block_mask: int) -> None:
+        if not 0 <= chunk.blob_index < blob_count:
+            raise _bad(f"{node.name!r}: chunk refers to blob {chunk.blob_index} of {blob_count}")
+        if chunk.uncompressed_offset & block_mask or not 0 <= chunk.index < MAX_CHUNKS_PER_BLOB:
+            raise _bad(f"{node.name!r}: chunk {chunk.index} at uncompressed offset "
+                       f"{chunk.uncompressed_offset:#x} is not block aligned or out of range")
 
     # -- the tables at the front ------------------------------------------------------------------
 
@@ -433,34 +457,45 @@ class _BootstrapWriter:
         """Write every inode (dump order); return the chunk info table."""
         chunk_cache: dict[tuple, Chunk] = {}
         for obj in self.order:
-            mode = obj.node.inode.mode
-            if _stat.S_ISDIR(mode):
-                self._write_dir(obj)
-            elif _stat.S_ISREG(mode):
+            kind = obj.node.inode.mode & _S_IFMT
+            if kind == _S_IFREG:
                 self._write_file(obj, chunk_cache)
-            elif _stat.S_ISLNK(mode):
+            elif kind == _S_IFDIR:
+                self._write_dir(obj)
+            elif kind == _S_IFLNK:
                 self._write_symlink(obj)
             else:
                 self._write_inode(obj, layout.EROFS_INODE_FLAT_PLAIN, _u32(obj.node.inode.rdev, "rdev"))
-        records = []
-        for key in sorted(chunk_cache):
-            c = chunk_cache[key]
-            records.append(CHUNK_INFO.pack(_digest32(c.digest), c.blob_index, c.flags, c.compressed_size,
-                                           c.uncompressed_size, c.compressed_offset, c.uncompressed_offset,
-                                           c.file_offset, c.index, c.crc32))
-        return b"".join(records)
+        pack = CHUNK_INFO.struct.pack
+        try:
+            return b"".join([pack(_digest32(c.digest), c.blob_index, c.flags, c.compressed_size, c.uncompressed_size,
+                                  c.compressed_offset, c.uncompressed_offset, c.file_offset, c.index, c.crc32)
+                             for c in (chunk_cache[key] for key in sorted(chunk_cache))])
+        except struct.error as exc:
+            raise InvalidArgumentError(f"cannot encode {CHUNK_INFO.name}: {exc}") from None
 
     def _write_inode(self, obj: _Object, data_layout: int, i_u: int, size: int | None = None) -> int:
+        """The extended inode and its inline xattrs; returns the offset just after them."""
         inode = obj.node.inode
         offset = obj.placement.offset + self.shift
-        xattr_count = (len(obj.xattrs) - layout.EROFS_XATTR_IBODY_HEADER_SIZE) // 4 + 1 if obj.xattrs else 0
-        record = INODE.pack(
-            layout.EROFS_INODE_LAYOUT_EXTENDED | data_layout << 1, xattr_count, inode.mode & 0xFFFF, 0,
-            inode.size if size is None else size, i_u, _u32(inode.ino, "ino"), _u32(inode.uid, "uid"),
-            _u32(inode.gid, "gid"), inode.mtime, inode.mtime_nsec, _u32(inode.nlink, "nlink"), bytes(16))
-        self._put(offset, record)
-        self._put(offset + len(record), obj.xattrs)
-        return offset + len(record) + len(obj.xattrs)
+        xattrs = obj.xattrs
+        xattr_count = (len(xattrs) - layout.EROFS_XATTR_IBODY_HEADER_SIZE) // 4 + 1 if xattrs else 0
+        try:
+            record = _INODE_PACK(layout.EROFS_INODE_LAYOUT_EXTENDED | data_layout << 1, xattr_count,
+                                 inode.mode & 0xFFFF, 0, inode.size if size is None else size, i_u, inode.ino,
+                                 inode.uid, inode.gid, inode.mtime, inode.mtime_nsec, inode.nlink)
+        except struct.error as exc:
+            for value, what in ((inode.ino, "ino"), (inode.uid, "uid"), (inode.gid, "gid"), (inode.nlink, "nlink")):
+                _u32(value, what)
+            raise InvalidArgumentError(f"cannot encode {INODE.name}: {exc}") from None
+        end = offset + INODE_RECORD_SIZE
+        self.buf[offset:end] = record
+        if xattrs:
+            self.buf[end:end + len(xattrs)] = xattrs
+            end += len(xattrs)
+        if end > self.end:
+            self.end = end
+        return end
 
     def _write_tailed(self, obj: _Object, blocks: list[bytes], size: int) -> None:
         """A directory's or symlink's inode and data: full blocks at i_u, the tail inline or not."""
@@ -477,8 +512,9 @@ class _BootstrapWriter:
     def _write_dir(self, obj: _Object) -> None:
         parent = obj.parent or obj
         entries = [(b".", obj), (b"..", parent)] + obj.entries
-        entries.sort(key=lambda item: item[0])
-        rows = [(name, self._nid(child), layout.EROFS_FILE_TYPE_BY_MODE[_stat.S_IFMT(child.node.inode.mode)])
+        entries.sort(key=_entry_name)
+        base = self.shift - self.meta_addr
+        rows = [(name, (child.placement.offset + base) >> 5, _FILE_TYPES[child.node.inode.mode & _S_IFMT])
                 for name, child in entries]
         self._write_tailed(obj, dirent_blocks(rows, self.block_size), obj.data)
 
@@ -493,40 +529,39 @@ class _BootstrapWriter:
 
     def _write_file(self, obj: _Object, chunk_cache: dict) -> None:
         slots = obj.chunks
+        external = self.external
         for chunk in obj.node.chunks or [c for c in slots if c is not None]:
-            key = (chunk.digest, chunk.blob_index + 1,
-                   chunk.index if self.external[chunk.blob_index] else -1)
-            chunk_cache[key] = chunk
+            blob = chunk.blob_index
+            chunk_cache[(chunk.digest, blob + 1, chunk.index if external[blob] else -1)] = chunk
         size = obj.node.inode.size
+        declared = self.chunk_size
         # Page-cache sharing trick (v6_dump_file): when every chunk follows the previous one in the same
         # blob, declare one chunk of next_power_of_two(i_size) so EROFS maps the file in one extent.
-        contiguous = all(slots)
-        for prev, chunk in zip(slots, slots[1:]):
-            if not contiguous:
-                break
-            if (chunk.blob_index != prev.blob_index
-                    or chunk.uncompressed_offset != prev.uncompressed_offset + self.chunk_size):
-                contiguous = False
-        declared = self.chunk_size
-        if contiguous and size > self.chunk_size:
+        if size > declared and all(slots) and all(
+                chunk.blob_index == prev.blob_index and chunk.uncompressed_offset == prev.uncompressed_offset + declared
+                for prev, chunk in zip(slots, slots[1:])):
             declared = 1 << (size - 1).bit_length()
         chunk_bits = declared.bit_length() - 1 - self.block_bits
         if chunk_bits > layout.EROFS_CHUNK_FORMAT_BLKBITS_MASK:
             raise _bad(f"file of {size} bytes is too big for one EROFS chunk")
-        chunk_format = layout.EROFS_CHUNK_FORMAT_INDEXES | chunk_bits
-        end = self._write_inode(obj, layout.EROFS_INODE_CHUNK_BASED, chunk_format)
+        end = self._write_inode(obj, layout.EROFS_INODE_CHUNK_BASED, layout.EROFS_CHUNK_FORMAT_INDEXES | chunk_bits)
+        bits = self.block_bits
         addrs = []
         for chunk in slots:
             if chunk is None:
-                addrs.append(CHUNK_ADDR.pack(0, 0, layout.EROFS_NULL_ADDR))
+                addrs.append(_NULL_CHUNK_ADDR)
                 continue
-            blkaddr = chunk.uncompressed_offset // self.block_size
+            blkaddr = chunk.uncompressed_offset >> bits
             if blkaddr >= layout.EROFS_NULL_ADDR:
                 raise _bad(f"chunk at uncompressed offset {chunk.uncompressed_offset:#x} is beyond the "
                            "32-bit block address space")
-            addrs.append(CHUNK_ADDR.pack(chunk.index & 0xFFFF,
-                                         (chunk.index >> 16 & 0xFF) << 8 | (chunk.blob_index + 1), blkaddr))
+            index = chunk.index
+            addrs.append(_CHUNK_ADDR_PACK(index & 0xFFFF, (index >> 16 & 0xFF) << 8 | (chunk.blob_index + 1), blkaddr))
         self._put(_round_up(end - self.shift, alloc.CHUNK_ADDR_SIZE) + self.shift, b"".join(addrs))
+
+
+def _entry_name(entry: tuple) -> bytes:
+    return entry[0]
 
 
 def _u32(value: int, what: str) -> int:
