@@ -121,14 +121,14 @@ class MetaAllocator:
             offset = shared_offset
         else:
             # round_up and align inlined (every regular file comes here); the units are powers of two
-            total = (inode_size + CHUNK_ADDR_SIZE - 1 & -CHUNK_ADDR_SIZE) + chunk_entries * CHUNK_ADDR_SIZE
+            total = ((inode_size + CHUNK_ADDR_SIZE - 1) & -CHUNK_ADDR_SIZE) + chunk_entries * CHUNK_ADDR_SIZE
             offset = 0
             if self._nonempty >> -(-total // SLOT_SIZE):        # a remembered block may fit it
                 offset = self.take_fragment(total)
             if not offset:
                 offset = self.cursor
                 self.cursor += total
-        self.cursor = self.cursor + SLOT_SIZE - 1 & -SLOT_SIZE
+        self.cursor = (self.cursor + SLOT_SIZE - 1) & -SLOT_SIZE
         return Placement(offset, CHUNK_BASED)
 
     def place_special(self, inode_size: int) -> Placement:
