@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import stat
 
-from rafs.build.builder import _prefetch_patterns
+from rafs.build.builder import normalise_prefetch_patterns
 from rafs.build.directory import load_directory
 from rafs.build.tree import number_tree
 from rafs.model import Inode, Node, index_order
@@ -52,6 +52,6 @@ def test_hardlinked_symlinks_stay_distinct(tmp_path):
 
 
 def test_prefetch_patterns_are_normalised_and_deduplicated():
-    assert _prefetch_patterns(["/a/b", "/a/b/c", "a/rel", "  /f//g/./  ", "/a/b/", "/h", "/h/i"]) == \
+    assert normalise_prefetch_patterns(["/a/b", "/a/b/c", "a/rel", "  /f//g/./  ", "/a/b/", "/h", "/h/i"]) == \
         [b"/a/b", b"/f/g", b"/h"]
-    assert _prefetch_patterns(["/", "/x"]) == [b"/"]
+    assert normalise_prefetch_patterns(["/", "/x"]) == [b"/"]

@@ -70,7 +70,7 @@ class BuildResult:
         return json.dumps(self.output, indent=2)
 
 
-class _Trace:
+class Trace:
     """The ``trace`` section of --output-json: phase times (seconds) and counted events."""
 
     def __init__(self):
@@ -93,7 +93,7 @@ class _Trace:
         return {"consumed_time": dict(self.consumed_time), "registered_events": dict(self.registered_events)}
 
 
-def output_document(blob_ids: list[str], trace: _Trace, fs_version: int, compressor: str) -> dict:
+def output_document(blob_ids: list[str], trace: Trace, fs_version: int, compressor: str) -> dict:
     """What ``--output-json`` holds (src/bin/nydus-image/main.rs ``OutputSerializer``); the
     ``bootstrap`` path is filled in once the output is in place."""
     return {
@@ -169,7 +169,7 @@ class Builder:
         self.blob_inline_meta = bool(blob_inline_meta)
         self.features = features
         self.prefetch_policy = prefetch_policy
-        self.prefetch_patterns = _prefetch_patterns(prefetch_patterns or ()) if prefetch_policy != "none" else []
+        self.prefetch_patterns = normalise_prefetch_patterns(prefetch_patterns or ()) if prefetch_policy != "none" else []
         # v6 (except tarfs) is always 4K aligned; --aligned-chunk only matters for v5
         self.aligned_chunk = True if fs_version == 6 else bool(aligned_chunk)
         self.compat = compat
@@ -195,13 +195,13 @@ class Builder:
                                        "the generated metadata blob file")
         if blob_dir is not None and not os.path.isdir(blob_dir):
             raise InvalidArgumentError(f"directory to store blobs does not exist: {os.fspath(blob_dir)!r}")
-        outputs: dict[str, _Output] = {}
+        outputs: dict[str, Output] = {}
 
         def open_outputs():
             # opened only once the source is read, so an output inside the source is not part of it
-            outputs["blob"] = _Output(blob, blob_dir)
+            outputs["blob"] = Output(blob, blob_dir)
             if not self.blob_inline_meta:
-                outputs["bootstrap"] = _Output(bootstrap, blob_dir)
+                outputs["bootstrap"] = Output(bootstrap, blob_dir)
             return outputs["blob"].fp, outputs["bootstrap"].fp if "bootstrap" in outputs else None
 
         try:
@@ -231,7 +231,7 @@ class Builder:
 
     def _build(self, open_outputs) -> BuildResult:
         """Read the source, then write through the file objects ``open_outputs()`` returns."""
-        trace = _Trace()
+        trace = Trace()
         started = time.perf_counter()
         with trace.timed("build_tree"), trace.timed("load_from_directory"):
             # on a parent image the source is an upper layer: its whiteouts are applied, not dropped
@@ -396,7 +396,7 @@ class Builder:
         return [n for n in exact if n is not None], dump, len(prefetch_files)
 
 
-def _prefetch_patterns(patterns) -> list[bytes]:
+def normalise_prefetch_patterns(patterns) -> list[bytes]:
     """Absolute paths, normalised; a pattern covered by an earlier one (itself or an ancestor) is
     dropped, relative ones are ignored (builder/src/core/prefetch.rs ``generate_patterns``)."""
     result: list[bytes] = []
@@ -421,7 +421,7 @@ def _prefetch_patterns(patterns) -> list[bytes]:
     return result
 
 
-class _Output:
+class Output:
     """One output file written through a temporary file in its target directory.
 
     ``path`` is the final file (renamed into place on commit), or None to name it by content in

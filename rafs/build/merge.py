@@ -31,6 +31,7 @@ from ..errors import BuildError, InvalidArgumentError, RafsError
 from ..image import open as open_image
 from ..model import DEFAULT_CHUNK_SIZE, Blob, BlobFeatures, Chunk, Node, SuperFlags
 from . import tree
+from .builder import Output, Trace, normalise_prefetch_patterns, output_document
 from .overlay import merge_overlay, tag_layer
 
 PREFETCH_POLICIES = ("none", "fs", "blob")
@@ -326,13 +327,12 @@ class Merger:
 
     def write(self, *, bootstrap=None, blob_dir=None) -> MergeResult:
         """Write the merged bootstrap to ``bootstrap``, or into ``blob_dir`` named by its sha256."""
-        from .builder import _Output
         if bootstrap is None and blob_dir is None:
             raise InvalidArgumentError("both --bootstrap and --blob-dir are missing, please specify one to store "
                                        "the generated metadata blob file")
         if bootstrap is None and not os.path.isdir(blob_dir):
             raise InvalidArgumentError("Directory to store blobs does not exist")
-        out = _Output(bootstrap, None if bootstrap is not None else blob_dir)
+        out = Output(bootstrap, None if bootstrap is not None else blob_dir)
         try:
             result = self.write_fp(out.fp)
             result.bootstrap = out.commit(out.digest_name())
@@ -343,8 +343,7 @@ class Merger:
         return result
 
     def write_fp(self, fp) -> MergeResult:
-        from .builder import _Trace, output_document
-        trace = _Trace()
+        trace = Trace()
         with trace.timed("total_build"):
             with trace.timed("merge_bootstrap"):
                 merged = self.merge()
@@ -412,9 +411,8 @@ def find_node(root: Node, path: bytes) -> Node | None:
 def prefetch_nodes(root: Node, patterns) -> list[Node]:
     """The nodes named exactly by ``patterns`` (absolute paths), in pattern order; a pattern covered
     by an earlier one is dropped and empty regular files never match (builder/src/core/prefetch.rs)."""
-    from .builder import _prefetch_patterns
     nodes = []
-    for pattern in _prefetch_patterns(patterns):
+    for pattern in normalise_prefetch_patterns(patterns):
         node = find_node(root, pattern)
         if node is not None and not (node.inode.is_reg and node.inode.size == 0):
             nodes.append(node)
