@@ -307,6 +307,45 @@ def test_device_entries_need_no_root(tmp_path, fs_version):
         assert stat.S_ISCHR(image.lstat("/dev/whiteout").st_mode)   # kept: merge applies whiteouts later
 
 
+def test_v5_tar_builds_store_rdev_max_for_what_is_no_device(tmp_path, source_tree):
+    """builder/src/tarball.rs writes i_rdev u32::MAX for every tar inode but devices and fifos (the root
+    and implied directories included); directory builds store st_rdev. Readers report 0 for both."""
+    from rafs.v5.reader import V5Reader
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for name, kind, extra in (("implied/dir/file", tarfile.REGTYPE, b"x"), ("link", tarfile.SYMTYPE, "x"),
+                                  ("dev/null", tarfile.CHRTYPE, (1, 3)), ("fifo", tarfile.FIFOTYPE, (0, 0))):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = len(extra)
+                tar.addfile(info, io.BytesIO(extra))
+                continue
+            if kind == tarfile.SYMTYPE:
+                info.linkname = extra
+            else:
+                info.devmajor, info.devminor = extra
+            tar.addfile(info)
+    (tmp_path / "layer.tar").write_bytes(out.getvalue())
+    expected = {"/": 0xFFFF_FFFF, "/implied": 0xFFFF_FFFF, "/implied/dir": 0xFFFF_FFFF,
+                "/implied/dir/file": 0xFFFF_FFFF, "/link": 0xFFFF_FFFF, "/dev": 0xFFFF_FFFF,
+                "/dev/null": os.makedev(1, 3), "/fifo": 0}
+    for source, source_type, want in ((tmp_path / "layer.tar", "tar-rafs", expected), (source_tree, "dir-rafs", None)):
+        boot = tmp_path / f"{source_type}.boot"
+        Builder(str(source), source_type=source_type, fs_version=5).write(bootstrap=boot, blob_dir=tmp_path)
+        with rafs.open(boot) as image:
+            reader = V5Reader(boot.read_bytes())
+            on_disk = {path.decode(errors="surrogateescape") or "/": reader.record(inode.ino)[0].i_rdev
+                       for path, inode in image.iter_entries()}
+            assert all(inode.rdev == 0 for _, inode in image.iter_entries()
+                       if not (inode.mode & 0o170000 in (stat.S_IFCHR, stat.S_IFBLK)))
+        if want is not None:
+            assert on_disk == want
+        else:
+            tops = os.fsencode(source)
+            assert on_disk == {p: os.lstat(tops + os.fsencode(p) if p != "/" else tops).st_rdev for p in on_disk}
+
+
 def test_hardlinks_to_symlinks_copy_and_to_files_share():
     data = _tar([
         ("f", tarfile.REGTYPE, b"content"),

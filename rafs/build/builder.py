@@ -43,6 +43,8 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "tar-rafs": load_tar,                 # gzip (and zstd) detected by magic, as the reference does
     "targz-rafs": load_tar,
 }
+# Source types read from a tarball (their v5 inodes store i_rdev u32::MAX unless devices or fifos).
+TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs")
 FS_VERSIONS = (5, 6)
 CREATE_COMPRESSORS = ("none", "lz4_block", "zstd")
 FEATURES = ("blob-toc",)
@@ -177,6 +179,11 @@ class Builder:
         self.parent_bootstrap = parent_bootstrap
 
     @property
+    def source_layer(self) -> int:
+        """The layer index of the source's nodes: 1 on a parent image (the parent's are 0), else 0."""
+        return 0 if self.parent_bootstrap is None else 1
+
+    @property
     def blob_toc(self) -> bool:
         return "blob-toc" in self.features
 
@@ -236,7 +243,7 @@ class Builder:
         with trace.timed("build_tree"), trace.timed("load_from_directory"):
             # on a parent image the source is an upper layer: its whiteouts are applied, not dropped
             root = SOURCE_TYPES[self.source_type](self.source, whiteout_spec=self.whiteout_spec,
-                                                  layer=0 if self.parent_bootstrap is None else 1)
+                                                  layer=self.source_layer)
         parent = None
         if self.parent_bootstrap is not None:
             from .merge import layer_on_parent
@@ -325,10 +332,12 @@ class Builder:
             from ..v5.writer import write_bootstrap as write_v5
             compat = self.compat is not None
 
+            tar_layer = self.source_layer if self.source_type in TAR_SOURCE_TYPES else None
+
             def write(root, blobs, *, chunk_size, flags, prefetch, order):
                 return write_v5(root, blobs, chunk_size=chunk_size, flags=flags, prefetch=prefetch,
                                 record_order="index" if compat else "dfs", ext_blob_features=not compat,
-                                order=order)
+                                order=order, tar_layer=tar_layer)
             return write
         try:
             from ..v6.writer import write_bootstrap as write_v6

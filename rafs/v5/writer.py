@@ -36,6 +36,9 @@ _U64_MASK = (1 << 64) - 1
 RECORD_ORDERS = ("dfs", "index")
 _RESERVED = bytes(8)
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+_DEVICE_OR_FIFO = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO)
+# i_rdev of a tar build's inodes that are neither devices nor fifos (u32::MAX in builder/src/tarball.rs)
+TAR_NO_RDEV = 0xFFFF_FFFF
 _HARDLINK, _SYMLINK, _XATTR = int(InodeFlags.HARDLINK), int(InodeFlags.SYMLINK), int(InodeFlags.XATTR)
 MAX_METADATA_SIZE = 0x8000_0000     # RAFS_MAX_METADATA_SIZE (rafs/src/metadata/mod.rs)
 
@@ -67,7 +70,8 @@ def dir_pseudo_size(node: Node) -> int:
 
 def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: SuperFlags,
                     prefetch: list[Node] | None = None, record_order: str = "dfs",
-                    ext_blob_features: bool = True, order: TreeIndex | None = None) -> bytes:
+                    ext_blob_features: bool = True, order: TreeIndex | None = None,
+                    tar_layer: int | None = None) -> bytes:
     """The bootstrap bytes for ``root`` and its ``blobs``.
 
     ``flags`` carries compressor, digester and EXPLICIT_UID_GID; HAS_XATTR is added when any inode
@@ -75,6 +79,9 @@ def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: Su
     (``--prefetch-policy fs``); the table is stored sorted, as the reference does. With
     ``ext_blob_features=False`` the extended blob table's ``features`` word is written as 0 (it was
     reserved before nydus-image 2.3). ``order`` reuses an index order already computed for ``root``.
+    Nodes whose ``layer`` is ``tar_layer`` came from a tarball: the reference's tar builder stores
+    ``i_rdev = u32::MAX`` for all of them but devices and fifos (builder/src/tarball.rs
+    ``parse_entry`` and ``TarBuilder::create_directory``), where directory builds store st_rdev.
     """
     if record_order not in RECORD_ORDERS:
         raise InvalidArgumentError(f"unknown record order {record_order!r} (expected one of {RECORD_ORDERS})")
@@ -105,7 +112,7 @@ def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: Su
     positions = range(entries) if record_order == "index" else _dfs_positions(order)
     records, offsets, at = [], [0] * entries, records_offset
     for position in positions:
-        record = _record(order, position, digests)
+        record = _record(order, position, digests, tar_layer)
         offsets[position] = at
         records.append(record)
         at += len(record)
@@ -165,11 +172,14 @@ def _inode_digests(order: TreeIndex, digester: str) -> list[bytes]:
     return digests
 
 
-def _record(order: TreeIndex, position: int, digests: list[bytes]) -> bytes:
+def _record(order: TreeIndex, position: int, digests: list[bytes], tar_layer: int | None) -> bytes:
     node = order.nodes[position]
     inode = node.inode
     name = node.name
     kind = inode.mode & _S_IFMT
+    rdev = inode.rdev & 0xFFFF_FFFF
+    if node.layer == tar_layer and kind not in _DEVICE_OR_FIFO:
+        rdev = TAR_NO_RDEV
     symlink = inode.symlink if kind == _S_IFLNK else None
     if not name or len(name) > 0xFFFF:
         raise InvalidArgumentError(f"inode {inode.ino}: name of {len(name)} bytes cannot be stored")
@@ -197,7 +207,7 @@ def _record(order: TreeIndex, position: int, digests: list[bytes]) -> bytes:
     parent_ino = order.nodes[parent - 1].inode.ino if parent else 0
     header = INODE.pack(digests[position], parent_ino, inode.ino, inode.uid, inode.gid, 0, inode.mode,
                         size, blocks, flags, inode.nlink, child_index, child_count, len(name),
-                        len(symlink) if symlink is not None else 0, inode.rdev & 0xFFFF_FFFF,
+                        len(symlink) if symlink is not None else 0, rdev,
                         inode.mtime_nsec, inode.mtime & _U64_MASK, _RESERVED)
     parts = [header, _pad8(name)]
     if symlink is not None:
