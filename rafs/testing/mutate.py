@@ -17,6 +17,7 @@ from typing import Iterable, Iterator
 import construct
 import zstandard
 
+from ..model import BlobFeatures, InodeFlags
 from . import schemas
 
 _WORD = {4: struct.Struct("<I"), 8: struct.Struct("<Q")}
@@ -162,7 +163,8 @@ def v5_structures(data: bytes) -> list[Located]:
     sb = reader.superblock
     found = [Located("v5 superblock", layout.SuperBlock, 0)]
     for i in range(sb.s_extended_blob_table_entries):
-        found.append(Located(f"v5 ext blob {i}", layout.ExtBlobEntry, sb.s_extended_blob_table_offset + 64 * i))
+        found.append(Located(f"v5 ext blob {i}", layout.ExtBlobEntry,
+                             sb.s_extended_blob_table_offset + layout.RAFSV5_EXT_BLOB_ENTRY_SIZE * i))
     found.append(Located("v5 blob table entry 0", layout.BlobTableEntryHeader, sb.s_blob_table_offset))
     for i in range(min(sb.s_prefetch_table_entries, 8)):
         found.append(Located(f"v5 prefetch {i}", layout.PrefetchTableEntry, sb.s_prefetch_table_offset + 4 * i))
@@ -173,12 +175,13 @@ def v5_structures(data: bytes) -> list[Located]:
             _, xattr_at, chunks_at = reader._layout(raw, offset)
         except RafsError:
             continue
-        if raw.i_flags & 0x4:                            # InodeFlags.XATTR
+        if raw.i_flags & InodeFlags.XATTR:
             found.append(Located(f"v5 inode {index} xattrs", layout.XattrTableHeader, xattr_at))
             found.append(Located(f"v5 inode {index} xattr pair 0", layout.XattrPairHeader, xattr_at + 8))
         if _stat.S_ISREG(raw.i_mode):
             for c in range(min(raw.i_child_count, 4)):
-                found.append(Located(f"v5 inode {index} chunk {c}", layout.ChunkInfo, chunks_at + 80 * c))
+                found.append(Located(f"v5 inode {index} chunk {c}", layout.ChunkInfo,
+                                     chunks_at + layout.RAFSV5_CHUNK_INFO_SIZE * c))
     return found
 
 
@@ -256,7 +259,8 @@ def blob_structures(blob: bytes, info=None) -> list[Located]:
         toc = None
     if toc is not None:
         for i in range(len(toc)):
-            found.append(Located(f"ToC entry {i} ({toc[i].name})", layout.TocEntry, toc.offset + 128 * i))
+            found.append(Located(f"ToC entry {i} ({toc[i].name})", layout.TocEntry,
+                                 toc.offset + layout.TOC_ENTRY_SIZE * i))
     try:
         for section in walk_sections(source):
             found.append(Located(f"tar header of {section.name}", layout.TarHeader, section.header_offset))
@@ -270,7 +274,7 @@ def blob_structures(blob: bytes, info=None) -> list[Located]:
     if header_at is not None and header_at + layout.BLOB_CCT_HEADER_SIZE <= len(blob):
         found.append(Located("CI header", layout.BlobCompressionContextHeader, header_at))
         if info is not None and info.ci_compressor == "none":
-            v2 = info.features & 0x4
+            v2 = info.features & BlobFeatures.CHUNK_INFO_V2
             record = layout.ChunkInfoV2Ondisk if v2 else layout.ChunkInfoV1Ondisk
             for i in range(min(info.chunk_count, 4)):
                 found.append(Located(f"CI record {i}", record, info.ci_offset + record.sizeof() * i))
