@@ -498,6 +498,8 @@ class Image:
         waits on a remote backend: None unless every chunk is in memory, in the blob cache or in a
         blob file on local disk (see :meth:`needs_backend`).
         """
+        if len(chunks) == 1:
+            return self._read_one_chunk(chunks[0], path, local_only)
         out: list = [None] * len(chunks)
         by_blob: dict[int, list[int]] = {}
         with self._lock:
@@ -526,6 +528,26 @@ class Image:
                 while len(self._chunk_cache) > self._chunk_cache_size:
                     self._chunk_cache.popitem(last=False)
         return out
+
+    def _read_one_chunk(self, chunk: Chunk, path: str | None, local_only: bool) -> list[bytes] | None:
+        """:meth:`read_chunks` of a single chunk (most reads of a mount), without its grouping."""
+        key = (chunk.blob_index, chunk.uncompressed_offset, chunk.compressed_offset)
+        cache = self._chunk_cache
+        with self._lock:
+            data = cache.get(key)
+            if data is not None:
+                cache.move_to_end(key)
+                return [data]
+        if local_only and self.needs_backend((chunk,)):
+            return None
+        reader = self.chunk_reader(chunk.blob_index)
+        read_many = getattr(reader, "read_many", None)
+        data = read_many([chunk], path=path)[0] if read_many is not None else reader.read(chunk, path=path)
+        with self._lock:
+            cache[key] = data
+            while len(cache) > self._chunk_cache_size:
+                cache.popitem(last=False)
+        return [data]
 
     def needs_backend(self, chunks: list[Chunk]) -> bool:
         """Whether reading ``chunks`` may wait on a remote backend: False when each one is in memory,
@@ -729,6 +751,15 @@ class ImageFile(io.RawIOBase):
         datas = self.image.read_chunks(wanted, path=self.name, local_only=local_only)
         if datas is None:
             return None
+        if len(wanted) == 1 and wanted[0].file_offset <= offset and \
+                end <= wanted[0].file_offset + wanted[0].uncompressed_size:
+            # one chunk holds it all (a small file, a read inside a large chunk): one slice, no copy
+            # when the read is the whole chunk
+            data = datas[0]
+            lo = offset - wanted[0].file_offset
+            if lo or len(data) != end - offset:
+                data = data[lo:lo + end - offset]
+            return data if type(data) is bytes else bytes(data)
         for chunk, data in zip(wanted, datas):
             c_start, c_end = chunk.file_offset, chunk.file_offset + chunk.uncompressed_size
             lo, hi = max(offset, c_start), min(end, c_end)

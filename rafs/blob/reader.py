@@ -10,6 +10,13 @@ from ..errors import DigestMismatchError, InvalidImageError, UnsupportedError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
 from . import codecs, crypt
 
+# plain ints: an IntFlag operand makes every ``&`` go through enum's Python code (a few µs per chunk)
+_BATCH = int(ChunkFlags.BATCH)
+_ENCRYPTED = int(ChunkFlags.ENCRYPTED)
+_COMPRESSED = int(ChunkFlags.COMPRESSED)
+_HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
+_ZRAN = int(BlobFeatures.ZRAN)
+
 
 class ChunkReader:
     """Reads the chunks of one blob. Thread safe as long as its RangeReader is."""
@@ -39,20 +46,21 @@ class ChunkReader:
 
     def decode(self, chunk: Chunk, raw: bytes, *, path: str | None = None) -> bytes:
         """Decompress and (when validating) verify the stored bytes of ``chunk``."""
-        if chunk.flags & ChunkFlags.BATCH:
+        flags = int(chunk.flags)
+        if flags & _BATCH:
             raise UnsupportedError(f"chunk {chunk.index} of blob {self.blob.blob_id} is packed in a batch "
                                    "chunk (nydus-image --batch-size), which rafs does not read yet")
-        if self.blob.features & BlobFeatures.ZRAN:
+        if int(self.blob.features) & _ZRAN:
             raise UnsupportedError(f"blob {self.blob.blob_id} is a ZRAN (targz-ref) blob: reading its data "
                                    "from the original .tar.gz is not supported yet")
-        if chunk.flags & ChunkFlags.ENCRYPTED:
+        if flags & _ENCRYPTED:
             # encrypted after compression (utils/src/crypt.rs), with the blob's key and IV
             if self.blob.cipher in ("none", ""):
                 raise InvalidImageError(f"chunk {chunk.index} of blob {self.blob.blob_id} is marked encrypted "
                                         "but the blob has no cipher", structure="chunk info")
             raw = crypt.decrypt(self.blob.cipher, self.blob.cipher_key, self.blob.cipher_iv, raw,
                                 what=f"chunk {chunk.index} of blob {self.blob.blob_id}")
-        if chunk.flags & ChunkFlags.COMPRESSED:
+        if flags & _COMPRESSED:
             data = codecs.decompress(self.blob.compressor, raw, chunk.uncompressed_size,
                                      what=f"chunk {chunk.index} of blob {self.blob.blob_id}",
                                      offset=chunk.compressed_offset)
@@ -76,7 +84,7 @@ class ChunkReader:
                 f"{self.blob.digester} digest {actual.hex()} != recorded {chunk.digest.hex()}",
                 expected=chunk.digest, actual=actual, path=path, chunk_index=chunk.index,
                 structure="chunk data", offset=chunk.compressed_offset)
-        if chunk.flags & ChunkFlags.HAS_CRC32 and codecs.crc32c(data) != chunk.crc32:
+        if chunk.flags & _HAS_CRC32 and codecs.crc32c(data) != chunk.crc32:
             raise DigestMismatchError(
                 f"chunk {chunk.index}{where} in blob {self.blob.blob_id}: CRC-32C mismatch",
                 path=path, chunk_index=chunk.index, structure="chunk data", offset=chunk.compressed_offset)

@@ -747,7 +747,31 @@ class V6Reader(ImageReader):
             return []
         self._check_compression(rec)
         if self.is_rafs and rec.datalayout == layout.EROFS_INODE_CHUNK_BASED:
-            return self._rafs_chunks(rec)
+            table = self.chunk_table()
+            if not table or int(self.flags) & int(SuperFlags.TARTFS_MODE):
+                return self._rafs_chunks(rec)
+            # the usual RAFS file, every chunk in the bootstrap's chunk info table: one pass over the
+            # chunk indexes without intermediate records (a mount asks this once per file); anything
+            # unusual (a CI-only chunk, a bad blob index, an overrun) goes the long way, which says why
+            size, chunk_size, blob_count = rec.size, self.chunk_size, len(self.blobs)
+            count = -(-size // chunk_size)
+            start = self._index_array(rec, layout.EROFS_CHUNK_INDEX_SIZE, count)
+            end = start + count * layout.EROFS_CHUNK_INDEX_SIZE
+            result = []
+            file_offset = -chunk_size
+            for lo, hi, blkaddr in CHUNK_INDEX.struct.iter_unpack(memoryview(self.data)[start:end]):
+                file_offset += chunk_size
+                if blkaddr == layout.EROFS_NULL_ADDR:
+                    continue
+                blob_index = (hi & 0xFF) - 1
+                ci_index = ((hi >> 8) << 16) | lo
+                info = table.get((blob_index, ci_index)) if 0 <= blob_index < blob_count else None
+                if info is None or info.uncompressed_size > min(chunk_size, size - file_offset):
+                    return self._rafs_chunks(rec)
+                result.append(Chunk(info.block_id, blob_index, info.compressed_offset, info.compressed_size,
+                                    info.uncompressed_offset, info.uncompressed_size, file_offset, ci_index,
+                                    info.flags, info.crc32))
+            return result
         result = []
         for file_offset, length, blob, offset in self._extents(rec):
             # hand flat data out in pieces aligned to FLAT_PIECE_SIZE in the file
