@@ -92,3 +92,12 @@ def test_retry_policy():
         RetryPolicy(limit=0, secrets=("sekrit-value",)).call(
             lambda: (_ for _ in ()).throw(TimeoutError("token sekrit-value expired")), "x")
     assert "sekrit-value" not in str(info.value)
+
+
+def test_open_a_blob_with_inline_bootstrap_from_bytes(fixtures):
+    """A blob handed over as bytes serves its own bootstrap and its data (found by fuzzing)."""
+    import rafs
+    data = (fixtures / "toc" / "2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca").read_bytes()
+    with rafs.open(data, validate=True) as image:
+        assert image.listdir("/") == ["error.rs", "lib.rs", "logger.rs"]
+        assert image.read("/lib.rs").startswith(b"//")

@@ -133,6 +133,26 @@ def url_to_fs(url: str, storage_options: dict | None = None):
         raise InvalidArgumentError(f"cannot open {url}: {exc}") from None
 
 
+class BytesRangeReader:
+    """Ranged reads of bytes already in memory (a blob handed over as ``bytes`` or an mmap)."""
+
+    def __init__(self, data, name: str = "<bytes>"):
+        self._data = memoryview(data)
+        self.name = name
+        self.size = len(self._data)
+
+    def read_range(self, offset: int, size: int) -> bytes:
+        if offset < 0 or size < 0 or offset + size > self.size:
+            raise BackendError(f"{self.name}: read of {size} bytes at {offset} past the end ({self.size} bytes)")
+        return bytes(self._data[offset:offset + size])
+
+    def close(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"BytesRangeReader({self.name!r}, size={self.size})"
+
+
 def open_range_reader(source, storage_options: dict | None = None, *,
                       retry: RetryPolicy | None = None) -> RangeReader:
     """A RangeReader over a local path, an fsspec URL, or an open binary file object."""
@@ -140,6 +160,8 @@ def open_range_reader(source, storage_options: dict | None = None, *,
         return source
     if hasattr(source, "read") and hasattr(source, "seek"):
         return FileObjectRangeReader(source, getattr(source, "name", "<file object>"))
+    if isinstance(source, (bytes, bytearray, memoryview, mmap.mmap)):
+        return BytesRangeReader(source)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if is_url(path) and not path.startswith("file://"):
@@ -154,8 +176,8 @@ def open_range_reader(source, storage_options: dict | None = None, *,
         if path.startswith("file://"):
             path = path[len("file://"):]
         return LocalRangeReader(path)
-    raise InvalidArgumentError(f"cannot read from {type(source).__name__}: expected a path, URL or "
-                               "binary file object")
+    raise InvalidArgumentError(f"cannot read from {type(source).__name__}: expected a path, URL, bytes "
+                               "or a binary file object")
 
 
 def load_bytes(source, storage_options: dict | None = None):
