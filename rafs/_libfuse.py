@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import operator
 import platform
+import struct
 
 from .errors import UnsupportedError
 
@@ -106,6 +108,43 @@ PROTOTYPES = {
     "listxattr": ctypes.CFUNCTYPE(None, c_req, c_ino, ctypes.c_size_t),
     "readdirplus": ctypes.CFUNCTYPE(None, c_req, c_ino, ctypes.c_size_t, c_off, ctypes.POINTER(file_info)),
 }
+
+
+def _scalar_members(ctype, base: int = 0, prefix: str = ""):
+    """(dotted name, offset, ctypes type) of every scalar member of a Structure, nested ones spelled out."""
+    for name, member in ctype._fields_:
+        offset = base + getattr(ctype, name).offset
+        if isinstance(member, type) and issubclass(member, ctypes.Structure):
+            yield from _scalar_members(member, offset, prefix + name + ".")
+        elif not (isinstance(member, type) and issubclass(member, ctypes.Array)):
+            yield prefix + name, offset, member
+
+
+def _struct_code(member) -> str:
+    if member in (ctypes.c_double, ctypes.c_float):
+        return "d" if member is ctypes.c_double else "f"
+    code = {1: "B", 2: "H", 4: "I", 8: "Q"}[ctypes.sizeof(member)]
+    return code.lower() if member(-1).value < 0 else code
+
+
+def struct_maker(ctype, names):
+    """A function making ``ctype`` values from positional values of the members ``names`` (dotted for
+    nested structures), every other byte zero: one ``struct`` pack and a copy into the new object,
+    where ctypes' keyword constructors take several microseconds. Values out of a member's range raise
+    ``struct.error``."""
+    members = {name: (offset, member) for name, offset, member in _scalar_members(ctype)}
+    order = sorted(range(len(names)), key=lambda i: members[names[i]][0])
+    fmt, position = "=", 0
+    for i in order:
+        offset, member = members[names[i]]
+        fmt += f"{offset - position}x{_struct_code(member)}"
+        position = offset + ctypes.sizeof(member)
+    packer = struct.Struct(fmt + f"{ctypes.sizeof(ctype) - position}x")
+    pack, pick, copy = packer.pack, operator.itemgetter(*order), ctype.from_buffer_copy
+
+    def make(*values):
+        return copy(pack(*pick(values)))
+    return make
 
 
 def load():

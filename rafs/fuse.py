@@ -23,6 +23,7 @@ import logging
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,13 @@ ROOT_INODE = 1               # FUSE_ROOT_ID
 ENTRY_CACHE_SIZE = 1 << 17   # attribute records kept for replies (then started afresh)
 LISTING_CACHE_SIZE = 256     # directory listings kept between readdir calls
 FILE_CACHE_SIZE = 4096       # files (their chunk lists) kept between reads
+
+# an attribute reply (struct fuse_entry_param) in one pack: what _slot fills in, in this order
+_make_entry = ll.struct_maker(ll.entry_param, (
+    "ino", "attr.st_ino", "attr.st_mode", "attr.st_nlink", "attr.st_uid", "attr.st_gid", "attr.st_rdev",
+    "attr.st_size", "attr.st_blksize", "attr.st_blocks", "attr.st_atim.tv_sec", "attr.st_atim.tv_nsec",
+    "attr.st_mtim.tv_sec", "attr.st_mtim.tv_nsec", "attr.st_ctim.tv_sec", "attr.st_ctim.tv_nsec",
+    "attr_timeout", "entry_timeout")) if ll.stat is not None else None
 
 
 class InodeNumbers:
@@ -182,11 +190,17 @@ class RafsOperations:
                 self._slots.clear()
             inode = self.image.get_inode(ino)
             fuse_ino = self.numbers.to_fuse(ino)
-            stamp = ll.timespec(*divmod(inode.mtime_ns, 1_000_000_000))
-            attr = ll.stat(st_ino=fuse_ino, st_mode=inode.mode, st_nlink=inode.nlink, st_uid=inode.uid,
-                           st_gid=inode.gid, st_rdev=inode.rdev, st_size=inode.size, st_blksize=4096,
-                           st_blocks=inode.blocks, st_atim=stamp, st_mtim=stamp, st_ctim=stamp)
-            entry = ll.entry_param(fuse_ino, 0, attr, CACHE_TIMEOUT, CACHE_TIMEOUT)
+            sec, nsec = divmod(inode.mtime_ns, 1_000_000_000)
+            try:
+                entry = _make_entry(fuse_ino, fuse_ino, inode.mode, inode.nlink, inode.uid, inode.gid, inode.rdev,
+                                    inode.size, 4096, inode.blocks, sec, nsec, sec, nsec, sec, nsec, CACHE_TIMEOUT,
+                                    CACHE_TIMEOUT)
+            except struct.error:          # a value out of its field's range: let ctypes truncate it
+                stamp = ll.timespec(sec, nsec)
+                attr = ll.stat(st_ino=fuse_ino, st_mode=inode.mode, st_nlink=inode.nlink, st_uid=inode.uid,
+                               st_gid=inode.gid, st_rdev=inode.rdev, st_size=inode.size, st_blksize=4096,
+                               st_blocks=inode.blocks, st_atim=stamp, st_mtim=stamp, st_ctim=stamp)
+                entry = ll.entry_param(fuse_ino, 0, attr, CACHE_TIMEOUT, CACHE_TIMEOUT)
             slot = self._slots[ino] = (entry, ctypes.addressof(entry), inode.is_dir)
         return slot
 

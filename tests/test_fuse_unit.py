@@ -59,3 +59,18 @@ def test_cli_takes_nydusd_flags():
     assert args.mountpoint == "mnt" and args.lazy
     with pytest.raises(SystemExit):
         parser.parse_args(["mount", "-M", "m", "-B", "b", "--threads", "0"])
+
+
+@pytest.mark.parametrize("mtime_ns", [1_700_000_000_123_456_789, 0, -1_500_000_000])
+def test_attribute_records_packed_as_ctypes_builds_them(fuse, mtime_ns):
+    from rafs import _libfuse as ll
+    sec, nsec = divmod(mtime_ns, 1_000_000_000)
+    values = dict(ino=37, mode=0o100644, nlink=2, uid=1000, gid=(1 << 32) - 2, rdev=0x0801, size=(1 << 40) + 3,
+                  blocks=9)
+    packed = fuse._make_entry(37, 37, values["mode"], 2, 1000, values["gid"], 0x0801, values["size"], 4096, 9,
+                              sec, nsec, sec, nsec, sec, nsec, 1.5, 2.5)
+    stamp = ll.timespec(sec, nsec)
+    attr = ll.stat(st_ino=37, st_mode=values["mode"], st_nlink=2, st_uid=1000, st_gid=values["gid"], st_rdev=0x0801,
+                   st_size=values["size"], st_blksize=4096, st_blocks=9, st_atim=stamp, st_mtim=stamp, st_ctim=stamp)
+    assert bytes(packed) == bytes(ll.entry_param(37, 0, attr, 1.5, 2.5))
+    assert packed.attr.st_mtim.tv_sec == sec and packed.entry_timeout == 2.5
