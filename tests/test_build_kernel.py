@@ -76,9 +76,10 @@ def test_kernel_mounts_the_bootstrap_alone(source_tree, tmp_path, kernel_mount, 
 
 
 def test_kernel_reads_an_uncompressed_blob_as_its_device(source_tree, tmp_path, kernel_mount):
-    """Chunks of an uncompressed v6 blob sit at their uncompressed offsets, so the blob is the device."""
-    result = rafs.Builder(source_tree, fs_version=6, compressor="none", chunk_size=0x4000).write(
-        bootstrap=tmp_path / "boot", blob_dir=tmp_path)
+    """With blob_layout="mapped" the chunks of an uncompressed v6 blob sit at their uncompressed
+    offsets, so the blob is the device."""
+    result = rafs.Builder(source_tree, fs_version=6, compressor="none", chunk_size=0x4000,
+                          blob_layout="mapped").write(bootstrap=tmp_path / "boot", blob_dir=tmp_path)
     blob = tmp_path / result.blob_id
     with rafs.open(result.bootstrap, blob_dir=tmp_path) as image:
         chunks = [c for _, i in image.iter_entries() if i.is_reg for c in image.reader.chunks(i.ino)]
@@ -92,7 +93,8 @@ CLI_VARIANTS = {
     "inline-meta": ["--blob-inline-meta"],
     "blob-toc": ["--features", "blob-toc"],
     "inline-meta-blob-toc-none": ["--blob-inline-meta", "--features", "blob-toc", "--compressor", "none",
-                                  "--repeatable"],
+                                  "--repeatable", "--blob-layout", "mapped"],
+    "none-packed": ["--compressor", "none"],
 }
 
 
@@ -113,6 +115,25 @@ def test_kernel_mounts_rafs_create_output(source_tree, tmp_path, kernel_mount, v
         found = extract_inline_bootstrap(blob.read_bytes(), name=blob_id)
         assert found is not None and found[1] == blob_id
         boot.write_bytes(found[0])
-    uncompressed = "none" in flags
+    uncompressed = "mapped" in flags
     mountpoint = kernel_mount(boot, blob) if uncompressed else kernel_mount(boot)
     assert_mount_matches(mountpoint, source_tree, repeatable="--repeatable" in flags, contents=uncompressed)
+
+
+def test_default_uncompressed_blob_is_packed_like_nydus_image(source_tree, tmp_path):
+    """By default chunks sit back to back, as nydus-image writes them (compressed_offset packed)."""
+    result = rafs.Builder(source_tree, fs_version=6, compressor="none", chunk_size=0x4000).write(
+        bootstrap=tmp_path / "boot", blob_dir=tmp_path)
+    with rafs.open(result.bootstrap, blob_dir=tmp_path, validate=True) as image:
+        chunks = sorted({(c.compressed_offset, c.compressed_size)
+                         for _, i in image.iter_entries() if i.is_reg for c in image.reader.chunks(i.ino)})
+        assert chunks[0][0] == 0
+        assert all(a + size == b for (a, size), (b, _) in zip(chunks, chunks[1:]))
+        assert list(image.check(verify_data=True)) == []
+
+
+def test_mapped_layout_needs_uncompressed_v6(source_tree):
+    with pytest.raises(rafs.InvalidArgumentError, match="mapped"):
+        rafs.Builder(source_tree, fs_version=6, compressor="zstd", blob_layout="mapped")
+    with pytest.raises(rafs.InvalidArgumentError, match="mapped"):
+        rafs.Builder(source_tree, fs_version=5, compressor="none", blob_layout="mapped")

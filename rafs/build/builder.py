@@ -37,6 +37,9 @@ def load_tar(source, **options) -> Node:
 
 
 #: ``--type`` name -> loader returning the source's tree. Other sources register here.
+# "packed": as nydus-image writes blobs; "mapped": uncompressed v6 chunks at their block addresses.
+BLOB_LAYOUTS = ("packed", "mapped")
+
 SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "dir-rafs": load_directory,
     "directory": load_directory,          # the reference's backward-compatible alias
@@ -119,7 +122,10 @@ class Builder:
     ``blob_inline_meta`` (the bootstrap goes into the blob), ``features=("blob-toc",)`` (v6: chunk
     digests and a ToC in the blob), ``prefetch_patterns`` (absolute paths; ``prefetch_policy`` "fs" by
     default when given, or "blob"), ``aligned_chunk`` (v5: 4 KiB aligned uncompressed offsets; v6 is
-    always aligned). ``compat="2.2"`` writes a v5 bootstrap the way nydus-image 2.2 did (records in
+    always aligned). ``blob_layout`` is ``"packed"`` (chunks back to back, as nydus-image writes them)
+    or ``"mapped"`` (v6 with compressor none only: every chunk at its uncompressed offset, zero-padded,
+    so the kernel's EROFS can use the blob itself as the extra device, like a ``mkfs.erofs --blobdev``
+    file; nydusd and rafs read both). ``compat="2.2"`` writes a v5 bootstrap the way nydus-image 2.2 did (records in
     index order, no CRC-32C, no blob features). ``workers`` bounds the compression threads.
     Invalid combinations raise :class:`~rafs.errors.InvalidArgumentError` with the reference's words.
     """
@@ -129,7 +135,7 @@ class Builder:
                  whiteout_spec: str = "oci", repeatable: bool = False, blob_inline_meta: bool = False,
                  features=(), prefetch_patterns=None, prefetch_policy: str | None = None,
                  aligned_chunk: bool = False, compat: str | None = None, workers: int | None = None,
-                 parent_bootstrap=None):
+                 parent_bootstrap=None, blob_layout: str = "packed"):
         if source_type not in SOURCE_TYPES:
             raise InvalidArgumentError(f"unsupported source type {source_type!r} (expected one of "
                                        f"{', '.join(SOURCE_TYPES)})")
@@ -177,6 +183,13 @@ class Builder:
         self.compat = compat
         self.workers = workers
         self.parent_bootstrap = parent_bootstrap
+        if blob_layout not in BLOB_LAYOUTS:
+            raise InvalidArgumentError(f"unknown blob layout {blob_layout!r} (expected one of "
+                                       f"{', '.join(BLOB_LAYOUTS)})")
+        if blob_layout == "mapped" and (fs_version != 6 or compressor != "none"):
+            raise InvalidArgumentError("--blob-layout mapped needs --fs-version 6 and --compressor none: "
+                                       "only uncompressed v6 chunks can sit at their block addresses")
+        self.blob_layout = blob_layout
 
     @property
     def source_layer(self) -> int:
@@ -273,8 +286,7 @@ class Builder:
                             digester=self.digester, chunk_size=self.chunk_size, aligned=self.aligned_chunk,
                             blob_meta=self.fs_version == 6, toc=self.blob_toc,
                             inline_meta=self.blob_inline_meta, crc32=self.compat is None, workers=self.workers,
-                            # an uncompressed v6 blob doubles as the EROFS device the bootstrap maps
-                            mapped=self.fs_version == 6 and self.compressor == "none")
+                            mapped=self.blob_layout == "mapped")
         if parent is not None:
             writer.seed_dedup(parent.chunks)
         with trace.timed("dump_blob"):

@@ -45,6 +45,10 @@ def register(sub) -> None:
                    help="data prefetch policy; patterns are read from stdin, one absolute path a line")
     p.add_argument("--aligned-chunk", action="store_true",
                    help="align uncompressed data chunks to 4K, only for RAFS v5 (v6 is always aligned)")
+    p.add_argument("--blob-layout", default="packed", choices=["packed", "mapped"],
+                   help="packed: chunks back to back, as nydus-image writes them (default); mapped: with "
+                   "-v 6 --compressor none, every chunk at its uncompressed offset so the kernel's EROFS "
+                   "can mount the bootstrap with the blob itself as device (rafs only)")
     p.add_argument("--parent-bootstrap", help="file path of the parent/referenced RAFS metadata blob: build "
                    "a new layer on it (its blobs kept, whiteouts applied by --whiteout-spec)")
     p.add_argument("-J", "--output-json", help="file path to save the operation result in JSON format")
@@ -82,7 +86,8 @@ def run(args) -> int:
                            whiteout_spec=args.whiteout_spec, repeatable=args.repeatable,
                            blob_inline_meta=args.blob_inline_meta, features=features,
                            prefetch_policy=args.prefetch_policy, prefetch_patterns=patterns,
-                           aligned_chunk=args.aligned_chunk, parent_bootstrap=args.parent_bootstrap)
+                           aligned_chunk=args.aligned_chunk, parent_bootstrap=args.parent_bootstrap,
+                           blob_layout=args.blob_layout)
     result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir)
     if args.output_json:
         with open(args.output_json, "w") as f:
