@@ -17,6 +17,7 @@ import shutil
 import stat
 import subprocess
 import tarfile
+from rafs.testing.images import blob_devices as testing_blob_devices
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 MTIME = 1_650_000_000
@@ -247,34 +248,9 @@ def image_inodes(image) -> dict[str, int]:
 
 
 def blob_devices(image, directory: str) -> list[str]:
-    """Each blob of ``image`` as the kernel reads it (nydusd's ``.blob.data``: every chunk
-    decompressed at its uncompressed offset), in blob-table order, for ``mount -o device=``."""
+    """Each blob of ``image`` as the kernel reads it (nydusd's ``.blob.data``), for ``mount -o device=``."""
     os.makedirs(directory, exist_ok=True)
-    paths = []
-    files = []
-    for blob in image.blobs:
-        path = os.path.join(directory, f"{blob.blob_id}.blob.data")
-        f = open(path, "wb")
-        f.truncate(blob.uncompressed_size)
-        paths.append(path)
-        files.append(f)
-    try:
-        done = set()
-        for _, inode in image.iter_entries("/"):
-            if not inode.is_reg:
-                continue
-            for chunk in image.reader.chunks(inode.ino):
-                key = (chunk.blob_index, chunk.uncompressed_offset)
-                if key in done:
-                    continue
-                done.add(key)
-                f = files[chunk.blob_index]
-                f.seek(chunk.uncompressed_offset)
-                f.write(image.read_chunk(chunk))
-    finally:
-        for f in files:
-            f.close()
-    return paths
+    return testing_blob_devices(image, directory)
 
 
 # -- OCI image layouts -------------------------------------------------------------------------------
