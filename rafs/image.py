@@ -354,7 +354,7 @@ class Image:
         A directory reached twice (a loop in a corrupt image) raises InvalidImageError.
         """
         ino, top_path = self._resolve(top, follow_symlinks=False)
-        inode_of, entries_of = self.reader.inode, self.reader.entries
+        inode_of, entries_of = self.reader.inode_uncached, self.reader.entries
         seen_dirs = set()
         stack = [(top_path, ino)]
         pop, extend = stack.pop, stack.extend

@@ -349,6 +349,11 @@ class ImageReader(abc.ABC):
     def inode(self, ino: int) -> Inode:
         """The inode ``ino``; InvalidImageError if it does not exist or is malformed."""
 
+    def inode_uncached(self, ino: int) -> Inode:
+        """The inode ``ino`` decoded afresh, without touching the inode cache: a bulk walk visits each
+        inode once, so caching would only cost time and evict what lookups keep there."""
+        return self.inode(ino)
+
     @abc.abstractmethod
     def entries(self, ino: int) -> Iterator[tuple[bytes, int]]:
         """(name, ino) of the directory's children in name order, without ``.`` and ``..``."""

@@ -58,6 +58,7 @@ class V5Reader(ImageReader):
                 if blob.blob_id == INLINE_BLOB_ID_PLACEHOLDER:
                     blob.blob_id = blob_id_hint
         self._cached_inode = functools.lru_cache(maxsize=inode_cache_size)(self._inode)
+        self.inode_uncached = self._inode
 
     # -- superblock and tables -------------------------------------------------------------------
 

@@ -188,6 +188,7 @@ class V6Reader(ImageReader):
         self._ci_arrays: dict[int, list] = {}
         self._record = functools.lru_cache(maxsize=inode_cache_size)(self._decode_record)
         self._cached_inode = functools.lru_cache(maxsize=inode_cache_size)(self._inode)
+        self.inode_uncached = self._inode
         self.inode = self._cached_inode         # the cached decoder itself: no extra call per lookup
         self._dir_blocks = functools.lru_cache(maxsize=256)(self._parse_dir_block)
         self._lookup_tables = functools.lru_cache(maxsize=LOOKUP_TABLES)(self._lookup_table)
