@@ -1,8 +1,10 @@
 """``rafs build`` (nydusify build): build an image from a directory, optionally push it to S3.
 
 As nydusify (contrib/nydusify/pkg/packer): the bootstrap goes to ``<output-dir>/<name>.meta``, the data
-blob is renamed to its blob id, ``output.json`` is nydus-image's ``--output-json``; with
-``--backend-push`` the blob is uploaded as ``blob_prefix + blob id`` and the bootstrap as
+blob to ``<output-dir>/<name>.blob`` and ``output.json`` is nydus-image's ``--output-json``, so the
+users' guide's ``mv image-store/<name>.blob image-store/$(jq -r '.blobs[0]' image-store/output.json)``
+works as written. With ``--backend-push`` the blob is first renamed to its blob id ("rename blob file
+into sha256 csum"), then uploaded as ``blob_prefix + blob id`` and the bootstrap as
 ``meta_prefix + name``, and both URLs are printed.
 """
 
@@ -63,8 +65,10 @@ def run(args) -> int:
     blob_id = result.blob_ids[-1] if result.blob_ids else None
     blob_path = None
     if blob_id is not None and os.path.exists(blob):
-        blob_path = os.path.join(args.output_dir, blob_id)
-        os.replace(blob, blob_path)                   # "rename blob file into sha256 csum"
+        blob_path = blob
+        if pusher is not None:
+            blob_path = os.path.join(args.output_dir, blob_id)
+            os.replace(blob, blob_path)               # "rename blob file into sha256 csum"
     elif os.path.exists(blob):
         os.unlink(blob)                               # nothing to store: no file data
     with open(os.path.join(args.output_dir, "output.json"), "w", encoding="utf-8") as f:
