@@ -46,6 +46,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=f"rafs {__version__}")
     parser.add_argument("-l", "--log-level", default="info",
                         choices=["trace", "debug", "info", "warn", "error"], help="log level (default info)")
+    parser.add_argument("--debug", action="store_const", dest="log_level", const="debug",
+                        help="same as --log-level debug (nydusify's --debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES:
         try:
