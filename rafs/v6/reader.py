@@ -184,6 +184,7 @@ class V6Reader(ImageReader):
             self.blobs = self._device_blobs()
             self._shared_xattr_base = sb.s_xattr_blkaddr * self.block_size
         self._build_time, self._build_time_nsec = sb.s_build_time, sb.s_build_time_nsec
+        self.inode_count = sb.s_inos            # what statfs reports as f_files
         self._chunk_table: dict | None = None
         self._ci_arrays: dict[int, list] = {}
         self._record = functools.lru_cache(maxsize=inode_cache_size)(self._decode_record)
