@@ -72,19 +72,6 @@ class file_info(ctypes.Structure):
                 ("fh", ctypes.c_uint64), ("lock_owner", ctypes.c_uint64), ("poll_events", ctypes.c_uint32)]
 
 
-class fuse_buf(ctypes.Structure):
-    """One buffer of a ``struct fuse_bufvec`` (fuse_common.h): ``size`` bytes at ``mem`` (flags 0).
-    ``_spare`` (zero) covers a member later libfuse versions may append."""
-    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p),
-                ("fd", ctypes.c_int), ("pos", c_off), ("_spare", ctypes.c_size_t)]
-
-
-class fuse_bufvec(ctypes.Structure):
-    """``struct fuse_bufvec`` with its one buffer (what ``FUSE_BUFVEC_INIT`` makes)."""
-    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t),
-                ("buf", fuse_buf * 1)]
-
-
 class conn_info(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint) for name in ("proto_major", "proto_minor", "max_write", "max_read",
                                                    "max_readahead", "capable", "want", "max_background",
@@ -186,8 +173,6 @@ def load():
             ("fuse_reply_readlink", ctypes.c_int, [c_req, ctypes.c_char_p]),
             ("fuse_reply_statfs", ctypes.c_int, [c_req, P(statvfs)]),
             ("fuse_reply_xattr", ctypes.c_int, [c_req, ctypes.c_size_t]),
-            ("fuse_lowlevel_notify_store", ctypes.c_int,
-             [ctypes.c_void_p, c_ino, c_off, P(fuse_bufvec), ctypes.c_int]),
             ("fuse_add_direntry_plus", ctypes.c_size_t,
              [c_req, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p, c_off])):
         function = getattr(lib, fn)

@@ -12,12 +12,6 @@ directory listings across opens), symlink targets are cached and listings carry 
 (readdirplus). One thread runs libfuse's request loop and answers metadata and data that is in
 memory, in the blob cache or in a local blob inline; data that waits on a remote backend is read by
 a pool of ``threads`` workers that reply when it arrives, so slow fetches never hold up the rest.
-
-Small files cost one request each, and the request is most of their cost: so once the first read of
-a small file is answered, a push thread stores the next few small files of the same listing into the
-kernel's page cache (``fuse_lowlevel_notify_store``) when their data is local, and a reader going
-through the directory finds them there without asking. The push never runs on the loop thread: a
-store waits on any page a pending read has locked, and only the loop answers that read.
 """
 
 from __future__ import annotations
@@ -25,13 +19,10 @@ from __future__ import annotations
 import collections
 import ctypes
 import errno
-import itertools
 import logging
 import os
-import queue
 import shutil
 import signal
-import stat
 import struct
 import subprocess
 import threading
@@ -51,10 +42,6 @@ ROOT_INODE = 1               # FUSE_ROOT_ID
 ENTRY_CACHE_SIZE = 1 << 17   # attribute records kept for replies (then started afresh)
 LISTING_CACHE_SIZE = 256     # directory listings kept between readdir calls
 FILE_CACHE_SIZE = 4096       # files (their chunk lists) kept between reads
-PUSH_FILES = 32              # small files pushed into the page cache after a read of their neighbour
-PUSH_BYTES = 1 << 20         # ... and at most this many bytes of them
-PUSH_FILE_LIMIT = 256 << 10  # only files up to this size are pushed (larger ones read ahead well)
-PUSH_SCAN = 4 * PUSH_FILES   # listing entries looked at for one push
 
 # an attribute reply (struct fuse_entry_param) in one pack: what _slot fills in, in this order
 _make_entry = ll.struct_maker(ll.entry_param, (
@@ -133,8 +120,7 @@ class _Reply(Exception):
 class RafsOperations:
     """The FUSE request handlers for one image (read-only), as a ``struct fuse_lowlevel_ops``."""
 
-    def __init__(self, image: Image, lib, *, threads: int = DEFAULT_THREADS, enable_xattr: bool = False,
-                 push_files: int = PUSH_FILES):
+    def __init__(self, image: Image, lib, *, threads: int = DEFAULT_THREADS, enable_xattr: bool = False):
         self.image = image
         self.lib = lib
         self.threads = max(1, int(threads))
@@ -146,14 +132,6 @@ class RafsOperations:
         self._listings = _LRU(LISTING_CACHE_SIZE)
         self._files = _LRU(FILE_CACHE_SIZE)
         self._parents: dict[int, int] = {}
-        # regular files listed and not yet read or pushed: (their listing, their index in it)
-        self._places: dict[int, tuple[list, int]] = {}
-        self.push_files = max(0, int(push_files))
-        self.pushed = 0                               # files stored into the page cache
-        self._session = None
-        self._reading: tuple[list, int] | None = None  # where the last read file was listed
-        self._pushes: queue.Queue = queue.Queue(maxsize=64)
-        self._pusher: threading.Thread | None = None
         self._negative = ll.entry_param(ino=0, entry_timeout=CACHE_TIMEOUT)
         self._dir_buffer = ctypes.create_string_buffer(1 << 16)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rafs-fetch")
@@ -191,34 +169,13 @@ class RafsOperations:
         self.zero_message_open = bool(conn.capable & ll.CAP_NO_OPEN_SUPPORT)
         self.zero_message_opendir = bool(conn.capable & ll.CAP_NO_OPENDIR_SUPPORT)
 
-    def start_pushing(self, session) -> None:
-        """Push small files into the page cache of ``session`` (a mounted ``struct fuse_session *``)."""
-        if self.push_files and self._pusher is None:
-            self._session = session
-            self._pusher = threading.Thread(target=self._push_loop, name="rafs-push", daemon=True)
-            self._pusher.start()
-
     def close(self, timeout: float = 10) -> bool:
-        """Stop the fetch workers and the push thread; False if some are still busy after ``timeout``
-        seconds (the session must then outlive them)."""
+        """Stop the fetch workers; False if some are still busy after ``timeout`` seconds."""
         self._pool.shutdown(wait=False, cancel_futures=True)
         done = threading.Event()
-        pusher = self._pusher
-        if pusher is not None:
-            try:
-                while True:                           # pending pushes are not needed any more
-                    self._pushes.get_nowait()
-            except queue.Empty:
-                pass
-            try:
-                self._pushes.put_nowait(None)
-            except queue.Full:                        # a loop still running filled it again
-                pass
 
         def wait():
             self._pool.shutdown(wait=True)
-            if pusher is not None:
-                pusher.join()
             done.set()
         threading.Thread(target=wait, daemon=True).start()
         return done.wait(timeout)
@@ -323,17 +280,12 @@ class RafsOperations:
         base, used = ctypes.addressof(self._dir_buffer), 0     # only the loop thread lists
         # offsets: 0 is ".", 1 is "..", 2 + i is entries[i]; each entry names the offset after it
         add, slot, parents = self.lib.fuse_add_direntry_plus, self._slot, self._parents
-        places = self._places if self._pusher is not None else {}
-        if len(places) >= ENTRY_CACHE_SIZE:
-            places.clear()
         for index in range(offset, len(entries) + 2):
             if index >= 2:
                 name, child = entries[index - 2]
                 _, address, is_dir = slot(child)
                 if is_dir:
                     parents[child] = dir_ino
-                else:
-                    places[child] = (entries, index - 2)
             elif index == 0:
                 name, address = b".", slot(dir_ino)[1]
             else:
@@ -366,63 +318,8 @@ class RafsOperations:
         data = file.pread(size, offset, local_only=True)
         if data is not None:
             self.lib.fuse_reply_buf(req, data, len(data))
-        else:
-            self._pool.submit(self._read_remote, req, file, size, offset)
-        # the first read of a file: push the next ones (those whose data is local)
-        place = self._places.pop(image_ino, None) if offset == 0 else None
-        if place is not None:
-            self._reading = place
-            try:
-                self._pushes.put_nowait(place)
-            except queue.Full:                        # the pusher is behind: this push is not needed
-                pass
-
-    def _push_loop(self) -> None:
-        while True:
-            place = self._pushes.get()
-            if place is None:
-                return
-            try:
-                self._push_after(*place)
-            except Exception as exc:                  # a push only saves requests: never fatal
-                log.debug("push after entry %d: %s", place[1], exc)
-
-    def _push_after(self, entries: list, index: int) -> None:
-        """Store the small regular files listed after ``entries[index]`` into the page cache, those
-        whose data is local, up to ``push_files`` files and ``PUSH_BYTES`` bytes."""
-        budget, count = PUSH_BYTES, 0
-        following = itertools.islice(entries, index + 1, index + 1 + PUSH_SCAN)
-        for position, (_, child) in enumerate(following, index + 1):
-            if count >= self.push_files or budget <= 0:
-                break
-            slot = self._slots.get(child)
-            if slot is None or child not in self._places:
-                continue                              # read, pushed, or not a listed regular file
-            reading = self._reading
-            if reading is not None and reading[0] is entries and reading[1] + 1 >= position:
-                continue                              # the reader is at it: pushing it now doubles the work
-            attr = slot[0].attr
-            size = attr.st_size
-            if not stat.S_ISREG(attr.st_mode) or not 0 < size <= min(PUSH_FILE_LIMIT, budget):
-                continue
-            if self._places.pop(child, None) is None:
-                continue                              # the loop has just started reading it
-            data = self.image.open_inode(child).pread(size, 0, local_only=True)
-            if data is None or len(data) != size:
-                continue                              # remote: left for the reader to ask for
-            self._store(child, data)
-            budget -= size
-            count += 1
-
-    def _store(self, ino: int, data: bytes) -> None:
-        address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
-        vector = ll.fuse_bufvec(1, 0, 0, (ll.fuse_buf * 1)(ll.fuse_buf(len(data), 0, address, -1, 0)))
-        status = self.lib.fuse_lowlevel_notify_store(self._session, self.numbers.to_fuse(ino), 0,
-                                                     ctypes.byref(vector), 0)
-        if status == 0:
-            self.pushed += 1
-        else:                                         # e.g. the kernel has forgotten the inode
-            log.debug("store of inode %d: %s", ino, os.strerror(-status))
+            return
+        self._pool.submit(self._read_remote, req, file, size, offset)
 
     def _read_remote(self, req, file, size, offset) -> None:
         try:
@@ -521,7 +418,6 @@ def mount(image: Image, mountpoint, *, threads: int = DEFAULT_THREADS, enable_xa
         if lib.fuse_session_mount(session, os.fsencode(mountpoint)) != 0:
             raise errors.RafsError(f"cannot mount {mountpoint} (is /dev/fuse there, fuse3 installed, "
                                    f"are you root?)")
-        operations.start_pushing(session)
         try:
             idle = _serve(lib, session, mountpoint, ready, handle_signals)
         finally:
