@@ -19,9 +19,7 @@ from ..model import (BLOB_FEATURES_INVALID_MASK, Blob, BlobFeatures, Chunk, Imag
 from ..blob import codecs
 from . import layout
 
-INODE = _codec.FastRecord(layout.Inode, "v5 inode")
-CHUNK = _codec.FastRecord(layout.ChunkInfo, "v5 chunk info")
-EXT_BLOB = _codec.FastRecord(layout.ExtBlobEntry, "v5 extended blob entry")
+from .records import CHUNK, EXT_BLOB, INODE
 _U32 = struct.Struct("<I")
 INLINE_BLOB_ID_PLACEHOLDER = "x" * 64     # builder/src/lib.rs dump_bootstrap, for --blob-inline-meta
 _U64 = struct.Struct("<Q")

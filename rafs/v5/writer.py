@@ -19,19 +19,14 @@ from __future__ import annotations
 import stat
 import struct
 
-from .. import _codec
 from ..blob import codecs
 from ..errors import BuildError, InvalidArgumentError
 from ..model import Blob, InodeFlags, Node, SuperFlags, TreeIndex, index_order
 from . import layout
 
-SUPERBLOCK = _codec.FastRecord(layout.SuperBlock, "v5 superblock")
-INODE = _codec.FastRecord(layout.Inode, "v5 inode")
-CHUNK = _codec.FastRecord(layout.ChunkInfo, "v5 chunk info")
-EXT_BLOB = _codec.FastRecord(layout.ExtBlobEntry, "v5 extended blob entry")
+from .records import BLOB_HEADER as _BLOB_HEADER, CHUNK, EXT_BLOB, INODE, SUPERBLOCK
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_BLOB_HEADER = _codec.FastRecord(layout.BlobTableEntryHeader, "v5 blob table entry")
 _U64_MASK = (1 << 64) - 1
 RECORD_ORDERS = ("dfs", "index")
 _RESERVED = bytes(8)

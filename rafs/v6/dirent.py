@@ -13,11 +13,10 @@ import bisect
 import functools
 import struct
 
-from .. import _codec
 from ..errors import InvalidImageError
 from . import layout
 
-DIRENT = _codec.FastRecord(layout.Dirent, "v6 dirent")
+from .records import DIRENT
 _STRUCTURE = "v6 directory block"
 
 

@@ -38,13 +38,7 @@ from ..model import (BLOB_FEATURES_INVALID_MASK, CIPHER_NAMES, COMPRESSOR_NAMES,
                      Blob, BlobFeatures, Chunk, ImageReader, Inode, InodeFlags, SuperFlags)
 from . import dirent, layout, xattr
 
-SUPERBLOCK = _codec.FastRecord(layout.SuperBlock, "v6 superblock")
-DEVICE = _codec.FastRecord(layout.Device, "v6 device slot")
-BLOB = _codec.FastRecord(layout.Blob, "v6 blob table entry")
-CHUNK_INFO = _codec.FastRecord(layout.ChunkInfo, "v6 chunk info")
-CHUNK_INDEX = _codec.FastRecord(layout.ChunkIndex, "v6 chunk index")
-INODE_RECORDS = {version: _codec.FastRecord(schema, f"v6 {name} inode") for (version, schema), name
-                 in zip(layout.INODE_LAYOUTS.items(), ("compact", "extended"))}
+from .records import BLOB, CHUNK_INDEX, CHUNK_INFO, DEVICE, INODE_RECORDS
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
 

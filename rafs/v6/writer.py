@@ -23,19 +23,10 @@ import struct
 from ..errors import InvalidArgumentError
 from ..model import (BlobFeatures, CIPHER_IDS, COMPRESSOR_IDS, DIGESTER_IDS, MAX_BLOBS, MAX_CHUNK_SIZE,
                      MAX_CHUNKS_PER_BLOB, MAX_NAME_SIZE, MIN_CHUNK_SIZE, Blob, Chunk, Node, SuperFlags)
-from .. import _codec
 from . import alloc, layout
 
-SUPERBLOCK = _codec.FastRecord(layout.SuperBlock, "v6 superblock")
-SUPERBLOCK_EXT = _codec.FastRecord(layout.SuperBlockExt, "v6 superblock extension")
-DEVICE = _codec.FastRecord(layout.Device, "v6 device slot")
-BLOB = _codec.FastRecord(layout.Blob, "v6 blob table entry")
-INODE = _codec.FastRecord(layout.InodeExtended, "v6 extended inode")
-DIRENT = _codec.FastRecord(layout.Dirent, "v6 dirent")
-CHUNK_ADDR = _codec.FastRecord(layout.ChunkIndex, "v6 chunk index")
-CHUNK_INFO = _codec.FastRecord(layout.ChunkInfo, "v6 chunk info")
-XATTR_HEADER = _codec.FastRecord(layout.XattrIbodyHeader, "v6 xattr body header")
-XATTR_ENTRY = _codec.FastRecord(layout.XattrEntry, "v6 xattr entry")
+from .records import (BLOB, CHUNK_INDEX as CHUNK_ADDR, CHUNK_INFO, DEVICE, DIRENT, INODE_EXTENDED as INODE,
+                      SUPERBLOCK, SUPERBLOCK_EXT, XATTR_ENTRY, XATTR_HEADER)
 
 # Blobs start in the flattened block-device view at multiples of this (``V6_BLOCK_SEG_ALIGNMENT``).
 # Builders before 2023-03-30 (nydus-image 2.2) used 2 MiB; earlier ones left mapped_blkaddr 0

@@ -10,12 +10,10 @@ stored suffix. Entries whose index has no prefix the kernel lists (0, lustre, 7.
 
 from __future__ import annotations
 
-from .. import _codec
 from ..errors import InvalidImageError, UnsupportedError
 from . import layout
 
-HEADER = _codec.FastRecord(layout.XattrIbodyHeader, "v6 xattr body header")
-ENTRY = _codec.FastRecord(layout.XattrEntry, "v6 xattr entry")
+from .records import XATTR_ENTRY as ENTRY, XATTR_HEADER as HEADER
 _STRUCTURE = "v6 inode xattrs"
 _LISTED_PREFIXES = {index: prefix for index, prefix in layout.EROFS_XATTR_PREFIXES.items()
                     if index != layout.EROFS_XATTR_INDEX_LUSTRE}
