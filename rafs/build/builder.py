@@ -126,7 +126,8 @@ class Builder:
     or ``"mapped"`` (v6 with compressor none only: every chunk at its uncompressed offset, zero-padded,
     so the kernel's EROFS can use the blob itself as the extra device, like a ``mkfs.erofs --blobdev``
     file; nydusd and rafs read both). ``compat="2.2"`` writes a v5 bootstrap the way nydus-image 2.2 did (records in
-    index order, no CRC-32C, no blob features). ``workers`` bounds the compression threads.
+    index order, no CRC-32C, no blob features, the root left out of ``s_inodes_count``). ``workers`` bounds
+    the compression threads.
     Invalid combinations raise :class:`~rafs.errors.InvalidArgumentError` with the reference's words.
     """
 
@@ -349,7 +350,7 @@ class Builder:
             def write(root, blobs, *, chunk_size, flags, prefetch, order):
                 return write_v5(root, blobs, chunk_size=chunk_size, flags=flags, prefetch=prefetch,
                                 record_order="index" if compat else "dfs", ext_blob_features=not compat,
-                                order=order, tar_layer=tar_layer)
+                                order=order, tar_layer=tar_layer, count_root=not compat)
             return write
         try:
             from ..v6.writer import write_bootstrap as write_v6

@@ -66,14 +66,20 @@ def dir_pseudo_size(node: Node) -> int:
 def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: SuperFlags,
                     prefetch: list[Node] | None = None, record_order: str = "dfs",
                     ext_blob_features: bool = True, order: TreeIndex | None = None,
-                    tar_layer: int | None = None) -> bytes:
+                    tar_layer: int | None = None, count_root: bool = True) -> bytes:
     """The bootstrap bytes for ``root`` and its ``blobs``.
 
     ``flags`` carries compressor, digester and EXPLICIT_UID_GID; HAS_XATTR is added when any inode
     has xattrs. ``prefetch`` lists the nodes whose inode numbers go into the prefetch table
     (``--prefetch-policy fs``); the table is stored sorted, as the reference does. With
     ``ext_blob_features=False`` the extended blob table's ``features`` word is written as 0 (it was
-    reserved before nydus-image 2.3). ``order`` reuses an index order already computed for ``root``.
+    reserved before nydus-image 2.3). ``s_inodes_count`` is the number of distinct inodes (a hardlink
+    group counts once), root included, as the current builder stores it (``v5_dump`` in
+    builder/src/core/v5.rs writes ``inode_map.len()``, and ``Bootstrap::build`` in
+    builder/src/core/bootstrap.rs puts the root into ``inode_map``). With ``count_root=False`` the root
+    is left out, as nydus-image 2.2 did: its ``build()`` never put the root into ``inode_map`` (nydus PR
+    #1275 "record correct inode number for v5" fixed it). ``order`` reuses an index order already
+    computed for ``root``.
     Nodes whose ``layer`` is ``tar_layer`` came from a tarball: the reference's tar builder stores
     ``i_rdev = u32::MAX`` for all of them but devices and fifos (builder/src/tarball.rs
     ``parse_entry`` and ``TarBuilder::create_directory``), where directory builds store st_rdev.
@@ -114,7 +120,7 @@ def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: Su
     if at > MAX_METADATA_SIZE:
         raise BuildError(f"v5 bootstrap of {at} bytes exceeds the {MAX_METADATA_SIZE:#x}-byte metadata limit")
 
-    unique_inodes = len({id(n.inode) for n in nodes})
+    unique_inodes = len({id(n.inode) for n in nodes}) - (0 if count_root else 1)
     superblock = SUPERBLOCK.pack(
         layout.RAFSV5_SUPER_MAGIC, layout.RAFSV5_SUPER_VERSION, layout.RAFSV5_SUPERBLOCK_SIZE, chunk_size,
         flags, unique_inodes, layout.RAFSV5_SUPERBLOCK_SIZE, prefetch_offset, blob_table_offset, entries,
