@@ -354,9 +354,26 @@ class ImageReader(abc.ABC):
         inode once, so caching would only cost time and evict what lookups keep there."""
         return self.inode(ino)
 
+    def stat_values(self, ino: int) -> tuple:
+        """(st_mode, st_ino, st_nlink, st_uid, st_gid, st_size, st_mtime_ns, st_rdev, st_blocks, st_dev)
+        of ``ino``, in the order of :class:`rafs.Stat`'s fields. A reader may answer from the raw record
+        without making an :class:`Inode`, for walks that stat a whole tree."""
+        inode = self.inode_uncached(ino)
+        return (inode.mode, inode.ino, inode.nlink, inode.uid, inode.gid, inode.size,
+                inode.mtime * 1_000_000_000 + inode.mtime_nsec, inode.rdev, inode.blocks, 0)
+
+    def stat_list(self, inos) -> list[tuple]:
+        """:meth:`stat_values` of every inode in ``inos``; a reader may decode them in bulk."""
+        return [self.stat_values(ino) for ino in inos]
+
     @abc.abstractmethod
     def entries(self, ino: int) -> Iterator[tuple[bytes, int]]:
         """(name, ino) of the directory's children in name order, without ``.`` and ``..``."""
+
+    def listing(self, ino: int) -> tuple[list[bytes], list[int]]:
+        """The names and inode numbers of :meth:`entries`, as two lists."""
+        pairs = list(self.entries(ino))
+        return [name for name, _ in pairs], [child for _, child in pairs]
 
     def lookup(self, ino: int, name: bytes) -> int | None:
         for child_name, child_ino in self.entries(ino):

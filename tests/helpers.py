@@ -13,6 +13,8 @@ import hashlib
 import os
 import stat
 
+import rafs
+
 _BLOCK = 1 << 20
 
 
@@ -54,7 +56,10 @@ def verify_tree(image, source_dir, *, repeatable: bool = False, skip=(), check_x
     top = os.fsencode(os.fspath(source_dir))
     expected = {rel: st for rel, st in source_entries(top).items()
                 if not any(rel == s or rel.startswith(s + b"/") for s in skip)}
-    actual = {path.lstrip(b"/"): inode for path, inode in image.iter_entries("/")}
+    walked = list(image.iter_entries("/"))
+    actual = {path.lstrip(b"/"): inode for path, inode in walked}
+    # the bulk stat walk reports what the model inodes say, in the same order
+    assert list(image.iter_stats("/")) == [(path, rafs.Stat.from_inode(inode)) for path, inode in walked]
     missing, extra = sorted(set(expected) - set(actual)), sorted(set(actual) - set(expected))
     assert not missing and not extra, f"missing from image: {missing[:10]}, unexpected: {extra[:10]}"
 

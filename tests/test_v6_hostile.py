@@ -146,6 +146,9 @@ def test_directory_loop_is_refused(erofs_bytes):
     with pytest.raises(rafs.InvalidImageError, match="reachable twice"):
         with rafs.open(mutant) as image:
             list(image.iter_entries("/"))
+    with pytest.raises(rafs.InvalidImageError, match="reachable twice"):
+        with rafs.open(mutant) as image:
+            list(image.iter_stats("/"))
     with pytest.raises(rafs.InvalidImageError):
         with rafs.open(mutant) as image:
             list(image.walk("/"))

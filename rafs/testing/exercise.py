@@ -230,6 +230,8 @@ def exercise(source, *, steps=STEPS, max_read_per_file: int = MAX_READ_PER_FILE,
             for path, inode in image.iter_entries("/"):
                 entries.append((path, inode))
             outcome.entries = len(entries)
+            for _ in image.iter_stats("/"):
+                pass
             for _ in image.walk("/"):
                 pass
 

@@ -69,16 +69,17 @@ def parse_block(block: bytes, *, where: int) -> list[tuple[bytes, int, int]]:
     return list(zip(*decode_block(block, where=where)))
 
 
-def without_dots(names: list[bytes], nids) -> list[tuple[bytes, int]]:
-    """(name, nid) pairs of a directory's entries but ``.`` and ``..``. In a sound directory each
-    appears once and they sort next to each other, so they are cut out by position; anything else is
-    filtered entry by entry."""
-    pairs = list(zip(names, nids))
+def without_dots(names: list[bytes], nids) -> tuple[list[bytes], list[int]]:
+    """A directory's names and nids but ``.`` and ``..``. In a sound directory each appears once and
+    they sort next to each other, so they are cut out by position; anything else is filtered entry by
+    entry."""
+    names, nids = list(names), list(nids)
     i = names.index(b".") if b"." in names else -1
     if i >= 0 and names[i + 1:i + 2] == [b".."] and names.count(b".") == 1 and names.count(b"..") == 1:
-        del pairs[i:i + 2]
-        return pairs
-    return [pair for pair in pairs if pair[0] != b"." and pair[0] != b".."]
+        del names[i:i + 2], nids[i:i + 2]
+        return names, nids
+    kept = [i for i, name in enumerate(names) if name != b"." and name != b".."]
+    return [names[i] for i in kept], [nids[i] for i in kept]
 
 
 def find(names: list[bytes], nids, name: bytes) -> int | None:

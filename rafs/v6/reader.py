@@ -25,6 +25,8 @@ Plain EROFS images carry no compressor or digester: their ``flags`` are reported
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 import os
 import stat as _stat
 import struct
@@ -73,11 +75,21 @@ def _skipping_reserved(record: _codec.FastRecord):
 _COMPACT_UNPACK, _EXTENDED_UNPACK = _skipping_reserved(_COMPACT), _skipping_reserved(_EXTENDED)
 # both inode records start i_format, i_xattr_icount, i_mode, (16 bits), i_size
 _I_SIZE = _COMPACT.fields.index("i_size")
+_COMPACT_NLINK_OFFSET = 6                # after the 16-bit i_format, i_xattr_icount and i_mode
+assert _COMPACT.fields.index("i_nlink") == 3 and _COMPACT.struct.format.lstrip("<=").startswith("HHHH")
 assert _COMPACT.fields[:3] == _EXTENDED.fields[:3] == ("i_format", "i_xattr_icount", "i_mode")
 assert _EXTENDED.fields.index("i_size") == _I_SIZE
 _UNKNOWN_I_FORMAT = ~layout.EROFS_I_ALL
 _EXTENDED_BIT = layout.EROFS_I_VERSION_MASK
 _DATALAYOUT_BIT, _DATALAYOUT_MASK = layout.EROFS_I_DATALAYOUT_BIT, layout.EROFS_I_DATALAYOUT_MASK
+_NLINK_1_BIT = layout.EROFS_I_NLINK_1_BIT
+_NLINK_1 = 1 << _NLINK_1_BIT
+# what V6Reader.stat_list decodes in bulk: the uncompressed layouts, compact with or without the
+# nlink-is-1 bit, or extended; file types whose st_rdev is 0
+_BULK_LAYOUTS = (layout.EROFS_INODE_FLAT_PLAIN, layout.EROFS_INODE_FLAT_INLINE, layout.EROFS_INODE_CHUNK_BASED)
+_BULK_EXTENDED_FORMATS = frozenset(layout.EROFS_I_VERSION_MASK | d << _DATALAYOUT_BIT for d in _BULK_LAYOUTS)
+_BULK_COMPACT_FORMATS = frozenset(n | d << _DATALAYOUT_BIT for d in _BULK_LAYOUTS for n in (0, _NLINK_1))
+_BULK_FILE_TYPES = frozenset((_stat.S_IFREG, _stat.S_IFDIR, _stat.S_IFLNK, _stat.S_IFIFO, _stat.S_IFSOCK))
 # every i_format with no unknown bit and a known data layout
 _KNOWN_I_FORMATS = frozenset(f for f in range(layout.EROFS_I_ALL + 1)
                              if f >> _DATALAYOUT_BIT & _DATALAYOUT_MASK in layout.EROFS_DATALAYOUT_NAMES)
@@ -119,8 +131,13 @@ def _decode_dev(raw: int) -> int:
 class _Record:
     """One decoded on-disk inode and where its parts are."""
 
-    __slots__ = ("nid", "offset", "raw", "extended", "datalayout", "mode", "size", "inode_size",
-                 "xattr_size", "startblk", "format")
+    __slots__ = ("nid", "offset", "extended", "datalayout", "mode", "size", "inode_size", "xattr_size",
+                 "startblk", "format", "data")
+
+    @property
+    def raw(self):
+        """The on-disk record, every field by name (unpacked on demand: most users need none)."""
+        return INODE_RECORDS[self.extended].unpack_from(self.data, self.offset)
 
     @property
     def body_end(self) -> int:
@@ -427,11 +444,17 @@ class V6Reader(ImageReader):
     def inode_offset(self, nid: int) -> int:
         return self.meta_base + nid * layout.EROFS_INODE_SLOT_SIZE
 
-    def _unpack_inode(self, nid: int) -> tuple[int, int, int, tuple]:
-        """(offset, i_format, data layout, field values) of inode ``nid``, checked against the image:
-        the inode and its inline xattrs inside it, a known format, layout and file type, a size below
-        2^63. One ``struct`` unpack of the compact or extended record; both :meth:`_inode` and
-        :meth:`record` start here."""
+    def _attributes(self, nid: int) -> tuple:
+        """What every decoder of inode ``nid`` starts from, checked against the image: the inode and its
+        inline xattrs inside it, a known format, layout and file type, a size below 2^63, a symlink
+        target of at most MAX_SYMLINK_SIZE bytes. One ``struct`` unpack of the compact or extended record.
+
+        The first ten values are :class:`rafs.Stat`'s fields (st_mode, st_ino, st_nlink, st_uid, st_gid,
+        st_size, st_mtime_ns, st_rdev, st_blocks, st_dev), then offset, i_format, data layout, xattr
+        icount, i_u, offset of the inline xattrs, mtime and mtime_nsec. Compact and extended records
+        answer alike: a compact inode's mtime is the superblock's build time plus its i_mtime (kernel
+        >= 6.15; 0, the former reserved field, in older images), and its nlink is 1 when
+        EROFS_I_NLINK_1_BIT says so (the field then holds high bits of i_u)."""
         offset = self.meta_base + (nid << 5)
         image_size = self.size
         if nid < 0 or offset + _COMPACT_SIZE > image_size:
@@ -447,39 +470,51 @@ class V6Reader(ImageReader):
             raise InvalidImageError(f"nid {nid} has unknown data layout {datalayout}", structure="v6 inode",
                                     offset=offset)
         if ifmt & _EXTENDED_BIT:
-            end = offset + _EXTENDED_SIZE
-            if end > image_size:
+            body = offset + _EXTENDED_SIZE
+            if body > image_size:
                 raise InvalidImageError(f"nid {nid} inode runs past the image", structure="v6 inode",
                                         offset=offset)
-            values = _EXTENDED_UNPACK(data, offset)
+            _, icount, mode, _, size, i_u, _, uid, gid, mtime, mtime_nsec, nlink = _EXTENDED_UNPACK(data, offset)
         else:
-            end = offset + _COMPACT_SIZE
-            values = _COMPACT_UNPACK(data, offset)
-        icount, mode, size = values[1], values[2], values[_I_SIZE]
-        if icount:
-            end += xattr.body_size(icount)
-        if end > image_size:
+            body = offset + _COMPACT_SIZE
+            _, icount, mode, nlink, size, reserved, i_u, _, uid, gid = _COMPACT_UNPACK(data, offset)
+            mtime, mtime_nsec = self._build_time + reserved, self._build_time_nsec
+            if (ifmt >> _NLINK_1_BIT) & 1 and mode & _S_IFMT != _S_IFDIR:
+                nlink = 1
+        if icount and body + xattr.body_size(icount) > image_size:
             raise InvalidImageError(f"nid {nid} inode and xattrs run past the image", structure="v6 inode",
                                     offset=offset)
         if size >> 63:
             raise InvalidImageError(f"nid {nid} has a negative size", structure="v6 inode", offset=offset)
-        if mode & _S_IFMT not in _FILE_TYPES:
+        kind = mode & _S_IFMT
+        if kind not in _FILE_TYPES:
             raise InvalidImageError(f"nid {nid} has unknown file type in mode {mode:#o}",
                                     structure="v6 inode", offset=offset)
-        return offset, ifmt, datalayout, values
+        rdev = 0
+        if kind == _S_IFCHR or kind == _S_IFBLK:
+            rdev = _decode_dev(i_u)
+        elif kind == _S_IFLNK and size > MAX_SYMLINK_SIZE:
+            raise InvalidImageError(f"nid {nid} symlink target of {size} bytes is too long",
+                                    structure="v6 inode", offset=offset)
+        # st_blocks, in 512-byte units: a compressed inode's i_u counts its blocks, others are rounded up
+        bits = self.block_bits
+        blocks = (i_u if datalayout in _COMPRESSED_LAYOUTS else (size + self.block_size - 1) >> bits) << (bits - 9)
+        return (mode, nid, nlink, uid, gid, size, mtime * 1_000_000_000 + mtime_nsec, rdev, blocks, 0,
+                offset, ifmt, datalayout, icount, i_u, body, mtime, mtime_nsec)
 
     def _decode_record(self, nid: int) -> _Record:
-        offset, ifmt, datalayout, values = self._unpack_inode(nid)
+        (mode, _, _, _, _, size, _, _, _, _, offset, ifmt, datalayout, icount, i_u, body, _,
+         _) = self._attributes(nid)
         rec = _Record()
-        rec.nid, rec.offset, rec.format, rec.datalayout = nid, offset, ifmt, datalayout
-        rec.extended = ifmt & layout.EROFS_I_VERSION_MASK
-        rec.inode_size = layout.INODE_SIZES[rec.extended]
-        raw = rec.raw = INODE_RECORDS[rec.extended].unpack_from(self.data, offset)
-        rec.mode, rec.size = raw.i_mode, raw.i_size
-        rec.xattr_size = xattr.body_size(raw.i_xattr_icount)
-        rec.startblk = raw.i_u
-        if not rec.extended and not _stat.S_ISDIR(rec.mode) and (ifmt >> layout.EROFS_I_NLINK_1_BIT) & 1:
-            rec.startblk |= raw.i_nlink << 32
+        rec.nid, rec.offset, rec.format, rec.datalayout, rec.mode, rec.size = nid, offset, ifmt, datalayout, mode, size
+        rec.extended = ifmt & _EXTENDED_BIT
+        rec.inode_size = body - offset
+        rec.xattr_size = xattr.body_size(icount)
+        rec.data = self.data
+        rec.startblk = i_u
+        if not rec.extended and mode & _S_IFMT != _S_IFDIR and ifmt & _NLINK_1:
+            # the compact i_nlink field then holds the high 16 bits of the start block
+            rec.startblk |= _U16.unpack_from(self.data, offset + _COMPACT_NLINK_OFFSET)[0] << 32
         return rec
 
     def record(self, nid: int) -> _Record:
@@ -489,29 +524,74 @@ class V6Reader(ImageReader):
         """The inode ``ino`` (an nid); every instance replaces this with its cached decoder."""
         return self._cached_inode(ino)
 
+    def stat_values(self, ino: int) -> tuple:
+        """The stat fields of nid ``ino`` straight from its record: no xattrs, symlink target or chunk
+        count decoded, no :class:`Inode` made (what a bulk walk such as :meth:`rafs.Image.iter_stats`
+        needs)."""
+        return self._attributes(ino)[:10]
+
+    def stat_list(self, inos) -> list[tuple]:
+        """:meth:`stat_values` of every nid in ``inos`` (a directory's children, say), in bulk.
+
+        When the records are all extended or all compact, of the uncompressed layouts and no device
+        among them (what nydus-image and mkfs.erofs write for most directories), they are unpacked in
+        one pass and checked as a whole: bounds by the highest offset, xattrs by the largest count,
+        sizes by the largest, symlinks by the longest. Anything else, a failed check included, goes
+        through :meth:`_attributes` one by one, which names the culprit. The values are the same.
+        """
+        if not inos:
+            return []
+        data, count = self.data, len(inos)
+        offsets = list(map(operator.add, itertools.repeat(self.meta_base, count),
+                           map(operator.lshift, inos, itertools.repeat(5, count))))
+        last = max(offsets)
+        if min(inos) < 0 or last + _EXTENDED_SIZE > self.size:
+            return [self._attributes(nid)[:10] for nid in inos]
+        rows = list(map(_EXTENDED_UNPACK, itertools.repeat(data, count), offsets))
+        columns = list(zip(*rows))
+        formats = set(columns[0])
+        if formats <= _BULK_EXTENDED_FORMATS:
+            if self._bulk_sound(columns, last + _EXTENDED_SIZE):
+                bits, mask = self.block_bits, self.block_size - 1
+                return [(mode, nid, nlink, uid, gid, size, mtime * 1_000_000_000 + mtime_nsec, 0,
+                         ((size + mask) >> bits) << (bits - 9), 0)
+                        for nid, (_, _, mode, _, size, _, _, uid, gid, mtime, mtime_nsec, nlink) in zip(inos, rows)]
+        elif formats <= _BULK_COMPACT_FORMATS:          # both records start with the 16-bit i_format
+            rows = list(map(_COMPACT_UNPACK, itertools.repeat(data, count), offsets))
+            columns = list(zip(*rows))
+            if self._bulk_sound(columns, last + _COMPACT_SIZE):
+                bits, mask = self.block_bits, self.block_size - 1
+                epoch, epoch_nsec = self._build_time, self._build_time_nsec
+                return [(mode, nid, 1 if ifmt & _NLINK_1 and mode & _S_IFMT != _S_IFDIR else nlink, uid, gid, size,
+                         (epoch + mtime) * 1_000_000_000 + epoch_nsec, 0, ((size + mask) >> bits) << (bits - 9), 0)
+                        for nid, (ifmt, _, mode, nlink, size, mtime, _, _, uid, gid) in zip(inos, rows)]
+        return [self._attributes(nid)[:10] for nid in inos]
+
+    def _bulk_sound(self, columns: list[tuple], end: int) -> bool:
+        """Whether unpacked records, given column by column (compact or extended: icount, mode and size
+        are columns 1, 2 and 4 of both), pass :meth:`_attributes`' checks as a whole; ``end`` is where
+        the last record ends."""
+        _, icounts, modes, _, sizes = columns[:5]
+        most_xattrs = max(icounts)
+        if most_xattrs and end + xattr.body_size(most_xattrs) > self.size:
+            return False
+        if max(sizes) >> 63:
+            return False
+        kinds = {mode & _S_IFMT for mode in set(modes)}
+        if not kinds <= _BULK_FILE_TYPES:
+            return False
+        return _S_IFLNK not in kinds or max(size for mode, size in zip(modes, sizes)
+                                            if mode & _S_IFMT == _S_IFLNK) <= MAX_SYMLINK_SIZE
+
     def _inode(self, nid: int) -> Inode:
         """The model inode, straight from the unpacked fields (no :class:`_Record` unless the inode's
         data is needed: a symlink's target)."""
-        offset, ifmt, datalayout, values = self._unpack_inode(nid)
-        if ifmt & _EXTENDED_BIT:
-            _, icount, mode, _, size, i_u, _, uid, gid, mtime, mtime_nsec, nlink = values
-            body = offset + _EXTENDED_SIZE
-        else:
-            _, icount, mode, nlink, size, reserved, i_u, _, uid, gid = values
-            # kernel >= 6.15 adds the compact i_mtime (formerly reserved, 0 in older images) to the epoch
-            mtime, mtime_nsec = self._build_time + reserved, self._build_time_nsec
-            if mode & _S_IFMT != _S_IFDIR and (ifmt >> layout.EROFS_I_NLINK_1_BIT) & 1:
-                nlink = 1
-            body = offset + _COMPACT_SIZE
+        (mode, _, nlink, uid, gid, size, _, rdev, blocks, _, _, _, datalayout, icount, i_u, body, mtime,
+         mtime_nsec) = self._attributes(nid)
         kind = mode & _S_IFMT
-        bits = self.block_bits
-        if datalayout in _COMPRESSED_LAYOUTS:
-            blocks = i_u << (bits - 9)
-        else:
-            blocks = ((size + self.block_size - 1) >> bits) << (bits - 9)
         xattrs = xattr.decode(self.data, body, icount, shared_base=self._shared_xattr_base) if icount else {}
         flags = _XATTR_FLAG if xattrs else 0
-        rdev, symlink, chunk_count = 0, None, 0
+        symlink, chunk_count = None, 0
         if kind == _S_IFREG:
             if self.is_rafs and datalayout == _CHUNK_BASED:
                 chunk_count = -(-size // self.chunk_size)
@@ -520,13 +600,8 @@ class V6Reader(ImageReader):
             if nlink > 1:
                 flags |= _HARDLINK_FLAG
         elif kind == _S_IFLNK:
-            if size > MAX_SYMLINK_SIZE:
-                raise InvalidImageError(f"nid {nid} symlink target of {size} bytes is too long",
-                                        structure="v6 inode", offset=offset)
             symlink = self._meta_data(self._record(nid))
             flags |= _SYMLINK_FLAG
-        elif kind == _S_IFCHR or kind == _S_IFBLK:
-            rdev = _decode_dev(i_u)
         # positional, in the order of rafs.model.Inode's fields (keywords cost a microsecond an inode)
         return Inode(nid, mode, uid, gid, size, mtime, mtime_nsec, nlink, rdev, blocks, flags, symlink, xattrs,
                      None, chunk_count)
@@ -691,17 +766,24 @@ class V6Reader(ImageReader):
 
     def entries(self, ino: int) -> Iterator[tuple[bytes, int]]:
         """(name, nid) of every entry but ``.`` and ``..``; the whole directory is decoded at once."""
+        return zip(*self.listing(ino))
+
+    def listing(self, ino: int) -> tuple[list[bytes], list[int]]:
+        """The names and nids of a directory's entries but ``.`` and ``..``, as two lists."""
         rec = self._dir_record(ino)
         if rec is None:
-            return iter(())
+            return [], []
         extents = self._extents(rec)            # once per listing, not once per block
-        names: list[bytes] = []
-        nids: list[int] = []
-        for index in range(self._block_count(rec)):
-            block_names, block_nids, _ = self._dir_block(rec, extents, index)
-            names += block_names
-            nids += block_nids
-        return iter(dirent.without_dots(names, nids))
+        count = self._block_count(rec)
+        if count == 1:
+            names, nids, _ = self._dir_block(rec, extents, 0)
+        else:
+            names, nids = [], []
+            for index in range(count):
+                block_names, block_nids, _ = self._dir_block(rec, extents, index)
+                names += block_names
+                nids += block_nids
+        return dirent.without_dots(names, nids)
 
     def _lookup_table(self, nid: int):
         """What :meth:`lookup` searches in directory ``nid``: a name -> nid dict when the directory has
