@@ -21,16 +21,16 @@ address space: the kernel's EROFS reads such a blob directly as an extra device 
 as it reads a ``mkfs.erofs --blobdev`` file. nydus-image packs the chunks back to back instead;
 nydusd and rafs read both, since they go by ``compressed_offset``.
 
-Reading, hashing and compressing run on a thread pool (zstandard, lz4, blake3, hashlib and crc32c
-release the GIL) with a bounded number of chunks in flight; results are written in order as soon as
-they are ready, so memory does not grow with the size of the tree.
+Reading, hashing and compressing run on a thread pool (:mod:`rafs.blob.pipeline`), results stored in
+order as soon as they are ready; the blob id's sha256 and the writes run on one more thread, so
+memory does not grow with the size of the tree and the thread storing results is never the
+bottleneck.
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
@@ -38,6 +38,7 @@ from .. import _codec
 from ..errors import BuildError, InvalidArgumentError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, COMPRESSOR_IDS, MAX_CHUNKS_PER_BLOB, Node
 from . import codecs, layout
+from .pipeline import DEFAULT_INFLIGHT_BYTES, ChunkPipeline, default_workers
 from .tar_header import build_tar_header
 from .toc import TocEntry, toc_bytes
 
@@ -45,13 +46,10 @@ CI_HEADER = _codec.FastRecord(layout.BlobCompressionContextHeader, "CI header")
 _CI_V1 = struct.Struct("<QQ")
 INLINE_BLOB_ID = "x" * 64            # placeholder id in a bootstrap embedded in its own blob
 _ALIGN = 4096
-DEFAULT_INFLIGHT_BYTES = 32 << 20
-# Small files are handed to the workers in batches of at most this many files / bytes: one task (and one
-# thread hand-over) per file would cost more than reading and digesting a small file does.
-BATCH_FILES = 256
-BATCH_BYTES = 1 << 20
 # Chunks smaller than this are gathered into one write (and one blob-id update) of about this size.
 WRITE_BUFFER = 1 << 20
+# Hand-overs of about WRITE_BUFFER bytes that may wait for the sink thread.
+SINK_QUEUE = 8
 _COMPRESSED = int(ChunkFlags.COMPRESSED)
 _HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
 
@@ -67,45 +65,6 @@ def ci_v1_entry(compressed_offset: int, compressed_size: int, uncompressed_offse
             | (c & layout.CI_V1_SIZE_LOW_MASK) << layout.CI_V1_SIZE_LOW_SHIFT
             | (c & layout.CI_V1_SIZE_HIGH_MASK) << layout.CI_V1_COMP_SIZE_HIGH_SHIFT)
     return _CI_V1.pack(uncomp, comp)
-
-
-def _read_chunk(path: bytes, offset: int, size: int) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise BuildError(f"failed to open node file {os.fsdecode(path)!r}: {exc.strerror}") from None
-    try:
-        data = os.pread(fd, size, offset)
-        while len(data) < size:
-            more = os.pread(fd, size - len(data), offset + len(data))
-            if not more:
-                raise BuildError(f"failed to read node file {os.fsdecode(path)!r}: it shrank below "
-                                 f"{offset + size} bytes while building")
-            data += more
-        return data
-    except OSError as exc:
-        raise BuildError(f"failed to read node file {os.fsdecode(path)!r}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-
-
-def _process(compressor: str, digester: str, data: bytes):
-    """(digest, crc32c, stored bytes, compressed?) of one chunk; runs on a worker thread."""
-    stored, compressed = codecs.compress_chunk(compressor, data)
-    return codecs.digest(digester, data), codecs.crc32c(data), stored, compressed
-
-
-def _process_batch(compressor: str, digester: str, data: bytes):
-    return [_process(compressor, digester, data)]
-
-
-def _process_file(compressor: str, digester: str, path: bytes, offset: int, size: int):
-    return [_process(compressor, digester, _read_chunk(path, offset, size))]
-
-
-def _process_files(compressor: str, digester: str, files: list[tuple[bytes, int]]):
-    """Results for a batch of whole small files (each one chunk)."""
-    return [_process(compressor, digester, _read_chunk(path, 0, size)) for path, size in files]
 
 
 class BlobWriter:
@@ -138,10 +97,9 @@ class BlobWriter:
         if mapped and (compressor != "none" or not aligned):
             raise InvalidArgumentError("a mapped blob needs compressor 'none' and aligned chunks")
         self.mapped = mapped
-        if workers is None:
-            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        self.workers = max(1, workers)
-        self.max_inflight = max(2 * self.workers + 2, min(256, inflight_bytes // max(chunk_size, 1)))
+        self.workers = max(1, workers if workers is not None else default_workers())
+        self.inflight_bytes = inflight_bytes
+        self.max_inflight = 0               # the running pipeline's bound, once dump() starts
 
         self.features = BlobFeatures.CAP_TAR_TOC
         if inline_meta:
@@ -153,7 +111,10 @@ class BlobWriter:
             self.features |= BlobFeatures.ALIGNED
         self.pos = 0
         self._hash = hashlib.sha256()
-        self._buffer = bytearray()          # written and hashed in WRITE_BUFFER pieces
+        self._pieces: list = []             # written and hashed in WRITE_BUFFER pieces
+        self._pending = 0
+        self._sink = None                   # the thread that hashes and writes while dump() runs
+        self._sink_queue: collections.deque = collections.deque()
         self._dedup: dict[tuple[bytes, int], Chunk] = {}
         self._ci = bytearray()
         self._digests = bytearray()
@@ -177,26 +138,43 @@ class BlobWriter:
 
     def _write(self, data, *, hashed: bool = True) -> None:
         """Append ``data`` to the blob (and to the blob id unless ``hashed`` is false). Small pieces
-        are gathered and written and hashed together, a piece of WRITE_BUFFER bytes or more at once."""
-        if hashed and len(data) < WRITE_BUFFER:
-            buffer = self._buffer
-            buffer += data
-            if len(buffer) >= WRITE_BUFFER:
-                self._flush()
+        are gathered and written and hashed together, WRITE_BUFFER bytes or more at once; while
+        :meth:`dump` runs, that happens on the sink thread (hashlib and file writes release the GIL)."""
+        if hashed:
+            self._pieces.append(data)
+            self._pending += len(data)
+            if self._pending >= WRITE_BUFFER:
+                self._hand_over()
         else:
-            self._flush()
-            self._emit(data)
-            if hashed:
-                self._hash.update(data)
+            self._hand_over()
+            self._sink_write((data,), hashed=False)
         self.pos += len(data)
 
+    def _hand_over(self) -> None:
+        """Pass the gathered pieces to the sink thread, or write them here when there is none. At most
+        SINK_QUEUE hand-overs wait, so memory stays bounded when the output is slow."""
+        if not self._pieces:
+            return
+        pieces, self._pieces, self._pending = self._pieces, [], 0
+        if self._sink is None:
+            self._sink_write(pieces)
+            return
+        queued = self._sink_queue
+        while len(queued) >= SINK_QUEUE:
+            queued.popleft().result()
+        queued.append(self._sink.submit(self._sink_write, pieces))
+
     def _flush(self) -> None:
-        """Write and hash what :meth:`_write` gathered."""
-        if self._buffer:
-            data = bytes(self._buffer)
-            self._buffer.clear()
-            self._emit(data)
+        """Everything written so far is in the output and in the blob id."""
+        self._hand_over()
+        while self._sink_queue:
+            self._sink_queue.popleft().result()
+
+    def _sink_write(self, pieces, hashed: bool = True) -> None:
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if hashed:
             self._hash.update(data)
+        self._emit(data)
 
     def _emit(self, data) -> None:
         written = self.out.write(data)
@@ -205,8 +183,8 @@ class BlobWriter:
             while written < len(data):
                 step = self.out.write(view[written:])
                 if not step:
-                    raise BuildError(f"the blob output accepted no more bytes at offset "
-                                     f"{self.pos - len(self._buffer) + written}")
+                    raise BuildError(f"the blob output accepted no more bytes ({written} of a {len(data)}-byte "
+                                     "write)")
                 written += step
 
     def _write_tar_header(self, name: str, size: int) -> bytes:
@@ -216,110 +194,50 @@ class BlobWriter:
 
     # -- chunk data --------------------------------------------------------------------------------
 
-    def dump(self, nodes, *, prefetch_count: int = 0) -> None:
+    def dump(self, nodes, *, prefetch_count: int = 0, pipeline: ChunkPipeline | None = None) -> None:
         """Chunk the regular files ``nodes`` in order, filling each node's ``chunks``.
 
         Hardlinked paths (same ``hardlink_key`` and Inode) are read once; later paths share the chunk
         list. The compressed bytes of the first ``prefetch_count`` nodes are counted as the blob's
-        prefetch (readahead) size. Small files read from disk go to the workers in batches, so the
-        per-task overhead does not dominate trees of many small files.
+        prefetch (readahead) size. ``pipeline`` is a running :class:`ChunkPipeline` (which may hold
+        early reads of the first files); without one the writer runs its own.
         """
+        if pipeline is None:
+            with ChunkPipeline(compressor=self.compressor, digester=self.digester, chunk_size=self.chunk_size,
+                               workers=self.workers, inflight_bytes=self.inflight_bytes) as pipeline:
+                self.dump(nodes, prefetch_count=prefetch_count, pipeline=pipeline)
+            return
+        if (pipeline.compressor, pipeline.digester, pipeline.chunk_size) != \
+                (self.compressor, self.digester, self.chunk_size):
+            raise InvalidArgumentError("the chunk pipeline and the blob writer disagree on compressor, digester "
+                                       "or chunk size")
+        self.max_inflight = pipeline.max_inflight
         done: dict[int, list[Chunk]] = {}
-        pending: collections.deque = collections.deque()     # (future, entries, units) in dump order
-        batch: list = []
-        batch_bytes = 0
-        inflight = 0            # chunk_size units read ahead: one per chunk of a large file, a batch's bytes
-        chunk_size = self.chunk_size
-        # a batch is at most BATCH_FILES files and BATCH_BYTES bytes, and small enough that 2 per worker
-        # fit the in-flight bound: the workers stay busy while this thread writes
-        batch_limit = max(chunk_size, min(BATCH_BYTES, self.max_inflight // (2 * self.workers) * chunk_size))
-
-        def submit(future, entries, units: int = 1) -> None:
-            nonlocal inflight
-            pending.append((future, entries, units))
-            inflight += units
-            while inflight >= self.max_inflight:
-                retire()
-
-        def retire() -> None:
-            nonlocal inflight
-            future, entries, units = pending.popleft()
-            inflight -= units
-            store = self._store
-            for entry, result in zip(entries, future.result()):
-                store(*entry, *result)
-
-        def flush(pool) -> None:
-            nonlocal batch, batch_bytes
-            if batch:
-                paths = [(source, entry[2]) for source, entry in batch]
-                submit(pool.submit(_process_files, self.compressor, self.digester, paths),
-                       [entry for _, entry in batch], -(-batch_bytes // chunk_size))
-                batch, batch_bytes = [], 0
-
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rafs-blob") as pool:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rafs-blob-sink") as self._sink:
             try:
+                pipeline.start(self._store)
+                claim, add = pipeline.claim, pipeline.add
                 for position, node in enumerate(nodes):
                     chunks = done.get(id(node.inode))
                     if chunks is not None:
                         node.chunks = chunks
                         continue
+                    if node.inode.size and claim(node):     # its chunks were read early, in this order
+                        done[id(node.inode)] = node.chunks
+                        continue
                     node.chunks = []
                     done[id(node.inode)] = node.chunks
-                    size = node.inode.size
-                    if size == 0:
-                        continue
-                    prefetch = position < prefetch_count
-                    source = self._source(node)
-                    if isinstance(source, bytes) and size <= chunk_size:      # one chunk: batched
-                        batch.append((source, (node, 0, size, prefetch)))
-                        batch_bytes += size
-                        if len(batch) >= BATCH_FILES or batch_bytes >= batch_limit:
-                            flush(pool)
-                        continue
-                    flush(pool)
-                    for future, entries in self._jobs(node, source, prefetch, pool):
-                        submit(future, entries)
-                flush(pool)
-                while pending:
-                    retire()
+                    if node.inode.size:
+                        add(node, position < prefetch_count)
+                pipeline.drain()
+                self._flush()
             except BaseException:
-                for future, _, _ in pending:
+                for future in self._sink_queue:
                     future.cancel()
+                self._sink_queue.clear()
                 raise
-
-    @staticmethod
-    def _source(node: Node):
-        """A file's data: its path as bytes, or the callable that opens a stream."""
-        source = node.data
-        if source is None:
-            raise BuildError(f"regular file {node.name!r} of {node.inode.size} bytes has no data source")
-        if isinstance(source, (str, os.PathLike)):
-            return os.fsencode(source)
-        return source
-
-    def _jobs(self, node: Node, source, prefetch: bool, pool):
-        """One task per chunk of ``node``: read by the worker from a path, or here from a stream."""
-        size, chunk_size = node.inode.size, self.chunk_size
-        stream = None if isinstance(source, bytes) else source()
-        try:
-            for offset in range(0, size, chunk_size):
-                length = min(chunk_size, size - offset)
-                if stream is None:
-                    future = pool.submit(_process_file, self.compressor, self.digester, source, offset, length)
-                else:
-                    data = stream.read(length)
-                    while len(data) < length:
-                        more = stream.read(length - len(data))
-                        if not more:
-                            raise BuildError(f"data of {node.name!r} ended at {offset + len(data)} of "
-                                             f"{size} bytes")
-                        data += more
-                    future = pool.submit(_process_batch, self.compressor, self.digester, data)
-                yield future, [(node, offset, length, prefetch)]
-        finally:
-            if stream is not None:
-                stream.close()
+            finally:
+                self._sink = None
 
     def _store(self, node: Node, file_offset: int, length: int, prefetch: bool,
                digest: bytes, crc: int, stored: bytes, compressed: bool) -> None:

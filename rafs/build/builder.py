@@ -23,6 +23,7 @@ from typing import Callable
 
 from .. import __version__
 from ..blob import codecs
+from ..blob.pipeline import ChunkPipeline
 from ..blob.writer import BlobWriter, check_chunk_size
 from ..errors import InvalidArgumentError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
@@ -252,12 +253,23 @@ class Builder:
 
     def _build(self, open_outputs) -> BuildResult:
         """Read the source, then write through the file objects ``open_outputs()`` returns."""
+        pipeline = ChunkPipeline(compressor=self.compressor, digester=self.digester, chunk_size=self.chunk_size,
+                                 workers=self.workers)
+        with pipeline:
+            return self._build_with(pipeline, open_outputs)
+
+    def _build_with(self, pipeline: ChunkPipeline, open_outputs) -> BuildResult:
         trace = Trace()
         started = time.perf_counter()
+        loader = SOURCE_TYPES[self.source_type]
+        options = {}
+        if loader is load_directory and self.parent_bootstrap is None and not self.prefetch_patterns:
+            # the walk meets files in dump order: the workers start on them while it goes on
+            options["on_file"] = pipeline.add_early
         with trace.timed("build_tree"), trace.timed("load_from_directory"):
             # on a parent image the source is an upper layer: its whiteouts are applied, not dropped
-            root = SOURCE_TYPES[self.source_type](self.source, whiteout_spec=self.whiteout_spec,
-                                                  layer=self.source_layer)
+            root = loader(self.source, whiteout_spec=self.whiteout_spec, layer=self.source_layer, **options)
+        pipeline.end_early()
         parent = None
         if self.parent_bootstrap is not None:
             from .merge import layer_on_parent
@@ -291,7 +303,7 @@ class Builder:
         if parent is not None:
             writer.seed_dedup(parent.chunks)
         with trace.timed("dump_blob"):
-            writer.dump(dump_order, prefetch_count=prefetch_count)
+            writer.dump(dump_order, prefetch_count=prefetch_count, pipeline=pipeline)
             has_blob = writer.chunk_count > 0 or self.blob_inline_meta
             if writer.chunk_count:
                 writer.end_data()

@@ -24,10 +24,13 @@ MAX_SYMLINK_SIZE = 0xFFFF
 MAX_XATTR_NAME_SIZE = 255
 
 
-def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Node:
+def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0, on_file=None) -> Node:
     """The tree under directory ``source`` (str, bytes or PathLike).
 
-    Whiteouts are dropped when ``layer`` is 0 (no lower layer exists to apply them to).
+    Whiteouts are dropped when ``layer`` is 0 (no lower layer exists to apply them to). Directories are
+    read in the order the reference numbers them (:func:`rafs.model.index_order`: each directory's
+    children in name order, subdirectories depth first), and ``on_file(node)`` is called for every
+    regular file in that order as soon as it is met.
     """
     tree.check_whiteout_spec(whiteout_spec)
     top = os.fsencode(os.fspath(source))
@@ -49,7 +52,7 @@ def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Nod
                 names = sorted(entry.name for entry in entries)
         except OSError as exc:
             raise BuildError(f"failed to read dir {os.fsdecode(path)!r}: {exc.strerror}") from None
-        children = []
+        children, subdirs = [], []
         for name in names:
             child_path = path + b"/" + name
             try:
@@ -62,9 +65,13 @@ def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Nod
                     and tree.is_dropped_whiteout(child, whiteout_spec):
                 continue
             children.append(child)
-            if child.inode.is_dir:
-                stack.append((child, child_path))
+            if child.data is not None:
+                if on_file is not None:
+                    on_file(child)
+            elif child.inode.is_dir:
+                subdirs.append((child, child_path))
         directory.children = children
+        stack.extend(reversed(subdirs))
     return root
 
 

@@ -1,0 +1,245 @@
+"""The chunk pipeline of a build: files read, digested, CRC-32C'd and compressed on a thread pool.
+
+Regular files go in in dump order and their chunk results come out in that order, whatever order the
+workers finish in, so the blob is laid out exactly as a sequential build would lay it out. Small files
+read from disk travel in batches (one hand-over per file would cost more than reading and digesting a
+small file does); a larger file, or one read from a stream (a tar member), is one task per chunk.
+Memory stays bounded: at most ``max_inflight`` chunk-size units are read ahead of what has been stored.
+
+Early reads: a directory build hands files over while it is still walking the tree
+(:meth:`ChunkPipeline.add_early`), in the order the walk meets them, which for a build without
+prefetch patterns or a parent is the dump order. The workers compress while the tree is being read
+and the bootstrap planned; the dump then claims those results in order (:meth:`claim`). Early reads
+stop at the first file that would overflow the in-flight bound, so they are always a prefix of the
+dump order.
+
+zstandard, lz4, blake3, hashlib and crc32c release the GIL, so the workers use every core.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from ..errors import BuildError
+from ..model import Node
+from . import codecs
+
+DEFAULT_INFLIGHT_BYTES = 32 << 20
+# Small files are handed to the workers in batches of at most this many files / bytes.
+BATCH_FILES = 256
+BATCH_BYTES = 1 << 20
+
+
+def default_workers() -> int:
+    """The CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _read_chunk(path: bytes, offset: int, size: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BuildError(f"failed to open node file {os.fsdecode(path)!r}: {exc.strerror}") from None
+    try:
+        data = os.pread(fd, size, offset)
+        while len(data) < size:
+            more = os.pread(fd, size - len(data), offset + len(data))
+            if not more:
+                raise BuildError(f"failed to read node file {os.fsdecode(path)!r}: it shrank below "
+                                 f"{offset + size} bytes while building")
+            data += more
+        return data
+    except OSError as exc:
+        raise BuildError(f"failed to read node file {os.fsdecode(path)!r}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _process(compressor: str, digester: str, data: bytes):
+    """(digest, crc32c, stored bytes, compressed?) of one chunk; runs on a worker thread."""
+    stored, compressed = codecs.compress_chunk(compressor, data)
+    return codecs.digest(digester, data), codecs.crc32c(data), stored, compressed
+
+
+def _process_data(compressor: str, digester: str, data: bytes):
+    return [_process(compressor, digester, data)]
+
+
+def _process_file(compressor: str, digester: str, path: bytes, offset: int, size: int):
+    return [_process(compressor, digester, _read_chunk(path, offset, size))]
+
+
+def _process_files(compressor: str, digester: str, files: list[tuple[bytes, int]]):
+    """Results for a batch of whole small files (each one chunk)."""
+    return [_process(compressor, digester, _read_chunk(path, 0, size)) for path, size in files]
+
+
+def file_source(node: Node):
+    """A file's data: its path as bytes, or the callable that opens a stream."""
+    source = node.data
+    if source is None:
+        raise BuildError(f"regular file {node.name!r} of {node.inode.size} bytes has no data source")
+    if isinstance(source, (str, os.PathLike)):
+        return os.fsencode(source)
+    return source
+
+
+class ChunkPipeline:
+    """Chunk results of regular files, computed on ``workers`` threads and delivered in order.
+
+    Use it as a context manager (the pool lives inside it). :meth:`add` queues a file's chunks;
+    results go to ``store(node, file_offset, length, prefetch, digest, crc32c, stored, compressed)``
+    in the order files were added, as room is needed and at :meth:`drain`.
+    """
+
+    def __init__(self, *, compressor: str = "zstd", digester: str = "blake3", chunk_size: int = 0x100000,
+                 workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
+        codecs.check_compressor(compressor)
+        codecs.check_digester(digester)
+        self.compressor = compressor
+        self.digester = digester
+        self.chunk_size = chunk_size
+        self.workers = max(1, workers if workers is not None else default_workers())
+        self.max_inflight = max(2 * self.workers + 2, min(256, inflight_bytes // max(chunk_size, 1)))
+        # a batch is small enough that 2 per worker fit the in-flight bound: the workers stay busy
+        # while the results are being stored
+        self._batch_limit = max(chunk_size, min(BATCH_BYTES, self.max_inflight // (2 * self.workers) * chunk_size))
+        self.store = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: collections.deque = collections.deque()    # (future, entries, units) in order
+        self._inflight = 0          # chunk_size units read ahead: one per chunk of a large file, a batch's bytes
+        self._batch: list = []
+        self._batch_bytes = 0
+        self._early: collections.deque = collections.deque()      # early files not yet claimed
+        self._early_open = True
+        self._early_links: set = set()
+
+    def __enter__(self) -> "ChunkPipeline":
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rafs-blob")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for future, _, _ in self._pending:
+            future.cancel()
+        self._pending.clear()
+        self._batch.clear()
+        self._pool.shutdown(wait=True)
+        self._pool = None
+
+    # -- early reads (before the dump order is known) -----------------------------------------------
+
+    def add_early(self, node: Node) -> None:
+        """Start on regular file ``node`` while the tree is still being read (see the module docstring).
+
+        Files must come in dump order; a file sharing an earlier one's ``hardlink_key`` is skipped, as
+        the dump skips later links. Once a file does not fit the in-flight bound, or is not read from
+        a path, early reads stop for good.
+        """
+        size = node.inode.size
+        if not self._early_open or size == 0:
+            return
+        key = node.hardlink_key
+        if key is not None:
+            if key in self._early_links:
+                return
+            self._early_links.add(key)
+        units = -(-size // self.chunk_size)
+        if not isinstance(node.data, (str, bytes, os.PathLike)) or \
+                self._inflight + -(-self._batch_bytes // self.chunk_size) + units > self.max_inflight:
+            self._early_open = False
+            return
+        node.chunks = []
+        self._early.append(node)
+        self.add(node)
+
+    def end_early(self) -> None:
+        """The tree is read: hand over the last early batch, and take no more early files."""
+        self._early_open = False
+        self._flush_batch()
+
+    def start(self, store) -> None:
+        """The dump begins: results go to ``store`` from now on, and early reads are over."""
+        self.store = store
+        self._early_open = False
+
+    def claim(self, node: Node) -> bool:
+        """Whether ``node``, the dump's next non-empty regular file, was already added early."""
+        early = self._early
+        if not early:
+            return False
+        if early[0] is not node:
+            raise BuildError(f"internal error: file {node.name!r} comes before {early[0].name!r} in the dump "
+                             "but not in the early reads")
+        early.popleft()
+        return True
+
+    # -- the dump --------------------------------------------------------------------------------
+
+    def add(self, node: Node, prefetch: bool = False) -> None:
+        """Queue every chunk of regular file ``node`` (not empty)."""
+        size, chunk_size = node.inode.size, self.chunk_size
+        source = file_source(node)
+        if isinstance(source, bytes) and size <= chunk_size:      # one chunk: batched
+            self._batch.append((source, (node, 0, size, prefetch)))
+            self._batch_bytes += size
+            if len(self._batch) >= BATCH_FILES or self._batch_bytes >= self._batch_limit:
+                self._flush_batch()
+            return
+        self._flush_batch()
+        stream = None if isinstance(source, bytes) else source()
+        try:
+            for offset in range(0, size, chunk_size):
+                length = min(chunk_size, size - offset)
+                if stream is None:
+                    future = self._pool.submit(_process_file, self.compressor, self.digester, source, offset,
+                                               length)
+                else:
+                    future = self._pool.submit(_process_data, self.compressor, self.digester,
+                                               _read_stream(stream, length, node, offset))
+                self._submit(future, [(node, offset, length, prefetch)], 1)
+        finally:
+            if stream is not None:
+                stream.close()
+
+    def drain(self) -> None:
+        """Store every result still in flight."""
+        self._flush_batch()
+        while self._pending:
+            self._retire()
+
+    def _flush_batch(self) -> None:
+        batch = self._batch
+        if batch:
+            units = -(-self._batch_bytes // self.chunk_size)
+            self._batch, self._batch_bytes = [], 0
+            future = self._pool.submit(_process_files, self.compressor, self.digester,
+                                       [(source, entry[2]) for source, entry in batch])
+            self._submit(future, [entry for _, entry in batch], units)
+
+    def _submit(self, future, entries: list, units: int) -> None:
+        self._pending.append((future, entries, units))
+        self._inflight += units
+        if self.store is not None:
+            while self._inflight >= self.max_inflight:
+                self._retire()
+
+    def _retire(self) -> None:
+        future, entries, units = self._pending.popleft()
+        self._inflight -= units
+        store = self.store
+        for entry, result in zip(entries, future.result()):
+            store(*entry, *result)
+
+
+def _read_stream(stream, length: int, node: Node, offset: int) -> bytes:
+    data = stream.read(length)
+    while len(data) < length:
+        more = stream.read(length - len(data))
+        if not more:
+            raise BuildError(f"data of {node.name!r} ended at {offset + len(data)} of {node.inode.size} bytes")
+        data += more
+    return data
