@@ -259,13 +259,19 @@ def test_single_layer_whiteouts(whiteout_tree, tmp_path, spec, expected):
 def test_failed_build_leaves_nothing(small_tree, tmp_path, monkeypatch):
     calls = []
 
-    def failing(algorithm, data):
-        calls.append(1)
-        if len(calls) > 2:
-            raise BuildError("disk on fire")
-        return data, False
+    real_processor = blob_writer.codecs.chunk_processor
 
-    monkeypatch.setattr(blob_writer.codecs, "compress_chunk", failing)
+    def failing_processor(compressor, digester):
+        process = real_processor(compressor, digester)
+
+        def failing(data):
+            calls.append(1)
+            if len(calls) > 2:
+                raise BuildError("disk on fire")
+            return process(data)
+        return failing
+
+    monkeypatch.setattr(blob_writer.codecs, "chunk_processor", failing_processor)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(BuildError, match="disk on fire"):

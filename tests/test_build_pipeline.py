@@ -82,3 +82,13 @@ def test_walk_meets_files_in_dump_order(mixed_tree):
     root = load_directory(mixed_tree, on_file=met.append)
     expected = [node for node in index_order(root).nodes if node.data is not None]
     assert [id(n) for n in met] == [id(n) for n in expected]
+
+
+@pytest.mark.parametrize("compressor", ["none", "zstd", "lz4_block"])
+@pytest.mark.parametrize("digester", ["blake3", "sha256"])
+def test_chunk_processor_agrees_with_the_codecs(compressor, digester):
+    from rafs.blob import codecs
+    process = codecs.chunk_processor(compressor, digester)
+    for data in (b"x", b"abc" * 5000, os.urandom(5000), bytes(0x10000)):
+        assert process(data) == (codecs.digest(digester, data), codecs.crc32c(data),
+                                 *codecs.compress_chunk(compressor, data))

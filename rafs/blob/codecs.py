@@ -4,6 +4,10 @@ Compression follows utils/src/compress/mod.rs: ``lz4_block`` is a raw LZ4 block 
 frame, ``zstd`` one standard frame with the content size and no checksum, ``gzip`` a gzip member. A
 chunk whose compressed form is not smaller is stored raw. Decompression is always bounded by the size
 the metadata declares, so a hostile chunk cannot allocate more than that.
+
+The codec libraries are imported on first use of their algorithm, not with this module: ``crc32c``
+alone costs about 20 ms at import (its ``__init__`` reads its version through ``importlib.metadata``),
+and a command that never touches chunk data (``rafs create --help``) should not pay for any of them.
 """
 
 from __future__ import annotations
@@ -13,11 +17,6 @@ import io
 import threading
 import zlib
 
-import blake3 as _blake3
-import crc32c as _crc32c
-import lz4.block
-import zstandard
-
 from ..errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from ..model import COMPRESSOR_IDS, DIGESTER_IDS
 
@@ -25,24 +24,33 @@ ZSTD_LEVEL = 3   # the zstd crate's default level, which nydus-image uses throug
 _local = threading.local()
 
 
-def _zstd_compressor() -> zstandard.ZstdCompressor:
+def _zstd_compressor():
     # zstandard's (de)compressor objects must not be shared between threads: one per thread.
     compressor = getattr(_local, "zstd_c", None)
     if compressor is None:
+        import zstandard
         compressor = _local.zstd_c = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_content_size=True,
                                                               write_checksum=False)
     return compressor
 
 
-class _ThreadLocalDecompressor:
-    def decompress(self, data: bytes) -> bytes:
-        decompressor = getattr(_local, "zstd_d", None)
-        if decompressor is None:
-            decompressor = _local.zstd_d = zstandard.ZstdDecompressor()
-        return decompressor.decompress(data)
+def _zstd_decompressor():
+    decompressor = getattr(_local, "zstd_d", None)
+    if decompressor is None:
+        import zstandard
+        decompressor = _local.zstd_d = zstandard.ZstdDecompressor()
+    return decompressor
 
 
-_zstd_decompressor = _ThreadLocalDecompressor()
+def _decode_errors(algorithm: str) -> tuple[type[BaseException], ...]:
+    """The exceptions by which ``algorithm``'s library says its input does not decompress."""
+    if algorithm == "zstd":
+        import zstandard
+        return zstandard.ZstdError, ValueError
+    if algorithm == "lz4_block":
+        import lz4.block
+        return lz4.block.LZ4BlockError, ValueError
+    return zlib.error, ValueError
 
 
 def check_compressor(name: str) -> str:
@@ -64,6 +72,7 @@ def compress(algorithm: str, data: bytes) -> bytes:
     if algorithm == "zstd":
         return _zstd_compressor().compress(data)
     if algorithm == "lz4_block":
+        import lz4.block
         return lz4.block.compress(data, mode="default", store_size=False)
     if algorithm == "gzip":
         compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
@@ -81,24 +90,51 @@ def compress_chunk(algorithm: str, data: bytes) -> tuple[bytes, bool]:
     return packed, True
 
 
+def chunk_processor(compressor: str, digester: str):
+    """``process(data) -> (digest, crc32c, stored bytes, compressed?)`` for one chunk of a build, the
+    algorithms resolved once (a builder calls it for every chunk). The same results as
+    :func:`digest`, :func:`crc32c` and :func:`compress_chunk`."""
+    check_compressor(compressor)
+    check_digester(digester)
+    from crc32c import crc32c as crc
+    if digester == "blake3":
+        from blake3 import blake3 as new_hash
+    else:
+        new_hash = hashlib.sha256
+
+    if compressor == "none":
+        def process(data):
+            return new_hash(data).digest(), crc(data), bytes(data), False
+    elif compressor == "zstd":
+        def process(data):
+            packed = _zstd_compressor().compress(data)
+            if len(packed) >= len(data):
+                return new_hash(data).digest(), crc(data), bytes(data), False
+            return new_hash(data).digest(), crc(data), packed, True
+    else:
+        def process(data):
+            stored, compressed = compress_chunk(compressor, data)
+            return new_hash(data).digest(), crc(data), stored, compressed
+    return process
+
+
 def decompress(algorithm: str, data: bytes, uncompressed_size: int, *, what: str = "chunk",
                offset: int | None = None) -> bytes:
     """Decompress ``data`` to exactly ``uncompressed_size`` bytes or raise InvalidImageError."""
+    if algorithm not in ("none", "zstd", "lz4_block", "gzip"):
+        raise UnsupportedError(f"{what}: compressor {algorithm!r} is not supported")
     try:
         if algorithm == "none":
             out = bytes(data)
         elif algorithm == "zstd":
             out = _zstd_decompress(data, uncompressed_size)
         elif algorithm == "lz4_block":
+            import lz4.block
             out = lz4.block.decompress(data, uncompressed_size=uncompressed_size)
-        elif algorithm == "gzip":
+        else:
             decoder = zlib.decompressobj(31)
             out = decoder.decompress(data, uncompressed_size)
-        else:
-            raise UnsupportedError(f"{what}: compressor {algorithm!r} is not supported")
-    except (zstandard.ZstdError, lz4.block.LZ4BlockError, zlib.error, ValueError) as exc:
-        if isinstance(exc, UnsupportedError):
-            raise
+    except _decode_errors(algorithm) as exc:
         raise InvalidImageError(f"{algorithm} data does not decompress: {exc}", structure=what,
                                 offset=offset) from None
     if len(out) != uncompressed_size:
@@ -109,9 +145,10 @@ def decompress(algorithm: str, data: bytes, uncompressed_size: int, *, what: str
 
 def _zstd_decompress(data: bytes, size: int) -> bytes:
     # Bounded by the declared size: a frame claiming more (a bomb) is refused before it is inflated.
+    import zstandard
     declared = zstandard.frame_content_size(data)
     if declared == size:
-        return _zstd_decompressor.decompress(data)
+        return _zstd_decompressor().decompress(data)
     if declared >= 0:
         raise ValueError(f"frame declares {declared} bytes, metadata says {size}")
     reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True)
@@ -128,7 +165,8 @@ def _zstd_decompress(data: bytes, size: int) -> bytes:
 def digest(algorithm: str, data) -> bytes:
     """The 32-byte digest of ``data`` with the image's digester."""
     if algorithm == "blake3":
-        return _blake3.blake3(data).digest()
+        from blake3 import blake3
+        return blake3(data).digest()
     if algorithm == "sha256":
         return hashlib.sha256(data).digest()
     raise InvalidArgumentError(f"unknown digester {algorithm!r}")
@@ -137,7 +175,8 @@ def digest(algorithm: str, data) -> bytes:
 def hasher(algorithm: str):
     """A streaming hasher object with ``update`` and ``digest``."""
     if algorithm == "blake3":
-        return _blake3.blake3()
+        from blake3 import blake3
+        return blake3()
     if algorithm == "sha256":
         return hashlib.sha256()
     raise InvalidArgumentError(f"unknown digester {algorithm!r}")
@@ -145,4 +184,5 @@ def hasher(algorithm: str):
 
 def crc32c(data) -> int:
     """CRC-32C (Castagnoli, the reference's ``Crc32Iscsi``) of the uncompressed chunk."""
-    return _crc32c.crc32c(data)
+    from crc32c import crc32c as _crc32c
+    return _crc32c(data)

@@ -59,23 +59,18 @@ def _read_chunk(path: bytes, offset: int, size: int) -> bytes:
         os.close(fd)
 
 
-def _process(compressor: str, digester: str, data: bytes):
-    """(digest, crc32c, stored bytes, compressed?) of one chunk; runs on a worker thread."""
-    stored, compressed = codecs.compress_chunk(compressor, data)
-    return codecs.digest(digester, data), codecs.crc32c(data), stored, compressed
+def _process_data(process, data: bytes):
+    """The result of one chunk already read (from a stream); runs on a worker thread."""
+    return [process(data)]
 
 
-def _process_data(compressor: str, digester: str, data: bytes):
-    return [_process(compressor, digester, data)]
+def _process_file(process, path: bytes, offset: int, size: int):
+    return [process(_read_chunk(path, offset, size))]
 
 
-def _process_file(compressor: str, digester: str, path: bytes, offset: int, size: int):
-    return [_process(compressor, digester, _read_chunk(path, offset, size))]
-
-
-def _process_files(compressor: str, digester: str, files: list[tuple[bytes, int]]):
+def _process_files(process, files: list[tuple[bytes, int]]):
     """Results for a batch of whole small files (each one chunk)."""
-    return [_process(compressor, digester, _read_chunk(path, 0, size)) for path, size in files]
+    return [process(_read_chunk(path, 0, size)) for path, size in files]
 
 
 def file_source(node: Node):
@@ -98,8 +93,7 @@ class ChunkPipeline:
 
     def __init__(self, *, compressor: str = "zstd", digester: str = "blake3", chunk_size: int = 0x100000,
                  workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
-        codecs.check_compressor(compressor)
-        codecs.check_digester(digester)
+        self._process = codecs.chunk_processor(compressor, digester)   # checks both names
         self.compressor = compressor
         self.digester = digester
         self.chunk_size = chunk_size
@@ -195,11 +189,9 @@ class ChunkPipeline:
             for offset in range(0, size, chunk_size):
                 length = min(chunk_size, size - offset)
                 if stream is None:
-                    future = self._pool.submit(_process_file, self.compressor, self.digester, source, offset,
-                                               length)
+                    future = self._pool.submit(_process_file, self._process, source, offset, length)
                 else:
-                    future = self._pool.submit(_process_data, self.compressor, self.digester,
-                                               _read_stream(stream, length, node, offset))
+                    future = self._pool.submit(_process_data, self._process, _read_stream(stream, length, node, offset))
                 self._submit(future, [(node, offset, length, prefetch)], 1)
         finally:
             if stream is not None:
@@ -216,8 +208,7 @@ class ChunkPipeline:
         if batch:
             units = -(-self._batch_bytes // self.chunk_size)
             self._batch, self._batch_bytes = [], 0
-            future = self._pool.submit(_process_files, self.compressor, self.digester,
-                                       [(source, entry[2]) for source, entry in batch])
+            future = self._pool.submit(_process_files, self._process, [(source, entry[2]) for source, entry in batch])
             self._submit(future, [entry for _, entry in batch], units)
 
     def _submit(self, future, entries: list, units: int) -> None:
