@@ -6,16 +6,12 @@ standard input when ``--prefetch-policy`` is not ``none``.
 
 from __future__ import annotations
 
-import json
-import logging
 import sys
 
 import rafs
 from rafs.build.builder import CREATE_COMPRESSORS, PREFETCH_POLICIES, SOURCE_TYPES
 from rafs.build.tree import WHITEOUT_SPECS
 from rafs.errors import InvalidArgumentError
-
-log = logging.getLogger("rafs.create")
 
 
 def register(sub) -> None:
@@ -69,6 +65,8 @@ def parse_chunk_size(text: str | None) -> int:
 
 
 def run(args) -> int:
+    import logging          # imported by the run, not at registration: ``rafs create --help`` needs none
+    log = logging.getLogger("rafs.create")
     if args.bootstrap and args.blob_inline_meta:
         raise InvalidArgumentError("the argument '--bootstrap' cannot be used with '--blob-inline-meta'")
     if not (args.bootstrap or args.blob_dir or args.blob_inline_meta):
@@ -90,6 +88,7 @@ def run(args) -> int:
                            blob_layout=args.blob_layout)
     result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir)
     if args.output_json:
+        import json
         with open(args.output_json, "w") as f:
             json.dump(result.output, f, indent=2)
     log.info("successfully built RAFS filesystem:")

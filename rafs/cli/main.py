@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
 from .. import __version__
@@ -61,6 +60,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str) -> None:
+    import logging          # here, not at the top: ``--help`` and usage errors exit before any logging
     mapping = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
                "warn": logging.WARNING, "error": logging.ERROR}
     logging.basicConfig(level=mapping.get(level, logging.INFO), format="[%(levelname)s] %(message)s",

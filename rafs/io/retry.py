@@ -10,15 +10,11 @@ never leak through an error text.
 from __future__ import annotations
 
 import errno
-import logging
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 from ..errors import BackendError, RafsError
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -76,6 +72,7 @@ class RetryPolicy:
     secrets: tuple = field(default=(), repr=False)
 
     def delay(self, attempt: int) -> float:
+        import random           # only a retry needs it (random and logging stay off the start-up path)
         return min(self.max_delay, self.base_delay * (2 ** attempt)) * (0.5 + random.random() / 2)
 
     def call(self, fn: Callable[[], T], what: str) -> T:
@@ -93,7 +90,9 @@ class RetryPolicy:
                     tries = "attempt" if attempt == 0 else f"{attempt + 1} attempts"
                     raise BackendError(redact(f"{what}: failed after {tries} (retry_limit {self.limit}): "
                                               f"{type(exc).__name__}: {exc}", self.secrets)) from None
-                log.debug("%s", redact(f"{what}: transient {type(exc).__name__}: {exc}; retry {attempt + 1}"
-                                       f"/{self.limit}", self.secrets))
+                import logging
+                logging.getLogger(__name__).debug("%s", redact(
+                    f"{what}: transient {type(exc).__name__}: {exc}; retry {attempt + 1}/{self.limit}",
+                    self.secrets))
                 time.sleep(self.delay(attempt))
                 attempt += 1
