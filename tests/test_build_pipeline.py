@@ -92,3 +92,43 @@ def test_chunk_processor_agrees_with_the_codecs(compressor, digester):
     for data in (b"x", b"abc" * 5000, os.urandom(5000), bytes(0x10000)):
         assert process(data) == (codecs.digest(digester, data), codecs.crc32c(data),
                                  *codecs.compress_chunk(compressor, data))
+
+
+def test_an_output_that_fails_is_a_build_error(mixed_tree):
+    """A write failing on the sink thread (a full disk) reaches the caller as a BuildError."""
+    import errno
+    import io
+
+    class Full(io.RawIOBase):
+        def writable(self):
+            return True
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(rafs.errors.BuildError, match="No space left on device"):
+        rafs.Builder(mixed_tree, compressor="none").write_fp(Full(), io.BytesIO())
+
+
+@pytest.mark.privileged
+def test_create_on_a_full_disk(mixed_tree, tmp_path, capsys):
+    """rafs create onto a filesystem too small for the blob: a one-line error, exit 1, nothing left."""
+    import subprocess
+
+    from conftest import need
+    from rafs.cli.main import main as cli_main
+
+    need(os.geteuid() == 0, "mounting a tmpfs needs root")
+    target = tmp_path / "small"
+    target.mkdir()
+    (mixed_tree / "bulk").write_bytes(os.urandom(600_000))
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(target)],
+                             capture_output=True, text=True)
+    need(mounted.returncode == 0, f"mount -t tmpfs failed: {mounted.stderr.strip()}")
+    try:
+        assert cli_main(["create", str(mixed_tree), "-D", str(target), "--compressor", "none"]) == 1
+        err = capsys.readouterr().err
+        assert "No space left on device" in err and "Traceback" not in err
+        assert os.listdir(target) == []
+    finally:
+        subprocess.run(["umount", str(target)], check=True)

@@ -25,7 +25,7 @@ from .. import __version__
 from ..blob import codecs
 from ..blob.pipeline import ChunkPipeline
 from ..blob.writer import BlobWriter, check_chunk_size
-from ..errors import InvalidArgumentError, UnsupportedError
+from ..errors import BuildError, InvalidArgumentError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
 from . import tree
 from .directory import load_directory
@@ -255,8 +255,13 @@ class Builder:
         """Read the source, then write through the file objects ``open_outputs()`` returns."""
         pipeline = ChunkPipeline(compressor=self.compressor, digester=self.digester, chunk_size=self.chunk_size,
                                  workers=self.workers)
-        with pipeline:
-            return self._build_with(pipeline, open_outputs)
+        try:
+            with pipeline:
+                return self._build_with(pipeline, open_outputs)
+        except OSError as exc:
+            # reading the source raises BuildError itself: what is left is the outputs failing
+            where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
+            raise BuildError(f"failed to write the image: {exc.strerror or exc}{where}") from exc
 
     def _build_with(self, pipeline: ChunkPipeline, open_outputs) -> BuildResult:
         trace = Trace()
