@@ -1,5 +1,5 @@
-"""The chunk pipeline: early reads during the directory walk change nothing in the output, whatever
-point they stop at, and the walk meets files in the reference's dump order."""
+"""The chunk pipeline: the workers' chunk processing agrees with the codecs, output failures are
+build errors, and the pipeline's results are laid out as a sequential build would lay them out."""
 
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import pytest
 import rafs
 from rafs.blob import pipeline as pipeline_module
 from rafs.build import builder as builder_module
-from rafs.build.directory import load_directory
-from rafs.model import index_order
 
 
 @pytest.fixture
@@ -36,52 +34,23 @@ def mixed_tree(tmp_path):
 
 def _build(src, out, **options):
     out.mkdir()
-    result = rafs.Builder(src, repeatable=True, chunk_size=0x10000, **options).write(
-        bootstrap=out / "boot", blob=out / "blob")
-    return (out / "boot").read_bytes(), (out / "blob").read_bytes(), result
+    rafs.Builder(src, repeatable=True, chunk_size=0x10000, **options).write(bootstrap=out / "boot",
+                                                                           blob=out / "blob")
+    return (out / "boot").read_bytes(), (out / "blob").read_bytes()
 
 
 @pytest.mark.parametrize("fs_version", [5, 6])
-def test_early_reads_change_nothing(mixed_tree, tmp_path, monkeypatch, fs_version):
-    claimed = []
-    real_claim = pipeline_module.ChunkPipeline.claim
-
-    def claim(self, node):
-        hit = real_claim(self, node)
-        claimed.append(hit)
-        return hit
-
-    monkeypatch.setattr(pipeline_module.ChunkPipeline, "claim", claim)
-    early = _build(mixed_tree, tmp_path / "early", fs_version=fs_version)
-    assert any(claimed), "no file was read early"
-    # early reads that stop part way (a tiny in-flight bound), and none at all
-    claimed.clear()
+def test_workers_and_bounds_change_nothing(mixed_tree, tmp_path, monkeypatch, fs_version):
+    """One worker, many, and a tiny in-flight bound (results stored while others are still read)
+    give the same bytes, and the image checks out."""
+    images = [_build(mixed_tree, tmp_path / f"w{workers}", fs_version=fs_version, workers=workers)
+              for workers in (1, 4)]
     monkeypatch.setattr(builder_module, "ChunkPipeline",
                         functools.partial(pipeline_module.ChunkPipeline, inflight_bytes=4 * 0x10000))
-    partial = _build(mixed_tree, tmp_path / "partial", fs_version=fs_version)
-    assert True in claimed and False in claimed
-    monkeypatch.setattr(pipeline_module.ChunkPipeline, "add_early", lambda self, node: None)
-    claimed.clear()
-    late = _build(mixed_tree, tmp_path / "late", fs_version=fs_version)
-    assert not any(claimed)
-    assert early[:2] == partial[:2] == late[:2]
-    with rafs.open(tmp_path / "early" / "boot", blobs=[tmp_path / "early" / "blob"]) as image:
+    images.append(_build(mixed_tree, tmp_path / "tight", fs_version=fs_version))
+    assert images[0] == images[1] == images[2]
+    with rafs.open(tmp_path / "w4" / "boot", blobs=[tmp_path / "w4" / "blob"]) as image:
         assert list(image.check(verify_data=True)) == []
-
-
-def test_prefetch_patterns_turn_early_reads_off(mixed_tree, tmp_path, monkeypatch):
-    """With prefetch patterns the dump order is not the walk order: nothing is read early."""
-    calls = []
-    monkeypatch.setattr(pipeline_module.ChunkPipeline, "add_early", lambda self, node: calls.append(node))
-    _build(mixed_tree, tmp_path / "out", prefetch_patterns=["/c"], prefetch_policy="fs")
-    assert calls == []
-
-
-def test_walk_meets_files_in_dump_order(mixed_tree):
-    met = []
-    root = load_directory(mixed_tree, on_file=met.append)
-    expected = [node for node in index_order(root).nodes if node.data is not None]
-    assert [id(n) for n in met] == [id(n) for n in expected]
 
 
 @pytest.mark.parametrize("compressor", ["none", "zstd", "lz4_block"])

@@ -6,13 +6,6 @@ read from disk travel in batches (one hand-over per file would cost more than re
 small file does); a larger file, or one read from a stream (a tar member), is one task per chunk.
 Memory stays bounded: at most ``max_inflight`` chunk-size units are read ahead of what has been stored.
 
-Early reads: a directory build hands files over while it is still walking the tree
-(:meth:`ChunkPipeline.add_early`), in the order the walk meets them, which for a build without
-prefetch patterns or a parent is the dump order. The workers compress while the tree is being read
-and the bootstrap planned; the dump then claims those results in order (:meth:`claim`). Early reads
-stop at the first file that would overflow the in-flight bound, so they are always a prefix of the
-dump order.
-
 zstandard, lz4, blake3, hashlib and crc32c release the GIL, so the workers use every core.
 """
 
@@ -108,9 +101,6 @@ class ChunkPipeline:
         self._inflight = 0          # chunk_size units read ahead: one per chunk of a large file, a batch's bytes
         self._batch: list = []
         self._batch_bytes = 0
-        self._early: collections.deque = collections.deque()      # early files not yet claimed
-        self._early_open = True
-        self._early_links: set = set()
 
     def __enter__(self) -> "ChunkPipeline":
         self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="rafs-blob")
@@ -124,52 +114,9 @@ class ChunkPipeline:
         self._pool.shutdown(wait=True)
         self._pool = None
 
-    # -- early reads (before the dump order is known) -----------------------------------------------
-
-    def add_early(self, node: Node) -> None:
-        """Start on regular file ``node`` while the tree is still being read (see the module docstring).
-
-        Files must come in dump order; a file sharing an earlier one's ``hardlink_key`` is skipped, as
-        the dump skips later links. Once a file does not fit the in-flight bound, or is not read from
-        a path, early reads stop for good.
-        """
-        size = node.inode.size
-        if not self._early_open or size == 0:
-            return
-        key = node.hardlink_key
-        if key is not None:
-            if key in self._early_links:
-                return
-            self._early_links.add(key)
-        units = -(-size // self.chunk_size)
-        if not isinstance(node.data, (str, bytes, os.PathLike)) or \
-                self._inflight + -(-self._batch_bytes // self.chunk_size) + units > self.max_inflight:
-            self._early_open = False
-            return
-        node.chunks = []
-        self._early.append(node)
-        self.add(node)
-
-    def end_early(self) -> None:
-        """The tree is read: hand over the last early batch, and take no more early files."""
-        self._early_open = False
-        self._flush_batch()
-
     def start(self, store) -> None:
-        """The dump begins: results go to ``store`` from now on, and early reads are over."""
+        """Results go to ``store`` from now on."""
         self.store = store
-        self._early_open = False
-
-    def claim(self, node: Node) -> bool:
-        """Whether ``node``, the dump's next non-empty regular file, was already added early."""
-        early = self._early
-        if not early:
-            return False
-        if early[0] is not node:
-            raise BuildError(f"internal error: file {node.name!r} comes before {early[0].name!r} in the dump "
-                             "but not in the early reads")
-        early.popleft()
-        return True
 
     # -- the dump --------------------------------------------------------------------------------
 

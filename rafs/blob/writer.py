@@ -199,8 +199,8 @@ class BlobWriter:
 
         Hardlinked paths (same ``hardlink_key`` and Inode) are read once; later paths share the chunk
         list. The compressed bytes of the first ``prefetch_count`` nodes are counted as the blob's
-        prefetch (readahead) size. ``pipeline`` is a running :class:`ChunkPipeline` (which may hold
-        early reads of the first files); without one the writer runs its own.
+        prefetch (readahead) size. ``pipeline`` is a running :class:`ChunkPipeline`; without one the
+        writer runs its own.
         """
         if pipeline is None:
             with ChunkPipeline(compressor=self.compressor, digester=self.digester, chunk_size=self.chunk_size,
@@ -216,14 +216,11 @@ class BlobWriter:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rafs-blob-sink") as self._sink:
             try:
                 pipeline.start(self._store)
-                claim, add = pipeline.claim, pipeline.add
+                add = pipeline.add
                 for position, node in enumerate(nodes):
                     chunks = done.get(id(node.inode))
                     if chunks is not None:
                         node.chunks = chunks
-                        continue
-                    if node.inode.size and claim(node):     # its chunks were read early, in this order
-                        done[id(node.inode)] = node.chunks
                         continue
                     node.chunks = []
                     done[id(node.inode)] = node.chunks

@@ -266,15 +266,10 @@ class Builder:
     def _build_with(self, pipeline: ChunkPipeline, open_outputs) -> BuildResult:
         trace = Trace()
         started = time.perf_counter()
-        loader = SOURCE_TYPES[self.source_type]
-        options = {}
-        if loader is load_directory and self.parent_bootstrap is None and not self.prefetch_patterns:
-            # the walk meets files in dump order: the workers start on them while it goes on
-            options["on_file"] = pipeline.add_early
         with trace.timed("build_tree"), trace.timed("load_from_directory"):
             # on a parent image the source is an upper layer: its whiteouts are applied, not dropped
-            root = loader(self.source, whiteout_spec=self.whiteout_spec, layer=self.source_layer, **options)
-        pipeline.end_early()
+            root = SOURCE_TYPES[self.source_type](self.source, whiteout_spec=self.whiteout_spec,
+                                                  layer=self.source_layer)
         parent = None
         if self.parent_bootstrap is not None:
             from .merge import layer_on_parent

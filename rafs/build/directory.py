@@ -24,13 +24,12 @@ MAX_SYMLINK_SIZE = 0xFFFF
 MAX_XATTR_NAME_SIZE = 255
 
 
-def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0, on_file=None) -> Node:
+def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Node:
     """The tree under directory ``source`` (str, bytes or PathLike).
 
     Whiteouts are dropped when ``layer`` is 0 (no lower layer exists to apply them to). Directories are
     read in the order the reference numbers them (:func:`rafs.model.index_order`: each directory's
-    children in name order, subdirectories depth first), and ``on_file(node)`` is called for every
-    regular file in that order as soon as it is met.
+    children in name order, subdirectories depth first).
     """
     tree.check_whiteout_spec(whiteout_spec)
     top = os.fsencode(os.fspath(source))
@@ -65,10 +64,7 @@ def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0, on_fil
                     and tree.is_dropped_whiteout(child, whiteout_spec):
                 continue
             children.append(child)
-            if child.data is not None:
-                if on_file is not None:
-                    on_file(child)
-            elif child.inode.is_dir:
+            if child.inode.is_dir:
                 subdirs.append((child, child_path))
         directory.children = children
         stack.extend(reversed(subdirs))
