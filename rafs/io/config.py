@@ -77,7 +77,11 @@ class NydusdConfig:
     @property
     def retry_limit(self) -> int:
         value = self.backend_config.get("retry_limit")
-        return DEFAULT_RETRY_LIMIT if value is None else int(value)
+        if value is None:
+            return DEFAULT_RETRY_LIMIT
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgumentError(f"backend retry_limit must be a non-negative integer, not {value!r}")
+        return value
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(str(v) for k, v in _walk(self.backend_config) if k in SECRET_KEYS and v)

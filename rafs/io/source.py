@@ -4,9 +4,11 @@ object. This module knows nothing of inodes or chunks; it moves bytes.
 
 from __future__ import annotations
 
+import errno
 import io
 import mmap
 import os
+import stat
 import threading
 from typing import Protocol
 
@@ -128,9 +130,12 @@ def url_to_fs(url: str, storage_options: dict | None = None):
     asyncio, aiohttp, s3fs behind it) is imported here, when a URL is first used, not with rafs."""
     import fsspec.core
     try:
-        return fsspec.core.url_to_fs(url, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
         raise InvalidArgumentError(f"cannot open {url}: {exc}") from None
+    if not path.strip("/"):
+        raise InvalidArgumentError(f"cannot open {url}: the URL names no bucket or file")
+    return fs, path
 
 
 class BytesRangeReader:
@@ -169,7 +174,15 @@ def open_range_reader(source, storage_options: dict | None = None, *,
             if getattr(fs, "protocol", None) in ("file", ("file", "local")) or type(fs).__name__ == "LocalFileSystem":
                 return LocalRangeReader(fs_path)
             # info(), not exists(): fsspec's http exists() is an unranged GET, info() a HEAD
-            info = (retry or RetryPolicy()).call(lambda: fs.info(fs_path), f"{path} (size)")
+            try:
+                info = (retry or RetryPolicy()).call(lambda: fs.info(fs_path), f"{path} (size)")
+            except FileNotFoundError as exc:
+                # fsspec's http says only the URL, also when the host cannot be reached
+                cause = exc.__cause__ or exc.__context__
+                reason = f"not found or unreachable ({type(cause).__name__}: {cause})" if cause else "not found"
+                raise FileNotFoundError(errno.ENOENT, reason, path) from None
+            if isinstance(info, dict) and info.get("type") == "directory":
+                raise InvalidArgumentError(f"{path}: a directory, not a file")
             size = info.get("size") if isinstance(info, dict) else None
             return FsspecRangeReader(fs, fs_path, name=path, retry=retry,
                                      size=size if isinstance(size, int) else None)
@@ -203,9 +216,18 @@ def load_bytes(source, storage_options: dict | None = None):
         except Exception as exc:  # noqa: BLE001 - fsspec backends raise many types
             raise BackendError(f"cannot read {path}: {exc}") from exc
     with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
+        st = os.fstat(f.fileno())
+        if stat.S_ISCHR(st.st_mode):           # a terminal or /dev/zero: no end, or none soon
+            raise InvalidArgumentError(f"{path}: a character device, not a bootstrap file")
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)) or st.st_size == 0:
+            # a pipe (``<(...)``, /dev/stdin) or a file whose size stat does not tell (/proc): read it
+            data = f.read(MAX_BOOTSTRAP_SIZE + 1)
+            if len(data) > MAX_BOOTSTRAP_SIZE:
+                raise InvalidArgumentError(f"{path}: larger than the 2 GiB RAFS metadata limit")
+            return data
+        size = st.st_size if stat.S_ISREG(st.st_mode) else os.lseek(f.fileno(), 0, os.SEEK_END)
         if size > MAX_BOOTSTRAP_SIZE:
             raise InvalidArgumentError(f"{path}: larger than the 2 GiB RAFS metadata limit")
         if size == 0:
             return b""
-        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
