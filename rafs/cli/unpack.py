@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import tempfile
 
 import rafs
 from rafs.errors import InvalidArgumentError
 from rafs.unpack import write_tar
+
+from . import checks
 
 
 def register(sub) -> None:
@@ -26,21 +29,61 @@ def run(args) -> int:
     bootstrap = args.bootstrap_opt or args.bootstrap
     blobs = None
     if args.blob:
-        if not os.path.exists(args.blob):
-            raise InvalidArgumentError(f"--blob {args.blob}: no such file")
+        checks.input_file("--blob", args.blob)
         blobs = [args.blob]
+    checks.input_dir("--blob-dir", args.blob_dir)
+    if args.output != "-":
+        checks.output_file("--output", args.output, devices=True)
     with rafs.open(bootstrap, blob_dir=args.blob_dir, blobs=blobs) as image:
         if args.output == "-":
-            write_tar(image, sys.stdout.buffer)
+            write_tar(image, checks.stdout_binary("--output"))
             return 0
-        directory = os.path.dirname(os.path.abspath(args.output))
-        fd, tmp = tempfile.mkstemp(prefix=".rafs-unpack-", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                count = write_tar(image, out)
-            os.replace(tmp, args.output)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        if not stat.S_ISREG(_mode(args.output)):
+            # a FIFO or a device (/dev/null) is written into, as the reference does; never replaced
+            with open(args.output, "wb") as out:
+                count = write_tar(image, _Named(out, args.output))
+        else:
+            count = _write_replacing(image, args.output)
     print(f"unpacked {count} entries to {args.output}", file=sys.stderr)
     return 0
+
+
+class _Named:
+    """A file whose write errors name ``path`` (a full disk reads ``No space left on device: 'x.tar'``)."""
+
+    def __init__(self, fileobj, path):
+        self.fileobj = fileobj
+        self.path = path
+
+    def write(self, data) -> int:
+        try:
+            return self.fileobj.write(data)
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = self.path
+            raise
+
+
+def _mode(path) -> int:
+    """The file type of ``path``; a regular file's when nothing is there yet."""
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        return stat.S_IFREG
+
+
+def _write_replacing(image, path) -> int:
+    """Write the tar beside ``path`` and rename it into place once whole."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".rafs-unpack-", dir=directory)
+    except OSError as exc:
+        raise InvalidArgumentError(f"--output {path}: cannot create a file in {directory}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            count = write_tar(image, _Named(out, path))
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return count

@@ -1,0 +1,86 @@
+"""Checks of the paths and streams a command line names, made before any work starts.
+
+Each check raises :class:`~rafs.errors.InvalidArgumentError` naming the option and what is wrong with
+its value, so a bad path reads as ``rafs create: error: --bootstrap nodir/boot: directory nodir does
+not exist`` rather than as an error about a temporary file deep inside a build. URLs are left to the
+code that opens them.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+from rafs.errors import InvalidArgumentError
+
+
+def _is_url(path) -> bool:
+    return isinstance(path, str) and "://" in path
+
+
+def input_file(option: str, path) -> None:
+    """``path`` (unless None or a URL) exists and is not a directory."""
+    if path is None or _is_url(path):
+        return
+    if not os.path.exists(path):
+        what = "dangling symbolic link" if os.path.islink(path) else "no such file"
+        raise InvalidArgumentError(f"{option} {path}: {what}")
+    if os.path.isdir(path):
+        raise InvalidArgumentError(f"{option} {path}: is a directory, not a file")
+
+
+def input_dir(option: str, path) -> None:
+    """``path`` (unless None or a URL) is an existing directory."""
+    if path is None or _is_url(path):
+        return
+    if not os.path.isdir(path):
+        what = "not a directory" if os.path.exists(path) else "no such directory"
+        raise InvalidArgumentError(f"{option} {path}: {what}")
+
+
+def output_file(option: str, path, *, devices: bool = False) -> None:
+    """``path`` (unless None) can be created or replaced: its directory exists and it is no directory.
+
+    A device or socket at ``path`` is refused unless ``devices`` (the writer then writes into it rather
+    than replacing it with a regular file); FIFOs are always accepted.
+    """
+    if path is None:
+        return
+    if path == "":
+        raise InvalidArgumentError(f"{option}: empty path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        what = "is not a directory" if os.path.exists(directory) else "does not exist"
+        raise InvalidArgumentError(f"{option} {path}: directory {directory} {what}")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InvalidArgumentError(f"{option} {path}: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise InvalidArgumentError(f"{option} {path}: is a directory")
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or devices):
+        raise InvalidArgumentError(f"{option} {path}: not a regular file or FIFO")
+
+
+def output_dir(option: str, path) -> None:
+    """``path`` is a directory, or can be made as one (nothing else in its place)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise InvalidArgumentError(f"{option} {path}: not a directory")
+
+
+def stdin_lines(option: str, *, strip: bool = True) -> list[str]:
+    """The non-blank lines of standard input (prefetch patterns); an error if stdin is closed."""
+    if sys.stdin is None:
+        raise InvalidArgumentError(f"{option} reads patterns from standard input, which is closed")
+    lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    return [line.strip() for line in lines] if strip else lines
+
+
+def stdout_binary(option: str):
+    """The binary standard output; an error if it is closed."""
+    if sys.stdout is None:
+        raise InvalidArgumentError(f"{option} -: standard output is closed")
+    return sys.stdout.buffer
