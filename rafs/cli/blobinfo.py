@@ -51,6 +51,9 @@ def print_text(info: dict) -> None:
     if boot:
         print(f"  bootstrap    {boot['compressor']} {boot['compressed_size']} -> {boot['uncompressed_size']} "
               f"bytes at {boot['offset']}")
+    if not (info["sections"] or toc or header or boot):
+        print("  no RAFS blob metadata (ToC, chunk info or inline bootstrap): an old-style data blob, "
+              "or not a RAFS blob")
     for chunk in info.get("chunks", []):
         print(f"    chunk {chunk['index']:>6}  {chunk['compressed_offset']:>12} +{chunk['compressed_size']:<9} "
               f"-> {chunk['uncompressed_offset']:>12} +{chunk['uncompressed_size']:<9} flags {chunk['flags']:#x}"

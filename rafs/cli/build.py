@@ -19,6 +19,7 @@ from rafs.build.builder import CREATE_COMPRESSORS
 from rafs.errors import InvalidArgumentError
 from rafs.io.push import PUSH_BACKEND_TYPES, Pusher, load_backend_config
 
+from . import checks
 from .create import parse_chunk_size
 
 DEFAULT_OUTPUT_DIR = "./.nydus-build-output"
@@ -51,7 +52,11 @@ def run(args) -> int:
         raise InvalidArgumentError(f"--source-dir {args.source_dir}: not a directory")
     if "/" in args.name or not args.name:
         raise InvalidArgumentError(f"--name {args.name!r} cannot name a file")
+    checks.output_dir("--output-dir", args.output_dir)
     pusher = None
+    if not args.backend_push and (args.backend_config or args.backend_config_file):
+        import logging
+        logging.getLogger("rafs.build").warning("--backend-config is used only with --backend-push: ignored")
     if args.backend_push:
         # check the backend configuration before spending time on the build
         config = load_backend_config(config=args.backend_config, config_file=args.backend_config_file)

@@ -12,8 +12,10 @@ import sys
 
 from rafs.cli.create import parse_chunk_size
 from rafs.errors import InvalidArgumentError
-from rafs.oci import ConvertOptions, Converter
+from rafs.oci import Converter, ConvertOptions
 from rafs.oci.check import check_image
+
+from . import checks
 
 
 def register(sub) -> None:
@@ -53,7 +55,7 @@ def run(args) -> int:
     if args.prefetch_patterns and args.prefetch_dir:
         raise InvalidArgumentError("--prefetch-patterns and --prefetch-dir exclude each other")
     if args.prefetch_patterns:
-        patterns = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+        patterns = checks.stdin_lines("--prefetch-patterns")
     elif args.prefetch_dir:
         patterns = [args.prefetch_dir]
     if args.workers is not None and args.workers < 1:

@@ -13,6 +13,8 @@ from rafs.build.builder import CREATE_COMPRESSORS, PREFETCH_POLICIES, SOURCE_TYP
 from rafs.build.tree import WHITEOUT_SPECS
 from rafs.errors import InvalidArgumentError
 
+from . import checks
+
 
 def register(sub) -> None:
     p = sub.add_parser("create", help="create a RAFS filesystem (bootstrap and data blob) from a directory",
@@ -72,9 +74,14 @@ def run(args) -> int:
     if not (args.bootstrap or args.blob_dir or args.blob_inline_meta):
         raise InvalidArgumentError("one of '--bootstrap', '--blob-dir' or '--blob-inline-meta' is required")
     chunk_size = parse_chunk_size(args.chunk_size)
+    checks.input_file("--parent-bootstrap", args.parent_bootstrap)
+    # the builder writes through a temporary file renamed over the output: a device would be replaced
+    checks.output_file("--bootstrap", args.bootstrap)
+    checks.output_file("--blob", args.blob)
+    checks.output_file("--output-json", args.output_json, devices=True)
     patterns = None
     if args.prefetch_policy != "none":
-        patterns = [line for line in sys.stdin.read().splitlines() if line.strip()]
+        patterns = checks.stdin_lines(f"--prefetch-policy {args.prefetch_policy}", strip=False)
         relative = [p for p in patterns if not p.strip().startswith("/")]
         for pattern in relative:
             log.warning("Illegal file path %s specified, should be absolute path", pattern)

@@ -8,6 +8,8 @@ import sys
 import rafs
 from rafs.inspect import blob_info, describe, stats
 
+from . import checks
+
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="show superblock, flags, blobs and counts of a bootstrap")
@@ -70,6 +72,8 @@ def run_check(args) -> int:
     from rafs.oci.layout import is_oci_layout
     if is_oci_layout(bootstrap):
         return run_check_layout(bootstrap)
+    checks.input_dir("--blob-dir", args.blob_dir)
+    checks.output_file("--output-json", args.output_json, devices=True)
     faults, checked = [], 0
     with rafs.open(bootstrap, blob_dir=args.blob_dir, validate=bool(args.blob_dir)) as image:
         for fault in image.check(verify_data=bool(args.blob_dir)):

@@ -67,6 +67,11 @@ def setup_logging(level: str) -> None:
                         stream=sys.stderr)
 
 
+def one_line(exc: BaseException) -> str:
+    """An error's message on one line (backends such as botocore put line breaks in theirs)."""
+    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(command_of(argv))
@@ -78,15 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except InvalidArgumentError as exc:
-        print(f"rafs {args.command}: error: {exc}", file=sys.stderr)
+        print(f"rafs {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except RafsError as exc:
-        print(f"rafs {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"rafs {args.command}: {type(exc).__name__}: {one_line(exc)}", file=sys.stderr)
         return 1
     except BrokenPipeError:
         return 1
     except OSError as exc:              # an input or output the command was given cannot be used
-        print(f"rafs {args.command}: error: {exc}", file=sys.stderr)
+        print(f"rafs {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -19,6 +19,8 @@ import sys
 from rafs.build.merge import PREFETCH_POLICIES, InconsistentFilesystemError, Merger
 from rafs.errors import InvalidArgumentError
 
+from . import checks
+
 log = logging.getLogger("rafs.merge")
 
 
@@ -61,11 +63,20 @@ def run(args) -> int:
     if not (args.bootstrap or args.blob_dir):
         raise InvalidArgumentError("both --bootstrap and --blob-dir are missing, please specify one to store "
                                    "the generated metadata blob file")
+    for source in args.sources:
+        checks.input_file("SOURCE", source)
+    checks.input_file("--parent-bootstrap", args.parent_bootstrap)
+    checks.input_file("--config", args.config)
+    # the merged bootstrap is written through a temporary file renamed over it: a device would be replaced
+    checks.output_file("--bootstrap", args.bootstrap)
+    checks.output_file("--output-json", args.output_json, devices=True)
+    chunk_dict = parse_chunk_dict(args.chunk_dict)
+    checks.input_file("--chunk-dict", chunk_dict)
     patterns = None
     if args.prefetch_policy != "none":
-        patterns = [line.strip() for line in sys.stdin.read().splitlines() if line.strip()]
+        patterns = checks.stdin_lines(f"--prefetch-policy {args.prefetch_policy}")
     merger = Merger(args.sources, parent_bootstrap=args.parent_bootstrap,
-                    chunk_dict=parse_chunk_dict(args.chunk_dict), blob_digests=args.blob_digests,
+                    chunk_dict=chunk_dict, blob_digests=args.blob_digests,
                     original_blob_ids=args.original_blob_ids, blob_sizes=args.blob_sizes,
                     blob_toc_digests=args.blob_toc_digests, blob_toc_sizes=args.blob_toc_sizes,
                     prefetch_policy=args.prefetch_policy, prefetch_patterns=patterns,

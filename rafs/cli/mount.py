@@ -76,6 +76,12 @@ def run_mount(args) -> int:
     with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir) as image:
         settings = getattr(image.locator, "config", None)
         enable_xattr = bool(getattr(settings, "enable_xattr", False))
+        if getattr(settings, "cached", False):
+            # made now, as nydusd does at start-up, not by the first read (which could only fail with EIO)
+            try:
+                os.makedirs(settings.work_dir, exist_ok=True)
+            except OSError as exc:
+                raise InvalidArgumentError(f"cache work_dir {settings.work_dir}: {exc.strerror}") from None
         log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s", args.bootstrap, image.version,
                  len(image.blobs), args.mountpoint, "on" if enable_xattr else "off")
         fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr,
