@@ -314,6 +314,23 @@ def test_chunks_in_flight_are_bounded(tmp_path, monkeypatch):
     assert state["peak"] <= state["limit"] < count
 
 
+def test_outputs_to_a_device_and_through_a_symlink(small_tree, tmp_path):
+    """A device is written into, never replaced; a symlink keeps pointing at the file it names."""
+    target = tmp_path / "real.boot"
+    target.write_bytes(b"old")
+    (tmp_path / "link.boot").symlink_to(target)
+    result = rafs.Builder(small_tree, fs_version=6).write(bootstrap=tmp_path / "link.boot", blob="/dev/null")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert (tmp_path / "link.boot").is_symlink() and result.bootstrap == str(target)
+    assert target.read_bytes()[:3] != b"old" and target.stat().st_size == result.bootstrap_size
+
+
+def test_an_unwritable_output_is_named(small_tree, tmp_path):
+    with pytest.raises(BuildError, match="missing/boot"):
+        rafs.Builder(small_tree).write(bootstrap=tmp_path / "missing" / "boot", blob=tmp_path / "blob")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]        # the blob was not left behind
+
+
 def test_blob_to_a_fifo(small_tree, tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)

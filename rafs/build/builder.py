@@ -459,7 +459,9 @@ class Output:
     """One output file written through a temporary file in its target directory.
 
     ``path`` is the final file (renamed into place on commit), or None to name it by content in
-    ``directory``. A FIFO at ``path`` is written directly, as nydus-image does for ``--blob`` pipes.
+    ``directory``. A symlink at ``path`` is followed (its target is replaced, not the link), and
+    anything that is not a regular file (a FIFO, as nydus-image allows for ``--blob`` pipes, or a
+    device such as /dev/null) is written directly, never replaced.
     """
 
     def __init__(self, path, directory):
@@ -467,11 +469,17 @@ class Output:
         self.directory = os.fspath(directory) if directory is not None else None
         self.tmp = None
         self._hash = None
-        if self.path is not None and _is_fifo(self.path):
-            self.fp = open(self.path, "wb")
-            return
-        target_dir = os.path.dirname(os.path.abspath(self.path)) if self.path is not None else self.directory
-        fd, self.tmp = tempfile.mkstemp(prefix=".rafs-create-", dir=target_dir)
+        if self.path is not None:
+            self.path = os.path.realpath(self.path)
+            if _is_special(self.path):
+                self.fp = _opened(self.path)
+                return
+        target_dir = os.path.dirname(self.path) if self.path is not None else self.directory
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=".rafs-create-", dir=target_dir)
+        except OSError as exc:
+            raise BuildError(f"cannot write {self.path or os.path.join(target_dir, '')!r}: "
+                             f"{exc.strerror or exc}") from None
         self.fp = os.fdopen(fd, "wb", buffering=1 << 20)
 
     def digest_name(self) -> str | None:
@@ -514,11 +522,20 @@ class Output:
             self.tmp = None
 
 
-def _is_fifo(path: str) -> bool:
+def _is_special(path: str) -> bool:
+    """Whether ``path`` exists and is neither a regular file nor a directory (a FIFO, a device, a socket)."""
     try:
-        return _stat.S_ISFIFO(os.stat(path).st_mode)
+        mode = os.stat(path).st_mode
     except OSError:
         return False
+    return not (_stat.S_ISREG(mode) or _stat.S_ISDIR(mode))
+
+
+def _opened(path: str):
+    try:
+        return open(path, "wb")
+    except OSError as exc:
+        raise BuildError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 
 
 def _umask() -> int:
