@@ -47,13 +47,14 @@ def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Nod
     while stack:
         directory, path = stack.pop()
         try:
-            with os.scandir(path) as entries:
-                names = sorted(entry.name for entry in entries)
+            names = os.listdir(path)            # bytes in, bytes out; cheaper than scandir's DirEntry objects
         except OSError as exc:
             raise BuildError(f"failed to read dir {os.fsdecode(path)!r}: {exc.strerror}") from None
+        names.sort()
+        prefix = path + b"/"                    # joined once per directory, not per entry
         children, subdirs = [], []
         for name in names:
-            child_path = path + b"/" + name
+            child_path = prefix + name
             try:
                 child_st = os.lstat(child_path)
             except OSError as exc:
@@ -64,7 +65,7 @@ def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Nod
                     and tree.is_dropped_whiteout(child, whiteout_spec):
                 continue
             children.append(child)
-            if child.inode.is_dir:
+            if _stat.S_ISDIR(child_st.st_mode):
                 subdirs.append((child, child_path))
         directory.children = children
         stack.extend(reversed(subdirs))
@@ -76,10 +77,16 @@ def _node(name: bytes, path: bytes, st: os.stat_result, layer: int) -> Node:
         raise BuildError(f"file name length {len(name):#x} is too big: {os.fsdecode(path)!r}")
     mode = st.st_mode
     seconds, nanoseconds = divmod(st.st_mtime_ns, 1_000_000_000)
+    try:
+        xattr_names = os.listxattr(path, follow_symlinks=False)
+    except OSError as exc:
+        xattr_names = _listxattr_failed(path, exc)
     # positional, in rafs.model.Inode's field order: ino, mode, uid, gid, size, mtime, mtime_nsec, nlink,
-    # rdev, blocks, flags, symlink, xattrs (keywords cost a microsecond an entry)
-    inode = Inode(0, mode, st.st_uid, st.st_gid, 0, seconds, nanoseconds, 1, st.st_rdev, 0, 0, None, _xattrs(path))
-    node = Node(name=name, inode=inode, layer=layer)
+    # rdev, blocks, flags, symlink, xattrs; and Node's: name, inode, children, data, chunks, hardlink_key,
+    # layer (keywords cost a microsecond an entry; most entries have no xattrs, so no call for them)
+    inode = Inode(0, mode, st.st_uid, st.st_gid, 0, seconds, nanoseconds, 1, st.st_rdev, 0, 0, None,
+                  _xattrs(path, xattr_names) if xattr_names else {})
+    node = Node(name, inode, [], None, [], None, layer)
     if _stat.S_ISREG(mode):
         inode.size = st.st_size
         node.data = path
@@ -99,15 +106,15 @@ def _node(name: bytes, path: bytes, st: os.stat_result, layer: int) -> Node:
     return node
 
 
-def _xattrs(path: bytes) -> dict[bytes, bytes]:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
-            return {}
-        raise BuildError(f"failed to list xattr of {os.fsdecode(path)!r}: {exc.strerror}") from None
-    if not names:
-        return {}
+def _listxattr_failed(path: bytes, exc: OSError) -> list:
+    """No xattr names where the filesystem has no xattrs at all; any other failure is a BuildError."""
+    if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+        return []
+    raise BuildError(f"failed to list xattr of {os.fsdecode(path)!r}: {exc.strerror}") from None
+
+
+def _xattrs(path: bytes, names: list) -> dict[bytes, bytes]:
+    """The xattrs ``names`` (as ``os.listxattr`` gave them) of ``path``, sorted by name."""
     xattrs = {}
     for name in sorted(os.fsencode(n) for n in names):
         check_xattr_name(name, os.fsdecode(path))
