@@ -39,6 +39,9 @@ XATTR_PREFIXES = (b"user.", b"security.", b"trusted.", b"system.posix_acl_access
                   b"system.posix_acl_default")
 
 
+_S_IFMT, _S_IFDIR = 0o170000, _stat.S_IFDIR
+
+
 class SuperFlags(enum.IntFlag):
     """``RafsSuperFlags`` (rafs/src/metadata/mod.rs): the superblock-wide feature bits."""
 
@@ -305,19 +308,19 @@ def index_order(root: Node) -> TreeIndex:
     """Number ``root``'s tree as the reference does; iterative, so any depth works."""
     nodes, parents, child_index = [root], [0], [0]
     stack = [0]                          # positions of directories still to process, next on top
+    # the hot loop tests file types on ``mode`` directly: the ``is_dir`` property costs a call per child
     while stack:
         position = stack.pop()
         directory = nodes[position]
-        if not directory.inode.is_dir:
+        if directory.inode.mode & _S_IFMT != _S_IFDIR:
             continue
-        child_index[position] = len(nodes) + 1
-        subdirs = []
-        for child in directory.children:
-            nodes.append(child)
-            parents.append(position + 1)
-            child_index.append(0)
-            if child.inode.is_dir:
-                subdirs.append(len(nodes) - 1)
+        first = len(nodes)
+        child_index[position] = first + 1
+        children = directory.children
+        nodes += children
+        parents += [position + 1] * len(children)
+        child_index += [0] * len(children)
+        subdirs = [at for at, child in enumerate(children, first) if child.inode.mode & _S_IFMT == _S_IFDIR]
         stack.extend(reversed(subdirs))
     return TreeIndex(nodes, parents, child_index)
 

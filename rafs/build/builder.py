@@ -396,6 +396,9 @@ class Builder:
         ancestor path; regular files (non-empty) under a pattern are dumped first, by pattern, then
         every other regular file in index order.
         """
+        if not self.prefetch_patterns:
+            # nothing to match, so no path to build: every regular file in index order
+            return [], [node for node in order.nodes if _stat.S_ISREG(node.inode.mode)], 0
         patterns = {p: i for i, p in enumerate(self.prefetch_patterns)}
         exact: list[Node | None] = [None] * len(self.prefetch_patterns)
         prefetch_files: list[tuple[int, int, Node]] = []
@@ -407,8 +410,9 @@ class Builder:
                 base = paths[parent - 1]
                 paths[position] = (base if base != b"/" else b"") + b"/" + node.name
             inode = node.inode
+            is_reg = _stat.S_ISREG(inode.mode)
             matched = None
-            if patterns and not (inode.is_reg and inode.size == 0):
+            if not (is_reg and inode.size == 0):
                 path = paths[position]
                 probe = path
                 while True:
@@ -420,7 +424,7 @@ class Builder:
                     if probe == b"/":
                         break
                     probe = probe.rsplit(b"/", 1)[0] or b"/"
-            if inode.is_reg:
+            if is_reg:
                 if matched is not None:
                     prefetch_files.append((matched, position, node))
                 else:

@@ -91,8 +91,9 @@ def number_tree(root: Node) -> TreeIndex:
     34e6071e: hard-linked symlinks stay distinct inodes).
     """
     order = index_order(root)
+    nodes, parents = order.nodes, order.parents
     groups: dict[object, list[Node]] = {}
-    for index, node in enumerate(order.nodes, start=1):
+    for index, node in enumerate(nodes, start=1):
         inode = node.inode
         kind = inode.mode & _S_IFMT
         if kind == _S_IFREG and node.hardlink_key is not None:
@@ -105,7 +106,11 @@ def number_tree(root: Node) -> TreeIndex:
             groups[node.hardlink_key] = [node]
         inode.ino = index
         if kind == _S_IFDIR:
-            inode.nlink = 2 + sum(1 for c in node.children if c.inode.mode & _S_IFMT == _S_IFDIR)
+            # a directory starts at 2 and each subdirectory adds one as it is numbered (parents come
+            # first in index order), which spares a second pass over every directory's children
+            inode.nlink = 2
+            if index > 1:
+                nodes[parents[index - 1] - 1].inode.nlink += 1
         else:
             inode.nlink = 1
     return order
