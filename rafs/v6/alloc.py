@@ -117,19 +117,24 @@ class MetaAllocator:
 
         Hardlinks pass the first link's ``shared_offset`` and take no space of their own.
         """
-        if shared_offset is not None:
-            offset = shared_offset
-        else:
-            # round_up and align inlined (every regular file comes here); the units are powers of two
-            total = ((inode_size + CHUNK_ADDR_SIZE - 1) & -CHUNK_ADDR_SIZE) + chunk_entries * CHUNK_ADDR_SIZE
-            offset = 0
-            if self._nonempty >> -(-total // SLOT_SIZE):        # a remembered block may fit it
-                offset = self.take_fragment(total)
-            if not offset:
-                offset = self.cursor
-                self.cursor += total
+        if shared_offset is None:
+            return Placement(self.file_offset(inode_size, chunk_entries), CHUNK_BASED)
         self.cursor = (self.cursor + SLOT_SIZE - 1) & -SLOT_SIZE
-        return Placement(offset, CHUNK_BASED)
+        return Placement(shared_offset, CHUNK_BASED)
+
+    def file_offset(self, inode_size: int, chunk_entries: int) -> int:
+        """Where :meth:`place_file` puts a file of its own, as a bare offset: the writer calls this once
+        per regular file and keeps the offset, so no :class:`Placement` is made for each."""
+        # round_up and align inlined (every regular file comes here); the units are powers of two
+        total = ((inode_size + CHUNK_ADDR_SIZE - 1) & -CHUNK_ADDR_SIZE) + chunk_entries * CHUNK_ADDR_SIZE
+        offset = 0
+        if self._nonempty >> -(-total // SLOT_SIZE):        # a remembered block may fit it
+            offset = self.take_fragment(total)
+        if not offset:
+            offset = self.cursor
+            self.cursor += total
+        self.cursor = (self.cursor + SLOT_SIZE - 1) & -SLOT_SIZE
+        return offset
 
     def place_special(self, inode_size: int) -> Placement:
         """A device, fifo or socket: the inode (+ xattrs) at the cursor, never in a fragment."""

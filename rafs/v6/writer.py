@@ -17,6 +17,7 @@ order metadata is placed in and the order the ``i_ino`` numbers were given in.
 
 from __future__ import annotations
 
+import operator
 import stat as _stat
 import struct
 
@@ -56,6 +57,7 @@ INODE_RECORD_SIZE = INODE.size
 _CHUNK_ADDR_PACK = CHUNK_ADDR.struct.pack
 _NULL_CHUNK_ADDR = CHUNK_ADDR.pack(0, 0, layout.EROFS_NULL_ADDR)
 _DIRENT_PACK = DIRENT.struct.pack
+_ZEROS = bytes(alloc.CHUNK_ADDR_SIZE)
 
 
 def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: SuperFlags,
@@ -153,6 +155,9 @@ def _dirent_block(entries: list[tuple[bytes, int, int]]) -> bytes:
 
 def dirent_size(names: list[bytes], block_size: int) -> int:
     """``i_size`` of a directory with these (sorted) names incl. ``.`` and ``..`` (v6_dirent_size)."""
+    total = layout.EROFS_DIRENT_SIZE * len(names) + sum(map(len, names))
+    if total <= block_size:             # one block holds them all (most directories): no entry is moved
+        return total
     size = 0
     for name in names:
         entry = layout.EROFS_DIRENT_SIZE + len(name)
@@ -162,17 +167,33 @@ def dirent_size(names: list[bytes], block_size: int) -> int:
     return size
 
 
+def _check_names(names: list[bytes]) -> None:
+    """Refuse the names of one directory's entries that EROFS cannot hold: empty, longer than 255 bytes,
+    holding "/" or NUL (``.`` and ``..`` are refused before, as duplicates). The joined names are
+    scanned first, once per directory; only a directory with a bad name is looked at name by name."""
+    if not names:
+        return
+    joined = b"".join(names)
+    if b"/" in joined or b"\0" in joined or min(map(len, names)) == 0 or max(map(len, names)) > MAX_NAME_SIZE:
+        for name in names:
+            if not name or len(name) > MAX_NAME_SIZE or b"/" in name or b"\0" in name or name in (b".", b".."):
+                raise _bad(f"invalid file name {name!r}")
+
+
 class _Object:
     """One EROFS inode to write: what it is, where it went, and (directories) its entries."""
 
-    __slots__ = ("node", "parent", "placement", "xattrs", "entries", "data", "chunks")
+    __slots__ = ("node", "parent", "offset", "placement", "xattrs", "entries", "data", "chunks")
 
-    def __init__(self, node: Node, parent: "_Object | None"):
+    def __init__(self, node: Node, parent: "_Object | None", xattrs: bytes):
         self.node = node
         self.parent = parent
+        self.offset = 0                 # the inode's offset as the allocator gave it (before the shift)
+        # directories, symlinks and specials: the whole placement (layout, data offset); regular files
+        # are always chunk-based and need only ``offset``, so none is made for them
         self.placement: alloc.Placement | None = None
-        self.xattrs = b""
-        self.entries: list[tuple[bytes, "_Object"]] = []
+        self.xattrs = xattrs            # the inline xattr body (xattr_body), b"" for none
+        self.entries: list["_Object"] = []  # a directory's children, in tree (name) order
         self.data = 0                   # directory / symlink data size
         self.chunks: list[Chunk] = []
 
@@ -207,7 +228,6 @@ class _BootstrapWriter:
         self.block_size = 1 << self.block_bits
         self.external = [bool(b.features & BlobFeatures.EXTERNAL) for b in blobs]
         self.order: list[_Object] = []      # every tree node, in index (dump) order
-        self.by_node: dict[int, _Object] = {}
         self.has_xattr = False
         self.meta_addr = 0                  # byte offset of nid 0 (s_meta_blkaddr * block size)
         self.shift = 0                      # added to every allocator offset (root nid -> 128)
@@ -225,18 +245,19 @@ class _BootstrapWriter:
         first_links: dict[int, _Object] = {}    # id(shared Inode) -> first link of a regular file
         stack = [self._visit(self.root, None)]
         seen_dirs = {id(self.root)}
+        visit, plan_file = self._visit, self._plan_file     # looked up once, called for every entry
         while stack:
             parent = stack.pop()
             self._place_dir(allocator, parent)
             subdirs = []
             entries = parent.entries
             for child in parent.node.children:
-                obj = self._visit(child, parent)
-                entries.append((child.name, obj))
+                obj = visit(child, parent)
+                entries.append(obj)
                 mode = child.inode.mode
                 kind = mode & _S_IFMT
                 if kind == _S_IFREG:
-                    self._plan_file(allocator, obj, first_links)
+                    plan_file(allocator, obj, first_links)
                 elif kind == _S_IFDIR:
                     if id(child) in seen_dirs:
                         raise _bad(f"directory {child.name!r} appears twice in the tree")
@@ -248,8 +269,10 @@ class _BootstrapWriter:
                         raise _bad(f"symlink {child.name!r} has no target")
                     obj.data = len(target)
                     obj.placement = allocator.place_with_tail(obj.inode_size, obj.data)
+                    obj.offset = obj.placement.offset
                 elif _stat.S_IFMT(mode) in _SPECIAL:
                     obj.placement = allocator.place_special(obj.inode_size)
+                    obj.offset = obj.placement.offset
                 else:
                     raise _bad(f"{child.name!r} has an unknown file type (mode {mode:#o})")
             stack.extend(reversed(subdirs))
@@ -263,43 +286,48 @@ class _BootstrapWriter:
         first = first_links.setdefault(id(node.inode), obj)
         if first is obj:
             obj.chunks = slots or [None] * -(-node.inode.size // self.chunk_size)
-            obj.placement = allocator.place_file(INODE_SIZE + len(obj.xattrs), len(obj.chunks))
+            obj.offset = allocator.file_offset(INODE_SIZE + len(obj.xattrs), len(obj.chunks))
         else:
             if slots and not any(first.chunks):
                 first.chunks[:] = slots
             obj.chunks = first.chunks
-            obj.placement = first.placement
+            obj.offset = first.offset
             allocator.align(alloc.SLOT_SIZE)
 
     def _visit(self, node: Node, parent: _Object | None) -> _Object:
-        if parent is not None:
-            name = node.name
-            if not name or len(name) > MAX_NAME_SIZE or b"/" in name or b"\0" in name or name in (b".", b".."):
-                raise _bad(f"invalid file name {name!r}")
-        obj = _Object(node, parent)
-        self.by_node[id(node)] = obj
-        if node.inode.xattrs:
-            obj.xattrs = xattr_body(node.inode.xattrs)
+        """The object for ``node``, appended to the dump order (names were checked by _place_dir)."""
+        xattrs = node.inode.xattrs
+        if xattrs:
             self.has_xattr = True
+            obj = _Object(node, parent, xattr_body(xattrs))
+        else:
+            obj = _Object(node, parent, b"")
         self.order.append(obj)
         return obj
 
     def _place_dir(self, allocator: alloc.MetaAllocator, obj: _Object) -> None:
-        names = sorted([b".", b".."] + [child.name for child in obj.node.children])
-        for prev, name in zip(names, names[1:]):
-            if prev == name:
-                raise _bad(f"name {name!r} appears twice in one directory")
+        """Check the directory's names and place it (its children are placed after it)."""
+        children = [child.name for child in obj.node.children]
+        names = sorted(children + [b".", b".."])
+        if len(set(names)) != len(names):
+            for prev, name in zip(names, names[1:]):
+                if prev == name:
+                    raise _bad(f"name {name!r} appears twice in one directory")
+        _check_names(children)
         obj.data = dirent_size(names, self.block_size)
         obj.placement = allocator.place_with_tail(obj.inode_size, obj.data)
+        obj.offset = obj.placement.offset
 
     def _chunk_slots(self, node: Node) -> list[Chunk | None]:
         """The file's chunk index entries: one per chunk_size of i_size, None for a hole."""
         size, cs, blob_count, block_mask = node.inode.size, self.chunk_size, len(self.blobs), self.block_size - 1
         count = -(-size // cs)
         chunks = node.chunks
-        if count == 1 and len(chunks) == 1 and chunks[0].file_offset == 0:
-            self._check_chunk(node, chunks[0], blob_count, block_mask)   # the common small file
-            return [chunks[0]]
+        if count == 1 and len(chunks) == 1:                 # the common small file, checked inline
+            chunk = chunks[0]
+            if not chunk.file_offset and 0 <= chunk.blob_index < blob_count \
+                    and not chunk.uncompressed_offset & block_mask and 0 <= chunk.index < MAX_CHUNKS_PER_BLOB:
+                return [chunk]
         slots: list[Chunk | None] = [None] * count
         last = -1
         for chunk in chunks:
@@ -330,7 +358,7 @@ class _BootstrapWriter:
         blob_table_size = layout.RAFSV6_BLOB_ENTRY_SIZE * len(self.blobs)
         prefetch_size = 4 * len(self.prefetch) if blob_table_size else 0
         # Shift everything so the root inode sits one block after meta_blkaddr (root nid 128).
-        root_offset = self.order[0].placement.offset
+        root_offset = self.order[0].offset
         orig_meta_addr = root_offset - ALIGNMENT
         if blob_table_size:
             meta_addr = _round_up(blob_table_offset + blob_table_size + prefetch_size,
@@ -373,15 +401,17 @@ class _BootstrapWriter:
         table = b"".join(self._blob_entry(i, blob) for i, blob in enumerate(self.blobs))
         self.buf[blob_table_offset:blob_table_offset + len(table)] = table
         if prefetch_size:
-            nids = struct.pack(f"<{len(self.prefetch)}I", *(self._prefetch_nid(n) for n in self.prefetch))
+            # the node -> object map is only needed here, so it is made only for an image with prefetch
+            by_node = {id(obj.node): obj for obj in self.order}
+            nids = struct.pack(f"<{len(self.prefetch)}I", *(self._prefetch_nid(n, by_node) for n in self.prefetch))
             self.buf[prefetch_offset:prefetch_offset + len(nids)] = nids
         return bytes(self.buf)
 
     def _nid(self, obj: _Object) -> int:
-        return (obj.placement.offset + self.shift - self.meta_addr) >> 5
+        return (obj.offset + self.shift - self.meta_addr) >> 5
 
-    def _prefetch_nid(self, node: Node) -> int:
-        obj = self.by_node.get(id(node))
+    def _prefetch_nid(self, node: Node, by_node: dict[int, _Object]) -> int:
+        obj = by_node.get(id(node))
         if obj is None:
             raise _bad(f"prefetch node {node.name!r} is not in the tree")
         return self._nid(obj)
@@ -459,7 +489,8 @@ class _BootstrapWriter:
                 self._write_inode(obj, layout.EROFS_INODE_FLAT_PLAIN, _u32(obj.node.inode.rdev, "rdev"))
         pack = CHUNK_INFO.struct.pack
         try:
-            return b"".join([pack(_digest32(c.digest), c.blob_index, c.flags, c.compressed_size, c.uncompressed_size,
+            # digests are 32 bytes in every image the builder makes: padding is only called for others
+            return b"".join([pack(c.digest if len(c.digest) == 32 else _digest32(c.digest), c.blob_index, c.flags, c.compressed_size, c.uncompressed_size,
                                   c.compressed_offset, c.uncompressed_offset, c.file_offset, c.index, c.crc32)
                              for c in (chunk_cache[key] for key in sorted(chunk_cache))])
         except struct.error as exc:
@@ -467,23 +498,10 @@ class _BootstrapWriter:
 
     def _write_inode(self, obj: _Object, data_layout: int, i_u: int, size: int | None = None) -> int:
         """The extended inode and its inline xattrs; returns the offset just after them."""
-        inode = obj.node.inode
-        offset = obj.placement.offset + self.shift
-        xattrs = obj.xattrs
-        xattr_count = (len(xattrs) - layout.EROFS_XATTR_IBODY_HEADER_SIZE) // 4 + 1 if xattrs else 0
-        try:
-            record = _INODE_PACK(layout.EROFS_INODE_LAYOUT_EXTENDED | data_layout << 1, xattr_count,
-                                 inode.mode & 0xFFFF, 0, inode.size if size is None else size, i_u, inode.ino,
-                                 inode.uid, inode.gid, inode.mtime, inode.mtime_nsec, inode.nlink)
-        except struct.error as exc:
-            for value, what in ((inode.ino, "ino"), (inode.uid, "uid"), (inode.gid, "gid"), (inode.nlink, "nlink")):
-                _u32(value, what)
-            raise InvalidArgumentError(f"cannot encode {INODE.name}: {exc}") from None
-        end = offset + INODE_RECORD_SIZE
+        offset = obj.offset + self.shift
+        record = _inode_record(obj, data_layout, i_u, size)
+        end = offset + len(record)
         self.buf[offset:end] = record
-        if xattrs:
-            self.buf[end:end + len(xattrs)] = xattrs
-            end += len(xattrs)
         if end > self.end:
             self.end = end
         return end
@@ -502,11 +520,12 @@ class _BootstrapWriter:
 
     def _write_dir(self, obj: _Object) -> None:
         parent = obj.parent or obj
-        entries = [(b".", obj), (b"..", parent)] + obj.entries
-        entries.sort(key=_entry_name)
         base = self.shift - self.meta_addr
-        rows = [(name, (child.placement.offset + base) >> 5, _FILE_TYPES[child.node.inode.mode & _S_IFMT])
-                for name, child in entries]
+        rows = [(child.node.name, (child.offset + base) >> 5, _FILE_TYPES[child.node.inode.mode & _S_IFMT])
+                for child in obj.entries]
+        rows += [(b".", (obj.offset + base) >> 5, _FILE_TYPES[_S_IFDIR]),
+                 (b"..", (parent.offset + base) >> 5, _FILE_TYPES[_S_IFDIR])]
+        rows.sort(key=_row_name)
         self._write_tailed(obj, dirent_blocks(rows, self.block_size), obj.data)
 
     def _write_symlink(self, obj: _Object) -> None:
@@ -519,6 +538,8 @@ class _BootstrapWriter:
         self._write_tailed(obj, blocks, len(target))
 
     def _write_file(self, obj: _Object, chunk_cache: dict) -> None:
+        """A chunk-based inode, its xattrs and its chunk index array, written into the buffer at once;
+        the file's chunks go into ``chunk_cache`` (one chunk info record per distinct key)."""
         slots = obj.chunks
         external = self.external
         for chunk in obj.node.chunks or [c for c in slots if c is not None]:
@@ -535,7 +556,7 @@ class _BootstrapWriter:
         chunk_bits = declared.bit_length() - 1 - self.block_bits
         if chunk_bits > layout.EROFS_CHUNK_FORMAT_BLKBITS_MASK:
             raise _bad(f"file of {size} bytes is too big for one EROFS chunk")
-        end = self._write_inode(obj, layout.EROFS_INODE_CHUNK_BASED, layout.EROFS_CHUNK_FORMAT_INDEXES | chunk_bits)
+        record = _inode_record(obj, layout.EROFS_INODE_CHUNK_BASED, layout.EROFS_CHUNK_FORMAT_INDEXES | chunk_bits)
         bits = self.block_bits
         addrs = []
         for chunk in slots:
@@ -548,11 +569,34 @@ class _BootstrapWriter:
                            "32-bit block address space")
             index = chunk.index
             addrs.append(_CHUNK_ADDR_PACK(index & 0xFFFF, (index >> 16 & 0xFF) << 8 | (chunk.blob_index + 1), blkaddr))
-        self._put(_round_up(end - self.shift, alloc.CHUNK_ADDR_SIZE) + self.shift, b"".join(addrs))
+        if addrs:
+            # the index array starts at the inode's end rounded up to one entry; the gap is zeros
+            gap = -(obj.offset + len(record)) % alloc.CHUNK_ADDR_SIZE
+            record = b"".join([record, _ZEROS[:gap], *addrs])
+        offset = obj.offset + self.shift
+        end = offset + len(record)
+        self.buf[offset:end] = record
+        if end > self.end:
+            self.end = end
 
 
-def _entry_name(entry: tuple) -> bytes:
-    return entry[0]
+def _inode_record(obj: _Object, data_layout: int, i_u: int, size: int | None = None) -> bytes:
+    """The extended inode of ``obj`` (i_size = ``size``, or the inode's own) and its inline xattrs."""
+    inode = obj.node.inode
+    xattrs = obj.xattrs
+    xattr_count = (len(xattrs) - layout.EROFS_XATTR_IBODY_HEADER_SIZE) // 4 + 1 if xattrs else 0
+    try:
+        record = _INODE_PACK(layout.EROFS_INODE_LAYOUT_EXTENDED | data_layout << 1, xattr_count,
+                             inode.mode & 0xFFFF, 0, inode.size if size is None else size, i_u, inode.ino,
+                             inode.uid, inode.gid, inode.mtime, inode.mtime_nsec, inode.nlink)
+    except struct.error as exc:
+        for value, what in ((inode.ino, "ino"), (inode.uid, "uid"), (inode.gid, "gid"), (inode.nlink, "nlink")):
+            _u32(value, what)
+        raise InvalidArgumentError(f"cannot encode {INODE.name}: {exc}") from None
+    return record + xattrs if xattrs else record
+
+
+_row_name = operator.itemgetter(0)       # sort key of dirent rows: the name (a C call, not a Python one)
 
 
 def _u32(value: int, what: str) -> int:
