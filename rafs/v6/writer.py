@@ -58,6 +58,7 @@ _CHUNK_ADDR_PACK = CHUNK_ADDR.struct.pack
 _NULL_CHUNK_ADDR = CHUNK_ADDR.pack(0, 0, layout.EROFS_NULL_ADDR)
 _DIRENT_PACK = DIRENT.struct.pack
 _ZEROS = bytes(alloc.CHUNK_ADDR_SIZE)
+_CHUNK_BASED = layout.EROFS_INODE_CHUNK_BASED
 
 
 def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: SuperFlags,
@@ -128,6 +129,8 @@ def dirent_blocks(entries: list[tuple[bytes, int, int]], block_size: int) -> lis
     An entry (12 bytes + name) never straddles a block; every block but the last is as full as entries
     allow and is not padded here (the rest of its block stays zero).
     """
+    if layout.EROFS_DIRENT_SIZE * len(entries) + sum([len(entry[0]) for entry in entries]) <= block_size:
+        return [_dirent_block(entries)] if entries else []      # all in one block: no sizes to add up
     blocks, current, used = [], [], 0
     for entry in entries:
         size = layout.EROFS_DIRENT_SIZE + len(entry[0])
@@ -193,9 +196,11 @@ class _Object:
         # are always chunk-based and need only ``offset``, so none is made for them
         self.placement: alloc.Placement | None = None
         self.xattrs = xattrs            # the inline xattr body (xattr_body), b"" for none
-        self.entries: list["_Object"] = []  # a directory's children, in tree (name) order
+        # Lists only where they are used (they are most of what stays alive while writing, and so
+        # what the garbage collector walks): set by _place_dir and _plan_file.
+        self.entries: list["_Object"] | None = None     # a directory's children, in tree (name) order
         self.data = 0                   # directory / symlink data size
-        self.chunks: list[Chunk] = []
+        self.chunks: list[Chunk | None] | None = None  # a regular file's chunk slots (None: a hole)
 
     @property
     def inode_size(self) -> int:
@@ -226,6 +231,8 @@ class _BootstrapWriter:
         self.block_bits = layout.EROFS_BLKSZBITS_MIN if flags & SuperFlags.TARTFS_MODE \
             else layout.EROFS_BLKSZBITS_MAX
         self.block_size = 1 << self.block_bits
+        # i_u of a chunk-based file declaring chunks of chunk_size (all but the page-cache trick's)
+        self.chunk_format = layout.EROFS_CHUNK_FORMAT_INDEXES | (chunk_size.bit_length() - 1 - self.block_bits)
         self.external = [bool(b.features & BlobFeatures.EXTERNAL) for b in blobs]
         self.order: list[_Object] = []      # every tree node, in index (dump) order
         self.has_xattr = False
@@ -314,12 +321,15 @@ class _BootstrapWriter:
                 if prev == name:
                     raise _bad(f"name {name!r} appears twice in one directory")
         _check_names(children)
+        obj.entries = []
         obj.data = dirent_size(names, self.block_size)
         obj.placement = allocator.place_with_tail(obj.inode_size, obj.data)
         obj.offset = obj.placement.offset
 
     def _chunk_slots(self, node: Node) -> list[Chunk | None]:
-        """The file's chunk index entries: one per chunk_size of i_size, None for a hole."""
+        """The file's chunk index entries: one per chunk_size of i_size, None for a hole.
+
+        A file without holes gets its own ``node.chunks`` list back (nothing here changes it)."""
         size, cs, blob_count, block_mask = node.inode.size, self.chunk_size, len(self.blobs), self.block_size - 1
         count = -(-size // cs)
         chunks = node.chunks
@@ -327,7 +337,7 @@ class _BootstrapWriter:
             chunk = chunks[0]
             if not chunk.file_offset and 0 <= chunk.blob_index < blob_count \
                     and not chunk.uncompressed_offset & block_mask and 0 <= chunk.index < MAX_CHUNKS_PER_BLOB:
-                return [chunk]
+                return chunks
         slots: list[Chunk | None] = [None] * count
         last = -1
         for chunk in chunks:
@@ -338,7 +348,7 @@ class _BootstrapWriter:
             self._check_chunk(node, chunk, blob_count, block_mask)
             slots[slot] = chunk
             last = slot
-        return slots
+        return chunks if len(chunks) == count else slots
 
     @staticmethod
     def _check_chunk(node: Node, chunk: Chunk, blob_count: int, block_mask: int) -> None:
@@ -549,14 +559,16 @@ class _BootstrapWriter:
         declared = self.chunk_size
         # Page-cache sharing trick (v6_dump_file): when every chunk follows the previous one in the same
         # blob, declare one chunk of next_power_of_two(i_size) so EROFS maps the file in one extent.
+        chunk_format = self.chunk_format
         if size > declared and all(slots) and all(
                 chunk.blob_index == prev.blob_index and chunk.uncompressed_offset == prev.uncompressed_offset + declared
                 for prev, chunk in zip(slots, slots[1:])):
             declared = 1 << (size - 1).bit_length()
-        chunk_bits = declared.bit_length() - 1 - self.block_bits
-        if chunk_bits > layout.EROFS_CHUNK_FORMAT_BLKBITS_MASK:
-            raise _bad(f"file of {size} bytes is too big for one EROFS chunk")
-        record = _inode_record(obj, layout.EROFS_INODE_CHUNK_BASED, layout.EROFS_CHUNK_FORMAT_INDEXES | chunk_bits)
+            chunk_bits = declared.bit_length() - 1 - self.block_bits
+            if chunk_bits > layout.EROFS_CHUNK_FORMAT_BLKBITS_MASK:
+                raise _bad(f"file of {size} bytes is too big for one EROFS chunk")
+            chunk_format = layout.EROFS_CHUNK_FORMAT_INDEXES | chunk_bits
+        record = _inode_record(obj, _CHUNK_BASED, chunk_format)
         bits = self.block_bits
         addrs = []
         for chunk in slots:
