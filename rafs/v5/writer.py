@@ -25,6 +25,8 @@ from ..model import Blob, InodeFlags, Node, SuperFlags, TreeIndex, index_order
 from . import layout
 
 from .records import BLOB_HEADER as _BLOB_HEADER, CHUNK, EXT_BLOB, INODE, SUPERBLOCK
+_INODE_PACK = INODE.struct.pack
+_CHUNK_PACK = CHUNK.struct.pack
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _U64_MASK = (1 << 64) - 1
@@ -56,7 +58,8 @@ def xattr_table_size(xattrs: dict[bytes, bytes]) -> int:
 
 
 def dir_pseudo_size(node: Node) -> int:
-    size = sum(len(child.name) + layout.RAFSV5_DIR_ENTRY_OVERHEAD for child in node.children)
+    children = node.children
+    size = sum([len(child.name) for child in children]) + layout.RAFSV5_DIR_ENTRY_OVERHEAD * len(children)
     if size == 0:
         return layout.RAFSV5_DIR_SIZE_ALIGNMENT
     align = layout.RAFSV5_DIR_SIZE_ALIGNMENT
@@ -141,39 +144,50 @@ def _blob_table(blobs: list[Blob]) -> bytes:
     return _pad8(b"\0".join(parts))
 
 
-def _dfs_positions(order: TreeIndex):
-    """Positions (index - 1) in DFS pre-order: a node, then each child's subtree in name order."""
-    index_of = {id(node): i for i, node in enumerate(order.nodes)}
-    stack = [0]
+def _dfs_positions(order: TreeIndex) -> list[int]:
+    """Positions (index - 1) in DFS pre-order: a node, then each child's subtree in name order.
+
+    A directory's children hold consecutive positions from ``child_index - 1`` on (index order), so
+    they are pushed as a range rather than looked up one by one."""
+    nodes, child_index = order.nodes, order.child_index
+    positions, stack = [], [0]
     while stack:
         position = stack.pop()
-        yield position
-        node = order.nodes[position]
-        if node.inode.is_dir and node.children:
-            stack.extend(index_of[id(c)] for c in reversed(node.children))
+        positions.append(position)
+        node = nodes[position]
+        if node.children and node.inode.mode & _S_IFMT == _S_IFDIR:
+            first = child_index[position] - 1
+            stack.extend(range(first + len(node.children) - 1, first - 1, -1))
+    return positions
 
 
 def _inode_digests(order: TreeIndex, digester: str) -> list[bytes]:
-    """i_digest per position; children come after their parent, so walking backwards works."""
-    nodes = order.nodes
+    """i_digest per position; children come after their parent, so walking backwards works.
+
+    Every digest starts from a copy of one empty hasher (same bytes as ``codecs.digest``, which
+    imports its hasher on every call: that costs more than digesting the few bytes of one inode),
+    and is fed the pieces one by one rather than joined first."""
+    nodes, child_index = order.nodes, order.child_index
+    empty = codecs.hasher(digester)
     digests: list[bytes] = [b""] * len(nodes)
     for position in range(len(nodes) - 1, -1, -1):
         node = nodes[position]
         kind = node.inode.mode & _S_IFMT
+        hasher = empty.copy()
         if kind == _S_IFDIR:
-            first = order.child_index[position] - 1
-            data = b"".join(digests[first:first + len(node.children)])
+            first = child_index[position] - 1
+            hasher.update(b"".join(digests[first:first + len(node.children)]))
         elif kind == _S_IFREG:
-            data = b"".join([c.digest for c in node.chunks])
+            for chunk in node.chunks:
+                hasher.update(chunk.digest)
         elif kind == _S_IFLNK:
-            data = node.inode.symlink or b""
-        else:
-            data = b""
-        digests[position] = codecs.digest(digester, data)
+            hasher.update(node.inode.symlink or b"")
+        digests[position] = hasher.digest()
     return digests
 
 
 def _record(order: TreeIndex, position: int, digests: list[bytes], tar_layer: int | None) -> bytes:
+    """The record of the node at ``position``: inode, name, symlink target, xattrs, chunks (8-aligned)."""
     node = order.nodes[position]
     inode = node.inode
     name = node.name
@@ -187,7 +201,7 @@ def _record(order: TreeIndex, position: int, digests: list[bytes], tar_layer: in
     if kind == _S_IFLNK and (not symlink or len(symlink) > 0xFFFF):
         raise InvalidArgumentError(f"{name!r}: symlink target of {len(symlink or b'')} bytes cannot be stored")
     xattrs = inode.xattrs
-    flags = int(inode.flags) & _HARDLINK
+    flags = inode.flags & _HARDLINK
     if symlink is not None:
         flags |= _SYMLINK
     xattr_size = 0
@@ -203,14 +217,17 @@ def _record(order: TreeIndex, position: int, digests: list[bytes], tar_layer: in
         size = inode.size
         if kind == _S_IFREG:
             child_count = len(node.chunks)
-    blocks = (size + _align8(xattr_size) + 511) // 512
+    blocks = (size + ((xattr_size + 7) & ~7) + 511) // 512
     parent = order.parents[position]
     parent_ino = order.nodes[parent - 1].inode.ino if parent else 0
-    header = INODE.pack(digests[position], parent_ino, inode.ino, inode.uid, inode.gid, 0, inode.mode,
-                        size, blocks, flags, inode.nlink, child_index, child_count, len(name),
-                        len(symlink) if symlink is not None else 0, rdev,
-                        inode.mtime_nsec, inode.mtime & _U64_MASK, _RESERVED)
-    parts = [header, _pad8(name)]
+    try:
+        header = _INODE_PACK(digests[position], parent_ino, inode.ino, inode.uid, inode.gid, 0, inode.mode,
+                             size, blocks, flags, inode.nlink, child_index, child_count, len(name),
+                             len(symlink) if symlink is not None else 0, rdev,
+                             inode.mtime_nsec, inode.mtime & _U64_MASK, _RESERVED)
+    except struct.error as exc:
+        raise InvalidArgumentError(f"cannot encode {INODE.name}: {exc}") from None
+    parts = [header, name, _ZEROS[:-len(name) & 7]]     # the name, padded to 8
     if symlink is not None:
         parts.append(_pad8(symlink))
     if xattrs:
@@ -220,8 +237,7 @@ def _record(order: TreeIndex, position: int, digests: list[bytes], tar_layer: in
             pairs.append(_U32.pack(len(key) + 1 + len(value)) + key + b"\0" + value)
         parts.append(_pad8(b"".join(pairs)))
     if kind == _S_IFREG:
-        pack = CHUNK.struct.pack
-        parts.extend([pack(c.digest, c.blob_index, c.flags, c.compressed_size, c.uncompressed_size,
-                           c.compressed_offset, c.uncompressed_offset, c.file_offset, c.index, c.crc32)
-                      for c in node.chunks])
+        for c in node.chunks:           # a plain loop: a list comprehension is one more call per file
+            parts.append(_CHUNK_PACK(c.digest, c.blob_index, c.flags, c.compressed_size, c.uncompressed_size,
+                                     c.compressed_offset, c.uncompressed_offset, c.file_offset, c.index, c.crc32))
     return b"".join(parts)
