@@ -59,6 +59,7 @@ _NULL_CHUNK_ADDR = CHUNK_ADDR.pack(0, 0, layout.EROFS_NULL_ADDR)
 _DIRENT_PACK = DIRENT.struct.pack
 _ZEROS = bytes(alloc.CHUNK_ADDR_SIZE)
 _CHUNK_BASED = layout.EROFS_INODE_CHUNK_BASED
+_NULL_ADDR = layout.EROFS_NULL_ADDR
 
 
 def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: SuperFlags,
@@ -146,14 +147,16 @@ def dirent_blocks(entries: list[tuple[bytes, int, int]], block_size: int) -> lis
 
 def _dirent_block(entries: list[tuple[bytes, int, int]]) -> bytes:
     nameoff = layout.EROFS_DIRENT_SIZE * len(entries)
-    heads = []
+    heads, names = [], []
     try:
         for name, nid, file_type in entries:
             heads.append(_DIRENT_PACK(nid, nameoff, file_type, 0))
+            names.append(name)
             nameoff += len(name)
     except struct.error as exc:
         raise InvalidArgumentError(f"cannot encode {DIRENT.name}: {exc}") from None
-    return b"".join(heads) + b"".join(name for name, _, _ in entries)
+    heads += names
+    return b"".join(heads)
 
 
 def dirent_size(names: list[bytes], block_size: int) -> int:
@@ -498,11 +501,14 @@ class _BootstrapWriter:
             else:
                 self._write_inode(obj, layout.EROFS_INODE_FLAT_PLAIN, _u32(obj.node.inode.rdev, "rdev"))
         pack = CHUNK_INFO.struct.pack
+        # in digest order; map() rather than a generator (no Python step per chunk); digests are 32 bytes
+        # in every image the builder makes, so padding is only called for others
+        in_order = map(chunk_cache.__getitem__, sorted(chunk_cache))
         try:
-            # digests are 32 bytes in every image the builder makes: padding is only called for others
-            return b"".join([pack(c.digest if len(c.digest) == 32 else _digest32(c.digest), c.blob_index, c.flags, c.compressed_size, c.uncompressed_size,
-                                  c.compressed_offset, c.uncompressed_offset, c.file_offset, c.index, c.crc32)
-                             for c in (chunk_cache[key] for key in sorted(chunk_cache))])
+            return b"".join([pack(c.digest if len(c.digest) == 32 else _digest32(c.digest), c.blob_index, c.flags,
+                                  c.compressed_size, c.uncompressed_size, c.compressed_offset, c.uncompressed_offset,
+                                  c.file_offset, c.index, c.crc32)
+                             for c in in_order])
         except struct.error as exc:
             raise InvalidArgumentError(f"cannot encode {CHUNK_INFO.name}: {exc}") from None
 
@@ -576,7 +582,7 @@ class _BootstrapWriter:
                 addrs.append(_NULL_CHUNK_ADDR)
                 continue
             blkaddr = chunk.uncompressed_offset >> bits
-            if blkaddr >= layout.EROFS_NULL_ADDR:
+            if blkaddr >= _NULL_ADDR:
                 raise _bad(f"chunk at uncompressed offset {chunk.uncompressed_offset:#x} is beyond the "
                            "32-bit block address space")
             index = chunk.index
