@@ -94,6 +94,7 @@ _BULK_FILE_TYPES = frozenset((_stat.S_IFREG, _stat.S_IFDIR, _stat.S_IFLNK, _stat
 _KNOWN_I_FORMATS = frozenset(f for f in range(layout.EROFS_I_ALL + 1)
                              if f >> _DATALAYOUT_BIT & _DATALAYOUT_MASK in layout.EROFS_DATALAYOUT_NAMES)
 _CHUNK_BASED = layout.EROFS_INODE_CHUNK_BASED
+_FLAT_INLINE = layout.EROFS_INODE_FLAT_INLINE
 _COMPRESSED_LAYOUTS = (layout.EROFS_INODE_COMPRESSED_FULL, layout.EROFS_INODE_COMPRESSED_COMPACT)
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, _stat.S_IFDIR, _stat.S_IFREG, _stat.S_IFLNK
 _S_IFCHR, _S_IFBLK = _stat.S_IFCHR, _stat.S_IFBLK
@@ -769,7 +770,19 @@ class V6Reader(ImageReader):
         return zip(*self.listing(ino))
 
     def listing(self, ino: int) -> tuple[list[bytes], list[int]]:
-        """The names and nids of a directory's entries but ``.`` and ``..``, as two lists."""
+        """The names and nids of a directory's entries but ``.`` and ``..``, as two lists.
+
+        Most directories are one block stored inline after the inode (FLAT_INLINE, i_size at most a
+        block): those are decoded straight from the inode's fields, without the extent machinery."""
+        (mode, _, _, _, _, size, _, _, _, _, _, _, datalayout, icount, _, body, _,
+         _) = self._attributes(ino)
+        if mode & _S_IFMT != _S_IFDIR:
+            return [], []
+        if datalayout == _FLAT_INLINE and 0 < size <= self.block_size:
+            at = body + xattr.body_size(icount) if icount else body
+            if at % self.block_size + size <= self.block_size and at + size <= self.size:
+                names, nids, _ = dirent.decode_block(bytes(self.data[at:at + size]), where=at)
+                return dirent.without_dots(names, nids)
         rec = self._dir_record(ino)
         if rec is None:
             return [], []
