@@ -12,6 +12,7 @@ and a command that never touches chunk data (``rafs create --help``) should not 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import threading
@@ -92,29 +93,14 @@ def compress_chunk(algorithm: str, data: bytes) -> tuple[bytes, bool]:
 
 def chunk_processor(compressor: str, digester: str):
     """``process(data) -> (digest, crc32c, stored bytes, compressed?)`` for one chunk of a build, the
-    algorithms resolved once (a builder calls it for every chunk). The same results as
+    digester and CRC resolved once (a builder calls it for every chunk). The same results as
     :func:`digest`, :func:`crc32c` and :func:`compress_chunk`."""
     check_compressor(compressor)
-    check_digester(digester)
-    from crc32c import crc32c as crc
-    if digester == "blake3":
-        from blake3 import blake3 as new_hash
-    else:
-        new_hash = hashlib.sha256
+    new_hash, crc = _hash_constructor(check_digester(digester)), _crc32c()
 
-    if compressor == "none":
-        def process(data):
-            return new_hash(data).digest(), crc(data), bytes(data), False
-    elif compressor == "zstd":
-        def process(data):
-            packed = _zstd_compressor().compress(data)
-            if len(packed) >= len(data):
-                return new_hash(data).digest(), crc(data), bytes(data), False
-            return new_hash(data).digest(), crc(data), packed, True
-    else:
-        def process(data):
-            stored, compressed = compress_chunk(compressor, data)
-            return new_hash(data).digest(), crc(data), stored, compressed
+    def process(data):
+        stored, compressed = compress_chunk(compressor, data)
+        return new_hash(data).digest(), crc(data), stored, compressed
     return process
 
 
@@ -162,27 +148,33 @@ def _zstd_decompress(data: bytes, size: int) -> bytes:
     return b"".join(parts)
 
 
-def digest(algorithm: str, data) -> bytes:
-    """The 32-byte digest of ``data`` with the image's digester."""
+@functools.cache
+def _hash_constructor(algorithm: str):
+    """The library's hasher class for a digester name, imported on first use."""
     if algorithm == "blake3":
         from blake3 import blake3
-        return blake3(data).digest()
+        return blake3
     if algorithm == "sha256":
-        return hashlib.sha256(data).digest()
+        return hashlib.sha256
     raise InvalidArgumentError(f"unknown digester {algorithm!r}")
+
+
+@functools.cache
+def _crc32c():
+    from crc32c import crc32c
+    return crc32c
+
+
+def digest(algorithm: str, data) -> bytes:
+    """The 32-byte digest of ``data`` with the image's digester."""
+    return _hash_constructor(algorithm)(data).digest()
 
 
 def hasher(algorithm: str):
     """A streaming hasher object with ``update`` and ``digest``."""
-    if algorithm == "blake3":
-        from blake3 import blake3
-        return blake3()
-    if algorithm == "sha256":
-        return hashlib.sha256()
-    raise InvalidArgumentError(f"unknown digester {algorithm!r}")
+    return _hash_constructor(algorithm)()
 
 
 def crc32c(data) -> int:
     """CRC-32C (Castagnoli, the reference's ``Crc32Iscsi``) of the uncompressed chunk."""
-    from crc32c import crc32c as _crc32c
-    return _crc32c(data)
+    return _crc32c()(data)

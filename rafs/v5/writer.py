@@ -164,9 +164,9 @@ def _dfs_positions(order: TreeIndex) -> list[int]:
 def _inode_digests(order: TreeIndex, digester: str) -> list[bytes]:
     """i_digest per position; children come after their parent, so walking backwards works.
 
-    Every digest starts from a copy of one empty hasher (same bytes as ``codecs.digest``, which
-    imports its hasher on every call: that costs more than digesting the few bytes of one inode),
-    and is fed the pieces one by one rather than joined first."""
+    Every digest starts from a copy of one empty hasher (same bytes as ``codecs.digest``; copying
+    is cheaper than making a hasher for the few bytes of one inode), and is fed the pieces one by
+    one rather than joined first."""
     nodes, child_index = order.nodes, order.child_index
     empty = codecs.hasher(digester)
     digests: list[bytes] = [b""] * len(nodes)
