@@ -9,7 +9,7 @@ import os
 import pytest
 
 import rafs
-from rafs.blob import pipeline as pipeline_module
+from rafs.blob import writer as blob_writer
 from rafs.build import builder as builder_module
 
 
@@ -45,8 +45,8 @@ def test_workers_and_bounds_change_nothing(mixed_tree, tmp_path, monkeypatch, fs
     give the same bytes, and the image checks out."""
     images = [_build(mixed_tree, tmp_path / f"w{workers}", fs_version=fs_version, workers=workers)
               for workers in (1, 4)]
-    monkeypatch.setattr(builder_module, "ChunkPipeline",
-                        functools.partial(pipeline_module.ChunkPipeline, inflight_bytes=4 * 0x10000))
+    monkeypatch.setattr(builder_module, "BlobWriter",
+                        functools.partial(blob_writer.BlobWriter, inflight_bytes=4 * 0x10000))
     images.append(_build(mixed_tree, tmp_path / "tight", fs_version=fs_version))
     assert images[0] == images[1] == images[2]
     with rafs.open(tmp_path / "w4" / "boot", blobs=[tmp_path / "w4" / "blob"]) as image:

@@ -84,18 +84,16 @@ class ChunkPipeline:
     in the order files were added, as room is needed and at :meth:`drain`.
     """
 
-    def __init__(self, *, compressor: str = "zstd", digester: str = "blake3", chunk_size: int = 0x100000,
+    def __init__(self, store, *, compressor: str = "zstd", digester: str = "blake3", chunk_size: int = 0x100000,
                  workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
         self._process = codecs.chunk_processor(compressor, digester)   # checks both names
-        self.compressor = compressor
-        self.digester = digester
+        self.store = store
         self.chunk_size = chunk_size
         self.workers = max(1, workers if workers is not None else default_workers())
         self.max_inflight = max(2 * self.workers + 2, min(256, inflight_bytes // max(chunk_size, 1)))
         # a batch is small enough that 2 per worker fit the in-flight bound: the workers stay busy
         # while the results are being stored
         self._batch_limit = max(chunk_size, min(BATCH_BYTES, self.max_inflight // (2 * self.workers) * chunk_size))
-        self.store = None
         self._pool: ThreadPoolExecutor | None = None
         self._pending: collections.deque = collections.deque()    # (future, entries, units) in order
         self._inflight = 0          # chunk_size units read ahead: one per chunk of a large file, a batch's bytes
@@ -113,12 +111,6 @@ class ChunkPipeline:
         self._batch.clear()
         self._pool.shutdown(wait=True)
         self._pool = None
-
-    def start(self, store) -> None:
-        """Results go to ``store`` from now on."""
-        self.store = store
-
-    # -- the dump --------------------------------------------------------------------------------
 
     def add(self, node: Node, prefetch: bool = False) -> None:
         """Queue every chunk of regular file ``node`` (not empty)."""
@@ -161,9 +153,8 @@ class ChunkPipeline:
     def _submit(self, future, entries: list, units: int) -> None:
         self._pending.append((future, entries, units))
         self._inflight += units
-        if self.store is not None:
-            while self._inflight >= self.max_inflight:
-                self._retire()
+        while self._inflight >= self.max_inflight:
+            self._retire()
 
     def _retire(self) -> None:
         future, entries, units = self._pending.popleft()

@@ -146,7 +146,7 @@ class BlobWriter:
             if self._pending >= WRITE_BUFFER:
                 self._hand_over()
         else:
-            self._hand_over()
+            self._flush()                   # everything before it is written first
             self._sink_write((data,), hashed=False)
         self.pos += len(data)
 
@@ -194,28 +194,20 @@ class BlobWriter:
 
     # -- chunk data --------------------------------------------------------------------------------
 
-    def dump(self, nodes, *, prefetch_count: int = 0, pipeline: ChunkPipeline | None = None) -> None:
+    def dump(self, nodes, *, prefetch_count: int = 0) -> None:
         """Chunk the regular files ``nodes`` in order, filling each node's ``chunks``.
 
         Hardlinked paths (same ``hardlink_key`` and Inode) are read once; later paths share the chunk
         list. The compressed bytes of the first ``prefetch_count`` nodes are counted as the blob's
-        prefetch (readahead) size. ``pipeline`` is a running :class:`ChunkPipeline`; without one the
-        writer runs its own.
+        prefetch (readahead) size.
         """
-        if pipeline is None:
-            with ChunkPipeline(compressor=self.compressor, digester=self.digester, chunk_size=self.chunk_size,
-                               workers=self.workers, inflight_bytes=self.inflight_bytes) as pipeline:
-                self.dump(nodes, prefetch_count=prefetch_count, pipeline=pipeline)
-            return
-        if (pipeline.compressor, pipeline.digester, pipeline.chunk_size) != \
-                (self.compressor, self.digester, self.chunk_size):
-            raise InvalidArgumentError("the chunk pipeline and the blob writer disagree on compressor, digester "
-                                       "or chunk size")
+        pipeline = ChunkPipeline(self._store, compressor=self.compressor, digester=self.digester,
+                                 chunk_size=self.chunk_size, workers=self.workers,
+                                 inflight_bytes=self.inflight_bytes)
         self.max_inflight = pipeline.max_inflight
         done: dict[int, list[Chunk]] = {}
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rafs-blob-sink") as self._sink:
+        with pipeline, ThreadPoolExecutor(max_workers=1, thread_name_prefix="rafs-blob-sink") as self._sink:
             try:
-                pipeline.start(self._store)
                 add = pipeline.add
                 for position, node in enumerate(nodes):
                     chunks = done.get(id(node.inode))

@@ -23,7 +23,6 @@ from typing import Callable
 
 from .. import __version__
 from ..blob import codecs
-from ..blob.pipeline import ChunkPipeline
 from ..blob.writer import BlobWriter, check_chunk_size
 from ..errors import BuildError, InvalidArgumentError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
@@ -253,17 +252,14 @@ class Builder:
 
     def _build(self, open_outputs) -> BuildResult:
         """Read the source, then write through the file objects ``open_outputs()`` returns."""
-        pipeline = ChunkPipeline(compressor=self.compressor, digester=self.digester, chunk_size=self.chunk_size,
-                                 workers=self.workers)
         try:
-            with pipeline:
-                return self._build_with(pipeline, open_outputs)
+            return self._build_image(open_outputs)
         except OSError as exc:
             # reading the source raises BuildError itself: what is left is the outputs failing
             where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
             raise BuildError(f"failed to write the image: {exc.strerror or exc}{where}") from exc
 
-    def _build_with(self, pipeline: ChunkPipeline, open_outputs) -> BuildResult:
+    def _build_image(self, open_outputs) -> BuildResult:
         trace = Trace()
         started = time.perf_counter()
         with trace.timed("build_tree"), trace.timed("load_from_directory"):
@@ -303,7 +299,7 @@ class Builder:
         if parent is not None:
             writer.seed_dedup(parent.chunks)
         with trace.timed("dump_blob"):
-            writer.dump(dump_order, prefetch_count=prefetch_count, pipeline=pipeline)
+            writer.dump(dump_order, prefetch_count=prefetch_count)
             has_blob = writer.chunk_count > 0 or self.blob_inline_meta
             if writer.chunk_count:
                 writer.end_data()
