@@ -112,15 +112,10 @@ class MetaAllocator:
 
     # -- objects ---------------------------------------------------------------------------------
 
-    def place_file(self, inode_size: int, chunk_entries: int, shared_offset: int | None = None) -> Placement:
-        """A chunk-based regular file: inode (+ xattrs), then its chunk index array.
-
-        Hardlinks pass the first link's ``shared_offset`` and take no space of their own.
-        """
-        if shared_offset is None:
-            return Placement(self.file_offset(inode_size, chunk_entries), CHUNK_BASED)
-        self.cursor = (self.cursor + SLOT_SIZE - 1) & -SLOT_SIZE
-        return Placement(shared_offset, CHUNK_BASED)
+    def place_file(self, inode_size: int, chunk_entries: int) -> Placement:
+        """A chunk-based regular file: inode (+ xattrs), then its chunk index array. (Hardlinks take
+        the first link's place and no space of their own: the writer only aligns the cursor.)"""
+        return Placement(self.file_offset(inode_size, chunk_entries), CHUNK_BASED)
 
     def file_offset(self, inode_size: int, chunk_entries: int) -> int:
         """Where :meth:`place_file` puts a file of its own, as a bare offset: the writer calls this once
