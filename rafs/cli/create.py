@@ -75,7 +75,8 @@ def run(args) -> int:
         raise InvalidArgumentError("one of '--bootstrap', '--blob-dir' or '--blob-inline-meta' is required")
     chunk_size = parse_chunk_size(args.chunk_size)
     checks.input_file("--parent-bootstrap", args.parent_bootstrap)
-    # the builder writes through a temporary file renamed over the output: a device would be replaced
+    # images go to regular files (written whole, then renamed into place) or FIFOs; a device could not
+    # be written atomically, so it is refused here (the library writes into one rather than replace it)
     checks.output_file("--bootstrap", args.bootstrap)
     checks.output_file("--blob", args.blob)
     checks.output_file("--output-json", args.output_json, devices=True)

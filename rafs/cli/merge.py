@@ -67,7 +67,8 @@ def run(args) -> int:
         checks.input_file("SOURCE", source)
     checks.input_file("--parent-bootstrap", args.parent_bootstrap)
     checks.input_file("--config", args.config)
-    # the merged bootstrap is written through a temporary file renamed over it: a device would be replaced
+    # the merged bootstrap is written whole and renamed into place; a device could not be written
+    # atomically, so it is refused here (the library writes into one rather than replace it)
     checks.output_file("--bootstrap", args.bootstrap)
     checks.output_file("--output-json", args.output_json, devices=True)
     chunk_dict = parse_chunk_dict(args.chunk_dict)
