@@ -461,25 +461,28 @@ class Output:
     ``path`` is the final file (renamed into place on commit), or None to name it by content in
     ``directory``. A symlink at ``path`` is followed (its target is replaced, not the link), and
     anything that is not a regular file (a FIFO, as nydus-image allows for ``--blob`` pipes, or a
-    device such as /dev/null) is written directly, never replaced.
+    device such as /dev/null) is written directly, never replaced. An output that cannot be opened
+    raises ``error`` naming it. Builds, merges and ``rafs unpack`` write through it.
     """
 
-    def __init__(self, path, directory):
+    def __init__(self, path, directory, *, error: type[Exception] = BuildError):
         self.path = None if path is None else os.fspath(path)
         self.directory = os.fspath(directory) if directory is not None else None
         self.tmp = None
-        self._hash = None
         if self.path is not None:
             self.path = os.path.realpath(self.path)
             if _is_special(self.path):
-                self.fp = _opened(self.path)
+                try:
+                    self.fp = open(self.path, "wb")
+                except OSError as exc:
+                    raise error(f"cannot write {self.path!r}: {exc.strerror or exc}") from None
                 return
         target_dir = os.path.dirname(self.path) if self.path is not None else self.directory
         try:
-            fd, self.tmp = tempfile.mkstemp(prefix=".rafs-create-", dir=target_dir)
+            fd, self.tmp = tempfile.mkstemp(prefix=".rafs-", dir=target_dir)
         except OSError as exc:
-            raise BuildError(f"cannot write {self.path or os.path.join(target_dir, '')!r}: "
-                             f"{exc.strerror or exc}") from None
+            raise error(f"cannot write {self.path or os.path.join(target_dir, '')!r}: cannot create a file in "
+                        f"{target_dir}: {exc.strerror or exc}") from None
         self.fp = os.fdopen(fd, "wb", buffering=1 << 20)
 
     def digest_name(self) -> str | None:
@@ -529,13 +532,6 @@ def _is_special(path: str) -> bool:
     except OSError:
         return False
     return not (_stat.S_ISREG(mode) or _stat.S_ISDIR(mode))
-
-
-def _opened(path: str):
-    try:
-        return open(path, "wb")
-    except OSError as exc:
-        raise BuildError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 
 
 def _umask() -> int:

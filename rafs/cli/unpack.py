@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import stat
 import sys
-import tempfile
 
 import rafs
+from rafs.build.builder import Output
 from rafs.errors import InvalidArgumentError
 from rafs.unpack import write_tar
 
@@ -38,12 +36,15 @@ def run(args) -> int:
         if args.output == "-":
             write_tar(image, checks.stdout_binary("--output"))
             return 0
-        if not stat.S_ISREG(_mode(args.output)):
-            # a FIFO or a device (/dev/null) is written into, as the reference does; never replaced
-            with open(args.output, "wb") as out:
-                count = write_tar(image, _Named(out, args.output))
-        else:
-            count = _write_replacing(image, args.output)
+        # written whole then renamed into place; a FIFO or a device (/dev/null) is written into, as the
+        # reference does, never replaced
+        out = Output(args.output, None, error=InvalidArgumentError)
+        try:
+            count = write_tar(image, _Named(out.fp, args.output))
+            out.commit(None)
+        except BaseException:
+            out.discard()
+            raise
     print(f"unpacked {count} entries to {args.output}", file=sys.stderr)
     return 0
 
@@ -62,28 +63,3 @@ class _Named:
             if exc.filename is None:
                 exc.filename = self.path
             raise
-
-
-def _mode(path) -> int:
-    """The file type of ``path``; a regular file's when nothing is there yet."""
-    try:
-        return os.stat(path).st_mode
-    except FileNotFoundError:
-        return stat.S_IFREG
-
-
-def _write_replacing(image, path) -> int:
-    """Write the tar beside ``path`` and rename it into place once whole."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".rafs-unpack-", dir=directory)
-    except OSError as exc:
-        raise InvalidArgumentError(f"--output {path}: cannot create a file in {directory}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "wb") as out:
-            count = write_tar(image, _Named(out, path))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return count
