@@ -24,15 +24,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-PYTHON=${PYTHON:-python3}
-pip_flags=(-q --disable-pip-version-check)
-# Debian's own python3 is "externally managed" (PEP 668): rafs goes into a venv there.
-if "$PYTHON" -c 'import sys, sysconfig, os; sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")) else 1)'; then
-  if [ ! -x .venv/bin/python ]; then
-    "$PYTHON" -m venv .venv
-  fi
-  PYTHON=$PWD/.venv/bin/python
+BASE_PYTHON=${PYTHON:-python3}
+pip_flags=(-q --disable-pip-version-check --no-warn-script-location)
+# rafs always goes into a virtual environment inside the checkout (.venv), never into the machine's
+# own interpreter: a system `rafs` or another project's packages are never repointed or upgraded.
+if [ ! -x .venv/bin/python ]; then
+  "$BASE_PYTHON" -m venv .venv
+  echo "setup: created a virtual environment in $PWD/.venv (activate it with: source .venv/bin/activate)" >&2
 fi
+PYTHON=$PWD/.venv/bin/python
 export PYTHON
 # editable_mode=compat puts the checkout on sys.path through a plain .pth line; setuptools' default
 # import-hook finder instead imports pathlib, urllib.parse and more at every interpreter start (about
