@@ -21,6 +21,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 
+from ..blob.ids import SHA256_ID
 from ..build.tar import RangeStream, normalize_path
 from ..errors import InvalidArgumentError, InvalidImageError
 from ..io.source import LocalRangeReader
@@ -28,7 +29,7 @@ from . import spec
 
 MAX_JSON_SIZE = 8 << 20               # manifests, indexes and configs are small; refuse giants
 COPY_BUFFER = 1 << 20
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+_DIGEST = re.compile(r"sha256:(%s)" % SHA256_ID.pattern)      # the hex part is a blob id: rafs.blob.ids
 
 
 def is_oci_layout(path) -> bool:
