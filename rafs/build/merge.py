@@ -27,6 +27,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from ..blob.ids import check_blob_id, image_blob_id
 from ..errors import BuildError, InvalidArgumentError, RafsError
 from ..image import open as open_image
 from ..model import DEFAULT_CHUNK_SIZE, Blob, BlobFeatures, Chunk, Node, SuperFlags
@@ -77,6 +78,8 @@ def load_bootstrap(source) -> LayerBootstrap:
             reader = image.reader
             root = image.tree()
             blobs = [dataclasses.replace(blob) for blob in reader.blobs]
+            for blob in blobs:      # ids carried into a new bootstrap must be ones a blob can be found by
+                image_blob_id(blob.blob_id, blob.index)
             version, flags, chunk_size = reader.version, SuperFlags(reader.flags), reader.chunk_size
     except RafsError as exc:
         raise BuildError(f"load bootstrap {name}: {exc}") from exc
@@ -134,6 +137,8 @@ def _per_source(name: str, values, count: int, parse=None):
     if parse is not None:
         try:
             values = [parse(v) for v in values]
+        except InvalidArgumentError:
+            raise
         except (TypeError, ValueError):
             raise InvalidArgumentError(f"invalid value in --{name}") from None
     return values
@@ -203,7 +208,8 @@ class Merger:
         self.parent_bootstrap = parent_bootstrap
         self.chunk_dict = chunk_dict
         self.blob_digests = _per_source("blob-digests", blob_digests, count, _digest)
-        self.original_blob_ids = _per_source("original-blob-ids", original_blob_ids, count)
+        self.original_blob_ids = _per_source("original-blob-ids", original_blob_ids, count,
+                                             lambda value: check_blob_id(value, "--original-blob-ids entry"))
         self.blob_sizes = _per_source("blob-sizes", blob_sizes, count, int)
         self.blob_toc_digests = _per_source("blob-toc-digests", blob_toc_digests, count, _digest)
         self.blob_toc_sizes = _per_source("blob-toc-sizes", blob_toc_sizes, count, int)
@@ -283,7 +289,7 @@ class Merger:
         if tarfs and dict_ids:
             raise InvalidArgumentError("merging RAFS in TARFS mode conflicts with `--chunk-dict`")
 
-        blobs = _referenced_blobs(merged, table)
+        blobs = _checked_ids(_referenced_blobs(merged, table))
         flags = SuperFlags.for_compressor(compressor) | SuperFlags.for_digester(digester) | SuperFlags.HAS_XATTR
         if explicit_uidgid:
             flags |= SuperFlags.EXPLICIT_UID_GID
@@ -367,6 +373,16 @@ def write_merged(merged: MergedImage) -> bytes:
     from ..v6.writer import write_bootstrap as write_v6
     return write_v6(merged.root, merged.blobs, chunk_size=merged.chunk_size, flags=merged.flags,
                     prefetch=merged.prefetch or None)
+
+
+def _checked_ids(blobs: list[Blob]) -> list[Blob]:
+    """``blobs`` once every id is one a blob can be found by. Ids read from a table were checked when
+    their bootstrap was loaded, and ``--original-blob-ids`` when given; what is left are the ids taken
+    from a bootstrap's file name (a layer's own blob, an inline-meta blob)."""
+    for position, blob in enumerate(blobs):
+        check_blob_id(blob.blob_id, f"blob table entry {position}: the id taken from a bootstrap's file name "
+                      "(up to its first dot)")
+    return blobs
 
 
 def _referenced_blobs(root: Node, table: list[Blob]) -> list[Blob]:
@@ -457,4 +473,4 @@ def layer_on_parent(upper: Node, parent_bootstrap, *, whiteout_spec: str, fs_ver
     tag_layer(parent.root, 0)
     tag_layer(upper, 1)
     root = merge_overlay(parent.root, upper, whiteout_spec)
-    return ParentImage(root=root, blobs=[as_parent_blob(b) for b in parent.blobs], chunks=chunks)
+    return ParentImage(root=root, blobs=_checked_ids([as_parent_blob(b) for b in parent.blobs]), chunks=chunks)
