@@ -13,10 +13,13 @@ hypothesis and rafs.
   schema in the ``layout`` modules.
 * :mod:`rafs.testing.mutate` - blind and structure-aware mutations of images, decompression bombs.
 * :mod:`rafs.testing.exercise` - run every read path over an image under time and memory bounds.
+* :mod:`rafs.testing.blob_ids` - valid and hostile blob ids as strategies, and :func:`with_blob_ids` to
+  write any id into a v5 or v6 bootstrap's blob table.
 
 See ``docs/fuzzing.md`` for a guide with a worked example.
 """
 
+from .blob_ids import blob_id_strings, hostile_blob_ids, valid_blob_ids, with_blob_ids
 from .exercise import (BytesSource, EscapedError, Outcome, OutOfMemoryError, OutOfTimeError, check_blob_mutant,
                        check_mutant, exercise, exercise_blob, memory_budget, memory_limit, time_limit)
 from .images import Built, as_built, blob_devices, build_node, build_options, build_tree
@@ -28,6 +31,7 @@ from .trees import (Entry, Extent, FileData, assert_same_tree, diff_trees, direc
                     tree_from_image, trees)
 
 __all__ = [
+    "blob_id_strings", "hostile_blob_ids", "valid_blob_ids", "with_blob_ids",
     "BytesSource", "EscapedError", "Outcome", "OutOfMemoryError", "OutOfTimeError", "check_blob_mutant",
     "check_mutant", "exercise", "exercise_blob", "memory_budget", "memory_limit", "time_limit",
     "Built", "as_built", "blob_devices", "build_node", "build_options", "build_tree",
