@@ -160,7 +160,7 @@ def validate_output(result, log) -> None:
     import os
     import stat
 
-    from rafs.errors import BuildError
+    from rafs.errors import BuildError, RafsError
     path = result.bootstrap or result.blob
     try:
         readable = path is not None and stat.S_ISREG(os.stat(path).st_mode)
@@ -169,8 +169,11 @@ def validate_output(result, log) -> None:
     if not readable:
         log.debug("the generated metadata went to a pipe or device: not validated")
         return
-    with rafs.open(path) as image:
-        faults = list(image.check())
+    try:
+        with rafs.open(path) as image:
+            faults = list(image.check())
+    except RafsError as exc:
+        faults = [str(exc)]
     if faults:
         raise BuildError(f"validation of the generated RAFS metadata {path} failed ({len(faults)} faults): "
                          f"{faults[0]}")
