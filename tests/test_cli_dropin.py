@@ -148,7 +148,8 @@ def release(fifo: Fifo) -> None:
     fifo.thread.join(10)
 
 
-def pack_args(blob_path, source_path, fs_version: str, *, tar2rafs: bool = True, extra=()) -> list[str]:
+def pack_args(blob_path, source_path, fs_version: str, *, tar2rafs: bool = True, chunk_dict=None,
+              extra=()) -> list[str]:
     """buildPackArgs in pkg/converter/tool/builder.go, in its order."""
     args = ["create", "--log-level", "warn", "--prefetch-policy", "fs", "--blob", str(blob_path),
             "--whiteout-spec", "none", "--fs-version", fs_version]
@@ -158,15 +159,18 @@ def pack_args(blob_path, source_path, fs_version: str, *, tar2rafs: bool = True,
             args += ["--features", "blob-toc"]
     else:
         args += ["--source-type", "directory", "--inline-bootstrap"]
+    if chunk_dict is not None:
+        args += ["--chunk-dict", f"bootstrap={chunk_dict}"]
     return args + list(extra) + [str(source_path)]
 
 
-def pack(builder, work, layer: bytes, fs_version: str, patterns: str = "/", extra=()) -> bytes:
+def pack(builder, work, layer: bytes, fs_version: str, patterns: str = "/", extra=(), chunk_dict=None) -> bytes:
     """packFromTar: the layer tar goes into the FIFO blob.targz, the blob comes out of blob.rafs."""
     os.makedirs(work)
     out = Fifo(work / "blob.rafs")
     src = Fifo(work / "blob.targz", feed=layer)
-    proc = run(builder + pack_args(work / "blob.rafs", work / "blob.targz", fs_version, extra=extra),
+    proc = run(builder + pack_args(work / "blob.rafs", work / "blob.targz", fs_version, extra=extra,
+                                   chunk_dict=chunk_dict),
                stdin=patterns.encode(), ok=False)
     release(out)
     release(src)
@@ -302,6 +306,61 @@ def test_converter_merge_with_blob_toc_sizes(tmp_path):
     with rafs.open(str(tmp_path / "merged")) as image:
         (entry,) = image.blobs
         assert (entry.blob_id, entry.toc_size) == (digest, len(toc) + 512)
+
+
+def test_converter_pack_and_merge_with_a_chunk_dict(tmp_path):
+    """``--chunk-dict bootstrap=PATH`` on create and merge, as the converter passes it: chunks the
+    dictionary holds are not stored again; the dictionary's blob joins the blob tables."""
+    (tmp_path / "dict").mkdir()
+    (tmp_path / "lower.tar").write_bytes(layer_tar(LOWER))
+    run(PYTHON_RAFS + ["create", "-t", "tar-rafs", "-B", str(tmp_path / "dict.boot"), "-D", str(tmp_path / "dict"),
+                       str(tmp_path / "lower.tar")])
+    (dict_blob,) = os.listdir(tmp_path / "dict")
+    layer = dict(UPPER, **{"bin": None, "bin/tool": LOWER["bin/tool"]})          # a file the dictionary holds
+    blob = pack(PYTHON_RAFS, tmp_path / "pack", layer_tar(layer), "6", chunk_dict=tmp_path / "dict.boot")
+    with rafs.open(io.BytesIO(blob)) as image:              # bin/tool's chunks point at the dictionary
+        assert {c.blob_index for c in image.chunks("/bin/tool")} == \
+            {b.index for b in image.blobs if b.blob_id == dict_blob}
+    digest = hashlib.sha256(blob).hexdigest()
+    boot = tmp_path / hashlib.sha256(layer_tar(layer)).hexdigest()
+    boot.write_bytes(unpack_entry(blob, "image.boot"))
+    run(PYTHON_RAFS + ["merge", "--log-level", "warn", "--prefetch-policy", "fs", "--output-json",
+                       str(tmp_path / "out.json"), "--bootstrap", str(tmp_path / "merged"), "--chunk-dict",
+                       f"bootstrap={tmp_path / 'dict.boot'}", str(boot), "--blob-digests", digest,
+                       "--blob-toc-digests", toc_digest(blob), "--blob-sizes", str(len(blob))], stdin=b"/")
+    assert sorted(json.loads((tmp_path / "out.json").read_text())["blobs"]) == sorted([digest, dict_blob])
+    (tmp_path / "dict" / digest).write_bytes(blob)
+    with rafs.open(str(tmp_path / "merged"), blob_dir=str(tmp_path / "dict")) as image:
+        assert image.read("/bin/tool") == LOWER["bin/tool"]
+        assert image.read("/usr/lib/new.so") == UPPER["usr/lib/new.so"]
+        assert {c.blob_index for c in image.chunks("/bin/tool")} == \
+            {b.index for b in image.blobs if b.blob_id == dict_blob}
+
+
+def test_create_chunk_dict_from_a_directory(tmp_path):
+    a, b, blobs = tmp_path / "a", tmp_path / "b", tmp_path / "blobs"
+    for d in (a, b, blobs):
+        d.mkdir()
+    shared = os.urandom(300000)
+    (a / "shared").write_bytes(shared)
+    (b / "shared").write_bytes(shared)
+    (b / "own").write_bytes(b"own data\n" * 100)
+    run(PYTHON_RAFS + ["create", str(a), "-B", str(tmp_path / "dict.boot"), "-D", str(blobs)])
+    run(PYTHON_RAFS + ["create", str(b), "-B", str(tmp_path / "b.boot"), "-D", str(blobs), "--chunk-dict",
+                       str(tmp_path / "dict.boot"), "-J", str(tmp_path / "b.json")])
+    own_id, dict_id = json.loads((tmp_path / "b.json").read_text())["blobs"]
+    assert os.path.getsize(blobs / own_id) < 10000                 # the shared file is not stored again
+    assert b"metadata and data" in run(PYTHON_RAFS + ["check", str(tmp_path / "b.boot"), "-D", str(blobs)]).stdout
+    with rafs.open(str(tmp_path / "b.boot"), blob_dir=str(blobs)) as image:
+        assert [blob.blob_id for blob in image.blobs] == [own_id, dict_id]
+        assert image.read("/shared") == shared
+    # a dictionary built otherwise is refused in the reference's words
+    proc = run(PYTHON_RAFS + ["create", str(b), "-B", str(tmp_path / "c.boot"), "-D", str(blobs), "--chunk-size",
+                              "0x10000", "--chunk-dict", f"bootstrap={tmp_path / 'dict.boot'}"], ok=False)
+    assert proc.returncode == 1 and b"inconsistent configuration of chunk_size" in proc.stderr
+    proc = run(PYTHON_RAFS + ["create", str(b), "-B", str(tmp_path / "c.boot"), "-D", str(blobs),
+                              "--chunk-dict", "boltdb=/x.db"], ok=False)
+    assert proc.returncode == 2 and b"invalid chunk dict argument" in proc.stderr
 
 
 # -- the user's guide ---------------------------------------------------------------------------------

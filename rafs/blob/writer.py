@@ -120,6 +120,7 @@ class BlobWriter:
         self._sink = None                   # the thread that hashes and writes while dump() runs
         self._sink_queue: collections.deque = collections.deque()
         self._dedup: dict[tuple[bytes, int], Chunk] = {}
+        self._dict: dict[tuple[bytes, int], Chunk] = {}
         self._ci = bytearray()
         self._digests = bytearray()
         self._toc_entries: list[TocEntry] = []
@@ -238,7 +239,10 @@ class BlobWriter:
                digest: bytes, crc: int, stored: bytes, compressed: bool) -> None:
         """Record one chunk of ``node``: a copy of an identical stored chunk, or a new one written now."""
         key = (digest, length)
-        existing = self._dedup.get(key)
+        # a chunk dictionary is asked first, as the reference asks its global dictionary first
+        existing = self._dict.get(key) if self._dict else None
+        if existing is None:
+            existing = self._dedup.get(key)
         if existing is not None:
             node.chunks.append(Chunk(digest, existing.blob_index, existing.compressed_offset,
                                      existing.compressed_size, existing.uncompressed_offset,
@@ -273,6 +277,11 @@ class BlobWriter:
             self._ci += ci_v1_entry(chunk.compressed_offset, chunk.compressed_size, uncompressed_offset, length)
             self._digests += digest
         node.chunks.append(chunk)
+
+    def seed_dict(self, chunks) -> None:
+        """A chunk dictionary's chunks (keyed by (digest, uncompressed size)): files repeating one get
+        a record pointing at it, even when this blob stores the same data already."""
+        self._dict = dict(chunks)
 
     def seed_dedup(self, chunks) -> None:
         """Chunks stored in other blobs (a parent image's, keyed by (digest, uncompressed size)) that

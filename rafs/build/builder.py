@@ -139,7 +139,7 @@ class Builder:
                  features=(), prefetch_patterns=None, prefetch_policy: str | None = None,
                  aligned_chunk: bool = False, compat: str | None = None, workers: int | None = None,
                  parent_bootstrap=None, blob_layout: str = "packed", blob_id: str | None = None,
-                 blob_offset: int = 0):
+                 blob_offset: int = 0, chunk_dict=None):
         if source_type not in SOURCE_TYPES:
             raise InvalidArgumentError(f"unsupported source type {source_type!r} (expected one of "
                                        f"{', '.join(SOURCE_TYPES)})")
@@ -202,6 +202,7 @@ class Builder:
         if not isinstance(blob_offset, int) or not 0 <= blob_offset < 1 << 64:
             raise InvalidArgumentError(f"invalid blob offset {blob_offset!r}")
         self.blob_offset = blob_offset
+        self.chunk_dict = chunk_dict
         self._on_chunk = None               # set by write() while it fills blob cache files
 
     @property
@@ -358,12 +359,28 @@ class Builder:
         self._last_writer = writer
         if parent is not None:
             writer.seed_dedup(parent.chunks)
+        dictionary = None
+        if self.chunk_dict is not None:
+            from .merge import load_chunk_dict
+            with trace.timed("import_chunk_dict"):
+                dictionary = load_chunk_dict(self.chunk_dict, fs_version=self.fs_version,
+                                             chunk_size=self.chunk_size, digester=self.digester,
+                                             explicit_uidgid=not self.repeatable)
+            writer.seed_dict(dictionary.chunks)
         with trace.timed("dump_blob"):
             writer.dump(dump_order, prefetch_count=prefetch_count)
             has_blob = writer.chunk_count > 0 or self.blob_inline_meta
             if writer.chunk_count:
                 writer.end_data()
                 writer.write_meta()
+        dict_blobs: list[Blob] = []
+        if dictionary is not None:
+            writer.blob_index, dict_blobs = dictionary.place(dump_order, writer.blob_index, len(parent_blobs))
+
+        def table(own: list[Blob]) -> list[Blob]:
+            """The blob table: the parent's, then this build's and the dictionary's it references."""
+            return parent_blobs + sorted(own + dict_blobs, key=lambda blob: blob.index)
+
         if self.prefetch_policy != "blob":
             writer.prefetch_size = 0
         flags = self._flags(nodes, writer)
@@ -381,19 +398,20 @@ class Builder:
                 # (RafsV6Device::validate): then the blob only carries the bootstrap, outside the table.
                 in_table = writer.chunk_count > 0 or self.fs_version == 5
                 placeholder = [writer.inline_placeholder()] if in_table else []
-                bootstrap = bootstrap_for(parent_blobs + placeholder)
+                bootstrap = bootstrap_for(table(placeholder))
                 writer.append_bootstrap(bootstrap)
                 written = writer.finish()
-                blobs = parent_blobs + ([written] if in_table else [])
+                blobs = table([written] if in_table else [])
             else:
-                blobs = list(parent_blobs)
+                own = []
                 if has_blob:
                     written = writer.finish()
                     if self.blob_id is not None:
                         # --blob-id names the blob instead of the sha256 of its bytes
                         writer.blob_id = self.blob_id
                         written = writer.blob(self.blob_id)
-                    blobs.append(written)
+                    own.append(written)
+                blobs = table(own)
                 bootstrap = bootstrap_for(blobs)
                 bootstrap_fp.write(bootstrap)
         trace.consumed_time["total_build"] = round(time.perf_counter() - started, 6)

@@ -115,3 +115,17 @@ def add_bootstrap_arguments(parser, what: str = "bootstrap path or URL") -> None
     parser.add_argument("bootstrap", metavar="BOOTSTRAP", nargs="?", help=what)
     parser.add_argument("-B", "--bootstrap", dest="bootstrap_opt", metavar="BOOTSTRAP",
                         help="[deprecated] same as BOOTSTRAP")
+
+
+def parse_chunk_dict(arg: str | None) -> str | None:
+    """``--chunk-dict``: ``bootstrap=PATH`` or a bare path (builder/src/core/chunk_dict.rs
+    ``parse_chunk_dict_arg``); the path is checked to be a file."""
+    if arg is None:
+        return None
+    kind, sep, path = arg.partition("=")
+    if not sep:
+        path = arg
+    elif kind != "bootstrap" or not path:
+        raise InvalidArgumentError(f"invalid chunk dict argument {arg!r} (expected bootstrap=PATH)")
+    input_file("--chunk-dict", path)
+    return path

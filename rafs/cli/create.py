@@ -49,6 +49,8 @@ def register(sub) -> None:
                    "can mount the bootstrap with the blob itself as device (rafs only)")
     p.add_argument("--parent-bootstrap", help="file path of the parent/referenced RAFS metadata blob: build "
                    "a new layer on it (its blobs kept, whiteouts applied by --whiteout-spec)")
+    p.add_argument("--chunk-dict", help="chunk dictionary bootstrap (bootstrap=PATH or PATH): chunks found "
+                   "in it are not stored again but point at its blobs, which join the blob table")
     p.add_argument("--blob-id", help="id of the generated data blob, recorded in the bootstrap and naming the "
                    "blob in --blob-dir, instead of the sha256 of its bytes (at most 255 characters; RAFS v6 "
                    "holds 64)")
@@ -118,6 +120,7 @@ def run(args) -> int:
     if args.blob_data_size is not None:
         log.debug("--blob-data-size only applies to --type estargztoc-ref: ignored")
     checks.input_file("--parent-bootstrap", args.parent_bootstrap)
+    chunk_dict = checks.parse_chunk_dict(args.chunk_dict)
     # images go to regular files (written whole, then renamed into place) or FIFOs; a device could not
     # be written atomically, so it is refused here (the library writes into one rather than replace it)
     checks.output_file("--bootstrap", args.bootstrap)
@@ -138,7 +141,8 @@ def run(args) -> int:
                            blob_inline_meta=args.blob_inline_meta, features=features,
                            prefetch_policy=args.prefetch_policy, prefetch_patterns=patterns,
                            aligned_chunk=args.aligned_chunk, parent_bootstrap=args.parent_bootstrap,
-                           blob_layout=args.blob_layout, blob_id=args.blob_id, blob_offset=blob_offset)
+                           blob_layout=args.blob_layout, blob_id=args.blob_id, blob_offset=blob_offset,
+                           chunk_dict=chunk_dict)
     result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir,
                            blob_cache_dir=args.blob_cache_dir)
     if not args.disable_check:
