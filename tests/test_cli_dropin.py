@@ -545,10 +545,23 @@ def test_create_blob_offset_shifts_chunk_records(image, tmp_path):
         assert min(c.compressed_offset for c in img.chunks("/file_c")) >= 1536
 
 
-def test_create_blob_data_size_is_accepted(image, tmp_path):
+def test_create_blob_data_size_and_default_batch_size_are_accepted(image, tmp_path):
     _, _, source = image
     run(PYTHON_RAFS + ["create", str(source), "-B", str(tmp_path / "boot"), "-D", str(tmp_path),
-                       "--blob-data-size", "0x1000"])
+                       "--blob-data-size", "0x1000", "--batch-size", "0"])
+    proc = run(PYTHON_RAFS + ["create", str(source), "-B", str(tmp_path / "boot2"), "-D", str(tmp_path),
+                              "--batch-size", "0x10000"], ok=False)
+    assert proc.returncode == 1 and b"rafs does not write batch chunks" in proc.stderr
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["-L", "x.log", "check", "boot"], "check"),
+    (["--log-file", "x.log", "-l", "warn", "unpack", "boot"], "unpack"),
+    (["create", "--log-level", "warn", "src"], "create"),
+])
+def test_command_found_past_global_options(argv, command):
+    from rafs.cli.main import command_of
+    assert command_of(argv) == command
 
 
 def test_create_blob_cache_dir_writes_what_nydusd_caches(image, tmp_path):

@@ -6,12 +6,13 @@ standard input when ``--prefetch-policy`` is not ``none``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import rafs
 from rafs.build.builder import CREATE_COMPRESSORS, PREFETCH_POLICIES, SOURCE_TYPES
 from rafs.build.tree import WHITEOUT_SPECS
-from rafs.errors import InvalidArgumentError
+from rafs.errors import InvalidArgumentError, UnsupportedError
 
 from . import checks
 
@@ -63,6 +64,9 @@ def register(sub) -> None:
                    "stored uncompressed")
     p.add_argument("-C", "--config", help="nydusd configuration file for the storage backend and cache "
                    "(checked; rafs reads the parent bootstrap's metadata only, so no blob is fetched)")
+    # nydus-image's default "--batch-size 0" is accepted; it stays out of --help, where nydus-snapshotter
+    # looks for it before passing a non-zero size, since rafs does not write batch chunks
+    p.add_argument("--batch-size", default="0", help=argparse.SUPPRESS)
     p.add_argument("--disable-check", action="store_true",
                    help="skip the validation of the generated RAFS metadata after the build")
     p.add_argument("-J", "--output-json", help="file path to save the operation result in JSON format")
@@ -91,6 +95,9 @@ def parse_blob_offset(text: str) -> int:
 
 def check_options(args) -> None:
     """The refusals nydus-image makes before building, in its words."""
+    if args.batch_size.lower() not in ("0", "0x0"):
+        raise UnsupportedError(f"--batch-size {args.batch_size}: rafs does not write batch chunks (only the "
+                               "default 0 is accepted)")
     if args.bootstrap and args.blob_inline_meta:
         raise checks.conflict("--bootstrap <bootstrap>", "--blob-inline-meta")
     if args.blob_id is not None and args.blob_inline_meta:
