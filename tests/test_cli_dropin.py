@@ -441,6 +441,23 @@ def test_mount_digest_validate_catches_a_corrupt_chunk(tmp_path):
             mount.close()
 
 
+def test_nydusify_check_line_writes_the_reference_json(tmp_path):
+    """nydusify's checker and committer run ``check --log-level warn --output-json OUT --bootstrap BOOT``
+    and read "blobs" (ids), "fs_version" and "compressor" from OUT."""
+    source = tmp_path / "src"
+    guide_tree(source)
+    (tmp_path / "blobs").mkdir()
+    rafs.Builder(str(source), fs_version=5, compressor="lz4_block").write(bootstrap=str(tmp_path / "boot"),
+                                                                          blob_dir=str(tmp_path / "blobs"))
+    nydus_image = shim(tmp_path / "bin", "nydus-image")
+    run([nydus_image, "check", "--log-level", "warn", "--output-json", str(tmp_path / "out.json"),
+         "--bootstrap", str(tmp_path / "boot")])
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out["blobs"] == os.listdir(tmp_path / "blobs")
+    assert (out["fs_version"], out["compressor"], out["bootstrap"]) == ("5", "lz4_block", str(tmp_path / "boot"))
+    assert out["faults"] == [] and "consumed_time" in out["trace"]
+
+
 # -- global options and alternate spellings ---------------------------------------------------------
 
 @pytest.fixture

@@ -77,6 +77,7 @@ def print_text(info: dict) -> None:
 
 
 def run_check(args) -> int:
+    from rafs.build.builder import Trace, output_document
     bootstrap = checks.bootstrap_argument(args)
     checks.exclusive(args, ("config", "--config <config>"), ("blob_dir", "--blob-dir <blob-dir>"))
     from rafs.oci.layout import is_oci_layout
@@ -95,13 +96,16 @@ def run_check(args) -> int:
             for path, inode in image.iter_entries("/"):
                 checked += 1
                 print(f"{inode.ino:>8} {inode.mode:07o} {inode.size:>12} {path.decode('utf-8', 'replace')}")
-        result = {"version": image.version, "compressor": image.compressor, "digester": image.digester,
-                  "blobs": [blob_info(b) for b in image.blobs], "data_verified": with_data,
-                  "faults": faults}
+        details = [blob_info(b) for b in image.blobs]
+        # nydus-image check's --output-json (OutputSerializer::dump_for_check), which nydusify's checker
+        # and committer read ("blobs" as ids, "fs_version", "compressor"); then what rafs adds
+        result = output_document([b["blob_id"] for b in details], Trace(), image.version, image.compressor)
+        result.update({"bootstrap": str(bootstrap), "digester": image.digester, "blob_details": details,
+                       "data_verified": with_data, "faults": faults})
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump(result, f, separators=(",", ":"))
-    for b in result["blobs"]:
+    for b in details:
         print(f"blob {b['index']}: {b['blob_id']} compressor {b['compressor']} chunks {b['chunk_count']} "
               f"compressed {b['compressed_size']} uncompressed {b['uncompressed_size']}")
     if faults:
