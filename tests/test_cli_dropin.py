@@ -607,6 +607,17 @@ def test_create_blob_cache_dir_writes_what_nydusd_caches(image, tmp_path):
             (tmp_path / "cache" / (blob_id + suffix)).read_bytes(), suffix
 
 
+def test_create_estargz_rafs(tmp_path):
+    """-t estargz-rafs: an eStargz is a tar.gz whose index and landmark files are not part of the tree."""
+    import gzip
+    tar = layer_tar({"etc": None, "etc/motd": b"hello\n", "stargz.index.json": b"{}", ".prefetch.landmark": b"\xf0"})
+    (tmp_path / "layer.tar.gz").write_bytes(gzip.compress(tar))
+    run(PYTHON_RAFS + ["create", "-t", "estargz-rafs", "-B", str(tmp_path / "boot"), "-D", str(tmp_path),
+                       str(tmp_path / "layer.tar.gz")])
+    with rafs.open(str(tmp_path / "boot"), blob_dir=str(tmp_path)) as img:
+        assert sorted(img.listdir("/")) == ["etc"] and img.read("/etc/motd") == b"hello\n"
+
+
 def test_create_config_is_checked(image, tmp_path):
     _, _, source = image
     good = tmp_path / "good.json"
