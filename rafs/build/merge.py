@@ -447,11 +447,10 @@ class ParentImage:
     chunks: dict[tuple[bytes, int], Chunk]
 
 
-def layer_on_parent(upper: Node, parent_bootstrap, *, whiteout_spec: str, fs_version: int, chunk_size: int,
-                    digester: str, explicit_uidgid: bool) -> ParentImage:
-    """Lay ``upper`` over the tree of ``parent_bootstrap`` with ``whiteout_spec`` applied, after the
-    reference's compatibility checks (chunk size, explicit uid/gid, version, tarfs mode, v5 digester)."""
-    parent = load_bootstrap(parent_bootstrap)
+def check_layer_compatibility(parent: LayerBootstrap, *, fs_version: int, chunk_size: int, digester: str,
+                              explicit_uidgid: bool) -> None:
+    """A bootstrap a build reuses chunks of (a parent, a chunk dictionary) was built as this build is:
+    chunk size, explicit uid/gid, version, v5 digester, no tarfs (RafsSuperConfig::check_compatibility)."""
     if parent.chunk_size != chunk_size:
         raise InconsistentFilesystemError(f"inconsistent configuration of chunk_size: {chunk_size} vs "
                                           f"{parent.chunk_size}")
@@ -466,11 +465,70 @@ def layer_on_parent(upper: Node, parent_bootstrap, *, whiteout_spec: str, fs_ver
                                           f"digest, {digester} vs {parent.flags.digester}")
     if parent.tarfs:
         raise InconsistentFilesystemError("using inconsistent RAFS TARFS mode")
+
+
+def chunks_by_digest(root: Node) -> dict[tuple[bytes, int], Chunk]:
+    """Every chunk of a tree, the first one for each (digest, uncompressed size), for dedup."""
     chunks: dict[tuple[bytes, int], Chunk] = {}
-    for node in tree.iter_nodes(parent.root):
+    for node in tree.iter_nodes(root):
         for chunk in node.chunks:
             chunks.setdefault((chunk.digest, chunk.uncompressed_size), chunk)
+    return chunks
+
+
+def layer_on_parent(upper: Node, parent_bootstrap, *, whiteout_spec: str, fs_version: int, chunk_size: int,
+                    digester: str, explicit_uidgid: bool) -> ParentImage:
+    """Lay ``upper`` over the tree of ``parent_bootstrap`` with ``whiteout_spec`` applied, after the
+    reference's compatibility checks (:func:`check_layer_compatibility`)."""
+    parent = load_bootstrap(parent_bootstrap)
+    check_layer_compatibility(parent, fs_version=fs_version, chunk_size=chunk_size, digester=digester,
+                              explicit_uidgid=explicit_uidgid)
+    chunks = chunks_by_digest(parent.root)
     tag_layer(parent.root, 0)
     tag_layer(upper, 1)
     root = merge_overlay(parent.root, upper, whiteout_spec)
     return ParentImage(root=root, blobs=_checked_ids([as_parent_blob(b) for b in parent.blobs]), chunks=chunks)
+
+
+@dataclass
+class ChunkDictionary:
+    """A chunk dictionary for a build (``create --chunk-dict``): the dictionary bootstrap's blobs and its
+    chunks by (digest, size), their ``blob_index`` moved to ``base + index in the dictionary`` so they
+    stand apart from the build's own until :meth:`place` gives the referenced blobs their places."""
+
+    blobs: list[Blob]
+    chunks: dict[tuple[bytes, int], Chunk]
+    base: int
+
+    def place(self, nodes, own_index: int, first: int) -> tuple[int, list[Blob]]:
+        """Number the build's own blob (chunks at ``own_index``) and the dictionary blobs its files
+        reference from ``first`` on, in the order chunks first reference them (the reference allocates
+        a blob index when a chunk first needs one); renumber the chunks of ``nodes`` to match. Returns
+        the own blob's index (after the others when it holds no chunk) and the referenced dictionary
+        blobs with their indexes; only those enter the blob table."""
+        places: dict[int, int] = {}
+        for chunk in _unique_chunks(nodes):
+            index = chunk.blob_index
+            if index == own_index or index >= self.base:
+                if index not in places:
+                    places[index] = first + len(places)
+                chunk.blob_index = places[index]
+        own = places.get(own_index, first + len(places))
+        used = [dataclasses.replace(as_parent_blob(self.blobs[index - self.base]), index=position)
+                for index, position in places.items() if index != own_index]
+        return own, used
+
+
+def load_chunk_dict(source, *, fs_version: int, chunk_size: int, digester: str,
+                    explicit_uidgid: bool) -> ChunkDictionary:
+    """The chunk dictionary in bootstrap ``source`` (builder/src/core/chunk_dict.rs): it must have been
+    built as this build is; with another digester its chunks cannot match, so none are offered."""
+    dictionary = load_bootstrap(source)
+    check_layer_compatibility(dictionary, fs_version=fs_version, chunk_size=chunk_size, digester=digester,
+                              explicit_uidgid=explicit_uidgid)
+    base = 1 << 16                          # past any blob index a table can hold (v6: 256, v5: u32 but few)
+    chunks = {}
+    if dictionary.flags.digester == digester:
+        for key, chunk in chunks_by_digest(dictionary.root).items():
+            chunks[key] = dataclasses.replace(chunk, blob_index=base + chunk.blob_index)
+    return ChunkDictionary(blobs=dictionary.blobs, chunks=chunks, base=base)
