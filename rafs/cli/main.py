@@ -60,11 +60,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str) -> None:
-    import logging          # here, not at the top: ``--help`` and usage errors exit before any logging
-    mapping = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
-               "warn": logging.WARNING, "error": logging.ERROR}
-    logging.basicConfig(level=mapping.get(level, logging.INFO), format="[%(levelname)s] %(message)s",
-                        stream=sys.stderr)
+    # imported here, not at the top: ``--help`` and usage errors exit before any logging
+    from .logs import configure
+    configure(level)
 
 
 def one_line(exc: BaseException) -> str:
