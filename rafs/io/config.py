@@ -19,6 +19,7 @@ import copy
 import json
 import logging
 import os
+import re
 import stat
 import tomllib
 from dataclasses import dataclass, field
@@ -201,6 +202,8 @@ def parse_text(text: str, name: str, *, formats=("json", "toml")) -> dict:
     try:
         for kind in formats:
             try:
+                if kind == "toml" and dotted_key_depth(text) > MAX_CONFIG_DEPTH:
+                    raise InvalidArgumentError(f"{name}: nested more than {MAX_CONFIG_DEPTH} levels deep")
                 value = json.loads(text) if kind == "json" else tomllib.loads(text)
                 break
             except ValueError as exc:           # JSONDecodeError and TOMLDecodeError are ValueErrors
@@ -247,6 +250,19 @@ def bracket_depth(text: str) -> int:
             i = j + len(quote)
             continue
         i += 1
+    return deepest
+
+
+_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'')
+
+
+def dotted_key_depth(text: str) -> int:
+    """The most parts a TOML key or table header has (``[a.b.c]``, ``a.b.c = 1``): dotted keys nest
+    tables without brackets, and tomllib takes time quadratic in their length."""
+    deepest = 0
+    for line in text.splitlines():
+        key = _QUOTED.sub("q", line).split("#", 1)[0].split("=", 1)[0]
+        deepest = max(deepest, key.count(".") + 1)
     return deepest
 
 

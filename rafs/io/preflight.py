@@ -108,7 +108,8 @@ def _configured(locator, config, blob: Blob) -> MissingBlob | None:
     backend = locator.backend
     section = "device.backend.config" if config.version == 1 else f"backend.{config.backend_type}"
     if backend.type == "localfs":
-        if backend.path_for(blob.blob_id) is not None:
+        path = backend.path_for(blob.blob_id)
+        if path is not None and os.path.isfile(path):
             return None
         if backend.blob_file:
             looked = [f"{section}.blob_file {backend.blob_file} (localfs)"]
