@@ -13,10 +13,11 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, strategies as st
 
 import rafs
 from rafs.cli.main import main
-from rafs.errors import InvalidArgumentError
+from rafs.errors import InvalidArgumentError, RafsError
 from rafs.io import config as config_module
 from rafs.io.config import parse_config, read_config_file
 from rafs.io.preflight import fully_cached, missing_blobs
@@ -399,3 +400,25 @@ def test_merge_without_digests_warns(capsys, image, tmp_path):
     shutil.copy(image / "boot", named)
     code, err = run(capsys, ["merge", named, "-B", tmp_path / "merged3"])
     assert code == 0 and "from its file name" not in err
+
+
+# -- any document: a config or a clean error ---------------------------------------------------------
+
+_KEYS = st.sampled_from(["device", "backend", "cache", "config", "type", "dir", "work_dir", "workdir", "version",
+                         "rafs", "prefetch", "localfs", "s3", "filecache", "fs_prefetch", "threads", "enable",
+                         "mode", "bucket_name", "retry_limit", "alt_dirs", "blob_file", "x"])
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2, 2**40) | st.floats(allow_nan=False) |
+    st.sampled_from(["localfs", "s3", "blobcache", "direct", "/tmp", "", "http-proxy", "dummycache"]),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(_KEYS, children, max_size=4), max_leaves=25)
+
+
+@given(st.dictionaries(_KEYS, _VALUES, max_size=5), st.sampled_from([None, 1, 2]))
+def test_any_document_is_a_config_or_a_clean_error(document, version):
+    if version is not None:
+        document = {**document, "version": version}
+    for given_as in (document, json.dumps(document)):
+        try:
+            parse_config(given_as)
+        except RafsError:
+            pass
