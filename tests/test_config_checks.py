@@ -188,7 +188,7 @@ def test_strings_with_brackets_are_not_nesting():
     text = json.dumps({**GUIDE_LOCALFS, "device": {**GUIDE_LOCALFS["device"],
                                                    "id": "[[[[" * 20 + '\\"' + "{{{{" * 20}})
     assert parse_config(text).id.startswith("[[[[")
-    toml = 'version = 2\nid = """[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[""" # [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[\n' \
+    toml = 'version = 2\nid = """' + "[" * 40 + '""" # ' + "[" * 40 + "\n" \
            '[backend]\ntype = "localfs"\n[backend.localfs]\ndir = "/x"\n'
     assert parse_config(toml).id.startswith("[[[[")
 
