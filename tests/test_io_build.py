@@ -54,7 +54,8 @@ def test_build_default_output_dir(source, tmp_path, monkeypatch):
     (["--backend-push", "--backend-config", "{not json"], "not JSON"),
     (["--backend-push", "--backend-config", "[]"], "JSON object"),
     (["--backend-push", "--backend-config", "{}"], "bucket_name"),
-    (["--backend-push", "--backend-config-file", "/nonexistent.json"], "cannot read backend config"),
+    (["--backend-push", "--backend-config-file", "/nonexistent.json"],
+     "--backend-config-file /nonexistent.json: no such file"),
     (["--chunk-size", "0x1234"], "chunk size"),
 ])
 def test_build_refusals(source, tmp_path, capsys, args, words):

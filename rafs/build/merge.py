@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
@@ -34,6 +35,8 @@ from ..model import DEFAULT_CHUNK_SIZE, Blob, BlobFeatures, Chunk, Node, SuperFl
 from . import tree
 from .builder import Output, Trace, normalise_prefetch_patterns, output_document
 from .overlay import merge_overlay, tag_layer
+
+log = logging.getLogger(__name__)
 
 PREFETCH_POLICIES = ("none", "fs", "blob")
 
@@ -310,9 +313,15 @@ class Merger:
             if self.original_blob_ids is not None:
                 blob.blob_id = self.original_blob_ids[position]
             else:
-                blob.blob_id = file_prefix(layer.name)
+                recorded, blob.blob_id = blob.blob_id, file_prefix(layer.name)
                 if not blob.blob_id:
                     raise InvalidArgumentError(f"failed to get blob id from meta file path {layer.name}")
+                if blob.blob_id != recorded and (self.blob_digests is None or blob.has(BlobFeatures.SEPARATE)):
+                    # as the reference does; the merged bootstrap then finds the blob only if it is
+                    # stored under that name
+                    log.warning("the blob of %s gets the id %r from its file name (it was %s): give "
+                                "--blob-digests (or --original-blob-ids, or -C when the blobs are readable) "
+                                "unless the blob is stored under that name", layer.name, blob.blob_id, recorded)
         separate = blob.has(BlobFeatures.SEPARATE)
         if self.blob_digests is not None:
             if separate:

@@ -82,19 +82,14 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def setup_logging(level: str, log_file: str | None = None) -> None:
     """Log to stderr at ``level`` and, with ``-L/--log-file``, to that file too (appended)."""
-    import logging          # here, not at the top: ``--help`` and usage errors exit before any logging
-    mapping = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
-               "warn": logging.WARNING, "error": logging.ERROR}
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    # imported here, not at the top: ``--help`` and usage errors exit before any logging
+    from .logs import add_file, configure
+    configure(level)
     if log_file:
         try:
-            file_handler = logging.FileHandler(log_file)
+            add_file(log_file)
         except OSError as exc:
             raise InvalidArgumentError(f"--log-file {log_file}: {exc.strerror or exc}") from None
-        file_handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
-        handlers.append(file_handler)
-    handlers[0].setFormatter(logging.Formatter("[%(levelname)s] %(message)s"))
-    logging.basicConfig(level=mapping.get(level, logging.INFO), handlers=handlers)
 
 
 def one_line(exc: BaseException) -> str:

@@ -92,6 +92,7 @@ def run_mount(args) -> int:
                 os.makedirs(settings.work_dir, exist_ok=True)
             except OSError as exc:
                 raise InvalidArgumentError(f"cache work_dir {settings.work_dir}: {exc.strerror}") from None
+        _check_blob_sources(image, args)
         log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s, digest validation %s", args.bootstrap,
                  image.version, len(image.blobs), args.mountpoint, "on" if enable_xattr else "off",
                  "on" if image.validate else "off")
@@ -99,6 +100,18 @@ def run_mount(args) -> int:
                    ready=lambda: log.info("ready: %s answers", args.mountpoint))
     log.info("%s unmounted", args.mountpoint)
     return 0
+
+
+def _check_blob_sources(image, args) -> None:
+    """Refuse to serve an image whose blobs are nowhere: every read would fail with EIO."""
+    from rafs.io.preflight import missing_blobs
+    missing = missing_blobs(image, blob_dir_words="--localfs-dir", threads=args.threads)
+    if not missing:
+        return
+    shown = "; ".join(m.message() for m in missing[:3]) + (f"; and {len(missing) - 3} more" if len(missing) > 3
+                                                            else "")
+    hint = "" if args.config or args.localfs_dir else " (give --config or --localfs-dir)"
+    raise InvalidArgumentError(f"{len(missing)} of {len(image.blobs)} blobs cannot be read: {shown}{hint}")
 
 
 def run_umount(args) -> int:

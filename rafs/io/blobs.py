@@ -52,8 +52,9 @@ class BlobLocator:
         elif self.blobs is not None:
             places.append(f"the blobs list ({len(self.blobs)} entries)")
         if self.blob_dir is not None:
-            places.append(f"blob_dir {self.blob_dir}")
-        return ", ".join(places) or "nowhere: pass blob_dir= or blobs="
+            places.append(f"the blob directory {self.blob_dir}")
+        # said in words, not parameter names: this ends up in the logs of commands too
+        return ", ".join(places) or "nowhere: no blob directory or blobs were given"
 
     def given(self, blob_id: str, index: int):
         """The source the caller gave for this blob (``blobs=`` by id or by position), else None."""

@@ -292,6 +292,8 @@ class BlobCache:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.meta_path)
+            log.debug("blob %s: chunk table fetched into %s (%d bytes)", self.blob.blob_id, self.meta_path,
+                      len(content))
         except OSError as exc:
             log.warning("blob cache: cannot write %s: %s", self.meta_path, exc)
             try:
