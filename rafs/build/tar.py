@@ -681,9 +681,10 @@ class _TreeBuilder:
 def check_sparse_map(info: tarfile.TarInfo) -> list[tuple[int, int]]:
     """The data runs ``(offset, length)`` of a GNU sparse member, refused unless they are at most
     :data:`MAX_SPARSE_ENTRIES`, in order, without overlap, inside ``realsize`` (``info.size``), and
-    leave at most :data:`MAX_SPARSE_HOLE_BYTES` of holes."""
+    leave at most :data:`MAX_SPARSE_HOLE_BYTES` of holes. Empty runs (unused slots of an old GNU
+    header, the ``(realsize, 0)`` run GNU tar ends a map with) are dropped."""
     where = f"tar entry {info.name!r} (header at offset {info.offset:#x})"
-    runs = info.sparse or []
+    runs = [(offset, length) for offset, length in info.sparse or [] if length]
     if len(runs) > MAX_SPARSE_ENTRIES:
         raise BuildError(f"{where}: sparse map of {len(runs)} entries, over the limit of {MAX_SPARSE_ENTRIES}")
     end, stored = 0, 0
@@ -821,10 +822,15 @@ def _members(stream, random_access: bool) -> Iterator[tuple[tarfile.TarFile, tar
         raise
     with tar:
         first = tar.firstmember
+        zero_run = 0
         if first is not None:
             yield tar, first
+        else:
+            # tarfile stopped at a zero block at offset 0 and left its offset there; a stream
+            # cannot seek back to it
+            tar.offset += BLOCKSIZE
+            zero_run = BLOCKSIZE
         zeros_seen = first is None
-        zero_run = 0
         while True:
             tar.fileobj.seek(tar.offset)
             try:
