@@ -163,7 +163,8 @@ def _extract_bootstrap(layout: OciLayout, desc: dict, directory: str) -> tuple[s
     only ``image/image.boot`` is written out."""
     ref = layout.blob(desc)
     if ref.size > MAX_BOOTSTRAP_LAYER:
-        raise InvalidImageError(f"{ref.size} bytes, over the {MAX_BOOTSTRAP_LAYER}-byte limit", structure="bootstrap layer")
+        raise InvalidImageError(f"{ref.size} bytes, over the {MAX_BOOTSTRAP_LAYER}-byte limit",
+                                structure="bootstrap layer")
     digest = _sha256(ref)
     if digest != desc["digest"]:
         raise InvalidImageError(f"content hashes to {digest}", structure="bootstrap layer")

@@ -195,7 +195,8 @@ class OciLayout:
             desc, depth = todo.pop(0)
             visited += 1
             if visited > documents.MAX_MANIFESTS:
-                raise InvalidImageError(f"more than {documents.MAX_MANIFESTS} manifest descriptors", structure="OCI index")
+                raise InvalidImageError(f"more than {documents.MAX_MANIFESTS} manifest descriptors",
+                                        structure="OCI index")
             if desc.get("mediaType") in spec.INDEX_TYPES:
                 if depth >= documents.MAX_INDEX_DEPTH:
                     raise InvalidImageError(f"indexes nested deeper than {documents.MAX_INDEX_DEPTH}",
