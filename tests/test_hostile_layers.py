@@ -223,7 +223,8 @@ def test_a_good_sparse_member_still_reads():
 def test_dev_zero_is_refused_at_once(tmp_path):
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "rafs", "create", "-t", "tar-rafs", "/dev/zero", "-B",
-                           str(tmp_path / "boot"), "-b", str(tmp_path / "blob")], capture_output=True, text=True, timeout=30,
+                           str(tmp_path / "boot"), "-b", str(tmp_path / "blob")],
+                          capture_output=True, text=True, timeout=30,
                           env=dict(os.environ, PYTHONPATH=ROOT))
     assert_one_line_error(done.returncode, done.stderr, codes=(2,))
     assert "character device" in done.stderr
