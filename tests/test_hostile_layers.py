@@ -79,13 +79,17 @@ def tar_of(*members: tuple[str, bytes]) -> bytes:
 
 
 def run_capped(argv: list[str], *, timeout: float = 60) -> tuple[int, str, int]:
-    """(exit code, stderr, peak RSS in bytes) of ``rafs argv`` in a child limited to MEMORY_CAP."""
+    """(exit code, stderr, peak RSS in bytes) of ``rafs argv`` in a child limited to MEMORY_CAP.
+
+    The peak is the child's VmHWM: ``ru_maxrss`` would include the parent's size, which Linux carries
+    over when the forked copy of pytest execs the child."""
     child = textwrap.dedent(f"""
         import resource, sys
         resource.setrlimit(resource.RLIMIT_AS, ({MEMORY_CAP}, {MEMORY_CAP}))
         from rafs.cli.main import main
         code = main({argv!r})
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        with open("/proc/self/status") as status:
+            print(next(line.split()[1] for line in status if line.startswith("VmHWM:")))
         sys.exit(code)
     """)
     env = dict(os.environ, PYTHONPATH=ROOT)
