@@ -491,3 +491,29 @@ def test_broken_bootstrap_layers_are_faults(nydus_layout, tmp_path, capsys, data
 def test_invalid_argument_paths_stay_usage_errors(tmp_path):
     with pytest.raises(InvalidArgumentError):
         OciLayout(tmp_path / "missing")
+
+
+# -- the fuzz targets for these parsers ------------------------------------------------------------------------
+
+@pytest.fixture(params=["fuzz_tar_layer", "fuzz_oci_documents"])
+def fuzz_target(request):
+    import importlib
+    sys.path.insert(0, os.path.join(ROOT, "fuzz"))
+    try:
+        yield importlib.import_module(request.param)
+    finally:
+        sys.path.remove(os.path.join(ROOT, "fuzz"))
+
+
+def test_fuzz_targets_take_seeds_mutants_and_bombs(fuzz_target, fixtures):
+    from rafs.testing import bit_flips, truncations
+    seeds = [(fixtures / name).read_bytes() for name in getattr(fuzz_target, "SEEDS", [])
+             if name.endswith(".tar")]
+    seeds += list(getattr(fuzz_target, "SEED_DOCUMENTS", {}).values())
+    seeds += [raw_header(b"bomb", t, BOMB) + bytes(1024) for t in (b"x", b"g", b"L", b"K")]
+    seeds += [sparse_member(1 << 40, [(0, 512)]) + bytes(1024), _deep(100_000)]
+    assert len(seeds) > 6
+    for data in seeds:
+        fuzz_target.TestOneInput(data)
+        for _, mutant in list(truncations(data, 4)) + list(bit_flips(data, 12)):
+            fuzz_target.TestOneInput(mutant)
