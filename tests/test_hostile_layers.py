@@ -155,6 +155,29 @@ def test_chains_of_extended_headers_are_bounded(tmp_path):
         read_tar(io.BytesIO(chain + raw_header(b"f", b"0", 0) + bytes(1024)))
 
 
+def _global_header(records: bytes) -> bytes:
+    return raw_header(b"pax_global_header", b"g", len(records)) + records.ljust(-(-len(records) // 512) * 512, b"\0")
+
+
+def test_global_pax_headers_are_bounded_together():
+    """tarfile applies every global header to every member: their keys, piled up over many small
+    headers, would multiply the work of each member."""
+    def record(key: bytes) -> bytes:
+        body = b" %s=v\n" % key
+        length = len(body) + len(str(len(body)))
+        length = len(body) + len(str(length))
+        return b"%d%s" % (length, body)
+
+    git_archive = _global_header(record(b"comment") * 1)
+    with read_tar(io.BytesIO(git_archive + tar_of(("f", b"x")))) as layer:
+        assert layer.entries == 1
+    member = tar_of(("f", b"x"))[:1024]                  # a header and its block, no end of archive
+    piled = b"".join(_global_header(b"".join(record(b"k%d.%d" % (n, i)) for i in range(40))) + member
+                     for n in range(50))
+    with pytest.raises(BuildError, match="global headers over the limit"):
+        read_tar(io.BytesIO(piled + bytes(1024)))
+
+
 @pytest.mark.parametrize("body", [
     raw_header(b"s", b"S", 512, extra={482: b"\x01", 483: b"%011o\0" % 512}),   # extension block missing
     raw_header(b"x", b"x", 20) + b"20 path=unterminated".ljust(512, b"\0") + bytes(1024),   # tarfile: ValueError

@@ -62,7 +62,9 @@ BLOCKSIZE = tarfile.BLOCKSIZE
 # whole extended header into memory before parsing it, so a 1.5 GiB PAX header in a small
 # (compressed) layer would otherwise take gigabytes.
 MAX_PAX_HEADER_SIZE = 1 << 20         # one PAX extended header (x, g, Solaris X); xattrs fit easily
-MAX_GLOBAL_PAX_SIZE = 1 << 20         # all global (g) headers of an archive together
+# All global (g) headers of an archive together: tarfile applies them to every member, so their
+# size multiplies the work per member (git archive writes one 52-byte comment).
+MAX_GLOBAL_PAX_SIZE = 4096
 MAX_LONG_NAME_SIZE = MAX_SYMLINK_SIZE + 1   # a GNU long name or link (L, K) with its NUL
 MAX_EXTENDED_CHAIN = 8                # extended headers before one member (tarfile recurses on each)
 MAX_SPARSE_ENTRIES = 1 << 16          # data runs in one sparse member's map
