@@ -178,6 +178,16 @@ def test_global_pax_headers_are_bounded_together():
         read_tar(io.BytesIO(piled + bytes(1024)))
 
 
+def test_a_libarchive_xattr_name_that_is_not_utf8_is_kept_as_bytes():
+    """Found by fuzz_tar_layer: a non-UTF-8 byte in a ``LIBARCHIVE.xattr.`` key reached
+    urllib's unquote as a surrogate and raised UnicodeEncodeError."""
+    records = b"32 LIBARCHIVE.xattr.user.\x94=dg==\n"
+    layer = raw_header(b"PaxHeader/f", b"x", len(records)) + records.ljust(512, b"\0") + tar_of(("f", b"x"))
+    with read_tar(io.BytesIO(layer)) as tar:
+        (node,) = tar.root.children
+    assert node.inode.xattrs == {b"user.\x94": b"v"}
+
+
 @pytest.mark.parametrize("body", [
     raw_header(b"s", b"S", 512, extra={482: b"\x01", 483: b"%011o\0" % 512}),   # extension block missing
     raw_header(b"x", b"x", 20) + b"20 path=unterminated".ljust(512, b"\0") + bytes(1024),   # tarfile: ValueError

@@ -541,7 +541,8 @@ class _TreeBuilder:
                     value.encode("utf-8", "surrogateescape")
         for key, value in headers.items():
             if key.startswith(_LIBARCHIVE_XATTR):
-                name = urllib.parse.unquote_to_bytes(key[len(_LIBARCHIVE_XATTR):])
+                name = urllib.parse.unquote_to_bytes(
+                    key[len(_LIBARCHIVE_XATTR):].encode("utf-8", "surrogateescape"))
                 if name not in found:
                     try:
                         found[name] = base64.b64decode(value + "=" * (-len(value) % 4))
