@@ -33,7 +33,7 @@ def main(target, seeds=()) -> None:
     import atheris
     args = list(sys.argv)
     corpus = next((a for a in args[1:] if not a.startswith("-")), None)
-    if corpus is not None and seeds:
+    if corpus is not None and seeds and not os.path.isfile(corpus):     # a file is an input to replay
         seed_corpus(corpus, seeds)
     if not any(a.startswith("-timeout=") for a in args):
         args.append("-timeout=20")
