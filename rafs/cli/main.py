@@ -22,6 +22,9 @@ COMMANDS = {"inspect": "inspect", "check": "inspect", "unpack": "unpack", "creat
             "build": "build", "pack": "build", "mount": "mount", "umount": "mount", "blob-info": "blobinfo",
             "convert": "convert"}
 _GLOBAL_OPTIONS_WITH_VALUE = ("-l", "--log-level")
+# Commands writing temporary files beside their outputs: SIGTERM, SIGHUP and SIGINT unwind them like
+# Ctrl-C so those files are removed (rafs.tempfiles); mount has its own signal handling.
+CLEANUP_ON_SIGNAL = ("create", "build", "pack", "merge", "convert", "unpack")
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     setup_logging(getattr(args, "log_level", "info"))
+    if args.command in CLEANUP_ON_SIGNAL:
+        from ..tempfiles import raise_on_termination
+        raise_on_termination()
     try:
         return int(args.func(args) or 0)
     except InvalidArgumentError as exc:
@@ -93,8 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:              # an input or output the command was given cannot be used
         print(f"rafs {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", 2)          # a plain KeyboardInterrupt is SIGINT's
+        print(f"rafs {args.command}: stopped by {str(exc) or 'SIGINT'}; temporary files removed", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":
