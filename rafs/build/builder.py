@@ -491,14 +491,18 @@ class Output:
         if self.path is not None or self.tmp is None:
             return None
         self.fp.flush()
+        # read through our own descriptor: the name could have been swapped by someone else by now
         hasher = hashlib.sha256()
-        with open(self.tmp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                hasher.update(block)
+        fd, offset = self.fp.fileno(), 0
+        while block := os.pread(fd, 1 << 20, offset):
+            hasher.update(block)
+            offset += len(block)
         return hasher.hexdigest()
 
     def commit(self, name: str | None) -> str | None:
         """Move the file into place: at ``path``, else as ``directory/name``; None if not kept."""
+        if self.tmp is not None:
+            os.fchmod(self.fp.fileno(), 0o666 & ~umask())       # the mode mkstemp withheld, on our file
         self.fp.close()
         if self.tmp is None:
             return self.path
@@ -509,7 +513,6 @@ class Output:
                 self.tmp = None
                 return None
             final = os.path.join(self.directory, name)
-        os.chmod(self.tmp, 0o666 & ~umask())
         os.replace(self.tmp, final)
         self.tmp = None
         return final

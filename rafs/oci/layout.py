@@ -247,13 +247,14 @@ class LayoutWriter:
         # planted there is not followed); the rename then replaces the target whole
         fd, tmp = tempfiles.mkstemp(os.path.dirname(os.path.abspath(self.target)), suffix=".tar")
         try:
-            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                for name in (spec.LAYOUT_FILE, spec.INDEX_FILE):
-                    tar.add(os.path.join(self.root, name), arcname=name)
-                for name in sorted(os.listdir(self.blob_dir)):
-                    if not name.startswith(tempfiles.TEMP_PREFIX):
-                        tar.add(os.path.join(self.blob_dir, name), arcname=f"{spec.BLOBS_DIR}/sha256/{name}")
-            os.chmod(tmp, 0o666 & ~umask())
+            with os.fdopen(fd, "wb") as raw:
+                with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for name in (spec.LAYOUT_FILE, spec.INDEX_FILE):
+                        tar.add(os.path.join(self.root, name), arcname=name)
+                    for name in sorted(os.listdir(self.blob_dir)):
+                        if not name.startswith(tempfiles.TEMP_PREFIX):
+                            tar.add(os.path.join(self.blob_dir, name), arcname=f"{spec.BLOBS_DIR}/sha256/{name}")
+                os.fchmod(raw.fileno(), 0o666 & ~umask())       # what tarfile.open(path) would have made
             os.replace(tmp, self.target)
         except BaseException:
             tempfiles.remove(tmp)
