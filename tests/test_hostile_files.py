@@ -225,21 +225,36 @@ def big_tree(path, files: int = 12, size: int = 16 << 20):
                 f.write(block[j:] + block[:j])          # distinct chunks, so nothing is deduplicated
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
-def test_signal_during_create_removes_temporary_files(tmp_path_factory, tmp_path, signum):
-    source = tmp_path_factory.getbasetemp() / "big-tree"
-    if not source.exists():
-        big_tree(source)
-    out = tmp_path / "out"
-    out.mkdir()
-    proc = rafs_cli("create", "-B", out / "boot", "-b", out / "blob", source)
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory):
+    source = tmp_path_factory.mktemp("big") / "tree"
+    big_tree(source)
+    return source
+
+
+def stop_while_writing(command: str, args, out, signum: int) -> None:
+    """Run ``rafs command args``, send ``signum`` once it writes its output in ``out``, and check it
+    ends with one line and 128+signum, leaving nothing of its own in ``out``."""
+    before = set(os.listdir(out))
+    proc = rafs_cli(command, *args)
     deadline = time.monotonic() + 60
     while not any(os.path.getsize(out / name) for name in leftovers(out)):      # writing has started
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
         time.sleep(0.02)
     proc.send_signal(signum)
-    stdout, stderr = proc.communicate(timeout=60)
+    _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, stderr
-    assert stderr.strip() == f"rafs create: stopped by {signal.Signals(signum).name}; temporary files removed"
-    assert os.listdir(out) == []
+    assert stderr.strip() == f"rafs {command}: stopped by {signal.Signals(signum).name}; temporary files removed"
+    assert set(os.listdir(out)) == before
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_signal_during_create_removes_temporary_files(big_source, tmp_path, signum):
+    stop_while_writing("create", ["-B", tmp_path / "boot", "-b", tmp_path / "blob", big_source], tmp_path, signum)
+
+
+def test_signal_during_unpack_removes_temporary_files(big_source, tmp_path):
+    rafs.Builder(big_source, compressor="none").write(bootstrap=tmp_path / "boot", blob=tmp_path / "blob")
+    stop_while_writing("unpack", ["-b", tmp_path / "blob", "--output", tmp_path / "out.tar", tmp_path / "boot"],
+                       tmp_path, signal.SIGTERM)
