@@ -82,6 +82,19 @@ def test_planted_symlink_is_never_written_through(v6_fixture, expected, tmp_path
     assert leftovers(cache) == []
 
 
+@pytest.mark.parametrize("suffix", SUFFIXES[:2])
+def test_planted_hard_link_is_not_written_through(v6_fixture, expected, tmp_path, suffix):
+    """Possible where fs.protected_hardlinks is off, or for files the planter owns."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(VICTIM)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.link(victim, cache / (BLOB_ID + suffix))
+    with open_cached(v6_fixture, cache) as image:
+        assert read_all(image) == expected
+    assert victim.read_bytes() == VICTIM
+
+
 @pytest.mark.parametrize("suffix", SUFFIXES)
 def test_directory_or_fifo_under_a_cache_name(v6_fixture, expected, tmp_path, suffix):
     for kind in ("directory", "fifo"):

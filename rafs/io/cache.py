@@ -14,8 +14,8 @@ an ``fcntl`` record lock on those bytes (plus a thread lock, since record locks 
 
 Hostile neighbours: files are opened relative to a descriptor of ``work_dir`` with ``O_NOFOLLOW``
 and must be regular files (checked on the open descriptor), and a missing file is created with
-``O_CREAT | O_EXCL`` at its name, so a symlink, FIFO, device or directory planted under a cache file's
-name is never followed or written through. Such a blob is read without the cache (a warning says
+``O_CREAT | O_EXCL`` at its name, so a symlink, FIFO, device, directory or hard link planted under a
+cache file's name is never followed or written through. Such a blob is read without the cache (a warning says
 which file is in the way; rafs does not delete it, since another process may be racing to do the
 same). ``.blob.meta`` is written whole under an exclusive temporary name, then renamed into place.
 """
@@ -105,8 +105,9 @@ def open_cache_file(dir_fd: int, name: str, *, create: bool = True, readonly: bo
     through a link.
 
     A missing file is created (mode 0644) with ``O_EXCL`` at its name, or None is returned when
-    ``create`` is false. Anything but a regular file at the name (a symlink, a directory, a FIFO, a
-    device) raises :class:`CacheError`; nothing is written through it.
+    ``create`` is false. Anything but a regular file of one link at the name (a symlink, a
+    directory, a FIFO, a device, a hard link to a file elsewhere) raises :class:`CacheError`;
+    nothing is written through it.
     """
     flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC
     for _ in range(10):                 # another process may create or remove it between our looks
@@ -134,11 +135,15 @@ def open_cache_file(dir_fd: int, name: str, *, create: bool = True, readonly: bo
             if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):      # swapped since we looked
                 continue
             raise _cache_error(exc.errno, f"cache file {name}: {exc.strerror}") from None
-        mode = os.fstat(fd).st_mode
-        if _stat.S_ISREG(mode):
+        st = os.fstat(fd)
+        if _stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
             return fd
         os.close(fd)
-        raise _not_regular(name, mode)
+        if _stat.S_ISREG(st.st_mode):
+            # rafs and nydusd create cache files in place with one name; a second name is a file
+            # from elsewhere linked in (where fs.protected_hardlinks does not stop it)
+            raise _cache_error(errno.EMLINK, f"cache file {name} has {st.st_nlink} hard links; not using it")
+        raise _not_regular(name, st.st_mode)
     raise _cache_error(errno.EAGAIN, f"cache file {name} keeps changing under us; not using it")
 
 
