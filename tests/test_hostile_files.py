@@ -125,15 +125,29 @@ def test_blob_cache_refuses_odd_files_with_a_rafs_error(v6_fixture, tmp_path):
         BlobCache(tmp_path, blob)
 
 
+READ_THROUGH_CACHE = """
+import sys
+from rafs.image import Image, detect_reader
+from rafs.io.blobs import BlobLocator
+from rafs.io.source import load_bytes
+image = Image(detect_reader(load_bytes(sys.argv[1])), BlobLocator(blob_dir=sys.argv[2], cache_dir=sys.argv[3]))
+for path, inode in image.iter_entries():
+    if inode.is_reg:
+        image.read(path)
+print("ok")
+"""
+
+
+def child_env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+
+
 def test_processes_racing_to_create_the_cache_share_one_set_of_files(v6_fixture, expected, tmp_path):
     """Files are created with O_EXCL at their names: whoever loses the race opens the winner's."""
     bootstrap, blob_dir = v6_fixture
-    child = ("import sys, rafs; from rafs.image import Image, detect_reader; from rafs.io.blobs import BlobLocator;"
-             "from rafs.io.source import load_bytes;"
-             "im = Image(detect_reader(load_bytes(sys.argv[1])), BlobLocator(blob_dir=sys.argv[2], cache_dir=sys.argv[3]));"
-             "[im.read(p) for p, i in im.iter_entries() if i.is_reg]; print('ok')")
-    procs = [subprocess.Popen([sys.executable, "-c", child, str(bootstrap), str(blob_dir), str(tmp_path)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", READ_THROUGH_CACHE, str(bootstrap), str(blob_dir), str(tmp_path)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+             for _ in range(4)]
     for proc in procs:
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0 and out.strip() == "ok" and "WARNING" not in err, err
@@ -185,8 +199,7 @@ def test_convert_to_tar_ignores_a_link_at_the_old_fixed_temp_name(layout, tmp_pa
 
 def rafs_cli(*args, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "rafs", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, **kwargs)
+                            stderr=subprocess.PIPE, text=True, env=child_env(), **kwargs)
 
 
 def test_concurrent_converts_to_one_target(layout, tmp_path, monkeypatch):
