@@ -11,10 +11,12 @@ see :func:`raise_on_termination`). A process killed with SIGKILL cannot: what it
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
 import tempfile
+import threading
 
 TEMP_PREFIX = ".rafs-tmp-"
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -87,10 +89,21 @@ def _raise_terminated(signum, frame):
     raise Terminated(signum)
 
 
-def raise_on_termination() -> None:
-    """Make SIGTERM, SIGHUP and SIGINT raise :class:`Terminated` in the main thread, so that the
-    ``finally`` blocks and context managers of a build remove its temporary files."""
-    for signum in _SIGNALS:
-        if signal.getsignal(signum) is signal.SIG_IGN:
-            continue                       # nohup, or a parent that wants us immune: keep it so
-        signal.signal(signum, _raise_terminated)
+@contextlib.contextmanager
+def raise_on_termination():
+    """While the block runs, SIGTERM, SIGHUP and SIGINT raise :class:`Terminated` in the main thread,
+    so that the ``finally`` blocks and context managers of a build remove its temporary files. The
+    previous handlers come back afterwards; outside the main thread (where Python cannot set
+    handlers) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.getsignal(signum) for signum in _SIGNALS}
+    try:
+        for signum, handler in previous.items():
+            if handler is not signal.SIG_IGN:      # nohup, or a parent that wants us immune: keep it so
+                signal.signal(signum, _raise_terminated)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)

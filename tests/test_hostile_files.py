@@ -243,12 +243,14 @@ def test_failed_convert_leaves_no_temporary_file(layout, tmp_path, monkeypatch):
 # -- signals during a build --------------------------------------------------------------------------
 
 def big_tree(path, files: int = 12, size: int = 16 << 20):
+    """``files`` files of ``size`` bytes, no two 1 MiB chunks alike (nothing deduplicated, so the
+    build takes a while)."""
     path.mkdir()
-    block = os.urandom(1 << 20)
     for i in range(files):
+        block = os.urandom(1 << 20)
         with open(path / f"f{i}", "wb") as f:
             for j in range(size >> 20):
-                f.write(block[j:] + block[:j])          # distinct chunks, so nothing is deduplicated
+                f.write(block[j:] + block[:j])
 
 
 @pytest.fixture(scope="module")
@@ -264,11 +266,14 @@ def stop_while_writing(command: str, args, out, signum: int) -> None:
     before = set(os.listdir(out))
     proc = rafs_cli(command, *args)
     deadline = time.monotonic() + 60
-    while not any(os.path.getsize(out / name) for name in leftovers(out)):      # writing has started
+    while not leftovers(out):                       # its output is open: the handlers are in place
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline
-        time.sleep(0.02)
+        time.sleep(0.005)
+    # stopped first, so the signal lands mid-build even on a machine fast enough to finish meanwhile
+    proc.send_signal(signal.SIGSTOP)
     proc.send_signal(signum)
+    proc.send_signal(signal.SIGCONT)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 128 + signum, stderr
     assert stderr.strip() == f"rafs {command}: stopped by {signal.Signals(signum).name}; temporary files removed"

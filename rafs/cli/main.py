@@ -9,6 +9,7 @@ Only the module of the command being run is imported (start-up is most of a smal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -83,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     setup_logging(getattr(args, "log_level", "info"))
+    guard = contextlib.nullcontext()
     if args.command in CLEANUP_ON_SIGNAL:
         from ..tempfiles import raise_on_termination
-        raise_on_termination()
+        guard = raise_on_termination()
     try:
-        return int(args.func(args) or 0)
+        with guard:
+            return int(args.func(args) or 0)
     except InvalidArgumentError as exc:
         print(f"rafs {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
