@@ -16,16 +16,16 @@ import hashlib
 import json
 import os
 import stat as _stat
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import __version__
+from .. import __version__, tempfiles
 from ..blob import codecs
 from ..blob.writer import BlobWriter, check_chunk_size
 from ..errors import BuildError, InvalidArgumentError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
+from ..tempfiles import umask
 from . import tree
 from .directory import load_directory
 
@@ -555,9 +555,11 @@ class Output:
     """One output file written through a temporary file in its target directory.
 
     ``path`` is the final file (renamed into place on commit), or None to name it by content in
-    ``directory``. A symlink at ``path`` is followed (its target is replaced, not the link), and
-    anything that is not a regular file (a FIFO, as nydus-image allows for ``--blob`` pipes, or a
-    device such as /dev/null) is written directly, never replaced. An output that cannot be opened
+    ``directory``. The temporary file is :func:`rafs.tempfiles.mkstemp`'s (unique, never through a
+    link), removed by ``discard`` when the build fails or is stopped by a signal. A symlink at
+    ``path`` is followed (its target is replaced, not the link), and anything that is not a regular
+    file (a FIFO, as nydus-image allows for ``--blob`` pipes, or a device such as /dev/null) is
+    written directly, never replaced. An output that cannot be opened
     raises ``error`` naming it. Builds, merges and ``rafs unpack`` write through it.
     """
 
@@ -575,7 +577,7 @@ class Output:
                 return
         target_dir = os.path.dirname(self.path) if self.path is not None else self.directory
         try:
-            fd, self.tmp = tempfile.mkstemp(prefix=".rafs-", dir=target_dir)
+            fd, self.tmp = tempfiles.mkstemp(target_dir)
         except OSError as exc:
             raise error(f"cannot write {self.path or os.path.join(target_dir, '')!r}: cannot create a file in "
                         f"{target_dir}: {exc.strerror or exc}") from None
@@ -585,14 +587,18 @@ class Output:
         if self.path is not None or self.tmp is None:
             return None
         self.fp.flush()
+        # read through our own descriptor: the name could have been swapped by someone else by now
         hasher = hashlib.sha256()
-        with open(self.tmp, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                hasher.update(block)
+        fd, offset = self.fp.fileno(), 0
+        while block := os.pread(fd, 1 << 20, offset):
+            hasher.update(block)
+            offset += len(block)
         return hasher.hexdigest()
 
     def commit(self, name: str | None) -> str | None:
         """Move the file into place: at ``path``, else as ``directory/name``; None if not kept."""
+        if self.tmp is not None:
+            os.fchmod(self.fp.fileno(), 0o666 & ~umask())       # the mode mkstemp withheld, on our file
         self.fp.close()
         if self.tmp is None:
             return self.path
@@ -603,7 +609,6 @@ class Output:
                 self.tmp = None
                 return None
             final = os.path.join(self.directory, name)
-        os.chmod(self.tmp, 0o666 & ~_umask())
         os.replace(self.tmp, final)
         self.tmp = None
         return final
@@ -628,15 +633,3 @@ def _is_special(path: str) -> bool:
     except OSError:
         return False
     return not (_stat.S_ISREG(mode) or _stat.S_ISDIR(mode))
-
-
-def _umask() -> int:
-    """The process umask, read without changing it (os.umask would race with other threads)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    return 0o022

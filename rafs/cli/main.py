@@ -9,6 +9,7 @@ Only the module of the command being run is imported (start-up is most of a smal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 
@@ -23,6 +24,9 @@ COMMANDS = {"inspect": "inspect", "check": "inspect", "unpack": "unpack", "creat
             "convert": "convert"}
 _GLOBAL_OPTIONS_WITH_VALUE = ("-l", "--log-level", "-L", "--log-file")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
+# Commands writing temporary files beside their outputs: SIGTERM, SIGHUP and SIGINT unwind them like
+# Ctrl-C so those files are removed (rafs.tempfiles); mount has its own signal handling.
+CLEANUP_ON_SIGNAL = ("create", "build", "pack", "merge", "convert", "unpack")
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -104,9 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    guard = contextlib.nullcontext()
+    if args.command in CLEANUP_ON_SIGNAL:
+        from ..tempfiles import raise_on_termination
+        guard = raise_on_termination()
     try:
         setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_file", None))
-        return int(args.func(args) or 0)
+        with guard:
+            return int(args.func(args) or 0)
     except InvalidArgumentError as exc:
         print(f"rafs {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -118,8 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:              # an input or output the command was given cannot be used
         print(f"rafs {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", 2)          # a plain KeyboardInterrupt is SIGINT's
+        print(f"rafs {args.command}: stopped by {str(exc) or 'SIGINT'}; temporary files removed", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

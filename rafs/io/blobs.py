@@ -100,7 +100,7 @@ class BlobLocator:
 
     def chunk_reader(self, blob, *, validate: bool = False):
         """The ChunkFetcher of ``blob`` (a :class:`rafs.model.Blob`), made once per blob."""
-        from .cache import BlobCache
+        from .cache import BlobCache, CacheError
         from .fetch import ChunkFetcher
         with self._lock:
             fetcher = self._fetchers.get(blob.index)
@@ -109,7 +109,11 @@ class BlobLocator:
                 cache = None
                 if self.cache_dir is not None:
                     image_blob_id(blob.blob_id, blob.index)     # it names the cache files
-                    cache = BlobCache(self.cache_dir, blob, disable_indexed_map=self.disable_indexed_map)
+                    try:
+                        cache = BlobCache(self.cache_dir, blob, disable_indexed_map=self.disable_indexed_map)
+                    except CacheError as exc:   # something else sits under a cache file's name
+                        log.warning("blob %s: reading without the cache: %s", blob.blob_id, exc)
+                if cache is not None:
                     try:
                         cache.ensure_meta(source)
                     except RafsError as exc:    # the data is still readable without it

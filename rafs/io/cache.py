@@ -11,17 +11,26 @@ Crash safety: a chunk's bit is set only after its data has reached the disk (``p
 leaves a bit whose data is missing. Several processes may share one directory: data writes are
 idempotent (the same bytes at the same offset) and the read-modify-write of bitmap bytes happens under
 an ``fcntl`` record lock on those bytes (plus a thread lock, since record locks are per process).
+
+Hostile neighbours: files are opened relative to a descriptor of ``work_dir`` with ``O_NOFOLLOW``
+and must be regular files (checked on the open descriptor), and a missing file is created with
+``O_CREAT | O_EXCL`` at its name, so a symlink, FIFO, device, directory or hard link planted under a
+cache file's name is never followed or written through. Such a blob is read without the cache (a warning says
+which file is in the way; rafs does not delete it, since another process may be racing to do the
+same). ``.blob.meta`` is written whole under an exclusive temporary name, then renamed into place.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import stat as _stat
 import threading
 from typing import Iterable
 
-from .. import _codec
+from .. import _codec, tempfiles
 from ..errors import InvalidArgumentError, RafsError
 from ..model import MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures, Chunk
 from ..blob.ids import check_blob_id
@@ -54,18 +63,124 @@ class CacheError(RafsError, OSError):
     """The cache directory cannot be used (a file of the wrong shape, a failed write)."""
 
 
+def _cache_error(code: int, message: str) -> CacheError:
+    """A CacheError whose ``errno`` is ``code`` and whose text is ``message`` alone."""
+    exc = CacheError(message)
+    exc.errno = code
+    return exc
+
+
+def open_work_dir(work_dir) -> int:
+    """A descriptor of the cache directory ``work_dir``, created if missing.
+
+    The directory itself is the user's choice (a symlink to it is fine); what is inside it is not
+    trusted. A value that cannot name a directory is the caller's fault and says ``work_dir``.
+    """
+    try:
+        path = os.fspath(work_dir)
+    except TypeError:
+        raise InvalidArgumentError(f"cache work_dir must be a path, not {type(work_dir).__name__}") from None
+    shown = os.fsdecode(path)
+    if not path or "\0" in shown:
+        raise InvalidArgumentError(f"cache work_dir {shown!r} is not a usable path")
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidArgumentError(f"cache work_dir {shown!r} is not a directory") from None
+    except OSError as exc:
+        raise InvalidArgumentError(f"cache work_dir {shown!r}: {exc.strerror or exc}") from None
+    try:
+        probe, name = tempfiles.create_at(fd)      # /proc, /sys and read-only mounts fail here, not later
+    except OSError as exc:
+        os.close(fd)
+        raise InvalidArgumentError(f"cache work_dir {shown!r} cannot hold cache files: "
+                                   f"{exc.strerror or exc}") from None
+    os.close(probe)
+    tempfiles.remove(name, dir_fd=fd)
+    return fd
+
+
+def open_cache_file(dir_fd: int, name: str, *, create: bool = True, readonly: bool = False) -> int | None:
+    """Open the cache file ``name`` in ``dir_fd`` for reading and writing (or only reading), never
+    through a link.
+
+    A missing file is created (mode 0644) with ``O_EXCL`` at its name, or None is returned when
+    ``create`` is false. Anything but a regular file of one link at the name (a symlink, a
+    directory, a FIFO, a device, a hard link to a file elsewhere) raises :class:`CacheError`;
+    nothing is written through it.
+    """
+    flags = (os.O_RDONLY if readonly else os.O_RDWR) | os.O_NOFOLLOW | os.O_NONBLOCK | _O_CLOEXEC
+    for _ in range(10):                 # another process may create or remove it between our looks
+        try:
+            # looked at before opening, so a device or FIFO planted here is not even opened
+            mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                return os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o644, dir_fd=dir_fd)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise _cache_error(exc.errno, f"cache file {name}: cannot create it: {exc.strerror}") from None
+        except OSError as exc:
+            raise _cache_error(exc.errno, f"cache file {name}: {exc.strerror}") from None
+        if not _stat.S_ISREG(mode):
+            raise _not_regular(name, mode)
+        try:
+            fd = os.open(name, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):      # swapped since we looked
+                continue
+            raise _cache_error(exc.errno, f"cache file {name}: {exc.strerror}") from None
+        st = os.fstat(fd)
+        if _stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            return fd
+        os.close(fd)
+        if _stat.S_ISREG(st.st_mode):
+            # rafs and nydusd create cache files in place with one name; a second name is a file
+            # from elsewhere linked in (where fs.protected_hardlinks does not stop it)
+            raise _cache_error(errno.EMLINK, f"cache file {name} has {st.st_nlink} hard links; not using it")
+        raise _not_regular(name, st.st_mode)
+    raise _cache_error(errno.EAGAIN, f"cache file {name} keeps changing under us; not using it")
+
+
+def _not_regular(name: str, mode: int) -> CacheError:
+    kind = next((label for test, label in _KINDS if test(mode)), "a special file")
+    return _cache_error(errno.EISDIR if _stat.S_ISDIR(mode) else errno.EINVAL,
+                        f"cache file {name} is {kind}, not a regular file; not using it")
+
+
+_KINDS = ((_stat.S_ISLNK, "a symlink"), (_stat.S_ISDIR, "a directory"), (_stat.S_ISFIFO, "a FIFO"),
+          (_stat.S_ISCHR, "a character device"), (_stat.S_ISBLK, "a block device"), (_stat.S_ISSOCK, "a socket"))
+
+
 class PersistChunkMap:
     """The ``.chunk_map`` file: a 4096-byte header and an MSB-first bitmap of ``chunk_count`` bits."""
 
-    def __init__(self, path: str, chunk_count: int):
+    def __init__(self, path: str, chunk_count: int, *, dir_fd: int | None = None):
+        """``path`` is the map file; with ``dir_fd`` (the cache directory, open) its base name is opened
+        relative to that descriptor, so a ``work_dir`` renamed meanwhile cannot redirect it."""
         if chunk_count <= 0:
             raise InvalidArgumentError("a persistent chunk map needs a chunk count")
         self.path = path
         self.count = chunk_count
         self.bitmap_size = (chunk_count + 7) // 8
         self.size = CHUNK_MAP_HEADER_SIZE + self.bitmap_size
-        self._lock = _lock_for(os.path.abspath(path))
-        self._fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        own_dir = dir_fd is None
+        if own_dir:
+            dir_fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY | _O_CLOEXEC)
+        try:
+            self._fd = open_cache_file(dir_fd, os.path.basename(path))
+            ident = os.fstat(dir_fd)
+        finally:
+            if own_dir:
+                os.close(dir_fd)
+        # threads of this process serialise per file: the same directory and name is the same file
+        self._lock = _lock_for(f"{ident.st_dev}:{ident.st_ino}/{os.path.basename(path)}")
         try:
             with self._lock:
                 fcntl.lockf(self._fd, fcntl.LOCK_EX)          # whole file while it is set up
@@ -209,15 +324,21 @@ class BlobCache:
     """The cache files of one blob in ``work_dir``: ``read`` cached chunks, ``store`` fetched ones."""
 
     def __init__(self, work_dir, blob: Blob, *, disable_indexed_map: bool = False):
+        self._fd = -1
+        self._dir_fd = open_work_dir(work_dir)
         self.work_dir = os.fspath(work_dir)
-        os.makedirs(self.work_dir, exist_ok=True)
         self.blob = blob
-        _check_blob_id(blob.blob_id)
+        try:
+            _check_blob_id(blob.blob_id)
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
         self.data_path = os.path.join(self.work_dir, blob.blob_id + DATA_SUFFIX)
         self.map_path = os.path.join(self.work_dir, blob.blob_id + CHUNK_MAP_SUFFIX)
         self.meta_path = os.path.join(self.work_dir, blob.blob_id + META_SUFFIX)
-        self._fd = os.open(self.data_path, os.O_RDWR | os.O_CREAT | _O_CLOEXEC, 0o644)
+        self.chunk_map = None
         try:
+            self._fd = open_cache_file(self._dir_fd, blob.blob_id + DATA_SUFFIX)
             if blob.uncompressed_size and os.fstat(self._fd).st_size < blob.uncompressed_size:
                 try:
                     os.ftruncate(self._fd, blob.uncompressed_size)     # sparse, like nydusd's set_len
@@ -225,11 +346,13 @@ class BlobCache:
                     log.warning("blob cache %s: cannot size it to %d bytes: %s", self.data_path,
                                 blob.uncompressed_size, exc)
             if 0 < blob.chunk_count <= MAX_CHUNKS_PER_BLOB and not disable_indexed_map:
-                self.chunk_map = PersistChunkMap(self.map_path, blob.chunk_count)
+                self.chunk_map = PersistChunkMap(self.map_path, blob.chunk_count, dir_fd=self._dir_fd)
             else:
                 self.chunk_map = DigestChunkMap()
         except BaseException:
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
+            os.close(self._dir_fd)
             raise
         # close() waits for reads and stores under way (a prefetch thread may still be writing), so a
         # file descriptor is never closed, reused by another open, and then written through
@@ -274,9 +397,18 @@ class BlobCache:
         if not self.has_meta:
             return
         from ..blob.meta import load_blob_meta, load_blob_meta_file
-        if os.path.exists(self.meta_path):
+        name = self.blob.blob_id + META_SUFFIX
+        try:
+            fd = open_cache_file(self._dir_fd, name, create=False, readonly=True)
+        except CacheError as exc:
+            log.warning("blob cache: %s", exc)
+            fd = None
+            if exc.errno == errno.EISDIR:
+                return                  # a directory cannot be renamed over: nothing to write
+        if fd is not None:
             try:
-                load_blob_meta_file(self.meta_path, self.blob)
+                with os.fdopen(fd, "rb") as f:
+                    load_blob_meta_file(f, self.blob)
                 return
             except (RafsError, OSError) as exc:
                 log.warning("%s is not usable (%s); writing it again", self.meta_path, exc)
@@ -285,21 +417,21 @@ class BlobCache:
             # the reader needs (asking the server for the size would cost a request)
             source = _KnownEnd(source, self.blob.ci_offset + self.blob.ci_compressed_size + CI_HEADER_SIZE)
         content = load_blob_meta(self.blob, source).file_bytes()
-        tmp = f"{self.meta_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp = None
         try:
-            with open(tmp, "wb") as f:
+            fd, tmp = tempfiles.create_at(self._dir_fd, suffix=META_SUFFIX, mode=0o644)
+            with os.fdopen(fd, "wb") as f:
                 f.write(content)
                 f.flush()
                 os.fsync(f.fileno())
-            os.replace(tmp, self.meta_path)
+            # rename replaces whatever is at the name (a planted symlink included), never its target
+            os.replace(tmp, name, src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd)
             log.debug("blob %s: chunk table fetched into %s (%d bytes)", self.blob.blob_id, self.meta_path,
                       len(content))
         except OSError as exc:
             log.warning("blob cache: cannot write %s: %s", self.meta_path, exc)
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            if tmp is not None:
+                tempfiles.remove(tmp, dir_fd=self._dir_fd)
 
     def read(self, chunk: Chunk) -> bytes | None:
         """The cached bytes of ``chunk``, or None when it is not cached."""
@@ -339,6 +471,9 @@ class BlobCache:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
 
     def __repr__(self) -> str:
         return f"BlobCache({self.data_path!r})"

@@ -28,7 +28,7 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 
-from .. import __version__
+from .. import __version__, tempfiles
 from ..blob.toc import extract_entry, find_inline_bootstrap
 from ..build.builder import Builder
 from ..build.merge import Merger
@@ -140,7 +140,7 @@ class LayerResult:
 def convert_layer(job: LayerJob) -> LayerResult:
     """One OCI layer to one Nydus blob (bootstrap inline) in ``job.blob_dir``, named by its sha256;
     the layer's bootstrap is also left in ``job.work_dir`` under the blob's hex digest."""
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=job.blob_dir)
+    fd, tmp = tempfiles.mkstemp(job.blob_dir)
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out, job.source.open() as layer, \
                 HashingWriter(out, background=True) as hashing:
@@ -154,8 +154,7 @@ def convert_layer(job: LayerJob) -> LayerResult:
         final = os.path.join(job.blob_dir, digest_hex(digest))
         os.replace(tmp, final)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tempfiles.remove(tmp)
         raise
     reader = LocalRangeReader(final)
     try:
@@ -269,9 +268,14 @@ class Converter:
             futures = {d: pool.submit(convert_layer, job) for d, job in jobs.items()}
             try:
                 return {d: future.result() for d, future in futures.items()}
-            except BaseException:
+            except BaseException as exc:
                 for future in futures.values():
                     future.cancel()
+                if isinstance(exc, KeyboardInterrupt):
+                    # stopped by a signal: end the layers under way rather than wait for them (their
+                    # temporary files lie inside the layout that is about to be discarded)
+                    for process in list((getattr(pool, "_processes", None) or {}).values()):
+                        process.terminate()
                 raise
 
     # assembling the new documents
@@ -406,8 +410,7 @@ def _bootstrap_layer(writer: LayoutWriter, bootstrap_path: str) -> tuple[str, in
                 bootstrap_tar(bootstrap_path, plain)
         writer.add_file(tmp, compressed.digest)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        tempfiles.remove(tmp)
         raise
     return compressed.digest, compressed.size, plain.digest
 

@@ -16,13 +16,14 @@ import os
 import queue
 import shutil
 import tarfile
-import tempfile
 import threading
 from dataclasses import dataclass
 
 from ..build.tar import RangeStream, normalize_path, open_tar
 from ..errors import InvalidArgumentError, InvalidImageError, RafsError
 from ..io.source import LocalRangeReader
+from .. import tempfiles
+from ..tempfiles import umask
 from . import documents, spec
 from .documents import MAX_JSON_SIZE, digest_hex
 
@@ -220,7 +221,7 @@ class LayoutWriter:
             raise InvalidArgumentError(f"target {self.target} exists and is not an empty directory")
         parent = os.path.dirname(os.path.abspath(self.target))
         os.makedirs(parent, exist_ok=True)
-        self.root = tempfile.mkdtemp(prefix=".rafs-oci-", dir=parent)
+        self.root = tempfiles.mkdtemp(parent, suffix=".oci")
         self.blob_dir = os.path.join(self.root, spec.BLOBS_DIR, "sha256")
         os.makedirs(self.blob_dir, exist_ok=True)
 
@@ -228,7 +229,7 @@ class LayoutWriter:
         return os.path.join(self.blob_dir, digest_hex(digest))
 
     def temp_file(self) -> str:
-        fd, path = tempfile.mkstemp(prefix=".tmp-", dir=self.blob_dir)
+        fd, path = tempfiles.mkstemp(self.blob_dir)
         os.close(fd)
         return path
 
@@ -271,14 +272,22 @@ class LayoutWriter:
             os.chmod(self.root, 0o755)
             os.rename(self.root, self.target)
             return self.target
-        tmp = self.target + ".tmp"
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name in (spec.LAYOUT_FILE, spec.INDEX_FILE):
-                tar.add(os.path.join(self.root, name), arcname=name)
-            for name in sorted(os.listdir(self.blob_dir)):
-                if not name.startswith(".tmp-"):
-                    tar.add(os.path.join(self.blob_dir, name), arcname=f"{spec.BLOBS_DIR}/sha256/{name}")
-        os.replace(tmp, self.target)
+        # a unique name beside the target (two conversions to one target never share it, and a link
+        # planted there is not followed); the rename then replaces the target whole
+        fd, tmp = tempfiles.mkstemp(os.path.dirname(os.path.abspath(self.target)), suffix=".tar")
+        try:
+            with os.fdopen(fd, "wb") as raw:
+                with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for name in (spec.LAYOUT_FILE, spec.INDEX_FILE):
+                        tar.add(os.path.join(self.root, name), arcname=name)
+                    for name in sorted(os.listdir(self.blob_dir)):
+                        if not name.startswith(tempfiles.TEMP_PREFIX):
+                            tar.add(os.path.join(self.blob_dir, name), arcname=f"{spec.BLOBS_DIR}/sha256/{name}")
+                os.fchmod(raw.fileno(), 0o666 & ~umask())       # what tarfile.open(path) would have made
+            os.replace(tmp, self.target)
+        except BaseException:
+            tempfiles.remove(tmp)
+            raise
         shutil.rmtree(self.root)
         return self.target
 
