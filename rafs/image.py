@@ -25,6 +25,10 @@ from .io.source import LocalRangeReader, load_bytes
 from .model import META_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
 
 MAX_SYMLINK_FOLLOWS = 40      # like Linux's MAXSYMLINKS, then ELOOP
+# The most one read hands out whole (Image.read, ImageFile.read() and readall, one pread). A file's size
+# is whatever its image declares (2^64 - 1 in v5), and beyond its chunks it is holes: reading it whole
+# would allocate what the image says. Larger files are read in pieces through Image.open().
+MAX_READ_SIZE = 1 << 30
 
 
 def fsencode(path) -> bytes:
@@ -647,8 +651,12 @@ class Image:
             raise errors.PathError(path, "Not a regular file")
         return ImageFile(self, inode, self.reader.chunks(ino), fsdecode(resolved))
 
-    def read(self, path) -> bytes:
+    def read(self, path, *, max_size: int = MAX_READ_SIZE) -> bytes:
+        """The whole content of a regular file. A file larger than ``max_size`` (default
+        :data:`MAX_READ_SIZE`, 1 GiB) raises :class:`~rafs.errors.FileTooLargeError` before anything is
+        allocated: read it in pieces through :meth:`open`."""
         with self.open(path) as f:
+            f.max_read = max_size
             return f.read()
 
     def open_inode(self, ino: int) -> "ImageFile":
@@ -742,7 +750,14 @@ def _chunk_layout_problem(inode: Inode, chunks: list[Chunk]) -> str | None:
 
 
 class ImageFile(io.RawIOBase):
-    """A seekable, read-only binary file over a regular file's chunks; holes read as zeros."""
+    """A seekable, read-only binary file over a regular file's chunks; holes read as zeros.
+
+    Holes (what the chunks do not cover, up to the declared size) cost nothing until read, and one
+    read hands out at most ``max_read`` bytes (:data:`MAX_READ_SIZE`): a larger ``read()`` raises
+    :class:`~rafs.errors.FileTooLargeError` instead of allocating what the image declares.
+    """
+
+    max_read = MAX_READ_SIZE
 
     def __init__(self, image: Image, inode: Inode, chunks: list[Chunk], name: str):
         super().__init__()
@@ -780,6 +795,17 @@ class ImageFile(io.RawIOBase):
         self._pos = pos
         return pos
 
+    def data_regions(self) -> list[tuple[int, int]]:
+        """(file offset, length) of each run of bytes the chunks hold, in order, adjacent chunks merged;
+        the rest of the file, up to its size, is holes."""
+        regions: list[list[int]] = []
+        for chunk in self._chunks:
+            if regions and regions[-1][0] + regions[-1][1] == chunk.file_offset:
+                regions[-1][1] += chunk.uncompressed_size
+            elif chunk.uncompressed_size:
+                regions.append([chunk.file_offset, chunk.uncompressed_size])
+        return [(offset, length) for offset, length in regions]
+
     def _covering(self, offset: int, end: int) -> list[Chunk]:
         """The chunks holding bytes of [offset, end)."""
         i = max(0, bisect.bisect_right(self._starts, offset) - 1)
@@ -800,6 +826,9 @@ class ImageFile(io.RawIOBase):
         if offset >= self.size or size <= 0:
             return b""
         end = min(self.size, offset + size)
+        if end - offset > self.max_read:
+            raise errors.FileTooLargeError(self.name, f"a read of {end - offset} bytes at {offset} is larger "
+                                           f"than the {self.max_read} read whole: read the file in pieces")
         out = bytearray(end - offset)
         wanted = self._covering(offset, end)
         datas = self.image.read_chunks(wanted, path=self.name, local_only=local_only)
