@@ -34,6 +34,9 @@ def write_tar(image, fileobj) -> int:
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape") as tar:
         for raw_path, inode in image.iter_entries("/"):
+            # tarfile keeps every TarInfo it wrote, for reading back, which a stream never does: memory
+            # would grow with the sum of all paths (quadratic in a deep tree's depth)
+            tar.members.clear()
             if raw_path == b"/":
                 continue
             kind = _stat.S_IFMT(inode.mode)
