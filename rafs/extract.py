@@ -36,6 +36,7 @@ import stat as _stat
 from . import errors
 from .errors import InvalidArgumentError, InvalidImageError
 from .model import MAX_NAME_SIZE
+from .text import printable
 
 FILTERS = ("fully_trusted", "tar", "data")
 COPY_PIECE = 1 << 20
@@ -164,7 +165,7 @@ def _extract_entry(image, root: str, raw_path: bytes, inode, filter, is_root: bo
 def _symlink_target(inode, display: str) -> str:
     raw = inode.symlink or b""
     if not raw or b"\0" in raw:
-        raise InvalidImageError(f"{display}: symlink target {raw!r} is empty or holds NUL",
+        raise InvalidImageError(f"{printable(display)}: symlink target {raw!r} is empty or holds NUL",
                                 structure="symlink")
     if len(raw) >= MAX_SYMLINK_TARGET:
         raise errors.UnsafePathError(display, f"a symlink target of {len(raw)} bytes cannot be created "

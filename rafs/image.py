@@ -728,11 +728,11 @@ class Image:
             try:
                 chunks = self.reader.chunks(inode.ino)
             except errors.RafsError as exc:
-                yield f"{fsdecode(path)}: {exc}"
+                yield f"{printable(path)}: {exc}"
                 continue
             problem = _chunk_layout_problem(inode, chunks)
             if problem:
-                yield f"{fsdecode(path)}: {problem}"
+                yield f"{printable(path)}: {problem}"
             if not verify_data:
                 continue
             for chunk in chunks:
@@ -745,7 +745,7 @@ class Image:
                     data = reader.decode(chunk, reader.fetch_raw(chunk), path=fsdecode(path))
                     reader.verify(chunk, data, path=fsdecode(path))
                 except errors.RafsError as exc:
-                    yield f"{fsdecode(path)}: {exc}"
+                    yield f"{printable(path)}: {exc}"
 
     def extractall(self, dest, *, filter="data", members=None) -> None:  # noqa: A002
         """Write the tree under ``dest`` with :mod:`tarfile`'s extraction-filter semantics."""
@@ -759,7 +759,7 @@ _BAD_NAMES = frozenset((b"", b".", b".."))
 def _visit_once(seen: set, ino: int, path: bytes) -> None:
     """Note directory ``ino`` as walked; one reached twice (a loop in a corrupt image) is refused."""
     if ino in seen:
-        raise InvalidImageError(f"directory inode {ino} is reachable twice ({fsdecode(path)})",
+        raise InvalidImageError(f"directory inode {ino} is reachable twice ({printable(path)})",
                                 structure="directory tree")
     seen.add(ino)
 
@@ -787,7 +787,7 @@ def _check_name_list(names: list[bytes], parent: bytes) -> None:
 
 def _check_name(name: bytes, parent: bytes) -> None:
     if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
-        raise InvalidImageError(f"entry name {name!r} in {fsdecode(parent)} is not a valid file name",
+        raise InvalidImageError(f"entry name {name!r} in {printable(parent)} is not a valid file name",
                                 structure="directory entry")
 
 
@@ -820,7 +820,7 @@ class ImageFile(io.RawIOBase):
         self.size = inode.size
         problem = _chunk_layout_problem(inode, chunks)
         if problem:
-            raise InvalidImageError(f"{name}: {problem}", structure="chunk info")
+            raise InvalidImageError(f"{printable(name)}: {problem}", structure="chunk info")
         self._chunks = chunks
         self._starts = [c.file_offset for c in chunks]
         self._pos = 0

@@ -22,6 +22,7 @@ import tarfile
 import urllib.parse
 
 from .errors import BuildError
+from .text import printable
 
 _TYPES = {_stat.S_IFDIR: tarfile.DIRTYPE, _stat.S_IFREG: tarfile.REGTYPE, _stat.S_IFLNK: tarfile.SYMTYPE,
           _stat.S_IFCHR: tarfile.CHRTYPE, _stat.S_IFBLK: tarfile.BLKTYPE, _stat.S_IFIFO: tarfile.FIFOTYPE}
@@ -66,7 +67,7 @@ def write_tar(image, fileobj) -> int:
                 count += 1
                 continue
             if kind not in _TYPES:
-                raise BuildError(f"{name}: cannot represent mode {inode.mode:#o} in a tar")
+                raise BuildError(f"{printable(name)}: cannot represent mode {inode.mode:#o} in a tar")
             info.type = _TYPES[kind]
             if kind == _stat.S_IFLNK:
                 info.linkname = os.fsdecode(inode.symlink or b"")
