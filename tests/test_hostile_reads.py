@@ -10,6 +10,7 @@ either refuses cleanly (read whole) or costs what the chunks hold (the rest), ch
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 import struct
 import subprocess
@@ -157,3 +158,56 @@ def test_files_without_holes_stay_plain_members(tmp_path):
         member = tar.getmember("big")
         assert not member.issparse() and not any(k.startswith("GNU.") for k in member.pax_headers)
         assert tar.extractfile(member).read() == DATA
+
+
+# -- extraction targets and symlinks no system can hold: clean rafs errors, never builtins ---------------
+
+@pytest.fixture
+def small_image(tmp_path):
+    boot, blobs = _build(tmp_path, 5)
+    with rafs.open(boot, blob_dir=blobs) as image:
+        yield image
+
+
+@pytest.mark.parametrize("target", ["a-file", "nul\0name", "/proc/rafs-extract", "/proc/self/status/x"])
+def test_extract_into_an_impossible_target(small_image, tmp_path, target):
+    (tmp_path / "a-file").write_bytes(b"")
+    dest = target if target.startswith("/") else str(tmp_path / target)
+    with pytest.raises(errors.InvalidArgumentError) as info:
+        small_image.extractall(dest)
+    assert "extraction target" in str(info.value)
+
+
+def test_an_os_refusal_mid_extraction_is_an_extract_error(small_image, tmp_path):
+    """The OS refusing a write mid-extraction (here a read-only target) is an ExtractError naming it."""
+    dest = tmp_path / "ro"
+    dest.mkdir()
+    dest.chmod(0o500)
+    if os.geteuid() == 0:                              # root writes anyway: make the refusal real
+        dest = pathlib.Path("/proc/self/fd")           # exists, but nothing can be created in it
+    with pytest.raises(errors.ExtractError) as info:
+        small_image.extractall(dest)
+    assert isinstance(info.value, errors.RafsError) and info.value.errno
+
+
+def test_a_64k_symlink_target_is_refused_cleanly(tmp_path):
+    from rafs.model import Inode, Node
+    from rafs.testing.images import build_node
+
+    def inode(mode, **kw):
+        fields = dict(ino=0, mode=mode, uid=0, gid=0, size=0, mtime=0, mtime_nsec=0, nlink=1, rdev=0, blocks=0,
+                      flags=0, symlink=None, xattrs={}, digest=b"", chunk_count=0)
+        fields.update(kw)
+        return Inode(**fields)
+
+    target = b"a/" * 32767 + b"b"                     # 65535 bytes, the most v5 can store
+    root = Node(name=b"/", inode=inode(0o40755, nlink=2))
+    root.children.append(Node(name=b"link", inode=inode(0o120777, size=len(target), symlink=target)))
+    built = build_node(root, tmp_path / "img", fs_version=5, compressor="none")
+    with built.open() as image:
+        assert image.readlink("/link") == target.decode()
+        for how in ("data", "fully_trusted"):
+            with pytest.raises(errors.RafsError) as info:
+                image.extractall(tmp_path / how, filter=how)
+            assert not isinstance(info.value, RecursionError)
+            assert "65535 bytes" in str(info.value)
