@@ -7,13 +7,13 @@ depth shows as a MemoryError there, not as a machine out of memory.
 
 from __future__ import annotations
 
-import stat
 import subprocess
 import sys
 
 import pytest
 
-from rafs.model import MAX_DEPTH, Inode, Node
+from rafs.model import MAX_DEPTH
+from rafs.testing.hostile_images import directory_chain
 from rafs.testing.images import build_node
 
 from conftest import ROOT
@@ -57,18 +57,8 @@ for name in sys.argv[3:]:
 HEADROOM = 300 << 20
 
 
-def _dir(name: bytes) -> Node:
-    return Node(name=name, inode=Inode(ino=0, mode=stat.S_IFDIR | 0o755, uid=0, gid=0, size=0, mtime=0,
-                                       mtime_nsec=0, nlink=2, rdev=0, blocks=0, flags=0, symlink=None,
-                                       xattrs={}, digest=b"", chunk_count=0))
-
-
 def _chain(workdir, depth: int, name: bytes, version: int) -> str:
-    root = node = _dir(b"/")
-    for _ in range(depth):
-        node.children.append(_dir(name))
-        node = node.children[-1]
-    return build_node(root, workdir, fs_version=version, compressor="none").source
+    return build_node(directory_chain(depth, name), workdir, fs_version=version, compressor="none").source
 
 
 def _run(bootstrap: str, steps: list[str]) -> dict[str, str]:
