@@ -131,3 +131,24 @@ class UnsafePathError(PathError):
 
     def __init__(self, path, message: str = "Refusing to extract outside the target"):
         super().__init__(path, message)
+
+
+class FileTooLargeError(PathError):
+    """A read of one piece larger than rafs hands out whole (``EFBIG``): a file's size is what its image
+    declares, so reading it whole would allocate what the image says. Read such a file in pieces."""
+
+    errno_value = _errno.EFBIG
+
+    def __init__(self, path, message: str = "File too large to read whole"):
+        super().__init__(path, message)
+
+
+class ExtractError(PathError):
+    """Extraction could not write an entry (the target is a file, not writable, under /proc, a name or
+    link too long for the file system); ``errno`` is the operating system's."""
+
+    def __init__(self, path, cause: OSError | str):
+        if isinstance(cause, OSError):
+            self.errno_value = cause.errno or _errno.EIO
+            cause = cause.strerror or str(cause)
+        super().__init__(path, f"cannot extract: {cause}")

@@ -28,14 +28,19 @@ refused too: no Linux file system can create them. Refusals raise
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat as _stat
 
 from . import errors
 from .errors import InvalidArgumentError, InvalidImageError
 from .model import MAX_NAME_SIZE
+from .text import printable
 
 FILTERS = ("fully_trusted", "tar", "data")
+COPY_PIECE = 1 << 20
+MAX_SYMLINK_TARGET = 4096          # Linux's PATH_MAX, which counts the closing NUL
 
 
 def _inside(root: str, path: str) -> bool:
@@ -45,8 +50,7 @@ def _inside(root: str, path: str) -> bool:
 def extract_all(image, dest, *, filter="data", members=None) -> None:  # noqa: A002
     if filter not in FILTERS and not callable(filter):
         raise InvalidArgumentError(f"unknown extraction filter {filter!r} (expected one of {FILTERS})")
-    root = os.path.realpath(os.fspath(dest))
-    os.makedirs(root, exist_ok=True)
+    root = _target_root(dest)
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     links: dict[int, str] = {}
     dir_attrs: list[tuple[str, object, object]] = []
@@ -56,81 +60,116 @@ def extract_all(image, dest, *, filter="data", members=None) -> None:  # noqa: A
     for raw_path, inode in image.iter_entries("/"):
         if wanted is not None and raw_path not in wanted and raw_path != b"/":
             continue
-        rel = os.fsdecode(raw_path.lstrip(b"/"))
-        target = os.path.join(root, rel) if rel else root
-        display = "/" + rel
-        if not _inside(root, os.path.normpath(target)):
-            raise errors.UnsafePathError(display)
-        if len(raw_path.rsplit(b"/", 1)[-1]) > MAX_NAME_SIZE:
-            raise errors.UnsafePathError(display, f"a name longer than {MAX_NAME_SIZE} bytes cannot be created")
-        how = filter
-        if callable(filter):
-            if not filter(display, inode):
-                continue
-            how = "fully_trusted"
-        kind = _stat.S_IFMT(inode.mode)
-        if kind == _stat.S_IFSOCK:
-            continue                   # sockets cannot be recreated meaningfully (tar cannot carry them)
-        if how == "data" and kind not in (_stat.S_IFDIR, _stat.S_IFREG, _stat.S_IFLNK):
-            raise errors.UnsafePathError(display, "the 'data' filter refuses device files and fifos")
-        parent = os.path.dirname(target)
-        if target != root:
-            if not _inside(root, os.path.realpath(parent)):
-                raise errors.UnsafePathError(display, "parent directory resolves outside the target")
-            os.makedirs(parent, exist_ok=True)       # members= may skip a parent
-        if kind == _stat.S_IFDIR:
-            if target != root:
-                if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
-                    os.unlink(target)                 # never follow a link in the way
-                os.makedirs(target, exist_ok=True)
-            dir_attrs.append((target, inode, how))
-            continue
-        if kind == _stat.S_IFLNK:
-            link = _symlink_target(inode, display)
-            if how == "data":
-                _check_link(root, parent, link, display)
-            symlinks.append((target, link, inode, how))
-            continue
-        _clear_way(target, display)
-        mode = _file_mode(inode.mode, how)
-        if kind == _stat.S_IFREG:
-            first = links.get(inode.ino) if inode.nlink > 1 else None
-            if first is not None and _is_regular(first):
-                os.link(first, target, follow_symlinks=False)
-                continue
-            _write_file(image, inode, target)
-            if inode.nlink > 1:
-                links[inode.ino] = target
-        else:
-            if kind in (_stat.S_IFCHR, _stat.S_IFBLK) and not is_root:
-                raise errors.UnsafePathError(display, "creating a device node needs root")
-            os.mknod(target, kind | 0o600, inode.rdev)
-        _set_attrs(target, inode, how, is_root, mode)
-
+        with _os_errors(os.fsdecode(raw_path)):
+            _extract_entry(image, root, raw_path, inode, filter, is_root, links, dir_attrs, symlinks)
     for target, link, inode, how in symlinks:
         display = "/" + os.path.relpath(target, root)
-        _clear_way(target, display)
-        os.symlink(link, target)
-        _set_attrs(target, inode, how, is_root, None)
+        with _os_errors(display):
+            _clear_way(target, display)
+            os.symlink(link, target)
+            _set_attrs(target, inode, how, is_root, None)
     # Every link was checked when made; a chain of links (each one inside) may still leave the target
     # once all exist, so the 'data' filter checks them again, fully resolved, and removes offenders.
     escaping = [t for t, _, _, how in symlinks if how == "data" and not _inside(root, os.path.realpath(t))]
     for target in escaping:
-        os.unlink(target)
+        with _os_errors("/" + os.path.relpath(target, root)):
+            os.unlink(target)
     for target, inode, how in reversed(dir_attrs):
         if os.path.islink(target) or not os.path.isdir(target):
             continue
-        _set_attrs(target, inode, how, is_root, _file_mode(inode.mode, how))
+        with _os_errors("/" + os.path.relpath(target, root)):
+            _set_attrs(target, inode, how, is_root, _file_mode(inode.mode, how))
     if escaping:
         shown = ", ".join("/" + os.path.relpath(t, root) for t in escaping[:5])
         raise errors.UnsafePathError(shown, "symlinks resolving outside the target were removed")
 
 
+@contextlib.contextmanager
+def _os_errors(display: str):
+    """What the operating system refuses while writing ``display`` as an ExtractError naming it."""
+    try:
+        yield
+    except errors.RafsError:
+        raise
+    except OSError as exc:
+        raise errors.ExtractError(display, exc) from None
+
+
+def _target_root(dest) -> str:
+    """The real path of the extraction target, made if missing; a target that cannot be a directory
+    (a regular file, a NUL in its name, a place such as /proc) is the caller's error."""
+    try:
+        root = os.path.realpath(os.fspath(dest))
+        os.makedirs(root, exist_ok=True)
+    except (OSError, ValueError, TypeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise InvalidArgumentError(f"extraction target {dest!r}: {reason}") from None
+    return root
+
+
+def _extract_entry(image, root: str, raw_path: bytes, inode, filter, is_root: bool,  # noqa: A002
+                   links: dict, dir_attrs: list, symlinks: list) -> None:
+    """Create one entry under ``root`` (directory attributes and symlinks are queued, for later)."""
+    rel = os.fsdecode(raw_path.lstrip(b"/"))
+    target = os.path.join(root, rel) if rel else root
+    display = "/" + rel
+    if not _inside(root, os.path.normpath(target)):
+        raise errors.UnsafePathError(display)
+    if len(raw_path.rsplit(b"/", 1)[-1]) > MAX_NAME_SIZE:
+        raise errors.UnsafePathError(display, f"a name longer than {MAX_NAME_SIZE} bytes cannot be created")
+    how = filter
+    if callable(filter):
+        if not filter(display, inode):
+            return
+        how = "fully_trusted"
+    kind = _stat.S_IFMT(inode.mode)
+    if kind == _stat.S_IFSOCK:
+        return                         # sockets cannot be recreated meaningfully (tar cannot carry them)
+    if how == "data" and kind not in (_stat.S_IFDIR, _stat.S_IFREG, _stat.S_IFLNK):
+        raise errors.UnsafePathError(display, "the 'data' filter refuses device files and fifos")
+    parent = os.path.dirname(target)
+    if target != root:
+        if not _inside(root, os.path.realpath(parent)):
+            raise errors.UnsafePathError(display, "parent directory resolves outside the target")
+        os.makedirs(parent, exist_ok=True)       # members= may skip a parent
+    if kind == _stat.S_IFDIR:
+        if target != root:
+            if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
+                os.unlink(target)                 # never follow a link in the way
+            os.makedirs(target, exist_ok=True)
+        dir_attrs.append((target, inode, how))
+        return
+    if kind == _stat.S_IFLNK:
+        link = _symlink_target(inode, display)
+        if how == "data":
+            _check_link(root, parent, link, display)
+        symlinks.append((target, link, inode, how))
+        return
+    _clear_way(target, display)
+    mode = _file_mode(inode.mode, how)
+    if kind == _stat.S_IFREG:
+        first = links.get(inode.ino) if inode.nlink > 1 else None
+        if first is not None and _is_regular(first):
+            os.link(first, target, follow_symlinks=False)
+            return
+        _write_file(image, inode, target)
+        if inode.nlink > 1:
+            links[inode.ino] = target
+    else:
+        if kind in (_stat.S_IFCHR, _stat.S_IFBLK) and not is_root:
+            raise errors.UnsafePathError(display, "creating a device node needs root")
+        os.mknod(target, kind | 0o600, inode.rdev)
+    _set_attrs(target, inode, how, is_root, mode)
+
+
 def _symlink_target(inode, display: str) -> str:
     raw = inode.symlink or b""
     if not raw or b"\0" in raw:
-        raise InvalidImageError(f"{display}: symlink target {raw!r} is empty or holds NUL",
+        raise InvalidImageError(f"{printable(display)}: symlink target {raw!r} is empty or holds NUL",
                                 structure="symlink")
+    if len(raw) >= MAX_SYMLINK_TARGET:
+        raise errors.UnsafePathError(display, f"a symlink target of {len(raw)} bytes cannot be created "
+                                     f"(Linux allows {MAX_SYMLINK_TARGET - 1})")
     return os.fsdecode(raw)
 
 
@@ -163,11 +202,13 @@ def _write_file(image, inode, target: str) -> None:
                  0o600)
     try:
         with image.open_inode(inode.ino) as src:
-            for chunk in sorted(image.reader.chunks(inode.ino), key=lambda c: c.file_offset):
-                data = src.pread(chunk.uncompressed_size, chunk.file_offset)
-                if data:
-                    os.pwrite(fd, data, chunk.file_offset)
-        os.ftruncate(fd, inode.size)
+            for offset, length in src.data_regions():
+                for at in range(offset, offset + length, COPY_PIECE):
+                    os.pwrite(fd, src.pread(min(COPY_PIECE, offset + length - at), at), at)
+        try:
+            os.ftruncate(fd, inode.size)
+        except OverflowError:                    # past what off_t holds: the file system's EFBIG
+            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG)) from None
     finally:
         os.close(fd)
 

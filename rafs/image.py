@@ -23,11 +23,16 @@ from .blob.reader import ChunkReader
 from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .io.blobs import BlobLocator
 from .io.source import LocalRangeReader, load_bytes
-from .model import META_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
+from .model import MAX_DEPTH, META_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
+from .text import printable
 
 log = logging.getLogger(__name__)
 
 MAX_SYMLINK_FOLLOWS = 40      # like Linux's MAXSYMLINKS, then ELOOP
+# The most one read hands out whole (Image.read, ImageFile.read() and readall, one pread). A file's size
+# is whatever its image declares (2^64 - 1 in v5), and beyond its chunks it is holes: reading it whole
+# would allocate what the image says. Larger files are read in pieces through Image.open().
+MAX_READ_SIZE = 1 << 30
 
 
 def fsencode(path) -> bytes:
@@ -358,108 +363,146 @@ class Image:
     def iter_entries(self, top="/") -> Iterator[tuple[bytes, Inode]]:
         """Every (absolute path bytes, inode) under ``top`` in pre-order, children by name.
 
-        A directory reached twice (a loop in a corrupt image) raises InvalidImageError.
+        A directory reached twice (a loop in a corrupt image), or nested more than
+        :data:`~rafs.model.MAX_DEPTH` levels below ``top``, raises InvalidImageError. Memory is linear
+        in depth: only the path of the directory being listed is kept, each child's path made once.
         """
         ino, top_path = self._resolve(top, follow_symlinks=False)
         inode_of, entries_of = self.reader.inode_uncached, self.reader.entries
+        inode = inode_of(ino)
+        yield top_path, inode
+        if inode.mode & 0o170000 != _stat.S_IFDIR:
+            return
         seen_dirs = set()
-        stack = [(top_path, ino)]
-        pop, extend = stack.pop, stack.extend
-        while stack:
-            path, ino = pop()
-            inode = inode_of(ino)
-            yield path, inode
-            if inode.mode & 0o170000 == _stat.S_IFDIR:
-                _visit_once(seen_dirs, ino, path)
-                children = list(entries_of(ino))
-                if children:
-                    _check_names(children, path)
-                    prefix = path + b"/" if path != b"/" else path
-                    extend([(prefix + name, child) for name, child in reversed(children)])
+        _visit_once(seen_dirs, ino, top_path)
+        children = list(entries_of(ino))
+        _check_names(children, top_path)
+        # frames[i]: the children of the directory at depth i still to visit; prefix: the path of the
+        # innermost one, with its closing "/"; cuts: where to cut prefix back to on leaving each
+        frames, cuts = [iter(children)], []
+        prefix = top_path if top_path == b"/" else top_path + b"/"
+        while frames:
+            for name, child in frames[-1]:
+                path = prefix + name
+                inode = inode_of(child)
+                yield path, inode
+                if inode.mode & 0o170000 == _stat.S_IFDIR:
+                    _visit_once(seen_dirs, child, path)
+                    children = list(entries_of(child))
+                    if children:
+                        _check_depth(len(frames), name, child)
+                        _check_names(children, path)
+                        cuts.append(len(prefix))
+                        prefix = path + b"/"
+                        frames.append(iter(children))
+                        break
+            else:
+                frames.pop()
+                if cuts:
+                    prefix = prefix[:cuts.pop()]
 
     def iter_stats(self, top="/") -> Iterator[tuple[bytes, Stat]]:
         """Every (absolute path bytes, :class:`Stat`) under ``top`` in pre-order, children by name: what
         ``lstat`` says of each entry, read straight from the inode records (the fast way to stat a tree).
 
-        A directory reached twice (a loop in a corrupt image) raises InvalidImageError.
+        A directory reached twice (a loop in a corrupt image), or nested more than
+        :data:`~rafs.model.MAX_DEPTH` levels below ``top``, raises InvalidImageError; memory is linear
+        in depth, as in :meth:`iter_entries`.
         """
         ino, top_path = self._resolve(top, follow_symlinks=False)
         stat_list, listing_of = self.reader.stat_list, self.reader.listing
         make, stats = tuple.__new__, itertools.repeat(Stat)
         seen_dirs = set()
 
-        def children(path: bytes, ino: int):
-            """(path, Stat) of a directory's entries, their inodes decoded together."""
+        def children(path: bytes, ino: int, depth: int):
+            """(name, Stat) of the entries of a directory ``depth`` levels below the top, their inodes
+            decoded together."""
             _visit_once(seen_dirs, ino, path)
             names, inos = listing_of(ino)
             if not names:
                 return iter(())
+            if depth:
+                _check_depth(depth, path.rsplit(b"/", 1)[-1], ino)
             _check_name_list(names, path)
-            prefix = path + b"/" if path != b"/" else path
-            return zip([prefix + name for name in names], map(make, stats, stat_list(inos)))
+            return zip(names, map(make, stats, stat_list(inos)))
 
         (stat,) = map(make, stats, stat_list((ino,)))
         yield top_path, stat
         if stat[0] & 0o170000 != _stat.S_IFDIR:
             return
-        stack = [children(top_path, ino)]
+        stack, cuts = [children(top_path, ino, 0)], []
+        prefix = top_path if top_path == b"/" else top_path + b"/"
         while stack:
-            for path, stat in stack[-1]:
+            for name, stat in stack[-1]:
+                path = prefix + name
                 yield path, stat
                 if stat[0] & 0o170000 == _stat.S_IFDIR:
-                    stack.append(children(path, stat[1]))
+                    stack.append(children(path, stat[1], len(stack)))
+                    cuts.append(len(prefix))
+                    prefix = path + b"/"
                     break
             else:
                 stack.pop()
+                if cuts:
+                    prefix = prefix[:cuts.pop()]
 
     def walk(self, top="/", topdown: bool = True) -> Iterator[tuple]:
         """Like :func:`os.walk`: (dirpath, dirnames, filenames) for every directory under ``top``.
 
-        Walked without recursion, so any depth works (a directory loop raises InvalidImageError)."""
+        Walked without recursion, memory linear in depth; a directory loop, or nesting more than
+        :data:`~rafs.model.MAX_DEPTH` levels below ``top``, raises InvalidImageError."""
         as_bytes = isinstance(top, bytes)
         conv = (lambda b: b) if as_bytes else fsdecode
         ino, top_path = self._resolve(top)
         seen = set()
 
-        def listing(path: bytes, ino: int):
+        def listing(path: bytes, ino: int, depth: int):
             _visit_once(seen, ino, path)
             dirs, files = [], []
-            for name, child in self.reader.entries(ino):
+            entries = list(self.reader.entries(ino))
+            if entries and depth:
+                _check_depth(depth, path.rsplit(b"/", 1)[-1], ino)
+            for name, child in entries:
                 _check_name(name, path)
                 (dirs if self.reader.inode(child).is_dir else files).append((name, child))
-            return (conv(path), [conv(n) for n, _ in dirs], [conv(n) for n, _ in files]), dirs
+            return [conv(n) for n, _ in dirs], [conv(n) for n, _ in files], dirs
 
         if not self.reader.inode(ino).is_dir:
             return
-        entry, dirs = listing(top_path, ino)
+        dirnames, filenames, dirs = listing(top_path, ino, 0)
         if topdown:
-            yield entry
-        stack = [(top_path, entry, iter(dirs))]
+            yield conv(top_path), dirnames, filenames
+        # per open directory: its dirnames (the caller may prune them), filenames (for bottom-up) and
+        # subdirectories still to visit; only the innermost path is kept, cut back on the way up
+        stack, cuts, path = [(dirnames, filenames, iter(dirs))], [], top_path
         while stack:
-            path, entry, children = stack[-1]
+            dirnames, filenames, children = stack[-1]
             for name, child in children:
-                if topdown and conv(name) not in entry[1]:
+                if topdown and conv(name) not in dirnames:
                     continue               # pruned by the caller, as os.walk allows
-                child_path = path.rstrip(b"/") + b"/" + name
-                child_entry, child_dirs = listing(child_path, child)
+                cuts.append(len(path))
+                path = (path if path == b"/" else path + b"/") + name
+                child_dirnames, child_filenames, child_dirs = listing(path, child, len(stack))
                 if topdown:
-                    yield child_entry
-                stack.append((child_path, child_entry, iter(child_dirs)))
+                    yield conv(path), child_dirnames, child_filenames
+                stack.append((child_dirnames, child_filenames, iter(child_dirs)))
                 break
             else:
                 stack.pop()
                 if not topdown:
-                    yield entry
+                    yield conv(path), dirnames, filenames
+                if cuts:
+                    path = path[:cuts.pop()] or b"/"
 
     def tree(self, top="/"):
         """The subtree under ``top`` as a :class:`rafs.model.Node` tree (chunks included)."""
         from .model import Node
         ino, _ = self._resolve(top, follow_symlinks=False)
         root = Node(name=b"/", inode=self.reader.inode(ino))
-        # iterative, so depth is no limit; a directory reached twice (a loop) is an invalid image
-        seen_dirs, stack = set(), [(root, ino)]
+        # iterative; a directory reached twice (a loop) or nested past MAX_DEPTH is an invalid image
+        seen_dirs, stack = set(), [(root, ino, 0)]
         while stack:
-            node, ino = stack.pop()
+            node, ino, depth = stack.pop()
             if node.inode.is_reg:
                 node.chunks = self.reader.chunks(ino)
                 node.hardlink_key = ino if node.inode.nlink > 1 else None
@@ -467,9 +510,12 @@ class Image:
                 if ino in seen_dirs:
                     raise InvalidImageError(f"directory inode {ino} is reachable twice", structure="directory tree")
                 seen_dirs.add(ino)
-                for name, child in self.reader.entries(ino):
+                entries = list(self.reader.entries(ino))
+                if entries:
+                    _check_depth(depth, node.name, ino)
+                for name, child in entries:
                     node.children.append(Node(name=name, inode=self.reader.inode(child)))
-                    stack.append((node.children[-1], child))
+                    stack.append((node.children[-1], child, depth + 1))
         return root
 
     # -- file data -------------------------------------------------------------------------------
@@ -653,8 +699,12 @@ class Image:
             raise errors.PathError(path, "Not a regular file")
         return ImageFile(self, inode, self.reader.chunks(ino), fsdecode(resolved))
 
-    def read(self, path) -> bytes:
+    def read(self, path, *, max_size: int = MAX_READ_SIZE) -> bytes:
+        """The whole content of a regular file. A file larger than ``max_size`` (default
+        :data:`MAX_READ_SIZE`, 1 GiB) raises :class:`~rafs.errors.FileTooLargeError` before anything is
+        allocated: read it in pieces through :meth:`open`."""
         with self.open(path) as f:
+            f.max_read = max_size
             return f.read()
 
     def open_inode(self, ino: int) -> "ImageFile":
@@ -670,22 +720,25 @@ class Image:
         """
         yield from self.reader.verify_structure()
         seen_chunks = set()
-        try:
-            entries = list(self.iter_entries())
-        except errors.RafsError as exc:
-            yield f"tree walk: {exc}"
-            return
-        for path, inode in entries:
+        entries = self.iter_entries()
+        while True:
+            try:
+                path, inode = next(entries)         # one at a time: never every path at once
+            except StopIteration:
+                break
+            except errors.RafsError as exc:
+                yield f"tree walk: {exc}"
+                return
             if not inode.is_reg:
                 continue
             try:
                 chunks = self.reader.chunks(inode.ino)
             except errors.RafsError as exc:
-                yield f"{fsdecode(path)}: {exc}"
+                yield f"{printable(path)}: {exc}"
                 continue
             problem = _chunk_layout_problem(inode, chunks)
             if problem:
-                yield f"{fsdecode(path)}: {problem}"
+                yield f"{printable(path)}: {problem}"
             if not verify_data:
                 continue
             for chunk in chunks:
@@ -698,7 +751,7 @@ class Image:
                     data = reader.decode(chunk, reader.fetch_raw(chunk), path=fsdecode(path))
                     reader.verify(chunk, data, path=fsdecode(path))
                 except errors.RafsError as exc:
-                    yield f"{fsdecode(path)}: {exc}"
+                    yield f"{printable(path)}: {exc}"
 
     def extractall(self, dest, *, filter="data", members=None) -> None:  # noqa: A002
         """Write the tree under ``dest`` with :mod:`tarfile`'s extraction-filter semantics."""
@@ -712,9 +765,17 @@ _BAD_NAMES = frozenset((b"", b".", b".."))
 def _visit_once(seen: set, ino: int, path: bytes) -> None:
     """Note directory ``ino`` as walked; one reached twice (a loop in a corrupt image) is refused."""
     if ino in seen:
-        raise InvalidImageError(f"directory inode {ino} is reachable twice ({fsdecode(path)})",
+        raise InvalidImageError(f"directory inode {ino} is reachable twice ({printable(path)})",
                                 structure="directory tree")
     seen.add(ino)
+
+
+def _check_depth(depth: int, name: bytes, ino: int) -> None:
+    """Refuse the entries of directory ``name`` (inode ``ino``), ``depth`` levels below the walk's top,
+    when they would lie more than MAX_DEPTH levels down."""
+    if depth >= MAX_DEPTH:
+        raise InvalidImageError(f"directory {printable(name)} (inode {ino}) is nested deeper than {MAX_DEPTH} "
+                                "levels", structure="directory tree")
 
 
 def _check_names(children: list[tuple[bytes, int]], parent: bytes) -> None:
@@ -732,7 +793,7 @@ def _check_name_list(names: list[bytes], parent: bytes) -> None:
 
 def _check_name(name: bytes, parent: bytes) -> None:
     if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
-        raise InvalidImageError(f"entry name {name!r} in {fsdecode(parent)} is not a valid file name",
+        raise InvalidImageError(f"entry name {name!r} in {printable(parent)} is not a valid file name",
                                 structure="directory entry")
 
 
@@ -748,7 +809,14 @@ def _chunk_layout_problem(inode: Inode, chunks: list[Chunk]) -> str | None:
 
 
 class ImageFile(io.RawIOBase):
-    """A seekable, read-only binary file over a regular file's chunks; holes read as zeros."""
+    """A seekable, read-only binary file over a regular file's chunks; holes read as zeros.
+
+    Holes (what the chunks do not cover, up to the declared size) cost nothing until read, and one
+    read hands out at most ``max_read`` bytes (:data:`MAX_READ_SIZE`): a larger ``read()`` raises
+    :class:`~rafs.errors.FileTooLargeError` instead of allocating what the image declares.
+    """
+
+    max_read = MAX_READ_SIZE
 
     def __init__(self, image: Image, inode: Inode, chunks: list[Chunk], name: str):
         super().__init__()
@@ -758,7 +826,7 @@ class ImageFile(io.RawIOBase):
         self.size = inode.size
         problem = _chunk_layout_problem(inode, chunks)
         if problem:
-            raise InvalidImageError(f"{name}: {problem}", structure="chunk info")
+            raise InvalidImageError(f"{printable(name)}: {problem}", structure="chunk info")
         self._chunks = chunks
         self._starts = [c.file_offset for c in chunks]
         self._pos = 0
@@ -786,6 +854,17 @@ class ImageFile(io.RawIOBase):
         self._pos = pos
         return pos
 
+    def data_regions(self) -> list[tuple[int, int]]:
+        """(file offset, length) of each run of bytes the chunks hold, in order, adjacent chunks merged;
+        the rest of the file, up to its size, is holes."""
+        regions: list[list[int]] = []
+        for chunk in self._chunks:
+            if regions and regions[-1][0] + regions[-1][1] == chunk.file_offset:
+                regions[-1][1] += chunk.uncompressed_size
+            elif chunk.uncompressed_size:
+                regions.append([chunk.file_offset, chunk.uncompressed_size])
+        return [(offset, length) for offset, length in regions]
+
     def _covering(self, offset: int, end: int) -> list[Chunk]:
         """The chunks holding bytes of [offset, end)."""
         i = max(0, bisect.bisect_right(self._starts, offset) - 1)
@@ -806,6 +885,9 @@ class ImageFile(io.RawIOBase):
         if offset >= self.size or size <= 0:
             return b""
         end = min(self.size, offset + size)
+        if end - offset > self.max_read:
+            raise errors.FileTooLargeError(self.name, f"a read of {end - offset} bytes at {offset} is larger "
+                                           f"than the {self.max_read} read whole: read the file in pieces")
         out = bytearray(end - offset)
         wanted = self._covering(offset, end)
         datas = self.image.read_chunks(wanted, path=self.name, local_only=local_only)

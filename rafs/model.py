@@ -34,6 +34,12 @@ MAX_BLOBS = 255                     # blob index is a u8 (v6 stores index + 1)
 META_BLOB_INDEX = -1
 MAX_NAME_SIZE = 255
 MAX_XATTR_VALUE_SIZE = 0x10000
+# Deepest directory nesting a walk of an image accepts (InvalidImageError beyond). Not a limit of the
+# formats, which nest without bound, but of every system that names files by path: PATH_MAX (4096
+# bytes, NUL included) holds at most 2048 levels ("/a" each), so a deeper entry cannot be created,
+# opened or extracted by path on Linux, nor come out of a directory a builder walked. Walks keep memory
+# linear in depth; the bound also caps the time and output that grow with depth times path length.
+MAX_DEPTH = 2048
 # Xattr name prefixes RAFS stores (rafs/src/metadata/layout/mod.rs `RAFS_XATTR_PREFIXES`).
 XATTR_PREFIXES = (b"user.", b"security.", b"trusted.", b"system.posix_acl_access",
                   b"system.posix_acl_default")

@@ -3,6 +3,14 @@
 PAX format: long names and links, xattrs (``SCHILY.xattr.*``, or libarchive's ``LIBARCHIVE.xattr.*``
 for names that are not UTF-8), nanosecond mtimes; hardlinks as link
 entries to the first path; devices and fifos kept; content copied chunk by chunk.
+
+A file's data is its chunks; the rest of its declared size is holes. A file whose chunks cover all of
+it is a plain member, as the reference writes it. One with holes is a GNU sparse 1.0 member (PAX
+``GNU.sparse.major=1``, ``minor=0``, ``name``, ``realsize``; the data starts with the decimal map of
+its data regions, padded to 512 bytes): GNU tar, libarchive (bsdtar), Go's archive/tar (containerd)
+and Python's tarfile restore it with its holes. So the tar is never larger than the chunks it holds
+plus headers, whatever size an image declares (a v5 ``i_size`` of 2^40 over one chunk would
+otherwise be a terabyte of zeros); refusing such files instead would lose real sparse files.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import tarfile
 import urllib.parse
 
 from .errors import BuildError
+from .text import printable
 
 _TYPES = {_stat.S_IFDIR: tarfile.DIRTYPE, _stat.S_IFREG: tarfile.REGTYPE, _stat.S_IFLNK: tarfile.SYMTYPE,
           _stat.S_IFCHR: tarfile.CHRTYPE, _stat.S_IFBLK: tarfile.BLKTYPE, _stat.S_IFIFO: tarfile.FIFOTYPE}
@@ -26,6 +35,9 @@ def write_tar(image, fileobj) -> int:
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape") as tar:
         for raw_path, inode in image.iter_entries("/"):
+            # tarfile keeps every TarInfo it wrote, for reading back, which a stream never does: memory
+            # would grow with the sum of all paths (quadratic in a deep tree's depth)
+            tar.members.clear()
             if raw_path == b"/":
                 continue
             kind = _stat.S_IFMT(inode.mode)
@@ -55,7 +67,7 @@ def write_tar(image, fileobj) -> int:
                 count += 1
                 continue
             if kind not in _TYPES:
-                raise BuildError(f"{name}: cannot represent mode {inode.mode:#o} in a tar")
+                raise BuildError(f"{printable(name)}: cannot represent mode {inode.mode:#o} in a tar")
             info.type = _TYPES[kind]
             if kind == _stat.S_IFLNK:
                 info.linkname = os.fsdecode(inode.symlink or b"")
@@ -64,10 +76,70 @@ def write_tar(image, fileobj) -> int:
             if kind == _stat.S_IFREG:
                 info.size = inode.size
                 with image.open_inode(inode.ino) as data:
-                    tar.addfile(info, data)
+                    regions = data.data_regions()
+                    if sum(length for _, length in regions) == inode.size:
+                        tar.addfile(info, data)
+                    else:
+                        tar.addfile(*_sparse_member(info, data, regions))
                 if inode.nlink > 1:
                     first_link[inode.ino] = name
             else:
                 tar.addfile(info)
             count += 1
     return count
+
+
+def _sparse_member(info: tarfile.TarInfo, data, regions: list[tuple[int, int]]):
+    """(TarInfo, stream) of a GNU sparse 1.0 member for a file whose chunks leave holes."""
+    if not regions or regions[-1][0] + regions[-1][1] < info.size:
+        regions = regions + [(info.size, 0)]     # a file ending in a hole: GNU tar's closing entry
+    sparse_map = f"{len(regions)}\n".encode() + b"".join(b"%d\n%d\n" % region for region in regions)
+    sparse_map += b"\0" * (-len(sparse_map) % tarfile.BLOCKSIZE)
+    head, tail = os.path.split(info.name)
+    member = tarfile.TarInfo(os.path.join(head, "GNUSparseFile.0", tail))
+    for field in ("mode", "uid", "gid", "mtime", "type"):
+        setattr(member, field, getattr(info, field))
+    member.size = len(sparse_map) + sum(length for _, length in regions)
+    member.pax_headers = dict(info.pax_headers, **{
+        "GNU.sparse.major": "1", "GNU.sparse.minor": "0", "GNU.sparse.name": info.name,
+        "GNU.sparse.realsize": str(info.size)})
+    return member, _SparseData(sparse_map, data, regions)
+
+
+class _SparseData:
+    """The data of a sparse member as a stream: its map, then each data region's bytes in turn."""
+
+    def __init__(self, sparse_map: bytes, data, regions: list[tuple[int, int]]):
+        self._head = sparse_map
+        self._data = data
+        self._regions = list(reversed(regions))   # popped from the end: first region first
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes, fewer only at the end (tarfile's copy wants whole buffers)."""
+        out = bytearray()
+        while len(out) < size:
+            piece = self._next(size - len(out))
+            if not piece:
+                break
+            out += piece
+        return bytes(out)
+
+    def _next(self, size: int) -> bytes:
+        if self._head:
+            out, self._head = self._head[:size], self._head[size:]
+            return out
+        while self._regions:
+            offset, length = self._regions[-1]
+            if length == 0:
+                self._regions.pop()
+                continue
+            piece = min(size, length, COPY_PIECE)
+            if piece == length:
+                self._regions.pop()
+            else:
+                self._regions[-1] = (offset + piece, length - piece)
+            return self._data.pread(piece, offset)
+        return b""
+
+
+COPY_PIECE = 1 << 20

@@ -6,6 +6,7 @@ import json
 import sys
 
 from rafs.blob.describe import describe_blob
+from rafs.text import printable
 
 
 def register(sub) -> None:
@@ -27,17 +28,19 @@ def run_blob_info(args) -> int:
 
 
 def print_text(info: dict) -> None:
-    print(f"blob {info['blob_id'] or '?'}  {info['size']} bytes")
+    print(f"blob {printable(info['blob_id'] or '?')}  {info['size']} bytes")
     if info["sections"]:
         print("  sections")
         for s in info["sections"]:
-            print(f"    {s['name']:<16} {s['offset']:>12} +{s['size']:<12} header at {s['header_offset']}")
+            print(f"    {printable(s['name']):<16} {s['offset']:>12} +{s['size']:<12} "
+                  f"header at {s['header_offset']}")
     toc = info["toc"]
     if toc:
         print(f"  ToC          {len(toc['entries'])} entries at {toc['offset']}, {toc['size']} bytes, "
               f"sha256 {toc['digest']}")
         for e in toc["entries"]:
-            print(f"    {e['name']:<16} {e['compressor'] or hex(e['flags']):<9} {e['compressed_offset']:>12} "
+            method = printable(e["compressor"] or hex(e["flags"]))
+            print(f"    {printable(e['name']):<16} {method:<9} {e['compressed_offset']:>12} "
                   f"+{e['compressed_size']:<10} -> {e['uncompressed_size']:<10} {e['uncompressed_digest']}")
     header = info["ci_header"]
     if header:
@@ -59,4 +62,4 @@ def print_text(info: dict) -> None:
               f"-> {chunk['uncompressed_offset']:>12} +{chunk['uncompressed_size']:<9} flags {chunk['flags']:#x}"
               + (f" ctx {chunk['context_index']}:{chunk['context_offset']}" if "context_index" in chunk else ""))
     for problem in info["problems"]:
-        print(f"  PROBLEM: {problem}", file=sys.stderr)
+        print(f"  PROBLEM: {printable(problem)}", file=sys.stderr)

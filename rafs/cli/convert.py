@@ -14,6 +14,7 @@ from rafs.cli.create import parse_chunk_size
 from rafs.errors import InvalidArgumentError
 from rafs.oci import Converter, ConvertOptions
 from rafs.oci.check import check_image
+from rafs.text import printable
 
 from . import checks
 
@@ -75,7 +76,7 @@ def run(args) -> int:
     if args.check:
         report = check_image(result.target, source=args.source)
         for problem in report.problems:
-            print(f"check: {problem}", file=sys.stderr)
+            print(f"check: {printable(problem)}", file=sys.stderr)
         if not report.ok:
             return 1
         print(f"check passed: {len(report.manifests)} manifest(s), {report.files_compared} entries compared "

@@ -7,6 +7,7 @@ import sys
 
 import rafs
 from rafs.inspect import blob_info, describe, stats
+from rafs.text import printable
 
 from . import checks
 
@@ -67,8 +68,8 @@ def print_text(info: dict) -> None:
     if info["blobs"]:
         print(f"    {'#':>3}  {'blob id':<64}  {'chunks':>7}  {'compressed':>11}  {'uncompressed':>12}  features")
         for b in info["blobs"]:
-            print(f"    {b['index']:>3}  {b['blob_id']:<64}  {b['chunk_count']:>7}  {b['compressed_size']:>11}  "
-                  f"{b['uncompressed_size']:>12}  {' | '.join(b['feature_words']) or '-'}")
+            print(f"    {b['index']:>3}  {printable(b['blob_id']):<64}  {b['chunk_count']:>7}  "
+                  f"{b['compressed_size']:>11}  {b['uncompressed_size']:>12}  {' | '.join(b['feature_words']) or '-'}")
     if info.get("prefetch"):
         print(f"  prefetch     {info['prefetch']}")
     if "stats" in info:
@@ -91,11 +92,11 @@ def run_check(args) -> int:
     with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config, validate=with_data) as image:
         for fault in image.check(verify_data=with_data):
             faults.append(fault)
-            print(f"FAULT: {fault}", file=sys.stderr)
+            print(f"FAULT: {printable(fault)}", file=sys.stderr)
         if args.verbose:
             for path, inode in image.iter_entries("/"):
                 checked += 1
-                print(f"{inode.ino:>8} {inode.mode:07o} {inode.size:>12} {path.decode('utf-8', 'replace')}")
+                print(f"{inode.ino:>8} {inode.mode:07o} {inode.size:>12} {printable(path)}")
         details = [blob_info(b) for b in image.blobs]
         # nydus-image check's --output-json (OutputSerializer::dump_for_check), which nydusify's checker
         # and committer read ("blobs" as ids, "fs_version", "compressor"); then what rafs adds
@@ -106,7 +107,7 @@ def run_check(args) -> int:
         with open(args.output_json, "w") as f:
             json.dump(result, f, separators=(",", ":"))
     for b in details:
-        print(f"blob {b['index']}: {b['blob_id']} compressor {b['compressor']} chunks {b['chunk_count']} "
+        print(f"blob {b['index']}: {printable(b['blob_id'])} compressor {b['compressor']} chunks {b['chunk_count']} "
               f"compressed {b['compressed_size']} uncompressed {b['uncompressed_size']}")
     if faults:
         print(f"check failed: {len(faults)} fault(s)", file=sys.stderr)
@@ -120,7 +121,7 @@ def run_check_layout(path) -> int:
     from rafs.oci.check import check_image
     report = check_image(path)
     for problem in report.problems:
-        print(f"FAULT: {problem}", file=sys.stderr)
+        print(f"FAULT: {printable(problem)}", file=sys.stderr)
     if not report.ok:
         print(f"check failed: {len(report.problems)} fault(s)", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ import sys
 
 from .. import __version__
 from ..errors import InvalidArgumentError, RafsError
+from ..text import printable
 
 # Modules providing ``register(subparsers)``; a group whose module is missing is simply absent.
 COMMAND_MODULES = ("inspect", "unpack", "create", "merge", "build", "mount", "blobinfo", "convert")
@@ -97,8 +98,9 @@ def setup_logging(level: str, log_file: str | None = None) -> None:
 
 
 def one_line(exc: BaseException) -> str:
-    """An error's message on one line (backends such as botocore put line breaks in theirs)."""
-    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    """An error's message on one line (backends such as botocore put line breaks in theirs), with the
+    control characters an image's names and ids may carry escaped."""
+    return printable(" ".join(part.strip() for part in str(exc).splitlines() if part.strip()))
 
 
 def main(argv: list[str] | None = None) -> int:

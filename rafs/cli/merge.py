@@ -18,6 +18,7 @@ import sys
 
 from rafs.build.merge import PREFETCH_POLICIES, InconsistentFilesystemError, Merger
 from rafs.errors import InvalidArgumentError
+from rafs.text import printable
 
 from . import checks
 
@@ -72,7 +73,7 @@ def run(args) -> int:
     try:
         result = merger.write(bootstrap=args.bootstrap, blob_dir=args.blob_dir)
     except InconsistentFilesystemError as exc:
-        print(f"rafs merge: {exc}", file=sys.stderr)
+        print(f"rafs merge: {printable(exc)}", file=sys.stderr)
         return 2
     if args.output_json:
         with open(args.output_json, "w") as f:

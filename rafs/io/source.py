@@ -15,8 +15,8 @@ from typing import Protocol
 from ..errors import BackendError, InvalidArgumentError, RafsError
 from .retry import RetryPolicy, ShortReadError
 
-# Bootstraps are bounded by RAFS_MAX_METADATA_SIZE (2 GiB); reading one whole into memory is what
-# nydusd does too (it mmaps it).
+# Bootstraps are bounded by RAFS_MAX_METADATA_SIZE (2 GiB), so reading one whole into memory is bounded
+# too. nydusd mmaps it; rafs reads a private copy instead (see load_bytes).
 MAX_BOOTSTRAP_SIZE = 0x8000_0000
 
 
@@ -194,7 +194,13 @@ def open_range_reader(source, storage_options: dict | None = None, *,
 
 
 def load_bytes(source, storage_options: dict | None = None):
-    """The whole content of a bootstrap: an mmap for local files, bytes otherwise."""
+    """The whole content of a bootstrap, as bytes read once (a snapshot).
+
+    Never an mmap: a mapped file truncated while open (a new image copied over a mounted one) turns
+    the next access past its new end into SIGBUS, which kills the process (a ``rafs mount`` daemon
+    with it). A private copy keeps serving the bootstrap that was opened, whatever happens to the
+    file, and costs one read of at most MAX_BOOTSTRAP_SIZE bytes.
+    """
     if isinstance(source, (bytes, bytearray, memoryview)):
         return source
     if hasattr(source, "read"):
@@ -230,4 +236,6 @@ def load_bytes(source, storage_options: dict | None = None):
             raise InvalidArgumentError(f"{path}: larger than the 2 GiB RAFS metadata limit")
         if size == 0:
             return b""
-        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ)
+        # a file truncated meanwhile gives a shorter snapshot, which the reader then refuses as such
+        f.seek(0)
+        return f.read(size)

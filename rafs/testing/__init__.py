@@ -15,6 +15,8 @@ hypothesis and rafs.
 * :mod:`rafs.testing.exercise` - run every read path over an image under time and memory bounds.
 * :mod:`rafs.testing.blob_ids` - valid and hostile blob ids as strategies, and :func:`with_blob_ids` to
   write any id into a v5 or v6 bootstrap's blob table.
+* :mod:`rafs.testing.hostile_images` - images that lie about their shape: deep directory chains, files
+  declaring sizes their chunks do not cover, and a strategy of such sizes.
 
 See ``docs/fuzzing.md`` for a guide with a worked example.
 """
