@@ -68,8 +68,10 @@ def setup_logging(level: str) -> None:
 
 
 def one_line(exc: BaseException) -> str:
-    """An error's message on one line (backends such as botocore put line breaks in theirs)."""
-    return " ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+    """An error's message on one line (backends such as botocore put line breaks in theirs), without
+    any URL's userinfo (whatever raised it)."""
+    from ..io.redact import redact_urls
+    return redact_urls(" ".join(part.strip() for part in str(exc).splitlines() if part.strip()))
 
 
 def main(argv: list[str] | None = None) -> int:

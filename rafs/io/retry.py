@@ -3,8 +3,9 @@
 A transient fault is a 5xx answer, a dropped or refused connection, a timeout or a short body; a
 permanent one is a missing object, a refused credential or a malformed request. Transient faults are
 retried with exponential backoff up to the limit; then :class:`~rafs.errors.BackendError` names the
-object and the byte range. Messages are scrubbed of the secrets the caller registered, so a key can
-never leak through an error text.
+object and the byte range. Messages are scrubbed of the secrets the caller registered and of every URL's
+userinfo, so a key can never leak through an error text. A request that runs past its deadline
+(:class:`rafs.io.http.RequestTimeout`, a TimeoutError) is transient like any other timeout.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 from ..errors import BackendError, RafsError
+from .redact import redact  # noqa: F401 - also imported from here
 
 T = TypeVar("T")
 
@@ -30,14 +32,6 @@ TRANSIENT_ERRNOS = frozenset({errno.EBUSY, getattr(errno, "EREMOTEIO", 121), err
 
 class ShortReadError(BackendError):
     """The storage answered with fewer bytes than the range asked for (a cut connection)."""
-
-
-def redact(text: str, secrets) -> str:
-    """``text`` with every non-trivial secret replaced by ``***``."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
 
 
 def is_transient(exc: BaseException) -> bool:
