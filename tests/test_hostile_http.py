@@ -1,12 +1,10 @@
 """Hostile HTTP storage and secrets in URLs (issue 12).
 
-Real servers on 127.0.0.1 (http.server in a thread), each path choosing a behaviour: ``good`` (Range
-honoured), ``norange`` (200 with a 1 GiB body whatever the Range), ``drip`` (a body byte a second),
-``driphead`` (the status line a byte a second), ``endless`` (the asked bytes, then zeros without end and
-without a Content-Length), ``huge`` (a declared Content-Length of 1 TiB) and ``overlong`` (a correct
-Content-Length, then junk past it). Reads go through ``rafs.open(URL)`` for bootstraps and through an
-http-proxy configuration for blobs; each must end in a clean rafs error (or the right bytes) within a
-few seconds, with the memory used and the bytes the server could push bounded.
+Real servers on 127.0.0.1 (:class:`rafs.testing.http_servers.HostileServer`, whose first path segment
+picks the misbehaviour: ignoring Range, dripping, endless or over-long bodies ...). Reads go through
+``rafs.open(URL)`` for bootstraps and through an http-proxy configuration for blobs; each must end in a
+clean rafs error (or the right bytes) within a few seconds, with the memory used and the bytes the server
+could push bounded.
 
 Then passwords written in URLs (an http-proxy ``addr``, an S3 ``endpoint``) and the S3 access key id must
 show in no repr, ``describe()``, error, or CLI error line.
@@ -18,10 +16,8 @@ import json
 import re
 import subprocess
 import sys
-import threading
 import time
 import tracemalloc
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -30,132 +26,10 @@ from rafs.errors import BackendError, RafsError
 from rafs.io import source as source_module
 from rafs.io.config import locator_from_config, parse_config
 from rafs.io.redact import redact_url, redact_urls
+from rafs.testing.http_servers import SOCKET_SLACK, HostileServer
 
 from s3server import free_port
 from test_io_fetch import GROUP, LAYER_TAR
-
-PIECE = b"\0" * 0x10000
-# What the loopback socket buffers of both ends can hold before a writer blocks: the most a client that
-# stops reading lets a server push.
-SOCKET_SLACK = 16 << 20
-
-
-class HostileServer:
-    """``/<mode>/<name>`` serves ``files[name]`` the way ``mode`` says; counts requests and body bytes."""
-
-    def __init__(self, files: dict[str, bytes]):
-        self.files = files
-        self.stop = threading.Event()
-        self.sent = 0
-        self.requests: list[tuple[str, str, str | None]] = []
-        self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_HEAD(self):
-                server.handle(self, head=True)
-
-            def do_GET(self):
-                server.handle(self, head=False)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def url(self, mode: str, name: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}/{mode}/{name}"
-
-    def count(self, mode: str, name: str, method: str = "GET") -> int:
-        return sum(1 for m, p, _ in self.requests if m == method and p == f"/{mode}/{name}")
-
-    def close(self):
-        self.stop.set()
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def _send(self, h, data: bytes) -> None:
-        h.wfile.write(data)
-        h.wfile.flush()
-        with self._lock:
-            self.sent += len(data)
-
-    def _pour(self, h, first: bytes) -> None:
-        """``first``, then zeros until the client goes away (or the test ends)."""
-        try:
-            self._send(h, first)
-            while not self.stop.is_set():
-                self._send(h, PIECE)
-        except OSError:
-            pass
-        h.close_connection = True
-
-    def _drip(self, h, data: bytes) -> None:
-        try:
-            for i in range(len(data)):
-                if self.stop.wait(1.0 if i else 0):
-                    break
-                self._send(h, data[i:i + 1])
-        except OSError:
-            pass
-        h.close_connection = True
-
-    def handle(self, h, *, head: bool) -> None:
-        _, mode, name = h.path.split("/", 2)
-        rng = h.headers.get("Range")
-        with self._lock:
-            self.requests.append((h.command, h.path, rng))
-        data = self.files.get(name)
-        if data is None:
-            h.send_response(404)
-            h.send_header("Content-Length", "0")
-            h.end_headers()
-            return
-        if mode == "driphead" and not head:
-            h.close_connection = True
-            self._drip(h, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx")
-            return
-        status, part, first, total = 200, data, 0, len(data)
-        if rng and mode != "norange" and not head:
-            first, last = (int(x) for x in rng.split("=", 1)[1].split("-"))
-            status, part = 206, data[first:last + 1]
-        h.send_response(status)
-        if status == 206:
-            h.send_header("Content-Range", f"bytes {first}-{first + len(part) - 1}/{total}")
-        if head:
-            h.send_header("Content-Length", str(len(data)))
-            h.end_headers()
-            return
-        if mode == "norange":
-            h.send_header("Content-Length", str(1 << 30))
-            h.end_headers()
-            self._pour(h, data)
-        elif mode == "huge":
-            h.send_header("Content-Length", str(1 << 40))
-            h.end_headers()
-            self._pour(h, part)
-        elif mode == "endless":
-            h.send_header("Connection", "close")
-            h.end_headers()
-            self._pour(h, part)
-        elif mode == "overlong":
-            h.send_header("Content-Length", str(len(part)))
-            h.end_headers()
-            self._send(h, part + b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nbad" + b"junk" * 1000)
-        elif mode == "drip":
-            h.send_header("Content-Length", str(len(part)))
-            h.end_headers()
-            self._drip(h, part)
-        else:
-            h.send_header("Content-Length", str(len(part)))
-            h.end_headers()
-            self._send(h, part)
 
 
 @pytest.fixture
@@ -211,6 +85,26 @@ def test_good_server_still_serves_ranges(server):
         assert image.read(GROUP) == server.reference.read(GROUP)
         assert image.read(LAYER_TAR) == server.reference.read(LAYER_TAR)
     assert all(r for m, p, r in server.requests if m == "GET" and server.blob_id in p)
+
+
+def test_redirects_and_head_refused(server):
+    """Redirects are followed, credentials from the URL go only to its own origin; a server refusing
+    HEAD still serves ranges."""
+    other = HostileServer(server.files)
+    try:
+        server.redirect_to = other.url("good").rsplit("/good/", 1)[0]
+        auth = f"http://alice:{HTTP_PASSWORD}@127.0.0.1:{server.port}"
+        with rafs.open(f"{auth}/redirect/boot", blobs={server.blob_id: f"{auth}/redirect/{server.blob_id}"}) \
+                as image:
+            assert image.read(GROUP) == server.reference.read(GROUP)
+        assert server.authorizations and all(a and a.startswith("Basic ") for a in server.authorizations)
+        assert other.authorizations and not any(other.authorizations)
+        with rafs.open(server.url("good", "boot"), blobs={server.blob_id: server.url("nohead", server.blob_id)}) \
+                as image:
+            assert image.read(GROUP) == server.reference.read(GROUP)
+        assert server.count("nohead", server.blob_id, "HEAD") == 1
+    finally:
+        other.close()
 
 
 # --- a server that drips ------------------------------------------------------------------------------

@@ -82,7 +82,7 @@ def run_mount(args) -> int:
                 os.makedirs(settings.work_dir, exist_ok=True)
             except OSError as exc:
                 raise InvalidArgumentError(f"cache work_dir {settings.work_dir}: {exc.strerror}") from None
-        log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s", args.bootstrap, image.version,
+        log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s", image.name, image.version,
                  len(image.blobs), args.mountpoint, "on" if enable_xattr else "off")
         fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr,
                    ready=lambda: log.info("ready: %s answers", args.mountpoint))

@@ -13,6 +13,7 @@ import threading
 from typing import Mapping, Sequence
 
 from ..errors import BlobNotFoundError, InvalidArgumentError, RafsError
+from .redact import redact_url
 from .retry import RetryPolicy
 from .source import RangeReader, is_url, open_range_reader
 
@@ -51,7 +52,7 @@ class BlobLocator:
         elif self.blobs is not None:
             places.append(f"the blobs list ({len(self.blobs)} entries)")
         if self.blob_dir is not None:
-            places.append(f"blob_dir {self.blob_dir}")
+            places.append(f"blob_dir {redact_url(self.blob_dir)}")
         return ", ".join(places) or "nowhere: pass blob_dir= or blobs="
 
     def source_for(self, blob_id: str, index: int):

@@ -45,6 +45,9 @@ DEFAULT_REQUEST_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 30.0
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# Answers to HEAD that mean "ask with GET" rather than "not there": method not allowed or not
+# implemented, and 403 from stores whose presigned URLs are signed for GET only.
+HEAD_REFUSED = frozenset({403, 405, 501})
 # Idle keep-alive connections kept per origin.
 MAX_IDLE_CONNECTIONS = 8
 # Body reads are done in pieces of at most this much, so memory follows what arrived, not what a
@@ -317,6 +320,8 @@ class HttpClient:
             return (None, response.getheader("Location")), False
         if status == 404:
             raise FileNotFoundError(2, "not found (HTTP 404)", name)
+        if method == "HEAD" and status in HEAD_REFUSED:
+            raise HTTPStatusError(status, response.reason, url)
         if status in (401, 403):
             raise PermissionError(13, f"access refused (HTTP {status})", name)
         length = _content_length(response, name)

@@ -166,11 +166,21 @@ class HttpRangeReader:
         self.retry = retry or RetryPolicy()
 
     def stat_size(self) -> int | None:
-        """The object's size from a HEAD request (None if the server does not say); FileNotFoundError
-        if it is not there."""
-        response, _ = self.retry.call(lambda: self.client.request("HEAD", self.url), f"{self.name} (size)")
-        length = response.getheader("Content-Length")
-        return int(length) if length and length.isdigit() else None
+        """The object's size from a HEAD request (None if the server does not say, or refuses HEAD as
+        servers of presigned GET URLs do); FileNotFoundError if it is not there."""
+        from .http import HEAD_REFUSED, HTTPStatusError
+
+        def head():
+            try:
+                response, _ = self.client.request("HEAD", self.url)
+            except HTTPStatusError as exc:
+                if exc.status in HEAD_REFUSED:
+                    return None
+                raise
+            length = response.getheader("Content-Length")
+            return int(length) if length and length.isdigit() else None
+
+        return self.retry.call(head, f"{self.name} (size)")
 
     def read_range(self, offset: int, size: int) -> bytes:
         if size <= 0:
