@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -105,6 +106,29 @@ def test_redirects_and_head_refused(server):
         assert server.count("nohead", server.blob_id, "HEAD") == 1
     finally:
         other.close()
+
+
+def test_https_skip_verify_certificate_errors_and_a_silent_handshake(server):
+    with HostileServer(server.files, tls=True) as tls:
+        base = tls.url("good").rsplit("/good/", 1)[0]
+        with rafs.open(server.url("good", "boot"), config=proxy_config(tls, "good", addr=base, skip_verify=True)) \
+                as image:
+            assert image.read(GROUP) == server.reference.read(GROUP)
+        # a self-signed certificate does not verify, and is not retried as if it might
+        with rafs.open(server.url("good", "boot"), config=proxy_config(tls, "good", addr=base, retry_limit=3)) \
+                as image:
+            with pytest.raises(BackendError, match="CERTIFICATE_VERIFY_FAILED") as info:
+                image.read(GROUP)
+        assert "attempts" not in str(info.value)
+    # a TLS handshake nobody answers ends at the deadline
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        port = silent.getsockname()[1]
+        config = {"version": 2, "backend": {"type": "http-proxy", "http-proxy": {
+            "addr": f"https://127.0.0.1:{port}", "timeout": 1, "retry_limit": 0}}}
+        with Bounded() as bounded:
+            with pytest.raises(BackendError, match="within 1 s"):
+                rafs.open(f"https://127.0.0.1:{port}/boot", config=config)
+        assert bounded.seconds < 2.5
 
 
 # --- a server that drips ------------------------------------------------------------------------------

@@ -96,6 +96,17 @@ class _Watchdog:
             self._cond.notify()
         return watch
 
+    def follow(self, watch: _Watch, sock: socket.socket) -> None:
+        """Watch ``sock`` from now on (a connection's socket once made, then its TLS wrapper); shut it
+        down at once if the deadline has already passed."""
+        with self._cond:
+            if watch.done:
+                return
+            watch.sock = sock
+            late = watch.fired
+        if late:
+            _shutdown(sock)
+
     def cancel(self, watch: _Watch) -> bool:
         """Stop watching; whether the deadline fired (the socket is then unusable)."""
         with self._cond:
@@ -118,12 +129,17 @@ class _Watchdog:
                     continue
                 watch.fired = True
                 sock = watch.sock
-            try:
-                # the plain socket's shutdown, also under TLS: SSLSocket.shutdown would drop the TLS
-                # object under the feet of the thread still reading from it
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except (OSError, AttributeError, TypeError):
-                pass
+            if sock is not None:
+                _shutdown(sock)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """End every blocked read and write on ``sock``: the plain socket's shutdown, also under TLS
+    (SSLSocket.shutdown would drop the TLS object under the feet of the thread still reading from it)."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except (OSError, AttributeError, TypeError):
+        pass
 
 
 _WATCHDOG = _Watchdog()
@@ -156,6 +172,7 @@ class HttpClient:
     verify: bool = True
     _pool: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _context: ssl.SSLContext | None = field(default=None, repr=False)
 
     @classmethod
     def from_options(cls, options: dict | None, *, where: str = "storage_options") -> "HttpClient":
@@ -183,19 +200,38 @@ class HttpClient:
 
     # connections
 
-    def _connect(self, origin, deadline: float) -> http.client.HTTPConnection:
+    def _connect(self, origin, deadline: float, watch: _Watch) -> http.client.HTTPConnection:
+        """A connection to ``origin``, the TLS handshake included; the watchdog follows its socket from
+        the moment it exists, so a handshake dripped byte by byte ends at the deadline too."""
         scheme, host, port = origin
         limit = min(self.connect_timeout, max(deadline - time.monotonic(), 0.001))
         if scheme == "https":
-            context = ssl.create_default_context()
-            if not self.verify:
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
+            context = self._ssl_context()
             conn = http.client.HTTPSConnection(host, port, timeout=limit, context=context)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=limit)
-        conn.connect()
+        try:
+            http.client.HTTPConnection.connect(conn)         # TCP only (HTTPSConnection's also shakes hands)
+            _WATCHDOG.follow(watch, conn.sock)
+            if scheme == "https":
+                conn.sock = context.wrap_socket(conn.sock, server_hostname=host, do_handshake_on_connect=False)
+                _WATCHDOG.follow(watch, conn.sock)
+                conn.sock.do_handshake()
+        except BaseException:
+            conn.close()
+            raise
         return conn
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        """One TLS context per client (loading the CA store is the slow part of making one)."""
+        with self._lock:
+            if self._context is None:
+                context = ssl.create_default_context()
+                if not self.verify:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                self._context = context
+            return self._context
 
     def _take(self, origin):
         """An idle connection to ``origin``; one with bytes waiting (junk past a body's declared end) or
@@ -249,8 +285,8 @@ class HttpClient:
             headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode("ascii")
         for _ in range(MAX_REDIRECTS + 1):
             origin = _origin(parts)
-            if origin != auth_origin:
-                headers.pop("Authorization", None)
+            if origin != auth_origin:               # credentials stay with the origin they were given for
+                headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             target = parts.path or "/"
             if parts.query:
                 target += "?" + parts.query
@@ -266,17 +302,17 @@ class HttpClient:
         for attempt in (0, 1):
             conn = self._take(origin) if attempt == 0 else None
             reused = conn is not None
-            if conn is None:
-                if time.monotonic() >= deadline:
-                    raise RequestTimeout(f"{redact_url(url)}: no answer within {self.timeout:g} s")
-                try:
-                    conn = self._connect(origin, deadline)
-                except (TimeoutError, socket.timeout):
-                    raise RequestTimeout(f"{redact_url(url)}: could not connect within "
-                                         f"{min(self.connect_timeout, self.timeout):g} s") from None
-            watch = _WATCHDOG.watch(deadline, conn.sock)
+            if conn is None and time.monotonic() >= deadline:
+                raise RequestTimeout(f"{redact_url(url)}: no answer within {self.timeout:g} s")
+            watch = _WATCHDOG.watch(deadline, conn.sock if conn is not None else None)
             keep = fired = False
             try:
+                if conn is None:
+                    try:
+                        conn = self._connect(origin, deadline, watch)
+                    except (TimeoutError, socket.timeout):
+                        raise RequestTimeout(f"{redact_url(url)}: could not connect within "
+                                             f"{min(self.connect_timeout, self.timeout):g} s") from None
                 conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 try:
                     conn.request(method, target, headers=headers)
@@ -305,9 +341,9 @@ class HttpClient:
                 raise InvalidArgumentError(f"{redact_url(url)}: not a valid URL for a request ({exc})") from None
             finally:
                 fired = _WATCHDOG.cancel(watch) or fired
-                if keep and not fired:
+                if conn is not None and keep and not fired:
                     self._give_back(origin, conn)
-                else:
+                elif conn is not None:
                     conn.close()
         raise AssertionError("unreachable")  # pragma: no cover
 

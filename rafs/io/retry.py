@@ -11,6 +11,7 @@ userinfo, so a key can never leak through an error text. A request that runs pas
 from __future__ import annotations
 
 import errno
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
@@ -39,6 +40,11 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, ShortReadError):
         return True
     if isinstance(exc, RafsError):
+        return False
+    # a certificate that does not verify will not verify on the next try either (only a module that
+    # was imported can have raised it, so ssl stays off the start-up path)
+    cert_error = getattr(sys.modules.get("ssl"), "SSLCertVerificationError", None)
+    if cert_error is not None and isinstance(exc, cert_error):
         return False
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False

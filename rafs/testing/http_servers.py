@@ -23,6 +23,9 @@ a dict of named objects; the first path segment chooses how it misbehaves:
 ``redirect``
     307 to ``{redirect_to}/good/<name>``.
 
+With ``tls=True`` it speaks HTTPS with a self-signed certificate for ``127.0.0.1`` (made by
+:func:`self_signed_certificate`), for clients' ``skip_verify`` and certificate errors.
+
 It counts requests (``requests``: method, path, Range), the ``Authorization`` header of each
 (``authorizations``) and the body bytes it managed to send (``sent``): what a client let a hostile
 server push is measured on the server side, not taken from the client.
@@ -30,10 +33,15 @@ server push is measured on the server side, not taken from the client.
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
+import os
+import ssl
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["HostileServer", "SOCKET_SLACK"]
+__all__ = ["HostileServer", "SOCKET_SLACK", "self_signed_certificate"]
 
 PIECE = b"\0" * 0x10000
 # What the loopback socket buffers of both ends can hold before a writer blocks: the most a client that
@@ -44,7 +52,7 @@ SOCKET_SLACK = 16 << 20
 class HostileServer:
     """``/<mode>/<name>`` serves ``files[name]`` the way ``mode`` says; counts requests and body bytes."""
 
-    def __init__(self, files: dict[str, bytes]):
+    def __init__(self, files: dict[str, bytes], *, tls: bool = False):
         self.files = files
         self.stop = threading.Event()
         self.sent = 0
@@ -69,11 +77,17 @@ class HostileServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
+        self.scheme = "https" if tls else "http"
+        if tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            with tempfile.TemporaryDirectory() as tmp:
+                context.load_cert_chain(*self_signed_certificate(tmp))
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, mode: str, name: str = "") -> str:
-        return f"http://127.0.0.1:{self.port}/{mode}/{name}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{mode}/{name}"
 
     def count(self, mode: str, name: str, method: str = "GET") -> int:
         return sum(1 for m, p, _ in self.requests if m == method and p == f"/{mode}/{name}")
@@ -173,3 +187,28 @@ class HostileServer:
             h.send_header("Content-Length", str(len(part)))
             h.end_headers()
             self._send(h, part)
+
+
+def self_signed_certificate(directory: str) -> tuple[str, str]:
+    """(certificate path, key path) of a fresh self-signed certificate for 127.0.0.1, in ``directory``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+    with open(cert_path, "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(key_path, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return cert_path, key_path
