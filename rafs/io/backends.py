@@ -217,8 +217,8 @@ class HttpProxyBackend:
         self.addr = config.get("addr") or ""
         if not self.addr.startswith(("http://", "https://")):
             if self.addr:
-                raise UnsupportedError(f"{section}.addr {self.addr!r}: only http(s) URLs are supported, not unix "
-                                       "sockets")
+                raise UnsupportedError(f"{section}.addr {redact_url(self.addr)!r}: only http(s) URLs are supported, "
+                                       "not unix sockets")
             raise InvalidArgumentError(f"{section}.addr is required")
         self.path = config.get("path") or ""
         self.retry = retry or RetryPolicy()

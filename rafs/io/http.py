@@ -85,6 +85,7 @@ class _Watchdog:
         self._heap: list = []
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
+        self._cancelled = 0                  # entries in the heap whose request has finished
 
     def watch(self, deadline: float, sock: socket.socket) -> _Watch:
         watch = _Watch(deadline, sock)
@@ -110,6 +111,13 @@ class _Watchdog:
     def cancel(self, watch: _Watch) -> bool:
         """Stop watching; whether the deadline fired (the socket is then unusable)."""
         with self._cond:
+            if not watch.done and not watch.fired:
+                # the entry stays in the heap until its deadline; compacted when the dead outnumber the live
+                self._cancelled += 1
+                if self._cancelled > 64 and 2 * self._cancelled > len(self._heap):
+                    self._heap = [entry for entry in self._heap if not entry[2].done and entry[2] is not watch]
+                    heapq.heapify(self._heap)
+                    self._cancelled = 0
             watch.done = True
             watch.sock = None
             return watch.fired
@@ -126,6 +134,7 @@ class _Watchdog:
                     continue
                 heapq.heappop(self._heap)
                 if watch.done:
+                    self._cancelled = max(0, self._cancelled - 1)
                     continue
                 watch.fired = True
                 sock = watch.sock

@@ -27,7 +27,7 @@ With ``tls=True`` it speaks HTTPS with a self-signed certificate for ``127.0.0.1
 :func:`self_signed_certificate`), for clients' ``skip_verify`` and certificate errors.
 
 It counts requests (``requests``: method, path, Range), the ``Authorization`` header of each
-(``authorizations``) and the body bytes it managed to send (``sent``): what a client let a hostile
+(``authorizations``), the client addresses (``clients``: one per connection) and the body bytes it managed to send (``sent``): what a client let a hostile
 server push is measured on the server side, not taken from the client.
 """
 
@@ -59,6 +59,7 @@ class HostileServer:
         self.requests: list[tuple[str, str, str | None]] = []
         self.authorizations: list[str | None] = []
         self.redirect_to = ""
+        self.clients: set = set()
         self._lock = threading.Lock()
         server = self
 
@@ -135,6 +136,7 @@ class HostileServer:
         with self._lock:
             self.requests.append((h.command, h.path, rng))
             self.authorizations.append(h.headers.get("Authorization"))
+            self.clients.add(h.client_address)
         data = self.files.get(name)
         if mode == "redirect" or mode == "nohead" and head:
             h.send_response(307 if mode == "redirect" else 405)
