@@ -104,6 +104,10 @@ def test_redirects_and_head_refused(server):
                 as image:
             assert image.read(GROUP) == server.reference.read(GROUP)
         assert server.count("nohead", server.blob_id, "HEAD") == 1
+        # a redirect that never ends is cut off
+        server.redirect_to = server.url("redirect").rstrip("/")
+        with pytest.raises(BackendError, match="more than 5 redirects"):
+            rafs.open(server.url("redirect", "boot"))
     finally:
         other.close()
 
