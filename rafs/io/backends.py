@@ -22,9 +22,10 @@ from .source import FsspecRangeReader, HttpRangeReader, LocalRangeReader
 SECRET_KEYS = frozenset({"access_key_id", "access_key_secret", "auth", "registry_token", "encryption_key",
                          "key", "secret", "token", "password", "session_token"})
 S3_DEFAULT_ENDPOINT = "s3.amazonaws.com"       # S3_DEFAULT_ENDPOINT, storage/src/backend/s3.rs
-# nydusd's default_http_timeout, seconds. ``timeout`` bounds each whole request, from connecting to the
-# last body byte (nydusd hands it to reqwest's ClientBuilder::timeout, which means just that);
-# ``connect_timeout`` bounds the connect within it.
+# nydusd's default_http_timeout, seconds. For http-proxy, ``timeout`` bounds each whole request, from
+# connecting to the last body byte (nydusd hands it to reqwest's ClientBuilder::timeout, which means just
+# that) and ``connect_timeout`` the connect within it; s3 hands both to botocore, which bounds each
+# socket read.
 DEFAULT_TIMEOUT = 5
 
 

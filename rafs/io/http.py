@@ -340,7 +340,8 @@ class HttpClient:
             except (OSError, http.client.HTTPException) as exc:
                 if isinstance(exc, RequestTimeout):
                     raise
-                if watch.fired:
+                # the socket's own timeout is the time left, so it may fire a moment before the watchdog
+                if watch.fired or isinstance(exc, TimeoutError) or time.monotonic() >= deadline:
                     raise RequestTimeout(f"{redact_url(url)}: no complete answer within {self.timeout:g} s "
                                          "(the request timeout)") from None
                 if isinstance(exc, http.client.HTTPException) and not isinstance(exc, OSError):

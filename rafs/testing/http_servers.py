@@ -49,6 +49,11 @@ PIECE = b"\0" * 0x10000
 SOCKET_SLACK = 16 << 20
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        """Clients that hang up mid-answer (as the clients under test should) are not news."""
+
+
 class HostileServer:
     """``/<mode>/<name>`` serves ``files[name]`` the way ``mode`` says; counts requests and body bytes."""
 
@@ -75,7 +80,7 @@ class HostileServer:
             def do_GET(self):
                 server.handle(self, head=False)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.scheme = "https" if tls else "http"
