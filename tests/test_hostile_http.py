@@ -32,6 +32,10 @@ from rafs.testing.http_servers import SOCKET_SLACK, HostileServer
 from s3server import free_port
 from test_io_fetch import GROUP, LAYER_TAR
 
+# What a loaded CI machine may add to an operation's expected time; an unbounded read would take minutes
+# (a dripped range of 0x133 bytes) or forever (an endless body), so the bounds still tell.
+LOADED = 3.0
+
 
 @pytest.fixture
 def server(v5_fixture):
@@ -75,7 +79,7 @@ def test_range_ignored_is_refused_without_buffering(server):
             with pytest.raises(BackendError, match="ignored the Range header") as info:
                 image.read(LAYER_TAR)
         assert f"127.0.0.1:{server.port}/norange/{server.blob_id}" in str(info.value)
-        assert bounded.seconds < 3 and bounded.peak < SOCKET_SLACK
+        assert bounded.seconds < 1 + LOADED and bounded.peak < SOCKET_SLACK
     # no retry of a server that will never do better, and not the 1 GiB it offered
     assert server.count("norange", server.blob_id) == 2
     assert server.sent < 2 * SOCKET_SLACK + 4 * len(server.files[server.blob_id])
@@ -132,7 +136,7 @@ def test_https_skip_verify_certificate_errors_and_a_silent_handshake(server):
         with Bounded() as bounded:
             with pytest.raises(BackendError, match="within 1 s"):
                 rafs.open(f"https://127.0.0.1:{port}/boot", config=config)
-        assert bounded.seconds < 2.5
+        assert bounded.seconds < 1 + LOADED
 
 
 def test_keep_alive_and_a_bounded_watchdog(server):
@@ -154,13 +158,13 @@ def test_dripping_bootstrap_hits_the_request_deadline(server):
         with pytest.raises(BackendError, match=r"failed after 2 attempts.*within 1 s"):
             rafs.open(server.url("drip", "boot"), config=proxy_config(server, "good", retry_limit=1,
                                                                        addr=server.url("drip")))
-    assert 2 <= bounded.seconds < 4
+    assert 2 <= bounded.seconds < 2 + LOADED
     assert server.count("drip", "boot") == 2
     # a plain URL takes its deadline from storage_options; the default retry policy (3) applies
     with Bounded() as bounded:
         with pytest.raises(BackendError, match="failed after 4 attempts"):
             rafs.open(server.url("drip", "boot"), storage_options={"timeout": 0.5})
-    assert bounded.seconds < 4.5
+    assert bounded.seconds < 2.5 + LOADED
 
 
 @pytest.mark.parametrize("mode", ["drip", "driphead"])
@@ -169,7 +173,7 @@ def test_dripping_blob_hits_the_request_deadline(server, mode):
         with Bounded() as bounded:
             with pytest.raises(BackendError, match="within 1 s"):
                 image.read(GROUP)
-    assert bounded.seconds < 2.5
+    assert bounded.seconds < 1 + LOADED
     assert server.count(mode, server.blob_id) == 1                 # retry_limit 0: no second attempt
 
 
@@ -180,7 +184,7 @@ def test_request_timeout_is_per_request_not_per_read(server):
     start = time.monotonic()
     with pytest.raises(BackendError, match="within 2 s"):
         reader.read_range(0, 100)
-    assert time.monotonic() - start < 3.5
+    assert time.monotonic() - start < 2 + LOADED
 
 
 # --- bodies without end ---------------------------------------------------------------------------------
@@ -190,7 +194,7 @@ def test_endless_bootstrap_is_cut_off_at_the_limit(server, monkeypatch):
     with Bounded() as bounded:
         with pytest.raises(BackendError, match=r"runs past the limit of 4194304 bytes"):
             rafs.open(server.url("endless", "boot"))
-    assert bounded.seconds < 3 and bounded.peak < 3 * (4 << 20)
+    assert bounded.seconds < 1 + LOADED and bounded.peak < 3 * (4 << 20)
     assert server.count("endless", "boot") == 1
     assert server.sent < (4 << 20) + 2 * SOCKET_SLACK
 
@@ -199,7 +203,7 @@ def test_declared_huge_bootstrap_is_refused_before_reading(server):
     with Bounded() as bounded:
         with pytest.raises(BackendError, match=r"declares 1099511627776 bytes, more than the limit"):
             rafs.open(server.url("huge", "boot"))
-    assert bounded.seconds < 3 and bounded.peak < SOCKET_SLACK
+    assert bounded.seconds < 1 + LOADED and bounded.peak < SOCKET_SLACK
     assert server.sent < 2 * SOCKET_SLACK
 
 
@@ -210,7 +214,7 @@ def test_blob_bodies_past_the_range_are_cut_off(server):
             Bounded() as bounded:
         assert image.read(GROUP) == ref.read(GROUP)
         assert image.read(LAYER_TAR) == ref.read(LAYER_TAR)
-    assert bounded.seconds < 3 and bounded.peak < 2 * SOCKET_SLACK
+    assert bounded.seconds < 1 + LOADED and bounded.peak < 2 * SOCKET_SLACK
     # a 206 declaring 1 TiB for a small range is refused
     with rafs.open(server.url("good", "boot"), config=proxy_config(server, "huge")) as image:
         with pytest.raises(BackendError, match="for a range of"):
