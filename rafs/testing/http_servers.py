@@ -27,8 +27,9 @@ With ``tls=True`` it speaks HTTPS with a self-signed certificate for ``127.0.0.1
 :func:`self_signed_certificate`), for clients' ``skip_verify`` and certificate errors.
 
 It counts requests (``requests``: method, path, Range), the ``Authorization`` header of each
-(``authorizations``), the client addresses (``clients``: one per connection) and the body bytes it managed to send (``sent``): what a client let a hostile
-server push is measured on the server side, not taken from the client.
+(``authorizations``), the client addresses (``clients``: one per connection) and the body bytes it
+managed to send (``sent``): what a client let a hostile server push is measured on the server side,
+not taken from the client.
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ class HostileServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True       # headers and body go out in two writes
 
             def log_message(self, *args):
                 pass
@@ -89,7 +91,8 @@ class HostileServer:
             with tempfile.TemporaryDirectory() as tmp:
                 context.load_cert_chain(*self_signed_certificate(tmp))
             self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True)
         self.thread.start()
 
     def url(self, mode: str, name: str = "") -> str:
