@@ -12,6 +12,7 @@ show in no repr, ``describe()``, error, or CLI error line.
 
 from __future__ import annotations
 
+import errno
 import json
 import re
 import socket
@@ -326,3 +327,29 @@ def test_passwords_absent_from_cli_errors(tmp_path, backend):
         assert re.search(r"rafs (mount|inspect): \w+", run.stderr), run.stderr
         assert "127.0.0.1" in run.stderr and "Traceback" not in run.stderr
         assert_clean(run.stderr + run.stdout)
+
+
+@pytest.mark.privileged
+def test_mount_over_hostile_http_keeps_serving_and_shows_no_password(server, tmp_path):
+    """``rafs mount`` of a bootstrap URL with a password and an http-proxy config with one: reads work,
+    a blob read from a dripping server fails with EIO within the deadline, the daemon keeps serving,
+    and its log never shows the password."""
+    from test_fuse_support import Mount, need_fuse
+    need_fuse()
+    auth = f"http://alice:{HTTP_PASSWORD}@127.0.0.1:{server.port}"
+    config = proxy_config(server, "drip", addr=auth)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    mount = Mount(["--bootstrap", f"{auth}/good/boot", "--config", str(tmp_path / "config.json")],
+                  tmp_path / "mnt", tmp_path / "mount.log")
+    try:
+        start = time.monotonic()
+        with pytest.raises(OSError) as info:
+            (mount.path / GROUP.lstrip("/")).read_bytes()
+        assert info.value.errno == errno.EIO
+        assert time.monotonic() - start < 1 + LOADED
+        assert (mount.path / LAYER_TAR.lstrip("/")).stat().st_size == len(server.reference.read(LAYER_TAR))
+    finally:
+        mount.close()
+    log = (tmp_path / "mount.log").read_text(errors="replace")
+    assert "127.0.0.1" in log
+    assert_clean(log)
