@@ -28,7 +28,7 @@ from rafs.errors import BackendError, RafsError
 from rafs.io import source as source_module
 from rafs.io.config import locator_from_config, parse_config
 from rafs.io.redact import redact_url, redact_urls
-from rafs.testing.http_servers import SOCKET_SLACK, HostileServer
+from rafs.testing.http_servers import MODES, SOCKET_SLACK, HostileServer
 
 from s3server import free_port
 from test_io_fetch import GROUP, LAYER_TAR
@@ -236,6 +236,25 @@ def test_missing_and_refused_objects(server):
                   "http-proxy": {"addr": f"http://127.0.0.1:{port}", "retry_limit": 0}}})
     with pytest.raises(rafs.errors.InvalidArgumentError, match="'client_kwargs' not understood"):
         rafs.open(server.url("good", "boot"), storage_options={"client_kwargs": {}})
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_misbehaviour_gives_the_bytes_or_a_clean_error(server, mode, monkeypatch):
+    """Each mode as the bootstrap's server and as the blobs' server: the right bytes or a rafs error,
+    within the deadline (1 s, no retry) and bounded memory. A bootstrap may take MAX_BOOTSTRAP_SIZE
+    (2 GiB) of memory, lowered here to 4 MiB so the bound shows."""
+    monkeypatch.setattr(source_module, "MAX_BOOTSTRAP_SIZE", 4 << 20)
+    server.redirect_to = server.url("good").rsplit("/good/", 1)[0]
+    base = server.url(mode).rstrip("/")
+    expected = server.reference.read(GROUP)
+    for boot, blobs in ((f"{base}/boot", "good"), (server.url("good", "boot"), mode)):
+        with Bounded() as bounded:
+            try:
+                with rafs.open(boot, config=proxy_config(server, blobs, addr=boot.rsplit("/", 2)[0])) as image:
+                    assert image.read(GROUP) == expected
+            except (RafsError, FileNotFoundError) as exc:
+                assert mode in ("norange", "drip", "driphead", "endless", "huge"), f"{mode}: {exc}"
+        assert bounded.seconds < 1 + LOADED and bounded.peak < 2 * SOCKET_SLACK, mode
 
 
 # --- secrets in URLs ---------------------------------------------------------------------------------------

@@ -111,6 +111,11 @@ class FsspecRangeReader:
 
         def fetch() -> bytes:
             data = self.fs.cat_file(self.path, start=offset, end=offset + size)
+            if len(data) > size:
+                # the store ignored the range (fsspec has buffered the whole answer by now): asking
+                # again would only buffer it again
+                raise BackendError(f"{self.name}: answered {len(data)} bytes for a range of {size} bytes at "
+                                   f"{offset} (the Range header ignored?)")
             if len(data) != size:
                 raise ShortReadError(f"{self.name}: short read of {size} bytes at {offset} (got {len(data)})")
             return data

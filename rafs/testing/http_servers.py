@@ -42,7 +42,10 @@ import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-__all__ = ["HostileServer", "SOCKET_SLACK", "self_signed_certificate"]
+__all__ = ["HostileServer", "MODES", "SOCKET_SLACK", "self_signed_certificate"]
+
+# Every behaviour, the first path segment of a URL (``redirect`` needs ``redirect_to`` set).
+MODES = ("good", "norange", "drip", "driphead", "endless", "huge", "overlong", "nohead", "redirect")
 
 PIECE = b"\0" * 0x10000
 # What the loopback socket buffers of both ends can hold before a writer blocks: the most a client that
