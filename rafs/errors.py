@@ -59,13 +59,22 @@ class BlobNotFoundError(RafsError, builtins.FileNotFoundError):
     """A data blob the image needs could not be found where rafs was told to look."""
 
     def __init__(self, blob_id: str, searched: str):
+        from .io.redact import redact_urls
         self.blob_id = blob_id
-        self.searched = searched
+        self.searched = searched = redact_urls(str(searched))
         super().__init__(_errno.ENOENT, f"blob {blob_id} not found (looked in {searched})")
 
 
 class BackendError(RafsError, OSError):
-    """Storage failed to deliver bytes (after retries): names the blob or object and the range."""
+    """Storage failed to deliver bytes (after retries): names the blob or object and the range.
+
+    A message never carries a URL's userinfo: whoever builds one, credentials written in a URL are
+    replaced by ``***`` here (:func:`rafs.io.redact.redact_urls`).
+    """
+
+    def __init__(self, *args):
+        from .io.redact import redact_urls
+        super().__init__(*(redact_urls(a) if isinstance(a, str) else a for a in args))
 
 
 class BuildError(RafsError):

@@ -163,7 +163,9 @@ def _reader_for(data, source, storage_options):
 
 def _describe_source(source) -> str:
     if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source) if not isinstance(os.fspath(source), bytes) else fsdecode(os.fspath(source))
+        from .io.redact import redact_url        # a URL's userinfo is never part of the image's name
+        return redact_url(os.fspath(source) if not isinstance(os.fspath(source), bytes)
+                          else fsdecode(os.fspath(source)))
     return getattr(source, "name", None) or f"<{type(source).__name__}>"
 
 

@@ -98,9 +98,11 @@ def setup_logging(level: str, log_file: str | None = None) -> None:
 
 
 def one_line(exc: BaseException) -> str:
-    """An error's message on one line (backends such as botocore put line breaks in theirs), with the
-    control characters an image's names and ids may carry escaped."""
-    return printable(" ".join(part.strip() for part in str(exc).splitlines() if part.strip()))
+    """An error's message on one line (backends such as botocore put line breaks in theirs), without
+    any URL's userinfo (whatever raised it), with the control characters an image's names and ids may
+    carry escaped."""
+    from ..io.redact import redact_urls
+    return printable(redact_urls(" ".join(part.strip() for part in str(exc).splitlines() if part.strip())))
 
 
 def main(argv: list[str] | None = None) -> int:

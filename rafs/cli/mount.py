@@ -93,7 +93,7 @@ def run_mount(args) -> int:
             except OSError as exc:
                 raise InvalidArgumentError(f"cache work_dir {settings.work_dir}: {exc.strerror}") from None
         _check_blob_sources(image, args)
-        log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s, digest validation %s", args.bootstrap,
+        log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s, digest validation %s", image.name,
                  image.version, len(image.blobs), args.mountpoint, "on" if enable_xattr else "off",
                  "on" if image.validate else "off")
         fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr,

@@ -4,7 +4,8 @@ Each backend finds a blob by id and hands out RangeReaders over it. The keys are
 (api/src/config.rs ``LocalFsConfig``, ``S3Config``, ``HttpProxyConfig``), and the object key of a blob
 is built as the reference builds it (storage/src/backend/{localfs,s3,http_proxy}.rs). Credentials stay
 inside the fsspec filesystem: ``describe()``, ``repr()`` and every error name the bucket, endpoint and
-key, never a secret.
+key, never a secret: URLs pass through :func:`rafs.io.redact.redact_url`, and the S3 access key id is
+treated as the secret it half is.
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ import os
 
 from ..blob.ids import blob_key, blob_path, blob_url
 from ..errors import BlobNotFoundError, InvalidArgumentError, UnsupportedError
+from .redact import redact_url
 from .retry import RetryPolicy
-from .source import FsspecRangeReader, LocalRangeReader
+from .source import FsspecRangeReader, HttpRangeReader, LocalRangeReader
 
 # Keys that hold secrets in any backend section; redacted wherever a configuration is shown.
 SECRET_KEYS = frozenset({"access_key_id", "access_key_secret", "auth", "registry_token", "encryption_key",
                          "key", "secret", "token", "password", "session_token"})
 S3_DEFAULT_ENDPOINT = "s3.amazonaws.com"       # S3_DEFAULT_ENDPOINT, storage/src/backend/s3.rs
-DEFAULT_TIMEOUT = 5                            # nydusd's default_http_timeout, seconds
+# nydusd's default_http_timeout, seconds. For http-proxy, ``timeout`` bounds each whole request, from
+# connecting to the last body byte (nydusd hands it to reqwest's ClientBuilder::timeout, which means just
+# that) and ``connect_timeout`` the connect within it; s3 hands both to botocore, which bounds each
+# socket read.
+DEFAULT_TIMEOUT = 5
 
 
 # The value types of backend keys (api/src/config.rs): a wrong one is named here, not met later as a
@@ -96,7 +102,7 @@ class LocalFsBackend:
 
     storage_options: dict = {}
 
-    def bootstrap_fs(self, url: str):
+    def bootstrap_reader(self, url: str):
         return None
 
 
@@ -137,6 +143,10 @@ class S3Backend(_RemoteBackend):
         self.endpoint = config.get("endpoint") or S3_DEFAULT_ENDPOINT
         if "://" in self.endpoint:                   # tolerate a full URL in 'endpoint'
             self.scheme, self.endpoint = self.endpoint.split("://", 1)
+        # userinfo in the endpoint means nothing to S3 (requests are signed with the access keys) and
+        # botocore would send it on as part of the Host: it is dropped, never shown
+        authority, slash, rest = self.endpoint.partition("/")
+        self.endpoint = authority.rpartition("@")[2] + slash + rest
         self.region = config.get("region") or ""
         if "object_prefix" in config:
             self.object_prefix = config.get("object_prefix") or ""
@@ -184,20 +194,20 @@ class S3Backend(_RemoteBackend):
         return FsspecRangeReader(self.fs, f"{self.bucket}/{key}", name=f"blob {blob_id} ({self.url(key)})",
                                  retry=self.retry)
 
-    def bootstrap_fs(self, url: str):
-        """The filesystem (with this backend's endpoint and credentials) for an ``s3://`` bootstrap."""
+    def bootstrap_reader(self, url: str):
+        """A reader (with this backend's endpoint and credentials) for an ``s3://`` bootstrap, else None."""
         if url.startswith(("s3://", "s3a://")):
-            return self.fs
+            return FsspecRangeReader(self.fs, self.fs._strip_protocol(url), name=url, retry=self.retry)
         return None
 
     def describe(self) -> str:
-        return f"s3 {self.scheme}://{self.endpoint}/{self.bucket}/{self.object_prefix}"
+        return redact_url(f"s3 {self.scheme}://{self.endpoint}/{self.bucket}/{self.object_prefix}")
 
     def __repr__(self) -> str:
         return f"<S3Backend {self.describe()}>"
 
 
-class HttpProxyBackend(_RemoteBackend):
+class HttpProxyBackend:
     """``http-proxy``: ``GET {addr}{path}/{blob id}`` with ``Range`` (storage/src/backend/http_proxy.rs)."""
 
     type = "http-proxy"
@@ -208,27 +218,26 @@ class HttpProxyBackend(_RemoteBackend):
         self.addr = config.get("addr") or ""
         if not self.addr.startswith(("http://", "https://")):
             if self.addr:
-                raise UnsupportedError(f"{section}.addr {self.addr!r}: only http(s) URLs are supported, not unix "
-                                       "sockets")
+                raise UnsupportedError(f"{section}.addr {redact_url(self.addr)!r}: only http(s) URLs are supported, "
+                                       "not unix sockets")
             raise InvalidArgumentError(f"{section}.addr is required")
         self.path = config.get("path") or ""
         self.retry = retry or RetryPolicy()
-        timeout = config.get("timeout") or DEFAULT_TIMEOUT
-        options = {"client_kwargs": {}, "skip_instance_cache": True}
-        try:
-            import aiohttp
-            options["client_kwargs"]["timeout"] = aiohttp.ClientTimeout(
-                total=None, sock_connect=config.get("connect_timeout") or DEFAULT_TIMEOUT, sock_read=timeout)
-        except ImportError:                              # pragma: no cover - fsspec[http] pulls it in
-            pass
-        if config.get("skip_verify"):
-            options["client_kwargs"]["connector_kwargs"] = {"ssl": False}
+        options = {"timeout": config.get("timeout") or DEFAULT_TIMEOUT,
+                   "connect_timeout": config.get("connect_timeout") or DEFAULT_TIMEOUT,
+                   "skip_verify": bool(config.get("skip_verify"))}
         options.update(storage_options or {})
         self.storage_options = options
+        self._client = None
 
-    def _make_fs(self):
-        from fsspec.implementations.http import HTTPFileSystem
-        return HTTPFileSystem(**self.storage_options)
+    @property
+    def client(self):
+        """The :class:`rafs.io.http.HttpClient` (whole-request deadlines, ranged reads only), made on
+        first use."""
+        if self._client is None:
+            from .http import HttpClient
+            self._client = HttpClient.from_options(self.storage_options, where="storage option")
+        return self._client
 
     @property
     def prefix(self) -> str:
@@ -239,15 +248,21 @@ class HttpProxyBackend(_RemoteBackend):
     def url_for(self, blob_id: str) -> str:
         return blob_url(self.prefix, blob_id)
 
-    def open(self, blob_id: str) -> FsspecRangeReader:
+    def open(self, blob_id: str) -> HttpRangeReader:
         url = self.url_for(blob_id)
-        return FsspecRangeReader(self.fs, url, name=f"blob {blob_id} ({url})", retry=self.retry)
+        return HttpRangeReader(url, client=self.client, name=f"blob {blob_id} ({url})", retry=self.retry)
 
-    def bootstrap_fs(self, url: str):
-        return self.fs if url.startswith(self.addr) else None
+    def bootstrap_reader(self, url: str):
+        """A reader through this backend's client (its timeouts) for a bootstrap under ``addr``, else None."""
+        if url.startswith(self.addr):
+            return HttpRangeReader(url, client=self.client, retry=self.retry)
+        return None
 
     def describe(self) -> str:
-        return f"http-proxy {self.prefix}"
+        return redact_url(f"http-proxy {self.prefix}")
+
+    def __repr__(self) -> str:
+        return f"<HttpProxyBackend {self.describe()}>"
 
 
 BACKENDS = {"localfs": LocalFsBackend, "s3": S3Backend, "http-proxy": HttpProxyBackend}

@@ -14,6 +14,7 @@ from typing import Mapping, Sequence
 
 from ..blob.ids import blob_path, blob_url, image_blob_id
 from ..errors import BlobNotFoundError, InvalidArgumentError, RafsError
+from .redact import redact_url
 from .retry import RetryPolicy
 from .source import RangeReader, is_url, open_range_reader
 
@@ -52,7 +53,7 @@ class BlobLocator:
         elif self.blobs is not None:
             places.append(f"the blobs list ({len(self.blobs)} entries)")
         if self.blob_dir is not None:
-            places.append(f"the blob directory {self.blob_dir}")
+            places.append(f"the blob directory {redact_url(self.blob_dir)}")
         # said in words, not parameter names: this ends up in the logs of commands too
         return ", ".join(places) or "nowhere: no blob directory or blobs were given"
 

@@ -28,8 +28,9 @@ from ..errors import InvalidArgumentError, UnsupportedError
 from .backends import SECRET_KEYS, make_backend
 from .blobs import BlobLocator
 from .config_keys import MAX_CONFIG_DEPTH, NYDUSIFY_BACKEND, V2, check, depth, ignored_keys, schema_v1
+from .redact import redact_url
 from .retry import DEFAULT_RETRY_LIMIT, RetryPolicy, redact
-from .source import FsspecRangeReader, is_url, load_bytes
+from .source import is_url, load_bytes
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +122,13 @@ def _walk(value, key=None):
 
 
 def _redact_dict(value):
+    """A configuration value with secrets by key replaced by ``***`` and userinfo dropped from URLs."""
     if isinstance(value, dict):
         return {k: ("***" if k in SECRET_KEYS and v else _redact_dict(v)) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact_dict(v) for v in value]
+    if isinstance(value, str):
+        return redact_url(value)
     return value
 
 
@@ -491,10 +495,9 @@ class ConfigLocator(BlobLocator):
         """A bootstrap's bytes; ``s3://`` (or the http-proxy address) through the backend's credentials."""
         if isinstance(source, (str, os.PathLike)) and is_url(os.fspath(source)):
             url = os.fspath(source)
-            fs = self.backend.bootstrap_fs(url)
-            if fs is not None and not self.storage_options:
-                path = fs._strip_protocol(url) if url.startswith(("s3://", "s3a://")) else url
-                return FsspecRangeReader(fs, path, name=url, retry=self.retry).read_all()
+            reader = self.backend.bootstrap_reader(url)
+            if reader is not None and not (self.storage_options and self.backend.type == "s3"):
+                return reader.read_all()
         return load_bytes(source, self.storage_options)
 
     def describe(self) -> str:

@@ -3,18 +3,21 @@
 A transient fault is a 5xx answer, a dropped or refused connection, a timeout or a short body; a
 permanent one is a missing object, a refused credential or a malformed request. Transient faults are
 retried with exponential backoff up to the limit; then :class:`~rafs.errors.BackendError` names the
-object and the byte range. Messages are scrubbed of the secrets the caller registered, so a key can
-never leak through an error text.
+object and the byte range. Messages are scrubbed of the secrets the caller registered and of every URL's
+userinfo, so a key can never leak through an error text. A request that runs past its deadline
+(:class:`rafs.io.http.RequestTimeout`, a TimeoutError) is transient like any other timeout.
 """
 
 from __future__ import annotations
 
 import errno
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, TypeVar
 
 from ..errors import BackendError, RafsError
+from .redact import redact  # noqa: F401 - also imported from here
 
 T = TypeVar("T")
 
@@ -32,19 +35,16 @@ class ShortReadError(BackendError):
     """The storage answered with fewer bytes than the range asked for (a cut connection)."""
 
 
-def redact(text: str, secrets) -> str:
-    """``text`` with every non-trivial secret replaced by ``***``."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
-
-
 def is_transient(exc: BaseException) -> bool:
     """Whether another attempt may succeed."""
     if isinstance(exc, ShortReadError):
         return True
     if isinstance(exc, RafsError):
+        return False
+    # a certificate that does not verify will not verify on the next try either (only a module that
+    # was imported can have raised it, so ssl stays off the start-up path)
+    cert_error = getattr(sys.modules.get("ssl"), "SSLCertVerificationError", None)
+    if cert_error is not None and isinstance(exc, cert_error):
         return False
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
         return False

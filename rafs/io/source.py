@@ -13,6 +13,7 @@ import threading
 from typing import Protocol
 
 from ..errors import BackendError, InvalidArgumentError, RafsError
+from .redact import redact_url
 from .retry import RetryPolicy, ShortReadError
 
 # Bootstraps are bounded by RAFS_MAX_METADATA_SIZE (2 GiB), so reading one whole into memory is bounded
@@ -32,6 +33,11 @@ class RangeReader(Protocol):
 
 def is_url(source) -> bool:
     return isinstance(source, str) and "://" in source
+
+
+def is_http_url(source) -> bool:
+    """A plain http(s) URL (not an fsspec chain): read by rafs's own client (:mod:`rafs.io.http`)."""
+    return isinstance(source, str) and source.startswith(("http://", "https://")) and "::" not in source
 
 
 class LocalRangeReader:
@@ -95,7 +101,7 @@ class FsspecRangeReader:
                  retry: RetryPolicy | None = None):
         self.fs = fs
         self.path = path
-        self.name = name or path
+        self.name = redact_url(name or path)
         self.size = size
         self.retry = retry or RetryPolicy()
 
@@ -105,14 +111,25 @@ class FsspecRangeReader:
 
         def fetch() -> bytes:
             data = self.fs.cat_file(self.path, start=offset, end=offset + size)
+            if len(data) > size:
+                # the store ignored the range (fsspec has buffered the whole answer by now): asking
+                # again would only buffer it again
+                raise BackendError(f"{self.name}: answered {len(data)} bytes for a range of {size} bytes at "
+                                   f"{offset} (the Range header ignored?)")
             if len(data) != size:
                 raise ShortReadError(f"{self.name}: short read of {size} bytes at {offset} (got {len(data)})")
             return data
 
         return self.retry.call(fetch, f"{self.name} [{offset:#x}, +{size:#x})")
 
-    def read_all(self, limit: int = MAX_BOOTSTRAP_SIZE) -> bytes:
-        """The whole object in one request (for bootstraps), refusing more than ``limit`` bytes."""
+    def read_all(self, limit: int | None = None) -> bytes:
+        """The whole object in one request (for bootstraps), refusing more than ``limit`` bytes
+        (:data:`MAX_BOOTSTRAP_SIZE`): the size the store declares is checked before reading."""
+        limit = MAX_BOOTSTRAP_SIZE if limit is None else limit
+        info = self.retry.call(lambda: self.fs.info(self.path), f"{self.name} (size)")
+        declared = info.get("size") if isinstance(info, dict) else None
+        if isinstance(declared, int) and declared > limit:
+            raise InvalidArgumentError(f"{self.name}: larger than the 2 GiB RAFS metadata limit")
         data = self.retry.call(lambda: self.fs.cat_file(self.path), f"{self.name} (whole object)")
         if len(data) > limit:
             raise InvalidArgumentError(f"{self.name}: larger than the 2 GiB RAFS metadata limit")
@@ -132,10 +149,79 @@ def url_to_fs(url: str, storage_options: dict | None = None):
     try:
         fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     except (ImportError, ValueError) as exc:
-        raise InvalidArgumentError(f"cannot open {url}: {exc}") from None
+        raise InvalidArgumentError(f"cannot open {redact_url(url)}: {exc}") from None
     if not path.strip("/"):
-        raise InvalidArgumentError(f"cannot open {url}: the URL names no bucket or file")
+        raise InvalidArgumentError(f"cannot open {redact_url(url)}: the URL names no bucket or file")
     return fs, path
+
+
+class HttpRangeReader:
+    """Ranged reads of an http(s) URL through :class:`rafs.io.http.HttpClient`: one ranged GET per
+    call, each within the client's whole-request deadline, never reading more than asked for;
+    transient faults retried by ``retry``. Thread safe.
+    """
+
+    def __init__(self, url: str, *, client=None, name: str | None = None, size: int | None = None,
+                 retry: RetryPolicy | None = None):
+        from .http import HttpClient
+        self.url = url
+        self.client = client if client is not None else HttpClient()
+        self.name = redact_url(name or url)
+        self.size = size
+        self.retry = retry or RetryPolicy()
+
+    def stat_size(self) -> int | None:
+        """The object's size from a HEAD request (None if the server does not say, or refuses HEAD as
+        servers of presigned GET URLs do); FileNotFoundError if it is not there."""
+        from .http import HEAD_REFUSED, HTTPStatusError
+
+        def head():
+            try:
+                response, _ = self.client.request("HEAD", self.url)
+            except HTTPStatusError as exc:
+                if exc.status in HEAD_REFUSED:
+                    return None
+                raise
+            length = response.getheader("Content-Length")
+            return int(length) if length and length.isdigit() else None
+
+        return self.retry.call(head, f"{self.name} (size)")
+
+    def read_range(self, offset: int, size: int) -> bytes:
+        if size <= 0:
+            return b""
+
+        def fetch() -> bytes:
+            _, data = self.client.request("GET", self.url, offset=offset, size=size)
+            if len(data) != size:
+                raise ShortReadError(f"{self.name}: short read of {size} bytes at {offset} (got {len(data)})")
+            return data
+
+        return self.retry.call(fetch, f"{self.name} [{offset:#x}, +{size:#x})")
+
+    def read_all(self, limit: int | None = None) -> bytes:
+        """The whole object in one GET (for bootstraps), cut off past ``limit`` bytes
+        (:data:`MAX_BOOTSTRAP_SIZE`)."""
+        limit = MAX_BOOTSTRAP_SIZE if limit is None else limit
+        return self.retry.call(lambda: self.client.request("GET", self.url, limit=limit)[1],
+                               f"{self.name} (whole object)")
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __repr__(self) -> str:
+        return f"HttpRangeReader({self.name!r}, size={self.size})"
+
+
+def open_http(url: str, storage_options: dict | None = None, *, retry: RetryPolicy | None = None,
+              client=None) -> HttpRangeReader:
+    """An :class:`HttpRangeReader` over ``url`` with its size (HEAD); FileNotFoundError if absent."""
+    from .http import HttpClient
+    if client is None:
+        client = HttpClient.from_options(storage_options)
+    reader = HttpRangeReader(url, client=client, retry=retry)
+    reader.size = reader.stat_size()
+    return reader
 
 
 class BytesRangeReader:
@@ -169,6 +255,8 @@ def open_range_reader(source, storage_options: dict | None = None, *,
         return BytesRangeReader(source)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
+        if is_http_url(path):
+            return open_http(path, storage_options, retry=retry)
         if is_url(path) and not path.startswith("file://"):
             fs, fs_path = url_to_fs(path, storage_options)
             if getattr(fs, "protocol", None) in ("file", ("file", "local")) or type(fs).__name__ == "LocalFileSystem":
@@ -180,9 +268,9 @@ def open_range_reader(source, storage_options: dict | None = None, *,
                 # fsspec's http says only the URL, also when the host cannot be reached
                 cause = exc.__cause__ or exc.__context__
                 reason = f"not found or unreachable ({type(cause).__name__}: {cause})" if cause else "not found"
-                raise FileNotFoundError(errno.ENOENT, reason, path) from None
+                raise FileNotFoundError(errno.ENOENT, redact_url(reason), redact_url(path)) from None
             if isinstance(info, dict) and info.get("type") == "directory":
-                raise InvalidArgumentError(f"{path}: a directory, not a file")
+                raise InvalidArgumentError(f"{redact_url(path)}: a directory, not a file")
             size = info.get("size") if isinstance(info, dict) else None
             return FsspecRangeReader(fs, fs_path, name=path, retry=retry,
                                      size=size if isinstance(size, int) else None)
@@ -213,6 +301,9 @@ def load_bytes(source, storage_options: dict | None = None):
     path = os.fspath(source)
     if path.startswith("file://"):
         path = path[len("file://"):]
+    if is_http_url(path):
+        from .http import HttpClient
+        return HttpRangeReader(path, client=HttpClient.from_options(storage_options)).read_all()
     if is_url(path):
         fs, fs_path = url_to_fs(path, storage_options)
         try:
@@ -220,7 +311,7 @@ def load_bytes(source, storage_options: dict | None = None):
         except (FileNotFoundError, RafsError):
             raise
         except Exception as exc:  # noqa: BLE001 - fsspec backends raise many types
-            raise BackendError(f"cannot read {path}: {exc}") from exc
+            raise BackendError(f"cannot read {redact_url(path)}: {exc}") from None
     with open(path, "rb") as f:
         st = os.fstat(f.fileno())
         if stat.S_ISCHR(st.st_mode):           # a terminal or /dev/zero: no end, or none soon
