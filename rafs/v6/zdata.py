@@ -19,7 +19,8 @@ from collections import OrderedDict
 from ..errors import InvalidImageError
 from ..model import META_BLOB_INDEX, ZDATA_BLOB_INDEX, Chunk
 from . import layout, zdecompress
-from .zmap import FRAGMENT, INTERLACED, ZMapper
+from .zdecompress import INTERLACED
+from .zmap import FRAGMENT, ZMapper
 
 # Fragments (bytes of the packed inode) are handed out in pieces of at most this size.
 PIECE_SIZE = 1 << 20

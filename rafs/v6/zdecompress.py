@@ -14,6 +14,10 @@ Facts from the kernel's fs/erofs/decompressor*.c (which defines what an image me
   whose first range-coder byte (always 0) is replaced by the bitwise NOT of the lc/lp/pb properties byte.
 * DEFLATE: a raw deflate stream (``zlib_inflateInit2(-MAX_WBITS)``).
 * ZSTD: one zstd frame.
+
+A stream holding more than its extent reads as its prefix, as the kernel reads it (it decodes partially
+whenever a read does not cover the whole extent); LZ4 tries the exact decoder first, which is fast, and
+falls back to the partial one.
 * PLAIN lclusters hold the bytes as they are, either from the start of the pcluster (SHIFTED) or,
   with ``Z_EROFS_ADVISE_INTERLACED_PCLUSTER``, rotated: the first ``block size - extent start % block
   size`` bytes sit at the end of the pcluster and the rest at its start (INTERLACED).
@@ -52,6 +56,20 @@ def strip_zero_padding(src: bytes, first_block_room: int, offset: int) -> tuple[
     return src[skipped:], skipped
 
 
+def _lz4_length(src: bytes, pos: int, length: int, what: str, offset: int) -> tuple[int, int]:
+    """An LZ4 length: the token's 4 bits, continued by bytes while they are 255 when those are 15."""
+    if length != 15:
+        return length, pos
+    while True:
+        if pos >= len(src):
+            raise _bad(f"LZ4 {what} length runs past the pcluster", offset)
+        extra = src[pos]
+        pos += 1
+        length += extra
+        if extra != 255:
+            return length, pos
+
+
 def lz4_partial(src: bytes, out_len: int, offset: int) -> bytes:
     """The first ``out_len`` bytes an LZ4 block decodes to, ignoring what follows (the kernel's
     ``LZ4_decompress_safe_partial``). Pure Python: only dedupe and legacy images need it."""
@@ -62,16 +80,7 @@ def lz4_partial(src: bytes, out_len: int, offset: int) -> bytes:
             break
         token = src[pos]
         pos += 1
-        literals = token >> 4
-        if literals == 15:
-            while True:
-                if pos >= end:
-                    raise _bad("LZ4 literal length runs past the pcluster", offset)
-                extra = src[pos]
-                pos += 1
-                literals += extra
-                if extra != 255:
-                    break
+        literals, pos = _lz4_length(src, pos, token >> 4, "literal", offset)
         if pos + literals > end:
             raise _bad("LZ4 literals run past the pcluster", offset)
         out += src[pos:pos + min(literals, out_len - len(out))]
@@ -84,16 +93,7 @@ def lz4_partial(src: bytes, out_len: int, offset: int) -> bytes:
         pos += 2
         if distance == 0 or distance > len(out):
             raise _bad(f"LZ4 match distance {distance} points before the extent", offset)
-        length = token & 15
-        if length == 15:
-            while True:
-                if pos >= end:
-                    raise _bad("LZ4 match length runs past the pcluster", offset)
-                extra = src[pos]
-                pos += 1
-                length += extra
-                if extra != 255:
-                    break
+        length, pos = _lz4_length(src, pos, token & 15, "match", offset)
         length = min(length + 4, out_len - len(out))
         start = len(out) - distance
         if length <= distance:
@@ -111,10 +111,10 @@ def _lz4(src: bytes, out_len: int, partial: bool, offset: int) -> bytes:
     import lz4.block
     try:
         data = lz4.block.decompress(src, uncompressed_size=out_len)
-    except (lz4.block.LZ4BlockError, ValueError) as exc:
-        raise _bad(f"LZ4 stream does not decode: {exc}", offset) from None
+    except (lz4.block.LZ4BlockError, ValueError):
+        data = b""
     if len(data) != out_len:
-        raise _bad(f"LZ4 stream decodes to {len(data)} bytes, the extent has {out_len}", offset)
+        return lz4_partial(src, out_len, offset)    # says what is wrong, or reads a prefix
     return data
 
 
