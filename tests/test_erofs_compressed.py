@@ -320,3 +320,36 @@ def test_lz4_partial_decoder_bounds():
     with pytest.raises(rafs.InvalidImageError, match="decodes to"):
         zdecompress.lz4_partial(b"\x30abc", 100, 0)
     assert zdecompress.lz4_partial(b"\x1fa\x01\x00\xff\xff\x10", 50, 0) == b"a" * 50
+
+
+def test_fragment_size_is_bounded_by_the_packed_inode():
+    """A whole-file fragment declaring 2^60 bytes: refused when mapped, before any chunk list is made."""
+    zf = ZFile("f", b"whole file\n" * 50, whole_fragment=True)
+    data, nid, _ = _one_file_image(zf)
+    inode_at = rafs.open(bytes(data)).reader.inode_offset(nid)
+    data[inode_at + 8:inode_at + 16] = (1 << 60).to_bytes(8, "little")
+    with rafs.open(bytes(data)) as image:
+        with pytest.raises(rafs.InvalidImageError, match="packed inode"):
+            image.chunks("/f")
+
+
+def test_inspect_reports_compression(generated_image):
+    _, path = generated_image
+    with rafs.open(path) as image:
+        assert image.reader.describe_extra()["compression"]["algorithms"] == ["lz4", "lzma", "deflate", "zstd"]
+
+
+def test_mutated_indexes_fail_cleanly(generated_image):
+    """Random byte changes in the metadata of compressed files: every outcome is data or a rafs error."""
+    _, path = generated_image
+    base = path.read_bytes()
+    rng = random.Random(4)
+    for _ in range(120):
+        data = bytearray(base)
+        for _ in range(rng.randrange(1, 5)):
+            data[rng.randrange(1024, 16 * BS)] = rng.randrange(256)
+        try:
+            with rafs.open(bytes(data)) as image:
+                list(image.check(verify_data=True))
+        except rafs.RafsError:
+            pass

@@ -1024,4 +1024,10 @@ class V6Reader(ImageReader):
                                       if not key.startswith("_") and key != "s_reserved"}
         else:
             info["build_time"] = sb.s_build_time
+            if sb.s_feature_incompat & (layout.EROFS_FEATURE_INCOMPAT_ZERO_PADDING |
+                                        layout.EROFS_FEATURE_INCOMPAT_COMPR_CFGS):
+                try:
+                    info["compression"] = self.zdata.mapper.describe()
+                except (InvalidImageError, UnsupportedError) as exc:
+                    info["compression"] = {"error": str(exc)}
         return info

@@ -122,11 +122,8 @@ class ZDataReader:
     def packed_range(self, offset: int, length: int) -> bytes:
         """Bytes of the packed inode (``s_packed_nid``), where fragments live."""
         reader = self.reader
-        if not reader.superblock.s_feature_incompat & layout.EROFS_FEATURE_INCOMPAT_FRAGMENTS:
-            raise InvalidImageError("a file refers to a fragment but the image has no FRAGMENTS feature",
-                                    structure="v6 superblock", offset=layout.EROFS_SUPER_OFFSET + 80)
-        nid = reader.superblock.s_packed_nid
-        rec = reader.record(nid)
+        rec = self.mapper.packed_inode()
+        nid = rec.nid
         if not _stat.S_ISREG(rec.mode):
             raise InvalidImageError(f"packed inode {nid} is not a regular file", structure="v6 inode",
                                     offset=rec.offset)

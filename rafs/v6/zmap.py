@@ -137,7 +137,7 @@ class ZMapper:
         if clusterbits >> layout.Z_EROFS_FRAGMENT_INODE_BIT:
             # the whole file is in the packed inode, from the 63-bit offset the header's other bits hold
             offset = _U64.unpack_from(self.data, header_at)[0] ^ (1 << 63)
-            return [ZExtent(0, size, FRAGMENT, offset, 0, 0, False)]
+            return self._checked_fragments([ZExtent(0, size, FRAGMENT, offset, 0, 0, False)], bad)
         full = rec.datalayout == layout.EROFS_INODE_COMPRESSED_FULL
         if advise & ~layout.Z_EROFS_ADVISE_ALL:
             raise UnsupportedError(f"nid {nid}: unknown compression advise bits {advise:#x}")
@@ -172,8 +172,8 @@ class ZMapper:
         tail_head = starts[-1][0]
         if fragment and tail_head == 0:
             # z_erofs_map_blocks_iter: a file whose only extent is its fragment lives there whole
-            return [ZExtent(0, size, FRAGMENT, self._fragment_offset(fragmentoff, lclusters[0], full), 0, 0,
-                            False)]
+            return self._checked_fragments([ZExtent(0, size, FRAGMENT, self._fragment_offset(
+                fragmentoff, lclusters[0], full), 0, 0, False)], bad)
         extents = []
         for i, (lcn, start) in enumerate(starts):
             end = starts[i + 1][1] if i + 1 < len(starts) else size
@@ -205,6 +205,25 @@ class ZMapper:
             elif ext.length > layout.Z_EROFS_PCLUSTER_MAX_DSIZE or ext.plen > layout.Z_EROFS_PCLUSTER_MAX_SIZE:
                 raise bad(f"extent at {ext.file_offset} of {ext.length} bytes from a {ext.plen}-byte pcluster "
                           "exceeds the kernel's limits (12 MiB decoded, 1 MiB stored)")
+        return self._checked_fragments(extents, bad)
+
+    def packed_inode(self):
+        """The record of the packed inode (``s_packed_nid``), which holds the fragments."""
+        sb = self.reader.superblock
+        if not sb.s_feature_incompat & layout.EROFS_FEATURE_INCOMPAT_FRAGMENTS:
+            raise InvalidImageError("a file refers to a fragment but the image has no FRAGMENTS feature",
+                                    structure="v6 superblock", offset=layout.EROFS_SUPER_OFFSET + 80)
+        return self.reader.record(sb.s_packed_nid)
+
+    def _checked_fragments(self, extents: list[ZExtent], bad) -> list[ZExtent]:
+        """``extents``, once every fragment among them lies inside the packed inode (so a file's size
+        alone, which a fragment does not bound, cannot make work)."""
+        for ext in extents:
+            if ext.kind == FRAGMENT:
+                packed = self.packed_inode()
+                if ext.address + ext.length > packed.size:
+                    raise bad(f"fragment [{ext.address:#x}, +{ext.length:#x}) lies outside the {packed.size}-byte "
+                              "packed inode")
         return extents
 
     def _algorithm(self, lctype: int, advise: int, heads: tuple[int, int], nid: int) -> int:
