@@ -60,8 +60,7 @@ EROFS_FEATURE_INCOMPAT_48BIT = 0x80
 EROFS_FEATURE_INCOMPAT_METABOX = 0x100
 # What a RAFS v6 superblock must hold exactly (v6.rs RafsV6SuperBlock::validate).
 RAFSV6_FEATURE_INCOMPAT = EROFS_FEATURE_INCOMPAT_CHUNKED_FILE | EROFS_FEATURE_INCOMPAT_DEVICE_TABLE
-# Incompat bits that only concern compressed inodes: an image with them can still be listed, its
-# compressed files are refused one by one.
+# Incompat bits that only concern compressed inodes (read through rafs/v6/zmap.py and zdata.py).
 EROFS_FEATURE_INCOMPAT_COMPRESSION_ONLY = (EROFS_FEATURE_INCOMPAT_ZERO_PADDING
                                            | EROFS_FEATURE_INCOMPAT_COMPR_CFGS
                                            | EROFS_FEATURE_INCOMPAT_ZTAILPACKING

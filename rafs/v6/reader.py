@@ -1,4 +1,4 @@
-"""Read a RAFS v6 bootstrap or a plain (uncompressed) EROFS image lazily into the version-neutral model.
+"""Read a RAFS v6 bootstrap or a plain EROFS image lazily into the version-neutral model.
 
 Inode numbers are EROFS nids, as nydusd and the kernel report them. Only the superblocks, the device
 table and the blob table are decoded when the reader is made (and the root inode, to refuse images
@@ -17,6 +17,9 @@ Where file data lives:
   image byte offset; chunks on an extra device (``mkfs.erofs --blobdev``) belong to blob ``device - 1``.
   Addresses in the unified block space that fall into a device's ``mapped_blkaddr`` range are redirected
   to that device, as the kernel does.
+* compressed EROFS (``mkfs.erofs -z``: COMPRESSED_FULL/COMPRESSED_COMPACT inodes): one chunk per extent
+  of the pseudo blob :data:`rafs.model.ZDATA_BLOB_INDEX`, mapped by :mod:`rafs.v6.zmap` and decoded by
+  :mod:`rafs.v6.zdata` (:attr:`V6Reader.zdata` is also that pseudo blob's chunk reader).
 
 Plain EROFS images carry no compressor or digester: their ``flags`` are reported as
 ``COMPRESSION_NONE | HASH_SHA256`` and their chunks have no digests (nothing to verify).
