@@ -77,7 +77,8 @@ def compress(alg: str, data: bytes, capacity: int) -> bytes | None:
 @dataclasses.dataclass
 class Extent:
     """Bytes ``[start, next extent's start)`` of a file. ``kind``: "head1", "head2", "plain" or
-    "fragment" (the tail, kept in the packed inode); ``blocks``: pcluster size in blocks (more than 1
+    "fragment" (the tail, kept in the packed inode), "inline" or "inline_plain" (the tail, compressed by
+    the first algorithm or not, stored right after the index: ztailpacking); ``blocks``: pcluster size in blocks (more than 1
     needs ``big``); ``extra``: further bytes the pcluster holds beyond the extent (PARTIAL_REF)."""
 
     start: int
@@ -141,7 +142,7 @@ def build(files: list[ZFile], *, packed: bytes = b"", packed_offsets: dict | Non
     algs = set()
     for f in files:
         for ext in f.extents:
-            if ext.kind == "head1":
+            if ext.kind in ("head1", "inline"):
                 algs.add(ALGS[f.head1])
             elif ext.kind == "head2":
                 algs.add(ALGS[f.head2])
@@ -151,6 +152,8 @@ def build(files: list[ZFile], *, packed: bytes = b"", packed_offsets: dict | Non
     for ino, f in enumerate(files, start=2):
         count = -(-len(f.data) // BS)
         index_end = 64 + layout.Z_EROFS_MAP_HEADER_SIZE + layout.Z_EROFS_FULL_INDEX_SKIP + 8 * count
+        if f.extents and f.extents[-1].kind.startswith("inline"):
+            index_end += BS                          # room for the inline pcluster
         blk = img.alloc(1 if f.whole_fragment else -(-index_end // BS))
         nid = (blk - meta_blkaddr) * (BS // 32)
         entries.append((f.name.encode(), nid))
@@ -170,6 +173,9 @@ def build(files: list[ZFile], *, packed: bytes = b"", packed_offsets: dict | Non
         assert starts[0] == 0 and len({s // BS for s in starts}) == len(starts), "one head per lcluster"
         if f.extents[-1].kind == "fragment":
             advise |= layout.Z_EROFS_ADVISE_FRAGMENT_PCLUSTER
+        inline = b""
+        if f.extents[-1].kind.startswith("inline"):
+            advise |= layout.Z_EROFS_ADVISE_INLINE_PCLUSTER
         index = [None] * count
         heads = [s // BS for s in starts]
         for lcn in range(count):
@@ -183,6 +189,14 @@ def build(files: list[ZFile], *, packed: bytes = b"", packed_offsets: dict | Non
             head_lcn = ext.start // BS
             if ext.kind == "fragment":
                 index[head_lcn] = (1, ext.start % BS, 0, False)
+                continue
+            if ext.kind == "inline":
+                inline = compress(f.head1, f.data[ext.start:end], BS)
+                index[head_lcn] = (layout.Z_EROFS_LCLUSTER_TYPE_HEAD1, ext.start % BS, 0, False)
+                continue
+            if ext.kind == "inline_plain":
+                inline = f.data[ext.start:end]
+                index[head_lcn] = (layout.Z_EROFS_LCLUSTER_TYPE_PLAIN, ext.start % BS, 0, False)
                 continue
             pblk = img.alloc(ext.blocks)
             compressed_blocks += ext.blocks
@@ -226,17 +240,24 @@ def build(files: list[ZFile], *, packed: bytes = b"", packed_offsets: dict | Non
                 raw += layout.LclusterIndex.build(dict(
                     di_advise=lctype | (layout.Z_EROFS_LI_PARTIAL_REF if partial else 0),
                     di_clusterofs=clusterofs, di_u=pblk))
-        fragmentoff = fragment_at.get(f.name, 0)
+        fragmentoff = fragment_at.get(f.name, 0) | len(inline) << 16     # h_idata_size: the high u16
         header = layout.ZMapHeader.build(dict(h_fragmentoff=fragmentoff, h_advise=advise,
                                               h_algorithmtype=ALGS[f.head1] | ALGS[f.head2] << 4,
                                               h_clusterbits=0))
         img.put(blk, 0, _inode(0o100644, layout.EROFS_INODE_COMPRESSED_FULL, size, compressed_blocks, ino))
         img.put(blk, head_at, header)
-        img.put(blk, head_at + layout.Z_EROFS_MAP_HEADER_SIZE + layout.Z_EROFS_FULL_INDEX_SKIP, bytes(raw))
+        index_at = head_at + layout.Z_EROFS_MAP_HEADER_SIZE + layout.Z_EROFS_FULL_INDEX_SKIP
+        img.put(blk, index_at, bytes(raw))
+        if inline:                                   # right after the last lcluster's index entry
+            inline_at = index_at + len(raw)
+            assert inline_at % BS + len(inline) <= BS, f"{f.name}: inline pcluster would cross a block"
+            img.put(blk, inline_at, inline)
         max_blocks = max([max_blocks] + [e.blocks for e in f.extents])
     # the packed inode (flat plain), outside the directory tree
     packed_nid = 0
     incompat = layout.EROFS_FEATURE_INCOMPAT_ZERO_PADDING | layout.EROFS_FEATURE_INCOMPAT_COMPR_CFGS
+    if any(f.extents and f.extents[-1].kind.startswith("inline") for f in files):
+        incompat |= layout.EROFS_FEATURE_INCOMPAT_ZTAILPACKING
     if packed:
         blk = img.alloc(1)
         packed_nid = (blk - meta_blkaddr) * (BS // 32)

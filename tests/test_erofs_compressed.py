@@ -30,6 +30,7 @@ MKFS_OPTIONS = {
     "ztailpacking": ["-zlz4hc", "-Eztailpacking"],
     "big_ztailpacking": ["-zlz4", "-C16384", "-Eztailpacking"],
     "legacy": ["-zlz4", "-Elegacy-compress"],           # full indexes, no zero padding
+    "legacy_ztailpacking": ["-zlz4", "-Elegacy-compress", "-Eztailpacking"],
 }
 
 
@@ -99,6 +100,16 @@ def generated_files() -> list[ZFile]:
             _text(6000, 4))[:120_000]
     files.append(ZFile("big_full", data, [Extent(0, blocks=2), Extent(3 * BS + 5, blocks=3), Extent(7 * BS)] +
                        [Extent(s) for s in range(8 * BS, len(data), BS)], head1="zstd", big=True))
+    # ztailpacking: the tail pcluster inline after the index, compressed or plain
+    for alg in ("lzma", "deflate", "zstd"):
+        data = _text(700, 11)
+        tail = (len(data) // BS) * BS + 37
+        files.append(ZFile(f"inline_{alg}", data, [Extent(s) for s in range(0, tail - 37, BS)] +
+                           [Extent(tail, "inline")], head1=alg))
+    data = _text(700, 12) + rng.randbytes(900)
+    tail = (len(data) // BS) * BS + 37
+    files.append(ZFile("inline_plain", data, [Extent(s) for s in range(0, tail - 37, BS)] +
+                       [Extent(tail, "inline_plain")], head1="zstd"))
     # the tail extent in the packed inode; a whole file in the packed inode
     data = _text(2000, 5)
     tail = (len(data) // BS - 1) * BS + 123
@@ -160,13 +171,15 @@ def test_mkfs_images_cover_the_layouts(mkfs_images):
                     seen.add("compact_2b")
                 for ext in reader.zdata.extents(inode.ino):
                     seen.add({zmap.PCLUSTER: "pcluster", zmap.INLINE: "inline", zmap.FRAGMENT: "fragment"}[ext.kind])
+                    if ext.kind == zmap.INLINE:
+                        seen.add(f"inline_{rec.layout_name}")
                     seen.add(zdecompress.ALGORITHM_NAMES[ext.algorithm])
                     if ext.plen > BS and ext.kind == zmap.PCLUSTER:
                         seen.add(f"big_{rec.layout_name}")
             if not reader.zdata.mapper.zero_padding:
                 seen.add("no_zero_padding")
     assert {"compressed_compact", "compressed_full", "compact_2b", "pcluster", "inline", "lz4", "plain",
-            "big_compressed_compact", "no_zero_padding"} <= seen
+            "big_compressed_compact", "no_zero_padding", "inline_compressed_full"} <= seen
 
 
 def test_generated_image_reads_like_source(generated_image):
@@ -178,7 +191,8 @@ def test_generated_image_reads_like_source(generated_image):
                  for ext in image.reader.zdata.extents(image.stat(f"/{name}").st_ino)}
     algorithms = {alg for _, alg, _ in kinds}
     assert algorithms >= {0, 1, 2, 3, zdecompress.SHIFTED, zdecompress.INTERLACED}
-    assert any(kind == zmap.FRAGMENT for kind, _, _ in kinds) and any(partial for _, _, partial in kinds)
+    assert {zmap.PCLUSTER, zmap.INLINE, zmap.FRAGMENT} == {kind for kind, _, _ in kinds}
+    assert any(partial for _, _, partial in kinds)
 
 
 def test_cli_check_reads_every_extent(generated_image, mkfs_images, tmp_path):

@@ -269,16 +269,22 @@ class ZMapper:
         for di_advise, clusterofs, di_u in _FULL_ENTRY.iter_unpack(self.data[start:start + available * 8]):
             at += _FULL_ENTRY.size
             lctype = di_advise & layout.Z_EROFS_LI_LCLUSTER_TYPE_MASK
+            # the entry past the file may be other data (an inline pcluster): it only counts when sound
+            beyond = len(result) == count
             if lctype == _NONHEAD:
                 delta0 = di_u & 0xFFFF
                 cblkcnt = 0
                 if delta0 & _CBLKCNT:
                     if not big:
+                        if beyond:
+                            break
                         raise bad("CBLKCNT in an inode without big pclusters", at - 8)
                     cblkcnt = delta0 & ~_CBLKCNT
                 result.append(_Lcluster(lctype, 0, 0, cblkcnt, False, at))
             else:
                 if clusterofs >= 1 << lbits:
+                    if beyond:
+                        break
                     raise bad(f"clusterofs {clusterofs} is beyond its lcluster", at - 8)
                 result.append(_Lcluster(lctype, clusterofs, di_u, 0,
                                         bool(di_advise & layout.Z_EROFS_LI_PARTIAL_REF), at))
