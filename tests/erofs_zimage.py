@@ -97,6 +97,29 @@ class ZFile:
     big: bool = False
     interlaced: bool = False
     whole_fragment: bool = False        # the whole file lives in the packed inode
+    dir_entries: int = 0                # a compressed directory of this many links to the files before it
+
+
+def _dir_blocks(entries: list[tuple[bytes, int, int]]) -> bytes:
+    """Directory data: blocks of (dirents, then their names), entries sorted, none split across blocks."""
+    blocks, current = [], []
+    for entry in sorted(entries):
+        if sum(12 + len(name) for name, _, _ in current + [entry]) > BS:
+            blocks.append(current)
+            current = []
+        current.append(entry)
+    blocks.append(current)
+    out = bytearray()
+    for i, block in enumerate(blocks):
+        body, names = bytearray(), bytearray()
+        for name, nid, ftype in block:
+            body += layout.Dirent.build(dict(e_nid=nid, e_nameoff=12 * len(block) + len(names), e_file_type=ftype,
+                                             e_reserved=0))
+            names += name
+        out += body + names
+        if i + 1 < len(blocks):
+            out += bytes(BS - len(body) - len(names))
+    return bytes(out)
 
 
 class _Image:
@@ -149,14 +172,23 @@ def build(files: list[ZFile], *, packed: bytes = b"", packed_offsets: dict | Non
     # metadata: each inode starts its own block (nid = (block - meta) * 128); root first
     root_blk = img.alloc(1)
     entries, max_blocks = [], 1
+    for f in files:
+        if f.dir_entries:
+            algs.add(ALGS[f.head1])
     for ino, f in enumerate(files, start=2):
+        if f.dir_entries:
+            own_nid = (len(img.blocks) - meta_blkaddr) * (BS // 32)
+            links = [(b"e%05d" % i, entries[i % len(entries)][1], 1) for i in range(f.dir_entries)
+                     if entries[i % len(entries)][2] == 1]
+            f.data = _dir_blocks(links + [(b".", own_nid, 2), (b"..", (root_blk - meta_blkaddr) * 128, 2)])
+            f.extents = [Extent(s) for s in range(0, len(f.data), BS)]
         count = -(-len(f.data) // BS)
         index_end = 64 + layout.Z_EROFS_MAP_HEADER_SIZE + layout.Z_EROFS_FULL_INDEX_SKIP + 8 * count
         if f.extents and f.extents[-1].kind.startswith("inline"):
             index_end += BS                          # room for the inline pcluster
         blk = img.alloc(1 if f.whole_fragment else -(-index_end // BS))
         nid = (blk - meta_blkaddr) * (BS // 32)
-        entries.append((f.name.encode(), nid))
+        entries.append((f.name.encode(), nid, 2 if f.dir_entries else 1))
         head_at = 64                                 # after the extended inode, 8-aligned
         advise = 0
         if f.big:
@@ -244,7 +276,9 @@ def build(files: list[ZFile], *, packed: bytes = b"", packed_offsets: dict | Non
         header = layout.ZMapHeader.build(dict(h_fragmentoff=fragmentoff, h_advise=advise,
                                               h_algorithmtype=ALGS[f.head1] | ALGS[f.head2] << 4,
                                               h_clusterbits=0))
-        img.put(blk, 0, _inode(0o100644, layout.EROFS_INODE_COMPRESSED_FULL, size, compressed_blocks, ino))
+        mode = 0o40755 if f.dir_entries else 0o100644
+        img.put(blk, 0, _inode(mode, layout.EROFS_INODE_COMPRESSED_FULL, size, compressed_blocks, ino,
+                               nlink=2 if f.dir_entries else 1))
         img.put(blk, head_at, header)
         index_at = head_at + layout.Z_EROFS_MAP_HEADER_SIZE + layout.Z_EROFS_FULL_INDEX_SKIP
         img.put(blk, index_at, bytes(raw))
@@ -267,7 +301,7 @@ def build(files: list[ZFile], *, packed: bytes = b"", packed_offsets: dict | Non
         incompat |= layout.EROFS_FEATURE_INCOMPAT_FRAGMENTS
     # root directory: one block of dirents
     names = sorted([(b".", (root_blk - meta_blkaddr) * 128, 2), (b"..", (root_blk - meta_blkaddr) * 128, 2)] +
-                   [(name, nid, 1) for name, nid in entries])
+                   entries)
     dirblk = img.alloc(1)
     nameoff = 12 * len(names)
     body, tail = bytearray(), bytearray()

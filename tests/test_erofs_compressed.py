@@ -22,6 +22,7 @@ from conftest import need
 from erofs_zimage import BS, Extent, ZFile, build
 from rafs.v6 import layout, zdecompress, zmap
 
+DIR_ENTRIES = 500
 # name -> mkfs.erofs options
 MKFS_OPTIONS = {
     "lz4": ["-zlz4"],
@@ -121,6 +122,8 @@ def generated_files() -> list[ZFile]:
     extents = [Extent(0, extra=b"bytes beyond the extent" * 20), Extent(BS, extra=rng.randbytes(100)),
                Extent(2 * BS, "head2", extra=b"z" * 600)] + [Extent(s) for s in range(3 * BS, len(data), BS)]
     files.append(ZFile("partial_ref", data, extents, head1="lz4", head2="deflate"))
+    # a compressed directory (several blocks of dirents) of links to the files above
+    files.append(ZFile("zdir", b"", head1="zstd", dir_entries=DIR_ENTRIES))
     return files
 
 
@@ -129,7 +132,7 @@ def generated_image(tmp_path_factory):
     files = generated_files()
     path = tmp_path_factory.mktemp("zgen") / "generated.erofs"
     path.write_bytes(build(files))
-    return {f.name: f.data for f in files}, path
+    return {f.name: f.data for f in files if not f.dir_entries}, path
 
 
 def _read_all(image) -> dict[str, bytes]:
@@ -185,7 +188,7 @@ def test_mkfs_images_cover_the_layouts(mkfs_images):
 def test_generated_image_reads_like_source(generated_image):
     files, path = generated_image
     with rafs.open(path) as image:
-        assert _read_all(image) == files
+        assert _read_all(image) == {**files, **{f"zdir/{k}": v for k, v in _zdir_expected(files).items()}}
         assert list(image.check(verify_data=True)) == []
         kinds = {(ext.kind, ext.algorithm, ext.partial) for name in files
                  for ext in image.reader.zdata.extents(image.stat(f"/{name}").st_ino)}
@@ -358,7 +361,7 @@ def test_mutated_indexes_fail_cleanly(generated_image):
     _, path = generated_image
     base = path.read_bytes()
     rng = random.Random(4)
-    for _ in range(120):
+    for _ in range(80):
         data = bytearray(base)
         for _ in range(rng.randrange(1, 5)):
             data[rng.randrange(1024, 16 * BS)] = rng.randrange(256)
@@ -367,3 +370,23 @@ def test_mutated_indexes_fail_cleanly(generated_image):
                 list(image.check(verify_data=True))
         except rafs.RafsError:
             pass
+
+
+def _zdir_expected(files: dict[str, bytes]) -> dict[str, bytes]:
+    names = list(files)                 # the generator links e{i} to the i-th file (mod their number)
+    return {f"e{i:05d}": files[names[i % len(names)]] for i in range(DIR_ENTRIES)}
+
+
+def test_compressed_directory(generated_image, kernel_mount):
+    files, path = generated_image
+    expected = _zdir_expected(files)
+    with rafs.open(path) as image:
+        rec = image.reader.record(image.stat("/zdir").st_ino)
+        assert rec.layout_name == "compressed_full" and rec.size > 2 * BS
+        assert sorted(image.listdir("/zdir")) == sorted(expected)
+        for name in ("e00000", "e00377", f"e{DIR_ENTRIES - 1:05d}"):
+            assert image.read(f"/zdir/{name}") == expected[name]
+        assert image.exists("/zdir/e00250") and not image.exists("/zdir/e99999")
+    mountpoint = kernel_mount(path)
+    assert sorted(os.listdir(mountpoint / "zdir")) == sorted(expected)
+    assert (mountpoint / "zdir" / "e00377").read_bytes() == expected["e00377"]
