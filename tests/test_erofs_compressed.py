@@ -390,3 +390,15 @@ def test_compressed_directory(generated_image, kernel_mount):
     mountpoint = kernel_mount(path)
     assert sorted(os.listdir(mountpoint / "zdir")) == sorted(expected)
     assert (mountpoint / "zdir" / "e00377").read_bytes() == expected["e00377"]
+
+
+def test_fuse_serves_compressed_files(mkfs_images, tmp_path):
+    from test_fuse_support import Mount, need_fuse
+    need_fuse()
+    files, images = mkfs_images
+    mount = Mount(["-B", str(images["big_ztailpacking"])], tmp_path / "mnt", tmp_path / "mount.log")
+    try:
+        for rel, data in files.items():
+            assert (tmp_path / "mnt" / rel).read_bytes() == data, rel
+    finally:
+        mount.close()
