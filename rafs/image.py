@@ -23,7 +23,7 @@ from .blob.reader import ChunkReader
 from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .io.blobs import BlobLocator
 from .io.source import LocalRangeReader, load_bytes
-from .model import MAX_DEPTH, META_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
+from .model import MAX_DEPTH, META_BLOB_INDEX, ZDATA_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
 from .text import printable
 
 log = logging.getLogger(__name__)
@@ -546,6 +546,8 @@ class Image:
                 reader = self._chunk_readers.get(blob_index)
                 if reader is None and blob_index == META_BLOB_INDEX:
                     reader = self._chunk_readers[blob_index] = self._meta_chunk_reader()
+                if reader is None and blob_index == ZDATA_BLOB_INDEX:
+                    reader = self._chunk_readers[blob_index] = self.reader.zdata_chunk_reader()
                 if reader is None:
                     if not 0 <= blob_index < len(self.blobs):
                         raise InvalidImageError(f"chunk refers to blob {blob_index} of {len(self.blobs)}",
@@ -681,6 +683,8 @@ class Image:
                 stack.extend(child for _, child in self.reader.entries(ino))
             elif inode.is_reg:
                 for chunk in self.reader.chunks(ino):
+                    if chunk.blob_index < 0:
+                        continue            # data in the image itself: nothing to fetch
                     key = (chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_offset)
                     jobs.setdefault(chunk.blob_index, {}).setdefault(key, chunk)
         work = [(self.chunk_reader(b), list(chunks.values())) for b, chunks in sorted(jobs.items())]

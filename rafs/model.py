@@ -32,6 +32,9 @@ MAX_BLOBS = 255                     # blob index is a u8 (v6 stores index + 1)
 # Blob index of chunks stored in the image itself (plain EROFS flat/inline data, device 0 chunks):
 # their offsets address the bootstrap's own bytes, and there is no digest to verify.
 META_BLOB_INDEX = -1
+# Blob index of compressed EROFS extents (mkfs.erofs -z): decoded from the image by the v6 reader's
+# zdata chunk reader; ``index`` is the file's nid (see rafs/v6/zdata.py).
+ZDATA_BLOB_INDEX = -2
 MAX_NAME_SIZE = 255
 MAX_XATTR_VALUE_SIZE = 0x10000
 # Deepest directory nesting a walk of an image accepts (InvalidImageError beyond). Not a limit of the

@@ -396,25 +396,6 @@ def test_names_and_paths(images):
         assert len(image.readlink("/sym_4000")) == 4000
 
 
-def test_compressed_layouts_are_unsupported(source_tree, tmp_path):
-    mkfs = _which("mkfs.erofs")
-    image_path = tmp_path / "lz4.erofs"
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "text.txt").write_bytes((source_tree / "text.txt").read_bytes())
-    (src / "small").write_bytes(b"tiny")
-    subprocess.run([mkfs, "--quiet", "-zlz4", str(image_path), str(src)], check=True, capture_output=True)
-    with rafs.open(image_path) as image:
-        assert sorted(image.listdir("/")) == ["small", "text.txt"]
-        assert image.stat("/text.txt").st_size == (src / "text.txt").stat().st_size
-        with pytest.raises(rafs.UnsupportedError, match="compressed"):
-            image.read("/text.txt")
-        layout_name = image.reader.record(image.lstat("/text.txt").st_ino).layout_name
-        assert layout_name.startswith("compressed_")
-        with pytest.raises(rafs.UnsupportedError, match=layout_name):
-            image.chunks("/text.txt")
-
-
 def test_superblock_checksum_is_verified(images):
     image_path, _ = images["compact"]
     data = bytearray(image_path.read_bytes())

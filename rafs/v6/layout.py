@@ -60,8 +60,7 @@ EROFS_FEATURE_INCOMPAT_48BIT = 0x80
 EROFS_FEATURE_INCOMPAT_METABOX = 0x100
 # What a RAFS v6 superblock must hold exactly (v6.rs RafsV6SuperBlock::validate).
 RAFSV6_FEATURE_INCOMPAT = EROFS_FEATURE_INCOMPAT_CHUNKED_FILE | EROFS_FEATURE_INCOMPAT_DEVICE_TABLE
-# Incompat bits that only concern compressed inodes: an image with them can still be listed, its
-# compressed files are refused one by one.
+# Incompat bits that only concern compressed inodes (read through rafs/v6/zmap.py and zdata.py).
 EROFS_FEATURE_INCOMPAT_COMPRESSION_ONLY = (EROFS_FEATURE_INCOMPAT_ZERO_PADDING
                                            | EROFS_FEATURE_INCOMPAT_COMPR_CFGS
                                            | EROFS_FEATURE_INCOMPAT_ZTAILPACKING
@@ -251,6 +250,93 @@ XattrEntry = Struct(
     "e_value_size" / Int16ul,
 )
 
+# -- compressed EROFS (mkfs.erofs -z): kernel fs/erofs/erofs_fs.h, zmap.c, decompressor*.c --------------
+#
+# A compressed inode (datalayout COMPRESSED_FULL or COMPRESSED_COMPACT) splits its data into logical
+# clusters ("lclusters") of block size << (h_clusterbits & 7) bytes, one index entry each. A HEAD (or
+# PLAIN) lcluster starts an extent at lcn * lcluster size + clusterofs; the extent runs to the next head
+# (or to i_size) and its data is one physical cluster ("pcluster") of whole blocks at the head's blkaddr,
+# compressed (HEAD1/HEAD2: the inode's first/second algorithm) or stored as is (PLAIN). NONHEAD lclusters
+# continue the extent before them. The index starts after the inode and its xattrs, aligned to 8, with
+# this map header first; full (legacy) indexes skip 8 more bytes and use 8 bytes per lcluster, compact
+# ones pack 2 (4B) or 16 (2B) lclusters into 8 or 32 bytes.
+
+# Algorithm numbers (h_algorithmtype nibbles, bits of s_u available_compr_algs with COMPR_CFGS).
+Z_EROFS_COMPRESSION_LZ4 = 0             # also lz4hc: the same raw LZ4 block on disk
+Z_EROFS_COMPRESSION_LZMA = 1            # MicroLZMA (xz-embedded): LZMA1 with the props byte inverted in front
+Z_EROFS_COMPRESSION_DEFLATE = 2         # raw DEFLATE, no zlib or gzip wrapper
+Z_EROFS_COMPRESSION_ZSTD = 3            # one zstd frame
+Z_EROFS_COMPRESSION_MAX = 4
+Z_EROFS_COMPRESSION_NAMES = {0: "lz4", 1: "lzma", 2: "deflate", 3: "zstd"}
+# Largest pcluster the kernel reads, and largest decompressed extent it accepts.
+Z_EROFS_PCLUSTER_MAX_SIZE = 1024 * 1024
+Z_EROFS_PCLUSTER_MAX_DSIZE = 12 * 1024 * 1024
+Z_EROFS_LZMA_MAX_DICT_SIZE = 8 * Z_EROFS_PCLUSTER_MAX_SIZE
+
+# h_advise bits
+Z_EROFS_ADVISE_COMPACTED_2B = 0x0001    # compact: 4B entries up to 32-byte alignment, then 2B packs, then 4B
+Z_EROFS_ADVISE_EXTENTS = 0x0001         # full (kernel >= 6.15, 48-bit images): extent records instead
+Z_EROFS_ADVISE_BIG_PCLUSTER_1 = 0x0002  # HEAD1 pclusters may span several blocks (-C): CBLKCNT says how many
+Z_EROFS_ADVISE_BIG_PCLUSTER_2 = 0x0004
+Z_EROFS_ADVISE_INLINE_PCLUSTER = 0x0008     # ztailpacking: the last pcluster follows the index inline
+Z_EROFS_ADVISE_INTERLACED_PCLUSTER = 0x0010  # PLAIN pclusters are stored rotated by the extent's block offset
+Z_EROFS_ADVISE_FRAGMENT_PCLUSTER = 0x0020   # the last extent lives in the packed inode (-Efragments)
+Z_EROFS_ADVISE_ALL = 0x003F
+Z_EROFS_FRAGMENT_INODE_BIT = 7          # bit 7 of h_clusterbits: the whole file is in the packed inode
+
+# lcluster types (low 2 bits of di_advise; 2 bits next to clusterofs in compact entries)
+Z_EROFS_LCLUSTER_TYPE_PLAIN = 0
+Z_EROFS_LCLUSTER_TYPE_HEAD1 = 1
+Z_EROFS_LCLUSTER_TYPE_NONHEAD = 2
+Z_EROFS_LCLUSTER_TYPE_HEAD2 = 3
+Z_EROFS_LI_LCLUSTER_TYPE_MASK = 0x3
+Z_EROFS_LI_PARTIAL_REF = 1 << 15        # full index HEAD: the extent is a prefix of its pcluster's data (dedupe)
+Z_EROFS_LI_D0_CBLKCNT = 1 << 11         # first NONHEAD of a big pcluster: delta[0] holds its block count
+Z_EROFS_MAP_HEADER_SIZE = 8
+Z_EROFS_FULL_INDEX_SKIP = 8             # full indexes start 8 bytes after the map header
+
+# Map header (z_erofs_map_header), 8 bytes at round_up(inode end + xattrs, 8).
+ZMapHeader = Struct(
+    "h_fragmentoff" / Int32ul,           # fragment offset in the packed inode; else h_reserved1 (u16) and
+                                         # h_idata_size (u16, ztailpacking: bytes of the inline pcluster)
+    "h_advise" / Int16ul,                # Z_EROFS_ADVISE_*
+    "h_algorithmtype" / Int8ul,          # bits 0-3: HEAD1 algorithm, 4-7: HEAD2 algorithm
+    "h_clusterbits" / Int8ul,            # bits 0-2: lcluster bits beyond the block bits; bit 7: FRAGMENT_INODE
+)
+
+# Full (legacy, non-compact) lcluster index entry (z_erofs_lcluster_index), 8 bytes.
+LclusterIndex = Struct(
+    "di_advise" / Int16ul,               # lcluster type (bits 0-1), PARTIAL_REF (bit 15)
+    "di_clusterofs" / Int16ul,           # HEAD/PLAIN: where in this lcluster the extent starts
+    "di_u" / Int32ul,                    # HEAD/PLAIN: blkaddr of the pcluster; NONHEAD: delta[0] (u16, distance
+                                         # back to the head, or CBLKCNT | blocks) and delta[1] (u16, to the next head)
+)
+
+# Per-algorithm configuration records (COMPR_CFGS): after the superblock (1024 + 128 + 16 * s_extslots),
+# one per bit of available_compr_algs in algorithm order, each a u16 length then the record, each
+# starting 4-byte aligned.
+Lz4Cfgs = Struct(
+    "max_distance" / Int16ul,            # LZ4 window; 0 means 64 KiB
+    "max_pclusterblks" / Int16ul,        # largest pcluster in blocks (big pcluster)
+    "reserved" / Bytes(10),
+)
+LzmaCfgs = Struct(
+    "dict_size" / Int32ul,               # 4 KiB .. 8 MiB
+    "format" / Int16ul,                  # 0: MicroLZMA
+    "reserved" / Bytes(8),
+)
+DeflateCfgs = Struct(
+    "windowbits" / Int8ul,               # 8..15
+    "reserved" / Bytes(5),
+)
+ZstdCfgs = Struct(
+    "format" / Int8ul,
+    "windowlog" / Int8ul,                # window log - 10
+    "reserved" / Bytes(4),
+)
+Z_EROFS_CFGS = {Z_EROFS_COMPRESSION_LZ4: Lz4Cfgs, Z_EROFS_COMPRESSION_LZMA: LzmaCfgs,
+                Z_EROFS_COMPRESSION_DEFLATE: DeflateCfgs, Z_EROFS_COMPRESSION_ZSTD: ZstdCfgs}
+
 # RAFS v6 blob table entry (RafsV6Blob), 256 bytes.
 Blob = Struct(
     "blob_id" / Bytes(RAFSV6_BLOB_ID_SIZE),  # ASCII, NUL padded
@@ -293,6 +379,9 @@ assert Dirent.sizeof() == EROFS_DIRENT_SIZE
 assert XattrIbodyHeader.sizeof() == EROFS_XATTR_IBODY_HEADER_SIZE
 assert XattrEntry.sizeof() == 4
 assert Blob.sizeof() == RAFSV6_BLOB_ENTRY_SIZE
+assert ZMapHeader.sizeof() == Z_EROFS_MAP_HEADER_SIZE
+assert LclusterIndex.sizeof() == 8
+assert Lz4Cfgs.sizeof() == LzmaCfgs.sizeof() == 14 and DeflateCfgs.sizeof() == ZstdCfgs.sizeof() == 6
 assert ChunkInfo.sizeof() == RAFSV6_CHUNK_INFO_SIZE
 
 # Dirent file type of each S_IFMT value (builder: RafsV6Dirent::file_type).

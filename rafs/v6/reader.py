@@ -1,4 +1,4 @@
-"""Read a RAFS v6 bootstrap or a plain (uncompressed) EROFS image lazily into the version-neutral model.
+"""Read a RAFS v6 bootstrap or a plain EROFS image lazily into the version-neutral model.
 
 Inode numbers are EROFS nids, as nydusd and the kernel report them. Only the superblocks, the device
 table and the blob table are decoded when the reader is made (and the root inode, to refuse images
@@ -17,6 +17,9 @@ Where file data lives:
   image byte offset; chunks on an extra device (``mkfs.erofs --blobdev``) belong to blob ``device - 1``.
   Addresses in the unified block space that fall into a device's ``mapped_blkaddr`` range are redirected
   to that device, as the kernel does.
+* compressed EROFS (``mkfs.erofs -z``: COMPRESSED_FULL/COMPRESSED_COMPACT inodes): one chunk per extent
+  of the pseudo blob :data:`rafs.model.ZDATA_BLOB_INDEX`, mapped by :mod:`rafs.v6.zmap` and decoded by
+  :mod:`rafs.v6.zdata` (:attr:`V6Reader.zdata` is also that pseudo blob's chunk reader).
 
 Plain EROFS images carry no compressor or digester: their ``flags`` are reported as
 ``COMPRESSION_NONE | HASH_SHA256`` and their chunks have no digests (nothing to verify).
@@ -200,6 +203,7 @@ class V6Reader(ImageReader):
         self.inode_count = sb.s_inos            # what statfs reports as f_files
         self._chunk_table: dict | None = None
         self._ci_arrays: dict[int, list] = {}
+        self._zdata = None
         self._record = functools.lru_cache(maxsize=inode_cache_size)(self._decode_record)
         self._cached_inode = functools.lru_cache(maxsize=inode_cache_size)(self._inode)
         self.inode_uncached = self._inode
@@ -628,10 +632,18 @@ class V6Reader(ImageReader):
             unit = FLAT_PIECE_SIZE
         return -(-size // unit)
 
-    def _check_compression(self, rec: _Record) -> None:
-        if rec.datalayout in (layout.EROFS_INODE_COMPRESSED_FULL, layout.EROFS_INODE_COMPRESSED_COMPACT):
-            raise UnsupportedError(f"nid {rec.nid}: EROFS {rec.layout_name} (compressed) data layout is not "
-                                   "supported")
+    @property
+    def zdata(self):
+        """The mapper and decoder of compressed inodes (:class:`rafs.v6.zdata.ZDataReader`), made on first
+        use: most images have none."""
+        if self._zdata is None:
+            from .zdata import ZDataReader
+            self._zdata = ZDataReader(self)
+        return self._zdata
+
+    def zdata_chunk_reader(self):
+        """The chunk reader of :data:`rafs.model.ZDATA_BLOB_INDEX` (compressed EROFS extents)."""
+        return self.zdata
 
     def _unified(self, address: int, length: int, nid: int) -> tuple[int, int]:
         """(blob index, offset) of ``length`` bytes at ``address`` in the unified (device 0) space.
@@ -654,11 +666,14 @@ class V6Reader(ImageReader):
         raise InvalidImageError(f"nid {nid}: data [{address:#x}, +{length:#x}) lies outside the image and its "
                                 "devices", structure="v6 inode", offset=self.inode_offset(nid))
 
+    def flat_extents(self, rec: _Record) -> list[tuple[int, int, int, int]]:
+        return self._extents(rec)
+
     def _extents(self, rec: _Record) -> list[tuple[int, int, int, int]]:
-        """(file offset, length, blob index, offset) of the data of a non-RAFS-chunked inode; holes left out."""
-        self._check_compression(rec)
+        """(file offset, length, blob index, offset) of the data of a non-RAFS-chunked inode; holes left
+        out. Compressed inodes have none: their bytes come from :attr:`zdata`."""
         size, bs = rec.size, self.block_size
-        if size == 0:
+        if size == 0 or rec.datalayout in _COMPRESSED_LAYOUTS:
             return []
         if rec.datalayout == layout.EROFS_INODE_CHUNK_BASED:
             return self._plain_chunk_extents(rec)
@@ -727,6 +742,8 @@ class V6Reader(ImageReader):
         if rec.size > self.size:
             raise InvalidImageError(f"nid {rec.nid}: size {rec.size} exceeds the image", structure="v6 inode",
                                     offset=rec.offset)
+        if rec.datalayout in _COMPRESSED_LAYOUTS:
+            return self.zdata.read_all(rec)
         out = bytearray(rec.size)
         for file_offset, length, blob, offset in self._extents(rec):
             if blob != META_BLOB_INDEX:
@@ -757,6 +774,8 @@ class V6Reader(ImageReader):
         bs = self.block_size
         start = index * bs
         length = min(bs, rec.size - start)
+        if rec.datalayout in _COMPRESSED_LAYOUTS:
+            return dirent.decode_block(self.zdata.read_range(rec.nid, start, length), where=rec.offset)
         for file_offset, ext_len, blob, offset in extents:
             if file_offset <= start and start + length <= file_offset + ext_len:
                 if blob != META_BLOB_INDEX:
@@ -837,7 +856,8 @@ class V6Reader(ImageReader):
         rec = self._record(ino)
         if not _stat.S_ISREG(rec.mode):
             return []
-        self._check_compression(rec)
+        if rec.datalayout in _COMPRESSED_LAYOUTS:
+            return self.zdata.chunks(rec)
         if self.is_rafs and rec.datalayout == layout.EROFS_INODE_CHUNK_BASED:
             table = self.chunk_table()
             if not table or int(self.flags) & int(SuperFlags.TARTFS_MODE):
@@ -1007,4 +1027,10 @@ class V6Reader(ImageReader):
                                       if not key.startswith("_") and key != "s_reserved"}
         else:
             info["build_time"] = sb.s_build_time
+            if sb.s_feature_incompat & (layout.EROFS_FEATURE_INCOMPAT_ZERO_PADDING |
+                                        layout.EROFS_FEATURE_INCOMPAT_COMPR_CFGS):
+                try:
+                    info["compression"] = self.zdata.mapper.describe()
+                except (InvalidImageError, UnsupportedError) as exc:
+                    info["compression"] = {"error": str(exc)}
         return info
