@@ -31,6 +31,11 @@ def register(sub) -> None:
                    "(nydusd's shortcut for a localfs backend without a configuration)")
     p.add_argument("--threads", "--fuse-threads", "--thread-num", "-T", dest="threads", type=_threads,
                    default=4, help="worker threads for data fetched from a remote backend (default 4)")
+    p.add_argument("--fs-driver", choices=["fuse", "erofs"], default="fuse",
+                   help="fuse (default): serve through FUSE; erofs: the kernel mounts the bootstrap as "
+                   "EROFS and rafs fills each blob's cache file on demand (fanotify, Linux 6.14+, RAFS v6)")
+    p.add_argument("--fscache", metavar="DIR", help="with --fs-driver erofs: the cache directory for blob "
+                   "data (default: the config's cache work_dir)")
     p.add_argument("-l", "--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
                    help="log level (default info)")
     p.add_argument("-L", "--log-file", help="also write log messages to this file")
@@ -73,6 +78,8 @@ def run_mount(args) -> int:
     fuse.clear_stale_mount(args.mountpoint)
     if not os.path.isdir(args.mountpoint):
         raise InvalidArgumentError(f"--mountpoint {args.mountpoint}: not a directory")
+    if args.fs_driver == "erofs":
+        return _run_erofs(args)
     with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir) as image:
         settings = getattr(image.locator, "config", None)
         enable_xattr = bool(getattr(settings, "enable_xattr", False))
@@ -86,6 +93,38 @@ def run_mount(args) -> int:
                  len(image.blobs), args.mountpoint, "on" if enable_xattr else "off")
         fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr,
                    ready=lambda: log.info("ready: %s answers", args.mountpoint))
+    log.info("%s unmounted", args.mountpoint)
+    return 0
+
+
+def _run_erofs(args) -> int:
+    """``--fs-driver erofs``: a kernel EROFS mount with blobs filled on demand, until it is unmounted."""
+    import signal
+    import threading
+    from rafs.serve.ondemand import OnDemandMount
+    if not os.path.isdir(args.mountpoint):
+        raise InvalidArgumentError(f"--mountpoint {args.mountpoint}: not a directory")
+    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir) as image:
+        settings = getattr(image.locator, "config", None)
+        work_dir = args.fscache or (settings.work_dir if getattr(settings, "cached", False) else None)
+        if not work_dir:
+            raise InvalidArgumentError("--fs-driver erofs keeps blob data in the blob cache: give --fscache DIR, "
+                                       "or a --config whose cache (type blobcache) sets work_dir")
+        stop = threading.Event()
+        previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            with OnDemandMount(image, args.mountpoint, work_dir=work_dir, bootstrap=args.bootstrap,
+                               threads=args.threads) as mount:
+                log.info("ready: %s (RAFS v6 on the kernel's EROFS, %d blobs, cache %s)", args.mountpoint,
+                         len(image.blobs), work_dir)
+                if settings is not None and settings.prefetch.enable:
+                    mount.prefetch(wait=False)
+                while mount.is_mounted() and not stop.wait(0.5):
+                    pass
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
     log.info("%s unmounted", args.mountpoint)
     return 0
 
