@@ -127,6 +127,30 @@ class BlobFiller:
         self.cache.close()
 
 
+def _libc():
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def mount_file_backed(bootstrap: str, mountpoint: str, devices: list[str]) -> None:
+    """mount(2) the EROFS image file ``bootstrap`` read-only at ``mountpoint``, file-backed (no loop
+    device; Linux 6.12+), with ``devices`` (plain files) as its extra devices in device-table order."""
+    if any("," in d for d in devices):
+        raise InvalidArgumentError("a device path with ',' cannot be passed in EROFS device= options")
+    options = ",".join(f"device={d}" for d in devices)
+    if _libc().mount(os.fsencode(bootstrap), os.fsencode(mountpoint), b"erofs", MS_RDONLY,
+                     options.encode() or None) != 0:
+        code = ctypes.get_errno()
+        raise OnDemandError(f"mount -t erofs {bootstrap} {mountpoint}: {os.strerror(code)} (the kernel needs "
+                            f"EROFS with file-backed mounts, Linux 6.12 or later)")
+
+
+def unmount(mountpoint: str) -> None:
+    """umount(2), detaching lazily when the mount is busy."""
+    libc = _libc()
+    if libc.umount2(os.fsencode(mountpoint), 0) != 0:
+        libc.umount2(os.fsencode(mountpoint), MNT_DETACH)
+
+
 def blob_chunks(image) -> dict[int, list[Chunk]]:
     """Every blob's distinct chunks (by chunk index), from the files of the image."""
     by_blob: dict[int, dict[int, Chunk]] = {}
@@ -275,13 +299,7 @@ class OnDemandMount:
         os.set_inheritable(write_end, False)
 
     def _mount(self, bootstrap: str) -> None:
-        devices = ",".join(f"device={f.data_path}" for f in self.fillers)
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        if libc.mount(os.fsencode(bootstrap), os.fsencode(self.mountpoint), b"erofs", MS_RDONLY,
-                      devices.encode() or None) != 0:
-            code = ctypes.get_errno()
-            raise OnDemandError(f"mount -t erofs {bootstrap} {self.mountpoint}: {os.strerror(code)} (the kernel "
-                                f"needs EROFS with file-backed mounts, Linux 6.12 or later)")
+        mount_file_backed(bootstrap, self.mountpoint, [f.data_path for f in self.fillers])
         self._mounted = True
         if self._guardian_pipe >= 0:
             os.write(self._guardian_pipe, f"dev {os.stat(self.mountpoint).st_dev}\n".encode())
@@ -425,9 +443,7 @@ class OnDemandMount:
     def stop(self) -> None:
         """Unmount (lazily when busy), answer what is still pending, and release everything."""
         if self._mounted and self.is_mounted():
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            if libc.umount2(os.fsencode(self.mountpoint), 0) != 0:
-                libc.umount2(os.fsencode(self.mountpoint), MNT_DETACH)
+            unmount(self.mountpoint)
         self._mounted = False
         if self._loop is not None:
             os.write(self._wake_w, b"x")
