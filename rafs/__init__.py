@@ -11,7 +11,8 @@ __version__ = "0.1.0"
 
 # Imported on first use, so ``import rafs`` (and every ``rafs`` command) loads only what it needs:
 # the reader side pulls in the codecs, the builder the writers.
-_LAZY = {"open": "image", "Image": "image", "ImageFile": "image", "Stat": "image", "Builder": "build.builder"}
+_LAZY = {"open": "image", "Image": "image", "ImageFile": "image", "Stat": "image", "Builder": "build.builder",
+         "mount_erofs": "serve.ondemand"}
 
 
 def __getattr__(name):
@@ -28,6 +29,6 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-__all__ = ["open", "Image", "ImageFile", "Stat", "Builder", "RafsError", "InvalidImageError",
+__all__ = ["open", "mount_erofs", "Image", "ImageFile", "Stat", "Builder", "RafsError", "InvalidImageError",
            "InvalidArgumentError", "UnsupportedError", "BlobNotFoundError", "DigestMismatchError",
            "BuildError", "InternalError", "__version__"]

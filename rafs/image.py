@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
 
-from . import errors
+from . import display, errors, tables
 from .blob.reader import ChunkReader
 from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .io.blobs import BlobLocator
@@ -83,10 +83,26 @@ class Stat(NamedTuple):
 
     @property
     def filemode(self) -> str:
+        """The mode as ``ls -l`` prints it (``-rw-r--r--``)."""
         return _stat.filemode(self.st_mode)
+
+    def _display_fields(self) -> list[tuple[str, str]]:
+        return [("mode", f"{display.filemode(self.st_mode)} ({self.st_mode:#o})"), ("inode", str(self.st_ino)),
+                ("links", str(self.st_nlink)), ("owner", f"{self.st_uid}:{self.st_gid}"),
+                ("size", display.size(self.st_size)), ("modified", display.timestamp(self.st_mtime_ns)),
+                ("blocks", str(self.st_blocks))]
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        """IPython's text display: labelled fields, the mode as ``ls -l`` prints it, the time as a date."""
+        printer.text(display.fields_text("Stat", self._display_fields()))
+
+    def _repr_html_(self) -> str:
+        """A notebook's display of the same fields as a table."""
+        return display.fields_html("Stat", self._display_fields())
 
     @classmethod
     def from_inode(cls, inode: Inode) -> "Stat":
+        """The :class:`Stat` of a decoded :class:`rafs.model.Inode`."""
         return cls(inode.mode, inode.ino, inode.nlink, inode.uid, inode.gid, inode.size,
                    inode.mtime * 1_000_000_000 + inode.mtime_nsec, inode.rdev, inode.blocks)
 
@@ -221,12 +237,69 @@ class Image:
         return self.reader.digester
 
     def __repr__(self) -> str:
+        if self.closed:
+            return f"<rafs.Image {self.name!r} closed>"
         return (f"<rafs.Image {self.name!r} v{self.version} {self.compressor}/{self.digester} "
                 f"chunk_size={self.chunk_size:#x} blobs={len(self.blobs)}>")
 
+    def _display_fields(self) -> list[tuple[str, str]]:
+        from .inspect import describe
+        info = describe(self, with_stats=False)
+        fields = [("version", f"RAFS v{info['version']}"), ("bootstrap size", display.size(info["bootstrap_size"])),
+                  ("flags", ", ".join(info["flag_words"]) or "-"), ("compressor", info["compressor"]),
+                  ("digester", info["digester"]), ("chunk size", f"{info['chunk_size']:#x}"),
+                  ("inodes", str(self.statfs().f_files))]
+        fields += [(f"blob {blob.index}", f"{blob.blob_id} ({blob.compressor}, {blob.chunk_count} chunks, "
+                                          f"{display.size(blob.compressed_size)})") for blob in self.blobs]
+        return fields
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        """IPython's text display: the superblock summary, flags in words, and the blobs."""
+        if self.closed:
+            printer.text(repr(self))
+            return
+        printer.text(display.fields_text(f"rafs.Image {self.name}", self._display_fields()))
+
+    def _repr_html_(self) -> str:
+        """A notebook's display: the superblock summary and blobs as a table (no cipher keys)."""
+        if self.closed:
+            return f"<code>{display.html_text(repr(self))}</code>"
+        return display.fields_html(f"rafs.Image {self.name}", self._display_fields())
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called; a closed image refuses every read with ``ValueError``."""
+        return isinstance(self.reader, _Closed)
+
     def close(self) -> None:
-        self.locator.close()
-        self.reader.close()
+        """Release the bootstrap and blob handles. Using the image afterwards raises ``ValueError``, as a
+        closed file does; closing twice is harmless."""
+        if self.closed:
+            return
+        locator, reader = self.locator, self.reader
+        self.reader = self.locator = _Closed(self.name)
+        try:
+            locator.close()
+        finally:
+            reader.close()
+
+    # -- table views (rafs.tables): records pandas.DataFrame takes as they are ---------------------
+
+    def inodes_table(self, top="/") -> "display.Table":
+        """One record per path under ``top``: type, mode, owner, size, time, chunks, xattrs, target."""
+        return tables.inodes(self, top)
+
+    def chunks_table(self, top="/") -> "display.Table":
+        """One record per chunk of every regular file under ``top``: where it lives and its digest."""
+        return tables.chunks(self, top)
+
+    def blobs_table(self) -> "display.Table":
+        """One record per blob: id, codecs, chunk size and count, sizes, features, cipher name."""
+        return tables.blobs(self)
+
+    def listing_table(self, path="/") -> "display.Table":
+        """The directory ``path`` as ``ls -l`` shows it, one record per entry."""
+        return tables.listing(self, path)
 
     def __enter__(self) -> "Image":
         return self
@@ -766,6 +839,19 @@ class Image:
 
 
 _BAD_NAMES = frozenset((b"", b".", b".."))
+
+
+class _Closed:
+    """Stands in for the reader and locator of a closed :class:`Image`: any use raises ``ValueError``."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attribute):
+        raise ValueError(f"I/O operation on closed image {self._name!r}")
+
+    def close(self) -> None:
+        pass
 
 
 def _visit_once(seen: set, ino: int, path: bytes) -> None:

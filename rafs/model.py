@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import abc
 import enum
+import os
 import stat as _stat
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, BinaryIO
+
+from . import display
 
 # Compressor ids as stored in blob tables and CI headers (utils/src/compress/mod.rs `Algorithm`).
 COMPRESSOR_IDS = {"none": 0, "lz4_block": 1, "gzip": 2, "zstd": 3}
@@ -163,8 +166,8 @@ def flag_words(flags: type[enum.IntFlag], value: int) -> list[str]:
     return words
 
 
-@dataclass(slots=True)
-class Chunk:
+@dataclass(slots=True, repr=False)
+class Chunk(display.Described):
     """One chunk of a regular file: where its bytes live in a blob and what they hash to.
 
     Offsets are those of the reference's ``BlobChunkInfo``: ``compressed_*`` address the blob file,
@@ -185,16 +188,36 @@ class Chunk:
 
     @property
     def is_compressed(self) -> bool:
+        """Whether the stored bytes are compressed (``COMPRESSED`` flag); if not they are the data itself."""
         return bool(self.flags & ChunkFlags.COMPRESSED)
 
     @property
     def has_crc32(self) -> bool:
+        """Whether the record carries a CRC-32C of the chunk's data (nydus-image 2.3.1 and later)."""
         return bool(self.flags & ChunkFlags.HAS_CRC32)
 
+    def __repr__(self) -> str:
+        return (f"<Chunk {self.index} of blob {self.blob_index} at file offset {self.file_offset:#x}: "
+                f"{self.uncompressed_size} B ({self.compressed_size} B stored) digest {display.digest(self.digest)}>")
 
-@dataclass(slots=True)
-class Blob:
-    """A data blob as the bootstrap describes it (v5 blob + extended table, v6 blob table + device)."""
+    def _display_title(self) -> str:
+        return f"Chunk {self.index} of blob {self.blob_index}"
+
+    def _display_fields(self) -> list[tuple[str, str]]:
+        return [("file offset", f"{self.file_offset:#x}"),
+                ("compressed", f"{self.compressed_offset:#x} + {self.compressed_size}"),
+                ("uncompressed", f"{self.uncompressed_offset:#x} + {self.uncompressed_size}"),
+                ("flags", ", ".join(flag_words(ChunkFlags, self.flags)) or "-"),
+                ("digest", display.digest(self.digest)),
+                ("crc32", f"{self.crc32:#010x}" if self.has_crc32 else "-")]
+
+
+@dataclass(slots=True, repr=False)
+class Blob(display.Described):
+    """A data blob as the bootstrap describes it (v5 blob + extended table, v6 blob table + device).
+
+    ``cipher_key`` and ``cipher_iv`` are the blob's encryption secrets: no repr or display shows them.
+    """
 
     index: int
     blob_id: str
@@ -224,14 +247,40 @@ class Blob:
 
     @property
     def feature_words(self) -> list[str]:
+        """The names of the blob's feature bits (``BlobFeatures``)."""
         return flag_words(BlobFeatures, self.features)
 
     def has(self, feature: BlobFeatures) -> bool:
+        """Whether the blob has ``feature`` (a :class:`BlobFeatures` bit)."""
         return bool(self.features & feature)
 
+    def __repr__(self) -> str:
+        return (f"<Blob {self.index} {display.text(self.blob_id)!r} {self.compressor}/{self.digester} "
+                f"{self.chunk_count} chunks {self.compressed_size} B stored, {self.uncompressed_size} B data>")
 
-@dataclass(slots=True)
-class Inode:
+    def _display_title(self) -> str:
+        return f"Blob {self.index}: {self.blob_id}"
+
+    def _display_fields(self) -> list[tuple[str, str]]:
+        fields = [("compressor", self.compressor), ("digester", self.digester),
+                  ("chunk size", f"{self.chunk_size:#x}"), ("chunks", str(self.chunk_count)),
+                  ("stored size", display.size(self.compressed_size)),
+                  ("data size", display.size(self.uncompressed_size)),
+                  ("features", ", ".join(self.feature_words) or "-")]
+        if self.ci_offset or self.ci_uncompressed_size:
+            fields.append(("chunk info", f"{self.ci_compressor} at {self.ci_offset:#x}, "
+                                         f"{self.ci_compressed_size} B stored, {self.ci_uncompressed_size} B"))
+        if self.toc_size:
+            fields.append(("ToC", f"{self.toc_size} B, digest {display.digest(self.toc_digest)}"))
+        if self.cipher != "none":
+            fields.append(("cipher", self.cipher))          # never the key or IV
+        if self.mapped_blkaddr:
+            fields.append(("mapped block address", str(self.mapped_blkaddr)))
+        return fields
+
+
+@dataclass(slots=True, repr=False)
+class Inode(display.Described):
     """Attributes of one inode, as ``stat`` reports them, plus what RAFS stores beside them."""
 
     ino: int
@@ -252,22 +301,52 @@ class Inode:
 
     @property
     def is_dir(self) -> bool:
+        """Whether this is a directory."""
         return _stat.S_ISDIR(self.mode)
 
     @property
     def is_reg(self) -> bool:
+        """Whether this is a regular file."""
         return _stat.S_ISREG(self.mode)
 
     @property
     def is_symlink(self) -> bool:
+        """Whether this is a symbolic link."""
         return _stat.S_ISLNK(self.mode)
 
     @property
     def mtime_ns(self) -> int:
+        """The modification time in nanoseconds since the epoch."""
         return self.mtime * 1_000_000_000 + self.mtime_nsec
 
+    def __repr__(self) -> str:
+        target = f" -> {display.text(self.symlink)!r}" if self.symlink is not None else ""
+        return (f"<Inode {self.ino} {display.filemode(self.mode)} {self.uid}:{self.gid} {self.size} B "
+                f"{display.timestamp(self.mtime_ns)}{target}>")
 
-@dataclass(eq=False)
+    def _display_title(self) -> str:
+        return f"Inode {self.ino} ({display.file_type(self.mode)})"
+
+    def _display_fields(self) -> list[tuple[str, str]]:
+        fields = [("mode", f"{display.filemode(self.mode)} ({self.mode:#o})"), ("links", str(self.nlink)),
+                  ("owner", f"{self.uid}:{self.gid}"), ("size", display.size(self.size)),
+                  ("modified", display.timestamp(self.mtime_ns))]
+        if self.rdev and not (self.is_reg or self.is_dir or self.is_symlink):
+            fields.append(("device", f"{os.major(self.rdev)}:{os.minor(self.rdev)}"))
+        if self.symlink is not None:
+            fields.append(("target", display.text(self.symlink)))
+        if self.is_reg:
+            fields.append(("chunks", str(self.chunk_count)))
+        if self.flags:
+            fields.append(("flags", ", ".join(flag_words(InodeFlags, self.flags))))
+        for name, value in self.xattrs.items():
+            fields.append((f"xattr {display.text(name)}", display.text(value)))
+        if self.digest:
+            fields.append(("digest", display.digest(self.digest)))
+        return fields
+
+
+@dataclass(eq=False, repr=False)
 class Node:
     """A node of a build or merge tree: a name, its inode, children (directories) and file data.
 
@@ -291,10 +370,28 @@ class Node:
             yield from child.walk(path.rstrip(b"/") + b"/" + child.name)
 
     def child(self, name: bytes) -> "Node | None":
+        """The child named ``name`` (bytes), or None."""
         for candidate in self.children:
             if candidate.name == name:
                 return candidate
         return None
+
+    def __repr__(self) -> str:
+        kind = display.file_type(self.inode.mode)
+        extra = f", {len(self.children)} children" if self.inode.is_dir else ""
+        return f"<Node {display.text(self.name)!r} {kind}{extra}>"
+
+    def __str__(self) -> str:
+        return "\n".join(display.tree_lines(self))
+
+    def _repr_pretty_(self, printer, cycle: bool) -> None:
+        """IPython's text display: the tree drawn as ``tree`` draws it."""
+        printer.text(str(self))
+
+    def _repr_html_(self) -> str:
+        """A notebook's display: the drawn tree, escaped, in a ``<pre>`` block."""
+        import html
+        return f"<pre>{html.escape(str(self))}</pre>"
 
 
 @dataclass(frozen=True, slots=True)

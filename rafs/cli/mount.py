@@ -36,6 +36,11 @@ def register(sub) -> None:
     p.add_argument("--iostats-files", type=_boolean, nargs="?", const=True, default=False, metavar="BOOL",
                    help="accepted for nydusd's command lines (the configuration's iostats_files): rafs keeps "
                    "no per-file I/O statistics, so it only logs that none are kept")
+    p.add_argument("--fs-driver", choices=["fuse", "erofs"], default="fuse",
+                   help="fuse (default): serve through FUSE; erofs: the kernel mounts the bootstrap as "
+                   "EROFS and rafs fills each blob's cache file on demand (fanotify, Linux 6.14+, RAFS v6)")
+    p.add_argument("--fscache", metavar="DIR", help="with --fs-driver erofs: the cache directory for blob "
+                   "data (default: the config's cache work_dir)")
     p.set_defaults(func=run_mount)
 
     u = sub.add_parser("umount", help="unmount a rafs (or any FUSE) mount",
@@ -82,6 +87,8 @@ def run_mount(args) -> int:
         raise InvalidArgumentError(f"--mountpoint {args.mountpoint}: not a directory")
     if args.iostats_files:
         log.info("--iostats-files: rafs keeps no per-file I/O statistics; none will be collected")
+    if args.fs_driver == "erofs":
+        return _run_erofs(args)
     with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir,
                    validate=args.digest_validate) as image:
         settings = getattr(image.locator, "config", None)
@@ -112,6 +119,40 @@ def _check_blob_sources(image, args) -> None:
                                                             else "")
     hint = "" if args.config or args.localfs_dir else " (give --config or --localfs-dir)"
     raise InvalidArgumentError(f"{len(missing)} of {len(image.blobs)} blobs cannot be read: {shown}{hint}")
+
+
+def _run_erofs(args) -> int:
+    """``--fs-driver erofs``: a kernel EROFS mount with blobs filled on demand, until it is unmounted."""
+    import signal
+    import threading
+    from rafs.serve.ondemand import OnDemandMount
+    if not os.path.isdir(args.mountpoint):
+        raise InvalidArgumentError(f"--mountpoint {args.mountpoint}: not a directory")
+    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir,
+                   validate=args.digest_validate) as image:
+        settings = getattr(image.locator, "config", None)
+        _check_blob_sources(image, args)
+        work_dir = args.fscache or (settings.work_dir if getattr(settings, "cached", False) else None)
+        if not work_dir:
+            raise InvalidArgumentError("--fs-driver erofs keeps blob data in the blob cache: give --fscache DIR, "
+                                       "or a --config whose cache (type blobcache) sets work_dir")
+        stop = threading.Event()
+        previous = {signum: signal.signal(signum, lambda *_: stop.set())
+                    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        try:
+            with OnDemandMount(image, args.mountpoint, work_dir=work_dir, bootstrap=args.bootstrap,
+                               threads=args.threads) as mount:
+                log.info("ready: %s (RAFS v6 on the kernel's EROFS, %d blobs, cache %s)", args.mountpoint,
+                         len(image.blobs), work_dir)
+                if settings is not None and settings.prefetch.enable:
+                    mount.prefetch(wait=False)
+                while mount.is_mounted() and not stop.wait(0.5):
+                    pass
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+    log.info("%s unmounted", args.mountpoint)
+    return 0
 
 
 def run_umount(args) -> int:
