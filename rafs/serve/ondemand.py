@@ -52,6 +52,8 @@ MS_RDONLY = 1
 MNT_DETACH = 2
 DEFAULT_DEADLINE = 60.0            # seconds an event may wait for its data before EIO
 DEFAULT_THREADS = 4
+# Data filled beyond an event's own chunks, following them in the blob (see BlobFiller.with_readahead).
+DEFAULT_READAHEAD = 1 << 20
 _EVENT_BUFFER = 64 * 1024
 # The guardian answers every event fd number below this after a crash (see rafs.serve.guardian).
 _FD_LIMIT = 65536
@@ -107,6 +109,23 @@ class BlobFiller:
     def missing(self, offset: int | None, count: int | None) -> list[Chunk]:
         """The chunks of the range that are not in the data file yet."""
         return [c for c in self.covering(offset, count) if not self.chunk_map.is_ready(c)]
+
+    def with_readahead(self, chunks: list[Chunk], limit: int) -> list[Chunk]:
+        """``chunks`` plus the missing chunks that follow the last of them in the blob, up to ``limit``
+        bytes of data in all: files laid out together are read together (a walk, a start-up), so one
+        event and one ranged fetch serve the reads that would each have raised their own."""
+        if not chunks:
+            return chunks
+        total = sum(c.uncompressed_size for c in chunks)
+        out = list(chunks)
+        position = bisect.bisect_right(self.starts, chunks[-1].uncompressed_offset)
+        for chunk in self.chunks[position:]:
+            if total + chunk.uncompressed_size > limit:
+                break
+            if not self.chunk_map.is_ready(chunk):
+                out.append(chunk)
+                total += chunk.uncompressed_size
+        return out
 
     def fill(self, fd: int, chunks: list[Chunk]) -> None:
         """Fetch, decode (and verify, with validation) ``chunks``, write them through ``fd``, make them
@@ -184,11 +203,12 @@ class OnDemandMount:
     into ``work_dir`` first). ``work_dir``: the nydusd blob cache directory holding each blob's
     ``.blob.data`` and ``.chunk_map``. ``deadline``: seconds an event may wait for the backend before
     the read fails with EIO. ``threads``: events served at once. ``validate``: verify chunk digests
-    before anything reaches the cache.
+    before anything reaches the cache. ``readahead``: bytes of following chunks filled with each event's.
     """
 
     def __init__(self, image, mountpoint, *, work_dir, bootstrap=None, threads: int = DEFAULT_THREADS,
-                 deadline: float = DEFAULT_DEADLINE, validate: bool | None = None, guardian: bool = True):
+                 deadline: float = DEFAULT_DEADLINE, validate: bool | None = None, guardian: bool = True,
+                 readahead: int = DEFAULT_READAHEAD):
         if image.version != 6:
             raise UnsupportedError(f"the erofs driver serves RAFS v6 images (EROFS on disk); this is RAFS "
                                    f"v{image.version}: use the fuse driver")
@@ -200,6 +220,7 @@ class OnDemandMount:
         self.deadline = deadline
         self.validate = image.validate if validate is None else validate
         self.use_guardian = guardian
+        self.readahead = max(0, readahead)
         self.fillers: list[BlobFiller] = []
         self.group = -1
         self._by_identity: dict[tuple[int, int], BlobFiller] = {}
@@ -352,7 +373,7 @@ class OnDemandMount:
         try:
             todo = filler.missing(event.offset, event.count)      # another event may have filled some
             if todo:
-                filler.fill(pending.fd, todo)
+                filler.fill(pending.fd, filler.with_readahead(todo, self.readahead))
             allow = True
             log.debug("filled blob %s [%#x, +%#x): %d chunks", filler.blob.blob_id, event.offset or 0,
                       event.count or 0, len(missing))
