@@ -83,6 +83,7 @@ class BlobFiller:
         st = os.stat(self.data_path)
         self.identity = (st.st_dev, st.st_ino)
         self.fetched_chunks = 0
+        self.watched = False
 
     @property
     def complete(self) -> bool:
@@ -292,6 +293,7 @@ class OnDemandMount:
         for filler in fillers:
             try:
                 _fanotify.mark(self.group, filler.data_path)
+                filler.watched = True
             except OSError as exc:
                 raise OnDemandError(f"cannot watch {filler.data_path}: {exc.strerror}") from None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
@@ -374,6 +376,8 @@ class OnDemandMount:
             todo = filler.missing(event.offset, event.count)      # another event may have filled some
             if todo:
                 filler.fill(pending.fd, filler.with_readahead(todo, self.readahead))
+                if filler.complete:
+                    self._unmark(filler)
             allow = True
             log.debug("filled blob %s [%#x, +%#x): %d chunks", filler.blob.blob_id, event.offset or 0,
                       event.count or 0, len(missing))
@@ -385,6 +389,19 @@ class OnDemandMount:
             with self._pending_lock:
                 self._pending.pop(pending.fd, None)
             os.close(pending.fd)
+
+    def _unmark(self, filler: BlobFiller) -> None:
+        """Stop watching a data file that became complete: the kernel then reads it with no event at all."""
+        with self._pending_lock:
+            if filler.watched:
+                filler.watched = False
+            else:
+                return
+        try:
+            _fanotify.mark(self.group, filler.data_path, remove=True)
+            log.debug("blob %s is complete: no longer watched", filler.blob.blob_id)
+        except OSError as exc:
+            log.warning("cannot stop watching %s: %s", filler.data_path, exc)
 
     def _answer(self, pending: _Event, *, allow: bool) -> None:
         with pending.lock:
