@@ -1,0 +1,236 @@
+"""rafs.testing.hostile: the generators behind issue 12's attacks, and rafs run against them.
+
+The generator checks always hold. The checks of rafs against each family fail on the code before
+issue 12's other lanes are merged; each is marked ``xfail(strict=True)`` naming the lane that fixes it,
+so it turns into a failure (an unexpected pass) the moment the fix lands and the mark must go.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import io
+import tempfile
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import rafs
+from rafs.errors import RafsError
+from rafs.testing import build_node, build_tree, file, memory_limit
+from rafs.testing import hostile
+
+
+# -- the generators ----------------------------------------------------------------------------------
+
+@given(hostile.hostile_blob_ids())
+@settings(max_examples=200, deadline=None)
+def test_hostile_blob_ids_are_never_sha256_ids(blob_id):
+    assert not (len(blob_id) == 64 and set(blob_id) <= set("0123456789abcdef"))
+
+
+@given(hostile.hostile_blob_ids(length=64))
+@settings(max_examples=200, deadline=None)
+def test_fixed_length_hostile_blob_ids_fit_a_v6_blob_table(blob_id):
+    assert len(blob_id) == 64
+
+
+@given(hostile.valid_blob_ids())
+def test_valid_blob_ids_are_sha256_hex(blob_id):
+    assert len(blob_id) == 64 and blob_id == blob_id.lower() and int(blob_id, 16) >= 0
+
+
+def test_padded_path_id_still_names_the_path():
+    assert os.path.join("/var/blobs", hostile.padded_path_id("/etc/shadow")) == "/" * 53 + "/etc/shadow"
+    assert os.path.normpath(os.path.join("/var/blobs", hostile.padded_path_id("/etc/shadow"))) == "/etc/shadow"
+
+
+@pytest.mark.parametrize("size", [0, 5, 0o77777777777, 1 << 40, (1 << 63) - 1])
+def test_tar_header_size_fields_read_back(size):
+    """Python's tarfile reads the declared size back (octal, or GNU base-256 past 8 GiB)."""
+    header = hostile.tar_header(b"f", size=size)
+    assert tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape").size == size
+
+
+def test_tar_header_bombs_are_small():
+    bombs = list(hostile.tar_header_bombs())
+    assert len(bombs) == 6 * len(hostile.HOSTILE_TAR_SIZES)
+    for description, layer in bombs:
+        assert len(layer) < 16 << 10, description
+        assert len(layer) % 512 == 0, description
+
+
+def test_declared_size_mutants_set_every_regular_file(tmp_path):
+    for version in (5, 6):
+        built = build_tree({b"/a": file(b"x" * 5000), b"/b": file(b"y" * 10)}, tmp_path / f"v{version}",
+                           fs_version=version, compressor="none")
+        data = open(built.source, "rb").read()
+        mutants = list(hostile.declared_size_mutants(data))
+        assert len(mutants) == 2 * len(hostile.HOSTILE_FILE_SIZES), [d for d, _ in mutants]
+
+
+def test_deep_chain_builds_at_any_depth(tmp_path):
+    built = build_node(hostile.deep_chain(3000), tmp_path, fs_version=6)
+    with built.open() as image:
+        assert image.read("/" + "/".join(["d"] * 3000) + "/leaf") == b""
+
+
+@pytest.mark.parametrize("behaviour", hostile.HTTP_BEHAVIOURS)
+def test_hostile_http_server_behaves_as_documented(behaviour):
+    import urllib.request
+    body = bytes(range(256)) * 4
+    with hostile.HostileHTTPServer({"/b": body}, behaviour, padding=1 << 16, interval=0.001,
+                                   limit=1 << 16) as server:
+        request = urllib.request.Request(server.url + "/b", headers={"Range": "bytes=10-19"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            got = response.read()
+    expected = {"honest": body[10:20], "drip": body[10:20], "long-body": body[10:20],
+                "ignore-range": body + bytes(1 << 16), "endless": body + bytes(1 << 16)}[behaviour]
+    assert got == expected
+
+
+# -- rafs against them -------------------------------------------------------------------------------
+
+SECRET = b"SECRET-outside-the-blob-dir " * 64
+
+
+@pytest.mark.xfail(strict=True, reason="fixed by issue 12 lane h1 (blob ids validated)")
+def test_hostile_blob_id_never_serves_a_local_file(tmp_path):
+    built = build_tree({b"/f": file(b"i" * len(SECRET))}, tmp_path / "img", fs_version=6, compressor="none")
+    victim_dir = tempfile.mkdtemp(prefix="v", dir="/tmp")
+    try:
+        victim = os.path.join(victim_dir, "v")
+        with open(victim, "wb") as f:
+            f.write(SECRET * 4)
+        data = open(built.source, "rb").read()
+        blob_id = built.result.blob_id.encode()
+        hostile_id = hostile.padded_path_id(victim).encode()
+        with open(built.source, "wb") as f:
+            f.write(data.replace(blob_id, hostile_id))
+        try:
+            with rafs.open(built.source, blob_dir=built.blob_dir) as image:
+                content = image.read("/f")
+        except RafsError:
+            return
+        assert SECRET[:32] not in content
+    finally:
+        os.unlink(os.path.join(victim_dir, "v"))
+        os.rmdir(victim_dir)
+
+
+_BOMB_RUNNER = r"""
+import json, resource, signal, sys, traceback
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+import rafs
+from rafs.testing import hostile
+class Slow(Exception):
+    pass
+def alarm(*_):
+    raise Slow()
+signal.signal(signal.SIGALRM, alarm)
+results = {}
+cases = [("honest", hostile.tar_header(b"ok", size=5) + b"hello".ljust(512, b"\0") + b"\0" * 1024)]
+cases += list(hostile.tar_header_bombs())
+for description, layer in cases:
+    path = sys.argv[1] + "/layer.tar"
+    with open(path, "wb") as f:
+        f.write(layer)
+    signal.alarm(10 if description == "honest" else 1)
+    try:
+        rafs.Builder(path, source_type="tar-rafs", compressor="none").write(blob_dir=sys.argv[1])
+        results[description] = "ok"
+    except rafs.RafsError as exc:
+        results[description] = "RafsError"
+    except Slow:
+        results[description] = "took more than 1 s"
+    except BaseException as exc:
+        results[description] = type(exc).__name__
+    finally:
+        signal.alarm(0)
+print(json.dumps(results))
+"""
+
+
+def _run_bombs(tmp_path) -> dict:
+    proc = subprocess.run([sys.executable, "-c", _BOMB_RUNNER, str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+@pytest.mark.xfail(strict=True, reason="fixed by issue 12 lane h3 (tar header sizes bounded)")
+def test_tar_header_bombs_are_refused_in_bounded_memory_and_time(tmp_path):
+    results = _run_bombs(tmp_path)
+    assert results.pop("honest") == "ok"
+    bad = {d: r for d, r in results.items() if r not in ("ok", "RafsError")}
+    assert not bad, bad
+
+
+@pytest.mark.parametrize("version", [
+    pytest.param(5, marks=pytest.mark.xfail(strict=True, reason="fixed by issue 12 lane h4 (declared sizes read lazily)")),
+    6])
+def test_declared_sizes_past_the_chunks_read_in_bounded_memory(tmp_path, version):
+    built = build_tree({b"/a": file(b"x" * 5000)}, tmp_path, fs_version=version, compressor="none")
+    data = open(built.source, "rb").read()
+    for description, mutant in hostile.declared_size_mutants(data):
+        with open(built.source, "wb") as f:
+            f.write(mutant)
+        try:
+            with memory_limit(64 << 20, description), rafs.open(built.source, blob_dir=built.blob_dir) as image:
+                with image.open("/a") as f:
+                    f.read(1 << 20)
+                image.read("/a")
+        except RafsError:
+            pass
+
+
+def _http_image(tmp_path):
+    built = build_tree({b"/f": file(os.urandom(300_000))}, tmp_path, fs_version=6, compressor="none")
+    blob_id = built.result.blob_id
+    blob = open(os.path.join(built.blob_dir, blob_id), "rb").read()
+    return built, blob_id, blob
+
+
+def _http_config(url: str, tmp_path) -> dict:
+    return {"version": 2, "backend": {"type": "http-proxy", "http-proxy": {"addr": url, "timeout": 1,
+                                                                           "connect_timeout": 1, "retry_limit": 0}},
+            "cache": {"type": "blobcache", "filecache": {"work_dir": str(tmp_path / "cache")}}}
+
+
+@pytest.mark.xfail(strict=True, reason="fixed by issue 12 lane h5 (a response ignoring Range is refused)")
+def test_http_server_ignoring_range_is_not_buffered(tmp_path):
+    built, blob_id, blob = _http_image(tmp_path)
+    with hostile.HostileHTTPServer({f"/{blob_id}": blob}, "ignore-range", padding=64 << 20) as server:
+        try:
+            with rafs.open(built.source, config=_http_config(server.url, tmp_path)) as image:
+                image.read("/f")
+        except RafsError:
+            pass
+        assert server.sent < 16 << 20, f"the client read {server.sent} bytes of a response ignoring Range"
+
+
+@pytest.mark.xfail(strict=True, reason="fixed by issue 12 lane h5 (a deadline for each whole request)")
+def test_http_server_dripping_is_cut_at_the_deadline(tmp_path):
+    built, blob_id, blob = _http_image(tmp_path)
+    # 25 bytes in 2.5 s, then the server hangs up: a client bounded by its 1 s timeout stops before
+    with hostile.HostileHTTPServer({f"/{blob_id}": blob}, "drip", interval=0.1, limit=25) as server:
+        started = time.monotonic()
+        with pytest.raises(RafsError):
+            with rafs.open(built.source, config=_http_config(server.url, tmp_path)) as image:
+                with image.open("/f") as f:
+                    f.read(64)
+        assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.xfail(strict=True, reason="fixed by issue 12 lane h5 (bodies cut at their declared length)")
+def test_http_endless_bootstrap_is_refused_in_bounded_memory(tmp_path):
+    built, _, _ = _http_image(tmp_path)
+    bootstrap = open(built.source, "rb").read()
+    with hostile.HostileHTTPServer({"/boot": bootstrap}, "endless", limit=160 << 20) as server:
+        with memory_limit(64 << 20, "endless bootstrap", method="rss"):
+            with pytest.raises(RafsError):
+                rafs.open(server.url + "/boot").close()
