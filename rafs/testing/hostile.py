@@ -8,17 +8,21 @@ nothing about how rafs handles them), so they serve any RAFS or tar reader:
   :func:`padded_path_id`;
 * tar headers whose size fields declare far more than the layer holds: :func:`tar_header`,
   :func:`tar_header_bombs` (PAX ``x``/``g`` and GNU ``L``/``K`` headers, GNU sparse ``realsize``, PAX
-  sparse maps) and the :func:`tar_sizes` strategy;
+  sparse maps), :func:`tar_header_mutants` of a real layer, and the :func:`tar_sizes` strategy;
 * declared sizes against real chunk coverage: :func:`declared_size_mutants` sets every regular file's
   ``i_size`` of a built bootstrap far past what its chunks cover; :func:`declared_sizes` draws them;
 * depth: :func:`deep_chain` makes a directory chain of any depth as a :class:`rafs.model.Node` tree
   without recursion, for :func:`rafs.testing.build_node`;
 * hostile HTTP servers: :class:`HostileHTTPServer` on 127.0.0.1 (ignores ``Range``, drips, sends an
-  endless body, lies about its length) and the :func:`http_behaviours` strategy.
+  endless body, lies about its length) and the :func:`http_behaviours` strategy;
+* configurations: :data:`CONFIG_SEEDS` (nydusd v1/v2 and nydusify backend documents) and
+  :func:`config_mutants` (deep nesting, bytes that are not UTF-8, every value of every key replaced
+  by each value of the wrong type or size).
 """
 
 from __future__ import annotations
 
+import json
 import stat as _stat
 import threading
 import time
@@ -114,9 +118,7 @@ def tar_header(name: bytes = b"f", *, size: int = 0, typeflag: bytes = b"0", mod
     header[157:257] = linkname[:100].ljust(100, b"\0")
     header[257:265] = b"ustar  \0" if gnu else b"ustar\x0000"
     header[345:345 + len(extra)] = extra[:TAR_BLOCK - 345]
-    header[148:156] = b" " * 8
-    header[148:156] = b"%06o\0 " % sum(header)
-    return bytes(header)
+    return _resum(bytes(header))
 
 
 def _pad(data: bytes) -> bytes:
@@ -160,6 +162,31 @@ def tar_header_bombs(*, sizes=HOSTILE_TAR_SIZES, body: int = 4096) -> Iterator[t
                tar_header(b"pax", size=len(pax), typeflag=b"x") + pax
                + tar_header(b"GNUSparseFile.0/sparse", size=len(sparse_map) + TAR_BLOCK) + sparse_map
                + _pad(b"s" * TAR_BLOCK) + tail)
+
+
+def tar_header_mutants(layer: bytes, *, sizes=HOSTILE_TAR_SIZES,
+                       typeflags=(b"x", b"g", b"L", b"K", b"S")) -> Iterator[tuple[str, bytes]]:
+    """Structure-aware mutants of an uncompressed tar ``layer``: each header's size field set to each of
+    ``sizes``, and its type flag to each of ``typeflags``, with the checksum made right again (so a
+    reader gets past it), as ``(description, mutant)``."""
+    import tarfile
+    import io
+    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:") as tar:
+        offsets = [member.offset for member in tar.getmembers()]
+    for at in offsets:
+        header = layer[at:at + TAR_BLOCK]
+        for size in sizes:
+            yield f"header at {at:#x}: size {size}", layer[:at] + _resum(header[:124] + _size_field(size)
+                                                                         + header[136:]) + layer[at + TAR_BLOCK:]
+        for flag in typeflags:
+            yield (f"header at {at:#x}: type {flag.decode()}",
+                   layer[:at] + _resum(header[:156] + flag + header[157:]) + layer[at + TAR_BLOCK:])
+
+
+def _resum(header: bytes) -> bytes:
+    """``header`` with its checksum field recomputed."""
+    blank = header[:148] + b" " * 8 + header[156:]
+    return blank[:148] + b"%06o\0 " % sum(blank) + blank[156:]
 
 
 def tar_sizes() -> st.SearchStrategy[int]:
@@ -228,8 +255,8 @@ def depths(max_depth: int = 4096) -> st.SearchStrategy[int]:
 #: What :class:`HostileHTTPServer` can do: ``ignore-range`` answers every GET with 200 and the whole
 #: body followed by ``padding`` bytes; ``drip`` sends the asked-for bytes one every ``interval``
 #: seconds (then hangs up after ``limit`` bytes); ``endless`` sends an endless body without a length
-#: (cut at ``limit`` bytes: ``limit`` keeps a test of a client that fails finite); ``long-body`` declares the asked-for length but sends ``padding`` bytes more;
-#: ``honest`` serves ranges correctly.
+#: (cut at ``limit`` bytes: ``limit`` keeps a test of a client that fails finite); ``long-body``
+#: declares the asked-for length but sends ``padding`` bytes more; ``honest`` serves ranges correctly.
 HTTP_BEHAVIOURS = ("honest", "ignore-range", "drip", "endless", "long-body")
 
 
@@ -373,3 +400,71 @@ def _range(header: str | None, size: int) -> tuple[int, int]:
         return max(0, size - int(last)), size
     return int(first), min(size, int(last) + 1 if last else size)
 
+
+
+# -- configurations ----------------------------------------------------------------------------------
+
+#: Valid documents of each kind a configuration option takes: nydusd v1 JSON, v2 JSON and TOML
+#: (localfs, s3, http-proxy backends) and nydusify's backend configuration.
+CONFIG_SEEDS: dict[str, bytes] = {
+    "v1.json": json.dumps({"device": {"backend": {"type": "localfs", "config": {"dir": "/var/blobs"}},
+                                      "cache": {"type": "blobcache", "config": {"work_dir": "/var/cache"}}},
+                           "mode": "direct", "digest_validate": False, "enable_xattr": True,
+                           "fs_prefetch": {"enable": True, "threads_count": 8, "merging_size": 1048576,
+                                           "prefetch_all": True}}).encode(),
+    "v2.json": json.dumps({"version": 2, "id": "x", "backend": {"type": "http-proxy", "http-proxy": {
+        "addr": "http://127.0.0.1:9", "path": "/blobs", "timeout": 5, "connect_timeout": 5, "retry_limit": 1}},
+        "cache": {"type": "blobcache", "filecache": {"work_dir": "/var/cache"}},
+        "rafs": {"validate": True, "enable_xattr": True, "prefetch": {"enable": True, "threads": 4,
+                                                                      "batch_size": 131072}}}).encode(),
+    "v2.toml": b'version = 2\nid = "x"\n[backend]\ntype = "s3"\n[backend.s3]\nendpoint = "127.0.0.1:9"\n'
+               b'scheme = "http"\nbucket_name = "b"\nregion = "r"\nobject_prefix = "p/"\n'
+               b'access_key_id = "AKIA"\naccess_key_secret = "secret"\n[cache]\ntype = "blobcache"\n'
+               b'[cache.filecache]\nwork_dir = "/var/cache"\n',
+    "backend.json": json.dumps({"endpoint": "127.0.0.1:9", "scheme": "http", "bucket_name": "b", "region": "r",
+                                "object_prefix": "p/", "access_key_id": "AKIA",
+                                "access_key_secret": "secret"}).encode(),
+}
+
+#: Values of the wrong type or size for any key: a reader must refuse them naming the key.
+HOSTILE_CONFIG_VALUES = (None, True, -1, 1 << 64, 1.5, float("inf"), "", "\x00", "x" * 5000, [], [1], {},
+                         {"a": {"b": {}}})
+
+
+def _leaves(value, path=()):
+    """Every key path of a JSON document (dicts only)."""
+    if isinstance(value, dict):
+        for key, child in value.items():
+            yield path + (key,)
+            yield from _leaves(child, path + (key,))
+
+
+def _replaced(document, path, value):
+    copy = json.loads(json.dumps(document))
+    target = copy
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    return copy
+
+
+def config_mutants(seeds: dict[str, bytes] | None = None, *, depth: int = 100_000) -> Iterator[tuple[str, bytes]]:
+    """Hostile configuration documents as ``(description, bytes)``: ``depth``-deep JSON arrays and TOML
+    inline arrays, bytes that are not UTF-8, NUL, and each JSON seed with every key's value replaced by
+    each of :data:`HOSTILE_CONFIG_VALUES` (NaN and infinity as Python's ``json`` writes them)."""
+    seeds = CONFIG_SEEDS if seeds is None else seeds
+    yield f"JSON nested {depth} deep", b"[" * depth + b"]" * depth
+    yield (f"JSON object nested {depth} deep",
+           b'{"version": 2, "backend": ' + b'{"a":' * depth + b"1" + b"}" * (depth + 1))
+    yield f"TOML nested {depth} deep", b"version = 2\nbackend = " + b"[" * depth + b"]" * depth + b"\n"
+    yield "not UTF-8", b'{"version": 2, "id": "\xff\xfe"}'
+    yield "NUL bytes", b"\0" * 64
+    yield "BOM and garbage", b"\xef\xbb\xbf{" + b"\x80" * 16
+    for name, document in seeds.items():
+        if not name.endswith(".json"):
+            continue
+        parsed = json.loads(document)
+        for path in _leaves(parsed):
+            for value in HOSTILE_CONFIG_VALUES:
+                yield (f"{name}: {'.'.join(path)} = {value!r:.40}",
+                       json.dumps(_replaced(parsed, path, value)).encode())
