@@ -99,3 +99,65 @@ def test_atheris_surveys_the_config_target(tmp_path):
     assert set(CONFIG_SEEDS) <= set(os.listdir(tmp_path / "corpus"))        # seeded
     for crash in crashes.iterdir() if crashes.is_dir() else ():
         assert crash.name.startswith("crash-")
+
+
+# -- OCI image layouts -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory):
+    """A one-layer OCI layout (a few small files) and its Nydus conversion."""
+    import io
+    import tarfile
+
+    from rafs.oci import convert
+    from oci_layers import oci_image, oci_layout
+    base = tmp_path_factory.mktemp("oci-mutants")
+    layer = base / "layer.tar"
+    with tarfile.open(layer, "w") as tar:
+        for name, data in (("etc/hosts", b"127.0.0.1 localhost\n"), ("bin/sh", b"#!" * 3000)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    source = str(base / "src")
+    oci_layout(source, [oci_image(source, [str(layer)])])
+    target = str(base / "nydus")
+    convert(source, target)
+    return source, target
+
+
+def _oci_escapes(layout, workdir, run) -> dict:
+    """What escapes ``run(path)`` for a fixed sample of the layout's mutations (all of them when deep)."""
+    from rafs.testing import mutated_layout, oci_layout_mutations
+    from test_fuzz_mutants import pick
+    mutations = oci_layout_mutations(layout)
+    assert len(mutations) > 50
+    before = _contents(layout)
+    escapes = {}
+    for number, mutation in enumerate(pick(mutations, 60, seed=12)):
+        path = mutated_layout(layout, mutation, workdir / "mutant")
+        try:
+            run(path, workdir / f"out{number}")
+        except RafsError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - what escapes is what the test reports
+            escapes.setdefault(f"{type(exc).__name__}: {str(exc)[:80]}", mutation.description)
+    assert _contents(layout) == before          # the mutants' hard links never wrote into the original
+    return escapes
+
+
+def _contents(top) -> dict:
+    return {os.path.join(d, n): open(os.path.join(d, n), "rb").read() for d, _, names in os.walk(top) for n in names}
+
+
+@pytest.mark.xfail(strict=True, reason="fixed by issue 12 lane h3 (OCI layouts read through a validating reader)")
+def test_mutated_oci_layouts_convert_or_fail_cleanly(layouts, tmp_path):
+    from rafs.oci import convert
+    escapes = _oci_escapes(layouts[0], tmp_path, convert)
+    assert not escapes, escapes
+
+
+@pytest.mark.xfail(strict=True, reason="fixed by issue 12 lane h3 (OCI layouts read through a validating reader)")
+def test_mutated_nydus_layouts_check_or_fail_cleanly(layouts, tmp_path):
+    from rafs.oci.check import check_image
+    escapes = _oci_escapes(layouts[1], tmp_path, lambda path, _: check_image(path))
+    assert not escapes, escapes

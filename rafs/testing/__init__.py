@@ -22,8 +22,9 @@ See ``docs/fuzzing.md`` for a guide with a worked example.
 from .exercise import (BytesSource, EscapedError, Outcome, OutOfMemoryError, OutOfTimeError, check_blob_mutant,
                        check_mutant, exercise, exercise_blob, memory_budget, memory_limit, time_limit)
 from .hostile import (CONFIG_SEEDS, HostileHTTPServer, blob_ids, config_mutants, declared_size_mutants,
-                      declared_sizes, deep_chain, hostile_blob_ids, http_behaviours, padded_path_id, tar_header,
-                      tar_header_bombs, tar_header_mutants, tar_sizes, valid_blob_ids)
+                      declared_sizes, deep_chain, hostile_blob_ids, http_behaviours, mutated_layout,
+                      oci_layout_mutants, oci_layout_mutations, padded_path_id, tar_header, tar_header_bombs,
+                      tar_header_mutants, tar_sizes, valid_blob_ids)
 from .images import Built, as_built, blob_devices, build_node, build_options, build_tree
 from .mutate import (Located, bit_flips, blob_structures, field_extremes, flip_bit, replace_unique, set_field,
                      set_int, truncations, v5_structures, v6_structures, word_extremes, zeroed_runs, zstd_bomb)
@@ -36,7 +37,8 @@ __all__ = [
     "BytesSource", "EscapedError", "Outcome", "OutOfMemoryError", "OutOfTimeError", "check_blob_mutant",
     "check_mutant", "exercise", "exercise_blob", "memory_budget", "memory_limit", "time_limit",
     "CONFIG_SEEDS", "HostileHTTPServer", "blob_ids", "config_mutants", "declared_size_mutants", "declared_sizes",
-    "deep_chain", "hostile_blob_ids", "http_behaviours", "padded_path_id", "tar_header", "tar_header_bombs",
+    "deep_chain", "hostile_blob_ids", "http_behaviours", "mutated_layout", "oci_layout_mutants",
+    "oci_layout_mutations", "padded_path_id", "tar_header", "tar_header_bombs",
     "tar_header_mutants", "tar_sizes", "valid_blob_ids",
     "Built", "as_built", "blob_devices", "build_node", "build_options", "build_tree",
     "Located", "bit_flips", "blob_structures", "field_extremes", "flip_bit", "replace_unique", "set_field",

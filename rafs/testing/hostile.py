@@ -17,15 +17,22 @@ nothing about how rafs handles them), so they serve any RAFS or tar reader:
   endless body, lies about its length) and the :func:`http_behaviours` strategy;
 * configurations: :data:`CONFIG_SEEDS` (nydusd v1/v2 and nydusify backend documents) and
   :func:`config_mutants` (deep nesting, bytes that are not UTF-8, every value of every key replaced
-  by each value of the wrong type or size).
+  by each value of the wrong type or size);
+* OCI image layouts: :func:`oci_layout_mutants` (every value of the index, each manifest and each
+  config replaced the same way, or the document made unparsable, with the digests and sizes up the
+  chain made right again, so a reader gets past them).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import stat as _stat
 import threading
 import time
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
@@ -432,11 +439,16 @@ HOSTILE_CONFIG_VALUES = (None, True, -1, 1 << 64, 1.5, float("inf"), "", "\x00",
 
 
 def _leaves(value, path=()):
-    """Every key path of a JSON document (dicts only)."""
+    """Every key path of a JSON document (into dicts, and lists of dicts)."""
     if isinstance(value, dict):
         for key, child in value.items():
             yield path + (key,)
             yield from _leaves(child, path + (key,))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            if isinstance(child, dict):
+                yield path + (index,)
+                yield from _leaves(child, path + (index,))
 
 
 def _replaced(document, path, value):
@@ -468,3 +480,121 @@ def config_mutants(seeds: dict[str, bytes] | None = None, *, depth: int = 100_00
             for value in HOSTILE_CONFIG_VALUES:
                 yield (f"{name}: {'.'.join(path)} = {value!r:.40}",
                        json.dumps(_replaced(parsed, path, value)).encode())
+
+
+# -- OCI image layouts -------------------------------------------------------------------------------
+
+#: Whole-document replacements: not JSON, truncated, the wrong top-level type, nested past any
+#: recursion limit.
+HOSTILE_JSON_DOCUMENTS = ((b"", "empty"), (b"\xff\xfe", "not UTF-8"), (b"{", "truncated"), (b"[]", "a list"),
+                          (b"null", "null"), (b"[" * 100_000 + b"]" * 100_000, "nested 100000 deep"))
+
+
+def _blob_path(layout: str, digest: str) -> str:
+    algorithm, _, hexdigest = digest.partition(":")
+    return os.path.join(layout, "blobs", algorithm, hexdigest)
+
+
+def _layout_documents(layout: str) -> list[tuple[str, str | None, tuple]]:
+    """``(what, digest, chain)`` of index.json (digest None), each manifest (or nested index) and each
+    config it reaches; ``chain`` is the digests from index.json down to the document's parent."""
+    with open(os.path.join(layout, "index.json"), "rb") as f:
+        index = json.load(f)
+    found = [("index.json", None, ())]
+    todo = [(desc, ()) for desc in index.get("manifests", [])]
+    while todo:
+        desc, chain = todo.pop(0)
+        digest = desc["digest"]
+        with open(_blob_path(layout, digest), "rb") as f:
+            document = json.load(f)
+        found.append((f"manifest {digest[:19]}", digest, chain))
+        for child in document.get("manifests", []):
+            todo.append((child, chain + (digest,)))
+        if "config" in document:
+            found.append((f"config of {digest[:19]}", document["config"]["digest"], chain + (digest,)))
+    return found
+
+
+def _write_document(layout: str, digest: str | None, chain: tuple, data: bytes) -> None:
+    """Put ``data`` in place of the document ``digest`` (index.json for None) in ``layout`` and rewrite
+    each document up ``chain`` so that it refers to the new one by its true digest and size."""
+    old = digest
+    while old is not None:
+        new = "sha256:" + hashlib.sha256(data).hexdigest()
+        _replace_file(_blob_path(layout, new), data)
+        parent = chain[-1] if chain else None
+        parent_path = os.path.join(layout, "index.json") if parent is None else _blob_path(layout, parent)
+        with open(parent_path, "rb") as f:
+            parent_doc = json.load(f)
+        for desc in list(parent_doc.get("manifests", [])) + [parent_doc.get("config") or {}] \
+                + list(parent_doc.get("layers", [])):
+            if isinstance(desc, dict) and desc.get("digest") == old:
+                desc["digest"], desc["size"] = new, len(data)
+        data = json.dumps(parent_doc).encode()
+        old, chain = parent, chain[:-1]
+    _replace_file(os.path.join(layout, "index.json"), data)
+
+
+def _replace_file(path: str, data: bytes) -> None:
+    """A new file at ``path``: never written through the hard link to the original layout."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+@dataclass(frozen=True)
+class LayoutMutation:
+    """One document of an OCI layout replaced: :attr:`data` in place of document :attr:`digest`
+    (index.json for None), whose parents are :attr:`chain` (digests from index.json down)."""
+
+    description: str
+    digest: str | None
+    chain: tuple
+    data: bytes
+
+
+def oci_layout_mutations(layout, *, values=HOSTILE_CONFIG_VALUES) -> list[LayoutMutation]:
+    """What :func:`oci_layout_mutants` makes, as data (cheap to list and to sample): each document
+    (index.json, every manifest and nested index, every config) with each key's value replaced by each
+    of ``values``, and each replaced whole by :data:`HOSTILE_JSON_DOCUMENTS`."""
+    layout = os.fspath(layout)
+    mutations = []
+    for what, digest, chain in _layout_documents(layout):
+        path = os.path.join(layout, "index.json") if digest is None else _blob_path(layout, digest)
+        with open(path, "rb") as f:
+            parsed = json.load(f)
+        for key in _leaves(parsed):
+            for value in values:
+                mutations.append(LayoutMutation(f"{what}: {'.'.join(map(str, key))} = {value!r:.40}", digest, chain,
+                                                json.dumps(_replaced(parsed, key, value)).encode()))
+        mutations += [LayoutMutation(f"{what}: {name}", digest, chain, data) for data, name in HOSTILE_JSON_DOCUMENTS]
+    return mutations
+
+
+def mutated_layout(layout, mutation: LayoutMutation, target) -> str:
+    """A copy of ``layout`` at ``target`` (replaced if there) with ``mutation`` applied, digests and
+    sizes up the chain made right again; blobs are hard links where possible, never written through."""
+    layout, target = os.fspath(layout), os.fspath(target)
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(layout, target, copy_function=_link_or_copy)
+    _write_document(target, mutation.digest, mutation.chain, mutation.data)
+    return target
+
+
+def oci_layout_mutants(layout, workdir, *, values=HOSTILE_CONFIG_VALUES) -> Iterator[tuple[str, str]]:
+    """Mutated copies of the OCI image layout ``layout`` as ``(description, path)``, one at a time in
+    ``workdir/mutant`` (use each before asking for the next): :func:`oci_layout_mutations` applied."""
+    target = os.path.join(os.fspath(workdir), "mutant")
+    for mutation in oci_layout_mutations(layout, values=values):
+        yield mutation.description, mutated_layout(layout, mutation, target)
+    shutil.rmtree(target, ignore_errors=True)
+
+
+def _link_or_copy(source: str, destination: str) -> None:
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination)
