@@ -189,3 +189,15 @@ def test_model_tree_naming_a_fifo_is_refused_without_hanging(tmp_path):
         thread.join(20)
         pytest.fail("the build hung on a FIFO")
     assert isinstance(outcome.get("error"), BuildError) and "FIFO" in str(outcome["error"])
+
+
+def test_a_build_leaves_no_fd_open(layout):
+    """The root's fd lives as long as the tree's TreeFiles, and every directory fd is closed."""
+    import gc
+    src, _, out = layout
+    before = len(os.listdir("/proc/self/fd"))
+    outcome = build(src, out)
+    assert "error" not in outcome, outcome
+    del outcome
+    gc.collect()
+    assert len(os.listdir("/proc/self/fd")) == before
