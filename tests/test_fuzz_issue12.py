@@ -27,7 +27,7 @@ from conftest import FIXTURES, ROOT
 from test_fuzz_mutants import DEEP
 
 FUZZ = ROOT / "fuzz"
-TAR_FIXTURES = ["tar/all-entry-type.tar"] + (["tar/all-entry-type-macos.tar", "tar/empty.tar"] if DEEP else [])
+TAR_FIXTURES = ["tar/all-entry-type.tar"] + (["tar/all-entry-type-macos.tar"] if DEEP else [])
 
 
 @pytest.mark.parametrize("name", TAR_FIXTURES)

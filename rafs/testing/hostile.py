@@ -178,8 +178,11 @@ def tar_header_mutants(layer: bytes, *, sizes=HOSTILE_TAR_SIZES,
     reader gets past it), as ``(description, mutant)``."""
     import tarfile
     import io
-    with tarfile.open(fileobj=io.BytesIO(layer), mode="r:") as tar:
-        offsets = [member.offset for member in tar.getmembers()]
+    try:
+        with tarfile.open(fileobj=io.BytesIO(layer), mode="r:") as tar:
+            offsets = [member.offset for member in tar.getmembers()]
+    except tarfile.ReadError:           # no header at all (an empty archive): nothing to mutate
+        return
     for at in offsets:
         header = layer[at:at + TAR_BLOCK]
         for size in sizes:
