@@ -64,7 +64,7 @@ def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Nod
             names.sort()
             prefix = relative + b"/" if relative else b""     # joined once per directory, not per entry
             # xattrs of the entries named beneath this directory's fd (the full path only without /proc)
-            xattr_prefix = proc_fds + b"%d/" % fd if proc_fds is not None else tree_root.full_path(prefix)
+            xattr_prefix = proc_fds + b"%d/" % fd if proc_fds is not None else tree_root.path + b"/" + prefix
             children, subdirs = [], []
             for name in names:
                 child_relative = prefix + name
