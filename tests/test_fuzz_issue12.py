@@ -27,7 +27,9 @@ from conftest import FIXTURES, ROOT
 from test_fuzz_mutants import DEEP
 
 FUZZ = ROOT / "fuzz"
-TAR_FIXTURES = ["tar/all-entry-type.tar"] + (["tar/all-entry-type-macos.tar"] if DEEP else [])
+# the macOS tar has PAX headers: their size set to 1.5 GiB and more is a MemoryError before lane h3
+TAR_FIXTURES = ["tar/all-entry-type.tar"] + ([pytest.param("tar/all-entry-type-macos.tar", marks=pytest.mark.xfail(
+    strict=True, reason="fixed by issue 12 lane h3 (tar header sizes bounded)"))] if DEEP else [])
 
 
 @pytest.mark.parametrize("name", TAR_FIXTURES)
