@@ -49,7 +49,7 @@ BLOB_ID_SIZE = 64
 #: Blob ids that must never reach a path or a URL: traversal, absolute paths, separators, empty,
 #: control characters and NUL, the wrong length or alphabet.
 HOSTILE_BLOB_IDS: tuple[str, ...] = (
-    "", ".", "..", "../x", "../../etc/passwd", "/etc/passwd", "/" * 59 + "/etc/shadow"[-5:],
+    "", ".", "..", "../x", "../../etc/passwd", "/etc/passwd", "/" * 53 + "/etc/shadow",
     "a/b", "a\\b", "./" * 32, "%2e%2e%2fx", "x" * 250, "f" * 4096, "e" * 63, "e" * 65, "E" * 64,
     "g" * 64, "a\x00b", "\x00" * 64, "a\nb", "\x1b[2J" + "0" * 60, "\r" + "0" * 63, "0" * 63 + "\x7f",
     "?x=1", "#frag", "x y", "http://127.0.0.1/x", "~root",
