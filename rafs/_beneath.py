@@ -16,6 +16,7 @@ import errno
 import operator
 import os
 import stat as _stat
+import threading
 import weakref
 
 from .errors import BuildError
@@ -138,23 +139,55 @@ def open_regular_path(path: bytes) -> int:
     return fd
 
 
-class TreeRoot:
-    """The open root directory of a source tree; its fd is closed with the last reference to it."""
+def join(parent: bytes, name: bytes) -> bytes:
+    """The relative path of ``name`` in directory ``parent`` (b"" for the root)."""
+    return parent + b"/" + name if parent else name
 
-    __slots__ = ("path", "fd", "__weakref__")
+
+class TreeRoot:
+    """The open root directory of a source tree. Its fd, and the directory fd each thread keeps for
+    the files it opens (:meth:`dir_fd`), are closed with the last reference to the root."""
+
+    __slots__ = ("path", "fd", "_dirs", "__weakref__")
 
     def __init__(self, path: bytes, fd: int):
         self.path = path
         self.fd = fd
-        weakref.finalize(self, os.close, fd)
+        # thread id -> (relative path, fd) of the directory that thread opened files in last: files
+        # are read in directory order, so one openat2 serves a directory's files (a thread's own
+        # entry is only ever touched by that thread)
+        self._dirs: dict[int, tuple[bytes, int]] = {}
+        weakref.finalize(self, _close_all, fd, self._dirs)
 
-    def full_path(self, relative: bytes) -> bytes:
+    def full_path(self, relative: bytes | None) -> bytes:
         return self.path + b"/" + relative if relative else self.path
+
+    def dir_fd(self, relative: bytes) -> int:
+        """An fd of the directory at ``relative`` beneath the root, opened without following symlinks
+        (OSError otherwise), kept for the calling thread until it asks for another directory."""
+        if not relative:
+            return self.fd
+        thread = threading.get_ident()
+        cached = self._dirs.get(thread)
+        if cached is not None:
+            if cached[0] is relative or cached[0] == relative:
+                return cached[1]
+            del self._dirs[thread]
+            os.close(cached[1])
+        fd = open_beneath(self.fd, relative, DIR_FLAGS)
+        self._dirs[thread] = (relative, fd)
+        return fd
+
+
+def _close_all(fd: int, dirs: dict) -> None:
+    for _, dir_fd in dirs.values():
+        os.close(dir_fd)
+    os.close(fd)
 
 
 class TreeFile(tuple):
-    """A regular file the walk found: ``(root, relative, dev, ino)``, its path beneath ``root`` (a
-    :class:`TreeRoot`) and its device and inode numbers.
+    """A regular file the walk found: ``(root, parent, name, dev, ino)``, the relative path of its
+    directory beneath ``root`` (a :class:`TreeRoot`), its name there, and its device and inode numbers.
 
     It is what a directory build keeps as :attr:`rafs.model.Node.data`. :meth:`open` gives an fd
     that is certainly that file; calling the object gives a binary stream of it; as a PathLike it is
@@ -164,14 +197,17 @@ class TreeFile(tuple):
 
     __slots__ = ()
     root = property(operator.itemgetter(0))
-    relative = property(operator.itemgetter(1))
-    dev = property(operator.itemgetter(2))
-    ino = property(operator.itemgetter(3))
+    parent = property(operator.itemgetter(1))
+    name = property(operator.itemgetter(2))
+    dev = property(operator.itemgetter(3))
+    ino = property(operator.itemgetter(4))
 
     def open(self) -> int:
-        root, relative, dev, ino = self
+        """The file, opened beneath its directory's fd (``O_NOFOLLOW | O_NONBLOCK``) and checked to be
+        the regular file the walk saw; a BuildError naming it otherwise."""
+        root, parent, name, dev, ino = self
         try:
-            fd = open_beneath(root.fd, relative, FILE_FLAGS)
+            fd = os.open(name, FILE_FLAGS, dir_fd=root.dir_fd(parent))
         except OSError as exc:
             raise open_error(self.full_path(), "node file", exc) from None
         try:
@@ -181,8 +217,12 @@ class TreeFile(tuple):
             raise
         return fd
 
+    @property
+    def relative(self) -> bytes:
+        return join(self[1], self[2])
+
     def full_path(self) -> bytes:
-        return self.root.full_path(self.relative)
+        return self[0].full_path(self.relative)
 
     def __call__(self):
         return os.fdopen(self.open(), "rb")

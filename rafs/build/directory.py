@@ -51,7 +51,7 @@ def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Nod
     tree_root = _beneath.TreeRoot(top, root_fd)
     proc_fds = _proc_fd_dir()
     st = os.fstat(root_fd)
-    root = _node(b"/", b"", st, layer, tree_root, root_fd, root_fd)
+    root = _node(b"/", None, st, layer, tree_root, root_fd, root_fd)
     root.inode.mtime = root.inode.mtime_nsec = 0
     drop = whiteout_spec != "none" and layer == 0
     oci_only = whiteout_spec == "oci"
@@ -67,20 +67,19 @@ def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Nod
             xattr_prefix = proc_fds + b"%d/" % fd if proc_fds is not None else tree_root.path + b"/" + prefix
             children, subdirs = [], []
             for name in names:
-                child_relative = prefix + name
                 try:
                     child_st = os.lstat(name, dir_fd=fd)
                 except OSError as exc:
-                    raise BuildError(f"failed to stat {os.fsdecode(tree_root.full_path(child_relative))!r}: "
+                    raise BuildError(f"failed to stat {os.fsdecode(tree_root.full_path(prefix + name))!r}: "
                                      f"{exc.strerror}") from None
-                child = _node(name, child_relative, child_st, layer, tree_root, fd, xattr_prefix + name)
+                child = _node(name, relative, child_st, layer, tree_root, fd, xattr_prefix + name)
                 # only ".wh." names are OCI whiteouts: the others need no closer look
                 if drop and (not oci_only or name.startswith(tree.OCI_WHITEOUT_PREFIX)) \
                         and tree.is_dropped_whiteout(child, whiteout_spec):
                     continue
                 children.append(child)
                 if _stat.S_ISDIR(child_st.st_mode):
-                    subdirs.append((child, child_relative, child_st))
+                    subdirs.append((child, prefix + name, child_st))
         finally:
             if fd != root_fd:
                 os.close(fd)
@@ -124,40 +123,40 @@ def _list(fd: int, proc_fds: bytes | None, path: bytes) -> list[bytes]:
         raise BuildError(f"failed to read dir {os.fsdecode(path)!r}: {exc.strerror}") from None
 
 
-def _node(name: bytes, relative: bytes, st: os.stat_result, layer: int, tree_root: _beneath.TreeRoot,
+def _node(name: bytes, parent: bytes | None, st: os.stat_result, layer: int, tree_root: _beneath.TreeRoot,
           dir_fd: int, xattr_path) -> Node:
-    """The node of entry ``name`` of directory ``dir_fd`` (the root itself when ``relative`` is empty);
-    ``xattr_path`` names the entry for the xattr calls (the root's fd for the root)."""
+    """The node of entry ``name`` of directory ``dir_fd``, at ``parent`` (its relative path) beneath
+    the root, or the root itself when ``parent`` is None; ``xattr_path`` names the entry for the xattr
+    calls (the root's fd for the root)."""
     if len(name) > MAX_NAME_SIZE:
-        raise BuildError(f"file name length {len(name):#x} is too big: "
-                         f"{os.fsdecode(tree_root.full_path(relative))!r}")
+        raise BuildError(f"file name length {len(name):#x} is too big: {_shown(tree_root, parent, name)!r}")
     mode = st.st_mode
     seconds, nanoseconds = divmod(st.st_mtime_ns, 1_000_000_000)
-    follow = not relative                   # an fd is the entry itself: there is no link to follow
+    follow = parent is None                 # an fd is the entry itself: there is no link to follow
     try:
         xattr_names = os.listxattr(xattr_path, follow_symlinks=follow)
     except OSError as exc:
-        xattr_names = _listxattr_failed(tree_root.full_path(relative), exc)
+        xattr_names = _listxattr_failed(_shown(tree_root, parent, name), exc)
     # positional, in rafs.model.Inode's field order: ino, mode, uid, gid, size, mtime, mtime_nsec, nlink,
     # rdev, blocks, flags, symlink, xattrs; and Node's: name, inode, children, data, chunks, hardlink_key,
     # layer (keywords cost a microsecond an entry; most entries have no xattrs, so no call for them)
     inode = Inode(0, mode, st.st_uid, st.st_gid, 0, seconds, nanoseconds, 1, st.st_rdev, 0, 0, None,
-                  _xattrs(xattr_path, follow, tree_root.full_path(relative), xattr_names) if xattr_names else {})
+                  _xattrs(xattr_path, follow, _shown(tree_root, parent, name), xattr_names) if xattr_names else {})
     node = Node(name, inode, [], None, [], None, layer)
     if _stat.S_ISREG(mode):
         inode.size = st.st_size
-        node.data = TreeFile((tree_root, relative, st.st_dev, st.st_ino))
+        node.data = TreeFile((tree_root, parent, name, st.st_dev, st.st_ino))
         if st.st_nlink > 1:
             node.hardlink_key = (layer, st.st_dev, st.st_ino)
     elif _stat.S_ISLNK(mode):
         try:
             target = os.readlink(name, dir_fd=dir_fd)
         except OSError as exc:
-            raise BuildError(f"failed to read symlink target for {os.fsdecode(tree_root.full_path(relative))!r}: "
+            raise BuildError(f"failed to read symlink target for {_shown(tree_root, parent, name)!r}: "
                              f"{exc.strerror}") from None
         if len(target) > MAX_SYMLINK_SIZE:
             raise BuildError(f"symlink content size {len(target):#x} is too big: "
-                             f"{os.fsdecode(tree_root.full_path(relative))!r}")
+                             f"{_shown(tree_root, parent, name)!r}")
         inode.symlink = target
         inode.size = len(target)
     elif not _stat.S_ISDIR(mode):
@@ -165,28 +164,33 @@ def _node(name: bytes, relative: bytes, st: os.stat_result, layer: int, tree_roo
     return node
 
 
-def _listxattr_failed(path: bytes, exc: OSError) -> list:
+def _shown(tree_root: _beneath.TreeRoot, parent: bytes | None, name: bytes) -> str:
+    """The full path of entry ``name`` of ``parent`` (the root for None), for messages."""
+    return os.fsdecode(tree_root.full_path(None if parent is None else _beneath.join(parent, name)))
+
+
+def _listxattr_failed(path: str, exc: OSError) -> list:
     """No xattr names where the filesystem has no xattrs at all; any other failure is a BuildError."""
     if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
         return []
-    raise BuildError(f"failed to list xattr of {os.fsdecode(path)!r}: {exc.strerror}") from None
+    raise BuildError(f"failed to list xattr of {path!r}: {exc.strerror}") from None
 
 
-def _xattrs(target, follow: bool, path: bytes, names: list) -> dict[bytes, bytes]:
+def _xattrs(target, follow: bool, path: str, names: list) -> dict[bytes, bytes]:
     """The xattrs ``names`` (as ``os.listxattr`` gave them) of ``target`` (an fd or a path naming the
     entry at ``path`` without following a symlink), sorted by name."""
     xattrs = {}
     for name in sorted(os.fsencode(n) for n in names):
-        check_xattr_name(name, os.fsdecode(path))
+        check_xattr_name(name, path)
         try:
             value = os.getxattr(target, name, follow_symlinks=follow)
         except OSError as exc:
             if exc.errno == errno.ENODATA:          # removed between list and get
                 continue
-            raise BuildError(f"failed to get xattr {os.fsdecode(name)!r} of {os.fsdecode(path)!r}: "
+            raise BuildError(f"failed to get xattr {os.fsdecode(name)!r} of {path!r}: "
                              f"{exc.strerror}") from None
         if len(value) > MAX_XATTR_VALUE_SIZE:
-            raise BuildError(f"xattr {os.fsdecode(name)!r} of {os.fsdecode(path)!r}: value of {len(value)} "
+            raise BuildError(f"xattr {os.fsdecode(name)!r} of {path!r}: value of {len(value)} "
                              f"bytes is too big (limit {MAX_XATTR_VALUE_SIZE})")
         xattrs[name] = value
     return xattrs
