@@ -2,11 +2,12 @@
 
 A directory build walks a tree that someone else may change while it runs. Opening by full path
 would follow a parent directory swapped for a symlink out of the tree, and block forever on a file
-swapped for a FIFO. So the walk keeps one fd of the tree's root, and every directory and file is
-opened beneath it: with ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` (Linux 5.6+) in one call,
-otherwise one ``openat(O_NOFOLLOW | O_DIRECTORY)`` per path component. Files are opened
-``O_NONBLOCK`` (a FIFO opens without a writer) and checked with ``fstat`` to be the regular file,
-by device and inode number, that the walk saw.
+swapped for a FIFO. So the walk keeps one fd of the tree's root (:class:`TreeRoot`), and every
+directory is opened beneath it: with ``openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`` (Linux 5.6+)
+in one call, otherwise one ``openat(O_NOFOLLOW | O_DIRECTORY)`` per path component. Files
+(:class:`TreeFile`) are opened relative to their directory's fd with ``O_NOFOLLOW | O_NONBLOCK`` (a
+FIFO opens without a writer) and checked with ``fstat`` to be the regular file, by device and inode
+number, that the walk saw.
 """
 
 from __future__ import annotations
