@@ -13,18 +13,17 @@ hypothesis and rafs.
   schema in the ``layout`` modules.
 * :mod:`rafs.testing.mutate` - blind and structure-aware mutations of images, decompression bombs.
 * :mod:`rafs.testing.exercise` - run every read path over an image under time and memory bounds.
-* :mod:`rafs.testing.hostile` - what an attacker controls: hostile blob ids, tar headers declaring
-  huge sizes, file sizes past their chunks, deep directory chains, hostile HTTP servers.
+* :mod:`rafs.testing.hostile` - what an attacker controls: tar headers declaring huge sizes, file
+  sizes past their chunks, deep directory chains, hostile HTTP servers, configs, OCI layouts.
 
 See ``docs/fuzzing.md`` for a guide with a worked example.
 """
 
 from .exercise import (BytesSource, EscapedError, Outcome, OutOfMemoryError, OutOfTimeError, check_blob_mutant,
                        check_mutant, exercise, exercise_blob, memory_budget, memory_limit, time_limit)
-from .hostile import (CONFIG_SEEDS, HostileHTTPServer, blob_ids, config_mutants, declared_size_mutants,
-                      declared_sizes, deep_chain, hostile_blob_ids, http_behaviours, mutated_layout,
-                      oci_layout_mutants, oci_layout_mutations, padded_path_id, tar_header, tar_header_bombs,
-                      tar_header_mutants, tar_sizes, valid_blob_ids)
+from .hostile import (CONFIG_SEEDS, HostileHTTPServer, config_mutants, declared_size_mutants, declared_sizes,
+                      deep_chain, http_behaviours, mutated_layout, oci_layout_mutants, oci_layout_mutations,
+                      tar_header, tar_header_bombs, tar_header_mutants, tar_sizes)
 from .images import Built, as_built, blob_devices, build_node, build_options, build_tree
 from .mutate import (Located, bit_flips, blob_structures, field_extremes, flip_bit, replace_unique, set_field,
                      set_int, truncations, v5_structures, v6_structures, word_extremes, zeroed_runs, zstd_bomb)
@@ -36,10 +35,9 @@ from .trees import (Entry, Extent, FileData, assert_same_tree, diff_trees, direc
 __all__ = [
     "BytesSource", "EscapedError", "Outcome", "OutOfMemoryError", "OutOfTimeError", "check_blob_mutant",
     "check_mutant", "exercise", "exercise_blob", "memory_budget", "memory_limit", "time_limit",
-    "CONFIG_SEEDS", "HostileHTTPServer", "blob_ids", "config_mutants", "declared_size_mutants", "declared_sizes",
-    "deep_chain", "hostile_blob_ids", "http_behaviours", "mutated_layout", "oci_layout_mutants",
-    "oci_layout_mutations", "padded_path_id", "tar_header", "tar_header_bombs",
-    "tar_header_mutants", "tar_sizes", "valid_blob_ids",
+    "CONFIG_SEEDS", "HostileHTTPServer", "config_mutants", "declared_size_mutants", "declared_sizes",
+    "deep_chain", "http_behaviours", "mutated_layout", "oci_layout_mutants", "oci_layout_mutations",
+    "tar_header", "tar_header_bombs", "tar_header_mutants", "tar_sizes",
     "Built", "as_built", "blob_devices", "build_node", "build_options", "build_tree",
     "Located", "bit_flips", "blob_structures", "field_extremes", "flip_bit", "replace_unique", "set_field",
     "set_int", "truncations", "v5_structures", "v6_structures", "word_extremes", "zeroed_runs", "zstd_bomb",

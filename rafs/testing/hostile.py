@@ -1,11 +1,9 @@
 """Inputs an attacker controls, as generators and hypothesis strategies (issue 12's red-team pass).
 
 Each family here is what would have found one class of issue 12's attacks; all are generic (they say
-nothing about how rafs handles them), so they serve any RAFS or tar reader:
+nothing about how rafs handles them), so they serve any RAFS or tar reader. (Blob ids have their own
+module, :mod:`rafs.testing.blob_ids`.)
 
-* blob ids: :func:`blob_ids` / :data:`HOSTILE_BLOB_IDS` (``..``, slashes, absolute paths padded to the
-  64 characters a v6 blob table holds, control characters, NUL, overlong, not hex) and
-  :func:`padded_path_id`;
 * tar headers whose size fields declare far more than the layer holds: :func:`tar_header`,
   :func:`tar_header_bombs` (PAX ``x``/``g`` and GNU ``L``/``K`` headers, GNU sparse ``realsize``, PAX
   sparse maps), :func:`tar_header_mutants` of a real layer, and the :func:`tar_sizes` strategy;
@@ -40,59 +38,6 @@ from hypothesis import strategies as st
 
 from ..model import Inode, Node
 from . import mutate
-
-# -- blob ids ----------------------------------------------------------------------------------------
-
-#: The length of a sha256 blob id, the only form the reference writes (64 lowercase hex digits).
-BLOB_ID_SIZE = 64
-
-#: Blob ids that must never reach a path or a URL: traversal, absolute paths, separators, empty,
-#: control characters and NUL, the wrong length or alphabet.
-HOSTILE_BLOB_IDS: tuple[str, ...] = (
-    "", ".", "..", "../x", "../../etc/passwd", "/etc/passwd", "/" * 53 + "/etc/shadow",
-    "a/b", "a\\b", "./" * 32, "%2e%2e%2fx", "x" * 250, "f" * 4096, "e" * 63, "e" * 65, "E" * 64,
-    "g" * 64, "a\x00b", "\x00" * 64, "a\nb", "\x1b[2J" + "0" * 60, "\r" + "0" * 63, "0" * 63 + "\x7f",
-    "?x=1", "#frag", "x y", "http://127.0.0.1/x", "~root",
-)
-
-
-def padded_path_id(path: str, length: int = BLOB_ID_SIZE) -> str:
-    """``path`` padded with leading slashes to ``length`` characters: an absolute path that fits the
-    fixed-size blob id field of a v6 blob table and still names ``path`` when joined onto a directory."""
-    if len(path) > length:
-        raise ValueError(f"{path!r} is longer than {length} characters")
-    return "/" * (length - len(path)) + path
-
-
-def valid_blob_ids() -> st.SearchStrategy[str]:
-    """sha256 blob ids as the reference writes them."""
-    return st.binary(min_size=32, max_size=32).map(bytes.hex)
-
-
-def hostile_blob_ids(*, length: int | None = None) -> st.SearchStrategy[str]:
-    """Blob ids that are not 64 lowercase hex digits; ``length`` pads or cuts them to exactly that many
-    characters (to fit a fixed-size field) where that keeps them hostile."""
-    alphabet = st.characters(min_codepoint=0, max_codepoint=0x7f)
-    parts = st.one_of(
-        st.sampled_from(HOSTILE_BLOB_IDS),
-        st.lists(st.sampled_from(["..", ".", "/", "x", "\x00", "\n", "%2f"]), min_size=1, max_size=24).map("".join),
-        st.text(alphabet, min_size=0, max_size=300),
-        valid_blob_ids().map(lambda hexid: hexid[:-1] + "/"),
-    )
-    if length is None:
-        return parts.filter(lambda s: not _is_sha256_hex(s))
-    return parts.map(lambda s: padded_path_id(s[-length:]) if "/" in s else s[:length].ljust(length, "."))\
-        .filter(lambda s: not _is_sha256_hex(s))
-
-
-def blob_ids(*, length: int | None = None) -> st.SearchStrategy[str]:
-    """Valid and hostile blob ids, mixed (a reader must take the first and refuse the second)."""
-    return st.one_of(valid_blob_ids(), hostile_blob_ids(length=length))
-
-
-def _is_sha256_hex(value: str) -> bool:
-    return len(value) == BLOB_ID_SIZE and all(c in "0123456789abcdef" for c in value)
-
 
 # -- tar headers -------------------------------------------------------------------------------------
 
