@@ -67,7 +67,6 @@ def test_hostile_http_server_behaves_as_documented(behaviour):
 
 # -- rafs against them -------------------------------------------------------------------------------
 
-
 @pytest.mark.xfail(strict=True, reason="fixed by issue 12 lane h3 (tar header sizes bounded)")
 def test_tar_header_bombs_are_refused_in_bounded_memory_and_time(tmp_path):
     honest = hostile.tar_header(b"ok", size=5) + b"hello".ljust(512, b"\0") + b"\0" * 1024
