@@ -70,7 +70,7 @@ def main(target, seeds=(), documents: dict[str, bytes] | None = None) -> None:
     import atheris
     args = list(sys.argv)
     corpus = next((a for a in args[1:] if not a.startswith("-")), None)
-    if corpus is not None and seeds:
+    if corpus is not None and seeds and not os.path.isfile(corpus):     # a file is an input to replay
         seed_corpus(corpus, seeds)
     if corpus is not None and documents:
         seed_documents(corpus, documents)

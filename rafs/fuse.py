@@ -42,6 +42,7 @@ ROOT_INODE = 1               # FUSE_ROOT_ID
 ENTRY_CACHE_SIZE = 1 << 17   # attribute records kept for replies (then started afresh)
 LISTING_CACHE_SIZE = 256     # directory listings kept between readdir calls
 FILE_CACHE_SIZE = 4096       # files (their chunk lists) kept between reads
+NAME_CACHE_SIZE = 4096       # (parent, name) of files looked up, to name them in error messages
 
 # an attribute reply (struct fuse_entry_param) in one pack: what _slot fills in, in this order
 _make_entry = ll.struct_maker(ll.entry_param, (
@@ -132,6 +133,10 @@ class RafsOperations:
         self._listings = _LRU(LISTING_CACHE_SIZE)
         self._files = _LRU(FILE_CACHE_SIZE)
         self._parents: dict[int, int] = {}
+        # names seen by lookup and readdirplus, so an error can name a file by its path: directories
+        # all (there are few), other files the last NAME_CACHE_SIZE looked up
+        self._dir_names: dict[int, bytes] = {}
+        self._names = _LRU(NAME_CACHE_SIZE)
         self._negative = ll.entry_param(ino=0, entry_timeout=CACHE_TIMEOUT)
         self._dir_buffer = ctypes.create_string_buffer(1 << 16)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rafs-fetch")
@@ -224,6 +229,9 @@ class RafsOperations:
             entry, _, is_dir = self._slot(ino)
             if is_dir:
                 self._parents[ino] = parent
+                self._dir_names[ino] = name
+            else:
+                self._names.put(ino, (parent, name))
         self.lib.fuse_reply_entry(req, entry)
 
     def getattr(self, req, ino, fi) -> None:
@@ -279,13 +287,14 @@ class RafsOperations:
             self._dir_buffer = ctypes.create_string_buffer(size)
         base, used = ctypes.addressof(self._dir_buffer), 0     # only the loop thread lists
         # offsets: 0 is ".", 1 is "..", 2 + i is entries[i]; each entry names the offset after it
-        add, slot, parents = self.lib.fuse_add_direntry_plus, self._slot, self._parents
+        add, slot, parents, dir_names = self.lib.fuse_add_direntry_plus, self._slot, self._parents, self._dir_names
         for index in range(offset, len(entries) + 2):
             if index >= 2:
                 name, child = entries[index - 2]
                 _, address, is_dir = slot(child)
                 if is_dir:
                     parents[child] = dir_ino
+                    dir_names[child] = name
             elif index == 0:
                 name, address = b".", slot(dir_ino)[1]
             else:
@@ -315,7 +324,11 @@ class RafsOperations:
             file = self.image.open_inode(image_ino)
             self._files.put(image_ino, file)
         # in memory, in the blob cache or in a local blob: quicker here than handed to a worker
-        data = file.pread(size, offset, local_only=True)
+        try:
+            data = file.pread(size, offset, local_only=True)
+        except errors.RafsError as exc:
+            self._log_read_error(file, size, offset, exc)
+            raise _Reply(errno_for(exc)) from None
         if data is not None:
             self.lib.fuse_reply_buf(req, data, len(data))
             return
@@ -325,13 +338,47 @@ class RafsOperations:
         try:
             data = file.pread(size, offset)
         except BaseException as exc:
-            if not isinstance(exc, errors.RafsError):
-                log.exception("read of %s failed", file.name)
-            else:
-                log.warning("read of %s: %s", file.name, exc)
+            self._log_read_error(file, size, offset, exc)
             self.lib.fuse_reply_err(req, errno_for(exc))
         else:
             self.lib.fuse_reply_buf(req, data, len(data))
+
+    def _log_read_error(self, file, size: int, offset: int, exc: BaseException) -> None:
+        """Log a failed read naming the file by its path (the inode number alone tells a user nothing)."""
+        ino = file.inode.ino
+        path = self.path_of(ino)
+        what = f"{path} (inode {ino})" if path else f"inode {ino}"
+        message = " ".join(str(exc).split()).replace(f"<inode {ino}>", path or f"inode {ino}")
+        if isinstance(exc, errors.RafsError):
+            log.warning("read of %s, %d bytes at offset %d: %s", what, size, offset, message)
+        else:
+            log.error("read of %s, %d bytes at offset %d failed", what, size, offset, exc_info=exc)
+
+    def path_of(self, ino: int) -> str | None:
+        """The path of image inode ``ino`` as the kernel reached it, from the names seen so far (None
+        when it was never looked up or listed since it left the caches)."""
+        parts: list[bytes] = []
+        current, root = ino, self.image.root_ino
+        while current != root:
+            if len(parts) > 4096:
+                return None
+            found = collections.OrderedDict.get(self._names, current)     # no reordering from a worker
+            if found is None and current in self._dir_names:
+                found = (self._parents.get(current, root), self._dir_names[current])
+            if found is None:
+                found = self._find_in_listings(current)
+            if found is None:
+                return None
+            current, name = found
+            parts.append(name)
+        return "/" + "/".join(os.fsdecode(name) for name in reversed(parts))
+
+    def _find_in_listings(self, ino: int) -> tuple[int, bytes] | None:
+        for dir_ino, entries in list(self._listings.items()):
+            for name, child in entries:
+                if child == ino:
+                    return dir_ino, name
+        return None
 
 
 # -- mounting ------------------------------------------------------------------------------------------

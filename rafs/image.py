@@ -11,6 +11,7 @@ import bisect
 import collections
 import io
 import itertools
+import logging
 import os
 import stat as _stat
 import threading
@@ -23,6 +24,8 @@ from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .io.blobs import BlobLocator
 from .io.source import LocalRangeReader, load_bytes
 from .model import META_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
+
+log = logging.getLogger(__name__)
 
 MAX_SYMLINK_FOLLOWS = 40      # like Linux's MAXSYMLINKS, then ELOOP
 
@@ -131,6 +134,9 @@ def open(source, *, blob_dir=None, blobs=None, storage_options: dict | None = No
     if inline_blob is not None and not (blob_dir or blobs or config):
         # the blob that carried the bootstrap also carries the data
         locator = BlobLocator(blobs={inline_blob[0]: inline_blob[1]}, storage_options=storage_options)
+    log.debug("bootstrap %s: %d bytes%s, RAFS v%d, %d blobs, blobs from %s", _describe_source(source), len(data),
+              " (inside a data blob)" if inline_blob is not None else "", reader.version, len(reader.blobs),
+              locator.describe())
     return Image(reader, locator, validate=validate, name=_describe_source(source))
 
 

@@ -54,8 +54,8 @@ def test_build_default_output_dir(source, tmp_path, monkeypatch):
     (["--backend-push", "--backend-config", "{not json"], "not JSON"),
     (["--backend-push", "--backend-config", "[]"], "JSON object"),
     (["--backend-push", "--backend-config", "{}"], "bucket_name"),
-    (["--backend-push", "--backend-type", "oss", "--backend-config", "{}"], "'oss' is not supported"),
-    (["--backend-push", "--backend-config-file", "/nonexistent.json"], "cannot read backend config"),
+    (["--backend-push", "--backend-config-file", "/nonexistent.json"],
+     "--backend-config-file /nonexistent.json: no such file"),
     (["--chunk-size", "0x1234"], "chunk size"),
 ])
 def test_build_refusals(source, tmp_path, capsys, args, words):
@@ -68,6 +68,18 @@ def test_build_refusals(source, tmp_path, capsys, args, words):
     assert words in capsys.readouterr().err
     # refused before anything was built
     assert not (tmp_path / "out" / "output.json").exists()
+
+
+def test_build_help_offers_no_backend_it_cannot_push_to(source, tmp_path, capsys):
+    """nydusify's oss is refused by the parser, not after --help offered it."""
+    with pytest.raises(SystemExit) as exit_info:
+        rafs_main(["build", "--name", "img", "--source-dir", str(source), "--output-dir", str(tmp_path / "out"),
+                   "--backend-push", "--backend-type", "oss", "--backend-config", "{}"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'oss'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rafs_main(["build", "--help"])
+    assert "--backend-type {s3}" in capsys.readouterr().out
 
 
 def test_the_guides_basic_commands(tmp_path, monkeypatch):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 
 from .._codec import FastRecord
@@ -20,11 +19,11 @@ from ..io.source import MAX_BOOTSTRAP_SIZE
 from ..model import MAX_CHUNKS_PER_BLOB
 from . import codecs, layout
 from ._source import known_size, read_checked, reads_range
+from .ids import is_sha256_id
 from .tar_header import build_tar_header, parse_tar_header, walk_sections
 
 TOC_ENTRY = FastRecord(layout.TocEntry, "ToC entry")
 _ZERO_DIGEST = bytes(32)
-_HEX_ID = re.compile(r"[0-9a-f]{64}")
 # Largest uncompressed size an entry may declare, by name: the format's own limits (a bootstrap is at
 # most RAFS_MAX_METADATA_SIZE, a digest array 32 bytes per chunk). Unknown names get the bootstrap's.
 _MAX_ENTRY_SIZE = {
@@ -240,7 +239,7 @@ def extract_inline_bootstrap(data, name: str | None = None) -> tuple[bytes, str]
         return None
     bootstrap = extract_entry(data, entry)
     base = os.path.basename(str(name).rstrip("/")) if name else ""
-    blob_id = base if _HEX_ID.fullmatch(base) else compute_blob_id(data)
+    blob_id = base if is_sha256_id(base) else compute_blob_id(data)
     return bootstrap, blob_id
 
 

@@ -81,7 +81,8 @@ class BlobWriter:
     def __init__(self, out, *, blob_index: int = 0, compressor: str = "zstd", digester: str = "blake3",
                  chunk_size: int = 0x100000, aligned: bool = True, blob_meta: bool = True,
                  toc: bool = False, inline_meta: bool = False, crc32: bool = True, mapped: bool = False,
-                 workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
+                 workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
+                 offset: int = 0, on_chunk=None):
         codecs.check_compressor(compressor)
         codecs.check_digester(digester)
         self.out = out
@@ -100,6 +101,9 @@ class BlobWriter:
         self.workers = max(1, workers if workers is not None else default_workers())
         self.inflight_bytes = inflight_bytes
         self.max_inflight = 0               # the running pipeline's bound, once dump() starts
+        # nydus-image's --blob-offset: where the data will sit in a larger file (chunk records say so)
+        self.offset = offset
+        self.on_chunk = on_chunk            # called with (chunk, stored bytes) for each chunk written
 
         self.features = BlobFeatures.CAP_TAR_TOC
         if inline_meta:
@@ -116,6 +120,7 @@ class BlobWriter:
         self._sink = None                   # the thread that hashes and writes while dump() runs
         self._sink_queue: collections.deque = collections.deque()
         self._dedup: dict[tuple[bytes, int], Chunk] = {}
+        self._dict: dict[tuple[bytes, int], Chunk] = {}
         self._ci = bytearray()
         self._digests = bytearray()
         self._toc_entries: list[TocEntry] = []
@@ -127,6 +132,8 @@ class BlobWriter:
         self.ci_offset = self.ci_compressed_size = self.ci_uncompressed_size = 0
         self.toc_digest = b""
         self.toc_size = 0
+        self.ci_data = b""                  # the uncompressed CI and its header, once write_meta() ran
+        self.ci_header = b""
         self.compressed_size = 0            # what the bootstrap records (see :meth:`blob`)
         self.blob_id = ""
         # events the reference traces (src/bin/nydus-image/main.rs --output-json)
@@ -232,7 +239,10 @@ class BlobWriter:
                digest: bytes, crc: int, stored: bytes, compressed: bool) -> None:
         """Record one chunk of ``node``: a copy of an identical stored chunk, or a new one written now."""
         key = (digest, length)
-        existing = self._dedup.get(key)
+        # a chunk dictionary is asked first, as the reference asks its global dictionary first
+        existing = self._dict.get(key) if self._dict else None
+        if existing is None:
+            existing = self._dedup.get(key)
         if existing is not None:
             node.chunks.append(Chunk(digest, existing.blob_index, existing.compressed_offset,
                                      existing.compressed_size, existing.uncompressed_offset,
@@ -252,7 +262,7 @@ class BlobWriter:
         self.uncompressed_size += (length + _ALIGN - 1) & ~(_ALIGN - 1) if self.aligned else length
         if self.mapped and self.pos < uncompressed_offset:
             self._pad(uncompressed_offset - self.pos)
-        chunk = Chunk(digest, self.blob_index, self.pos, len(stored), uncompressed_offset, length,
+        chunk = Chunk(digest, self.blob_index, self.offset + self.pos, len(stored), uncompressed_offset, length,
                       file_offset, self.chunk_count, flags, crc)
         self.chunk_count += 1
         self.stored_uncompressed_size += length
@@ -261,10 +271,17 @@ class BlobWriter:
         self.data_size += len(stored)
         if prefetch:
             self.prefetch_size += len(stored)
+        if self.on_chunk is not None:
+            self.on_chunk(chunk, stored)
         if self.blob_meta:
             self._ci += ci_v1_entry(chunk.compressed_offset, chunk.compressed_size, uncompressed_offset, length)
             self._digests += digest
         node.chunks.append(chunk)
+
+    def seed_dict(self, chunks) -> None:
+        """A chunk dictionary's chunks (keyed by (digest, uncompressed size)): files repeating one get
+        a record pointing at it, even when this blob stores the same data already."""
+        self._dict = dict(chunks)
 
     def seed_dedup(self, chunks) -> None:
         """Chunks stored in other blobs (a parent image's, keyed by (digest, uncompressed size)) that
@@ -308,6 +325,7 @@ class BlobWriter:
         header = CI_HEADER.pack(layout.BLOB_CCT_MAGIC, int(self.features), COMPRESSOR_IDS[self.ci_compressor],
                                 self.chunk_count, self.ci_offset, self.ci_compressed_size,
                                 self.ci_uncompressed_size, 0, 0, 0, bytes(4032), layout.BLOB_CCT_MAGIC)
+        self.ci_data, self.ci_header = ci, header
         self._write(packed)
         self._write(header)
         if self.toc or self.inline_meta:

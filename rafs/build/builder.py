@@ -45,9 +45,11 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "directory": load_directory,          # the reference's backward-compatible alias
     "tar-rafs": load_tar,                 # gzip (and zstd) detected by magic, as the reference does
     "targz-rafs": load_tar,
+    "estargz-rafs": load_tar,             # an eStargz is a tar.gz; its index and landmark files are skipped
 }
 # Source types read from a tarball (their v5 inodes store i_rdev u32::MAX unless devices or fifos).
-TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs")
+TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs", "estargz-rafs")
+BLOB_ID_MAX_LENGTH = 255                  # BLOB_ID_MAXIMUM_LENGTH in src/bin/nydus-image/main.rs
 FS_VERSIONS = (5, 6)
 CREATE_COMPRESSORS = ("none", "lz4_block", "zstd")
 FEATURES = ("blob-toc",)
@@ -136,7 +138,8 @@ class Builder:
                  whiteout_spec: str = "oci", repeatable: bool = False, blob_inline_meta: bool = False,
                  features=(), prefetch_patterns=None, prefetch_policy: str | None = None,
                  aligned_chunk: bool = False, compat: str | None = None, workers: int | None = None,
-                 parent_bootstrap=None, blob_layout: str = "packed"):
+                 parent_bootstrap=None, blob_layout: str = "packed", blob_id: str | None = None,
+                 blob_offset: int = 0, chunk_dict=None):
         if source_type not in SOURCE_TYPES:
             raise InvalidArgumentError(f"unsupported source type {source_type!r} (expected one of "
                                        f"{', '.join(SOURCE_TYPES)})")
@@ -191,6 +194,16 @@ class Builder:
             raise InvalidArgumentError("--blob-layout mapped needs --fs-version 6 and --compressor none: "
                                        "only uncompressed v6 chunks can sit at their block addresses")
         self.blob_layout = blob_layout
+        if blob_id is not None:
+            check_blob_id(blob_id)
+            if self.blob_inline_meta:
+                raise InvalidArgumentError("the argument '--blob-inline-meta' cannot be used with '--blob-id'")
+        self.blob_id = blob_id
+        if not isinstance(blob_offset, int) or not 0 <= blob_offset < 1 << 64:
+            raise InvalidArgumentError(f"invalid blob offset {blob_offset!r}")
+        self.blob_offset = blob_offset
+        self.chunk_dict = chunk_dict
+        self._on_chunk = None               # set by write() while it fills blob cache files
 
     @property
     def source_layer(self) -> int:
@@ -203,9 +216,15 @@ class Builder:
 
     # -- outputs -----------------------------------------------------------------------------------
 
-    def write(self, *, bootstrap=None, blob=None, blob_dir=None) -> BuildResult:
+    def write(self, *, bootstrap=None, blob=None, blob_dir=None, blob_cache_dir=None) -> BuildResult:
         """Build to files: ``blob`` (the data blob path) and/or ``blob_dir`` (blob named by its id,
-        and the bootstrap named by the sha256 of its bytes unless ``bootstrap`` is given)."""
+        and the bootstrap named by the sha256 of its bytes unless ``bootstrap`` is given).
+
+        With ``blob_cache_dir`` no blob is written: that directory receives nydusd's cache files of it
+        instead (:mod:`rafs.build.blobcache`; needs ``compressor="none"`` and a ``bootstrap`` path).
+        """
+        if blob_cache_dir is not None:
+            return self._write_blob_cache(bootstrap, blob, blob_dir, blob_cache_dir)
         if blob is None and blob_dir is None:
             raise InvalidArgumentError("both --blob and --blob-dir are missing, please specify one to store "
                                        "the generated data blob file")
@@ -238,6 +257,47 @@ class Builder:
         result.blob = blob_path
         result.bootstrap = boot_path
         result.output["bootstrap"] = boot_path or ""
+        return result
+
+    def _write_blob_cache(self, bootstrap, blob, blob_dir, cache_dir) -> BuildResult:
+        from .blobcache import BlobCacheFiles, Discard
+        for given, option in ((blob, "--blob <blob>"), (blob_dir, "--blob-dir <blob-dir>")):
+            if given is not None:
+                raise InvalidArgumentError(f"the argument '--blob-cache-dir <blob-cache-dir>' cannot be used "
+                                           f"with '{option}'")
+        if self.blob_inline_meta:
+            raise InvalidArgumentError("the argument '--blob-cache-dir <blob-cache-dir>' cannot be used with "
+                                       "'--blob-inline-meta'")
+        if self.compressor != "none":
+            raise InvalidArgumentError("blob cache files hold uncompressed chunks: build with compressor 'none'")
+        if bootstrap is None:
+            raise InvalidArgumentError("both --bootstrap and --blob-dir are missing, please specify one to store "
+                                       "the generated metadata blob file")
+        if not os.path.isdir(cache_dir):
+            raise InvalidArgumentError(f"directory to store blob cache does not exist: {os.fspath(cache_dir)!r}")
+        outputs: dict = {}
+
+        def open_outputs():
+            outputs["cache"] = BlobCacheFiles(cache_dir, Output)
+            self._on_chunk = outputs["cache"].store_chunk
+            outputs["bootstrap"] = Output(bootstrap, None)
+            return Discard(), outputs["bootstrap"].fp
+
+        try:
+            result = self._build(open_outputs)
+            if result.blob_id is not None:
+                writer = self._last_writer
+                outputs["cache"].finish(result.blob_id, writer.uncompressed_size, writer.ci_data, writer.ci_header)
+            else:
+                outputs["cache"].discard()
+            result.bootstrap = outputs["bootstrap"].commit(None)
+        except BaseException:
+            for output in outputs.values():
+                output.discard()
+            raise
+        finally:
+            self._on_chunk = None
+        result.output["bootstrap"] = result.bootstrap or ""
         return result
 
     def write_fp(self, blob_fp, bootstrap_fp=None) -> BuildResult:
@@ -295,15 +355,32 @@ class Builder:
                             digester=self.digester, chunk_size=self.chunk_size, aligned=self.aligned_chunk,
                             blob_meta=self.fs_version == 6, toc=self.blob_toc,
                             inline_meta=self.blob_inline_meta, crc32=self.compat is None, workers=self.workers,
-                            mapped=self.blob_layout == "mapped")
+                            mapped=self.blob_layout == "mapped", offset=self.blob_offset, on_chunk=self._on_chunk)
+        self._last_writer = writer
         if parent is not None:
             writer.seed_dedup(parent.chunks)
+        dictionary = None
+        if self.chunk_dict is not None:
+            from .merge import load_chunk_dict
+            with trace.timed("import_chunk_dict"):
+                dictionary = load_chunk_dict(self.chunk_dict, fs_version=self.fs_version,
+                                             chunk_size=self.chunk_size, digester=self.digester,
+                                             explicit_uidgid=not self.repeatable)
+            writer.seed_dict(dictionary.chunks)
         with trace.timed("dump_blob"):
             writer.dump(dump_order, prefetch_count=prefetch_count)
             has_blob = writer.chunk_count > 0 or self.blob_inline_meta
             if writer.chunk_count:
                 writer.end_data()
                 writer.write_meta()
+        dict_blobs: list[Blob] = []
+        if dictionary is not None:
+            writer.blob_index, dict_blobs = dictionary.place(dump_order, writer.blob_index, len(parent_blobs))
+
+        def table(own: list[Blob]) -> list[Blob]:
+            """The blob table: the parent's, then this build's and the dictionary's it references."""
+            return parent_blobs + sorted(own + dict_blobs, key=lambda blob: blob.index)
+
         if self.prefetch_policy != "blob":
             writer.prefetch_size = 0
         flags = self._flags(nodes, writer)
@@ -321,14 +398,20 @@ class Builder:
                 # (RafsV6Device::validate): then the blob only carries the bootstrap, outside the table.
                 in_table = writer.chunk_count > 0 or self.fs_version == 5
                 placeholder = [writer.inline_placeholder()] if in_table else []
-                bootstrap = bootstrap_for(parent_blobs + placeholder)
+                bootstrap = bootstrap_for(table(placeholder))
                 writer.append_bootstrap(bootstrap)
                 written = writer.finish()
-                blobs = parent_blobs + ([written] if in_table else [])
+                blobs = table([written] if in_table else [])
             else:
-                blobs = list(parent_blobs)
+                own = []
                 if has_blob:
-                    blobs.append(writer.finish())
+                    written = writer.finish()
+                    if self.blob_id is not None:
+                        # --blob-id names the blob instead of the sha256 of its bytes
+                        writer.blob_id = self.blob_id
+                        written = writer.blob(self.blob_id)
+                    own.append(written)
+                blobs = table(own)
                 bootstrap = bootstrap_for(blobs)
                 bootstrap_fp.write(bootstrap)
         trace.consumed_time["total_build"] = round(time.perf_counter() - started, 6)
@@ -428,6 +511,19 @@ class Builder:
         prefetch_files.sort(key=lambda item: (item[0], item[1]))
         dump = [node for _, _, node in prefetch_files] + others
         return [n for n in exact if n is not None], dump, len(prefetch_files)
+
+
+def check_blob_id(blob_id) -> str:
+    """A blob id given by the user (``--blob-id``): at most 255 characters as the reference allows, and
+    usable as a file name, since the blob is stored under it in ``--blob-dir``."""
+    if not isinstance(blob_id, str) or not blob_id:
+        raise InvalidArgumentError("--blob-id must not be empty")
+    if len(blob_id) > BLOB_ID_MAX_LENGTH:
+        raise InvalidArgumentError(f"blob id is limited to length {BLOB_ID_MAX_LENGTH}")
+    if "/" in blob_id or "\0" in blob_id or blob_id in (".", "..") or not blob_id.isprintable():
+        raise InvalidArgumentError(f"--blob-id {blob_id!r}: a blob id names a file, so it cannot contain '/', "
+                                   "control characters, or be '.' or '..'")
+    return blob_id
 
 
 def normalise_prefetch_patterns(patterns) -> list[bytes]:

@@ -24,15 +24,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 
+from ..blob.ids import check_blob_id, image_blob_id
 from ..errors import BuildError, InvalidArgumentError, RafsError
 from ..image import open as open_image
 from ..model import DEFAULT_CHUNK_SIZE, Blob, BlobFeatures, Chunk, Node, SuperFlags
 from . import tree
 from .builder import Output, Trace, normalise_prefetch_patterns, output_document
 from .overlay import merge_overlay, tag_layer
+
+log = logging.getLogger(__name__)
 
 PREFETCH_POLICIES = ("none", "fs", "blob")
 
@@ -77,6 +81,8 @@ def load_bootstrap(source) -> LayerBootstrap:
             reader = image.reader
             root = image.tree()
             blobs = [dataclasses.replace(blob) for blob in reader.blobs]
+            for blob in blobs:      # ids carried into a new bootstrap must be ones a blob can be found by
+                image_blob_id(blob.blob_id, blob.index)
             version, flags, chunk_size = reader.version, SuperFlags(reader.flags), reader.chunk_size
     except RafsError as exc:
         raise BuildError(f"load bootstrap {name}: {exc}") from exc
@@ -134,6 +140,8 @@ def _per_source(name: str, values, count: int, parse=None):
     if parse is not None:
         try:
             values = [parse(v) for v in values]
+        except InvalidArgumentError:
+            raise
         except (TypeError, ValueError):
             raise InvalidArgumentError(f"invalid value in --{name}") from None
     return values
@@ -203,7 +211,8 @@ class Merger:
         self.parent_bootstrap = parent_bootstrap
         self.chunk_dict = chunk_dict
         self.blob_digests = _per_source("blob-digests", blob_digests, count, _digest)
-        self.original_blob_ids = _per_source("original-blob-ids", original_blob_ids, count)
+        self.original_blob_ids = _per_source("original-blob-ids", original_blob_ids, count,
+                                             lambda value: check_blob_id(value, "--original-blob-ids entry"))
         self.blob_sizes = _per_source("blob-sizes", blob_sizes, count, int)
         self.blob_toc_digests = _per_source("blob-toc-digests", blob_toc_digests, count, _digest)
         self.blob_toc_sizes = _per_source("blob-toc-sizes", blob_toc_sizes, count, int)
@@ -283,7 +292,7 @@ class Merger:
         if tarfs and dict_ids:
             raise InvalidArgumentError("merging RAFS in TARFS mode conflicts with `--chunk-dict`")
 
-        blobs = _referenced_blobs(merged, table)
+        blobs = _checked_ids(_referenced_blobs(merged, table))
         flags = SuperFlags.for_compressor(compressor) | SuperFlags.for_digester(digester) | SuperFlags.HAS_XATTR
         if explicit_uidgid:
             flags |= SuperFlags.EXPLICIT_UID_GID
@@ -304,9 +313,15 @@ class Merger:
             if self.original_blob_ids is not None:
                 blob.blob_id = self.original_blob_ids[position]
             else:
-                blob.blob_id = file_prefix(layer.name)
+                recorded, blob.blob_id = blob.blob_id, file_prefix(layer.name)
                 if not blob.blob_id:
                     raise InvalidArgumentError(f"failed to get blob id from meta file path {layer.name}")
+                if blob.blob_id != recorded and (self.blob_digests is None or blob.has(BlobFeatures.SEPARATE)):
+                    # as the reference does; the merged bootstrap then finds the blob only if it is
+                    # stored under that name
+                    log.warning("the blob of %s gets the id %r from its file name (it was %s): give "
+                                "--blob-digests (or --original-blob-ids, or -C when the blobs are readable) "
+                                "unless the blob is stored under that name", layer.name, blob.blob_id, recorded)
         separate = blob.has(BlobFeatures.SEPARATE)
         if self.blob_digests is not None:
             if separate:
@@ -367,6 +382,16 @@ def write_merged(merged: MergedImage) -> bytes:
     from ..v6.writer import write_bootstrap as write_v6
     return write_v6(merged.root, merged.blobs, chunk_size=merged.chunk_size, flags=merged.flags,
                     prefetch=merged.prefetch or None)
+
+
+def _checked_ids(blobs: list[Blob]) -> list[Blob]:
+    """``blobs`` once every id is one a blob can be found by. Ids read from a table were checked when
+    their bootstrap was loaded, and ``--original-blob-ids`` when given; what is left are the ids taken
+    from a bootstrap's file name (a layer's own blob, an inline-meta blob)."""
+    for position, blob in enumerate(blobs):
+        check_blob_id(blob.blob_id, f"blob table entry {position}: the id taken from a bootstrap's file name "
+                      "(up to its first dot)")
+    return blobs
 
 
 def _referenced_blobs(root: Node, table: list[Blob]) -> list[Blob]:
@@ -431,11 +456,10 @@ class ParentImage:
     chunks: dict[tuple[bytes, int], Chunk]
 
 
-def layer_on_parent(upper: Node, parent_bootstrap, *, whiteout_spec: str, fs_version: int, chunk_size: int,
-                    digester: str, explicit_uidgid: bool) -> ParentImage:
-    """Lay ``upper`` over the tree of ``parent_bootstrap`` with ``whiteout_spec`` applied, after the
-    reference's compatibility checks (chunk size, explicit uid/gid, version, tarfs mode, v5 digester)."""
-    parent = load_bootstrap(parent_bootstrap)
+def check_layer_compatibility(parent: LayerBootstrap, *, fs_version: int, chunk_size: int, digester: str,
+                              explicit_uidgid: bool) -> None:
+    """A bootstrap a build reuses chunks of (a parent, a chunk dictionary) was built as this build is:
+    chunk size, explicit uid/gid, version, v5 digester, no tarfs (RafsSuperConfig::check_compatibility)."""
     if parent.chunk_size != chunk_size:
         raise InconsistentFilesystemError(f"inconsistent configuration of chunk_size: {chunk_size} vs "
                                           f"{parent.chunk_size}")
@@ -450,11 +474,70 @@ def layer_on_parent(upper: Node, parent_bootstrap, *, whiteout_spec: str, fs_ver
                                           f"digest, {digester} vs {parent.flags.digester}")
     if parent.tarfs:
         raise InconsistentFilesystemError("using inconsistent RAFS TARFS mode")
+
+
+def chunks_by_digest(root: Node) -> dict[tuple[bytes, int], Chunk]:
+    """Every chunk of a tree, the first one for each (digest, uncompressed size), for dedup."""
     chunks: dict[tuple[bytes, int], Chunk] = {}
-    for node in tree.iter_nodes(parent.root):
+    for node in tree.iter_nodes(root):
         for chunk in node.chunks:
             chunks.setdefault((chunk.digest, chunk.uncompressed_size), chunk)
+    return chunks
+
+
+def layer_on_parent(upper: Node, parent_bootstrap, *, whiteout_spec: str, fs_version: int, chunk_size: int,
+                    digester: str, explicit_uidgid: bool) -> ParentImage:
+    """Lay ``upper`` over the tree of ``parent_bootstrap`` with ``whiteout_spec`` applied, after the
+    reference's compatibility checks (:func:`check_layer_compatibility`)."""
+    parent = load_bootstrap(parent_bootstrap)
+    check_layer_compatibility(parent, fs_version=fs_version, chunk_size=chunk_size, digester=digester,
+                              explicit_uidgid=explicit_uidgid)
+    chunks = chunks_by_digest(parent.root)
     tag_layer(parent.root, 0)
     tag_layer(upper, 1)
     root = merge_overlay(parent.root, upper, whiteout_spec)
-    return ParentImage(root=root, blobs=[as_parent_blob(b) for b in parent.blobs], chunks=chunks)
+    return ParentImage(root=root, blobs=_checked_ids([as_parent_blob(b) for b in parent.blobs]), chunks=chunks)
+
+
+@dataclass
+class ChunkDictionary:
+    """A chunk dictionary for a build (``create --chunk-dict``): the dictionary bootstrap's blobs and its
+    chunks by (digest, size), their ``blob_index`` moved to ``base + index in the dictionary`` so they
+    stand apart from the build's own until :meth:`place` gives the referenced blobs their places."""
+
+    blobs: list[Blob]
+    chunks: dict[tuple[bytes, int], Chunk]
+    base: int
+
+    def place(self, nodes, own_index: int, first: int) -> tuple[int, list[Blob]]:
+        """Number the build's own blob (chunks at ``own_index``) and the dictionary blobs its files
+        reference from ``first`` on, in the order chunks first reference them (the reference allocates
+        a blob index when a chunk first needs one); renumber the chunks of ``nodes`` to match. Returns
+        the own blob's index (after the others when it holds no chunk) and the referenced dictionary
+        blobs with their indexes; only those enter the blob table."""
+        places: dict[int, int] = {}
+        for chunk in _unique_chunks(nodes):
+            index = chunk.blob_index
+            if index == own_index or index >= self.base:
+                if index not in places:
+                    places[index] = first + len(places)
+                chunk.blob_index = places[index]
+        own = places.get(own_index, first + len(places))
+        used = [dataclasses.replace(as_parent_blob(self.blobs[index - self.base]), index=position)
+                for index, position in places.items() if index != own_index]
+        return own, used
+
+
+def load_chunk_dict(source, *, fs_version: int, chunk_size: int, digester: str,
+                    explicit_uidgid: bool) -> ChunkDictionary:
+    """The chunk dictionary in bootstrap ``source`` (builder/src/core/chunk_dict.rs): it must have been
+    built as this build is; with another digester its chunks cannot match, so none are offered."""
+    dictionary = load_bootstrap(source)
+    check_layer_compatibility(dictionary, fs_version=fs_version, chunk_size=chunk_size, digester=digester,
+                              explicit_uidgid=explicit_uidgid)
+    base = 1 << 16                          # past any blob index a table can hold (v6: 256, v5: u32 but few)
+    chunks = {}
+    if dictionary.flags.digester == digester:
+        for key, chunk in chunks_by_digest(dictionary.root).items():
+            chunks[key] = dataclasses.replace(chunk, blob_index=base + chunk.blob_index)
+    return ChunkDictionary(blobs=dictionary.blobs, chunks=chunks, base=base)

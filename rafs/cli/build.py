@@ -39,8 +39,8 @@ def register(sub) -> None:
     p.add_argument("--chunk-size", default="0x100000",
                    help="size of data chunks, a power of two in 0x1000..0x1000000 (default 0x100000)")
     p.add_argument("--backend-push", action="store_true", help="push the bootstrap and blob to the backend")
-    p.add_argument("--backend-type", default="s3", choices=list(PUSH_BACKEND_TYPES) + ["oss"],
-                   help="backend type for --backend-push (s3)")
+    p.add_argument("--backend-type", default="s3", choices=list(PUSH_BACKEND_TYPES),
+                   help="backend type for --backend-push (s3; nydusify's oss is not supported)")
     p.add_argument("--backend-config", help="backend configuration as inline JSON")
     p.add_argument("--backend-config-file", help="backend configuration file (nydusify's keys: endpoint, "
                    "scheme, access_key_id, access_key_secret, bucket_name, region, meta_prefix, blob_prefix)")

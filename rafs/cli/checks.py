@@ -84,3 +84,48 @@ def stdout_binary(option: str):
     if sys.stdout is None:
         raise InvalidArgumentError(f"{option} -: standard output is closed")
     return sys.stdout.buffer
+
+
+def conflict(first: str, second: str) -> InvalidArgumentError:
+    """The error nydus-image (clap) gives when two options exclude each other, in its words."""
+    return InvalidArgumentError(f"the argument '{first}' cannot be used with '{second}'")
+
+
+def exclusive(args, *options: tuple[str, str]) -> None:
+    """At most one of ``options`` ((attribute, how the user wrote it) pairs) is given."""
+    given = [label for dest, label in options if getattr(args, dest, None) not in (None, False)]
+    if len(given) > 1:
+        raise conflict(given[1], given[0])
+
+
+def bootstrap_argument(args) -> str:
+    """``BOOTSTRAP`` or its deprecated spelling ``-B/--bootstrap`` (one of them, not both), as
+    nydus-image check, inspect and unpack take it."""
+    if args.bootstrap is not None and args.bootstrap_opt is not None:
+        raise conflict("--bootstrap <bootstrap>", "[BOOTSTRAP]")
+    path = args.bootstrap_opt if args.bootstrap_opt is not None else args.bootstrap
+    if path is None:
+        raise InvalidArgumentError("the following required arguments were not provided: <BOOTSTRAP> "
+                                   "(or -B/--bootstrap)")
+    return path
+
+
+def add_bootstrap_arguments(parser, what: str = "bootstrap path or URL") -> None:
+    """``BOOTSTRAP`` and the deprecated ``-B/--bootstrap``, read back with :func:`bootstrap_argument`."""
+    parser.add_argument("bootstrap", metavar="BOOTSTRAP", nargs="?", help=what)
+    parser.add_argument("-B", "--bootstrap", dest="bootstrap_opt", metavar="BOOTSTRAP",
+                        help="[deprecated] same as BOOTSTRAP")
+
+
+def parse_chunk_dict(arg: str | None) -> str | None:
+    """``--chunk-dict``: ``bootstrap=PATH`` or a bare path (builder/src/core/chunk_dict.rs
+    ``parse_chunk_dict_arg``); the path is checked to be a file."""
+    if arg is None:
+        return None
+    kind, sep, path = arg.partition("=")
+    if not sep:
+        path = arg
+    elif kind != "bootstrap" or not path:
+        raise InvalidArgumentError(f"invalid chunk dict argument {arg!r} (expected bootstrap=PATH)")
+    input_file("--chunk-dict", path)
+    return path

@@ -6,12 +6,13 @@ standard input when ``--prefetch-policy`` is not ``none``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import rafs
 from rafs.build.builder import CREATE_COMPRESSORS, PREFETCH_POLICIES, SOURCE_TYPES
 from rafs.build.tree import WHITEOUT_SPECS
-from rafs.errors import InvalidArgumentError
+from rafs.errors import InvalidArgumentError, UnsupportedError
 
 from . import checks
 
@@ -29,7 +30,7 @@ def register(sub) -> None:
     p.add_argument("--blob-inline-meta", "--inline-bootstrap", action="store_true",
                    help="inline RAFS metadata and blob metadata into the data blob")
     p.add_argument("-v", "--fs-version", default="6", choices=["5", "6"], help="RAFS format version (default 6)")
-    p.add_argument("--compressor", default="zstd", choices=list(CREATE_COMPRESSORS),
+    p.add_argument("--compressor", choices=list(CREATE_COMPRESSORS),
                    help="algorithm to compress data chunks (default zstd)")
     p.add_argument("--digester", default="blake3", choices=["blake3", "sha256"],
                    help="algorithm to digest data chunks (default blake3)")
@@ -49,6 +50,25 @@ def register(sub) -> None:
                    "can mount the bootstrap with the blob itself as device (rafs only)")
     p.add_argument("--parent-bootstrap", help="file path of the parent/referenced RAFS metadata blob: build "
                    "a new layer on it (its blobs kept, whiteouts applied by --whiteout-spec)")
+    p.add_argument("--chunk-dict", help="chunk dictionary bootstrap (bootstrap=PATH or PATH): chunks found "
+                   "in it are not stored again but point at its blobs, which join the blob table")
+    p.add_argument("--blob-id", help="id of the generated data blob, recorded in the bootstrap and naming the "
+                   "blob in --blob-dir, instead of the sha256 of its bytes (at most 255 characters; RAFS v6 "
+                   "holds 64)")
+    p.add_argument("--blob-offset", default="0", help="file offset the data will be stored at, for data "
+                   "blobs stored inside tar files: chunk records point past it (decimal, default 0)")
+    p.add_argument("--blob-data-size", help="data blob size for --type estargztoc-ref (hex); the types "
+                   "rafs builds ignore it, as nydus-image does")
+    p.add_argument("--blob-cache-dir", help="directory to write nydusd's cache files of the blob into "
+                   "(<blob id>.blob.data and <blob id>.blob.meta) instead of a data blob; chunks are "
+                   "stored uncompressed")
+    p.add_argument("-C", "--config", help="nydusd configuration file for the storage backend and cache "
+                   "(checked; rafs reads the parent bootstrap's metadata only, so no blob is fetched)")
+    # nydus-image's default "--batch-size 0" is accepted; it stays out of --help, where nydus-snapshotter
+    # looks for it before passing a non-zero size, since rafs does not write batch chunks
+    p.add_argument("--batch-size", default="0", help=argparse.SUPPRESS)
+    p.add_argument("--disable-check", action="store_true",
+                   help="skip the validation of the generated RAFS metadata after the build")
     p.add_argument("-J", "--output-json", help="file path to save the operation result in JSON format")
     p.set_defaults(func=run)
 
@@ -66,15 +86,48 @@ def parse_chunk_size(text: str | None) -> int:
     return value
 
 
+def parse_blob_offset(text: str) -> int:
+    """``--blob-offset``: a decimal u64 (get_blob_offset in the reference)."""
+    if not text.isdigit() or int(text) >= 1 << 64:
+        raise InvalidArgumentError(f"invalid blob offset {text}")
+    return int(text)
+
+
+def check_options(args) -> None:
+    """The refusals nydus-image makes before building, in its words."""
+    if args.batch_size.lower() not in ("0", "0x0"):
+        raise UnsupportedError(f"--batch-size {args.batch_size}: rafs does not write batch chunks (only the "
+                               "default 0 is accepted)")
+    if args.bootstrap and args.blob_inline_meta:
+        raise checks.conflict("--bootstrap <bootstrap>", "--blob-inline-meta")
+    if args.blob_id is not None and args.blob_inline_meta:
+        raise checks.conflict("--blob-inline-meta", "--blob-id <blob-id>")
+    if args.blob_cache_dir is not None:
+        for dest, label in (("blob_inline_meta", "--blob-inline-meta"), ("blob", "--blob <blob>"),
+                            ("blob_dir", "--blob-dir <blob-dir>"), ("compressor", "--compressor <compressor>")):
+            if getattr(args, dest):
+                raise checks.conflict("--blob-cache-dir <blob-cache-dir>", label)
+        if args.type == "estargz-rafs":
+            raise InvalidArgumentError(f"conversion type `{args.type}` conflicts with `--blob-cache-dir`")
+        checks.input_dir("--blob-cache-dir", args.blob_cache_dir)
+    if not (args.bootstrap or args.blob_dir or args.blob_inline_meta):
+        raise InvalidArgumentError("one of '--bootstrap', '--blob-dir' or '--blob-inline-meta' is required")
+    checks.input_file("--config", args.config)
+    if args.config is not None:
+        from rafs.io.config import parse_config
+        parse_config(args.config)           # a broken configuration fails here, as ConfigV2::from_file does
+
+
 def run(args) -> int:
     import logging          # imported by the run, not at registration: ``rafs create --help`` needs none
     log = logging.getLogger("rafs.create")
-    if args.bootstrap and args.blob_inline_meta:
-        raise InvalidArgumentError("the argument '--bootstrap' cannot be used with '--blob-inline-meta'")
-    if not (args.bootstrap or args.blob_dir or args.blob_inline_meta):
-        raise InvalidArgumentError("one of '--bootstrap', '--blob-dir' or '--blob-inline-meta' is required")
+    check_options(args)
     chunk_size = parse_chunk_size(args.chunk_size)
+    blob_offset = parse_blob_offset(args.blob_offset)
+    if args.blob_data_size is not None:
+        log.debug("--blob-data-size only applies to --type estargztoc-ref: ignored")
     checks.input_file("--parent-bootstrap", args.parent_bootstrap)
+    chunk_dict = checks.parse_chunk_dict(args.chunk_dict)
     # images go to regular files (written whole, then renamed into place) or FIFOs; a device could not
     # be written atomically, so it is refused here (the library writes into one rather than replace it)
     checks.output_file("--bootstrap", args.bootstrap)
@@ -87,14 +140,20 @@ def run(args) -> int:
         for pattern in relative:
             log.warning("Illegal file path %s specified, should be absolute path", pattern)
     features = (args.features,) if args.features else ()
+    # in blob cache mode chunks are stored as they are, as nydus-image does there
+    compressor = "none" if args.blob_cache_dir is not None else args.compressor or "zstd"
     builder = rafs.Builder(args.source, source_type=args.type, fs_version=int(args.fs_version),
-                           compressor=args.compressor, digester=args.digester, chunk_size=chunk_size,
+                           compressor=compressor, digester=args.digester, chunk_size=chunk_size,
                            whiteout_spec=args.whiteout_spec, repeatable=args.repeatable,
                            blob_inline_meta=args.blob_inline_meta, features=features,
                            prefetch_policy=args.prefetch_policy, prefetch_patterns=patterns,
                            aligned_chunk=args.aligned_chunk, parent_bootstrap=args.parent_bootstrap,
-                           blob_layout=args.blob_layout)
-    result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir)
+                           blob_layout=args.blob_layout, blob_id=args.blob_id, blob_offset=blob_offset,
+                           chunk_dict=chunk_dict)
+    result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir,
+                           blob_cache_dir=args.blob_cache_dir)
+    if not args.disable_check:
+        validate_output(result, log)
     if args.output_json:
         import json
         with open(args.output_json, "w") as f:
@@ -104,3 +163,29 @@ def run(args) -> int:
     print(f"data blob size: {result.blob_size or 0:#x}", file=sys.stderr)
     print(f"data blobs: {result.blob_ids}", file=sys.stderr)
     return 0
+
+
+def validate_output(result, log) -> None:
+    """Read the generated metadata back and check its structure (what ``rafs check`` does without
+    blobs); a bootstrap that went to a pipe cannot be read back and is not checked."""
+    import os
+    import stat
+
+    from rafs.errors import BuildError, RafsError
+    path = result.bootstrap or result.blob
+    try:
+        readable = path is not None and stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        readable = False
+    if not readable:
+        log.debug("the generated metadata went to a pipe or device: not validated")
+        return
+    try:
+        with rafs.open(path) as image:
+            faults = list(image.check())
+    except RafsError as exc:
+        faults = [str(exc)]
+    if faults:
+        raise BuildError(f"validation of the generated RAFS metadata {path} failed ({len(faults)} faults): "
+                         f"{faults[0]}")
+    log.debug("validated the generated RAFS metadata %s", path)

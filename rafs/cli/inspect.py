@@ -13,23 +13,32 @@ from . import checks
 
 def register(sub) -> None:
     p = sub.add_parser("inspect", help="show superblock, flags, blobs and counts of a bootstrap")
-    p.add_argument("bootstrap", metavar="BOOTSTRAP", help="bootstrap path or URL (or a blob with inline meta)")
+    checks.add_bootstrap_arguments(p, "bootstrap path or URL (or a blob with inline meta)")
+    p.add_argument("-D", "--blob-dir", help="directory of the data blobs (nydus-image's localfs "
+                   "directory; inspect reads metadata only, so only checked to exist)")
+    p.add_argument("-C", "--config", help="nydusd configuration file for the blobs (checked; inspect "
+                   "reads metadata only)")
     p.add_argument("-R", "--request", choices=["stats", "blobs", "prefetch", "all"], default="all",
                    help="what to show, as nydus-image inspect -R (default all)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p.set_defaults(func=run_inspect)
 
     c = sub.add_parser("check", help="validate every structure and digest of an image")
-    c.add_argument("bootstrap", metavar="BOOTSTRAP", help="bootstrap path or URL")
-    c.add_argument("-B", "--bootstrap", dest="bootstrap_opt", help="(deprecated) same as BOOTSTRAP")
+    checks.add_bootstrap_arguments(c)
     c.add_argument("-D", "--blob-dir", help="directory of data blobs: also read and verify every chunk")
+    c.add_argument("-C", "--config", help="nydusd configuration file whose backend holds the data blobs: "
+                   "also read and verify every chunk")
     c.add_argument("-J", "--output-json", help="write the result as JSON to this file")
     c.add_argument("-v", "--verbose", action="store_true", help="list every inode checked")
     c.set_defaults(func=run_check)
 
 
 def run_inspect(args) -> int:
-    with rafs.open(args.bootstrap) as image:
+    bootstrap = checks.bootstrap_argument(args)
+    checks.exclusive(args, ("config", "--config <config>"), ("blob_dir", "--blob-dir <blob-dir>"))
+    checks.input_dir("--blob-dir", args.blob_dir)
+    checks.input_file("--config", args.config)
+    with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config) as image:
         if args.request == "stats":
             info = stats(image)
         elif args.request == "blobs":
@@ -68,34 +77,41 @@ def print_text(info: dict) -> None:
 
 
 def run_check(args) -> int:
-    bootstrap = args.bootstrap_opt or args.bootstrap
+    from rafs.build.builder import Trace, output_document
+    bootstrap = checks.bootstrap_argument(args)
+    checks.exclusive(args, ("config", "--config <config>"), ("blob_dir", "--blob-dir <blob-dir>"))
     from rafs.oci.layout import is_oci_layout
     if is_oci_layout(bootstrap):
         return run_check_layout(bootstrap)
     checks.input_dir("--blob-dir", args.blob_dir)
+    checks.input_file("--config", args.config)
     checks.output_file("--output-json", args.output_json, devices=True)
     faults, checked = [], 0
-    with rafs.open(bootstrap, blob_dir=args.blob_dir, validate=bool(args.blob_dir)) as image:
-        for fault in image.check(verify_data=bool(args.blob_dir)):
+    with_data = bool(args.blob_dir or args.config)
+    with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config, validate=with_data) as image:
+        for fault in image.check(verify_data=with_data):
             faults.append(fault)
             print(f"FAULT: {fault}", file=sys.stderr)
         if args.verbose:
             for path, inode in image.iter_entries("/"):
                 checked += 1
                 print(f"{inode.ino:>8} {inode.mode:07o} {inode.size:>12} {path.decode('utf-8', 'replace')}")
-        result = {"version": image.version, "compressor": image.compressor, "digester": image.digester,
-                  "blobs": [blob_info(b) for b in image.blobs], "data_verified": bool(args.blob_dir),
-                  "faults": faults}
+        details = [blob_info(b) for b in image.blobs]
+        # nydus-image check's --output-json (OutputSerializer::dump_for_check), which nydusify's checker
+        # and committer read ("blobs" as ids, "fs_version", "compressor"); then what rafs adds
+        result = output_document([b["blob_id"] for b in details], Trace(), image.version, image.compressor)
+        result.update({"bootstrap": str(bootstrap), "digester": image.digester, "blob_details": details,
+                       "data_verified": with_data, "faults": faults})
     if args.output_json:
         with open(args.output_json, "w") as f:
             json.dump(result, f, separators=(",", ":"))
-    for b in result["blobs"]:
+    for b in details:
         print(f"blob {b['index']}: {b['blob_id']} compressor {b['compressor']} chunks {b['chunk_count']} "
               f"compressed {b['compressed_size']} uncompressed {b['uncompressed_size']}")
     if faults:
         print(f"check failed: {len(faults)} fault(s)", file=sys.stderr)
         return 1
-    print("check passed" + (" (metadata and data)" if args.blob_dir else " (metadata)"))
+    print("check passed" + (" (metadata and data)" if with_data else " (metadata)"))
     return 0
 
 

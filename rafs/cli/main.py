@@ -21,7 +21,8 @@ COMMAND_MODULES = ("inspect", "unpack", "create", "merge", "build", "mount", "bl
 COMMANDS = {"inspect": "inspect", "check": "inspect", "unpack": "unpack", "create": "create", "merge": "merge",
             "build": "build", "pack": "build", "mount": "mount", "umount": "mount", "blob-info": "blobinfo",
             "convert": "convert"}
-_GLOBAL_OPTIONS_WITH_VALUE = ("-l", "--log-level")
+_GLOBAL_OPTIONS_WITH_VALUE = ("-l", "--log-level", "-L", "--log-file")
+LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -38,15 +39,33 @@ def command_of(argv: list[str]) -> str | None:
     return None
 
 
+def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes, before or after its name, as nydus-image's clap arguments
+    marked ``global(true)`` are (``-l/--log-level``, ``-L/--log-file``; ``--debug`` is nydusify's).
+
+    On a command's parser they default to ``SUPPRESS``, so a value given before the command is kept
+    unless the command line repeats the option after it; an option a command defines itself wins.
+    """
+    defaults = {"log_level": "info", "log_file": None} if top else \
+        {"log_level": argparse.SUPPRESS, "log_file": argparse.SUPPRESS}
+    taken = parser._option_string_actions          # options the command defines itself
+    if not {"-l", "--log-level"} & taken.keys():
+        parser.add_argument("-l", "--log-level", default=defaults["log_level"], choices=LOG_LEVELS,
+                            help="log level (default info)")
+    if not {"-L", "--log-file"} & taken.keys():
+        parser.add_argument("-L", "--log-file", default=defaults["log_file"],
+                            help="also write log messages to this file")
+    if "--debug" not in taken:
+        parser.add_argument("--debug", action="store_const", dest="log_level", const="debug",
+                            default=defaults["log_level"], help="same as --log-level debug (nydusify's --debug)")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser for ``command`` (only its module imported), or for every command when None."""
     parser = argparse.ArgumentParser(prog="rafs", description="Build, inspect, check, unpack and mount "
                                      "RAFS (Nydus) images.")
     parser.add_argument("-V", "--version", action="version", version=f"rafs {__version__}")
-    parser.add_argument("-l", "--log-level", default="info",
-                        choices=["trace", "debug", "info", "warn", "error"], help="log level (default info)")
-    parser.add_argument("--debug", action="store_const", dest="log_level", const="debug",
-                        help="same as --log-level debug (nydusify's --debug)")
+    add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES:
         try:
@@ -56,15 +75,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    for command_parser in {id(p): p for p in sub.choices.values()}.values():     # aliases share one
+        add_global_options(command_parser, top=False)
     return parser
 
 
-def setup_logging(level: str) -> None:
-    import logging          # here, not at the top: ``--help`` and usage errors exit before any logging
-    mapping = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO,
-               "warn": logging.WARNING, "error": logging.ERROR}
-    logging.basicConfig(level=mapping.get(level, logging.INFO), format="[%(levelname)s] %(message)s",
-                        stream=sys.stderr)
+def setup_logging(level: str, log_file: str | None = None) -> None:
+    """Log to stderr at ``level`` and, with ``-L/--log-file``, to that file too (appended)."""
+    # imported here, not at the top: ``--help`` and usage errors exit before any logging
+    from .logs import add_file, configure
+    configure(level)
+    if log_file:
+        try:
+            add_file(log_file)
+        except OSError as exc:
+            raise InvalidArgumentError(f"--log-file {log_file}: {exc.strerror or exc}") from None
 
 
 def one_line(exc: BaseException) -> str:
@@ -79,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    setup_logging(getattr(args, "log_level", "info"))
     try:
+        setup_logging(getattr(args, "log_level", "info"), getattr(args, "log_file", None))
         return int(args.func(args) or 0)
     except InvalidArgumentError as exc:
         print(f"rafs {args.command}: error: {one_line(exc)}", file=sys.stderr)

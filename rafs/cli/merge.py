@@ -47,18 +47,6 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def parse_chunk_dict(arg: str | None) -> str | None:
-    """``bootstrap=PATH`` or a bare path (builder/src/core/chunk_dict.rs ``parse_chunk_dict_arg``)."""
-    if arg is None:
-        return None
-    kind, sep, path = arg.partition("=")
-    if not sep:
-        return arg
-    if kind != "bootstrap" or not path:
-        raise InvalidArgumentError(f"invalid chunk dict argument {arg!r} (expected bootstrap=PATH)")
-    return path
-
-
 def run(args) -> int:
     if not (args.bootstrap or args.blob_dir):
         raise InvalidArgumentError("both --bootstrap and --blob-dir are missing, please specify one to store "
@@ -71,8 +59,7 @@ def run(args) -> int:
     # atomically, so it is refused here (the library writes into one rather than replace it)
     checks.output_file("--bootstrap", args.bootstrap)
     checks.output_file("--output-json", args.output_json, devices=True)
-    chunk_dict = parse_chunk_dict(args.chunk_dict)
-    checks.input_file("--chunk-dict", chunk_dict)
+    chunk_dict = checks.parse_chunk_dict(args.chunk_dict)
     patterns = None
     if args.prefetch_policy != "none":
         patterns = checks.stdin_lines(f"--prefetch-policy {args.prefetch_policy}")

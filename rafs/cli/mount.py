@@ -16,8 +16,6 @@ from rafs.errors import InvalidArgumentError
 
 log = logging.getLogger("rafs.mount")
 
-LOG_LEVELS = ["trace", "debug", "info", "warn", "error"]
-
 
 def register(sub) -> None:
     p = sub.add_parser("mount", help="serve an image at a mountpoint through FUSE (nydusd's flags)",
@@ -31,9 +29,13 @@ def register(sub) -> None:
                    "(nydusd's shortcut for a localfs backend without a configuration)")
     p.add_argument("--threads", "--fuse-threads", "--thread-num", "-T", dest="threads", type=_threads,
                    default=4, help="worker threads for data fetched from a remote backend (default 4)")
-    p.add_argument("-l", "--log-level", choices=LOG_LEVELS, default=argparse.SUPPRESS,
-                   help="log level (default info)")
-    p.add_argument("-L", "--log-file", help="also write log messages to this file")
+    # the guide lists these two beside nydusd's flags; nydusd itself reads them from the configuration
+    p.add_argument("--digest-validate", type=_boolean, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="check every chunk read against its digest (the configuration's digest_validate; "
+                   "given alone it means true)")
+    p.add_argument("--iostats-files", type=_boolean, nargs="?", const=True, default=False, metavar="BOOL",
+                   help="accepted for nydusd's command lines (the configuration's iostats_files): rafs keeps "
+                   "no per-file I/O statistics, so it only logs that none are kept")
     p.set_defaults(func=run_mount)
 
     u = sub.add_parser("umount", help="unmount a rafs (or any FUSE) mount",
@@ -54,16 +56,21 @@ def _threads(text: str) -> int:
     return value
 
 
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def _fuse():
     from rafs import fuse
     return fuse
 
 
 def run_mount(args) -> int:
-    if args.log_file:
-        handler = logging.FileHandler(args.log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s [%(levelname)s] %(message)s"))
-        logging.getLogger().addHandler(handler)
     fuse = _fuse()
     if args.config and args.localfs_dir:
         raise InvalidArgumentError("--config and --localfs-dir exclude each other")
@@ -73,7 +80,10 @@ def run_mount(args) -> int:
     fuse.clear_stale_mount(args.mountpoint)
     if not os.path.isdir(args.mountpoint):
         raise InvalidArgumentError(f"--mountpoint {args.mountpoint}: not a directory")
-    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir) as image:
+    if args.iostats_files:
+        log.info("--iostats-files: rafs keeps no per-file I/O statistics; none will be collected")
+    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir,
+                   validate=args.digest_validate) as image:
         settings = getattr(image.locator, "config", None)
         enable_xattr = bool(getattr(settings, "enable_xattr", False))
         if getattr(settings, "cached", False):
@@ -82,12 +92,26 @@ def run_mount(args) -> int:
                 os.makedirs(settings.work_dir, exist_ok=True)
             except OSError as exc:
                 raise InvalidArgumentError(f"cache work_dir {settings.work_dir}: {exc.strerror}") from None
-        log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s", args.bootstrap, image.version,
-                 len(image.blobs), args.mountpoint, "on" if enable_xattr else "off")
+        _check_blob_sources(image, args)
+        log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s, digest validation %s", args.bootstrap,
+                 image.version, len(image.blobs), args.mountpoint, "on" if enable_xattr else "off",
+                 "on" if image.validate else "off")
         fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr,
                    ready=lambda: log.info("ready: %s answers", args.mountpoint))
     log.info("%s unmounted", args.mountpoint)
     return 0
+
+
+def _check_blob_sources(image, args) -> None:
+    """Refuse to serve an image whose blobs are nowhere: every read would fail with EIO."""
+    from rafs.io.preflight import missing_blobs
+    missing = missing_blobs(image, blob_dir_words="--localfs-dir", threads=args.threads)
+    if not missing:
+        return
+    shown = "; ".join(m.message() for m in missing[:3]) + (f"; and {len(missing) - 3} more" if len(missing) > 3
+                                                            else "")
+    hint = "" if args.config or args.localfs_dir else " (give --config or --localfs-dir)"
+    raise InvalidArgumentError(f"{len(missing)} of {len(image.blobs)} blobs cannot be read: {shown}{hint}")
 
 
 def run_umount(args) -> int:

@@ -10,8 +10,8 @@ key, never a secret.
 from __future__ import annotations
 
 import os
-import posixpath
 
+from ..blob.ids import blob_key, blob_path, blob_url
 from ..errors import BlobNotFoundError, InvalidArgumentError, UnsupportedError
 from .retry import RetryPolicy
 from .source import FsspecRangeReader, LocalRangeReader
@@ -78,7 +78,7 @@ class LocalFsBackend:
             return self.blob_file
         for directory in [self.dir, *self.alt_dirs]:
             if directory:
-                path = os.path.join(directory, blob_id)
+                path = blob_path(directory, blob_id)
                 if os.path.isfile(path):
                     return path
         return None
@@ -174,7 +174,7 @@ class S3Backend(_RemoteBackend):
         return fs
 
     def key_for(self, blob_id: str) -> str:
-        return f"{self.object_prefix}{blob_id}"
+        return blob_key(self.object_prefix, blob_id)
 
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -230,8 +230,14 @@ class HttpProxyBackend(_RemoteBackend):
         from fsspec.implementations.http import HTTPFileSystem
         return HTTPFileSystem(**self.storage_options)
 
+    @property
+    def prefix(self) -> str:
+        """``{addr}/{path}/``: the URL every blob of this backend lies directly under."""
+        path = self.path.strip("/")
+        return self.addr.rstrip("/") + "/" + (path + "/" if path else "")
+
     def url_for(self, blob_id: str) -> str:
-        return self.addr.rstrip("/") + "/" + posixpath.join(self.path.strip("/"), blob_id).lstrip("/")
+        return blob_url(self.prefix, blob_id)
 
     def open(self, blob_id: str) -> FsspecRangeReader:
         url = self.url_for(blob_id)
@@ -241,7 +247,7 @@ class HttpProxyBackend(_RemoteBackend):
         return self.fs if url.startswith(self.addr) else None
 
     def describe(self) -> str:
-        return f"http-proxy {self.url_for('')}"
+        return f"http-proxy {self.prefix}"
 
 
 BACKENDS = {"localfs": LocalFsBackend, "s3": S3Backend, "http-proxy": HttpProxyBackend}

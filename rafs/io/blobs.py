@@ -12,6 +12,7 @@ import os
 import threading
 from typing import Mapping, Sequence
 
+from ..blob.ids import blob_path, blob_url, image_blob_id
 from ..errors import BlobNotFoundError, InvalidArgumentError, RafsError
 from .retry import RetryPolicy
 from .source import RangeReader, is_url, open_range_reader
@@ -51,19 +52,26 @@ class BlobLocator:
         elif self.blobs is not None:
             places.append(f"the blobs list ({len(self.blobs)} entries)")
         if self.blob_dir is not None:
-            places.append(f"blob_dir {self.blob_dir}")
-        return ", ".join(places) or "nowhere: pass blob_dir= or blobs="
+            places.append(f"the blob directory {self.blob_dir}")
+        # said in words, not parameter names: this ends up in the logs of commands too
+        return ", ".join(places) or "nowhere: no blob directory or blobs were given"
+
+    def given(self, blob_id: str, index: int):
+        """The source the caller gave for this blob (``blobs=`` by id or by position), else None."""
+        if isinstance(self.blobs, Mapping):
+            return self.blobs.get(blob_id)
+        if self.blobs is not None and index < len(self.blobs):
+            return self.blobs[index]
+        return None
 
     def source_for(self, blob_id: str, index: int):
-        if isinstance(self.blobs, Mapping) and blob_id in self.blobs:
-            return self.blobs[blob_id]
-        if self.blobs is not None and not isinstance(self.blobs, Mapping):
-            if index < len(self.blobs):
-                return self.blobs[index]
+        source = self.given(blob_id, index)
+        if source is not None:
+            return source
         if self.blob_dir is not None:
             if is_url(self.blob_dir):
-                return self.blob_dir.rstrip("/") + "/" + blob_id
-            path = os.path.join(self.blob_dir, blob_id)
+                return blob_url(self.blob_dir, blob_id)
+            path = blob_path(self.blob_dir, blob_id)
             if os.path.exists(path):
                 return path
         return None
@@ -80,8 +88,12 @@ class BlobLocator:
             raise BlobNotFoundError(blob_id, str(source)) from None
 
     def open(self, blob_id: str, index: int) -> RangeReader:
+        """The reader of blob table entry ``index``. Unless the caller gave its source, the image's id
+        is about to name a file, URL or object: one the allow-list refuses is an InvalidImageError."""
         reader = self._open.get(index)
         if reader is None:
+            if self.given(blob_id, index) is None:
+                image_blob_id(blob_id, index)
             reader = self._open_source(blob_id, index)
             self._open[index] = reader
         return reader
@@ -96,6 +108,7 @@ class BlobLocator:
                 source = self.open(blob.blob_id, blob.index)
                 cache = None
                 if self.cache_dir is not None:
+                    image_blob_id(blob.blob_id, blob.index)     # it names the cache files
                     cache = BlobCache(self.cache_dir, blob, disable_indexed_map=self.disable_indexed_map)
                     try:
                         cache.ensure_meta(source)

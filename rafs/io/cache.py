@@ -24,6 +24,7 @@ from typing import Iterable
 from .. import _codec
 from ..errors import InvalidArgumentError, RafsError
 from ..model import MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures, Chunk
+from ..blob.ids import check_blob_id
 from ..blob.layout import BLOB_CCT_HEADER_SIZE as CI_HEADER_SIZE
 from .layout import (CHUNK_MAP_ALL_READY, CHUNK_MAP_HEADER, CHUNK_MAP_HEADER_SIZE, CHUNK_MAP_MAGIC,
                      CHUNK_MAP_MAGIC2, CHUNK_MAP_SUFFIX, CHUNK_MAP_VERSION, DATA_SUFFIX, META_SUFFIX)
@@ -291,6 +292,8 @@ class BlobCache:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.meta_path)
+            log.debug("blob %s: chunk table fetched into %s (%d bytes)", self.blob.blob_id, self.meta_path,
+                      len(content))
         except OSError as exc:
             log.warning("blob cache: cannot write %s: %s", self.meta_path, exc)
             try:
@@ -356,6 +359,6 @@ class _KnownEnd:
 
 
 def _check_blob_id(blob_id: str) -> None:
-    """A blob id becomes a file name: refuse anything that could leave ``work_dir``."""
-    if not blob_id or "/" in blob_id or "\0" in blob_id or blob_id in (".", "..") or len(blob_id) > 255:
-        raise InvalidArgumentError(f"blob id {blob_id!r} cannot name a cache file")
+    """A blob id becomes a file name in ``work_dir``: held to the blob-id allow-list, which keeps it one
+    plain name, short enough for every cache suffix (:mod:`rafs.blob.ids`)."""
+    check_blob_id(blob_id, "blob id of a cache file")

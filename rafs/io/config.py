@@ -19,18 +19,22 @@ import copy
 import json
 import logging
 import os
+import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError, UnsupportedError
 from .backends import SECRET_KEYS, make_backend
 from .blobs import BlobLocator
+from .config_keys import MAX_CONFIG_DEPTH, NYDUSIFY_BACKEND, V2, check, depth, ignored_keys, schema_v1
 from .retry import DEFAULT_RETRY_LIMIT, RetryPolicy, redact
 from .source import FsspecRangeReader, is_url, load_bytes
 
 log = logging.getLogger(__name__)
 
 MAX_CONFIG_SIZE = 0x100000           # ConfigV2::from_file refuses larger files
+CONFIG_READ_TIMEOUT = 30             # seconds a configuration read from a pipe may wait for more data
 CACHE_TYPES = ("", "dummycache", "blobcache", "filecache", "fscache")
 DEFAULT_PREFETCH_THREADS = 8         # default_prefetch_threads
 DEFAULT_PREFETCH_BATCH_SIZE = 0x100000
@@ -68,6 +72,7 @@ class NydusdConfig:
     latest_read_files: bool = False
     batch_size: int = DEFAULT_AMPLIFY_IO             # v1 amplify_io / v2 rafs.batch_size
     prefetch: PrefetchConfig = field(default_factory=PrefetchConfig)
+    unknown_keys: list = field(default_factory=list, repr=False)   # full paths, warned about when parsed
 
     @property
     def cached(self) -> bool:
@@ -123,37 +128,170 @@ def _redact_dict(value):
     return value
 
 
-def _load(config) -> dict:
-    """The configuration as a dict, from a path, JSON/TOML text or a dict."""
-    if isinstance(config, dict):
-        return copy.deepcopy(config)
-    if isinstance(config, bytes):
-        config = config.decode("utf-8")
-    if isinstance(config, os.PathLike) or isinstance(config, str) and not _looks_like_text(config):
-        path = os.fspath(config)
+def read_config_file(path, what: str = "configuration file") -> str:
+    """The text of a configuration file, read with the 1 MiB cap whatever its size claims.
+
+    Devices, sockets and directories are refused (``/dev/zero`` has no end); a FIFO or pipe (``<(...)``)
+    is read like a file, up to the cap, as long as data keeps coming within ``CONFIG_READ_TIMEOUT``
+    seconds. ``what`` names the file in errors (an option name or "configuration file").
+    """
+    path = os.fspath(path)
+    try:
+        kind = _special_kind(os.stat(path).st_mode)     # before opening: opening a device can act on it
+        if kind:
+            raise InvalidArgumentError(f"{what} {path}: is {kind}, not a regular file")
+        # non-blocking, so a FIFO without a writer cannot hang the open; pipes are then polled
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"{what} {path}: no such file") from None
+    except OSError as exc:
+        raise InvalidArgumentError(f"{what} {path}: {exc.strerror}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        kind = _special_kind(mode)
+        if kind:                                        # swapped after the stat above
+            raise InvalidArgumentError(f"{what} {path}: is {kind}, not a regular file")
+        data = _read_capped(fd, pipe=stat.S_ISFIFO(mode), name=f"{what} {path}")
+    except OSError as exc:
+        raise InvalidArgumentError(f"{what} {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidArgumentError(f"{what} {path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def _read_capped(fd: int, *, pipe: bool, name: str) -> bytes:
+    """At most MAX_CONFIG_SIZE bytes of ``fd`` (an error past that); a pipe must not stall."""
+    import select
+    chunks, total = [], 0
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while True:
+        if pipe and not poller.poll(CONFIG_READ_TIMEOUT * 1000):
+            raise InvalidArgumentError(f"{name}: no data for {CONFIG_READ_TIMEOUT} s")
         try:
-            size = os.path.getsize(path)
-            if size > MAX_CONFIG_SIZE:
-                raise InvalidArgumentError(f"configuration file {path} is larger than 1 MiB")
-            with open(path, encoding="utf-8") as f:
-                config = f.read()
-        except FileNotFoundError:
-            raise InvalidArgumentError(f"configuration file {path} not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidArgumentError(f"cannot read configuration file {path}: {exc}") from None
+            chunk = os.read(fd, MAX_CONFIG_SIZE + 1 - total)
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > MAX_CONFIG_SIZE:
+            raise InvalidArgumentError(f"{name}: larger than 1 MiB")
+
+
+def _special_kind(mode: int) -> str | None:
+    """What a file that cannot hold a configuration is, in words; None for files and pipes."""
+    for test, words in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return words
+    return None
+
+
+def parse_text(text: str, name: str, *, formats=("json", "toml")) -> dict:
+    """A configuration's text as a dict: JSON, else TOML (as nydusd tries them), with nesting bounded
+    before the parsers recurse into it. ``name`` says where the text came from in errors."""
+    nesting = bracket_depth(text)
+    if nesting > MAX_CONFIG_DEPTH:
+        raise InvalidArgumentError(f"{name}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+    errors = []
+    try:
+        for kind in formats:
+            try:
+                if kind == "toml" and dotted_key_depth(text) > MAX_CONFIG_DEPTH:
+                    raise InvalidArgumentError(f"{name}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+                value = json.loads(text) if kind == "json" else tomllib.loads(text)
+                break
+            except ValueError as exc:           # JSONDecodeError and TOMLDecodeError are ValueErrors
+                errors.append(f"{'JSON' if kind == 'json' else 'TOML'} ({exc})")
+        else:
+            raise InvalidArgumentError(f"{name} is neither " + " nor ".join(errors) if len(errors) > 1
+                                       else f"{name} is not {errors[0]}")
+    except RecursionError:                       # a nesting the scan above could not see
+        raise InvalidArgumentError(f"{name}: nested too deeply") from None
+    return _bounded(value, name)
+
+
+def _bounded(value, name: str):
+    if depth(value) > MAX_CONFIG_DEPTH:          # TOML dotted keys nest without brackets
+        raise InvalidArgumentError(f"{name}: nested more than {MAX_CONFIG_DEPTH} levels deep")
+    return value
+
+
+def bracket_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in JSON or TOML text, outside strings and comments."""
+    deepest = level = 0
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c in "[{":
+            level += 1
+            deepest = max(deepest, level)
+        elif c in "]}":
+            level = max(0, level - 1)
+        elif c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+            continue
+        elif c in "\"'":
+            quote = text[i:i + 3] if text[i:i + 3] in ('"""', "'''") else c
+            j = i + len(quote)
+            while True:
+                j = text.find(quote, j)
+                if j < 0:
+                    return deepest                  # an unterminated string: the parser will say so
+                if quote[0] == "'" or not _escaped(text, j):
+                    break
+                j += 1
+            i = j + len(quote)
+            continue
+        i += 1
+    return deepest
+
+
+_QUOTED = re.compile(r'"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'')
+
+
+def dotted_key_depth(text: str) -> int:
+    """The most parts a TOML key or table header has (``[a.b.c]``, ``a.b.c = 1``): dotted keys nest
+    tables without brackets, and tomllib takes time quadratic in their length."""
+    deepest = 0
+    for line in text.splitlines():
+        key = _QUOTED.sub("q", line).split("#", 1)[0].split("=", 1)[0]
+        deepest = max(deepest, key.count(".") + 1)
+    return deepest
+
+
+def _escaped(text: str, at: int) -> bool:
+    """Whether the quote at ``at`` follows an odd number of backslashes."""
+    count = 0
+    while at - count - 1 >= 0 and text[at - count - 1] == "\\":
+        count += 1
+    return count % 2 == 1
+
+
+def _load(config, name: str = "configuration") -> tuple[dict, str]:
+    """(the configuration as a dict, what to call it in messages), from a path, JSON/TOML text or a dict."""
+    if isinstance(config, dict):
+        return _bounded(copy.deepcopy(_bounded(config, name)), name), name
+    if isinstance(config, bytes):
+        try:
+            config = config.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidArgumentError("configuration is not UTF-8 text") from None
+    if isinstance(config, os.PathLike) or isinstance(config, str) and not _looks_like_text(config):
+        name = os.fspath(config)
+        config = read_config_file(name)
     if not isinstance(config, str):
         raise InvalidArgumentError(f"config must be a path, JSON/TOML text or a dict, not {type(config).__name__}")
-    try:
-        value = json.loads(config)
-    except ValueError as json_error:
-        try:
-            value = tomllib.loads(config)
-        except tomllib.TOMLDecodeError as toml_error:
-            raise InvalidArgumentError(f"configuration is neither JSON ({json_error}) nor TOML ({toml_error})") \
-                from None
+    value = parse_text(config, name)
     if not isinstance(value, dict):
-        raise InvalidArgumentError("configuration must be a JSON object or a TOML table")
-    return value
+        raise InvalidArgumentError(f"{name} must be a JSON object or a TOML table")
+    return value, name
 
 
 def _looks_like_text(value: str) -> bool:
@@ -216,6 +354,9 @@ def _cache(config: NydusdConfig, cache_type: str, filecache: dict, where: str, *
                                    "supported yet")
     config.cache_type = cache_type
     if config.cached:
+        if "work_dir" not in filecache:
+            log.warning("%s%s.work_dir is not set: the blob cache goes to the current directory", where,
+                        "config" if config.version == 1 else "filecache")
         work_dir = filecache.get("work_dir", ".")
         if not isinstance(work_dir, str) or not work_dir:
             raise InvalidArgumentError(f"{where}work_dir must be a non-empty path")
@@ -284,17 +425,38 @@ def parse_v2(raw: dict) -> NydusdConfig:
 
 
 def parse_config(config) -> NydusdConfig:
-    """A :class:`NydusdConfig` from a path, JSON/TOML text, a dict (v1 or v2) or a NydusdConfig."""
+    """A :class:`NydusdConfig` from a path, JSON/TOML text, a dict (v1 or v2) or a NydusdConfig.
+
+    A key of the wrong type is an error naming it; an unknown key is a warning naming it and the
+    nearest known key (also kept in ``NydusdConfig.unknown_keys``).
+    """
     if isinstance(config, NydusdConfig):
         return config
-    raw = _load(config)
+    raw, name = _load(config)
     if "version" in raw:
         if raw["version"] != 2:
             raise InvalidArgumentError(f"version must be 2, not {raw['version']!r}")
-        return parse_v2(raw)
-    if "device" in raw:
-        return parse_v1(raw)
-    raise InvalidArgumentError("not a nydusd configuration: expected 'version = 2' (v2) or a 'device' object (v1)")
+        schema, parse = V2, parse_v2
+    elif "device" in raw:
+        schema, parse = schema_v1(raw), parse_v1
+    else:
+        raise InvalidArgumentError(f"{name}: not a nydusd configuration: expected 'version = 2' (v2) or a "
+                                   "'device' object (v1)")
+    unknown = check(raw, schema)
+    parsed = parse(raw)
+    parsed.unknown_keys = [key.path for key in unknown]
+    for key in unknown:
+        log.warning("%s", key.message(name))
+    ignored = ignored_keys(raw)
+    if ignored:
+        log.debug("%s: accepted and not acted on by rafs: %s", name, ", ".join(ignored))
+    return parsed
+
+
+def check_backend_config(config: dict, name: str) -> None:
+    """Type errors and unknown keys of a nydusify backend configuration (``--backend-config[-file]``)."""
+    for key in check(_bounded(config, name), NYDUSIFY_BACKEND):
+        log.warning("%s", key.message(name))
 
 
 class ConfigLocator(BlobLocator):

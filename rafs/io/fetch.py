@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -121,7 +122,10 @@ class ChunkFetcher(ChunkReader):
             if len(chunks) == 1:
                 chunk = chunks[0]
                 self.check_address(chunk)
+                started = time.monotonic()
                 raw = self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
+                if log.isEnabledFor(logging.DEBUG):
+                    self._log_fetch(chunk.compressed_offset, chunk.compressed_size, 1, started, path)
                 self.stats.requests += 1            # counters of the direct path: no lock, best effort
                 self.stats.bytes += chunk.compressed_size
                 return [self.decode(chunk, raw, path=path)]
@@ -144,6 +148,9 @@ class ChunkFetcher(ChunkReader):
                     looked.add(key)
             else:
                 results[key] = data
+        if self.cache is not None and log.isEnabledFor(logging.DEBUG):
+            log.debug("blob %s: %d chunks from the cache, %d missing%s", self.blob.blob_id, len(results),
+                      len(missing), f" ({path})" if path else "")
         mine, theirs = [], []
         with self._lock:
             for key, chunk in missing:
@@ -190,7 +197,10 @@ class ChunkFetcher(ChunkReader):
         for group in merge_ranges([c for _, c, _ in mine], merge_size):
             start = group[0].compressed_offset
             end = max(c.compressed_offset + c.compressed_size for c in group)
+            started = time.monotonic()
             raw = self.source.read_range(start, end - start)
+            if log.isEnabledFor(logging.DEBUG):
+                self._log_fetch(start, end - start, len(group), started, path)
             self.stats.add(requests=1, bytes=end - start)
             decoded = []
             for chunk in group:
@@ -205,6 +215,13 @@ class ChunkFetcher(ChunkReader):
                 pending = pendings[key]
                 if pending is not None:
                     pending.data = data
+
+    def _log_fetch(self, offset: int, size: int, chunks: int, started: float, path: str | None) -> None:
+        log.debug("fetch blob %s range [%#x, %#x) %d bytes, %d chunk%s, %.1f ms from %s%s", self.blob.blob_id,
+                  offset, offset + size, size, chunks, "" if chunks == 1 else "s",
+                  (time.monotonic() - started) * 1000, getattr(self.source, "name", None) or
+                  getattr(self.source, "path", None) or type(self.source).__name__,
+                  f" for {path}" if path else "")
 
     def prefetch(self, chunks: list[Chunk], *, threads: int = 1, batch_size: int = DEFAULT_MERGE_SIZE,
                  stop: threading.Event | None = None) -> int:

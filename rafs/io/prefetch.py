@@ -32,6 +32,8 @@ class Prefetch:
         self._budget_start = None
         self._budget_bytes = 0
         self.fetched = 0                 # chunks fetched from the backend by this prefetch
+        self.total = 0                   # merged requests planned, and done so far (progress)
+        self.requests_done = 0
         self.errors: list[BaseException] = []
         self._stop = threading.Event()
         self._done = threading.Event()
@@ -48,13 +50,19 @@ class Prefetch:
 
     def _run(self) -> None:
         try:
+            started = time.monotonic()
             tasks = []
             for fetcher, chunks in self.work:
                 todo = [c for c in chunks if not fetcher.cache.is_ready(c)]
                 tasks.extend((fetcher, group) for group in merge_ranges(todo, self.batch_size))
+            self.total = len(tasks)
+            log.debug("prefetch: %d chunks to fetch in %d requests from %d blobs, %d threads",
+                      sum(len(g) for _, g in tasks), len(tasks), len(self.work), self.threads)
             with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="rafs-prefetch") as pool:
                 for future in [pool.submit(self._fetch, fetcher, group) for fetcher, group in tasks]:
                     future.result()
+            log.debug("prefetch: done, %d chunks fetched in %.2f s, %d failed requests%s", self.fetched,
+                      time.monotonic() - started, len(self.errors), " (cancelled)" if self._stop.is_set() else "")
         except BaseException as exc:  # noqa: BLE001 - reported through wait()
             self.errors.append(exc)
         finally:
@@ -88,6 +96,10 @@ class Prefetch:
             return
         with self._lock:
             self.fetched += len(group)
+            self.requests_done += 1
+            done = self.requests_done
+        log.debug("prefetch: %d/%d requests done (blob %s, %d chunks)", done, self.total, fetcher.blob.blob_id,
+                  len(group))
 
     @property
     def done(self) -> bool:

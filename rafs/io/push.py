@@ -9,14 +9,13 @@ the same keys (as the user's guide does) finds the blobs again.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError, UnsupportedError
 from .backends import S3Backend
-from .config import MAX_CONFIG_SIZE
+from .config import check_backend_config, parse_text, read_config_file
 from .retry import RetryPolicy, redact
 
 log = logging.getLogger(__name__)
@@ -36,24 +35,19 @@ class PushResult:
 
 
 def load_backend_config(*, config=None, config_file=None) -> dict:
-    """nydusify's backend configuration from inline JSON text, a dict, or a file."""
+    """nydusify's backend configuration from inline JSON text, a dict, or a file (read as nydusd
+    configurations are: capped, no devices, nesting bounded; unknown keys warned about)."""
+    name = "--backend-config"
     if config_file is not None:
-        try:
-            if os.path.getsize(config_file) > MAX_CONFIG_SIZE:
-                raise InvalidArgumentError(f"backend config file {config_file} is larger than 1 MiB")
-            with open(config_file, encoding="utf-8") as f:
-                config = f.read()
-        except OSError as exc:
-            raise InvalidArgumentError(f"cannot read backend config file {config_file}: {exc.strerror}") from None
+        name = f"--backend-config-file {config_file}"
+        config = read_config_file(config_file, "--backend-config-file")
     if config is None:
         raise InvalidArgumentError("--backend-push needs --backend-config or --backend-config-file")
     if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"backend config is not JSON: {exc}") from None
+        config = parse_text(config, name, formats=("json",))
     if not isinstance(config, dict):
-        raise InvalidArgumentError("backend config must be a JSON object")
+        raise InvalidArgumentError(f"{name} must be a JSON object")
+    check_backend_config(config, name)
     return config
 
 

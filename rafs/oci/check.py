@@ -11,19 +11,25 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import stat as _stat
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass, field
 
 from .. import image as _image
 from ..build.overlay import merge_overlay
-from ..build.tar import read_tar
-from ..errors import RafsError
+from ..build.tar import normalize_path, open_tar, read_tar
+from ..errors import InvalidImageError, RafsError
+from ..io.source import MAX_BOOTSTRAP_SIZE
 from . import spec
 from .layout import COPY_BUFFER, OciLayout, digest_hex
 
-MAX_BOOTSTRAP_LAYER = 1 << 31
+MAX_BOOTSTRAP_LAYER = 1 << 31          # compressed
+# What a bootstrap layer's tar may hold besides image.boot: the headers, the image directory, the end
+# blocks and any padding to a record (Go's writer pads nothing, Python's to 10 KiB).
+LAYER_SLACK = 1 << 20
 
 
 @dataclass
@@ -42,14 +48,8 @@ class CheckReport:
 def nydus_manifests(layout: OciLayout) -> list[tuple[dict, dict]]:
     """(descriptor, manifest) of every Nydus manifest of the layout (index entries followed)."""
     found = []
-    todo = list(layout.manifests())
-    while todo:
-        desc = todo.pop(0)
-        if desc.get("mediaType") in spec.INDEX_TYPES:
-            todo.extend(layout.read_json(desc).get("manifests") or [])
-            continue
-        manifest = layout.read_json(desc)
-        layers = manifest.get("layers") or []
+    for desc, manifest in layout.walk_manifests():
+        layers = manifest["layers"]
         if layers and (layers[-1].get("annotations") or {}).get(spec.LAYER_NYDUS_BOOTSTRAP) == "true":
             found.append((desc, manifest))
     return found
@@ -92,7 +92,7 @@ def _check_manifest(layout, desc, manifest, report, where, source_layout, verify
             problems.append(f"{where}: blob layer {blob.get('digest')} still carries {spec.UNCOMPRESSED}")
         _check_digest(layout, blob, problems)
 
-    config = layout.read_json(manifest["config"])
+    config = layout.read_config(manifest["config"])
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     if len(diff_ids) != len(layers):
         problems.append(f"{where}: {len(diff_ids)} diff ids for {len(layers)} layers")
@@ -120,36 +120,78 @@ def _check_manifest(layout, desc, manifest, report, where, source_layout, verify
 
 
 def _check_digest(layout: OciLayout, desc: dict, problems: list[str]) -> None:
-    ref = layout.blob(desc)
+    digest = _sha256(layout.blob(desc))
+    if digest != desc["digest"]:
+        problems.append(f"blob {desc['digest']}: content hashes to {digest}")
+
+
+class _BoundedReader(io.RawIOBase):
+    """The decompressed bootstrap layer, hashed as it is read and cut off past ``limit`` bytes: a
+    gzip bomb is refused after the bytes a bootstrap layer can hold, never decompressed whole."""
+
+    def __init__(self, inner, limit: int):
+        self._inner, self.limit, self.count = inner, limit, 0
+        self.hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._inner.read(len(buffer))
+        self.count += len(data)
+        if self.count > self.limit:
+            raise InvalidImageError(f"decompresses to more than the {self.limit} bytes it may hold",
+                                    structure="bootstrap layer")
+        self.hash.update(data)
+        buffer[:len(data)] = data
+        return len(data)
+
+
+def _sha256(ref) -> str:
     hasher = hashlib.sha256()
     with ref.open() as f:
         for block in iter(lambda: f.read(COPY_BUFFER), b""):
             hasher.update(block)
-    if "sha256:" + hasher.hexdigest() != desc["digest"]:
-        problems.append(f"blob {desc['digest']}: content hashes to sha256:{hasher.hexdigest()}")
+    return "sha256:" + hasher.hexdigest()
 
 
 def _extract_bootstrap(layout: OciLayout, desc: dict, directory: str) -> tuple[str, str]:
-    """(path of the extracted ``image/image.boot``, diff id of the layer) — the layer's digest checked."""
+    """(path of the extracted ``image/image.boot``, diff id of the layer) — the layer's digest checked.
+
+    The layer is streamed: decompressed at most :data:`MAX_BOOTSTRAP_SIZE` bytes for the bootstrap
+    and :data:`LAYER_SLACK` for everything else (headers, the ``image`` directory, end blocks), and
+    only ``image/image.boot`` is written out."""
     ref = layout.blob(desc)
-    compressed, plain = hashlib.sha256(), hashlib.sha256()
+    if ref.size > MAX_BOOTSTRAP_LAYER:
+        raise InvalidImageError(f"{ref.size} bytes, over the {MAX_BOOTSTRAP_LAYER}-byte limit",
+                                structure="bootstrap layer")
+    digest = _sha256(ref)
+    if digest != desc["digest"]:
+        raise InvalidImageError(f"content hashes to {digest}", structure="bootstrap layer")
     path = os.path.join(directory, "image.boot")
-    data = ref.read(MAX_BOOTSTRAP_LAYER)
-    compressed.update(data)
-    if "sha256:" + compressed.hexdigest() != desc.get("digest"):
-        raise RafsError(f"bootstrap layer content hashes to sha256:{compressed.hexdigest()}")
-    tar_bytes = gzip.decompress(data)
-    plain.update(tar_bytes)
-    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+    wanted = spec.BOOTSTRAP_NAME_IN_LAYER.encode()
+    found = False
+    with ref.open() as raw:
+        plain = _BoundedReader(gzip.GzipFile(fileobj=raw, mode="rb"), LAYER_SLACK)
         try:
-            member = tar.getmember(spec.BOOTSTRAP_NAME_IN_LAYER)
-        except KeyError:
-            raise RafsError(f"bootstrap layer has no {spec.BOOTSTRAP_NAME_IN_LAYER}") from None
-        if not member.isreg() or member.size > MAX_BOOTSTRAP_LAYER:
-            raise RafsError(f"{spec.BOOTSTRAP_NAME_IN_LAYER} is not a regular file of sane size")
-        with tar.extractfile(member) as src, open(path, "wb") as dst:
-            dst.write(src.read())
-    return path, "sha256:" + plain.hexdigest()
+            with open_tar(plain, "r|") as tar:
+                for member in tar:
+                    if b"/".join(normalize_path(member.name.encode("utf-8", "surrogateescape"))) != wanted:
+                        continue
+                    if found or not member.isreg() or member.size > MAX_BOOTSTRAP_SIZE:
+                        raise InvalidImageError(f"{spec.BOOTSTRAP_NAME_IN_LAYER} is not one regular file of at most "
+                                                f"{MAX_BOOTSTRAP_SIZE} bytes", structure="bootstrap layer")
+                    plain.limit += member.size
+                    with tar.extractfile(member) as src, open(path, "wb") as dst:
+                        shutil.copyfileobj(src, dst, COPY_BUFFER)
+                    found = True
+            while plain.read(COPY_BUFFER):             # the diff id covers the whole tar
+                pass
+        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
+            raise InvalidImageError(f"not a readable tar.gz ({exc})", structure="bootstrap layer") from None
+    if not found:
+        raise InvalidImageError(f"no {spec.BOOTSTRAP_NAME_IN_LAYER} in it", structure="bootstrap layer")
+    return path, "sha256:" + plain.hash.hexdigest()
 
 
 # -- comparing with the source image ---------------------------------------------------------------------
@@ -168,13 +210,9 @@ def _source_manifest(layout: OciLayout, manifest: dict) -> dict | None:
     digest = (manifest.get("annotations") or {}).get(spec.MANIFEST_SOURCE_DIGEST)
     if not digest:
         return None
-    todo = list(layout.manifests())
-    while todo:
-        desc = todo.pop(0)
-        if desc.get("mediaType") in spec.INDEX_TYPES:
-            todo.extend(layout.read_json(desc).get("manifests") or [])
-        elif desc.get("digest") == digest:
-            return layout.read_json(desc)
+    for desc, found in layout.walk_manifests():
+        if desc["digest"] == digest:
+            return found
     return None
 
 

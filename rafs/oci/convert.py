@@ -36,6 +36,7 @@ from ..build.tar import TarSource
 from ..errors import BuildError, InvalidArgumentError, InvalidImageError, UnsupportedError
 from ..io.source import LocalRangeReader
 from . import spec
+from .documents import MAX_INDEX_DEPTH
 from .layout import BlobRef, HashingWriter, LayoutWriter, OciLayout, descriptor, digest_hex, dump_json
 
 DEFAULT_PLATFORM = "linux/amd64"       # nydusify's --platform default
@@ -207,23 +208,25 @@ class Converter:
 
     # planning: which manifests are converted, which layers they need
 
-    def _plan(self, entry: dict):
+    def _plan(self, entry: dict, depth: int = 1):
         media_type = entry.get("mediaType")
         if media_type in spec.INDEX_TYPES:
-            index = self.source.read_json(entry)
+            if depth >= MAX_INDEX_DEPTH:
+                raise InvalidImageError(f"indexes nested deeper than {MAX_INDEX_DEPTH}", structure="OCI index")
+            index = self.source.read_index(entry)
             children = []
-            for child in index.get("manifests") or []:
+            for child in index["manifests"]:
                 wanted = self.options.all_platforms or platform_matches(child.get("platform"), self.options.platforms)
                 if wanted:
-                    children.append((child, self._plan(child)))
+                    children.append((child, self._plan(child, depth + 1)))
             if not children:
                 raise InvalidArgumentError(f"no manifest of {entry.get('digest')} matches the platforms "
                                            f"{', '.join(self.options.platforms)} (use --all-platforms?)")
             return ("index", index, children)
         if media_type in spec.MANIFEST_TYPES:
-            manifest = self.source.read_json(entry)
-            layers = manifest.get("layers")
-            if not isinstance(layers, list) or not layers:
+            manifest = self.source.read_manifest(entry)
+            layers = manifest["layers"]
+            if not layers:
                 raise InvalidImageError(f"manifest {entry.get('digest')} has no layers", structure="OCI manifest")
             for layer in layers:
                 annotations = layer.get("annotations") or {}
@@ -318,7 +321,7 @@ class Converter:
                                annotations={spec.LAYER_NYDUS_BOOTSTRAP: "true",
                                             spec.LAYER_FS_VERSION: str(opts.fs_version)})
 
-        config = self.source.read_json(manifest["config"])
+        config = self.source.read_config(manifest["config"])
         rootfs = dict(config.get("rootfs") or {"type": "layers"})
         rootfs["diff_ids"] = [d["digest"] for d in blob_descs] + [boot_diff_id]
         config["rootfs"] = rootfs

@@ -14,41 +14,41 @@ import io
 import json
 import os
 import queue
-import re
 import shutil
 import tarfile
 import tempfile
 import threading
 from dataclasses import dataclass
 
-from ..build.tar import RangeStream, normalize_path
-from ..errors import InvalidArgumentError, InvalidImageError
+from ..build.tar import RangeStream, normalize_path, open_tar
+from ..errors import InvalidArgumentError, InvalidImageError, RafsError
 from ..io.source import LocalRangeReader
-from . import spec
+from . import documents, spec
+from .documents import MAX_JSON_SIZE, digest_hex
 
-MAX_JSON_SIZE = 8 << 20               # manifests, indexes and configs are small; refuse giants
 COPY_BUFFER = 1 << 20
-_DIGEST = re.compile(r"sha256:([0-9a-f]{64})")
+
+
+def _tar_members(path: str):
+    """The regular files of the tar at ``path`` as (normalized name, member), headers bounded."""
+    with open(path, "rb") as f, open_tar(f) as tar:
+        for member in tar:
+            if member.isreg():
+                yield b"/".join(normalize_path(member.name.encode("utf-8", "surrogateescape"))), member
 
 
 def is_oci_layout(path) -> bool:
-    """Whether ``path`` is an OCI image layout: a directory with ``oci-layout``, or a tar holding one."""
+    """Whether ``path`` is an OCI image layout: a directory with ``oci-layout``, or a tar holding one
+    (a file that is no readable tar is not one)."""
     path = os.fspath(path)
     if os.path.isdir(path):
         return os.path.exists(os.path.join(path, spec.LAYOUT_FILE))
-    if not os.path.isfile(path) or not tarfile.is_tarfile(path):
+    if not os.path.isfile(path):
         return False
-    with tarfile.open(path) as tar:
-        return any(b"/".join(normalize_path(m.name.encode("utf-8", "surrogateescape"))) == spec.LAYOUT_FILE.encode()
-                   for m in tar)
-
-
-def digest_hex(digest: str) -> str:
-    """The hex part of a ``sha256:`` digest, refusing anything else (it becomes a file name)."""
-    match = _DIGEST.fullmatch(str(digest))
-    if match is None:
-        raise InvalidImageError(f"unsupported or malformed digest {digest!r}", structure="OCI descriptor")
-    return match.group(1)
+    try:
+        return any(name == spec.LAYOUT_FILE.encode() for name, _ in _tar_members(path))
+    except (tarfile.TarError, RafsError, EOFError, OSError):
+        return False
 
 
 def dump_json(document) -> bytes:
@@ -114,22 +114,18 @@ class OciLayout:
                 raise InvalidArgumentError(f"{self.path}: not an OCI image layout archive (no {spec.LAYOUT_FILE})")
         else:
             raise InvalidArgumentError(f"{self.path}: no such OCI image layout")
-        layout = json.loads(self._file(spec.LAYOUT_FILE).read(MAX_JSON_SIZE))
-        if not isinstance(layout, dict) or "imageLayoutVersion" not in layout:
-            raise InvalidImageError("oci-layout without imageLayoutVersion", structure="OCI layout")
-        self.index = self.load_json(self._file(spec.INDEX_FILE), "index.json")
+        documents.layout_file(self.load_json(self._file(spec.LAYOUT_FILE), spec.LAYOUT_FILE))
+        self.index = documents.index(self.load_json(self._file(spec.INDEX_FILE), spec.INDEX_FILE), spec.INDEX_FILE)
 
     def _index_tar(self) -> dict[str, BlobRef]:
         members = {}
         try:
-            with tarfile.open(self.path, mode="r:") as tar:
-                for member in tar:
-                    if member.isreg():
-                        name = b"/".join(normalize_path(member.name.encode("utf-8", "surrogateescape")))
-                        members[name.decode("utf-8", "surrogateescape")] = BlobRef(self.path, member.offset_data,
-                                                                                  member.size)
-        except tarfile.TarError as exc:
+            for name, member in _tar_members(self.path):
+                members[name.decode("utf-8", "surrogateescape")] = BlobRef(self.path, member.offset_data, member.size)
+        except (tarfile.TarError, EOFError) as exc:
             raise InvalidArgumentError(f"{self.path}: not a readable tar ({exc})") from None
+        except RafsError as exc:                   # a header past rafs's bounds
+            raise InvalidImageError(f"{self.path}: {exc}", structure="OCI layout archive") from None
         return members
 
     def _file(self, name: str) -> BlobRef:
@@ -145,36 +141,69 @@ class OciLayout:
 
     @staticmethod
     def load_json(ref: BlobRef, what: str, digest: str | None = None) -> dict:
-        data = ref.read(MAX_JSON_SIZE)
+        """The JSON object in ``ref`` (bounded in size and depth), checked against ``digest`` when given."""
+        try:
+            data = ref.read(MAX_JSON_SIZE)
+        except InvalidImageError as exc:
+            raise InvalidImageError(f"{what}: {exc}") from None
         if digest is not None and hashlib.sha256(data).hexdigest() != digest_hex(digest):
             raise InvalidImageError(f"{what}: content does not match its digest {digest}", structure="OCI blob")
-        try:
-            document = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidImageError(f"{what}: invalid JSON ({exc})", structure="OCI blob") from None
-        if not isinstance(document, dict):
-            raise InvalidImageError(f"{what}: not a JSON object", structure="OCI blob")
-        return document
+        return documents.parse(data, what)
 
     def blob(self, desc: dict) -> BlobRef:
-        """The blob a descriptor names, its size checked."""
+        """The blob a (checked) descriptor names, its size checked against the file's."""
         hexdigest = digest_hex(desc.get("digest"))
-        ref = self._file(f"{spec.BLOBS_DIR}/sha256/{hexdigest}")
+        name = f"{spec.BLOBS_DIR}/sha256/{hexdigest}"
+        ref = self._file(name)
         size = desc.get("size")
         if not isinstance(size, int) or size != ref.size:
-            raise InvalidImageError(f"blob {desc.get('digest')}: size {ref.size} != declared {size!r}",
-                                    structure="OCI descriptor")
+            raise InvalidImageError(f"blob {desc.get('digest')}: {name} has size {ref.size}, its descriptor "
+                                    f"declares {size!r}", structure="OCI descriptor")
         return ref
 
     def read_json(self, desc: dict) -> dict:
-        """The JSON document (manifest, index, config) a descriptor names, digest verified."""
-        return self.load_json(self.blob(desc), desc.get("mediaType", "document"), desc.get("digest"))
+        """The JSON object a descriptor names, digest verified (its fields not checked)."""
+        return self.load_json(self.blob(desc), self._name(desc), desc.get("digest"))
+
+    def read_index(self, desc: dict) -> dict:
+        """The image index a descriptor names, every field rafs uses checked."""
+        return documents.index(self.read_json(desc), self._name(desc))
+
+    def read_manifest(self, desc: dict) -> dict:
+        """The image manifest a descriptor names, every field rafs uses checked."""
+        return documents.manifest(self.read_json(desc), self._name(desc))
+
+    def read_config(self, desc: dict) -> dict:
+        """The image config a descriptor names, every field rafs uses checked."""
+        return documents.config(self.read_json(desc), self._name(desc))
+
+    @staticmethod
+    def _name(desc: dict) -> str:
+        return f"{spec.BLOBS_DIR}/sha256/{digest_hex(desc.get('digest'))} ({desc.get('mediaType') or 'document'})"
 
     def manifests(self) -> list[dict]:
-        entries = self.index.get("manifests")
-        if not isinstance(entries, list):
-            raise InvalidImageError("index.json has no manifests list", structure="OCI index")
-        return entries
+        """The descriptors of index.json (checked when the layout was opened)."""
+        return self.index["manifests"]
+
+    def walk_manifests(self):
+        """(descriptor, manifest) of every image manifest reachable from index.json, indexes followed
+        at most :data:`~rafs.oci.documents.MAX_INDEX_DEPTH` deep and at most
+        :data:`~rafs.oci.documents.MAX_MANIFESTS` descriptors visited."""
+        todo = [(desc, 1) for desc in self.manifests()]
+        visited = 0
+        while todo:
+            desc, depth = todo.pop(0)
+            visited += 1
+            if visited > documents.MAX_MANIFESTS:
+                raise InvalidImageError(f"more than {documents.MAX_MANIFESTS} manifest descriptors",
+                                        structure="OCI index")
+            if desc.get("mediaType") in spec.INDEX_TYPES:
+                if depth >= documents.MAX_INDEX_DEPTH:
+                    raise InvalidImageError(f"indexes nested deeper than {documents.MAX_INDEX_DEPTH}",
+                                            structure="OCI index")
+                todo.extend((child, depth + 1) for child in self.read_index(desc)["manifests"])
+                continue
+            yield desc, self.read_manifest(desc)
 
 
 class LayoutWriter:

@@ -13,12 +13,15 @@ hypothesis and rafs.
   schema in the ``layout`` modules.
 * :mod:`rafs.testing.mutate` - blind and structure-aware mutations of images, decompression bombs.
 * :mod:`rafs.testing.exercise` - run every read path over an image under time and memory bounds.
+* :mod:`rafs.testing.blob_ids` - valid and hostile blob ids as strategies, and :func:`with_blob_ids` to
+  write any id into a v5 or v6 bootstrap's blob table.
 * :mod:`rafs.testing.hostile` - what an attacker controls: tar headers declaring huge sizes, file
   sizes past their chunks, deep directory chains, hostile HTTP servers, configs, OCI layouts.
 
 See ``docs/fuzzing.md`` for a guide with a worked example.
 """
 
+from .blob_ids import blob_id_strings, hostile_blob_ids, valid_blob_ids, with_blob_ids
 from .exercise import (BytesSource, EscapedError, Outcome, OutOfMemoryError, OutOfTimeError, check_blob_mutant,
                        check_mutant, exercise, exercise_blob, memory_budget, memory_limit, time_limit)
 from .hostile import (CONFIG_SEEDS, HostileHTTPServer, config_mutants, declared_size_mutants, declared_sizes,
@@ -33,6 +36,7 @@ from .trees import (Entry, Extent, FileData, assert_same_tree, diff_trees, direc
                     tree_from_image, trees)
 
 __all__ = [
+    "blob_id_strings", "hostile_blob_ids", "valid_blob_ids", "with_blob_ids",
     "BytesSource", "EscapedError", "Outcome", "OutOfMemoryError", "OutOfTimeError", "check_blob_mutant",
     "check_mutant", "exercise", "exercise_blob", "memory_budget", "memory_limit", "time_limit",
     "CONFIG_SEEDS", "HostileHTTPServer", "config_mutants", "declared_size_mutants", "declared_sizes",

@@ -17,6 +17,7 @@ from ..errors import InvalidImageError, UnsupportedError
 from ..model import (BLOB_FEATURES_INVALID_MASK, Blob, BlobFeatures, Chunk, ImageReader, Inode,
                      InodeFlags, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SuperFlags)
 from ..blob import codecs
+from ..blob.ids import blob_table_faults
 from . import layout
 
 from .records import CHUNK, EXT_BLOB, INODE
@@ -345,6 +346,7 @@ class V5Reader(ImageReader):
 
     def verify_structure(self) -> Iterator[str]:
         """Check every table entry decodes and every record's digest matches what it references."""
+        yield from blob_table_faults(blob.blob_id for blob in self.blobs)
         for index in range(1, self.inode_count + 1):
             try:
                 raw, offset = self.record(index)

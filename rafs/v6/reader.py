@@ -34,6 +34,7 @@ from typing import Callable, Iterator
 
 from .. import _codec
 from ..blob import codecs
+from ..blob.ids import blob_table_faults
 from ..errors import InvalidImageError, UnsupportedError
 from ..model import (BLOB_FEATURES_INVALID_MASK, CIPHER_NAMES, COMPRESSOR_NAMES, DEFAULT_CHUNK_SIZE,
                      DIGESTER_NAMES, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, META_BLOB_INDEX, MIN_CHUNK_SIZE,
@@ -941,8 +942,11 @@ class V6Reader(ImageReader):
         """Walk every inode reachable from the root and report what does not decode or agree.
 
         RAFS chunk indexes must agree with their chunk info (``c_blk_addr`` = uncompressed offset /
-        block size); every chunk in the table must be valid for its blob.
+        block size); every chunk in the table must be valid for its blob; every blob id must be one a
+        blob can be found by.
         """
+        if self.is_rafs:
+            yield from blob_table_faults(blob.blob_id for blob in self.blobs)
         seen, todo = set(), [self.root_ino]
         while todo:
             nid = todo.pop()
