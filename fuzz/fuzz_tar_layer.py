@@ -20,7 +20,6 @@ with instrumented():
 SEEDS = ["tar/all-entry-type.tar", "tar/all-entry-type-macos.tar", "tar/empty.tar",
          "zran/zran-single-stream.tar.gz"]
 READ_LIMIT = 1 << 16          # a sparse file may hold gigabytes of holes: the target reads its start
-logging.disable(logging.WARNING)   # dropped-xattr warnings, one per mutant, would slow the run down
 
 
 class _Stream(io.RawIOBase):
@@ -48,4 +47,7 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802
 
 
 if __name__ == "__main__":
+    # dropped-xattr warnings, one per mutant, would slow the run down; only in a fuzzing process (the
+    # tests import this module, and logging.disable would silence every later test's logs)
+    logging.disable(logging.WARNING)
     main(TestOneInput, SEEDS)
