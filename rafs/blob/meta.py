@@ -19,7 +19,8 @@ from typing import NamedTuple
 
 from .._codec import FastRecord, build, parse
 from ..errors import InvalidArgumentError, InvalidImageError, UnsupportedError
-from ..model import COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures, ChunkFlags
+from ..model import (COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures,
+                     ChunkFlags)
 from . import codecs, layout as L
 from ._source import known_size, opened, read_checked, reads_range
 
@@ -331,7 +332,36 @@ def decode_blob_meta(header_bytes: bytes, ci_data, *, compressed_limit: int | No
         chunks = _decode_v2(ci_data, count, features, climit, ulimit, batch_contexts, zran_contexts)
     else:
         chunks = _decode_v1(ci_data, count, climit, ulimit)
+    if batch_contexts:
+        _check_batches(chunks, batch_contexts)
     return BlobMeta(header, bytes(header_bytes), bytes(ci_data), chunks, batch_contexts, zran_contexts, zran_dicts)
+
+
+def _check_batches(chunks: list[ChunkInfo], contexts) -> None:
+    """Every batch within the chunk size limit, its members at one compressed offset (where the
+    batch starts) and not overlapping inside its uncompressed buffer."""
+    for i, ctx in enumerate(contexts):
+        if not 0 < ctx.compressed_size <= 2 * MAX_CHUNK_SIZE or ctx.uncompressed_batch_size > MAX_CHUNK_SIZE:
+            raise InvalidImageError(f"batch {i}: {ctx.compressed_size} compressed / {ctx.uncompressed_batch_size} "
+                                    "uncompressed bytes, outside the 16 MiB chunk limit",
+                                    structure="batch inflate context")
+    members: dict[int, list] = {}
+    for index, info in enumerate(chunks):
+        if info.is_batch:
+            members.setdefault(info.context_index, []).append((info.context_offset, info.uncompressed_size,
+                                                              info.compressed_offset, index))
+    for batch, entries in members.items():
+        entries.sort()
+        start = entries[0][2]
+        end = 0
+        for offset, size, compressed_offset, index in entries:
+            if compressed_offset != start:
+                raise _bad_chunk(index, f"batch {batch} starts at {compressed_offset:#x} for this member, at "
+                                 f"{start:#x} for another")
+            if offset < end:
+                raise _bad_chunk(index, f"its range [{offset:#x}, +{size:#x}) overlaps another member of "
+                                 f"batch {batch}")
+            end = offset + size
 
 
 def _bad_chunk(index: int, message: str) -> InvalidImageError:

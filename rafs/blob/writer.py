@@ -38,12 +38,15 @@ from .. import _codec
 from ..errors import BuildError, InvalidArgumentError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, COMPRESSOR_IDS, MAX_CHUNKS_PER_BLOB, Node
 from . import codecs, layout
+from .batch import BatchPacker
+from .meta import encode_chunk_info_v2
 from .pipeline import DEFAULT_INFLIGHT_BYTES, ChunkPipeline, default_workers
 from .tar_header import build_tar_header
 from .toc import TocEntry, toc_bytes
 
 CI_HEADER = _codec.FastRecord(layout.BlobCompressionContextHeader, "CI header")
 _CI_V1 = struct.Struct("<QQ")
+_CI_V2 = struct.Struct("<QQQ")
 INLINE_BLOB_ID = "x" * 64            # placeholder id in a bootstrap embedded in its own blob
 _ALIGN = 4096
 # Chunks smaller than this are gathered into one write (and one blob-id update) of about this size.
@@ -52,6 +55,7 @@ WRITE_BUFFER = 1 << 20
 SINK_QUEUE = 8
 _COMPRESSED = int(ChunkFlags.COMPRESSED)
 _HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
+_BATCH_MEMBER = int(ChunkFlags.BATCH | ChunkFlags.COMPRESSED)
 
 
 def ci_v1_entry(compressed_offset: int, compressed_size: int, uncompressed_offset: int,
@@ -82,7 +86,7 @@ class BlobWriter:
                  chunk_size: int = 0x100000, aligned: bool = True, blob_meta: bool = True,
                  toc: bool = False, inline_meta: bool = False, crc32: bool = True, mapped: bool = False,
                  workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
-                 offset: int = 0, on_chunk=None):
+                 offset: int = 0, on_chunk=None, batch_size: int = 0):
         codecs.check_compressor(compressor)
         codecs.check_digester(digester)
         self.out = out
@@ -98,6 +102,10 @@ class BlobWriter:
         if mapped and (compressor != "none" or not aligned):
             raise InvalidArgumentError("a mapped blob needs compressor 'none' and aligned chunks")
         self.mapped = mapped
+        if batch_size and (not blob_meta or mapped):
+            raise InvalidArgumentError("batch chunks need a v6 blob with packed chunks")
+        # small single-chunk files are packed into batch chunks (rafs.blob.batch)
+        self.batch = BatchPacker(batch_size) if batch_size else None
         self.workers = max(1, workers if workers is not None else default_workers())
         self.inflight_bytes = inflight_bytes
         self.max_inflight = 0               # the running pipeline's bound, once dump() starts
@@ -113,6 +121,8 @@ class BlobWriter:
         if blob_meta:
             # v6 chunks are always 4K aligned; the reference sets the bit when it writes the CI
             self.features |= BlobFeatures.ALIGNED
+        if self.batch is not None:
+            self.features |= BlobFeatures.BATCH | BlobFeatures.CHUNK_INFO_V2
         self.pos = 0
         self._hash = hashlib.sha256()
         self._pieces: list = []             # written and hashed in WRITE_BUFFER pieces
@@ -226,6 +236,8 @@ class BlobWriter:
                     if node.inode.size:
                         add(node, position < prefetch_count)
                 pipeline.drain()
+                if self.batch is not None and self.batch.buffer:
+                    self._write_batch(False)        # the last batch is part of no node's size
                 self._flush()
             except BaseException:
                 for future in self._sink_queue:
@@ -253,13 +265,19 @@ class BlobWriter:
             return
         if self.chunk_count >= MAX_CHUNKS_PER_BLOB:
             raise BuildError(f"the blob would hold more than {MAX_CHUNKS_PER_BLOB} chunks")
+        batch = self.batch
+        if batch is not None:
+            if batch.takes(node.inode.size, self.chunk_size, length):
+                self._store_batched(node, file_offset, length, prefetch, digest, crc, stored, compressed)
+                return
+            if batch.buffer:                # a chunk outside the batches ends the pending one
+                self._write_batch(prefetch)
         flags = _COMPRESSED if compressed else 0
         if self.crc32:
             flags |= _HAS_CRC32
         else:
             crc = 0
-        uncompressed_offset = self.uncompressed_size
-        self.uncompressed_size += (length + _ALIGN - 1) & ~(_ALIGN - 1) if self.aligned else length
+        uncompressed_offset = self._allocate(length)
         if self.mapped and self.pos < uncompressed_offset:
             self._pad(uncompressed_offset - self.pos)
         chunk = Chunk(digest, self.blob_index, self.offset + self.pos, len(stored), uncompressed_offset, length,
@@ -274,9 +292,55 @@ class BlobWriter:
         if self.on_chunk is not None:
             self.on_chunk(chunk, stored)
         if self.blob_meta:
-            self._ci += ci_v1_entry(chunk.compressed_offset, chunk.compressed_size, uncompressed_offset, length)
+            if batch is None:
+                self._ci += ci_v1_entry(chunk.compressed_offset, chunk.compressed_size, uncompressed_offset, length)
+            else:
+                self._ci += _CI_V2.pack(*encode_chunk_info_v2(chunk.compressed_offset, chunk.compressed_size,
+                                                              uncompressed_offset, length, flags, crc32=crc))
             self._digests += digest
         node.chunks.append(chunk)
+
+    def _allocate(self, length: int) -> int:
+        """The uncompressed offset of the next chunk of ``length`` bytes (4 KiB aligned when aligned)."""
+        uncompressed_offset = self.uncompressed_size
+        self.uncompressed_size += (length + _ALIGN - 1) & ~(_ALIGN - 1) if self.aligned else length
+        return uncompressed_offset
+
+    def _store_batched(self, node: Node, file_offset: int, length: int, prefetch: bool, digest: bytes, crc: int,
+                       stored: bytes, compressed: bool) -> None:
+        """Add a chunk to the pending batch (rafs.blob.batch). Its bootstrap record has no compressed
+        range (compressed offset and size 0, flags only HAS_CRC32), as nydus-image writes it: readers
+        find the batch through the CI record."""
+        batch = self.batch
+        data = codecs.decompress(self.compressor, stored, length, what="a chunk") if compressed else stored
+        if batch.overflows(length):
+            self._write_batch(prefetch)
+        uncompressed_offset = self._allocate(length)
+        batch_index, in_batch = batch.add(data)
+        flags = _HAS_CRC32 if self.crc32 else 0
+        chunk = Chunk(digest, self.blob_index, 0, 0, uncompressed_offset, length, file_offset, self.chunk_count,
+                      flags, crc if self.crc32 else 0)
+        self.chunk_count += 1
+        self.stored_uncompressed_size += length
+        self._dedup[(digest, length)] = chunk
+        if self.on_chunk is not None:
+            self.on_chunk(chunk, data)
+        # the batch will start where the data section ends now: nothing else is written before it
+        self._ci += _CI_V2.pack(*encode_chunk_info_v2(self.offset + self.pos, 0, uncompressed_offset, length,
+                                                      _BATCH_MEMBER, context_index=batch_index,
+                                                      context_offset=in_batch))
+        self._digests += digest
+        node.chunks.append(chunk)
+
+    def _write_batch(self, prefetch: bool) -> None:
+        """Compress and write the pending batch as one unit and record its context."""
+        data = self.batch.take()
+        packed, _ = codecs.compress_chunk(self.compressor, data)
+        self._write(packed)
+        self.data_size += len(packed)
+        if prefetch:
+            self.prefetch_size += len(packed)
+        self.batch.written(len(packed), len(data))
 
     def seed_dict(self, chunks) -> None:
         """A chunk dictionary's chunks (keyed by (digest, uncompressed size)): files repeating one get
@@ -315,6 +379,11 @@ class BlobWriter:
         if not self.blob_meta or self.uncompressed_size == 0:
             return
         ci = bytes(self._ci)
+        contexts_at = contexts_size = contexts = 0
+        if self.batch is not None:
+            # the batch contexts follow the records (s_ci_zran_offset/size/count say where)
+            contexts_at, contexts_size, contexts = len(ci), len(self.batch.contexts), self.batch.count
+            ci += bytes(self.batch.contexts)
         packed, compressed = codecs.compress_chunk(self.compressor, ci)
         self.ci_compressor = self.compressor if compressed else "none"
         self.ci_offset = self.pos
@@ -324,7 +393,8 @@ class BlobWriter:
             self.features |= BlobFeatures.INLINED_CHUNK_DIGEST
         header = CI_HEADER.pack(layout.BLOB_CCT_MAGIC, int(self.features), COMPRESSOR_IDS[self.ci_compressor],
                                 self.chunk_count, self.ci_offset, self.ci_compressed_size,
-                                self.ci_uncompressed_size, 0, 0, 0, bytes(4032), layout.BLOB_CCT_MAGIC)
+                                self.ci_uncompressed_size, contexts_at, contexts_size, contexts, bytes(4032),
+                                layout.BLOB_CCT_MAGIC)
         self.ci_data, self.ci_header = ci, header
         self._write(packed)
         self._write(header)

@@ -116,6 +116,7 @@ class ChunkFetcher(ChunkReader):
         """The uncompressed bytes of each chunk, in the order given (``keep=False``: only warm the
         cache and return an empty list).
         """
+        chunks = self.resolve_many(chunks)      # batch members: the range of their batch
         if self._direct:
             if not keep:
                 return []
@@ -230,7 +231,7 @@ class ChunkFetcher(ChunkReader):
         """
         if self.cache is None:
             return 0
-        todo = {chunk_key(c): c for c in chunks if not self.cache.is_ready(c)}
+        todo = {chunk_key(c): c for c in self.resolve_many(chunks) if not self.cache.is_ready(c)}
         if not todo:
             return 0
         groups = merge_ranges(list(todo.values()), batch_size)
