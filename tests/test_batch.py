@@ -293,3 +293,24 @@ def test_fuse_serves_batch_images(small_files, tmp_path):
         assert diff_r(small_files, mount.path) == []
     finally:
         mount.close()
+
+
+def test_chunk_dict_and_parent_of_batch_images(small_files, tmp_path):
+    """Batch members found in a chunk dictionary or a parent keep their records (no compressed
+    range, no BATCH flag) and read back through the dictionary's or parent's CI."""
+    (tmp_path / "dict").mkdir()
+    dictionary = build(small_files, tmp_path / "dict", 0x10000)
+    for name, options in (("with-dict", {"chunk_dict": str(dictionary.bootstrap)}),
+                          ("on-parent", {"parent_bootstrap": str(dictionary.bootstrap)})):
+        out = tmp_path / name
+        out.mkdir()
+        result = build(small_files, out, 0x10000, **options)
+        blobs = [tmp_path / "dict" / dictionary.blob_id]
+        with rafs.open(result.bootstrap, blob_dir=tmp_path / "dict", validate=True) as image:
+            assert [b.blob_id for b in image.blobs] == [dictionary.blob_id]
+            chunks = [c for p, i in image.iter_entries() if i.is_reg for c in image.chunks(p)]
+            assert any(c.compressed_size == 0 for c in chunks)
+            assert not any(c.flags & ChunkFlags.BATCH for c in chunks)
+            assert list(image.check(verify_data=True)) == []
+            verify_tree(image, small_files)
+        assert blobs[0].exists()

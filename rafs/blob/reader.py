@@ -51,13 +51,14 @@ class ChunkReader:
         return self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
 
     def resolve(self, chunk: Chunk) -> Chunk:
-        """``chunk`` with the compressed range to fetch: a batch member's record (compressed size 0)
-        becomes one addressing its whole batch, from the CI array; other chunks are returned as they are."""
-        if not int(chunk.flags) & _BATCH or chunk.compressed_size:
+        """``chunk`` with the compressed range to fetch. A batch member's record (nydus-image leaves its
+        compressed range empty and its flags without BATCH, in the bootstrap and in the CI) becomes one
+        addressing its whole batch, flagged BATCH, from the CI array; other chunks come back as they are."""
+        if chunk.compressed_size or not int(self.blob.features) & _BATCH_BLOB:
             return chunk
         info, context = self._batch_record(chunk)
         return dataclasses.replace(chunk, compressed_offset=info.compressed_offset,
-                                   compressed_size=context.compressed_size)
+                                   compressed_size=context.compressed_size, flags=int(chunk.flags) | _BATCH)
 
     def resolve_many(self, chunks: list[Chunk]) -> list[Chunk]:
         if not int(self.blob.features) & _BATCH_BLOB:
@@ -78,7 +79,9 @@ class ChunkReader:
                                     structure="chunk info")
 
     def decode(self, chunk: Chunk, raw: bytes, *, path: str | None = None) -> bytes:
-        """Decompress and (when validating) verify the stored bytes of ``chunk``."""
+        """Decompress and (when validating) verify the stored bytes of ``chunk`` (for a batch member:
+        of its batch, see :meth:`resolve`)."""
+        chunk = self.resolve(chunk)
         flags = int(chunk.flags)
         if flags & _BATCH:
             data = self._batch_member(chunk, raw)
@@ -156,7 +159,7 @@ class ChunkReader:
         where = f"chunk {chunk.index} of blob {self.blob.blob_id}"
         meta = self.blob_meta()
         if not 0 <= chunk.index < len(meta.chunks) or not meta.chunks[chunk.index].is_batch:
-            raise InvalidImageError(f"{where} is marked as a batch member but its CI record is not one",
+            raise InvalidImageError(f"{where} has no compressed range but its CI record is not a batch member",
                                     structure="chunk info")
         info = meta.chunks[chunk.index]
         if info.uncompressed_size != chunk.uncompressed_size or info.uncompressed_offset != chunk.uncompressed_offset:

@@ -41,13 +41,12 @@ from ..blob.ids import blob_table_faults
 from ..errors import InvalidImageError, UnsupportedError
 from ..model import (BLOB_FEATURES_INVALID_MASK, CIPHER_NAMES, COMPRESSOR_NAMES, DEFAULT_CHUNK_SIZE,
                      DIGESTER_NAMES, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, META_BLOB_INDEX, MIN_CHUNK_SIZE,
-                     Blob, BlobFeatures, Chunk, ChunkFlags, ImageReader, Inode, InodeFlags, SuperFlags)
+                     Blob, BlobFeatures, Chunk, ImageReader, Inode, InodeFlags, SuperFlags)
 from . import dirent, layout, xattr
 
 from .records import BLOB, CHUNK_INDEX, CHUNK_INFO, DEVICE, INODE_RECORDS
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
-_BATCH = int(ChunkFlags.BATCH)
 
 # Flat data is handed out in pieces of this size (aligned in the file), so a read touches only what
 # it needs and no piece exceeds the chunk reader's 16 MiB limit.
@@ -195,13 +194,10 @@ class V6Reader(ImageReader):
             self.flags = SuperFlags(ext.s_flags)
             self.chunk_size = ext.s_chunk_size
             self.blobs = self._read_blob_table(ext)
-            # blobs whose small chunks may sit in batch chunks, found through the CI array
-            self._batch_blobs = frozenset(b.index for b in self.blobs if b.features & BlobFeatures.BATCH)
         else:
             self.flags = PLAIN_EROFS_FLAGS
             self.chunk_size = self.block_size
             self.blobs = self._device_blobs()
-            self._batch_blobs = frozenset()
             self._shared_xattr_base = sb.s_xattr_blkaddr * self.block_size
         self._build_time, self._build_time_nsec = sb.s_build_time, sb.s_build_time_nsec
         self.inode_count = sb.s_inos            # what statfs reports as f_files
@@ -882,8 +878,7 @@ class V6Reader(ImageReader):
                 blob_index = (hi & 0xFF) - 1
                 ci_index = ((hi >> 8) << 16) | lo
                 info = table.get((blob_index, ci_index)) if 0 <= blob_index < blob_count else None
-                if info is None or info.uncompressed_size > min(chunk_size, size - file_offset) \
-                        or (not info.compressed_size and blob_index in self._batch_blobs):
+                if info is None or info.uncompressed_size > min(chunk_size, size - file_offset):
                     return self._rafs_chunks(rec)
                 result.append(Chunk(info.block_id, blob_index, info.compressed_offset, info.compressed_size,
                                     info.uncompressed_offset, info.uncompressed_size, file_offset, ci_index,
@@ -931,15 +926,10 @@ class V6Reader(ImageReader):
                               uncompressed_offset=offset, uncompressed_size=length, file_offset=file_offset,
                               index=ci_index)
             elif info is not None:
-                flags = info.flags
-                if not info.compressed_size and blob_index in self._batch_blobs:
-                    # a batch member: nydus-image leaves its compressed range empty and its flags without
-                    # BATCH; the chunk reader finds its batch through the CI record
-                    flags |= _BATCH
                 chunk = Chunk(digest=info.block_id, blob_index=blob_index, compressed_offset=info.compressed_offset,
                               compressed_size=info.compressed_size, uncompressed_offset=info.uncompressed_offset,
                               uncompressed_size=info.uncompressed_size, file_offset=file_offset, index=ci_index,
-                              flags=flags, crc32=info.crc32)
+                              flags=info.flags, crc32=info.crc32)
             else:
                 chunk = self._chunk_from_ci(blob_index, ci_index, file_offset, rec.nid, at)
             if chunk.uncompressed_size > min(self.chunk_size, rec.size - file_offset):
