@@ -7,7 +7,6 @@ this module only knows chunk addresses and codecs.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import threading
 
 from ..errors import DigestMismatchError, InvalidImageError, UnsupportedError
@@ -24,8 +23,9 @@ _ENCRYPTED_BLOB = int(BlobFeatures.ENCRYPTED)
 _BATCH_BLOB = int(BlobFeatures.BATCH)
 
 
-# Decompressed batches kept per reader: the members of one batch are usually read one after another.
-BATCH_CACHE_ENTRIES = 8
+# Decompressed batches kept per reader (bytes; the latest one always): members of one batch are
+# usually read close together, and a batch may be 16 MiB.
+BATCH_CACHE_BYTES = 16 << 20
 
 
 class ChunkReader:
@@ -43,6 +43,7 @@ class ChunkReader:
         self._batch_lock = threading.Lock()
         self._blob_meta = None
         self._batches: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._batch_bytes = 0
 
     def fetch_raw(self, chunk: Chunk) -> bytes:
         """The stored (possibly compressed) bytes of ``chunk`` (a batch member's: its whole batch)."""
@@ -57,8 +58,9 @@ class ChunkReader:
         if chunk.compressed_size or not int(self.blob.features) & _BATCH_BLOB:
             return chunk
         info, context = self._batch_record(chunk)
-        return dataclasses.replace(chunk, compressed_offset=info.compressed_offset,
-                                   compressed_size=context.compressed_size, flags=int(chunk.flags) | _BATCH)
+        return Chunk(chunk.digest, chunk.blob_index, info.compressed_offset, context.compressed_size,
+                     chunk.uncompressed_offset, chunk.uncompressed_size, chunk.file_offset, chunk.index,
+                     int(chunk.flags) | _BATCH, chunk.crc32)
 
     def resolve_many(self, chunks: list[Chunk]) -> list[Chunk]:
         if not int(self.blob.features) & _BATCH_BLOB:
@@ -130,7 +132,28 @@ class ChunkReader:
                 path=path, chunk_index=chunk.index, structure="chunk data", offset=chunk.compressed_offset)
 
     def read(self, chunk: Chunk, *, path: str | None = None) -> bytes:
+        data = self.cached_member(chunk, path=path)
+        if data is not None:
+            return data
         return self.decode(chunk, self.fetch_raw(chunk), path=path)
+
+    def cached_member(self, chunk: Chunk, *, path: str | None = None) -> bytes | None:
+        """The data of batch member ``chunk`` when its batch is decompressed in memory already (no
+        fetch needed), else None."""
+        if not self._batches or chunk.compressed_size and not int(chunk.flags) & _BATCH:
+            return None
+        chunk = self.resolve(chunk)
+        if not int(chunk.flags) & _BATCH:
+            return None
+        info, _ = self._batch_record(chunk)
+        with self._batch_lock:
+            batch = self._batches.get(info.context_index)
+        if batch is None:
+            return None
+        data = batch[info.context_offset:info.context_offset + info.uncompressed_size]
+        if self.validate:
+            self.verify(chunk, data, path=path)
+        return data
 
     # -- batch chunks ------------------------------------------------------------------------------
 
@@ -189,6 +212,7 @@ class ChunkReader:
             batch = data
         with self._batch_lock:
             self._batches[index] = batch
-            while len(self._batches) > BATCH_CACHE_ENTRIES:
-                self._batches.popitem(last=False)
+            self._batch_bytes += len(batch)
+            while len(self._batches) > 1 and self._batch_bytes > BATCH_CACHE_BYTES:
+                self._batch_bytes -= len(self._batches.popitem(last=False)[1])
         return batch

@@ -122,6 +122,9 @@ class ChunkFetcher(ChunkReader):
                 return []
             if len(chunks) == 1:
                 chunk = chunks[0]
+                data = self.cached_member(chunk, path=path)
+                if data is not None:
+                    return [data]
                 self.check_address(chunk)
                 started = time.monotonic()
                 raw = self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
@@ -143,6 +146,8 @@ class ChunkFetcher(ChunkReader):
         looked = set()              # keys whose cached copy was absent or corrupt a moment ago
         for key, chunk in wanted.items():
             data = self._cached(chunk, path)
+            if data is None:
+                data = self.cached_member(chunk, path=path)
             if data is None:
                 missing.append((key, chunk))
                 if self.cache is not None and self.cache.is_ready(chunk):
