@@ -132,6 +132,8 @@ class Builder:
     index order, no CRC-32C, no blob features, the root left out of ``s_inodes_count``). ``workers`` bounds
     the compression threads. ``batch_size`` (v6, a power of two in 4 KiB..16 MiB, at most the chunk
     size) packs single-chunk files smaller than half of it into batch chunks (:mod:`rafs.blob.batch`).
+    ``encrypt`` (v6) encrypts the chunks, the CI array and its header with AES-128-XTS under a fresh
+    random key and IV, which the bootstrap's blob table holds (so the bootstrap is the secret).
     Invalid combinations raise :class:`~rafs.errors.InvalidArgumentError` with the reference's words.
     """
 
@@ -141,7 +143,7 @@ class Builder:
                  features=(), prefetch_patterns=None, prefetch_policy: str | None = None,
                  aligned_chunk: bool = False, compat: str | None = None, workers: int | None = None,
                  parent_bootstrap=None, blob_layout: str = "packed", blob_id: str | None = None,
-                 blob_offset: int = 0, chunk_dict=None, batch_size: int = 0):
+                 blob_offset: int = 0, chunk_dict=None, batch_size: int = 0, encrypt: bool = False):
         if source_type not in SOURCE_TYPES:
             raise InvalidArgumentError(f"unsupported source type {source_type!r} (expected one of "
                                        f"{', '.join(SOURCE_TYPES)})")
@@ -207,6 +209,13 @@ class Builder:
         self.chunk_dict = chunk_dict
         self.batch_size = check_batch_options(batch_size, fs_version=fs_version, source_type=source_type,
                                               chunk_size=chunk_size, blob_layout=blob_layout)
+        if encrypt and fs_version != 6:
+            raise InvalidArgumentError("--encrypt needs --fs-version 6: the RAFS v5 blob table has no place for "
+                                       "the key")
+        if encrypt and blob_layout == "mapped":
+            raise InvalidArgumentError("--blob-layout mapped stores chunks as they are: it cannot be combined "
+                                       "with --encrypt")
+        self.encrypt = bool(encrypt)
         self._on_chunk = None               # set by write() while it fills blob cache files
 
     @property
@@ -360,7 +369,7 @@ class Builder:
                             blob_meta=self.fs_version == 6, toc=self.blob_toc,
                             inline_meta=self.blob_inline_meta, crc32=self.compat is None, workers=self.workers,
                             mapped=self.blob_layout == "mapped", offset=self.blob_offset, on_chunk=self._on_chunk,
-                            batch_size=self.batch_size)
+                            batch_size=self.batch_size, encrypt=self.encrypt)
         self._last_writer = writer
         if parent is not None:
             writer.seed_dedup(parent.chunks)
@@ -468,7 +477,7 @@ class Builder:
         if any(n.inode.xattrs for n in nodes):
             flags |= SuperFlags.HAS_XATTR
         if self.fs_version == 6:
-            flags |= SuperFlags.ENCRYPTION_NONE
+            flags |= SuperFlags.ENCRYPTION_ASE_128_XTS if self.encrypt else SuperFlags.ENCRYPTION_NONE
             if writer.chunk_count and writer.features & BlobFeatures.INLINED_CHUNK_DIGEST:
                 flags |= SuperFlags.INLINED_CHUNK_DIGEST
         return flags

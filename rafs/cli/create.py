@@ -66,6 +66,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", default="0", help="merge small chunks into batch chunks of this size: "
                    "0 (off, the default) or, with -v 6, a power of two in 0x1000..0x1000000 not above the "
                    "chunk size (hex with 0x, or decimal)")
+    p.add_argument("-E", "--encrypt", action="store_true",
+                   help="encrypt the generated data blob (chunks and chunk-info array, AES-128-XTS; the key "
+                   "is in the bootstrap's blob table)")
     p.add_argument("--disable-check", action="store_true",
                    help="skip the validation of the generated RAFS metadata after the build")
     p.add_argument("-J", "--output-json", help="file path to save the operation result in JSON format")
@@ -158,7 +161,7 @@ def run(args) -> int:
                            prefetch_policy=args.prefetch_policy, prefetch_patterns=patterns,
                            aligned_chunk=args.aligned_chunk, parent_bootstrap=args.parent_bootstrap,
                            blob_layout=args.blob_layout, blob_id=args.blob_id, blob_offset=blob_offset,
-                           chunk_dict=chunk_dict, batch_size=batch_size)
+                           chunk_dict=chunk_dict, batch_size=batch_size, encrypt=args.encrypt)
     result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir,
                            blob_cache_dir=args.blob_cache_dir)
     if not args.disable_check:
