@@ -19,7 +19,7 @@ from rafs.blob.meta import (BATCH_CONTEXT, CHUNK_INFO_V1, CHUNK_INFO_V2, ZRAN_CO
                             encode_chunk_info_v2, load_blob_meta, load_blob_meta_file, load_chunk_infos,
                             pack_chunk_infos, parse_ci_header, read_blob_meta_at, write_blob_meta_file)
 from rafs.blob.toc import TOC_ENTRY
-from rafs.errors import InvalidArgumentError, InvalidImageError, UnsupportedError
+from rafs.errors import InvalidArgumentError, InvalidImageError
 from rafs.model import Blob, BlobFeatures, ChunkFlags
 
 V6_BLOB_ID = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
