@@ -126,7 +126,7 @@ class ChunkDatabase:
         args: tuple = ()
         if blob_id is not None:
             query, args = query + " WHERE chunk_blob_id = ?", (blob_id,)
-        return [ChunkRow(*row) for row in self.conn.execute(query + " ORDER BY id", args)]
+        return [_checked_row(row) for row in self.conn.execute(query + " ORDER BY id", args)]
 
     def blob(self, blob_id: str) -> tuple:
         row = self.conn.execute(f"SELECT {', '.join(_BLOB_COLUMNS)} FROM blob WHERE blob_id = ? ORDER BY id",
@@ -134,6 +134,19 @@ class ChunkDatabase:
         if row is None:
             raise BuildError(f"blob {blob_id} is not in the database")
         return row
+
+
+def _checked_row(row) -> ChunkRow:
+    """A ``chunk`` row as read back: the database may be an older file, so each value is checked."""
+    chunk = ChunkRow(*row)
+    texts = (chunk.image_reference, chunk.version, chunk.chunk_blob_id, chunk.chunk_digest)
+    numbers = (chunk.chunk_crc32, chunk.chunk_compressed_size, chunk.chunk_uncompressed_size,
+               chunk.chunk_compressed_offset, chunk.chunk_uncompressed_offset)
+    if not all(isinstance(t, str) for t in texts) or not all(isinstance(n, int) and 0 <= n < 1 << 64
+                                                             for n in numbers) \
+            or not re.fullmatch(r"[0-9a-f]{64}", chunk.chunk_digest) or not 0 < chunk.chunk_uncompressed_size <= 1 << 24:
+        raise BuildError(f"the chunk database holds a malformed chunk row {row!r:.200}")
+    return chunk
 
 
 def image_name_and_version(bootstrap) -> tuple[str, str]:
@@ -281,7 +294,11 @@ def _dictionary_tree(rows: list[ChunkRow], source_blobs: dict[str, Blob], first)
     chunks: list[Chunk] = []
     chunk_size = first.chunk_size
     for blob_id, blob_rows in by_blob.items():
-        blob = source_blobs[blob_id]
+        blob = source_blobs.get(blob_id)
+        if blob is None:        # recorded by an earlier run: its table entry is not at hand
+            log.warning("blob %s: in the database but in none of the sources: left out of the dictionary",
+                        blob_id)
+            continue
         if sizes[blob_id] < BLOCK_SIZE:
             log.warning("Warning: Blob with id '%s' is smaller than %d bytes.", blob_id, BLOCK_SIZE)
             continue
