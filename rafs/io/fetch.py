@@ -116,11 +116,15 @@ class ChunkFetcher(ChunkReader):
         """The uncompressed bytes of each chunk, in the order given (``keep=False``: only warm the
         cache and return an empty list).
         """
+        chunks = self.resolve_many(chunks)      # batch members: the range of their batch
         if self._direct:
             if not keep:
                 return []
             if len(chunks) == 1:
                 chunk = chunks[0]
+                data = self.cached_member(chunk, path=path)
+                if data is not None:
+                    return [data]
                 self.check_address(chunk)
                 started = time.monotonic()
                 raw = self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
@@ -142,6 +146,8 @@ class ChunkFetcher(ChunkReader):
         looked = set()              # keys whose cached copy was absent or corrupt a moment ago
         for key, chunk in wanted.items():
             data = self._cached(chunk, path)
+            if data is None:
+                data = self.cached_member(chunk, path=path)
             if data is None:
                 missing.append((key, chunk))
                 if self.cache is not None and self.cache.is_ready(chunk):
@@ -230,7 +236,7 @@ class ChunkFetcher(ChunkReader):
         """
         if self.cache is None:
             return 0
-        todo = {chunk_key(c): c for c in chunks if not self.cache.is_ready(c)}
+        todo = {chunk_key(c): c for c in self.resolve_many(chunks) if not self.cache.is_ready(c)}
         if not todo:
             return 0
         groups = merge_ranges(list(todo.values()), batch_size)
