@@ -19,11 +19,11 @@ from ..text import printable
 
 # Modules providing ``register(subparsers)``; a group whose module is missing is simply absent.
 COMMAND_MODULES = ("inspect", "unpack", "create", "merge", "build", "mount", "blobinfo", "convert", "export",
-                   "stat")
+                   "stat", "cache")
 # Command (and alias) -> the module registering it, so a command line imports one module.
 COMMANDS = {"inspect": "inspect", "check": "inspect", "unpack": "unpack", "create": "create", "merge": "merge",
             "build": "build", "pack": "build", "mount": "mount", "umount": "mount", "blob-info": "blobinfo",
-            "convert": "convert", "export": "export", "stat": "stat"}
+            "convert": "convert", "export": "export", "stat": "stat", "cache": "cache"}
 _GLOBAL_OPTIONS_WITH_VALUE = ("-l", "--log-level", "-L", "--log-file")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 # Commands writing temporary files beside their outputs: SIGTERM, SIGHUP and SIGINT unwind them like
