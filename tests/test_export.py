@@ -27,14 +27,16 @@ REFERENCE_DISK_SHA256 = "5684c330c622350c12d633d0773201f862b9955375d806670e1aaf3
 
 
 def _verity_options(line: str) -> tuple[list[str], str]:
-    """(veritysetup options, root digest) from the line export prints."""
+    """(veritysetup options but the salt, root digest) from the line export prints."""
     assert line.startswith("dm-verity options: "), line
     words = line.split()[2:]
-    return [w for w in words[:-1] if w != '""'] + ["--salt=-"], words[-1]
+    assert words[2:4] == ["-s", '""'], words            # an empty salt
+    return words[:2] + words[4:-1], words[-1]
 
 
 def _veritysetup(tool, action: str, options: list[str], disk, root: str):
-    argv = [tool("veritysetup"), action] + [o for o in options if not o.startswith("--salt")] + ["-s", "-"]
+    """Run veritysetup with the empty salt ("-s -": the shell's "" cannot pass through argv as such)."""
+    argv = [tool("veritysetup"), action] + options + ["-s", "-"]
     return subprocess.run(argv + [str(disk), str(disk), root], capture_output=True, text=True)
 
 
@@ -73,6 +75,10 @@ def test_kernel_mounts_the_exported_disk(source_tree, tmp_path, kernel_mount):
         result = export_block(image, tmp_path / "disk")
     assert result.root_digest is None and os.path.getsize(tmp_path / "disk") == result.blocks * BLOCK_SIZE
     assert_mount_matches(kernel_mount(tmp_path / "disk"), source_tree, contents=True)
+    with rafs.open(built.bootstrap, blob_dir=tmp_path) as image:
+        export_block(image, tmp_path / "verity-disk", verity=True)
+    # the tree after the data blocks does not disturb the file system
+    assert_mount_matches(kernel_mount(tmp_path / "verity-disk"), source_tree, contents=True)
 
 
 def test_kernel_mounts_a_two_blob_export(source_tree, tmp_path, kernel_mount):
@@ -129,11 +135,10 @@ def test_nydus_spare_tree_differs_from_veritysetup_only_in_spare_slots(v6_fixtur
     assert leaf_n[:used] == leaf_z[:used]
     assert leaf_n[used:] == hashlib.sha256(bytes(BLOCK_SIZE)).digest() * ((len(leaf_n) - used) // 32)
     assert leaf_z[used:] == bytes(len(leaf_z) - used)
-    refused = _veritysetup(tool, "verify", _verity_options(
-        f"dm-verity options: --no-superblock --format=1 -s \"\" --hash=sha256 --data-block-size=4096 "
-        f"--hash-block-size=4096 --data-blocks {0x209} --hash-offset {start} "
-        f"{hashlib.sha256(nydus[start:start + BLOCK_SIZE]).hexdigest()}")[0], tmp_path / "nydus",
-        hashlib.sha256(nydus[start:start + BLOCK_SIZE]).hexdigest())
+    root = hashlib.sha256(nydus[start:start + BLOCK_SIZE]).hexdigest()
+    options = ["--no-superblock", "--format=1", "--hash=sha256", "--data-blocks", str(0x209),
+               "--hash-offset", str(start)]
+    refused = _veritysetup(tool, "verify", options, tmp_path / "nydus", root)
     assert refused.returncode != 0 and "spare area" in refused.stderr.lower()
 
 
@@ -189,3 +194,13 @@ def test_export_refuses_blobs_mapped_backwards(v6_fixture, tmp_path):
         image.blobs[0].mapped_blkaddr = 2
         with pytest.raises(InvalidImageError, match="mapped at block 2"):
             export_block(image, tmp_path / "disk")
+
+
+def test_export_refuses_more_data_than_the_chunks_hold(v6_fixture, tmp_path):
+    """A blob declaring terabytes of data for two chunks is a broken image, not a disk to write."""
+    bootstrap, blobs = v6_fixture
+    with rafs.open(bootstrap, blob_dir=blobs) as image:
+        image.blobs[0].uncompressed_size = 1 << 40
+        with pytest.raises(InvalidImageError, match="more than its 2 chunks"):
+            export_block(image, tmp_path / "disk")
+    assert not os.listdir(tmp_path)
