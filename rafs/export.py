@@ -23,6 +23,7 @@ import logging
 import os
 
 from . import tempfiles
+from .blob.meta import load_chunk_infos
 from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .model import Chunk
 from .verity import BLOCK_SIZE, SPARE_NYDUS, VerityWriter, tree_size, veritysetup_options
@@ -132,9 +133,10 @@ class _Stream:
 def _blob_chunks(image, region: Region) -> list:
     """The blob's chunk records in address order, each checked to lie inside the region."""
     blob = image.blobs[region.blob_index]
-    infos = sorted(image._chunk_infos(region.blob_index), key=lambda ci: ci.uncompressed_offset)
+    infos = sorted(load_chunk_infos(blob, image.locator.open(blob.blob_id, blob.index)),
+                   key=lambda ci: ci.uncompressed_offset)
     end, limit = 0, region.blocks * BLOCK_SIZE
-    for i, ci in enumerate(infos):
+    for ci in infos:
         if ci.uncompressed_offset < end or ci.uncompressed_offset + ci.uncompressed_size > limit:
             raise InvalidImageError(f"chunk [{ci.uncompressed_offset:#x}, +{ci.uncompressed_size:#x}) of blob "
                                     f"{blob.blob_id} overlaps another or lies outside the blob's "
