@@ -23,7 +23,9 @@ import logging
 import os
 
 from . import tempfiles
+from .blob.layout import BLOB_CCT_HEADER_SIZE as CI_HEADER_SIZE
 from .blob.meta import load_chunk_infos
+from .io.cache import _KnownEnd
 from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .model import Chunk
 from .verity import BLOCK_SIZE, SPARE_NYDUS, VerityWriter, tree_size, veritysetup_options
@@ -133,8 +135,11 @@ class _Stream:
 def _blob_chunks(image, region: Region) -> list:
     """The blob's chunk records in address order, each checked to lie inside the region."""
     blob = image.blobs[region.blob_index]
-    infos = sorted(load_chunk_infos(blob, image.locator.open(blob.blob_id, blob.index)),
-                   key=lambda ci: ci.uncompressed_offset)
+    source = image.locator.open(blob.blob_id, blob.index)
+    if getattr(source, "size", None) is None:
+        # a remote blob of unknown size: its chunk info ends where the blob table says (as the cache does)
+        source = _KnownEnd(source, blob.ci_offset + blob.ci_compressed_size + CI_HEADER_SIZE)
+    infos = sorted(load_chunk_infos(blob, source), key=lambda ci: ci.uncompressed_offset)
     end, limit = 0, region.blocks * BLOCK_SIZE
     for ci in infos:
         if ci.uncompressed_offset < end or ci.uncompressed_offset + ci.uncompressed_size > limit:

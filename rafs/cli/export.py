@@ -55,7 +55,8 @@ def _blob_cache_entry(path: str) -> tuple[dict, str]:
     bootstrap = config.get("metadata_path")
     if not isinstance(bootstrap, str) or not bootstrap:
         raise InvalidArgumentError(f"--config {path}: config_v2.metadata_path (the bootstrap) is missing")
-    return config, bootstrap
+    # the entry's own key, not one of the nydusd configuration's
+    return {key: value for key, value in config.items() if key != "metadata_path"}, bootstrap
 
 
 def run(args) -> int:
