@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 
 from .display import Table
 
@@ -243,10 +244,29 @@ def _image_report(info: ImageInfo) -> str:
 
 
 def images_in(directory) -> list[str]:
-    """The bootstraps ``stat -D`` looks at: regular files of ``directory`` without an extension."""
+    """The bootstraps ``stat -D`` looks at: regular files of ``directory`` without an extension that
+    start like a bootstrap (a directory of data blobs is not read whole just to be refused)."""
     found = []
     with os.scandir(directory) as entries:
         for entry in entries:
-            if entry.is_file(follow_symlinks=True) and not os.path.splitext(entry.name)[1]:
+            if entry.is_file(follow_symlinks=True) and not os.path.splitext(entry.name)[1] and \
+                    _looks_like_bootstrap(entry.path):
                 found.append(entry.path)
     return sorted(found)
+
+
+def _looks_like_bootstrap(path: str) -> bool:
+    """Whether the file has a RAFS v5 or EROFS (v6) superblock, by its first 1028 bytes."""
+    from .v5.reader import is_v5
+    from .v6.reader import is_erofs
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)      # a FIFO swapped in never blocks us
+    except OSError:
+        return False
+    try:
+        head = os.pread(fd, 1028, 0) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        head = b""
+    finally:
+        os.close(fd)
+    return is_v5(head[:8]) or (len(head) == 1028 and is_erofs(head))

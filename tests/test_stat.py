@@ -161,3 +161,21 @@ def test_digester_mismatch_skips_cross_image_dedup(images, tmp_path):
 def test_stat_needs_an_image(capsys):
     assert cli_main(["stat"]) == 2
     assert "--bootstrap and --blob-dir" in capsys.readouterr().err
+
+
+def test_directory_mode_skips_what_is_not_a_bootstrap(images, tmp_path):
+    """Data blobs, notes and FIFOs beside the bootstraps are passed over without being read whole."""
+    out, _ = images
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in "ab":
+        (mixed / name).write_bytes((out / name).read_bytes())
+    for blob in (out.parent / "blobs").iterdir():
+        (mixed / blob.name).write_bytes(blob.read_bytes())
+    (mixed / "notes").write_text("not an image")
+    os.mkfifo(mixed / "fifo")
+    from rafs.stat import images_in
+    assert [os.path.basename(p) for p in images_in(mixed)] == ["a", "b"]
+    assert cli_main(["stat", "-D", str(mixed), "-J", str(tmp_path / "out.json"), "--digester", "sha256"]) == 0
+    both = json.loads((tmp_path / "out.json").read_text())["base_image"]
+    assert both["files"] == _count(out.parent / "src-a")["files"] + _count(out.parent / "src-b")["files"]
