@@ -176,6 +176,7 @@ def verify(work_dir, images) -> VerifyResult:
     """Read back every cached chunk of the images' blobs and check it against its digest."""
     result = VerifyResult()
     blobs, _ = scan(work_dir)
+    chunks_of = {}
     for blob_id, used in _images_blobs(images).items():
         record = blobs.get(blob_id)
         if record is None:
@@ -185,7 +186,9 @@ def verify(work_dir, images) -> VerifyResult:
         if cache is None:
             continue
         try:
-            known = _known_chunks(image).get(blob.index, {})
+            if id(image) not in chunks_of:
+                chunks_of[id(image)] = _known_chunks(image)
+            known = chunks_of[id(image)].get(blob.index, {})
             for index in cache.chunk_map.ready_indexes():
                 chunk = known.get(index)
                 if chunk is None or not chunk.digest:
