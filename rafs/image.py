@@ -832,10 +832,11 @@ class Image:
                 except errors.RafsError as exc:
                     yield f"{printable(path)}: {exc}"
 
-    def extractall(self, dest, *, filter="data", members=None) -> None:  # noqa: A002
-        """Write the tree under ``dest`` with :mod:`tarfile`'s extraction-filter semantics."""
+    def extractall(self, dest, *, filter="data", members=None, threads: int | None = None) -> None:  # noqa: A002
+        """Write the tree under ``dest`` with :mod:`tarfile`'s extraction-filter semantics; ``threads``
+        workers (default 2) read and decompress file data ahead of the writes."""
         from .extract import extract_all
-        extract_all(self, dest, filter=filter, members=members)
+        extract_all(self, dest, filter=filter, members=members, threads=threads)
 
 
 _BAD_NAMES = frozenset((b"", b".", b".."))
@@ -945,6 +946,11 @@ class ImageFile(io.RawIOBase):
             raise InvalidArgumentError("negative seek position")
         self._pos = pos
         return pos
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        """The file's chunks in file order (checked for overlaps and bounds when the file was opened)."""
+        return list(self._chunks)
 
     def data_regions(self) -> list[tuple[int, int]]:
         """(file offset, length) of each run of bytes the chunks hold, in order, adjacent chunks merged;
