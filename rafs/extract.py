@@ -36,7 +36,7 @@ import stat as _stat
 from . import errors
 from .errors import InvalidArgumentError, InvalidImageError
 from .model import MAX_NAME_SIZE
-from .readahead import DEFAULT_THREADS, read_ahead
+from .readahead import DEFAULT_THREADS, DataOnce, read_ahead
 from .text import printable
 
 FILTERS = ("fully_trusted", "tar", "data")
@@ -64,7 +64,7 @@ def extract_all(image, dest, *, filter="data", members=None, threads: int | None
     wanted = None if members is None else {image._resolve(m, follow_symlinks=False)[1] for m in members}
 
     decisions: dict[bytes, bool] = {}        # a callable filter's answers, asked once, ahead of writing
-    data_links: set[int] = set()
+    data_once = DataOnce()
 
     def wants(raw_path: bytes, inode) -> bool:
         """Whether the data of this entry is needed (read ahead): a regular file extracted, and for a
@@ -75,13 +75,7 @@ def extract_all(image, dest, *, filter="data", members=None, threads: int | None
             decisions[raw_path] = keep = bool(filter("/" + os.fsdecode(raw_path.lstrip(b"/")), inode))
             if not keep:
                 return False
-        if not inode.is_reg:
-            return False
-        if inode.nlink > 1:
-            if inode.ino in data_links:
-                return False
-            data_links.add(inode.ino)
-        return True
+        return data_once(raw_path, inode)
 
     for raw_path, inode, pieces in read_ahead(image, image.iter_entries("/"), wants,
                                               threads=threads or DEFAULT_THREADS):

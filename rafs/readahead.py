@@ -66,6 +66,23 @@ class _LargePieces:
             yield from zip(*futures.popleft().result())
 
 
+class DataOnce:
+    """A ``wants`` test: a regular file's data, once per inode (a hardlink's later paths link to the
+    first, so they need none)."""
+
+    def __init__(self):
+        self._seen: set[int] = set()
+
+    def __call__(self, path, inode) -> bool:
+        if not inode.is_reg:
+            return False
+        if inode.nlink > 1:
+            if inode.ino in self._seen:
+                return False
+            self._seen.add(inode.ino)
+        return True
+
+
 def read_ahead(image, entries: Iterable, wants: Callable, *, threads: int = DEFAULT_THREADS,
                batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW) -> Iterator[tuple]:
     """``(path, inode, pieces)`` for each ``(path, inode)`` of ``entries``; ``pieces`` yields the

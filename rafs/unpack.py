@@ -22,7 +22,7 @@ import tarfile
 import urllib.parse
 
 from .errors import BuildError
-from .readahead import DEFAULT_THREADS, read_ahead
+from .readahead import DEFAULT_THREADS, DataOnce, read_ahead
 from .text import printable
 
 _TYPES = {_stat.S_IFDIR: tarfile.DIRTYPE, _stat.S_IFREG: tarfile.REGTYPE, _stat.S_IFLNK: tarfile.SYMTYPE,
@@ -34,21 +34,9 @@ def write_tar(image, fileobj, *, threads: int = DEFAULT_THREADS) -> int:
     File data is read and decompressed ahead, in walk (blob) order, by ``threads`` workers."""
     count = 0
     first_link: dict[int, str] = {}
-    data_links: set[int] = set()
-
-    def wants(raw_path: bytes, inode) -> bool:
-        """The data of regular files, once per hardlinked inode (its other paths are link members)."""
-        if not inode.is_reg:
-            return False
-        if inode.nlink > 1:
-            if inode.ino in data_links:
-                return False
-            data_links.add(inode.ino)
-        return True
-
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape") as tar:
-        for raw_path, inode, pieces in read_ahead(image, image.iter_entries("/"), wants, threads=threads):
+        for raw_path, inode, pieces in read_ahead(image, image.iter_entries("/"), DataOnce(), threads=threads):
             # tarfile keeps every TarInfo it wrote, for reading back, which a stream never does: memory
             # would grow with the sum of all paths (quadratic in a deep tree's depth)
             tar.members.clear()
