@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
 DEFAULT_THREADS = 2
-DEFAULT_BATCH = 4 << 20
+DEFAULT_BATCH = 1 << 20           # one merged request of the blob cache's default merging_size
 DEFAULT_WINDOW = 64 << 20
 MAX_PENDING_ENTRIES = 4096
 
