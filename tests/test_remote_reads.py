@@ -83,3 +83,19 @@ def test_extraction_from_s3_is_parallel_and_bounded(s3, s3_tree, tmp_path):  # n
     assert diff_r(source, tmp_path / "out") == []
     assert len(_blob_gets(s3, blob_id)) < 40          # small files share ranged requests
     assert os.listdir(tmp_path / "cache")
+
+
+def test_whole_image_prefetch_comes_in_large_ranges(s3, s3_tree):  # noqa: F811
+    """Without an explicit batch size, a prefetch of everything grows its ranges past the configured
+    1 MiB merging size, so that each worker fetches one large range (at most 8 MiB)."""
+    from rafs.io.prefetch import LARGE_RANGE
+    _, bootstrap, blob_id, blob_size, config = s3_tree
+    with rafs.open(bootstrap, config=str(config)) as image:
+        s3.proxy.reset()
+        handle = image.prefetch(all=True, threads=2)
+        assert not handle.errors and handle.fetched
+    sizes = [_range_size(r.range) for r in _blob_gets(s3, blob_id)]
+    data = [size for size in sizes if size > CHUNK]        # not the blob's small metadata reads
+    assert len(data) <= 3, sizes
+    assert max(data) > 0x100000 and max(data) <= LARGE_RANGE, sizes
+    assert sum(sizes) >= blob_size - 0x10000
