@@ -99,3 +99,30 @@ def test_whole_image_prefetch_comes_in_large_ranges(s3, s3_tree):  # noqa: F811
     assert len(data) <= 3, sizes
     assert max(data) > 0x100000 and max(data) <= LARGE_RANGE, sizes
     assert sum(sizes) >= blob_size - 0x10000
+
+
+def test_a_reader_does_not_wait_for_a_prefetch_range(v5_fixture, tmp_path):
+    """A chunk that a prefetch is fetching inside a slow, large range is fetched by the reader itself
+    (one small request) instead of waiting for that whole range."""
+    import threading
+    import time
+    from test_io_fetch import GROUP, open_counted
+    image, counter = open_counted(v5_fixture, cache_dir=tmp_path)
+    with image:
+        (chunk,) = image.chunks(GROUP)
+        counter.delay = 2.0                             # every request takes 2 s
+        started = threading.Event()
+        real = counter.read_range
+
+        def read_range(offset, size):
+            started.set()
+            return real(offset, size)
+        counter.read_range = read_range
+        handle = image.prefetch(all=True, threads=1, wait=False)
+        assert started.wait(10)
+        counter.delay = 0.0                             # the reader's own request is quick
+        began = time.monotonic()
+        data = image.read(GROUP)
+        waited = time.monotonic() - began
+        assert handle.wait(30)
+    assert data and waited < 1.5, waited
