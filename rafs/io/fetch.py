@@ -4,7 +4,8 @@
 serves what the blob cache already holds, merges the rest into ranged requests of at most
 ``merge_size`` bytes over runs of adjacent (or overlapping) compressed ranges, decodes and stores them
 in the cache. Threads asking for a chunk that another thread is already fetching wait for that fetch
-instead of issuing their own, so no chunk is fetched twice at the same time.
+instead of issuing their own, so no chunk is fetched twice at the same time; except that a reader
+never waits for a prefetch (whose ranges may be large): it fetches the chunks it needs itself.
 """
 
 from __future__ import annotations
@@ -66,11 +67,12 @@ class FetchStats:
 
 
 class _Pending:
-    __slots__ = ("event", "data")
+    __slots__ = ("event", "data", "background")
 
-    def __init__(self):
+    def __init__(self, background: bool = False):
         self.event = threading.Event()
         self.data: bytes | None = None
+        self.background = background          # claimed by a prefetch, not by a reader
 
 
 class ChunkFetcher(ChunkReader):
@@ -157,13 +159,15 @@ class ChunkFetcher(ChunkReader):
         if self.cache is not None and log.isEnabledFor(logging.DEBUG):
             log.debug("blob %s: %d chunks from the cache, %d missing%s", self.blob.blob_id, len(results),
                       len(missing), f" ({path})" if path else "")
-        mine, theirs = [], []
+        mine, theirs, ahead = [], [], []
         with self._lock:
             for key, chunk in missing:
                 pending = self._inflight.get(key)
                 if pending is None:
-                    pending = self._inflight[key] = _Pending()
+                    pending = self._inflight[key] = _Pending(background=not keep)
                     mine.append((key, chunk, pending))
+                elif keep and pending.background:
+                    ahead.append((key, chunk, None))      # a reader does not queue behind a prefetch
                 else:
                     theirs.append((key, chunk, pending))
         try:
@@ -179,8 +183,8 @@ class ChunkFetcher(ChunkReader):
                 fetch = still
             else:
                 fetch = mine
-            if fetch:
-                self._fetch(fetch, results, path, merge_size or self.merge_size)
+            if fetch or ahead:
+                self._fetch(fetch + ahead, results, path, merge_size or self.merge_size)
         finally:
             with self._lock:
                 for key, _, pending in mine:
