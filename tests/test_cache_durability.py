@@ -22,7 +22,7 @@ from rafs.io import cache as cache_module
 from rafs.io.cache import BlobCache
 from s3server import S3Proxy, moto_server, s3, s3_proxy  # noqa: F401  (pytest fixtures)
 from test_fuse_support import Mount, diff_r, guide_config, need_fuse
-from test_io_cache import (BLOB_ID, cache_files, check_every_file, ready_bits, reference)
+from test_io_cache import cache_files, check_every_file, ready_bits, reference
 from test_io_fetch import GROUP, open_counted
 
 # -- no sync per chunk, bits after the data -----------------------------------------------------------
@@ -60,19 +60,29 @@ def test_stores_cost_no_sync_and_bits_follow_one_data_sync(v5_fixture, tmp_path,
     assert ready_bits(map_path) == set(chunks)
 
 
+def _store_one_and_wait_for_its_bit(ref, cache_dir) -> BlobCache:
+    """A cache (left open) that stored one chunk, once the flusher has written that chunk's bit."""
+    (group,) = ref.chunks(GROUP)
+    cache = BlobCache(cache_dir, ref.blobs[0])
+    cache.store([(group, ref.read(GROUP))])
+    _, map_path = cache_files(cache_dir)
+    deadline = time.monotonic() + 10
+    while ready_bits(map_path) != {group.index}:
+        if time.monotonic() > deadline:
+            cache.close()
+            raise AssertionError("the flusher never wrote the bit")
+        time.sleep(0.02)
+    return cache
+
+
 def test_the_flusher_writes_bits_without_a_close(v5_fixture, tmp_path, monkeypatch):
-    """Another process sees what this one cached within FLUSH_SECONDS, with the cache still open."""
+    """Another user of the cache (a process) sees what this one cached within FLUSH_SECONDS, with
+    the cache still open."""
     monkeypatch.setattr(cache_module, "FLUSH_SECONDS", 0.05)
     ref = reference(v5_fixture)
     (group,) = ref.chunks(GROUP)
-    cache = BlobCache(tmp_path, ref.blobs[0])
+    cache = _store_one_and_wait_for_its_bit(ref, tmp_path)
     try:
-        cache.store([(group, ref.read(GROUP))])
-        _, map_path = cache_files(tmp_path)
-        deadline = time.monotonic() + 10
-        while ready_bits(map_path) != {group.index}:
-            assert time.monotonic() < deadline, "the flusher never wrote the bit"
-            time.sleep(0.02)
         other = BlobCache(tmp_path, ref.blobs[0])
         assert other.read(group) == ref.read(GROUP)
         other.close()
@@ -83,18 +93,7 @@ def test_the_flusher_writes_bits_without_a_close(v5_fixture, tmp_path, monkeypat
 def test_flush_bytes_makes_the_flusher_run_at_once(v5_fixture, tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "FLUSH_SECONDS", 3600.0)
     monkeypatch.setattr(cache_module, "FLUSH_BYTES", 1)
-    ref = reference(v5_fixture)
-    (group,) = ref.chunks(GROUP)
-    cache = BlobCache(tmp_path, ref.blobs[0])
-    try:
-        cache.store([(group, ref.read(GROUP))])
-        _, map_path = cache_files(tmp_path)
-        deadline = time.monotonic() + 10
-        while ready_bits(map_path) != {group.index}:
-            assert time.monotonic() < deadline, "FLUSH_BYTES did not start a flush"
-            time.sleep(0.02)
-    finally:
-        cache.close()
+    _store_one_and_wait_for_its_bit(reference(v5_fixture), tmp_path).close()
 
 
 def test_a_failed_sync_writes_no_bit(v5_fixture, tmp_path, monkeypatch):
