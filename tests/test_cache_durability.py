@@ -383,3 +383,27 @@ def test_ondemand_warm_cache_with_the_s3_bucket_deleted_and_the_localfs_dir_gone
         with ondemand_mount(image, tmp_path / "mnt", work) as served:
             assert diff_r(source, tmp_path / "mnt") == []
             assert served.fetched_chunks == 0
+
+
+def test_bits_another_user_wrote_are_learned_on_a_miss(v5_fixture, tmp_path, monkeypatch):
+    """A miss looks at the file again (at most every PEEK_SECONDS): a chunk another process cached
+    is then served from the cache; stray bits past the last chunk never count."""
+    monkeypatch.setattr(cache_module, "PEEK_SECONDS", 0.0)
+    ref = reference(v5_fixture)
+    (group,) = ref.chunks(GROUP)
+    ours, theirs = BlobCache(tmp_path, ref.blobs[0]), BlobCache(tmp_path, ref.blobs[0])
+    try:
+        assert ours.read(group) is None
+        theirs.store([(group, ref.read(GROUP))])
+        theirs.flush()
+        _, map_path = cache_files(tmp_path)
+        with open(map_path, "r+b") as f:            # 23 chunks: the last byte's low bit is past the end
+            f.seek(4096 + 2)
+            last = f.read(1)[0]
+            f.seek(4096 + 2)
+            f.write(bytes([last | 1]))
+        assert ours.read(group) == ref.read(GROUP)
+        assert ours.chunk_map.ready_count == 1
+    finally:
+        ours.close()
+        theirs.close()

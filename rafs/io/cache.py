@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 # bytes of them make the flusher run at once: a crash loses at most this much readiness (never data).
 FLUSH_SECONDS = 1.0
 FLUSH_BYTES = 64 << 20
+# How often a chunk map missing a chunk looks at the file again for bits other processes wrote.
+PEEK_SECONDS = 0.05
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # Record locks belong to the process, so threads of one process serialise on these instead.
@@ -215,6 +217,7 @@ class PersistChunkMap:
             raise
         self._unsynced: dict[int, int] = {}
         self._all_ready_written = False
+        self._peeked = 0.0
         self.ready_count = self._count_ready()
         if self.ready_count >= self.count:
             self._mark_all_ready()
@@ -263,15 +266,28 @@ class PersistChunkMap:
         mask = _mask(index)
         if self._bits[index >> 3] & mask:
             return True
-        # another process may have filled it since we looked
-        byte = os.pread(self._fd, 1, CHUNK_MAP_HEADER_SIZE + (index >> 3))
-        if byte and byte[0] & mask:
-            with self._lock:
-                fresh = byte[0] & ~self._bits[index >> 3]
-                self._bits[index >> 3] |= fresh
+        # another process may have filled it since we looked; looking costs a read of the map, so a
+        # cold fill (a miss per chunk) looks at most every PEEK_SECONDS: a chunk missed meanwhile is
+        # fetched again, which is harmless (the same bytes at the same offset)
+        now = time.monotonic()
+        if now - self._peeked < PEEK_SECONDS:
+            return False
+        self._peeked = now
+        self._learn(os.pread(self._fd, self.bitmap_size, CHUNK_MAP_HEADER_SIZE))
+        return bool(self._bits[index >> 3] & mask)
+
+    def _learn(self, on_disk: bytes) -> None:
+        """Merge the bits another process wrote (``on_disk``, the file's bitmap) into ours."""
+        if len(on_disk) != self.bitmap_size:
+            return
+        spare = self.bitmap_size * 8 - self.count
+        valid = ((1 << self.count) - 1) << spare          # bits past the last chunk never count
+        with self._lock:
+            ours = int.from_bytes(self._bits, "big")
+            fresh = int.from_bytes(on_disk, "big") & valid & ~ours
+            if fresh:
+                self._bits[:] = (ours | fresh).to_bytes(self.bitmap_size, "big")
                 self.ready_count += fresh.bit_count()
-            return True
-        return False
 
     def accepts(self, chunk: Chunk) -> bool:
         return 0 <= chunk.index < self.count
@@ -427,7 +443,7 @@ class BlobCache:
     def _leave(self) -> None:
         with self._idle:
             self._users -= 1
-            if self._users == 0:
+            if self._users == 0 and self._closed:      # only close() waits
                 self._idle.notify_all()
 
     def is_ready(self, chunk: Chunk) -> bool:
