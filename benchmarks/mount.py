@@ -2,7 +2,8 @@
 
 Generates a tree of a few thousand files (about 60 MB, half compressible), builds it three ways (a
 RAFS image with ``rafs.Builder``, ``mksquashfs -comp zstd``, ``mkfs.erofs``) and, for each, measures
-in fresh mounts after ``echo 3 > /proc/sys/vm/drop_caches``:
+in fresh mounts after ``echo 3 > /proc/sys/vm/drop_caches`` (rafs twice: ``--localfs-dir`` without a
+cache, and the user's guide's localfs + blobcache configuration with an empty cache each time):
 
 * cold read: every regular file read to the end, one after another;
 * metadata walk: ``lstat`` of every entry, directories listed with ``os.scandir``.
@@ -19,6 +20,7 @@ the ratios of the best, rafs / squashfuse_ll and rafs / EROFS (below 1.0: rafs i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -125,6 +127,31 @@ class RafsMounter(Mounter):
     def command(self):
         return [sys.executable, "-m", "rafs", "mount", "--bootstrap", self.bootstrap, "--localfs-dir",
                 self.blob_dir, "--mountpoint", self.mountpoint, "--threads", str(self.threads)]
+
+
+class RafsCacheMounter(RafsMounter):
+    """``rafs mount`` with the user's guide's localfs + blobcache configuration, the cache emptied
+    before each mount so that every read fills it (a cold cache)."""
+
+    name = "rafs blobcache"
+
+    def __init__(self, mountpoint, bootstrap, blob_dir, threads, work_dir):
+        super().__init__(mountpoint, bootstrap, blob_dir, threads)
+        self.work_dir = work_dir
+        self.config = work_dir + ".json"
+        with open(self.config, "w") as f:
+            json.dump({"device": {"backend": {"type": "localfs", "config": {"dir": blob_dir}},
+                                  "cache": {"type": "blobcache", "config": {"work_dir": work_dir}}},
+                       "mode": "direct", "digest_validate": False, "iostats_files": False,
+                       "enable_xattr": True}, f)
+
+    def command(self):
+        return [sys.executable, "-m", "rafs", "mount", "--bootstrap", self.bootstrap, "--config", self.config,
+                "--mountpoint", self.mountpoint, "--threads", str(self.threads)]
+
+    def mount(self) -> float:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        return super().mount()
 
 
 class SquashfuseMounter(Mounter):
@@ -240,6 +267,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fs-version", type=int, default=6, choices=(5, 6))
     parser.add_argument("--compressor", default="zstd", choices=("none", "lz4_block", "zstd"))
     parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--no-blobcache", action="store_true",
+                        help="leave out the row of rafs mount with the guide's localfs + blobcache config")
     parser.add_argument("--workdir", help="where to put the tree and images (default: a temporary directory)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -276,8 +305,11 @@ def main(argv=None) -> int:
               f"({build_rafs:.1f} s), squashfs zstd {os.path.getsize(squash) / 1e6:.1f} MB ({build_squash:.1f} s), "
               f"erofs {os.path.getsize(erofs) / 1e6:.1f} MB ({build_erofs:.1f} s)")
 
-        mounters = [RafsMounter(mountpoint, bootstrap, blob_dir, args.threads),
-                    SquashfuseMounter(mountpoint, squash), ErofsMounter(mountpoint, erofs)]
+        mounters = [RafsMounter(mountpoint, bootstrap, blob_dir, args.threads)]
+        if not args.no_blobcache:
+            mounters.append(RafsCacheMounter(mountpoint, bootstrap, blob_dir, args.threads,
+                                             os.path.join(work, "cache")))
+        mounters += [SquashfuseMounter(mountpoint, squash), ErofsMounter(mountpoint, erofs)]
         times = measure_all(mounters, args.repeat)
         for name, row in times.items():
             if row["bytes"] != size or row["entries"] != entries:
@@ -294,13 +326,14 @@ def main(argv=None) -> int:
                    else f"{'-':>8} {'-':>8}")
             print(f"{name:16} {read:7.3f}s {statistics.median(row['read']):7.3f}s {size / 1e6 / read:7.1f} "
                   f"{walk:7.3f}s {statistics.median(row['walk']):7.3f}s {min(row['mount']):6.3f}s  {cpu}")
-        ours = best["rafs mount"]
-        for other in ("squashfuse_ll", "kernel EROFS"):
-            theirs = best[other]
-            cpus = [times[name]["read_cpu"] for name in ("rafs mount", other)]
-            cpu = f", daemon CPU {min(cpus[0]) / min(cpus[1]):.2f}x" if all(cpus) and min(cpus[1]) > 0 else ""
-            print(f"rafs / {other} (best): cold read {ours[0] / theirs[0]:.2f}x, metadata walk "
-                  f"{ours[1] / theirs[1]:.2f}x{cpu}")
+        for ours_name in (m.name for m in mounters if isinstance(m, RafsMounter)):
+            ours = best[ours_name]
+            for other in ("squashfuse_ll", "kernel EROFS"):
+                theirs = best[other]
+                cpus = [times[name]["read_cpu"] for name in (ours_name, other)]
+                cpu = f", daemon CPU {min(cpus[0]) / min(cpus[1]):.2f}x" if all(cpus) and min(cpus[1]) > 0 else ""
+                print(f"{ours_name} / {other} (best): cold read {ours[0] / theirs[0]:.2f}x, metadata walk "
+                      f"{ours[1] / theirs[1]:.2f}x{cpu}")
     finally:
         if os.path.ismount(mountpoint):
             subprocess.run(["umount", "-l", mountpoint], check=False)

@@ -128,23 +128,6 @@ def test_corrupt_cached_chunk_is_refetched_when_validating(v5_fixture, tmp_path)
         assert f.read(group.uncompressed_size) == good       # the cache was repaired
 
 
-def test_store_makes_data_durable_before_the_bit(v5_fixture, tmp_path, monkeypatch):
-    ref = reference(v5_fixture)
-    (group,) = ref.chunks(GROUP)
-    cache = BlobCache(tmp_path, ref.blobs[0])
-    events = []
-    real_pwrite, real_fdatasync = os.pwrite, os.fdatasync
-    names = {cache._fd: "data", cache.chunk_map._fd: "map"}
-    monkeypatch.setattr(os, "pwrite", lambda fd, data, off: events.append(("write", names.get(fd))) or
-                        real_pwrite(fd, data, off))
-    monkeypatch.setattr(os, "fdatasync", lambda fd: events.append(("sync", names.get(fd))) or real_fdatasync(fd))
-    cache.store([(group, ref.read(GROUP))])
-    monkeypatch.undo()
-    assert events == [("write", "data"), ("sync", "data"), ("write", "map"), ("sync", "map")]
-    assert cache.read(group) == ref.read(GROUP)
-    cache.close()
-
-
 def test_chunk_map_of_the_wrong_size_is_discarded(tmp_path):
     path = str(tmp_path / "x.blob.data.chunk_map")
     with open(path, "wb") as f:

@@ -197,8 +197,10 @@ def test_open_with_config_reads_the_v5_fixture(v5_fixture, tmp_path):
         for path, inode in plain.iter_entries():
             if inode.is_reg:
                 assert image.read(path) == plain.read(path)
-    # a blob that is nowhere is reported with where it was looked for
+    # a blob that is nowhere (and not in the cache: a warm cache needs no backend) is reported with
+    # where it was looked for
     config["device"]["backend"]["config"]["dir"] = str(tmp_path)
+    config["device"]["cache"]["config"]["work_dir"] = str(tmp_path / "cold-cache")
     with rafs.open(bootstrap, config=config) as image:
         with pytest.raises(rafs.BlobNotFoundError, match=str(tmp_path)):
             image.read(GROUP)

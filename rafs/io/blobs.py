@@ -2,7 +2,8 @@
 id to path/URL/file object, or a list in device order (for EROFS extra devices without ids).
 
 ``chunk_reader(blob)`` hands out the :class:`~rafs.io.fetch.ChunkFetcher` that reads a blob's chunks
-(lazily, merging adjacent ranges), through the nydusd-compatible blob cache when ``cache_dir`` is set.
+(lazily, merging adjacent ranges), through the nydusd-compatible blob cache when ``cache_dir`` is set;
+with a cache, a backend that is gone matters only for chunks the cache lacks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Mapping, Sequence
 
 from ..blob.ids import blob_path, blob_url, image_blob_id
 from ..errors import BlobNotFoundError, InvalidArgumentError, RafsError
+from .lazy import LazySource
 from .redact import redact_url
 from .retry import RetryPolicy
 from .source import RangeReader, is_url, open_range_reader
@@ -106,7 +108,6 @@ class BlobLocator:
         with self._lock:
             fetcher = self._fetchers.get(blob.index)
             if fetcher is None:
-                source = self.open(blob.blob_id, blob.index)
                 cache = None
                 if self.cache_dir is not None:
                     image_blob_id(blob.blob_id, blob.index)     # it names the cache files
@@ -114,16 +115,32 @@ class BlobLocator:
                         cache = BlobCache(self.cache_dir, blob, disable_indexed_map=self.disable_indexed_map)
                     except CacheError as exc:   # something else sits under a cache file's name
                         log.warning("blob %s: reading without the cache: %s", blob.blob_id, exc)
+                source = self.open(blob.blob_id, blob.index) if cache is None else self._open_when_needed(blob)
                 if cache is not None:
                     try:
                         cache.ensure_meta(source)
-                    except RafsError as exc:    # the data is still readable without it
+                    except (RafsError, OSError) as exc:     # the data is still readable without it
                         log.warning("blob %s: no .blob.meta in the cache: %s", blob.blob_id, exc)
                 fetcher = ChunkFetcher(blob, source, validate=validate or self.validate, cache=cache,
                                        merge_size=self.merge_size)
                 fetcher.bandwidth_limit = self.prefetch_bandwidth_limit
                 self._fetchers[blob.index] = fetcher
         return fetcher
+
+    def _open_when_needed(self, blob):
+        """The source of a blob read through the cache: opened now when that asks no server anything
+        (a local file, a caller's object, a configured backend's reader, whose first request is its
+        first read), else, and when the blob is nowhere to be found now, a :class:`LazySource` that
+        opens it when a chunk is missing from the cache. So a warm cache needs no backend."""
+        source = self.given(blob.blob_id, blob.index)
+        if source is None:
+            source = self.source_for(blob.blob_id, blob.index)
+        if isinstance(source, (str, os.PathLike)) and is_url(os.fspath(source)):
+            return LazySource(self, blob)          # opening a URL sends a HEAD
+        try:
+            return self.open(blob.blob_id, blob.index)
+        except (BlobNotFoundError, FileNotFoundError):
+            return LazySource(self, blob)
 
     def close(self) -> None:
         for fetcher in self._fetchers.values():

@@ -6,11 +6,17 @@ decompressed chunks at their ``uncompressed_offset`` in ``<blob id>.blob.data``,
 table) or with ``disable_indexed_map`` keep readiness in memory, keyed by chunk digest, as nydusd's
 ``DigestedChunkMap`` does.
 
-Crash safety: a chunk's bit is set only after its data has reached the disk (``pwrite`` of the data,
-``fdatasync`` of the data file, then the bit, then ``fdatasync`` of the map), so a killed process never
-leaves a bit whose data is missing. Several processes may share one directory: data writes are
-idempotent (the same bytes at the same offset) and the read-modify-write of bitmap bytes happens under
-an ``fcntl`` record lock on those bytes (plus a thread lock, since record locks are per process).
+Crash safety without a sync per chunk: a chunk's bit reaches the ``.chunk_map`` file only after its
+data has reached the disk. :meth:`BlobCache.store` writes the data and marks the chunk ready in memory
+(this process reads it back from the page cache at once); a background flusher then, at most every
+:data:`FLUSH_SECONDS` or once :data:`FLUSH_BYTES` are waiting, and on close, runs one ``fdatasync`` of
+the data file and only then writes the bits of everything that sync covered (the map itself is never
+synced: a bit lost to a power cut only costs a refetch). So neither a killed process nor a power cut
+ever leaves a bit on disk whose data is not there, and the file layout stays exactly nydusd's: no
+marker, no header field. Other processes see a chunk as ready after the next flush; until then they
+fetch it themselves. Several processes may share one directory: data writes are idempotent (the same
+bytes at the same offset) and the read-modify-write of bitmap bytes happens under an ``fcntl`` record
+lock on those bytes (plus a thread lock, since record locks are per process).
 
 Hostile neighbours: files are opened relative to a descriptor of ``work_dir`` with ``O_NOFOLLOW``
 and must be regular files (checked on the open descriptor), and a missing file is created with
@@ -22,12 +28,14 @@ same). ``.blob.meta`` is written whole under an exclusive temporary name, then r
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import logging
 import os
 import stat as _stat
 import threading
+import time
 from typing import Iterable
 
 from .. import _codec, tempfiles
@@ -39,6 +47,13 @@ from .layout import (CHUNK_MAP_ALL_READY, CHUNK_MAP_HEADER, CHUNK_MAP_HEADER_SIZ
                      CHUNK_MAP_MAGIC2, CHUNK_MAP_SUFFIX, CHUNK_MAP_VERSION, DATA_SUFFIX, META_SUFFIX)
 
 log = logging.getLogger(__name__)
+
+# How long written chunks may wait for the sync that lets their bits into the chunk map, and how many
+# bytes of them make the flusher run at once: a crash loses at most this much readiness (never data).
+FLUSH_SECONDS = 1.0
+FLUSH_BYTES = 64 << 20
+# How often a chunk map missing a chunk looks at the file again for bits other processes wrote.
+PEEK_SECONDS = 0.05
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 # Record locks belong to the process, so threads of one process serialise on these instead.
@@ -52,6 +67,15 @@ def _lock_for(path: str) -> threading.Lock:
         if lock is None:
             lock = _path_locks[path] = threading.Lock()
         return lock
+
+
+def _count_bits(bitmap, count: int) -> int:
+    """Set bits among the first ``count`` of an MSB-first bitmap (bits past the last chunk never count)."""
+    total = int.from_bytes(bitmap, "big").bit_count()
+    spare = len(bitmap) * 8 - count
+    if spare > 0:
+        total -= (bitmap[-1] & ((1 << spare) - 1)).bit_count()
+    return total
 
 
 def _mask(index: int) -> int:
@@ -191,6 +215,9 @@ class PersistChunkMap:
         except BaseException:
             os.close(self._fd)
             raise
+        self._unsynced: dict[int, int] = {}
+        self._all_ready_written = False
+        self._peeked = 0.0
         self.ready_count = self._count_ready()
         if self.ready_count >= self.count:
             self._mark_all_ready()
@@ -228,8 +255,9 @@ class PersistChunkMap:
         os.fsync(self._fd)
 
     def _mark_all_ready(self) -> None:
+        # no sync: every bit is on disk after its data, so a lost all_ready only costs a look at them
         os.pwrite(self._fd, CHUNK_MAP_ALL_READY.to_bytes(4, "little"), 12)
-        os.fdatasync(self._fd)
+        self._all_ready_written = True
 
     def is_ready(self, chunk: Chunk) -> bool:
         index = chunk.index
@@ -238,25 +266,61 @@ class PersistChunkMap:
         mask = _mask(index)
         if self._bits[index >> 3] & mask:
             return True
-        # another process may have filled it since we looked
-        byte = os.pread(self._fd, 1, CHUNK_MAP_HEADER_SIZE + (index >> 3))
-        if byte and byte[0] & mask:
-            with self._lock:
-                fresh = byte[0] & ~self._bits[index >> 3]
-                self._bits[index >> 3] |= fresh
+        # another process may have filled it since we looked; looking costs a read of the map, so a
+        # cold fill (a miss per chunk) looks at most every PEEK_SECONDS: a chunk missed meanwhile is
+        # fetched again, which is harmless (the same bytes at the same offset)
+        now = time.monotonic()
+        if now - self._peeked < PEEK_SECONDS:
+            return False
+        self._peeked = now
+        self._learn(os.pread(self._fd, self.bitmap_size, CHUNK_MAP_HEADER_SIZE))
+        return bool(self._bits[index >> 3] & mask)
+
+    def _learn(self, on_disk: bytes) -> None:
+        """Merge the bits another process wrote (``on_disk``, the file's bitmap) into ours."""
+        if len(on_disk) != self.bitmap_size:
+            return
+        spare = self.bitmap_size * 8 - self.count
+        valid = ((1 << self.count) - 1) << spare          # bits past the last chunk never count
+        with self._lock:
+            ours = int.from_bytes(self._bits, "big")
+            fresh = int.from_bytes(on_disk, "big") & valid & ~ours
+            if fresh:
+                self._bits[:] = (ours | fresh).to_bytes(self.bitmap_size, "big")
                 self.ready_count += fresh.bit_count()
-            return True
-        return False
 
     def accepts(self, chunk: Chunk) -> bool:
         return 0 <= chunk.index < self.count
 
+    def mark(self, chunks: Iterable[Chunk]) -> None:
+        """Count ``chunks`` (whose data is written, maybe not yet durable) as ready in this process;
+        their bits reach the file with the next :meth:`write_bits` of :meth:`take_unsynced`."""
+        with self._lock:
+            for chunk in chunks:
+                index = chunk.index
+                if not 0 <= index < self.count:
+                    continue
+                mask = _mask(index)
+                if not self._bits[index >> 3] & mask:
+                    self._bits[index >> 3] |= mask
+                    self.ready_count += 1
+                    self._unsynced[index >> 3] = self._unsynced.get(index >> 3, 0) | mask
+
+    def take_unsynced(self) -> dict[int, int]:
+        """The bits marked since the last call (bitmap byte -> mask), for the caller to write once the
+        data behind them is durable."""
+        with self._lock:
+            taken, self._unsynced = self._unsynced, {}
+        return taken
+
     def set_ready(self, chunks: Iterable[Chunk]) -> None:
-        """Set the bits of ``chunks`` (whose data is already durable) and make the bits durable."""
-        updates: dict[int, int] = {}
-        for chunk in chunks:
-            if 0 <= chunk.index < self.count:
-                updates[chunk.index >> 3] = updates.get(chunk.index >> 3, 0) | _mask(chunk.index)
+        """Set the bits of ``chunks``, whose data is already durable, in memory and in the file."""
+        self.mark(chunks)
+        self.write_bits(self.take_unsynced())
+
+    def write_bits(self, updates: dict[int, int]) -> None:
+        """OR ``updates`` (bitmap byte -> mask) into the file, under a record lock on those bytes, and
+        learn the bits other processes set there meanwhile. Not synced: see the module docstring."""
         if not updates:
             return
         lo, hi = min(updates), max(updates) + 1
@@ -268,7 +332,6 @@ class PersistChunkMap:
                 for byte, mask in updates.items():
                     current[byte - lo] |= mask
                 os.pwrite(self._fd, bytes(current), start)
-                os.fdatasync(self._fd)
             finally:
                 fcntl.lockf(self._fd, fcntl.LOCK_UN, hi - lo, start, os.SEEK_SET)
             for offset, value in enumerate(current):
@@ -276,15 +339,15 @@ class PersistChunkMap:
                 if fresh:
                     self._bits[lo + offset] |= fresh
                     self.ready_count += fresh.bit_count()
-            if self.ready_count >= self.count and self._count_ready() >= self.count:
-                self._mark_all_ready()
+            if self.ready_count >= self.count and not self._all_ready_written:
+                # all_ready speaks for the file, not for this process: bits marked here but not yet
+                # written (their data not yet durable) must not count
+                on_disk = os.pread(self._fd, self.bitmap_size, CHUNK_MAP_HEADER_SIZE)
+                if _count_bits(on_disk, self.count) >= self.count:
+                    self._mark_all_ready()
 
     def _count_ready(self) -> int:
-        total = int.from_bytes(self._bits, "big").bit_count()
-        spare = self.bitmap_size * 8 - self.count          # bits past the last chunk never count
-        if spare:
-            total -= (self._bits[-1] & ((1 << spare) - 1)).bit_count()
-        return total
+        return _count_bits(self._bits, self.count)
 
     def ready_indexes(self) -> list[int]:
         return [i for i in range(self.count) if self._bits[i >> 3] & _mask(i)]
@@ -315,6 +378,14 @@ class DigestChunkMap:
     def set_ready(self, chunks: Iterable[Chunk]) -> None:
         with self._lock:
             self._ready.update(self._key(c) for c in chunks)
+
+    mark = set_ready            # nothing persisted, so nothing waits for a sync
+
+    def take_unsynced(self) -> dict[int, int]:
+        return {}
+
+    def write_bits(self, updates: dict[int, int]) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -359,6 +430,8 @@ class BlobCache:
         self._users = 0
         self._closed = False
         self._idle = threading.Condition()
+        self._flush_lock = threading.Lock()
+        self._unflushed = 0             # bytes marked ready since the last flush
 
     def _enter(self) -> bool:
         with self._idle:
@@ -370,7 +443,7 @@ class BlobCache:
     def _leave(self) -> None:
         with self._idle:
             self._users -= 1
-            if self._users == 0:
+            if self._users == 0 and self._closed:      # only close() waits
                 self._idle.notify_all()
 
     def is_ready(self, chunk: Chunk) -> bool:
@@ -446,27 +519,68 @@ class BlobCache:
         return data if len(data) == chunk.uncompressed_size else None
 
     def store(self, items: list[tuple[Chunk, bytes]]) -> None:
-        """Write decompressed chunks at their offsets, make them durable, then mark them ready."""
+        """Write decompressed chunks at their offsets and mark them ready (in the file after the next
+        flush has made their data durable)."""
         items = [(c, d) for c, d in items if self.chunk_map.accepts(c) and len(d) == c.uncompressed_size]
         if not items or not self._enter():
             return
         try:
             for chunk, data in items:
                 os.pwrite(self._fd, data, chunk.uncompressed_offset)
-            os.fdatasync(self._fd)
-            self.chunk_map.set_ready(c for c, _ in items)
+            self.mark_written([c for c, _ in items])
         except OSError as exc:
             # a full disk or a read-only cache must not break reads: the data is still returned
             log.warning("blob cache %s: cannot store %d chunks: %s", self.data_path, len(items), exc)
         finally:
             self._leave()
 
+    def mark_written(self, chunks: list[Chunk]) -> None:
+        """Count ``chunks`` as ready: their data was written into the data file (by :meth:`store`, or
+        through another descriptor of the same file, as the on-demand EROFS driver does). Their bits
+        reach the chunk map after the next flush."""
+        self.chunk_map.mark(chunks)
+        if isinstance(self.chunk_map, PersistChunkMap):
+            with self._idle:
+                self._unflushed += sum(c.uncompressed_size for c in chunks)
+                urgent = self._unflushed >= FLUSH_BYTES
+            _flusher.schedule(self, urgent=urgent)
+
+    def flush(self) -> None:
+        """Make the data written so far durable (one ``fdatasync``), then write the bits it covers."""
+        if not self._enter():
+            return
+        try:
+            self._flush()
+        finally:
+            self._leave()
+
+    def _flush(self) -> None:
+        with self._flush_lock:
+            with self._idle:
+                self._unflushed = 0
+            updates = self.chunk_map.take_unsynced()
+            if not updates:
+                return
+            try:
+                os.fdatasync(self._fd)
+                self.chunk_map.write_bits(updates)
+            except OSError as exc:
+                # the bits stay unwritten: the chunks are fetched again next time, never served wrong
+                log.warning("blob cache %s: cannot make %d chunk bits durable: %s", self.data_path,
+                            sum(m.bit_count() for m in updates.values()), exc)
+
     def close(self) -> None:
-        """Close the files once no read or store is under way; later calls find nothing cached."""
+        """Flush, then close the files once no read or store is under way; later calls find nothing
+        cached."""
         with self._idle:
+            if self._closed:
+                return
             self._closed = True
             while self._users:
                 self._idle.wait()
+        _flusher.forget(self)
+        if self._fd >= 0:
+            self._flush()
         self.chunk_map.close()
         if self._fd >= 0:
             os.close(self._fd)
@@ -477,6 +591,66 @@ class BlobCache:
 
     def __repr__(self) -> str:
         return f"BlobCache({self.data_path!r})"
+
+
+class _Flusher:
+    """One daemon thread that flushes every cache with unwritten bits: at most :data:`FLUSH_SECONDS`
+    after the first of them, at once when a cache has :data:`FLUSH_BYTES` waiting, and at exit. Storing
+    threads (FUSE workers, fanotify event workers) never wait for a sync."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._due: dict[BlobCache, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, cache: BlobCache, *, urgent: bool = False) -> None:
+        with self._cond:
+            now = time.monotonic()
+            due = now if urgent else self._due.get(cache, now + FLUSH_SECONDS)
+            if cache not in self._due or due < self._due[cache]:
+                self._due[cache] = due
+                self._cond.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="rafs-cache-flush", daemon=True)
+                self._thread.start()
+
+    def forget(self, cache: BlobCache) -> None:
+        with self._cond:
+            self._due.pop(cache, None)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [c for c, t in self._due.items() if t <= now]
+                for cache in due:
+                    del self._due[cache]
+                if not due:
+                    self._cond.wait(min(self._due.values()) - now if self._due else None)
+                    continue
+            for cache in due:
+                try:
+                    cache.flush()
+                except Exception:              # a flusher that dies would leave every later bit unwritten
+                    log.exception("blob cache %s: flush failed", cache.data_path)
+
+    def flush_all(self) -> None:
+        with self._cond:
+            due, self._due = list(self._due), {}
+        for cache in due:
+            cache.flush()
+
+    def after_fork(self) -> None:
+        # the thread is not in the child; what the parent had pending is the parent's to flush
+        self._cond = threading.Condition()
+        self._due = {}
+        self._thread = None
+
+
+_flusher = _Flusher()
+atexit.register(_flusher.flush_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_flusher.after_fork)
 
 
 class _KnownEnd:

@@ -257,6 +257,7 @@ class ChunkFetcher(ChunkReader):
             with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rafs-prefetch") as pool:
                 for future in [pool.submit(run, g) for g in groups]:
                     future.result()
+        self.cache.flush()              # what was fetched is in the chunk map when prefetch returns
         return len(todo)
 
     def close(self) -> None:

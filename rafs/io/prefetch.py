@@ -76,6 +76,8 @@ class Prefetch:
         except BaseException as exc:  # noqa: BLE001 - reported through wait()
             self.errors.append(exc)
         finally:
+            for fetcher, _ in self.work:       # what was fetched is in the chunk maps when wait() returns
+                fetcher.cache.flush()
             self._done.set()
 
     def _throttle(self, size: int) -> None:

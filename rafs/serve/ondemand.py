@@ -9,8 +9,9 @@ it, on fanotify pre-content events (Linux 6.14+):
   ``uncompressed_offset``, which RAFS v6 aligns to 4 KiB, so the kernel reads it as an EROFS device;
 - every data file that is not complete is marked for ``FAN_PRE_ACCESS``. A kernel read of a range not
   yet there raises an event with the range; rafs fetches and decodes the chunks that cover it from the
-  configured backend, writes them through the event's file descriptor (which raises no event), makes
-  them durable, sets their ``chunk_map`` bits, and answers ``FAN_ALLOW``. A chunk that cannot be had
+  configured backend, writes them through the event's file descriptor (which raises no event), marks
+  them ready (their ``chunk_map`` bits follow once a batched sync has made them durable, see
+  :mod:`rafs.io.cache`), and answers ``FAN_ALLOW``. A chunk that cannot be had
   is answered ``FAN_DENY`` with ``EIO``, so the reader gets an I/O error, never wrong data;
 - every event is answered exactly once and within a deadline; ranges already cached are answered at
   once on the event loop (the fast path); a complete data file is never marked, so a warm cache is read
@@ -20,7 +21,7 @@ The kernel answers ``FAN_ALLOW`` for every pending event when a group's last fil
 which would let readers see the zeros of the holes if the daemon died. A small guardian process
 (:mod:`rafs.serve.guardian`) therefore holds the group too: when the daemon dies it denies every
 pending and later event with ``EIO`` until the mount is gone, and a new mount then serves every file
-from what the cache holds (bits are only ever set after their data is durable).
+from what the cache holds (bits only ever reach the chunk map after their data is durable).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from .. import _fanotify
 from ..errors import InvalidArgumentError, RafsError, UnsupportedError
 from ..io.cache import BlobCache, PersistChunkMap
 from ..io.fetch import ChunkFetcher
+from ..io.lazy import LazySource
 from ..model import Chunk
 
 log = logging.getLogger(__name__)
@@ -129,8 +131,8 @@ class BlobFiller:
         return out
 
     def fill(self, fd: int, chunks: list[Chunk]) -> None:
-        """Fetch, decode (and verify, with validation) ``chunks``, write them through ``fd``, make them
-        durable, then set their bits. Nothing is written unless every chunk was read whole."""
+        """Fetch, decode (and verify, with validation) ``chunks``, write them through ``fd`` and mark them
+        ready. Nothing is written unless every chunk was read whole."""
         datas = self.fetcher.read_many(chunks)
         for chunk, data in zip(chunks, datas):
             if len(data) != chunk.uncompressed_size:
@@ -138,8 +140,9 @@ class BlobFiller:
                                 f"not {chunk.uncompressed_size}")
         for chunk, data in zip(chunks, datas):
             os.pwrite(fd, data, chunk.uncompressed_offset)
-        os.fdatasync(fd)
-        self.chunk_map.set_ready(chunks)
+        # ready now for this mount (the kernel reads the page cache); the bits reach the chunk map
+        # after the cache's next flush has synced this data (rafs.io.cache)
+        self.cache.mark_written(chunks)
         self.fetched_chunks += len(chunks)
 
     def close(self) -> None:
@@ -265,7 +268,7 @@ class OnDemandMount:
         locator = image.locator
         merge_size = getattr(locator, "merge_size", 0x100000)
         for blob in image.blobs:
-            source = _LazySource(locator, blob)
+            source = LazySource(locator, blob)
             filler = BlobFiller(blob, source, chunks.get(blob.index, []), self.work_dir,
                                 validate=self.validate, merge_size=merge_size)
             self.fillers.append(filler)
@@ -532,35 +535,6 @@ def _env_finding_rafs() -> dict:
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     path = os.environ.get("PYTHONPATH")
     return dict(os.environ, PYTHONPATH=package_parent + (os.pathsep + path if path else ""))
-
-
-class _LazySource:
-    """The blob's range reader, opened on the first fetch: a warm cache never asks the backend."""
-
-    def __init__(self, locator, blob):
-        self._locator = locator
-        self._blob = blob
-        self._reader = None
-        self._lock = threading.Lock()
-
-    def _open(self):
-        with self._lock:
-            if self._reader is None:
-                self._reader = self._locator.open(self._blob.blob_id, self._blob.index)
-        return self._reader
-
-    @property
-    def size(self):
-        return getattr(self._open(), "size", None)
-
-    def read_range(self, offset: int, size: int) -> bytes:
-        return self._open().read_range(offset, size)
-
-    def __getattr__(self, name):
-        return getattr(self._open(), name)
-
-    def close(self) -> None:
-        pass
 
 
 def mount_erofs(image, mountpoint, *, work_dir, **options) -> OnDemandMount:
