@@ -8,11 +8,14 @@ SIGTERM).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 
 import rafs
 from rafs.errors import InvalidArgumentError
+
+from . import checks
 
 log = logging.getLogger("rafs.mount")
 
@@ -41,6 +44,13 @@ def register(sub) -> None:
                    "EROFS and rafs fills each blob's cache file on demand (fanotify, Linux 6.14+, RAFS v6)")
     p.add_argument("--fscache", metavar="DIR", help="with --fs-driver erofs: the cache directory for blob "
                    "data (default: the config's cache work_dir)")
+    p.add_argument("-A", "--apisock", metavar="PATH", help="serve nydusd's HTTP API on this unix socket: "
+                   "GET /api/v1/daemon, /api/v1/metrics[/files|/pattern|/backend|/blobcache|/inflight], "
+                   "PUT /api/v1/daemon/exit")
+    p.add_argument("--access-pattern-file", metavar="FILE", help="trace which files are read, in the order "
+                   "of their first read, and write them to FILE when the mount ends: absolute paths one a "
+                   "line (what rafs create --prefetch-patterns reads), or nydusd's access records with "
+                   "times when FILE ends in .json")
     p.set_defaults(func=run_mount)
 
     u = sub.add_parser("umount", help="unmount a rafs (or any FUSE) mount",
@@ -88,7 +98,12 @@ def run_mount(args) -> int:
     if args.iostats_files:
         log.info("--iostats-files: rafs keeps no per-file I/O statistics; none will be collected")
     if args.fs_driver == "erofs":
+        if args.apisock or args.access_pattern_file:
+            raise InvalidArgumentError("--apisock and --access-pattern-file need --fs-driver fuse: with erofs "
+                                       "the kernel reads files without asking rafs")
         return _run_erofs(args)
+    if args.access_pattern_file:
+        checks.output_file("--access-pattern-file", args.access_pattern_file)
     with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir,
                    validate=args.digest_validate) as image:
         settings = getattr(image.locator, "config", None)
@@ -103,10 +118,64 @@ def run_mount(args) -> int:
         log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s, digest validation %s", image.name,
                  image.version, len(image.blobs), args.mountpoint, "on" if enable_xattr else "off",
                  "on" if image.validate else "off")
-        fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr,
-                   ready=lambda: log.info("ready: %s answers", args.mountpoint))
+        prefetches = []
+        with observing(image, settings, args) as state:
+            def ready():
+                log.info("ready: %s answers", args.mountpoint)
+                if state is not None:
+                    state.state = "RUNNING"
+                prefetches.append(_start_prefetch(image, settings, state))
+
+            try:
+                fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr, ready=ready,
+                           observer=state.observer if state is not None else None)
+            finally:
+                for handle in filter(None, prefetches):
+                    handle.cancel()
+                    handle.wait(10)
     log.info("%s unmounted", args.mountpoint)
     return 0
+
+
+@contextlib.contextmanager
+def observing(image, settings, args):
+    """The mount's rafs.serve.api.DaemonState with its API server when --apisock, --access-pattern-file or
+    the config's access_pattern ask for it (else None); on the way out the trace is written."""
+    trace = bool(args.access_pattern_file or getattr(settings, "access_pattern", False))
+    if not (args.apisock or trace):
+        yield None
+        return
+    from rafs.serve.api import ApiServer, DaemonState
+    from rafs.serve.trace import MountObserver, write_pattern_file
+    state = DaemonState(image, MountObserver(trace=trace), config=settings, mountpoint=args.mountpoint)
+    server = ApiServer(args.apisock, state) if args.apisock else None
+    try:
+        yield state
+    finally:
+        state.state = "STOPPED"
+        if server is not None:
+            server.close()
+        if args.access_pattern_file:
+            records = state.patterns()
+            write_pattern_file(args.access_pattern_file, records)
+            log.info("access trace: %d files read, written to %s", len(records), args.access_pattern_file)
+
+
+def _start_prefetch(image, settings, state):
+    """nydusd's fs_prefetch at mount: the bootstrap's prefetch table (all data when the table holds the
+    root, or when there is no table and prefetch_all is set), into the blob cache, in the background."""
+    prefetch = getattr(settings, "prefetch", None)
+    if prefetch is None or not prefetch.enable or not getattr(settings, "cached", False):
+        return None
+    import time
+    table = image.reader.prefetch_inodes()
+    if not table and not prefetch.prefetch_all:
+        return None
+    handle = image.prefetch(all=not table, wait=False)
+    if state is not None:
+        state.prefetch, state.prefetch_started = handle, time.time()
+    log.info("prefetch: %s in the background", "the prefetch table" if table else "all data")
+    return handle
 
 
 def _check_blob_sources(image, args) -> None:
