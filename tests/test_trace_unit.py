@@ -183,3 +183,22 @@ def test_apisock_refuses_a_non_socket(tmp_path, served):
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidArgumentError, match="not a socket"):
         api.ApiServer(tmp_path / "file", state)
+
+
+
+def test_convert_prefetch_patterns_file(tmp_path):
+    from oci_layers import make_layers, oci_image, oci_layout
+    from rafs.cli.main import main as cli
+    from test_oci import bootstrap_of, document
+    (tmp_path / "layers").mkdir()
+    tars = make_layers(str(tmp_path / "layers"), compress="gzip")
+    layout = str(tmp_path / "src")
+    oci_layout(layout, [oci_image(layout, tars)])
+    patterns = tmp_path / "trace.txt"
+    patterns.write_text("/etc/passwd\n/usr/bin\n")
+    assert cli(["convert", "--source", layout, "--target", str(tmp_path / "dst"), "--prefetch-patterns",
+                str(patterns)]) == 0
+    index = json.load(open(tmp_path / "dst" / "index.json"))
+    manifest = document(tmp_path / "dst", index["manifests"][0])
+    with rafs.open(bootstrap_of(tmp_path / "dst", manifest, tmp_path / "boot")) as image:
+        assert image.reader.prefetch_inodes() == [image.lstat(p).st_ino for p in ["/etc/passwd", "/usr/bin"]]

@@ -3,7 +3,8 @@ into a Nydus image layout; ``--check`` then validates the result as ``nydusify c
 
 Flags keep nydusify's names and defaults (``--fs-version 6``, ``--compressor zstd``,
 ``--fs-chunk-size 0x100000``, ``--platform linux/amd64``); ``--prefetch-patterns`` reads the patterns
-from standard input, one absolute path a line.
+from standard input, one absolute path a line, or from the file it names (a ``rafs mount
+--access-pattern-file`` trace).
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ def register(sub) -> None:
     p.add_argument("--fs-chunk-size", "--chunk-size", dest="chunk_size",
                    help="size of data chunks, a power of two in 0x1000..0x1000000 (default 0x100000)")
     p.add_argument("--fs-align-chunk", action="store_true", help="align uncompressed chunks to 4K (RAFS v5)")
-    p.add_argument("--prefetch-patterns", action="store_true",
-                   help="read prefetch patterns (absolute paths) from standard input")
+    p.add_argument("--prefetch-patterns", nargs="?", const="-", metavar="FILE",
+                   help="read prefetch patterns (absolute paths) from standard input, or from FILE (paths one "
+                   "a line, or the JSON access records of rafs mount --access-pattern-file)")
     p.add_argument("--prefetch-dir", help="prefetch one directory (shortcut for a single pattern)")
     platforms = p.add_mutually_exclusive_group()
     platforms.add_argument("--platform", default="linux/amd64",
@@ -55,8 +57,11 @@ def run(args) -> int:
     patterns = None
     if args.prefetch_patterns and args.prefetch_dir:
         raise InvalidArgumentError("--prefetch-patterns and --prefetch-dir exclude each other")
-    if args.prefetch_patterns:
+    if args.prefetch_patterns == "-":
         patterns = checks.stdin_lines("--prefetch-patterns")
+    elif args.prefetch_patterns:
+        from rafs.serve.trace import read_pattern_file
+        patterns = read_pattern_file(args.prefetch_patterns)
     elif args.prefetch_dir:
         patterns = [args.prefetch_dir]
     if args.workers is not None and args.workers < 1:
