@@ -11,7 +11,8 @@ so nydusctl-style clients and nydus-snapshotter's checks work against a rafs mou
 - ``GET /api/v1/metrics`` (FsIoStats), ``/metrics/files`` (per-file counters: rafs keeps none, ``{}``;
   ``?latest=true`` the inodes read, as ``[[ino], [start, end]]`` ranges), ``/metrics/pattern``
   (AccessPattern records, in first-read order, each with its ``path`` besides), ``/metrics/backend``
-  (BackendMetrics), ``/metrics/blobcache`` (BlobcacheMetrics, 404 without a blob cache) and
+  (BackendMetrics: ``read_count`` and ``read_amount_total`` count chunk data fetched, not yet the blob
+  meta read when a blob is opened; latencies are not measured), ``/metrics/blobcache`` (BlobcacheMetrics, 404 without a blob cache) and
   ``/metrics/inflight`` (reads waiting on the backend, 204 when none);
 - ``PUT /api/v1/daemon/exit``: 204, then the mount is unmounted and the process ends (SIGTERM to
   itself, as nydusd does).
