@@ -145,8 +145,9 @@ def served(tmp_path):
     _tree(source)
     rafs.Builder(str(source)).write(bootstrap=str(tmp_path / "boot"), blob_dir=str(tmp_path))
     image = rafs.open(str(tmp_path / "boot"), blob_dir=str(tmp_path))
-    state = api.DaemonState(image, trace.MountObserver(), exit_signal=0)
-    server = api.ApiServer(tmp_path / "api.sock", state)
+    daemon = api.Daemon(exit_signal=0)
+    state = daemon.add(api.MountState(image, trace.MountObserver()))
+    server = api.ApiServer(tmp_path / "api.sock", daemon)
     yield state, tmp_path / "api.sock"
     server.close()
     image.close()
@@ -162,6 +163,12 @@ def test_api_errors_and_routes(served):
     # no cache configured: nydusd has no blobcache counters to show
     assert api.request(sock, "GET", "/api/v1/metrics/blobcache")[0] == 404
     assert api.request(sock, "GET", "/api/v1/daemon")[1]["state"] == "INIT"
+    # no mounter: nothing more can be mounted; bad requests are the caller's fault
+    assert api.request(sock, "POST", "/api/v1/mount?mountpoint=/x", {"source": "/b", "fs_type": "rafs",
+                                                                     "config": ""})[0] == 501
+    assert api.request(sock, "POST", "/api/v1/mount", {"source": "/b"})[0] == 400
+    assert api.request(sock, "POST", "/api/v1/mount?mountpoint=/x", {"source": 3})[0] == 400
+    assert api.request(sock, "DELETE", "/api/v1/mount?mountpoint=/x")[0] == 500
 
 
 def test_api_pattern_names_files(served):
@@ -179,10 +186,9 @@ def test_api_pattern_names_files(served):
 
 
 def test_apisock_refuses_a_non_socket(tmp_path, served):
-    state, _ = served
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidArgumentError, match="not a socket"):
-        api.ApiServer(tmp_path / "file", state)
+        api.ApiServer(tmp_path / "file", api.Daemon())
 
 
 

@@ -108,22 +108,17 @@ def run_mount(args) -> int:
                    validate=args.digest_validate) as image:
         settings = getattr(image.locator, "config", None)
         enable_xattr = bool(getattr(settings, "enable_xattr", False))
-        if getattr(settings, "cached", False):
-            # made now, as nydusd does at start-up, not by the first read (which could only fail with EIO)
-            try:
-                os.makedirs(settings.work_dir, exist_ok=True)
-            except OSError as exc:
-                raise InvalidArgumentError(f"cache work_dir {settings.work_dir}: {exc.strerror}") from None
+        _prepare_cache(settings)
         _check_blob_sources(image, args)
         log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s, digest validation %s", image.name,
                  image.version, len(image.blobs), args.mountpoint, "on" if enable_xattr else "off",
                  "on" if image.validate else "off")
         prefetches = []
-        with observing(image, settings, args) as state:
+        with observing(image, settings, args) as (daemon, state):
             def ready():
                 log.info("ready: %s answers", args.mountpoint)
-                if state is not None:
-                    state.state = "RUNNING"
+                if daemon is not None:
+                    daemon.state = "RUNNING"
                 prefetches.append(_start_prefetch(image, settings, state))
 
             try:
@@ -139,26 +134,99 @@ def run_mount(args) -> int:
 
 @contextlib.contextmanager
 def observing(image, settings, args):
-    """The mount's rafs.serve.api.DaemonState with its API server when --apisock, --access-pattern-file or
-    the config's access_pattern ask for it (else None); on the way out the trace is written."""
+    """(rafs.serve.api.Daemon, the mount's MountState in it), with the daemon's API server, when
+    --apisock, --access-pattern-file or the config's access_pattern ask for them (else (None, None)); on
+    the way out the images mounted through the API are unmounted and the trace is written."""
     trace = bool(args.access_pattern_file or getattr(settings, "access_pattern", False))
     if not (args.apisock or trace):
-        yield None
+        yield None, None
         return
-    from rafs.serve.api import ApiServer, DaemonState
+    from rafs.serve.api import ApiServer, Daemon, MountState
     from rafs.serve.trace import MountObserver, write_pattern_file
-    state = DaemonState(image, MountObserver(trace=trace), config=settings, mountpoint=args.mountpoint)
-    server = ApiServer(args.apisock, state) if args.apisock else None
+    daemon = Daemon(mounter=_api_mounter(args))
+    state = daemon.add(MountState(image, MountObserver(trace=trace), config=settings))
+    server = ApiServer(args.apisock, daemon) if args.apisock else None
     try:
-        yield state
+        yield daemon, state
     finally:
-        state.state = "STOPPED"
+        daemon.state = "STOPPED"
         if server is not None:
             server.close()
+        daemon.stop_all()
         if args.access_pattern_file:
             records = state.patterns()
             write_pattern_file(args.access_pattern_file, records)
             log.info("access trace: %d files read, written to %s", len(records), args.access_pattern_file)
+
+
+def _api_mounter(args):
+    """What serves an image for ``POST /api/v1/mount``: its own FUSE mount, served by a thread."""
+    import threading
+
+    from rafs.errors import RafsError
+    from rafs.serve.api import MountState
+    from rafs.serve.trace import MountObserver
+
+    def mount_more(mountpoint, source, config, prefetch_files):
+        fuse = _fuse()
+        image = rafs.open(source, config=config, validate=args.digest_validate)
+        try:
+            settings = getattr(image.locator, "config", None)
+            _prepare_cache(settings)
+            _check_blob_sources(image, argparse.Namespace(threads=args.threads, config=config, localfs_dir=None))
+            state = MountState(image, MountObserver(trace=bool(getattr(settings, "access_pattern", False))),
+                               config=settings, key=mountpoint)
+        except BaseException:
+            image.close()
+            raise
+        answered, failures = threading.Event(), []
+
+        def serve():
+            try:
+                fuse.mount(image, mountpoint, threads=args.threads, ready=answered.set, handle_signals=False,
+                           enable_xattr=bool(getattr(settings, "enable_xattr", False)), observer=state.observer)
+            except BaseException as exc:  # noqa: BLE001 - reported to the API caller
+                failures.append(exc)
+            finally:
+                answered.set()
+                if state.prefetch is not None:
+                    state.prefetch.cancel()
+                    state.prefetch.wait(10)
+                image.close()
+                log.info("%s unmounted", mountpoint)
+
+        thread = threading.Thread(target=serve, name=f"rafs-mount {mountpoint}", daemon=True)
+        thread.start()
+        answered.wait(60)
+        if failures or not thread.is_alive():
+            raise failures[0] if failures and isinstance(failures[0], RafsError) else \
+                RafsError(f"cannot mount {mountpoint}: {failures[0] if failures else 'the mount did not answer'}")
+
+        def stop():
+            fuse.unmount(mountpoint)
+            thread.join(30)
+        state.stop = stop
+        if prefetch_files:
+            import time
+            try:
+                state.prefetch, state.prefetch_started = image.prefetch(prefetch_files, wait=False), time.time()
+            except RafsError as exc:
+                log.warning("%s: prefetch_files: %s", mountpoint, exc)
+        else:
+            _start_prefetch(image, settings, state)
+        log.info("ready: %s answers (%s, mounted through the API)", mountpoint, source)
+        return state
+    return mount_more
+
+
+def _prepare_cache(settings) -> None:
+    """Make the cache work_dir now, as nydusd does at start-up, not at the first read (which could
+    only fail with EIO)."""
+    if getattr(settings, "cached", False):
+        try:
+            os.makedirs(settings.work_dir, exist_ok=True)
+        except OSError as exc:
+            raise InvalidArgumentError(f"cache work_dir {settings.work_dir}: {exc.strerror}") from None
 
 
 def _start_prefetch(image, settings, state):

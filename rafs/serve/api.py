@@ -15,10 +15,15 @@ so nydusctl-style clients and nydus-snapshotter's checks work against a rafs mou
   meta read when a blob is opened; latencies are not measured), ``/metrics/blobcache`` (BlobcacheMetrics, 404 without a blob cache) and
   ``/metrics/inflight`` (reads waiting on the backend, 204 when none);
 - ``PUT /api/v1/daemon/exit``: 204, then the mount is unmounted and the process ends (SIGTERM to
-  itself, as nydusd does).
+  itself, as nydusd does);
+- ``POST /api/v1/mount?mountpoint=DIR`` with nydusd's MountCmd body (``source`` bootstrap, ``fs_type``
+  "rafs", ``config`` as JSON text, ``prefetch_files``) serves one more image in this daemon, and
+  ``DELETE /api/v1/mount?mountpoint=DIR`` unmounts it. nydusd puts such mounts inside its own FUSE
+  mount (a pseudo filesystem); rafs gives each its own FUSE mount at DIR, a directory on the host.
 
-Metrics take an optional ``?id=``: the pseudo-fs mountpoint ``/`` or the configuration's ``id``; any
-other id is 404 with nydusd's ``NoCounter`` error. Errors are nydusd's ``{"code": "UNDEFINED",
+Metrics take ``?id=``: ``/`` for the ``--bootstrap`` mount, DIR for one mounted through the API, or a
+mount's configuration ``id``; without it the only mount (with several, nydusd's ``NoCounter`` 404, as
+for an unknown id). Errors are nydusd's ``{"code": "UNDEFINED",
 "message": ...}``. The server is the standard library's, one thread per connection; it reads at most
 :data:`MAX_BODY` bytes of a request body.
 """
@@ -56,33 +61,30 @@ class ApiError(Exception):
         self.message = message
 
 
-class DaemonState:
-    """What the API reports about one mount: state, counters, trace, prefetch; JSON as nydusd's."""
+class MountState:
+    """What the API reports about one mounted image: counters, trace, prefetch; JSON as nydusd's.
 
-    def __init__(self, image, observer, *, config=None, mountpoint: str = "", exit_signal=signal.SIGTERM):
+    ``key`` is the mount's metrics id: ``/`` for the ``--bootstrap`` mount (nydusd's pseudo-fs root),
+    the mountpoint for one mounted through ``POST /api/v1/mount``. ``stop`` (set by whoever mounted it
+    through the API) unmounts it.
+    """
+
+    def __init__(self, image, observer, *, config=None, key: str = PSEUDO_MOUNTPOINT):
         self.image = image
         self.observer = observer
         self.config = config
-        self.mountpoint = mountpoint
-        self.state = "INIT"
+        self.key = key
         self.prefetch = None                   # the mount's rafs.io.prefetch.Prefetch, if any
         self.prefetch_started: float | None = None
         self.prefetch_ended: float | None = None
         self.mounted_time = datetime.datetime.now(datetime.timezone.utc)
         self.numbers = InodeNumbers(image.root_ino)
-        self._exit_signal = exit_signal
+        self.stop = None
         self._paths: dict[int, str] = {}
-
-    # -- helpers ---------------------------------------------------------------------------------
 
     @property
     def id(self) -> str | None:
         return getattr(self.config, "id", "") or None
-
-    def check_id(self, query: dict, what: str) -> None:
-        wanted = query.get("id")
-        if wanted is not None and wanted not in (PSEUDO_MOUNTPOINT, self.id):
-            raise ApiError(404, f"{what}(Metrics(Stats(NoCounter)))")
 
     def patterns(self) -> list[dict]:
         accesses = self.observer.accesses()
@@ -91,19 +93,11 @@ class DaemonState:
             self._paths.update(paths_of(self.image, missing))
         return pattern_records(accesses, self.numbers.to_fuse, self._paths.get)
 
-    # -- endpoints -------------------------------------------------------------------------------
-
-    def daemon_info(self, *, with_fs: bool) -> dict:
-        info = {"version": {"package_ver": __version__, "git_commit": "", "build_time": "", "profile": "release",
-                            "rustc": ""},
-                "id": self.id, "supervisor": None, "state": self.state, "backend_collection": None}
-        if with_fs:
-            config = self.config.redacted() if self.config is not None and hasattr(self.config, "redacted") \
-                else None
-            stamp = self.mounted_time.strftime("%Y-%m-%d %H:%M:%S.%f +00:00:00")
-            info["backend_collection"] = {PSEUDO_MOUNTPOINT: {
-                "backend_type": "Rafs", "mountpoint": PSEUDO_MOUNTPOINT, "mounted_time": stamp, "config": config}}
-        return info
+    def descriptor(self) -> dict:
+        """nydusd's FsBackendDescriptor of this mount."""
+        config = self.config.redacted() if hasattr(self.config, "redacted") else None
+        stamp = self.mounted_time.strftime("%Y-%m-%d %H:%M:%S.%f +00:00:00")
+        return {"backend_type": "Rafs", "mountpoint": self.key, "mounted_time": stamp, "config": config}
 
     def fs_metrics(self) -> dict:
         totals = self.observer.totals()
@@ -111,7 +105,7 @@ class DaemonState:
         hits[FOP_READ], errors[FOP_READ] = totals["reads"], totals["errors"]
         return {"files_account_enabled": False, "access_pattern_enabled": self.observer.trace,
                 "record_latest_read_files_enabled": self.observer.trace, "measure_latency": False,
-                "id": PSEUDO_MOUNTPOINT, "nr_opens": 0, "data_read": totals["data_read"],
+                "id": self.key, "nr_opens": 0, "data_read": totals["data_read"],
                 "block_count_read": totals["buckets"], "fop_hits": hits, "fop_errors": errors,
                 "fop_cumulative_latency_total": [0] * len(FOPS), "read_latency_dist": [0] * BLOCK_BUCKETS}
 
@@ -158,9 +152,9 @@ class DaemonState:
         _, _, hits = self._fetch_stats()
         prefetch = self.prefetch
         began = self.prefetch_started or 0.0
-        ended = self.prefetch_ended or (time.time() if prefetch is not None and prefetch.done else 0.0)
         if prefetch is not None and prefetch.done and self.prefetch_ended is None:
-            self.prefetch_ended = ended
+            self.prefetch_ended = time.time()
+        ended = self.prefetch_ended or 0.0
         return {"underlying_files": files, "store_path": work_dir, "partial_hits": 0, "whole_hits": hits,
                 "total": self.observer.totals()["reads"], "entries_count": hits,
                 "prefetch_data_amount": getattr(prefetch, "fetched_bytes", 0),
@@ -176,27 +170,127 @@ class DaemonState:
         return [{"inode": self.numbers.to_fuse(ino), "opcode": FUSE_READ_OPCODE, "unique": token,
                  "timestamp_secs": since} for token, ino, since in self.observer.inflight()]
 
+
+class Daemon:
+    """The daemon the API describes: its state and its mounts (:class:`MountState` by metrics id).
+
+    ``mounter(mountpoint, source, config, prefetch_files)`` serves one more image for ``POST
+    /api/v1/mount`` and returns its MountState (with ``stop``); without it that endpoint answers 501.
+    """
+
+    def __init__(self, *, mounter=None, exit_signal=signal.SIGTERM):
+        self.state = "INIT"
+        self.mounts: dict[str, MountState] = {}
+        self.mounter = mounter
+        self._exit_signal = exit_signal
+        self._lock = threading.Lock()
+
+    def add(self, mount: MountState) -> MountState:
+        with self._lock:
+            self.mounts[mount.key] = mount
+        return mount
+
+    def select(self, query: dict, what: str) -> MountState:
+        """The mount ``?id=`` names (its metrics id or its configuration's ``id``); without an id the
+        only one, as nydusd: with several, an id is needed."""
+        wanted = query.get("id")
+        with self._lock:
+            mounts = list(self.mounts.values())
+        if wanted is None and len(mounts) == 1:
+            return mounts[0]
+        for mount in mounts:
+            if wanted is not None and wanted in (mount.key, mount.id):
+                return mount
+        raise ApiError(404, f"{what}(Metrics(Stats(NoCounter)))")
+
+    def daemon_info(self, *, with_fs: bool) -> dict:
+        with self._lock:
+            mounts = list(self.mounts.values())
+        first = mounts[0] if mounts else None
+        info = {"version": {"package_ver": __version__, "git_commit": "", "build_time": "", "profile": "release",
+                            "rustc": ""},
+                "id": first.id if first is not None else None, "supervisor": None, "state": self.state,
+                "backend_collection": None}
+        if with_fs:
+            info["backend_collection"] = {mount.key: mount.descriptor() for mount in mounts}
+        return info
+
+    def mount(self, query: dict, body) -> None:
+        """``POST /api/v1/mount?mountpoint=DIR``: serve ``source`` (a bootstrap) at DIR with ``config``."""
+        mountpoint = query.get("mountpoint")
+        if not mountpoint:
+            raise ApiError(400, "QueryString(\"'mountpoint' should be specified in query string\")")
+        if not isinstance(body, dict) or not isinstance(body.get("source"), str) or \
+                not isinstance(body.get("config", ""), str) or not isinstance(body.get("fs_type", "rafs"), str):
+            raise ApiError(400, "ParseBody(expected {\"source\": ..., \"fs_type\": \"rafs\", \"config\": ...})")
+        if body.get("fs_type", "rafs") != "rafs":
+            raise ApiError(501, f"MountFilesystem(Unsupported(fs_type {body['fs_type']!r}: rafs serves rafs only))")
+        prefetch_files = body.get("prefetch_files")
+        if prefetch_files is not None and not (isinstance(prefetch_files, list) and
+                                               all(isinstance(p, str) for p in prefetch_files)):
+            raise ApiError(400, "ParseBody(prefetch_files must be a list of paths)")
+        if self.mounter is None:
+            raise ApiError(501, "MountFilesystem(Unsupported)")
+        key = os.path.abspath(mountpoint)
+        with self._lock:
+            if key in self.mounts or mountpoint in self.mounts:
+                raise ApiError(500, f"MountFilesystem(AlreadyExists({mountpoint}))")
+        from ..errors import RafsError
+        try:
+            mount = self.mounter(key, body["source"], body.get("config") or None, prefetch_files)
+        except RafsError as exc:
+            raise ApiError(500, f"MountFilesystem({exc})") from None
+        self.add(mount)
+
+    def umount(self, query: dict) -> None:
+        """``DELETE /api/v1/mount?mountpoint=DIR``: unmount what ``POST`` mounted there."""
+        mountpoint = query.get("mountpoint")
+        if not mountpoint:
+            raise ApiError(400, "QueryString(\"'mountpoint' should be specified in query string\")")
+        key = os.path.abspath(mountpoint)
+        with self._lock:
+            mount = self.mounts.get(key)
+            if mount is None or mount.stop is None:
+                raise ApiError(500, f"MountFilesystem(NotFound({mountpoint}))")
+            del self.mounts[key]
+        mount.stop()
+
+    def stop_all(self) -> None:
+        """Unmount every image mounted through the API (the daemon is ending)."""
+        with self._lock:
+            extra = [m for m in self.mounts.values() if m.stop is not None]
+            for mount in extra:
+                del self.mounts[mount.key]
+        for mount in extra:
+            try:
+                mount.stop()
+            except Exception as exc:  # noqa: BLE001 - the others still need unmounting
+                log.warning("unmounting %s: %s", mount.key, exc)
+
     def exit(self) -> None:
         """Unmount and end: the same SIGTERM nydusd sends itself, after the answer went out."""
         self.state = "STOPPED"
         threading.Timer(0.05, os.kill, (os.getpid(), self._exit_signal)).start()
 
-    def handle(self, method: str, path: str, query: dict) -> tuple[int, object]:
+    def handle(self, method: str, path: str, query: dict, body=None) -> tuple[int, object]:
         """(status, JSON body or None) of one request."""
+        def metric(what, answer):
+            return lambda: answer(self.select(query, what))
+
         routes = {
             ("GET", "/api/v1/daemon"): lambda: self.daemon_info(with_fs=True),
             ("GET", "/api/v2/daemon"): lambda: self.daemon_info(with_fs=False),
-            ("GET", "/api/v1/metrics"): lambda: (self.check_id(query, "GlobalMetrics"), self.fs_metrics())[1],
-            ("GET", "/api/v1/metrics/files"): lambda: (
-                self.check_id(query, "FsFilesMetrics"),
-                self.latest_read_files() if query.get("latest", "").lower() == "true" else {})[1],
-            ("GET", "/api/v1/metrics/pattern"): lambda: (self.check_id(query, "Pattern"), self.patterns())[1],
-            ("GET", "/api/v1/metrics/backend"): lambda: (self.check_id(query, "BackendMetrics"),
-                                                         self.backend_metrics())[1],
-            ("GET", "/api/v1/metrics/blobcache"): lambda: (self.check_id(query, "BlobcacheMetrics"),
-                                                           self.blobcache_metrics())[1],
-            ("GET", "/api/v1/metrics/inflight"): lambda: self.inflight() or None,
-            ("PUT", "/api/v1/daemon/exit"): lambda: self.exit(),
+            ("GET", "/api/v1/metrics"): metric("GlobalMetrics", MountState.fs_metrics),
+            ("GET", "/api/v1/metrics/files"): metric("FsFilesMetrics", lambda m: m.latest_read_files()
+                                                     if query.get("latest", "").lower() == "true" else {}),
+            ("GET", "/api/v1/metrics/pattern"): metric("Pattern", MountState.patterns),
+            ("GET", "/api/v1/metrics/backend"): metric("BackendMetrics", MountState.backend_metrics),
+            ("GET", "/api/v1/metrics/blobcache"): metric("BlobcacheMetrics", MountState.blobcache_metrics),
+            ("GET", "/api/v1/metrics/inflight"): lambda: [entry for m in list(self.mounts.values())
+                                                          for entry in m.inflight()] or None,
+            ("PUT", "/api/v1/daemon/exit"): self.exit,
+            ("POST", "/api/v1/mount"): lambda: self.mount(query, body),
+            ("DELETE", "/api/v1/mount"): lambda: self.umount(query),
         }
         known = {p for _, p in routes}
         if path not in known:
@@ -204,8 +298,8 @@ class DaemonState:
         handler = routes.get((method, path))
         if handler is None:
             raise ApiError(400, "BadRequest")
-        body = handler()
-        return (204, None) if body is None else (200, body)
+        answer = handler()
+        return (204, None) if answer is None else (200, answer)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -229,12 +323,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(400, {"code": "UNDEFINED", "message": "BadRequest"})
             self.close_connection = True
             return
-        if size:
-            self.rfile.read(size)
+        raw = self.rfile.read(size) if size else b""
         url = urlsplit(self.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
-            status, body = self.server.state.handle(self.command, url.path, query)
+            try:
+                request_body = json.loads(raw) if raw else None
+            except ValueError as exc:
+                raise ApiError(400, f"ParseBody({exc})") from None
+            status, body = self.server.daemon.handle(self.command, url.path, query, request_body)
         except ApiError as exc:
             status, body = exc.status, {"code": "UNDEFINED", "message": exc.message}
         except Exception as exc:  # noqa: BLE001 - a failed answer must not end the server
@@ -259,9 +356,9 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 class ApiServer:
-    """The API of ``state`` on the unix socket ``path``, served by a background thread."""
+    """The API of ``daemon`` on the unix socket ``path``, served by a background thread."""
 
-    def __init__(self, path, state: DaemonState):
+    def __init__(self, path, daemon: Daemon):
         self.path = os.path.abspath(os.fspath(path))
         try:
             mode = os.lstat(self.path).st_mode
@@ -281,7 +378,7 @@ class ApiServer:
             self.server.server_close()
             from ..errors import InvalidArgumentError
             raise InvalidArgumentError(f"--apisock {path}: {exc.strerror or exc}") from None
-        self.server.state = state
+        self.server.daemon = daemon
         self._thread = threading.Thread(target=self.server.serve_forever, name="rafs-api", daemon=True)
         self._thread.start()
 
@@ -294,7 +391,7 @@ class ApiServer:
             pass
 
 
-def request(path, method: str, url: str, *, timeout: float = 10) -> tuple[int, object]:
+def request(path, method: str, url: str, body=None, *, timeout: float = 30) -> tuple[int, object]:
     """One request to the API on unix socket ``path``: (status, decoded JSON body or None)."""
     import http.client
 
@@ -306,7 +403,9 @@ def request(path, method: str, url: str, *, timeout: float = 10) -> tuple[int, o
 
     connection = _Connection("localhost", timeout=timeout)
     try:
-        connection.request(method, url)
+        payload = None if body is None else json.dumps(body).encode()
+        connection.request(method, url, body=payload,
+                           headers={"Content-Type": "application/json"} if payload is not None else {})
         response = connection.getresponse()
         data = response.read()
     finally:
