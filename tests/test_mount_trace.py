@@ -269,3 +269,60 @@ def test_inflight_lists_reads_waiting_on_the_backend(s3, tmp_path, tree):
     finally:
         s3.proxy.delay = 0.0
         mount.close()
+
+
+def test_more_images_mounted_through_the_api(tmp_path, tree):
+    source, files, blobs = tree
+    other_src = tmp_path / "other-src"
+    other_src.mkdir()
+    (other_src / "hello").write_bytes(b"second image\n")
+    rafs.Builder(str(other_src), fs_version=5).write(bootstrap=str(tmp_path / "other.boot"), blob_dir=str(blobs))
+    sock = tmp_path / "api.sock"
+    mount = Mount(["--bootstrap", str(tmp_path / "boot"), "--localfs-dir", str(blobs), "--apisock", str(sock)],
+                  tmp_path / "mnt", tmp_path / "mount.log")
+    second = tmp_path / "second"
+    second.mkdir()
+    config = {"device": {"backend": {"type": "localfs", "config": {"dir": str(blobs)}}}, "mode": "direct",
+              "access_pattern": True}
+    try:
+        status, body = api.request(sock, "POST", f"/api/v1/mount?mountpoint={second}",
+                                   {"source": str(tmp_path / "other.boot"), "fs_type": "rafs",
+                                    "config": json.dumps(config)})
+        assert (status, body) == (204, None), body
+        assert os.path.ismount(second) and (second / "hello").read_bytes() == b"second image\n"
+        assert (mount.path / WORKLOAD[0]).read_bytes() == files[WORKLOAD[0]]
+        info = api.request(sock, "GET", "/api/v1/daemon")[1]
+        assert sorted(info["backend_collection"]) == sorted(["/", str(second)])
+        # two mounts: the metrics need an id, as nydusd's do
+        assert api.request(sock, "GET", "/api/v1/metrics")[0] == 404
+        mine = api.request(sock, "GET", f"/api/v1/metrics?id={second}")[1]
+        assert mine["data_read"] == len(b"second image\n") and mine["id"] == str(second)
+        assert api.request(sock, "GET", "/api/v1/metrics?id=/")[1]["data_read"] == len(files[WORKLOAD[0]])
+        assert [r["path"] for r in api.request(sock, "GET", f"/api/v1/metrics/pattern?id={second}")[1]] == ["/hello"]
+        # the same mountpoint twice, a bootstrap that is not there: refused, nothing left mounted
+        assert api.request(sock, "POST", f"/api/v1/mount?mountpoint={second}",
+                           {"source": str(tmp_path / "other.boot"), "fs_type": "rafs",
+                            "config": json.dumps(config)})[0] == 500
+        third = tmp_path / "third"
+        third.mkdir()
+        status, body = api.request(sock, "POST", f"/api/v1/mount?mountpoint={third}",
+                                   {"source": str(tmp_path / "missing.boot"), "fs_type": "rafs",
+                                    "config": json.dumps(config)})
+        assert status == 500 and "missing.boot" in body["message"] and not os.path.ismount(third)
+
+        assert api.request(sock, "DELETE", f"/api/v1/mount?mountpoint={second}") == (204, None)
+        assert not os.path.ismount(second)
+        assert (mount.path / WORKLOAD[1]).read_bytes() == files[WORKLOAD[1]]     # the first one still serves
+        assert api.request(sock, "DELETE", f"/api/v1/mount?mountpoint={second}")[0] == 500
+        # exit with a second image mounted: both go
+        assert api.request(sock, "POST", f"/api/v1/mount?mountpoint={second}",
+                           {"source": str(tmp_path / "other.boot"), "fs_type": "rafs",
+                            "config": json.dumps(config)})[0] == 204
+        assert api.request(sock, "PUT", "/api/v1/daemon/exit") == (204, None)
+        assert mount.process.wait(30) == 0, mount.log_text()
+        assert not os.path.ismount(second) and not os.path.ismount(mount.path)
+    finally:
+        for path in (second, tmp_path / "third"):
+            if os.path.ismount(path):
+                subprocess.run(["umount", "-l", str(path)], capture_output=True)
+        mount.close()
