@@ -144,7 +144,8 @@ def observing(image, settings, args):
     from rafs.serve.api import ApiServer, Daemon, MountState
     from rafs.serve.trace import MountObserver, write_pattern_file
     daemon = Daemon(mounter=_api_mounter(args))
-    state = daemon.add(MountState(image, MountObserver(trace=trace), config=settings))
+    state = daemon.add(MountState(image, MountObserver(trace=trace), config=settings,
+                                  to_fuse=_fuse().InodeNumbers(image.root_ino).to_fuse))
     server = ApiServer(args.apisock, daemon) if args.apisock else None
     try:
         yield daemon, state
@@ -175,7 +176,7 @@ def _api_mounter(args):
             _prepare_cache(settings)
             _check_blob_sources(image, argparse.Namespace(threads=args.threads, config=config, localfs_dir=None))
             state = MountState(image, MountObserver(trace=bool(getattr(settings, "access_pattern", False))),
-                               config=settings, key=mountpoint)
+                               config=settings, key=mountpoint, to_fuse=fuse.InodeNumbers(image.root_ino).to_fuse)
         except BaseException:
             image.close()
             raise

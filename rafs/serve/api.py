@@ -12,8 +12,9 @@ so nydusctl-style clients and nydus-snapshotter's checks work against a rafs mou
   ``?latest=true`` the inodes read, as ``[[ino], [start, end]]`` ranges), ``/metrics/pattern``
   (AccessPattern records, in first-read order, each with its ``path`` besides), ``/metrics/backend``
   (BackendMetrics: ``read_count`` and ``read_amount_total`` count chunk data fetched, not yet the blob
-  meta read when a blob is opened; latencies are not measured), ``/metrics/blobcache`` (BlobcacheMetrics, 404 without a blob cache) and
-  ``/metrics/inflight`` (reads waiting on the backend, 204 when none);
+  meta read when a blob is opened; latencies are not measured), ``/metrics/blobcache``
+  (BlobcacheMetrics, 404 without a blob cache) and ``/metrics/inflight`` (reads waiting on the
+  backend, 204 when none);
 - ``PUT /api/v1/daemon/exit``: 204, then the mount is unmounted and the process ends (SIGTERM to
   itself, as nydusd does);
 - ``POST /api/v1/mount?mountpoint=DIR`` with nydusd's MountCmd body (``source`` bootstrap, ``fs_type``
@@ -23,8 +24,7 @@ so nydusctl-style clients and nydus-snapshotter's checks work against a rafs mou
 
 Metrics take ``?id=``: ``/`` for the ``--bootstrap`` mount, DIR for one mounted through the API, or a
 mount's configuration ``id``; without it the only mount (with several, nydusd's ``NoCounter`` 404, as
-for an unknown id). Errors are nydusd's ``{"code": "UNDEFINED",
-"message": ...}``. The server is the standard library's, one thread per connection; it reads at most
+for an unknown id). Errors are nydusd's ``{"code": "UNDEFINED", "message": ...}``. The server is the standard library's, one thread per connection; it reads at most
 :data:`MAX_BODY` bytes of a request body.
 """
 
@@ -44,7 +44,6 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
-from ..fuse import InodeNumbers
 from .trace import BLOCK_BUCKETS, FOP_READ, FOPS, pattern_records, paths_of
 
 log = logging.getLogger(__name__)
@@ -66,10 +65,11 @@ class MountState:
 
     ``key`` is the mount's metrics id: ``/`` for the ``--bootstrap`` mount (nydusd's pseudo-fs root),
     the mountpoint for one mounted through ``POST /api/v1/mount``. ``stop`` (set by whoever mounted it
-    through the API) unmounts it.
+    through the API) unmounts it. ``to_fuse`` maps an image inode to the number the mount shows (the
+    FUSE adapter's ``InodeNumbers.to_fuse``; the same number when not given).
     """
 
-    def __init__(self, image, observer, *, config=None, key: str = PSEUDO_MOUNTPOINT):
+    def __init__(self, image, observer, *, config=None, key: str = PSEUDO_MOUNTPOINT, to_fuse=None):
         self.image = image
         self.observer = observer
         self.config = config
@@ -78,7 +78,7 @@ class MountState:
         self.prefetch_started: float | None = None
         self.prefetch_ended: float | None = None
         self.mounted_time = datetime.datetime.now(datetime.timezone.utc)
-        self.numbers = InodeNumbers(image.root_ino)
+        self.to_fuse = to_fuse or (lambda ino: ino)
         self.stop = None
         self._paths: dict[int, str] = {}
 
@@ -91,7 +91,7 @@ class MountState:
         missing = [ino for ino, _, _ in accesses if ino not in self._paths]
         if missing:
             self._paths.update(paths_of(self.image, missing))
-        return pattern_records(accesses, self.numbers.to_fuse, self._paths.get)
+        return pattern_records(accesses, self.to_fuse, self._paths.get)
 
     def descriptor(self) -> dict:
         """nydusd's FsBackendDescriptor of this mount."""
@@ -111,7 +111,7 @@ class MountState:
 
     def latest_read_files(self) -> list[list[int]]:
         """The inodes read so far as nydusd's ranges: [ino] alone, [start, end] for a run."""
-        inos = sorted(self.numbers.to_fuse(ino) for ino, _, _ in self.observer.accesses())
+        inos = sorted(self.to_fuse(ino) for ino, _, _ in self.observer.accesses())
         ranges: list[list[int]] = []
         for ino in inos:
             if ranges and ranges[-1][-1] + 1 == ino:
@@ -167,7 +167,7 @@ class MountState:
                 "buffered_backend_size": 0, "data_all_ready": False}
 
     def inflight(self) -> list[dict]:
-        return [{"inode": self.numbers.to_fuse(ino), "opcode": FUSE_READ_OPCODE, "unique": token,
+        return [{"inode": self.to_fuse(ino), "opcode": FUSE_READ_OPCODE, "unique": token,
                  "timestamp_secs": since} for token, ino, since in self.observer.inflight()]
 
 
