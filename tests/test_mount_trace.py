@@ -20,7 +20,7 @@ import pytest
 import rafs
 from conftest import ROOT
 from rafs.serve import api, trace
-from s3server import moto_server, s3, s3_proxy  # noqa: F401  (pytest fixtures)
+from s3server import ACCESS_KEY_SECRET, moto_server, s3, s3_proxy  # noqa: F401  (pytest fixtures)
 from test_fuse_support import Mount, guide_config, need_fuse
 
 pytestmark = pytest.mark.privileged
@@ -243,6 +243,9 @@ def test_inflight_lists_reads_waiting_on_the_backend(s3, tmp_path, tree):
                   tmp_path / "mnt", tmp_path / "mount.log")
     try:
         assert (mount.path / WORKLOAD[0]).read_bytes() == files[WORKLOAD[0]]     # blob meta fetched now
+        info = api.request(sock, "GET", "/api/v1/daemon")[1]
+        assert info["backend_collection"]["/"]["config"]["backend"]["type"] == "s3"
+        assert ACCESS_KEY_SECRET not in json.dumps(info)                          # the config is redacted
         s3.proxy.delay = 2.0
         result = {}
         reader = threading.Thread(target=lambda: result.update(data=(mount.path / WORKLOAD[1]).read_bytes()))

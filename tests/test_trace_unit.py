@@ -208,3 +208,21 @@ def test_convert_prefetch_patterns_file(tmp_path):
     manifest = document(tmp_path / "dst", index["manifests"][0])
     with rafs.open(bootstrap_of(tmp_path / "dst", manifest, tmp_path / "boot")) as image:
         assert image.reader.prefetch_inodes() == [image.lstat(p).st_ino for p in ["/etc/passwd", "/usr/bin"]]
+
+
+def test_api_refuses_bad_bodies(served):
+    import socket
+    _, sock = served
+    assert api.request(sock, "POST", "/api/v1/mount?mountpoint=/x", "not an object")[0] == 400
+
+    def raw(request: bytes) -> bytes:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(10)
+            client.connect(str(sock))
+            client.sendall(request)
+            return client.recv(65536)
+
+    assert raw(b"POST /api/v1/mount?mountpoint=/x HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n").startswith(
+        b"HTTP/1.1 400")                                     # refused before reading a body that large
+    assert raw(b"POST /api/v1/mount?mountpoint=/x HTTP/1.1\r\nContent-Length: 5\r\n\r\n{nope").startswith(
+        b"HTTP/1.1 400")

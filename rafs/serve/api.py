@@ -304,6 +304,7 @@ class Daemon:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = 30                 # an idle connection is closed, so its thread ends
     server_version = "Nydus API"
     sys_version = ""
 
