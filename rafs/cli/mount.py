@@ -2,7 +2,10 @@
 
 ``rafs mount --config CFG --mountpoint MNT --bootstrap BOOT`` stays in the foreground like nydusd and
 returns once the mount is gone (``rafs umount MNT``, ``umount``, ``fusermount3 -u``, SIGINT or
-SIGTERM).
+SIGTERM, ``PUT /api/v1/daemon/exit``). With ``--apisock`` it serves nydusd's HTTP API
+(:mod:`rafs.serve.api`); with ``--access-pattern-file`` it traces the files read and writes the trace
+when the mount ends (:mod:`rafs.serve.trace`). A configuration with ``fs_prefetch`` enabled (and a
+blob cache) prefetches the bootstrap's prefetch table in the background, as nydusd does.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def register(sub) -> None:
                    "data (default: the config's cache work_dir)")
     p.add_argument("-A", "--apisock", metavar="PATH", help="serve nydusd's HTTP API on this unix socket: "
                    "GET /api/v1/daemon, /api/v1/metrics[/files|/pattern|/backend|/blobcache|/inflight], "
-                   "PUT /api/v1/daemon/exit")
+                   "PUT /api/v1/daemon/exit, POST and DELETE /api/v1/mount?mountpoint=DIR (more images, "
+                   "each on its own mountpoint)")
     p.add_argument("--access-pattern-file", metavar="FILE", help="trace which files are read, in the order "
                    "of their first read, and write them to FILE when the mount ends: absolute paths one a "
                    "line (what rafs create --prefetch-patterns reads), or nydusd's access records with "
