@@ -34,14 +34,13 @@ FOP_READ = FOPS.index("Read")
 # read sizes by bucket, as nydusd's block_count_read: <1K, 1K~, 4K~, 16K~, 64K~, 128K~, 512K~, 1M~
 BLOCK_BUCKETS = 8
 _BUCKET_START = (0, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 128 << 10, 512 << 10, 1 << 20)
+# the bucket of a size by its bit length (a table, so counting a read costs one look-up)
+_BUCKET_BY_BITS = tuple(sum(1 for start in _BUCKET_START[1:] if (1 << bits) >> 1 >= start) for bits in range(22))
 
 
 def size_bucket(size: int) -> int:
     """nydusd's ``request_size_index``: which of the eight size buckets a read of ``size`` bytes is in."""
-    bucket = 0
-    while bucket + 1 < BLOCK_BUCKETS and size >= _BUCKET_START[bucket + 1]:
-        bucket += 1
-    return bucket
+    return _BUCKET_BY_BITS[min(size.bit_length(), 21)]
 
 
 class ReadCounters:
@@ -60,7 +59,7 @@ class ReadCounters:
     def count(self, ino: int, size: int, trace: bool) -> None:
         self.reads += 1
         self.data_read += size
-        self.buckets[size_bucket(size)] += 1
+        self.buckets[_BUCKET_BY_BITS[min(size.bit_length(), 21)]] += 1
         if trace:
             seen = self.per_inode.get(ino)
             if seen is None:
