@@ -332,9 +332,9 @@ class RafsOperations:
             self._log_read_error(file, size, offset, exc)
             raise _Reply(errno_for(exc)) from None
         if data is not None:
-            self.lib.fuse_reply_buf(req, data, len(data))
-            if self.observer is not None:
+            if self.observer is not None:         # before the reply, which lets the reader go on
                 self.observer.read(image_ino, len(data))
+            self.lib.fuse_reply_buf(req, data, len(data))
             return
         self._pool.submit(self._read_remote, req, file, size, offset)
 
@@ -347,9 +347,9 @@ class RafsOperations:
             self._log_read_error(file, size, offset, exc)
             self.lib.fuse_reply_err(req, errno_for(exc))
         else:
-            self.lib.fuse_reply_buf(req, data, len(data))
             if observer is not None:
                 observer.read(file.inode.ino, len(data), remote=True)
+            self.lib.fuse_reply_buf(req, data, len(data))
         finally:
             if token is not None:
                 observer.end_remote(token)

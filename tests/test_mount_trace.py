@@ -84,9 +84,14 @@ def test_api_endpoints_and_metrics(tmp_path, tree):
     mount = Mount(["--config", str(config), "--bootstrap", str(tmp_path / "boot"), "--apisock", str(sock)],
                   tmp_path / "mnt", tmp_path / "mount.log")
     try:
-        status, info = api.request(sock, "GET", "/api/v1/daemon")
-        assert status == 200 and set(info) == DAEMON_FIELDS and set(info["version"]) == VERSION_FIELDS
-        assert info["state"] == "RUNNING"
+        deadline = time.monotonic() + 10
+        while True:                 # RUNNING once the mount answered (as nydus-snapshotter waits for it)
+            status, info = api.request(sock, "GET", "/api/v1/daemon")
+            assert status == 200 and set(info) == DAEMON_FIELDS and set(info["version"]) == VERSION_FIELDS
+            if info["state"] == "RUNNING":
+                break
+            assert info["state"] == "INIT" and time.monotonic() < deadline, info["state"]
+            time.sleep(0.02)
         (descriptor,) = info["backend_collection"].values()
         assert set(descriptor) == BACKEND_DESCRIPTOR_FIELDS and descriptor["backend_type"] == "Rafs"
         assert descriptor["config"]["backend"]["type"] == "localfs"
@@ -154,7 +159,7 @@ def test_trace_orders_the_rebuilt_prefetch_table(tmp_path, tree):
     trace_file = tmp_path / "trace.txt"
     records = _traced_workload(tmp_path, "mnt", files, ["--bootstrap", str(tmp_path / "boot"),
                                                         "--localfs-dir", str(blobs)], trace_file)
-    assert [r["path"] for r in records] == ["/" + rel for rel in WORKLOAD]
+    assert [r["path"] for r in records] == ["/" + rel for rel in WORKLOAD], records
     assert all(set(r) >= PATTERN_FIELDS for r in records)
     assert all(r["nr_read"] >= 1 for r in records)
     stamps = [(r["first_access_time_secs"], r["first_access_time_nanos"]) for r in records]
