@@ -121,8 +121,10 @@ class _Reply(Exception):
 class RafsOperations:
     """The FUSE request handlers for one image (read-only), as a ``struct fuse_lowlevel_ops``."""
 
-    def __init__(self, image: Image, lib, *, threads: int = DEFAULT_THREADS, enable_xattr: bool = False):
+    def __init__(self, image: Image, lib, *, threads: int = DEFAULT_THREADS, enable_xattr: bool = False,
+                 observer=None):
         self.image = image
+        self.observer = observer      # a rafs.serve.trace.MountObserver counting reads, or None
         self.lib = lib
         self.threads = max(1, int(threads))
         self.enable_xattr = enable_xattr
@@ -330,21 +332,32 @@ class RafsOperations:
             self._log_read_error(file, size, offset, exc)
             raise _Reply(errno_for(exc)) from None
         if data is not None:
+            if self.observer is not None:         # before the reply, which lets the reader go on
+                self.observer.read(image_ino, len(data))
             self.lib.fuse_reply_buf(req, data, len(data))
             return
         self._pool.submit(self._read_remote, req, file, size, offset)
 
     def _read_remote(self, req, file, size, offset) -> None:
+        observer = self.observer
+        token = observer.begin_remote(file.inode.ino) if observer is not None else None
         try:
             data = file.pread(size, offset)
         except BaseException as exc:
             self._log_read_error(file, size, offset, exc)
             self.lib.fuse_reply_err(req, errno_for(exc))
         else:
+            if observer is not None:
+                observer.read(file.inode.ino, len(data), remote=True)
             self.lib.fuse_reply_buf(req, data, len(data))
+        finally:
+            if token is not None:
+                observer.end_remote(token)
 
     def _log_read_error(self, file, size: int, offset: int, exc: BaseException) -> None:
         """Log a failed read naming the file by its path (the inode number alone tells a user nothing)."""
+        if self.observer is not None:
+            self.observer.failed()
         ino = file.inode.ino
         path = self.path_of(ino)
         what = f"{path} (inode {ino})" if path else f"inode {ino}"
@@ -438,14 +451,15 @@ def mount_options(*, allow_other: bool | None = None, auto_unmount: bool = True,
 
 def mount(image: Image, mountpoint, *, threads: int = DEFAULT_THREADS, enable_xattr: bool = False,
           allow_other: bool | None = None, auto_unmount: bool = True, options=(),
-          ready: Callable[[], None] | None = None, handle_signals: bool = True) -> None:
+          ready: Callable[[], None] | None = None, handle_signals: bool = True, observer=None) -> None:
     """Serve ``image`` at ``mountpoint`` until it is unmounted; returns after a clean unmount.
 
     ``threads``: workers for data that waits on a remote backend. ``enable_xattr``: expose extended
     attributes (nydusd's ``enable_xattr``). ``ready`` is called once the mountpoint answers. With
     ``handle_signals`` (main thread only) SIGINT, SIGTERM and SIGHUP unmount and return;
     ``umount``/``fusermount3 -u`` from outside also ends it. A stale mount left by a crashed daemon at
-    ``mountpoint`` is cleared first.
+    ``mountpoint`` is cleared first. ``observer`` (a :class:`rafs.serve.trace.MountObserver`) counts
+    the reads answered and traces the files read.
     """
     mountpoint = os.path.abspath(os.fspath(mountpoint))
     clear_stale_mount(mountpoint)
@@ -454,7 +468,7 @@ def mount(image: Image, mountpoint, *, threads: int = DEFAULT_THREADS, enable_xa
     if handle_signals and threading.current_thread() is not threading.main_thread():
         raise errors.InvalidArgumentError("handle_signals=True needs the main thread")
     lib = ll.load()
-    operations = RafsOperations(image, lib, threads=threads, enable_xattr=enable_xattr)
+    operations = RafsOperations(image, lib, threads=threads, enable_xattr=enable_xattr, observer=observer)
     fuse_args, keep = ll.make_args("rafs", mount_options(allow_other=allow_other, auto_unmount=auto_unmount,
                                                          extra=options))
     session = lib.fuse_session_new(ctypes.byref(fuse_args), ctypes.byref(operations.table),

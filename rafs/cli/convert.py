@@ -3,7 +3,8 @@ into a Nydus image layout; ``--check`` then validates the result as ``nydusify c
 
 Flags keep nydusify's names and defaults (``--fs-version 6``, ``--compressor zstd``,
 ``--fs-chunk-size 0x100000``, ``--platform linux/amd64``); ``--prefetch-patterns`` reads the patterns
-from standard input, one absolute path a line.
+from standard input, one absolute path a line, or from the file it names (a ``rafs mount
+--access-pattern-file`` trace).
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def register(sub) -> None:
     p.add_argument("--fs-align-chunk", action="store_true", help="align uncompressed chunks to 4K (RAFS v5)")
     p.add_argument("--batch-size", default="0", help="merge small chunks into batch chunks of this size: 0 "
                    "(off) or, for RAFS v6, a power of two in 0x1000..0x1000000 not above the chunk size")
-    p.add_argument("--prefetch-patterns", action="store_true",
-                   help="read prefetch patterns (absolute paths) from standard input")
+    p.add_argument("--prefetch-patterns", nargs="?", const="-", metavar="FILE",
+                   help="read prefetch patterns (absolute paths) from standard input, or from FILE (paths one "
+                   "a line, or the JSON access records of rafs mount --access-pattern-file)")
     p.add_argument("--prefetch-dir", help="prefetch one directory (shortcut for a single pattern)")
     platforms = p.add_mutually_exclusive_group()
     platforms.add_argument("--platform", default="linux/amd64",
@@ -57,8 +59,11 @@ def run(args) -> int:
     patterns = None
     if args.prefetch_patterns and args.prefetch_dir:
         raise InvalidArgumentError("--prefetch-patterns and --prefetch-dir exclude each other")
-    if args.prefetch_patterns:
+    if args.prefetch_patterns == "-":
         patterns = checks.stdin_lines("--prefetch-patterns")
+    elif args.prefetch_patterns:
+        from rafs.serve.trace import read_pattern_file
+        patterns = read_pattern_file(args.prefetch_patterns)
     elif args.prefetch_dir:
         patterns = [args.prefetch_dir]
     if args.workers is not None and args.workers < 1:

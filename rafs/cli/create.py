@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--repeatable", action="store_true", help="generate reproducible RAFS metadata (uid/gid 0)")
     p.add_argument("--prefetch-policy", default="none", choices=list(PREFETCH_POLICIES),
                    help="data prefetch policy; patterns are read from stdin, one absolute path a line")
+    p.add_argument("--prefetch-patterns", metavar="FILE", help="read prefetch patterns from FILE instead of "
+                   "standard input: absolute paths one a line, or the JSON access records of rafs mount "
+                   "--access-pattern-file; implies --prefetch-policy fs unless another policy is given")
     p.add_argument("--aligned-chunk", action="store_true",
                    help="align uncompressed data chunks to 4K, only for RAFS v5 (v6 is always aligned)")
     p.add_argument("--blob-layout", default="packed", choices=["packed", "mapped"],
@@ -146,8 +149,14 @@ def run(args) -> int:
     checks.output_file("--blob", args.blob)
     checks.output_file("--output-json", args.output_json, devices=True)
     patterns = None
-    if args.prefetch_policy != "none":
+    if args.prefetch_patterns is not None:
+        from rafs.serve.trace import read_pattern_file
+        patterns = read_pattern_file(args.prefetch_patterns)
+        if args.prefetch_policy == "none":
+            args.prefetch_policy = "fs"
+    elif args.prefetch_policy != "none":
         patterns = checks.stdin_lines(f"--prefetch-policy {args.prefetch_policy}", strip=False)
+    if patterns is not None:
         relative = [p for p in patterns if not p.strip().startswith("/")]
         for pattern in relative:
             log.warning("Illegal file path %s specified, should be absolute path", pattern)

@@ -2,18 +2,24 @@
 
 ``rafs mount --config CFG --mountpoint MNT --bootstrap BOOT`` stays in the foreground like nydusd and
 returns once the mount is gone (``rafs umount MNT``, ``umount``, ``fusermount3 -u``, SIGINT or
-SIGTERM).
+SIGTERM, ``PUT /api/v1/daemon/exit``). With ``--apisock`` it serves nydusd's HTTP API
+(:mod:`rafs.serve.api`); with ``--access-pattern-file`` it traces the files read and writes the trace
+when the mount ends (:mod:`rafs.serve.trace`). A configuration with ``fs_prefetch`` enabled (and a
+blob cache) prefetches the bootstrap's prefetch table in the background, as nydusd does.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 
 import rafs
 from rafs.errors import InvalidArgumentError, RafsError
 from rafs.text import printable
+
+from . import checks
 
 log = logging.getLogger("rafs.mount")
 
@@ -47,6 +53,14 @@ def register(sub) -> None:
                    "EROFS and rafs fills each blob's cache file on demand (fanotify, Linux 6.14+, RAFS v6)")
     p.add_argument("--fscache", metavar="DIR", help="with --fs-driver erofs: the cache directory for blob "
                    "data (default: the config's cache work_dir)")
+    p.add_argument("-A", "--apisock", metavar="PATH", help="serve nydusd's HTTP API on this unix socket: "
+                   "GET /api/v1/daemon, /api/v1/metrics[/files|/pattern|/backend|/blobcache|/inflight], "
+                   "PUT /api/v1/daemon/exit, POST and DELETE /api/v1/mount?mountpoint=DIR (more images, "
+                   "each on its own mountpoint)")
+    p.add_argument("--access-pattern-file", metavar="FILE", help="trace which files are read, in the order "
+                   "of their first read, and write them to FILE when the mount ends: absolute paths one a "
+                   "line (what rafs create --prefetch-patterns reads), or nydusd's access records with "
+                   "times when FILE ends in .json")
     p.set_defaults(func=run_mount)
 
     u = sub.add_parser("umount", help="unmount a rafs (or any FUSE) mount",
@@ -94,40 +108,149 @@ def run_mount(args) -> int:
     if args.iostats_files:
         log.info("--iostats-files: rafs keeps no per-file I/O statistics; none will be collected")
     if args.fs_driver == "erofs":
+        if args.apisock or args.access_pattern_file:
+            raise InvalidArgumentError("--apisock and --access-pattern-file need --fs-driver fuse: with erofs "
+                                       "the kernel reads files without asking rafs")
         return _run_erofs(args)
+    if args.access_pattern_file:
+        checks.output_file("--access-pattern-file", args.access_pattern_file)
     with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir,
                    validate=args.digest_validate) as image:
         settings = getattr(image.locator, "config", None)
         enable_xattr = bool(getattr(settings, "enable_xattr", False))
-        if getattr(settings, "cached", False):
-            # made now, as nydusd does at start-up, not by the first read (which could only fail with EIO)
-            try:
-                os.makedirs(settings.work_dir, exist_ok=True)
-            except OSError as exc:
-                raise InvalidArgumentError(f"cache work_dir {settings.work_dir}: {exc.strerror}") from None
+        _prepare_cache(settings)
         _check_blob_sources(image, args)
         log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s, digest validation %s", image.name,
                  image.version, len(image.blobs), args.mountpoint, "on" if enable_xattr else "off",
                  "on" if image.validate else "off")
         prefetch_paths = _prefetch_list(image, args.prefetch_files)
-        started = []
+        prefetches = []
+        with observing(image, settings, args) as (daemon, state):
+            def ready():
+                log.info("ready: %s answers", args.mountpoint)
+                if daemon is not None:
+                    daemon.state = "RUNNING"
+                try:
+                    prefetches.append(_start_prefetch(image, settings, state, prefetch_paths))
+                except RafsError as exc:          # the mount serves on; only the warm-up is lost
+                    log.warning("prefetch not started: %s", exc)
 
-        def ready():
-            log.info("ready: %s answers", args.mountpoint)
             try:
-                handle = start_prefetch(image, settings, prefetch_paths)
-            except RafsError as exc:          # the mount serves on; only the warm-up is lost
-                log.warning("prefetch not started: %s", exc)
-                return
-            if handle is not None:
-                started.append(handle)
-        try:
-            fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr, ready=ready)
-        finally:
-            for handle in started:
-                handle.cancel()
+                fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr, ready=ready,
+                           observer=state.observer if state is not None else None)
+            finally:
+                for handle in filter(None, prefetches):
+                    handle.cancel()
+                    handle.wait(10)
     log.info("%s unmounted", args.mountpoint)
     return 0
+
+
+@contextlib.contextmanager
+def observing(image, settings, args):
+    """(rafs.serve.api.Daemon, the mount's MountState in it), with the daemon's API server, when
+    --apisock, --access-pattern-file or the config's access_pattern ask for them (else (None, None)); on
+    the way out the images mounted through the API are unmounted and the trace is written."""
+    trace = bool(args.access_pattern_file or getattr(settings, "access_pattern", False))
+    if not (args.apisock or trace):
+        yield None, None
+        return
+    from rafs.serve.api import ApiServer, Daemon, MountState
+    from rafs.serve.trace import MountObserver, write_pattern_file
+    daemon = Daemon(mounter=_api_mounter(args))
+    state = daemon.add(MountState(image, MountObserver(trace=trace), config=settings,
+                                  to_fuse=_fuse().InodeNumbers(image.root_ino).to_fuse))
+    server = ApiServer(args.apisock, daemon) if args.apisock else None
+    try:
+        yield daemon, state
+    finally:
+        daemon.state = "STOPPED"
+        if server is not None:
+            server.close()
+        daemon.stop_all()
+        if args.access_pattern_file:
+            records = state.patterns()
+            write_pattern_file(args.access_pattern_file, records)
+            log.info("access trace: %d files read, written to %s", len(records), args.access_pattern_file)
+
+
+def _api_mounter(args):
+    """What serves an image for ``POST /api/v1/mount``: its own FUSE mount, served by a thread."""
+    import threading
+
+    from rafs.errors import RafsError
+    from rafs.serve.api import MountState
+    from rafs.serve.trace import MountObserver
+
+    def mount_more(mountpoint, source, config, prefetch_files):
+        fuse = _fuse()
+        image = rafs.open(source, config=config, validate=args.digest_validate)
+        try:
+            settings = getattr(image.locator, "config", None)
+            _prepare_cache(settings)
+            _check_blob_sources(image, argparse.Namespace(threads=args.threads, config=config, localfs_dir=None))
+            state = MountState(image, MountObserver(trace=bool(getattr(settings, "access_pattern", False))),
+                               config=settings, key=mountpoint, to_fuse=fuse.InodeNumbers(image.root_ino).to_fuse)
+        except BaseException:
+            image.close()
+            raise
+        answered, failures = threading.Event(), []
+
+        def serve():
+            try:
+                fuse.mount(image, mountpoint, threads=args.threads, ready=answered.set, handle_signals=False,
+                           enable_xattr=bool(getattr(settings, "enable_xattr", False)), observer=state.observer)
+            except BaseException as exc:  # noqa: BLE001 - reported to the API caller
+                failures.append(exc)
+            finally:
+                answered.set()
+                if state.prefetch is not None:
+                    state.prefetch.cancel()
+                    state.prefetch.wait(10)
+                image.close()
+                log.info("%s unmounted", mountpoint)
+
+        thread = threading.Thread(target=serve, name=f"rafs-mount {mountpoint}", daemon=True)
+        thread.start()
+        answered.wait(60)
+        if failures or not thread.is_alive():
+            raise failures[0] if failures and isinstance(failures[0], RafsError) else \
+                RafsError(f"cannot mount {mountpoint}: {failures[0] if failures else 'the mount did not answer'}")
+
+        def stop():
+            fuse.unmount(mountpoint)
+            thread.join(30)
+        state.stop = stop
+        if prefetch_files:
+            import time
+            try:
+                state.prefetch, state.prefetch_started = image.prefetch(prefetch_files, wait=False), time.time()
+            except RafsError as exc:
+                log.warning("%s: prefetch_files: %s", mountpoint, exc)
+        else:
+            _start_prefetch(image, settings, state)
+        log.info("ready: %s answers (%s, mounted through the API)", mountpoint, source)
+        return state
+    return mount_more
+
+
+def _prepare_cache(settings) -> None:
+    """Make the cache work_dir now, as nydusd does at start-up, not at the first read (which could
+    only fail with EIO)."""
+    if getattr(settings, "cached", False):
+        try:
+            os.makedirs(settings.work_dir, exist_ok=True)
+        except OSError as exc:
+            raise InvalidArgumentError(f"cache work_dir {settings.work_dir}: {exc.strerror}") from None
+
+
+def _start_prefetch(image, settings, state, paths: list[bytes] | None = None):
+    """:func:`start_prefetch`, its handle recorded in the API's MountState (for /metrics/blobcache)."""
+    handle = start_prefetch(image, settings, paths)
+    if handle is not None and state is not None:
+        import time
+        state.prefetch, state.prefetch_started = handle, time.time()
+    return handle
 
 
 def _prefetch_list(image, list_file) -> list[bytes] | None:

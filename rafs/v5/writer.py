@@ -74,9 +74,10 @@ def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: Su
 
     ``flags`` carries compressor, digester and EXPLICIT_UID_GID; HAS_XATTR is added when any inode
     has xattrs. ``prefetch`` lists the nodes whose inode numbers go into the prefetch table
-    (``--prefetch-policy fs``); the table is stored sorted, as the reference does. With
-    ``ext_blob_features=False`` the extended blob table's ``features`` word is written as 0 (it was
-    reserved before nydus-image 2.3). ``s_inodes_count`` is the number of distinct inodes (a hardlink
+    (``--prefetch-policy fs``), kept in pattern order as the reference has since 2022 (commit 4fd3a6a1,
+    "optimize prefetch table for workload", dropped the sort so that a traced workload's order survives).
+    With ``ext_blob_features=False`` the extended blob table's ``features`` word is written as 0 (it
+    was reserved before nydus-image 2.3). ``s_inodes_count`` is the number of distinct inodes (a hardlink
     group counts once), root included, as the current builder stores it (``v5_dump`` in
     builder/src/core/v5.rs writes ``inode_map.len()``, and ``Bootstrap::build`` in
     builder/src/core/bootstrap.rs puts the root into ``inode_map``). With ``count_root=False`` the root
@@ -102,7 +103,7 @@ def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: Su
 
     entries = len(nodes)
     inode_table_size = _align8(4 * entries)
-    prefetch_inos = sorted(n.inode.ino for n in prefetch) if prefetch else []
+    prefetch_inos = [n.inode.ino for n in prefetch] if prefetch else []
     prefetch_size = _align8(4 * len(prefetch_inos))
     blob_table = _blob_table(blobs)
     ext_table = b"".join(EXT_BLOB.pack(b.chunk_count, b.features if ext_blob_features else 0,
