@@ -25,6 +25,7 @@ from ..blob import codecs
 from ..blob.writer import BlobWriter, check_chunk_size
 from ..errors import BuildError, InvalidArgumentError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
+from ..progress import Progress, Ticker
 from ..tempfiles import umask
 from . import tree
 from .directory import load_directory
@@ -204,6 +205,7 @@ class Builder:
         self.blob_offset = blob_offset
         self.chunk_dict = chunk_dict
         self._on_chunk = None               # set by write() while it fills blob cache files
+        self._progress: Progress | None = None      # set by write() and write_fp() for one build
 
     @property
     def source_layer(self) -> int:
@@ -216,13 +218,16 @@ class Builder:
 
     # -- outputs -----------------------------------------------------------------------------------
 
-    def write(self, *, bootstrap=None, blob=None, blob_dir=None, blob_cache_dir=None) -> BuildResult:
+    def write(self, *, bootstrap=None, blob=None, blob_dir=None, blob_cache_dir=None,
+              progress: Progress | None = None) -> BuildResult:
         """Build to files: ``blob`` (the data blob path) and/or ``blob_dir`` (blob named by its id,
         and the bootstrap named by the sha256 of its bytes unless ``bootstrap`` is given).
 
         With ``blob_cache_dir`` no blob is written: that directory receives nydusd's cache files of it
         instead (:mod:`rafs.build.blobcache`; needs ``compressor="none"`` and a ``bootstrap`` path).
+        ``progress(done, total)`` (:mod:`rafs.progress`) counts the bytes of file data chunked.
         """
+        self._progress = progress
         if blob_cache_dir is not None:
             return self._write_blob_cache(bootstrap, blob, blob_dir, blob_cache_dir)
         if blob is None and blob_dir is None:
@@ -300,8 +305,10 @@ class Builder:
         result.output["bootstrap"] = result.bootstrap or ""
         return result
 
-    def write_fp(self, blob_fp, bootstrap_fp=None) -> BuildResult:
-        """Build to binary file objects (``bootstrap_fp`` is not used with ``blob_inline_meta``)."""
+    def write_fp(self, blob_fp, bootstrap_fp=None, *, progress: Progress | None = None) -> BuildResult:
+        """Build to binary file objects (``bootstrap_fp`` is not used with ``blob_inline_meta``);
+        ``progress`` as in :meth:`write`."""
+        self._progress = progress
         if bootstrap_fp is None and not self.blob_inline_meta:
             raise InvalidArgumentError("a bootstrap file object is needed unless blob_inline_meta is set")
         if bootstrap_fp is not None and self.blob_inline_meta:
@@ -368,7 +375,7 @@ class Builder:
                                              explicit_uidgid=not self.repeatable)
             writer.seed_dict(dictionary.chunks)
         with trace.timed("dump_blob"):
-            writer.dump(dump_order, prefetch_count=prefetch_count)
+            writer.dump(_counted(dump_order, self._progress), prefetch_count=prefetch_count)
             has_blob = writer.chunk_count > 0 or self.blob_inline_meta
             if writer.chunk_count:
                 writer.end_data()
@@ -511,6 +518,18 @@ class Builder:
         prefetch_files.sort(key=lambda item: (item[0], item[1]))
         dump = [node for _, _, node in prefetch_files] + others
         return [n for n in exact if n is not None], dump, len(prefetch_files)
+
+
+def _counted(nodes: list[Node], progress: Progress | None):
+    """``nodes`` in order, reporting the bytes of file data handed to the blob writer per file."""
+    if progress is None:
+        yield from nodes
+        return
+    ticker = Ticker(progress, sum(node.inode.size for node in nodes)).start()
+    for node in nodes:
+        yield node
+        ticker.advance(node.inode.size)
+    ticker.finish()
 
 
 def check_blob_id(blob_id) -> str:

@@ -16,7 +16,7 @@ from rafs.oci import Converter, ConvertOptions
 from rafs.oci.check import check_image
 from rafs.text import printable
 
-from . import checks
+from . import checks, progress
 
 
 def register(sub) -> None:
@@ -56,6 +56,7 @@ def run(args) -> int:
     if args.prefetch_patterns and args.prefetch_dir:
         raise InvalidArgumentError("--prefetch-patterns and --prefetch-dir exclude each other")
     if args.prefetch_patterns:
+        progress.prompt_if_terminal(args, "--prefetch-patterns")
         patterns = checks.stdin_lines("--prefetch-patterns")
     elif args.prefetch_dir:
         patterns = [args.prefetch_dir]

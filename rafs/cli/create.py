@@ -14,7 +14,7 @@ from rafs.build.builder import CREATE_COMPRESSORS, PREFETCH_POLICIES, SOURCE_TYP
 from rafs.build.tree import WHITEOUT_SPECS
 from rafs.errors import InvalidArgumentError, UnsupportedError
 
-from . import checks
+from . import checks, progress
 
 
 def register(sub) -> None:
@@ -135,6 +135,7 @@ def run(args) -> int:
     checks.output_file("--output-json", args.output_json, devices=True)
     patterns = None
     if args.prefetch_policy != "none":
+        progress.prompt_if_terminal(args, f"--prefetch-policy {args.prefetch_policy}")
         patterns = checks.stdin_lines(f"--prefetch-policy {args.prefetch_policy}", strip=False)
         relative = [p for p in patterns if not p.strip().startswith("/")]
         for pattern in relative:
@@ -150,8 +151,9 @@ def run(args) -> int:
                            aligned_chunk=args.aligned_chunk, parent_bootstrap=args.parent_bootstrap,
                            blob_layout=args.blob_layout, blob_id=args.blob_id, blob_offset=blob_offset,
                            chunk_dict=chunk_dict)
-    result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir,
-                           blob_cache_dir=args.blob_cache_dir)
+    with progress.bar(args, "building") as report:
+        result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir,
+                               blob_cache_dir=args.blob_cache_dir, progress=report)
     if not args.disable_check:
         validate_output(result, log)
     if args.output_json:
