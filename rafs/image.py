@@ -24,6 +24,7 @@ from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .io.blobs import BlobLocator
 from .io.source import LocalRangeReader, load_bytes
 from .model import MAX_DEPTH, META_BLOB_INDEX, ZDATA_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
+from .progress import Progress, Ticker
 from .text import printable
 
 log = logging.getLogger(__name__)
@@ -724,7 +725,7 @@ class Image:
         return False
 
     def prefetch(self, paths=None, *, all: bool = False, threads: int | None = None,  # noqa: A002
-                 batch_size: int | None = None, wait: bool = True):
+                 batch_size: int | None = None, wait: bool = True, progress: Progress | None = None):
         """Fetch file data into the blob cache ahead of reads, as nydusd's ``fs_prefetch`` does.
 
         What: ``paths`` (files or directories) if given, else the bootstrap's prefetch table (a table
@@ -732,6 +733,8 @@ class Image:
         configuration's prefetch settings, else 8) fetch merged ranges of at most ``batch_size`` bytes.
         With ``wait=False`` it runs in the background and returns a :class:`rafs.io.prefetch.Prefetch`
         handle (``wait()``, ``cancel()``, ``fetched``); with a locator that has no cache it does nothing.
+        ``progress(done, total)`` (:mod:`rafs.progress`) counts the compressed bytes fetched, request by
+        request, from the prefetch's own thread.
         """
         from .io.prefetch import Prefetch
         settings = getattr(getattr(self.locator, "config", None), "prefetch", None)
@@ -761,7 +764,7 @@ class Image:
                     key = (chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_offset)
                     jobs.setdefault(chunk.blob_index, {}).setdefault(key, chunk)
         work = [(self.chunk_reader(b), list(chunks.values())) for b, chunks in sorted(jobs.items())]
-        handle = Prefetch(work, threads=threads, batch_size=batch_size)
+        handle = Prefetch(work, threads=threads, batch_size=batch_size, progress=progress)
         handle.start()
         if wait:
             handle.wait()
@@ -792,11 +795,15 @@ class Image:
 
     # -- checks and extraction -------------------------------------------------------------------
 
-    def check(self, *, verify_data: bool = False) -> Iterator[str]:
+    def check(self, *, verify_data: bool = False, progress: Progress | None = None) -> Iterator[str]:
         """Every fault found in the image: structure, digests, and with ``verify_data`` every chunk.
 
-        Yields one message per fault; an image is sound when nothing is yielded.
+        Yields one message per fault; an image is sound when nothing is yielded. With ``verify_data``,
+        ``progress(done, total)`` (:mod:`rafs.progress`) counts the uncompressed bytes verified, file by
+        file, against the blobs' uncompressed sizes (an estimate: chunks no file uses are not read).
         """
+        ticker = Ticker(progress if verify_data else None,
+                        sum(blob.uncompressed_size for blob in self.blobs)).start()
         yield from self.reader.verify_structure()
         seen_chunks = set()
         entries = self.iter_entries()
@@ -820,17 +827,21 @@ class Image:
                 yield f"{printable(path)}: {problem}"
             if not verify_data:
                 continue
+            verified = 0
             for chunk in chunks:
                 key = (chunk.blob_index, chunk.compressed_offset, chunk.uncompressed_offset, chunk.digest)
                 if key in seen_chunks:
                     continue
                 seen_chunks.add(key)
+                verified += chunk.uncompressed_size
                 try:
                     reader = self.chunk_reader(chunk.blob_index)
                     data = reader.decode(chunk, reader.fetch_raw(chunk), path=fsdecode(path))
                     reader.verify(chunk, data, path=fsdecode(path))
                 except errors.RafsError as exc:
                     yield f"{printable(path)}: {exc}"
+            ticker.advance(verified)
+        ticker.finish()
 
     def extractall(self, dest, *, filter="data", members=None) -> None:  # noqa: A002
         """Write the tree under ``dest`` with :mod:`tarfile`'s extraction-filter semantics."""

@@ -22,14 +22,19 @@ import tarfile
 import urllib.parse
 
 from .errors import BuildError
+from .progress import Progress, Ticker
 from .text import printable
 
 _TYPES = {_stat.S_IFDIR: tarfile.DIRTYPE, _stat.S_IFREG: tarfile.REGTYPE, _stat.S_IFLNK: tarfile.SYMTYPE,
           _stat.S_IFCHR: tarfile.CHRTYPE, _stat.S_IFBLK: tarfile.BLKTYPE, _stat.S_IFIFO: tarfile.FIFOTYPE}
 
 
-def write_tar(image, fileobj) -> int:
-    """Write the whole tree to ``fileobj`` as a tar stream; returns the number of entries written."""
+def write_tar(image, fileobj, *, progress: Progress | None = None) -> int:
+    """Write the whole tree to ``fileobj`` as a tar stream; returns the number of entries written.
+
+    ``progress(done, total)`` (:mod:`rafs.progress`) counts the entries written (total 0: not known
+    before the walk ends)."""
+    ticker = Ticker(progress).start()
     count = 0
     first_link: dict[int, str] = {}
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,
@@ -65,6 +70,7 @@ def write_tar(image, fileobj) -> int:
                 info.linkname = first_link[inode.ino]
                 tar.addfile(info)
                 count += 1
+                ticker.advance()
                 continue
             if kind not in _TYPES:
                 raise BuildError(f"{printable(name)}: cannot represent mode {inode.mode:#o} in a tar")
@@ -86,6 +92,8 @@ def write_tar(image, fileobj) -> int:
             else:
                 tar.addfile(info)
             count += 1
+            ticker.advance()
+    ticker.finish()
     return count
 
 

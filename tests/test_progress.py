@@ -15,6 +15,7 @@ import time
 import pytest
 
 import rafs
+from s3server import moto_server, s3, s3_proxy  # noqa: F401  (pytest fixtures)
 from rafs.progress import Ticker
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,3 +143,109 @@ def test_ticker_throttles_and_finishes():
         ticker.advance(2)
     ticker.finish()
     assert calls == [(0, 0), (2000, 2000)]
+
+
+# -- the library's callbacks behind the other commands ----------------------------------------------------
+
+class Calls(list):
+    """A progress callable recording its calls."""
+
+    def __call__(self, done: int, total: int) -> None:
+        self.append((done, total))
+
+    def check(self, total: int | None = None) -> None:
+        """Started at 0, never going back, ended at the total (``total`` if given)."""
+        assert self and self[0][0] == 0, self
+        assert all(a[0] <= b[0] for a, b in zip(self, self[1:])), self
+        assert self[-1][0] == self[-1][1], self
+        if total is not None:
+            assert self[-1] == (total, total), self
+
+
+@pytest.fixture(scope="module")
+def built(source, tmp_path_factory):
+    """``source`` built once: (bootstrap, blob dir)."""
+    out = tmp_path_factory.mktemp("built")
+    (out / "blobs").mkdir()
+    rafs.Builder(source, compressor="zstd").write(bootstrap=out / "boot", blob_dir=out / "blobs")
+    return out / "boot", out / "blobs"
+
+
+def test_check_reports_bytes_verified(built):
+    boot, blobs = built
+    calls = Calls()
+    with rafs.open(boot, blob_dir=blobs) as image:
+        assert list(image.check(verify_data=True, progress=calls)) == []
+        total = sum(b.uncompressed_size for b in image.blobs)
+        calls.check(total)
+        quiet = Calls()
+        assert list(image.check(progress=quiet)) == [] and quiet == []      # no data read, nothing to report
+
+
+def test_unpack_reports_entries(built):
+    from rafs.unpack import write_tar
+    boot, blobs = built
+    calls = Calls()
+    with rafs.open(boot, blob_dir=blobs) as image, open(os.devnull, "wb") as sink:
+        count = write_tar(image, sink, progress=calls)
+    calls.check(count)
+    assert count == 20 * 101 + 1
+
+
+def test_prefetch_reports_bytes_fetched(built, tmp_path):
+    boot, blobs = built
+    config = {"device": {"backend": {"type": "localfs", "config": {"dir": str(blobs)}},
+                         "cache": {"type": "blobcache", "config": {"work_dir": str(tmp_path / "cache")}}},
+              "mode": "direct"}
+    calls = Calls()
+    with rafs.open(boot, config=config) as image:
+        handle = image.prefetch(all=True, progress=calls)
+        assert not handle.errors and handle.fetched
+        planned = calls[0][1]
+        assert 0 < planned <= sum(b.compressed_size for b in image.blobs)     # chunks, not the blob's metadata
+        calls.check(planned)
+        again = Calls()
+        assert image.prefetch(all=True, progress=again).fetched == 0
+        again.check(0)
+
+
+def test_convert_reports_bytes_of_layers(tmp_path):
+    from oci_layers import make_layers, oci_image, oci_layout
+    from rafs.oci import convert
+    layout = str(tmp_path / "oci")
+    tars = make_layers(str(tmp_path / "layers"), compress="gzip")
+    oci_layout(layout, [oci_image(layout, tars)])
+    for workers in (1, 2):
+        calls = Calls()
+        convert(layout, tmp_path / f"nydus{workers}", workers=workers, progress=calls)
+        calls.check(sum(os.path.getsize(t) for t in tars))
+        assert len({done for done, _ in calls}) >= 2
+
+
+def test_push_reports_bytes_uploaded(s3, built):
+    from rafs.io.push import Pusher
+    boot, blobs = built
+    (blob,) = blobs.iterdir()
+    calls = Calls()
+    pushed = Pusher("s3", s3.backend_config()).push(bootstrap=boot, name="img", blob=blob, blob_id=blob.name,
+                                                    progress=calls)
+    calls.check(os.path.getsize(boot) + os.path.getsize(blob))
+    assert s3.fs.cat_file(pushed.bootstrap_url) == boot.read_bytes()
+
+
+def test_unpack_and_check_with_data_draw_bars_on_a_terminal(built, tmp_path):
+    boot, blobs = built
+    code, out = run_on_pty(["unpack", str(boot), "--blob-dir", str(blobs), "--output", str(tmp_path / "t.tar")])
+    assert code == 0, out
+    assert "unpacking" in out and "entries/s" in out, out
+    code, out = run_on_pty(["check", str(boot), "-D", str(blobs)])
+    assert code == 0 and "check passed" in out, out
+    assert "checking" in out and "100%|" in out, out
+    # without blobs only metadata is checked: quick, no bar
+    code, out = run_on_pty(["check", str(boot)])
+    assert code == 0 and "checking" not in out, out
+    for argv in (["unpack", str(boot), "--blob-dir", str(blobs), "--output", str(tmp_path / "u.tar")],
+                 ["check", str(boot), "-D", str(blobs)]):
+        done = run_piped(argv)
+        assert done.returncode == 0, done.stderr
+        assert b"%|" not in done.stderr and b"\r" not in done.stderr, done.stderr

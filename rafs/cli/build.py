@@ -84,7 +84,8 @@ def run(args) -> int:
         print(f"blob: {blob_path}")
     if pusher is None:
         return 0
-    pushed = pusher.push(bootstrap=bootstrap, name=args.name, blob=blob_path, blob_id=blob_id)
+    with progress.bar(args, "pushing") as report:
+        pushed = pusher.push(bootstrap=bootstrap, name=args.name, blob=blob_path, blob_id=blob_id, progress=report)
     if pushed.blob_url:
         print(f"pushed blob: {pushed.blob_url}")
     print(f"pushed bootstrap: {pushed.bootstrap_url}")

@@ -69,7 +69,8 @@ def run(args) -> int:
                              merge_platform=args.merge_platform, with_referrer=args.with_referrer,
                              source_reference=args.source_reference, workers=args.workers,
                              work_dir=args.work_dir)
-    result = Converter(args.source, args.target, options).run()
+    with progress.bar(args, "converting") as report:
+        result = Converter(args.source, args.target, options).run(progress=report)
     for image in result.images:
         print(f"converted {image.source['digest']} -> {image.target['digest']} "
               f"({len(image.blob_digests)} blobs)", file=sys.stderr)

@@ -56,6 +56,11 @@ class ScrubFilter(logging.Filter):
 _console_guard = None
 
 
+def console_guard():
+    """The guard set by :func:`set_console_guard`, or None."""
+    return _console_guard
+
+
 def set_console_guard(guard):
     """Wrap console log writes in ``guard()`` (None: no wrapping); returns the guard it replaces."""
     global _console_guard

@@ -14,6 +14,8 @@ import os
 import rafs
 from rafs.errors import InvalidArgumentError
 
+from . import progress
+
 log = logging.getLogger("rafs.mount")
 
 
@@ -139,13 +141,15 @@ def _run_erofs(args) -> int:
         stop = threading.Event()
         previous = {signum: signal.signal(signum, lambda *_: stop.set())
                     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        prefetching = settings is not None and settings.prefetch.enable
         try:
             with OnDemandMount(image, args.mountpoint, work_dir=work_dir, bootstrap=args.bootstrap,
-                               threads=args.threads) as mount:
+                               threads=args.threads) as mount, \
+                    progress.bar(args, "prefetching", show=prefetching) as report:
                 log.info("ready: %s (RAFS v6 on the kernel's EROFS, %d blobs, cache %s)", args.mountpoint,
                          len(image.blobs), work_dir)
-                if settings is not None and settings.prefetch.enable:
-                    mount.prefetch(wait=False)
+                if prefetching:
+                    mount.prefetch(wait=False, progress=report)
                 while mount.is_mounted() and not stop.wait(0.5):
                     pass
         finally:

@@ -33,10 +33,10 @@ def enabled(args) -> bool:
 
 
 @contextlib.contextmanager
-def bar(args, description: str, unit: str = "B") -> Iterator[Progress | None]:
+def bar(args, description: str, unit: str = "B", *, show: bool = True) -> Iterator[Progress | None]:
     """A ``progress(done, total)`` callable drawing a bar labelled ``description``, counting ``unit``
-    (``"B"``: bytes, shown scaled as kB/MB), or None when :func:`enabled` is false."""
-    if not enabled(args):
+    (``"B"``: bytes, shown scaled as KiB/MiB), or None when ``show`` or :func:`enabled` is false."""
+    if not (show and enabled(args)):
         yield None
         return
     from tqdm import tqdm
@@ -71,3 +71,11 @@ def prompt_if_terminal(args, option: str) -> None:
         interactive = False
     if interactive and not getattr(args, "quiet", False):
         print(f"{option}: {STDIN_PROMPT}", file=sys.stderr, flush=True)
+
+
+def echo(text: str) -> None:
+    """Print ``text`` on stderr, above any bar being drawn rather than through it."""
+    from . import logs
+    guard = logs.console_guard()
+    with guard() if guard is not None else contextlib.nullcontext():
+        print(text, file=sys.stderr, flush=True)

@@ -13,6 +13,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..progress import Progress, Ticker
 from .fetch import merge_ranges
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,8 @@ log = logging.getLogger(__name__)
 class Prefetch:
     """A prefetch of ``work`` = [(ChunkFetcher, chunks)] with ``threads`` workers."""
 
-    def __init__(self, work, *, threads: int = 8, batch_size: int = 0x100000, bandwidth_limit: int = 0):
+    def __init__(self, work, *, threads: int = 8, batch_size: int = 0x100000, bandwidth_limit: int = 0,
+                 progress: Progress | None = None):
         self.work = [(fetcher, chunks) for fetcher, chunks in work if getattr(fetcher, "cache", None) is not None]
         self.threads = max(1, threads)
         self.batch_size = max(1, batch_size)
@@ -39,6 +41,7 @@ class Prefetch:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._ticker = Ticker(progress)     # bytes (compressed) fetched, against those planned
 
     def start(self) -> "Prefetch":
         if not self.work:
@@ -56,11 +59,14 @@ class Prefetch:
                 todo = [c for c in chunks if not fetcher.cache.is_ready(c)]
                 tasks.extend((fetcher, group) for group in merge_ranges(todo, self.batch_size))
             self.total = len(tasks)
+            self._ticker.total = sum(c.compressed_size for _, group in tasks for c in group)
+            self._ticker.start()
             log.debug("prefetch: %d chunks to fetch in %d requests from %d blobs, %d threads",
                       sum(len(g) for _, g in tasks), len(tasks), len(self.work), self.threads)
             with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="rafs-prefetch") as pool:
                 for future in [pool.submit(self._fetch, fetcher, group) for fetcher, group in tasks]:
                     future.result()
+            self._ticker.finish()
             log.debug("prefetch: done, %d chunks fetched in %.2f s, %d failed requests%s", self.fetched,
                       time.monotonic() - started, len(self.errors), " (cancelled)" if self._stop.is_set() else "")
         except BaseException as exc:  # noqa: BLE001 - reported through wait()
@@ -84,7 +90,8 @@ class Prefetch:
     def _fetch(self, fetcher, group) -> None:
         if self._stop.is_set():
             return
-        self._throttle(sum(c.compressed_size for c in group))
+        size = sum(c.compressed_size for c in group)
+        self._throttle(size)
         if self._stop.is_set():
             return
         try:
@@ -98,6 +105,7 @@ class Prefetch:
             self.fetched += len(group)
             self.requests_done += 1
             done = self.requests_done
+        self._ticker.advance(size)
         log.debug("prefetch: %d/%d requests done (blob %s, %d chunks)", done, self.total, fetcher.blob.blob_id,
                   len(group))
 
