@@ -37,6 +37,7 @@ MAX_READ_SIZE = 1 << 30
 
 
 def fsencode(path) -> bytes:
+    """``path`` (str, bytes or path-like) as the bytes an image stores names in (UTF-8, surrogateescape)."""
     if isinstance(path, bytes):
         return path
     if isinstance(path, os.PathLike):
@@ -49,6 +50,7 @@ def fsencode(path) -> bytes:
 
 
 def fsdecode(name: bytes) -> str:
+    """An image's name bytes as str (UTF-8; undecodable bytes kept as surrogates)."""
     return name.decode("utf-8", "surrogateescape")
 
 
@@ -68,18 +70,22 @@ class Stat(NamedTuple):
 
     @property
     def st_mtime(self) -> float:
+        """Modification time in seconds (a float), as :func:`os.stat`'s."""
         return self.st_mtime_ns / 1e9
 
     @property
     def st_atime_ns(self) -> int:
+        """Access time in nanoseconds: RAFS keeps only mtime, so the same."""
         return self.st_mtime_ns
 
     @property
     def st_ctime_ns(self) -> int:
+        """Change time in nanoseconds: RAFS keeps only mtime, so the same."""
         return self.st_mtime_ns
 
     @property
     def st_blksize(self) -> int:
+        """Preferred I/O size: 4096, the RAFS block size."""
         return 4096
 
     @property
@@ -215,26 +221,32 @@ class Image:
 
     @property
     def version(self) -> int:
+        """RAFS version of the bootstrap: 5, or 6 (EROFS-based)."""
         return self.reader.version
 
     @property
     def superblock(self):
+        """The parsed on-disk superblock (v5 or v6/EROFS fields as the format names them)."""
         return self.reader.superblock
 
     @property
     def blobs(self):
+        """The blob table: :class:`rafs.model.Blob` records, in blob index order."""
         return self.reader.blobs
 
     @property
     def chunk_size(self) -> int:
+        """Default size of a data chunk in bytes (the last chunk of a file may be shorter)."""
         return self.reader.chunk_size
 
     @property
     def compressor(self) -> str:
+        """Compression algorithm the superblock names for data chunks (none, lz4_block, zstd, ...)."""
         return self.reader.compressor
 
     @property
     def digester(self) -> str:
+        """Digest algorithm of chunks and the bootstrap (blake3 or sha256)."""
         return self.reader.digester
 
     def __repr__(self) -> str:
@@ -350,6 +362,7 @@ class Image:
         return self.reader.inode(self._resolve(path, follow_symlinks=follow_symlinks)[0])
 
     def exists(self, path) -> bool:
+        """Whether ``path`` names an entry (a final symlink counts, dangling or not)."""
         try:
             self._resolve(path, follow_symlinks=False)
             return True
@@ -357,9 +370,12 @@ class Image:
             return False
 
     def stat(self, path, *, follow_symlinks: bool = True) -> Stat:
+        """A :class:`Stat` of ``path`` as :func:`os.stat` gives (a final symlink followed unless
+        ``follow_symlinks`` is false)."""
         return Stat.from_inode(self._inode_at(path, follow_symlinks))
 
     def lstat(self, path) -> Stat:
+        """A :class:`Stat` of ``path`` itself, a final symlink not followed (:func:`os.lstat`)."""
         return self.stat(path, follow_symlinks=False)
 
     def inode(self, path, *, follow_symlinks: bool = False) -> Inode:
@@ -367,16 +383,20 @@ class Image:
         return self._inode_at(path, follow_symlinks)
 
     def readlink(self, path) -> str | bytes:
+        """The target of the symlink ``path`` (bytes when ``path`` is bytes), as :func:`os.readlink`."""
         inode = self._inode_at(path, follow_symlinks=False)
         if not inode.is_symlink:
             raise errors.NotASymlinkError(path)
         return inode.symlink if isinstance(path, bytes) else fsdecode(inode.symlink)
 
     def listxattr(self, path, *, follow_symlinks: bool = True) -> list:
+        """Names of the extended attributes of ``path`` (bytes when ``path`` is bytes)."""
         names = list(self._inode_at(path, follow_symlinks).xattrs)
         return names if isinstance(path, bytes) else [fsdecode(n) for n in names]
 
     def getxattr(self, path, attribute, *, follow_symlinks: bool = True) -> bytes:
+        """Value of the extended attribute ``attribute`` of ``path``
+        (:class:`~rafs.errors.NoSuchXattrError` when it has none of that name)."""
         xattrs = self._inode_at(path, follow_symlinks).xattrs
         key = fsencode(attribute)
         if key not in xattrs:
@@ -387,6 +407,7 @@ class Image:
 
     @property
     def root_ino(self) -> int:
+        """Inode number of the root directory."""
         return self.reader.root_ino
 
     def get_inode(self, ino: int) -> Inode:
@@ -429,11 +450,13 @@ class Image:
         return self.reader.entries(self._dir_ino(path))
 
     def iterdir(self, path="/") -> Iterator:
+        """Names in the directory ``path`` (without ``.`` and ``..``), one at a time; bytes when ``path`` is bytes."""
         as_bytes = isinstance(path, bytes)
         for name, _ in self.scandir(path):
             yield name if as_bytes else fsdecode(name)
 
     def listdir(self, path="/") -> list:
+        """Names in the directory ``path`` as a list, as :func:`os.listdir`."""
         return list(self.iterdir(path))
 
     def iter_entries(self, top="/") -> Iterator[tuple[bytes, Inode]]:
@@ -597,6 +620,7 @@ class Image:
     # -- file data -------------------------------------------------------------------------------
 
     def chunks(self, path) -> list[Chunk]:
+        """The data chunks of the regular file ``path`` in file order: blob, offsets, sizes, digest."""
         ino, _ = self._resolve(path)
         return self.reader.chunks(ino)
 
@@ -614,6 +638,7 @@ class Image:
         return ChunkReader(blob, BytesRangeReader(self.reader.data, "image"), validate=False)
 
     def chunk_reader(self, blob_index: int) -> ChunkReader:
+        """The reader that fetches, decodes and verifies chunks of blob ``blob_index`` (made once, then shared)."""
         reader = self._chunk_readers.get(blob_index)
         if reader is None:
             with self._lock:
@@ -771,6 +796,7 @@ class Image:
         return handle
 
     def open(self, path, mode: str = "rb") -> "ImageFile":  # noqa: A003
+        """The regular file ``path`` as a read-only, seekable binary file (:class:`ImageFile`)."""
         if mode not in ("r", "rb"):
             raise InvalidArgumentError(f"images are read-only: mode {mode!r} is not supported")
         ino, resolved = self._resolve(path)
@@ -790,6 +816,7 @@ class Image:
             return f.read()
 
     def open_inode(self, ino: int) -> "ImageFile":
+        """The regular file with inode number ``ino`` as an :class:`ImageFile`."""
         inode = self.reader.inode(ino)
         return ImageFile(self, inode, self.reader.chunks(ino), f"<inode {ino}>")
 
@@ -935,15 +962,19 @@ class ImageFile(io.RawIOBase):
         self._pos = 0
 
     def readable(self) -> bool:
+        """True: image files are read."""
         return True
 
     def seekable(self) -> bool:
+        """True: any offset can be read."""
         return True
 
     def tell(self) -> int:
+        """The current position."""
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move to ``offset`` from the start, the current position or the end (``whence``); the new position."""
         if whence == io.SEEK_SET:
             pos = offset
         elif whence == io.SEEK_CUR:
@@ -1012,12 +1043,14 @@ class ImageFile(io.RawIOBase):
         return bytes(out)
 
     def readinto(self, buffer) -> int:
+        """Read into ``buffer`` from the current position; the number of bytes read (0 at the end)."""
         data = self.pread(len(buffer), self._pos)
         buffer[:len(data)] = data
         self._pos += len(data)
         return len(data)
 
     def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes from the current position (all that is left when ``size`` is -1)."""
         if size is None or size < 0:
             size = max(0, self.size - self._pos)
         data = self.pread(size, self._pos)
@@ -1025,6 +1058,7 @@ class ImageFile(io.RawIOBase):
         return data
 
     def readall(self) -> bytes:
+        """Everything from the current position to the end."""
         return self.read(-1)
 
     def __repr__(self) -> str:

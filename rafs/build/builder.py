@@ -75,6 +75,7 @@ class BuildResult:
     blob_id: str | None = None           # the blob this build wrote (the last one), None if none
 
     def to_json(self) -> str:
+        """The ``--output-json`` document (:attr:`output`) as indented JSON text."""
         return json.dumps(self.output, indent=2)
 
 
@@ -86,6 +87,7 @@ class Trace:
         self.registered_events: dict[str, object] = {}
 
     def timed(self, name: str):
+        """A context manager adding the seconds spent inside it to ``consumed_time[name]``."""
         trace = self
 
         class _Timer:
@@ -98,6 +100,7 @@ class Trace:
         return _Timer()
 
     def as_dict(self) -> dict:
+        """The trace as nydus-image's output JSON holds it: ``consumed_time`` and ``registered_events``."""
         return {"consumed_time": dict(self.consumed_time), "registered_events": dict(self.registered_events)}
 
 
@@ -214,6 +217,7 @@ class Builder:
 
     @property
     def blob_toc(self) -> bool:
+        """Whether the blob gets a ToC and chunk digests (``features=("blob-toc",)``)."""
         return "blob-toc" in self.features
 
     # -- outputs -----------------------------------------------------------------------------------
@@ -603,6 +607,7 @@ class Output:
         self.fp = os.fdopen(fd, "wb", buffering=1 << 20)
 
     def digest_name(self) -> str | None:
+        """The sha256 hex of what was written, naming an output in a directory; None for a named path."""
         if self.path is not None or self.tmp is None:
             return None
         self.fp.flush()
@@ -633,6 +638,7 @@ class Output:
         return final
 
     def discard(self) -> None:
+        """Close and remove the temporary file: nothing is left behind."""
         try:
             self.fp.close()
         except (OSError, ValueError):

@@ -70,6 +70,7 @@ class ConvertOptions:
     work_dir: str | None = None
 
     def check(self) -> None:
+        """Refuse impossible options (:class:`~rafs.errors.InvalidArgumentError` naming the option) before any work."""
         if int(self.fs_version) not in (5, 6):
             raise InvalidArgumentError(f"invalid fs version {self.fs_version!r} (5 or 6)")
         self.fs_version = int(self.fs_version)
@@ -95,6 +96,7 @@ class ConvertResult:
 
 
 def parse_platform(text: str) -> tuple[str, str, str | None]:
+    """``os/arch[/variant]`` (``--platform``) as (os, arch, variant or None)."""
     parts = text.strip().split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise InvalidArgumentError(f"invalid platform {text!r} (expected os/arch[/variant])")
