@@ -249,3 +249,37 @@ def test_unpack_and_check_with_data_draw_bars_on_a_terminal(built, tmp_path):
         done = run_piped(argv)
         assert done.returncode == 0, done.stderr
         assert b"%|" not in done.stderr and b"\r" not in done.stderr, done.stderr
+
+
+def test_log_lines_are_written_around_a_bar(monkeypatch, capsys):
+    """While a bar is up, each console log line goes through tqdm's external write mode (the bar is
+    cleared, the line written, the bar drawn again), so lines never land inside the bar."""
+    import contextlib
+    import logging
+
+    from rafs.cli import logs, progress
+    entered = []
+
+    @contextlib.contextmanager
+    def guard():
+        entered.append(True)
+        yield
+
+    root = logging.getLogger()
+    level = root.level
+    logs.configure("info")
+    try:
+        previous = logs.set_console_guard(guard)
+        try:
+            logging.getLogger("rafs.test").warning("a line")
+            progress.echo("FAULT: x")
+        finally:
+            logs.set_console_guard(previous)
+        assert entered == [True, True]
+        assert capsys.readouterr().err == "[WARNING] a line\nFAULT: x\n"
+        logging.getLogger("rafs.test").warning("after")
+        assert entered == [True, True]
+    finally:
+        root.removeHandler(logs._console)
+        logs._console = None
+        root.setLevel(level)

@@ -35,7 +35,7 @@ def enabled(args) -> bool:
 @contextlib.contextmanager
 def bar(args, description: str, unit: str = "B", *, show: bool = True) -> Iterator[Progress | None]:
     """A ``progress(done, total)`` callable drawing a bar labelled ``description``, counting ``unit``
-    (``"B"``: bytes, shown scaled as KiB/MiB), or None when ``show`` or :func:`enabled` is false."""
+    (``"B"``: bytes, shown scaled as kB/MB), or None when ``show`` or :func:`enabled` is false."""
     if not (show and enabled(args)):
         yield None
         return
@@ -44,7 +44,7 @@ def bar(args, description: str, unit: str = "B", *, show: bool = True) -> Iterat
     from . import logs
     lock = threading.Lock()
     scaled = unit == "B"
-    shown = tqdm(desc=description, total=None, unit=unit, unit_scale=scaled, unit_divisor=1024 if scaled else 1000,
+    shown = tqdm(desc=description, total=None, unit=unit, unit_scale=scaled, unit_divisor=1000,
                  file=sys.stderr, leave=True, dynamic_ncols=True)
 
     def report(done: int, total: int) -> None:
