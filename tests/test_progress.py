@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import select
 import struct
@@ -283,3 +284,47 @@ def test_log_lines_are_written_around_a_bar(monkeypatch, capsys):
         root.removeHandler(logs._console)
         logs._console = None
         root.setLevel(level)
+
+
+@pytest.mark.privileged
+def test_fuse_mount_prefetches_with_a_bar(built, tmp_path):
+    """``rafs mount`` with fs_prefetch enabled fills the blob cache once the mount answers, as nydusd
+    does, and on a terminal shows it as a bar."""
+    from test_fuse_support import need_fuse
+
+    from rafs.io.preflight import fully_cached
+    need_fuse()
+    boot, blobs = built
+    cache, mnt = tmp_path / "cache", tmp_path / "mnt"
+    mnt.mkdir()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "device": {"backend": {"type": "localfs", "config": {"dir": str(blobs)}},
+                   "cache": {"type": "blobcache", "config": {"work_dir": str(cache)}}},
+        "mode": "direct", "fs_prefetch": {"enable": True, "threads_count": 2, "prefetch_all": True}}))
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "rafs", "mount", "--config", str(config), "--bootstrap",
+                             str(boot), "--mountpoint", str(mnt)], stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, env=ENV, cwd=ROOT)
+    os.close(slave)
+    output = b""
+    try:
+        deadline = time.monotonic() + 60
+        while b"100%|" not in output and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([master], [], [], 0.2)[0]:
+                output += os.read(master, 65536)
+        text = output.decode("utf-8", "replace")
+        assert "prefetching" in text and "100%|" in text, text
+        with rafs.open(boot) as image:
+            assert all(fully_cached(cache, blob) for blob in image.blobs)
+    finally:
+        subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+    assert proc.returncode == 0

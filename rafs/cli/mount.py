@@ -105,8 +105,22 @@ def run_mount(args) -> int:
         log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s, digest validation %s", image.name,
                  image.version, len(image.blobs), args.mountpoint, "on" if enable_xattr else "off",
                  "on" if image.validate else "off")
-        fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr,
-                   ready=lambda: log.info("ready: %s answers", args.mountpoint))
+        # the configuration's fs_prefetch (rafs.prefetch in v2): fill the blob cache once the mount
+        # answers, as nydusd does, in the background
+        prefetching = bool(getattr(settings, "cached", False) and settings.prefetch.enable)
+        started = []
+        with progress.bar(args, "prefetching", show=prefetching) as report:
+            def ready():
+                log.info("ready: %s answers", args.mountpoint)
+                if prefetching:
+                    # prefetch_all: everything when the bootstrap names nothing to prefetch
+                    everything = settings.prefetch.prefetch_all and not image.reader.prefetch_inodes()
+                    started.append(image.prefetch(all=everything, wait=False, progress=report))
+            try:
+                fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr, ready=ready)
+            finally:
+                for handle in started:
+                    handle.cancel()
     log.info("%s unmounted", args.mountpoint)
     return 0
 
