@@ -48,6 +48,9 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "targz-rafs": load_tar,
     "estargz-rafs": load_tar,             # an eStargz is a tar.gz; its index and landmark files are skipped
 }
+# The types that read a path, which ``rafs create --type`` offers; types registered later (such as
+# rafs.testing's in-memory trees) are for library callers only.
+PATH_SOURCE_TYPES = tuple(SOURCE_TYPES)
 # Source types read from a tarball (their v5 inodes store i_rdev u32::MAX unless devices or fifos).
 TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs", "estargz-rafs")
 BLOB_ID_MAX_LENGTH = 255                  # BLOB_ID_MAXIMUM_LENGTH in src/bin/nydus-image/main.rs

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 import rafs
-from rafs.build.builder import CREATE_COMPRESSORS, PREFETCH_POLICIES, SOURCE_TYPES
+from rafs.build.builder import CREATE_COMPRESSORS, PATH_SOURCE_TYPES, PREFETCH_POLICIES
 from rafs.build.tree import WHITEOUT_SPECS
 from rafs.errors import InvalidArgumentError, UnsupportedError
 
@@ -21,7 +21,7 @@ def register(sub) -> None:
     p = sub.add_parser("create", help="create a RAFS filesystem (bootstrap and data blob) from a directory",
                        description="Create RAFS filesystems as nydus-image create does.")
     p.add_argument("source", metavar="SOURCE", help="source from which to build the RAFS filesystem")
-    p.add_argument("-t", "--type", "--source-type", dest="type", default="dir-rafs", choices=list(SOURCE_TYPES),
+    p.add_argument("-t", "--type", "--source-type", dest="type", default="dir-rafs", choices=list(PATH_SOURCE_TYPES),
                    help="conversion type (default dir-rafs)")
     p.add_argument("-B", "--bootstrap", help="file path to save the generated RAFS metadata blob")
     p.add_argument("-D", "--blob-dir", help="directory to save generated RAFS metadata and data blobs "
