@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import sys
 
@@ -108,8 +109,26 @@ def one_line(exc: BaseException) -> str:
     return printable(redact_urls(" ".join(part.strip() for part in str(exc).splitlines() if part.strip())))
 
 
+class _ClosedStream:
+    """Stands in for a standard stream the caller closed (``>&-``): writing to it is an OSError, which
+    ends the command with one line instead of an AttributeError on ``None``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def write(self, text) -> int:
+        raise OSError(errno.EBADF, f"standard {self.name} is closed")
+
+    def flush(self) -> None:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if sys.stdout is None:
+        sys.stdout = _ClosedStream("output")
+    if sys.stderr is None:
+        sys.stderr = _ClosedStream("error")
     parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
