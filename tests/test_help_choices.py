@@ -96,7 +96,17 @@ def _convert(option: str, choice: str, base, tmp) -> list[str]:
     return ["convert", "--source", str(layout), "--target", str(tmp / "nydus"), option, choice]
 
 
-RUNNERS = {"create": _create, "merge": _merge, "build": _build, "inspect": _inspect, "convert": _convert}
+def _export(option: str, choice: str, base, tmp) -> list[str]:
+    return ["export", "--block", "-B", str(base / "boot"), "-D", str(base / "blobs"), "-O", str(tmp / "disk"),
+            "--verity", option, choice]
+
+
+def _stat(option: str, choice: str, base, tmp) -> list[str]:
+    return ["stat", "-B", str(base / "boot"), option, choice, "-J", str(tmp / "stat.json")]
+
+
+RUNNERS = {"create": _create, "merge": _merge, "build": _build, "inspect": _inspect, "convert": _convert,
+           "export": _export, "stat": _stat}
 
 
 def test_help_is_parsed():
