@@ -95,6 +95,8 @@ class PathError(RafsError, OSError):
 
 
 class FileNotFoundError(PathError, builtins.FileNotFoundError):  # noqa: A001 - mirrors the builtin
+    """No entry of that path in the image (ENOENT); also a :class:`builtins.FileNotFoundError`."""
+
     errno_value = _errno.ENOENT
 
     def __init__(self, path, message: str = "No such file or directory in image"):
@@ -102,6 +104,8 @@ class FileNotFoundError(PathError, builtins.FileNotFoundError):  # noqa: A001 - 
 
 
 class NotADirectoryError(PathError, builtins.NotADirectoryError):  # noqa: A001
+    """A path component, or the path given to a directory call, is no directory (ENOTDIR)."""
+
     errno_value = _errno.ENOTDIR
 
     def __init__(self, path, message: str = "Not a directory"):
@@ -109,6 +113,8 @@ class NotADirectoryError(PathError, builtins.NotADirectoryError):  # noqa: A001
 
 
 class IsADirectoryError(PathError, builtins.IsADirectoryError):  # noqa: A001
+    """A file operation on a directory (EISDIR); also a :class:`builtins.IsADirectoryError`."""
+
     errno_value = _errno.EISDIR
 
     def __init__(self, path, message: str = "Is a directory"):

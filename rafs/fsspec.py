@@ -72,6 +72,7 @@ class RafsFileSystem(AbstractArchiveFileSystem):
         return io.BufferedReader(raw, buffer_size=block_size or io.DEFAULT_BUFFER_SIZE)
 
     def cat_file(self, path, start=None, end=None, **kwargs):
+        """Bytes ``start``..``end`` of the file ``path`` (all of it by default), as fsspec defines them."""
         path = self._strip_protocol(path)
         with self.image.open("/" + path) as f:
             size = f.size
@@ -80,4 +81,5 @@ class RafsFileSystem(AbstractArchiveFileSystem):
             return f.pread(max(0, end - start), start)
 
     def close(self):
+        """Close the image this filesystem serves."""
         self.image.close()

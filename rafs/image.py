@@ -24,6 +24,7 @@ from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .io.blobs import BlobLocator
 from .io.source import LocalRangeReader, load_bytes
 from .model import MAX_DEPTH, META_BLOB_INDEX, ZDATA_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
+from .progress import Progress, Ticker
 from .text import printable
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ MAX_READ_SIZE = 1 << 30
 
 
 def fsencode(path) -> bytes:
+    """``path`` (str, bytes or path-like) as the bytes an image stores names in (UTF-8, surrogateescape)."""
     if isinstance(path, bytes):
         return path
     if isinstance(path, os.PathLike):
@@ -48,6 +50,7 @@ def fsencode(path) -> bytes:
 
 
 def fsdecode(name: bytes) -> str:
+    """An image's name bytes as str (UTF-8; undecodable bytes kept as surrogates)."""
     return name.decode("utf-8", "surrogateescape")
 
 
@@ -67,18 +70,22 @@ class Stat(NamedTuple):
 
     @property
     def st_mtime(self) -> float:
+        """Modification time in seconds (a float), as :func:`os.stat`'s."""
         return self.st_mtime_ns / 1e9
 
     @property
     def st_atime_ns(self) -> int:
+        """Access time in nanoseconds: RAFS keeps only mtime, so the same."""
         return self.st_mtime_ns
 
     @property
     def st_ctime_ns(self) -> int:
+        """Change time in nanoseconds: RAFS keeps only mtime, so the same."""
         return self.st_mtime_ns
 
     @property
     def st_blksize(self) -> int:
+        """Preferred I/O size: 4096, the RAFS block size."""
         return 4096
 
     @property
@@ -214,26 +221,32 @@ class Image:
 
     @property
     def version(self) -> int:
+        """RAFS version of the bootstrap: 5, or 6 (EROFS-based)."""
         return self.reader.version
 
     @property
     def superblock(self):
+        """The parsed on-disk superblock (v5 or v6/EROFS fields as the format names them)."""
         return self.reader.superblock
 
     @property
     def blobs(self):
+        """The blob table: :class:`rafs.model.Blob` records, in blob index order."""
         return self.reader.blobs
 
     @property
     def chunk_size(self) -> int:
+        """Default size of a data chunk in bytes (the last chunk of a file may be shorter)."""
         return self.reader.chunk_size
 
     @property
     def compressor(self) -> str:
+        """Compression algorithm the superblock names for data chunks (none, lz4_block, zstd, ...)."""
         return self.reader.compressor
 
     @property
     def digester(self) -> str:
+        """Digest algorithm of chunks and the bootstrap (blake3 or sha256)."""
         return self.reader.digester
 
     def __repr__(self) -> str:
@@ -349,6 +362,7 @@ class Image:
         return self.reader.inode(self._resolve(path, follow_symlinks=follow_symlinks)[0])
 
     def exists(self, path) -> bool:
+        """Whether ``path`` names an entry (a final symlink counts, dangling or not)."""
         try:
             self._resolve(path, follow_symlinks=False)
             return True
@@ -356,9 +370,12 @@ class Image:
             return False
 
     def stat(self, path, *, follow_symlinks: bool = True) -> Stat:
+        """A :class:`Stat` of ``path`` as :func:`os.stat` gives (a final symlink followed unless
+        ``follow_symlinks`` is false)."""
         return Stat.from_inode(self._inode_at(path, follow_symlinks))
 
     def lstat(self, path) -> Stat:
+        """A :class:`Stat` of ``path`` itself, a final symlink not followed (:func:`os.lstat`)."""
         return self.stat(path, follow_symlinks=False)
 
     def inode(self, path, *, follow_symlinks: bool = False) -> Inode:
@@ -366,16 +383,20 @@ class Image:
         return self._inode_at(path, follow_symlinks)
 
     def readlink(self, path) -> str | bytes:
+        """The target of the symlink ``path`` (bytes when ``path`` is bytes), as :func:`os.readlink`."""
         inode = self._inode_at(path, follow_symlinks=False)
         if not inode.is_symlink:
             raise errors.NotASymlinkError(path)
         return inode.symlink if isinstance(path, bytes) else fsdecode(inode.symlink)
 
     def listxattr(self, path, *, follow_symlinks: bool = True) -> list:
+        """Names of the extended attributes of ``path`` (bytes when ``path`` is bytes)."""
         names = list(self._inode_at(path, follow_symlinks).xattrs)
         return names if isinstance(path, bytes) else [fsdecode(n) for n in names]
 
     def getxattr(self, path, attribute, *, follow_symlinks: bool = True) -> bytes:
+        """Value of the extended attribute ``attribute`` of ``path``
+        (:class:`~rafs.errors.NoSuchXattrError` when it has none of that name)."""
         xattrs = self._inode_at(path, follow_symlinks).xattrs
         key = fsencode(attribute)
         if key not in xattrs:
@@ -386,6 +407,7 @@ class Image:
 
     @property
     def root_ino(self) -> int:
+        """Inode number of the root directory."""
         return self.reader.root_ino
 
     def get_inode(self, ino: int) -> Inode:
@@ -428,11 +450,13 @@ class Image:
         return self.reader.entries(self._dir_ino(path))
 
     def iterdir(self, path="/") -> Iterator:
+        """Names in the directory ``path`` (without ``.`` and ``..``), one at a time; bytes when ``path`` is bytes."""
         as_bytes = isinstance(path, bytes)
         for name, _ in self.scandir(path):
             yield name if as_bytes else fsdecode(name)
 
     def listdir(self, path="/") -> list:
+        """Names in the directory ``path`` as a list, as :func:`os.listdir`."""
         return list(self.iterdir(path))
 
     def iter_entries(self, top="/") -> Iterator[tuple[bytes, Inode]]:
@@ -596,6 +620,7 @@ class Image:
     # -- file data -------------------------------------------------------------------------------
 
     def chunks(self, path) -> list[Chunk]:
+        """The data chunks of the regular file ``path`` in file order: blob, offsets, sizes, digest."""
         ino, _ = self._resolve(path)
         return self.reader.chunks(ino)
 
@@ -613,6 +638,7 @@ class Image:
         return ChunkReader(blob, BytesRangeReader(self.reader.data, "image"), validate=False)
 
     def chunk_reader(self, blob_index: int) -> ChunkReader:
+        """The reader that fetches, decodes and verifies chunks of blob ``blob_index`` (made once, then shared)."""
         reader = self._chunk_readers.get(blob_index)
         if reader is None:
             with self._lock:
@@ -724,7 +750,7 @@ class Image:
         return False
 
     def prefetch(self, paths=None, *, all: bool = False, threads: int | None = None,  # noqa: A002
-                 batch_size: int | None = None, wait: bool = True):
+                 batch_size: int | None = None, wait: bool = True, progress: Progress | None = None):
         """Fetch file data into the blob cache ahead of reads, as nydusd's ``fs_prefetch`` does.
 
         What: ``paths`` (files or directories) if given, else the bootstrap's prefetch table (a table
@@ -734,6 +760,8 @@ class Image:
         give every worker a range of its own, up to 8 MiB; a whole image comes in a few large ranges).
         With ``wait=False`` it runs in the background and returns a :class:`rafs.io.prefetch.Prefetch`
         handle (``wait()``, ``cancel()``, ``fetched``); with a locator that has no cache it does nothing.
+        ``progress(done, total)`` (:mod:`rafs.progress`) counts the compressed bytes fetched, request by
+        request, from the prefetch's own thread.
         """
         from .io.prefetch import Prefetch
         settings = getattr(getattr(self.locator, "config", None), "prefetch", None)
@@ -766,13 +794,15 @@ class Image:
                     key = (chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_offset)
                     jobs.setdefault(chunk.blob_index, {}).setdefault(key, chunk)
         work = [(self.chunk_reader(b), list(chunks.values())) for b, chunks in sorted(jobs.items())]
-        handle = Prefetch(work, threads=threads, batch_size=batch_size, grow_ranges=grow_ranges)
+        handle = Prefetch(work, threads=threads, batch_size=batch_size, grow_ranges=grow_ranges,
+                          progress=progress)
         handle.start()
         if wait:
             handle.wait()
         return handle
 
     def open(self, path, mode: str = "rb") -> "ImageFile":  # noqa: A003
+        """The regular file ``path`` as a read-only, seekable binary file (:class:`ImageFile`)."""
         if mode not in ("r", "rb"):
             raise InvalidArgumentError(f"images are read-only: mode {mode!r} is not supported")
         ino, resolved = self._resolve(path)
@@ -792,16 +822,21 @@ class Image:
             return f.read()
 
     def open_inode(self, ino: int) -> "ImageFile":
+        """The regular file with inode number ``ino`` as an :class:`ImageFile`."""
         inode = self.reader.inode(ino)
         return ImageFile(self, inode, self.reader.chunks(ino), f"<inode {ino}>")
 
     # -- checks and extraction -------------------------------------------------------------------
 
-    def check(self, *, verify_data: bool = False) -> Iterator[str]:
+    def check(self, *, verify_data: bool = False, progress: Progress | None = None) -> Iterator[str]:
         """Every fault found in the image: structure, digests, and with ``verify_data`` every chunk.
 
-        Yields one message per fault; an image is sound when nothing is yielded.
+        Yields one message per fault; an image is sound when nothing is yielded. With ``verify_data``,
+        ``progress(done, total)`` (:mod:`rafs.progress`) counts the uncompressed bytes verified, file by
+        file, against the blobs' uncompressed sizes (an estimate: chunks no file uses are not read).
         """
+        ticker = Ticker(progress if verify_data else None,
+                        sum(blob.uncompressed_size for blob in self.blobs)).start()
         yield from self.reader.verify_structure()
         seen_chunks = set()
         entries = self.iter_entries()
@@ -825,17 +860,21 @@ class Image:
                 yield f"{printable(path)}: {problem}"
             if not verify_data:
                 continue
+            verified = 0
             for chunk in chunks:
                 key = (chunk.blob_index, chunk.compressed_offset, chunk.uncompressed_offset, chunk.digest)
                 if key in seen_chunks:
                     continue
                 seen_chunks.add(key)
+                verified += chunk.uncompressed_size
                 try:
                     reader = self.chunk_reader(chunk.blob_index)
                     data = reader.decode(chunk, reader.fetch_raw(chunk), path=fsdecode(path))
                     reader.verify(chunk, data, path=fsdecode(path))
                 except errors.RafsError as exc:
                     yield f"{printable(path)}: {exc}"
+            ticker.advance(verified)
+        ticker.finish()
 
     def extractall(self, dest, *, filter="data", members=None, threads: int | None = None) -> None:  # noqa: A002
         """Write the tree under ``dest`` with :mod:`tarfile`'s extraction-filter semantics; ``threads``
@@ -930,15 +969,19 @@ class ImageFile(io.RawIOBase):
         self._pos = 0
 
     def readable(self) -> bool:
+        """True: image files are read."""
         return True
 
     def seekable(self) -> bool:
+        """True: any offset can be read."""
         return True
 
     def tell(self) -> int:
+        """The current position."""
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move to ``offset`` from the start, the current position or the end (``whence``); the new position."""
         if whence == io.SEEK_SET:
             pos = offset
         elif whence == io.SEEK_CUR:
@@ -1012,12 +1055,14 @@ class ImageFile(io.RawIOBase):
         return bytes(out)
 
     def readinto(self, buffer) -> int:
+        """Read into ``buffer`` from the current position; the number of bytes read (0 at the end)."""
         data = self.pread(len(buffer), self._pos)
         buffer[:len(data)] = data
         self._pos += len(data)
         return len(data)
 
     def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes from the current position (all that is left when ``size`` is -1)."""
         if size is None or size < 0:
             size = max(0, self.size - self._pos)
         data = self.pread(size, self._pos)
@@ -1025,6 +1070,7 @@ class ImageFile(io.RawIOBase):
         return data
 
     def readall(self) -> bytes:
+        """Everything from the current position to the end."""
         return self.read(-1)
 
     def __repr__(self) -> str:

@@ -78,6 +78,7 @@ class SuperFlags(enum.IntFlag):
 
     @classmethod
     def known_mask(cls) -> int:
+        """All bits this flag type defines, OR-ed: any other bit is unknown to rafs."""
         mask = 0
         for member in cls:
             mask |= member.value
@@ -94,6 +95,7 @@ class SuperFlags(enum.IntFlag):
 
     @property
     def digester(self) -> str:
+        """Digest algorithm the flags name: blake3 or sha256 (blake3 when neither bit is set)."""
         if self & self.HASH_BLAKE3:
             return "blake3"
         if self & self.HASH_SHA256:
@@ -102,11 +104,13 @@ class SuperFlags(enum.IntFlag):
 
     @classmethod
     def for_compressor(cls, name: str) -> "SuperFlags":
+        """The flag bit naming compressor ``name`` (none, lz4_block, gzip, zstd)."""
         return {"none": cls.COMPRESSION_NONE, "lz4_block": cls.COMPRESSION_LZ4,
                 "gzip": cls.COMPRESSION_GZIP, "zstd": cls.COMPRESSION_ZSTD}[name]
 
     @classmethod
     def for_digester(cls, name: str) -> "SuperFlags":
+        """The flag bit naming digester ``name`` (blake3, sha256)."""
         return {"blake3": cls.HASH_BLAKE3, "sha256": cls.HASH_SHA256}[name]
 
 
@@ -448,10 +452,12 @@ class ImageReader(abc.ABC):
 
     @property
     def compressor(self) -> str:
+        """Compression algorithm of the image's data chunks, from the superblock flags."""
         return self.flags.compressor
 
     @property
     def digester(self) -> str:
+        """Digest algorithm of the image (from the superblock flags): blake3 or sha256."""
         return self.flags.digester
 
     @abc.abstractmethod
@@ -485,6 +491,7 @@ class ImageReader(abc.ABC):
         return [name for name, _ in pairs], [child for _, child in pairs]
 
     def lookup(self, ino: int, name: bytes) -> int | None:
+        """The inode number of ``name`` in directory ``ino``, or None (a linear scan; formats override it)."""
         for child_name, child_ino in self.entries(ino):
             if child_name == name:
                 return child_ino
@@ -503,4 +510,5 @@ class ImageReader(abc.ABC):
         return iter(())
 
     def close(self) -> None:
+        """Release what the reader holds (mapped files); a no-op unless a format needs it."""
         pass

@@ -22,6 +22,7 @@ import tarfile
 import urllib.parse
 
 from .errors import BuildError
+from .progress import Progress, Ticker
 from .readahead import DEFAULT_THREADS, DataOnce, read_ahead
 from .text import printable
 
@@ -29,9 +30,13 @@ _TYPES = {_stat.S_IFDIR: tarfile.DIRTYPE, _stat.S_IFREG: tarfile.REGTYPE, _stat.
           _stat.S_IFCHR: tarfile.CHRTYPE, _stat.S_IFBLK: tarfile.BLKTYPE, _stat.S_IFIFO: tarfile.FIFOTYPE}
 
 
-def write_tar(image, fileobj, *, threads: int = DEFAULT_THREADS) -> int:
+def write_tar(image, fileobj, *, threads: int = DEFAULT_THREADS, progress: Progress | None = None) -> int:
     """Write the whole tree to ``fileobj`` as a tar stream; returns the number of entries written.
-    File data is read and decompressed ahead, in walk (blob) order, by ``threads`` workers."""
+    File data is read and decompressed ahead, in walk (blob) order, by ``threads`` workers.
+
+    ``progress(done, total)`` (:mod:`rafs.progress`) counts the entries written (total 0: not known
+    before the walk ends)."""
+    ticker = Ticker(progress).start()
     count = 0
     first_link: dict[int, str] = {}
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,
@@ -67,6 +72,7 @@ def write_tar(image, fileobj, *, threads: int = DEFAULT_THREADS) -> int:
                 info.linkname = first_link[inode.ino]
                 tar.addfile(info)
                 count += 1
+                ticker.advance()
                 continue
             if kind not in _TYPES:
                 raise BuildError(f"{printable(name)}: cannot represent mode {inode.mode:#o} in a tar")
@@ -90,6 +96,8 @@ def write_tar(image, fileobj, *, threads: int = DEFAULT_THREADS) -> int:
             else:
                 tar.addfile(info)
             count += 1
+            ticker.advance()
+    ticker.finish()
     return count
 
 

@@ -25,6 +25,7 @@ from ..blob import codecs
 from ..blob.writer import BlobWriter, check_chunk_size
 from ..errors import BuildError, InvalidArgumentError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
+from ..progress import Progress, Ticker
 from ..tempfiles import umask
 from . import tree
 from .directory import load_directory
@@ -47,6 +48,9 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "targz-rafs": load_tar,
     "estargz-rafs": load_tar,             # an eStargz is a tar.gz; its index and landmark files are skipped
 }
+# The types that read a path, which ``rafs create --type`` offers; types registered later (such as
+# rafs.testing's in-memory trees) are for library callers only.
+PATH_SOURCE_TYPES = tuple(SOURCE_TYPES)
 # Source types read from a tarball (their v5 inodes store i_rdev u32::MAX unless devices or fifos).
 TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs", "estargz-rafs")
 BATCH_SOURCE_TYPES = tuple(SOURCE_TYPES)  # the reference's dir/tar/targz/estargz-rafs
@@ -75,6 +79,7 @@ class BuildResult:
     blob_id: str | None = None           # the blob this build wrote (the last one), None if none
 
     def to_json(self) -> str:
+        """The ``--output-json`` document (:attr:`output`) as indented JSON text."""
         return json.dumps(self.output, indent=2)
 
 
@@ -86,6 +91,7 @@ class Trace:
         self.registered_events: dict[str, object] = {}
 
     def timed(self, name: str):
+        """A context manager adding the seconds spent inside it to ``consumed_time[name]``."""
         trace = self
 
         class _Timer:
@@ -98,6 +104,7 @@ class Trace:
         return _Timer()
 
     def as_dict(self) -> dict:
+        """The trace as nydus-image's output JSON holds it: ``consumed_time`` and ``registered_events``."""
         return {"consumed_time": dict(self.consumed_time), "registered_events": dict(self.registered_events)}
 
 
@@ -217,6 +224,7 @@ class Builder:
                                        "with --encrypt")
         self.encrypt = bool(encrypt)
         self._on_chunk = None               # set by write() while it fills blob cache files
+        self._progress: Progress | None = None      # set by write() and write_fp() for one build
 
     @property
     def source_layer(self) -> int:
@@ -225,17 +233,21 @@ class Builder:
 
     @property
     def blob_toc(self) -> bool:
+        """Whether the blob gets a ToC and chunk digests (``features=("blob-toc",)``)."""
         return "blob-toc" in self.features
 
     # -- outputs -----------------------------------------------------------------------------------
 
-    def write(self, *, bootstrap=None, blob=None, blob_dir=None, blob_cache_dir=None) -> BuildResult:
+    def write(self, *, bootstrap=None, blob=None, blob_dir=None, blob_cache_dir=None,
+              progress: Progress | None = None) -> BuildResult:
         """Build to files: ``blob`` (the data blob path) and/or ``blob_dir`` (blob named by its id,
         and the bootstrap named by the sha256 of its bytes unless ``bootstrap`` is given).
 
         With ``blob_cache_dir`` no blob is written: that directory receives nydusd's cache files of it
         instead (:mod:`rafs.build.blobcache`; needs ``compressor="none"`` and a ``bootstrap`` path).
+        ``progress(done, total)`` (:mod:`rafs.progress`) counts the bytes of file data chunked.
         """
+        self._progress = progress
         if blob_cache_dir is not None:
             return self._write_blob_cache(bootstrap, blob, blob_dir, blob_cache_dir)
         if blob is None and blob_dir is None:
@@ -313,8 +325,10 @@ class Builder:
         result.output["bootstrap"] = result.bootstrap or ""
         return result
 
-    def write_fp(self, blob_fp, bootstrap_fp=None) -> BuildResult:
-        """Build to binary file objects (``bootstrap_fp`` is not used with ``blob_inline_meta``)."""
+    def write_fp(self, blob_fp, bootstrap_fp=None, *, progress: Progress | None = None) -> BuildResult:
+        """Build to binary file objects (``bootstrap_fp`` is not used with ``blob_inline_meta``);
+        ``progress`` as in :meth:`write`."""
+        self._progress = progress
         if bootstrap_fp is None and not self.blob_inline_meta:
             raise InvalidArgumentError("a bootstrap file object is needed unless blob_inline_meta is set")
         if bootstrap_fp is not None and self.blob_inline_meta:
@@ -382,7 +396,7 @@ class Builder:
                                              explicit_uidgid=not self.repeatable)
             writer.seed_dict(dictionary.chunks)
         with trace.timed("dump_blob"):
-            writer.dump(dump_order, prefetch_count=prefetch_count)
+            writer.dump(_counted(dump_order, self._progress), prefetch_count=prefetch_count)
             has_blob = writer.chunk_count > 0 or self.blob_inline_meta
             if writer.chunk_count:
                 writer.end_data()
@@ -527,6 +541,18 @@ class Builder:
         return [n for n in exact if n is not None], dump, len(prefetch_files)
 
 
+def _counted(nodes: list[Node], progress: Progress | None):
+    """``nodes`` in order, reporting the bytes of file data handed to the blob writer per file."""
+    if progress is None:
+        yield from nodes
+        return
+    ticker = Ticker(progress, sum(node.inode.size for node in nodes)).start()
+    for node in nodes:
+        yield node
+        ticker.advance(node.inode.size)
+    ticker.finish()
+
+
 def check_batch_options(batch_size, *, fs_version: int, source_type: str, chunk_size: int,
                         blob_layout: str) -> int:
     """``--batch-size``: 0, or for v6 builds of directories and tar streams a power of two in
@@ -614,6 +640,7 @@ class Output:
         self.fp = os.fdopen(fd, "wb", buffering=1 << 20)
 
     def digest_name(self) -> str | None:
+        """The sha256 hex of what was written, naming an output in a directory; None for a named path."""
         if self.path is not None or self.tmp is None:
             return None
         self.fp.flush()
@@ -644,6 +671,7 @@ class Output:
         return final
 
     def discard(self) -> None:
+        """Close and remove the temporary file: nothing is left behind."""
         try:
             self.fp.close()
         except (OSError, ValueError):

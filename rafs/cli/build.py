@@ -19,7 +19,7 @@ from rafs.build.builder import CREATE_COMPRESSORS
 from rafs.errors import InvalidArgumentError
 from rafs.io.push import PUSH_BACKEND_TYPES, Pusher, load_backend_config
 
-from . import checks
+from . import checks, progress
 from .create import parse_chunk_size
 
 DEFAULT_OUTPUT_DIR = "./.nydus-build-output"
@@ -66,7 +66,8 @@ def run(args) -> int:
     blob = os.path.join(args.output_dir, f"{args.name}.blob")
     builder = rafs.Builder(args.source_dir, fs_version=int(args.fs_version), compressor=args.compressor,
                            chunk_size=parse_chunk_size(args.chunk_size), whiteout_spec="oci")
-    result = builder.write(bootstrap=bootstrap, blob=blob)
+    with progress.bar(args, "building") as report:
+        result = builder.write(bootstrap=bootstrap, blob=blob, progress=report)
     blob_id = result.blob_ids[-1] if result.blob_ids else None
     blob_path = None
     if blob_id is not None and os.path.exists(blob):
@@ -83,7 +84,8 @@ def run(args) -> int:
         print(f"blob: {blob_path}")
     if pusher is None:
         return 0
-    pushed = pusher.push(bootstrap=bootstrap, name=args.name, blob=blob_path, blob_id=blob_id)
+    with progress.bar(args, "pushing") as report:
+        pushed = pusher.push(bootstrap=bootstrap, name=args.name, blob=blob_path, blob_id=blob_id, progress=report)
     if pushed.blob_url:
         print(f"pushed blob: {pushed.blob_url}")
     print(f"pushed bootstrap: {pushed.bootstrap_url}")

@@ -17,7 +17,7 @@ from rafs.oci import Converter, ConvertOptions
 from rafs.oci.check import check_image
 from rafs.text import printable
 
-from . import checks
+from . import checks, progress
 
 
 def register(sub) -> None:
@@ -60,6 +60,7 @@ def run(args) -> int:
     if args.prefetch_patterns and args.prefetch_dir:
         raise InvalidArgumentError("--prefetch-patterns and --prefetch-dir exclude each other")
     if args.prefetch_patterns == "-":
+        progress.prompt_if_terminal(args, "--prefetch-patterns")
         patterns = checks.stdin_lines("--prefetch-patterns")
     elif args.prefetch_patterns:
         from rafs.serve.trace import read_pattern_file
@@ -76,7 +77,8 @@ def run(args) -> int:
                              merge_platform=args.merge_platform, with_referrer=args.with_referrer,
                              source_reference=args.source_reference, workers=args.workers,
                              work_dir=args.work_dir)
-    result = Converter(args.source, args.target, options).run()
+    with progress.bar(args, "converting") as report:
+        result = Converter(args.source, args.target, options).run(progress=report)
     for image in result.images:
         print(f"converted {image.source['digest']} -> {image.target['digest']} "
               f"({len(image.blob_digests)} blobs)", file=sys.stderr)

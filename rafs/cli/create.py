@@ -9,18 +9,18 @@ from __future__ import annotations
 import sys
 
 import rafs
-from rafs.build.builder import CREATE_COMPRESSORS, PREFETCH_POLICIES, SOURCE_TYPES
+from rafs.build.builder import CREATE_COMPRESSORS, PATH_SOURCE_TYPES, PREFETCH_POLICIES
 from rafs.build.tree import WHITEOUT_SPECS
 from rafs.errors import InvalidArgumentError
 
-from . import checks
+from . import checks, progress
 
 
 def register(sub) -> None:
     p = sub.add_parser("create", help="create a RAFS filesystem (bootstrap and data blob) from a directory",
                        description="Create RAFS filesystems as nydus-image create does.")
     p.add_argument("source", metavar="SOURCE", help="source from which to build the RAFS filesystem")
-    p.add_argument("-t", "--type", "--source-type", dest="type", default="dir-rafs", choices=list(SOURCE_TYPES),
+    p.add_argument("-t", "--type", "--source-type", dest="type", default="dir-rafs", choices=list(PATH_SOURCE_TYPES),
                    help="conversion type (default dir-rafs)")
     p.add_argument("-B", "--bootstrap", help="file path to save the generated RAFS metadata blob")
     p.add_argument("-D", "--blob-dir", help="directory to save generated RAFS metadata and data blobs "
@@ -155,6 +155,7 @@ def run(args) -> int:
         if args.prefetch_policy == "none":
             args.prefetch_policy = "fs"
     elif args.prefetch_policy != "none":
+        progress.prompt_if_terminal(args, f"--prefetch-policy {args.prefetch_policy}")
         patterns = checks.stdin_lines(f"--prefetch-policy {args.prefetch_policy}", strip=False)
     if patterns is not None:
         relative = [p for p in patterns if not p.strip().startswith("/")]
@@ -171,8 +172,9 @@ def run(args) -> int:
                            aligned_chunk=args.aligned_chunk, parent_bootstrap=args.parent_bootstrap,
                            blob_layout=args.blob_layout, blob_id=args.blob_id, blob_offset=blob_offset,
                            chunk_dict=chunk_dict, batch_size=batch_size, encrypt=args.encrypt)
-    result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir,
-                           blob_cache_dir=args.blob_cache_dir)
+    with progress.bar(args, "building") as report:
+        result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir,
+                               blob_cache_dir=args.blob_cache_dir, progress=report)
     if not args.disable_check:
         validate_output(result, log)
     if args.output_json:

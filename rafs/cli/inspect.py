@@ -9,7 +9,7 @@ import rafs
 from rafs.inspect import blob_info, describe, stats
 from rafs.text import printable
 
-from . import checks
+from . import checks, progress
 
 
 def register(sub) -> None:
@@ -90,9 +90,10 @@ def run_check(args) -> int:
     faults, checked = [], 0
     with_data = bool(args.blob_dir or args.config)
     with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config, validate=with_data) as image:
-        for fault in image.check(verify_data=with_data):
-            faults.append(fault)
-            print(f"FAULT: {printable(fault)}", file=sys.stderr)
+        with progress.bar(args, "checking", show=with_data) as report:
+            for fault in image.check(verify_data=with_data, progress=report):
+                faults.append(fault)
+                progress.echo(f"FAULT: {printable(fault)}")
         if args.verbose:
             for path, inode in image.iter_entries("/"):
                 checked += 1

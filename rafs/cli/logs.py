@@ -51,11 +51,36 @@ class ScrubFilter(logging.Filter):
         return True
 
 
+# A context manager factory wrapped around every console write (a progress bar's, so that a log line
+# does not land in the middle of the bar: rafs.cli.progress), or None.
+_console_guard = None
+
+
+def console_guard():
+    """The guard set by :func:`set_console_guard`, or None."""
+    return _console_guard
+
+
+def set_console_guard(guard):
+    """Wrap console log writes in ``guard()`` (None: no wrapping); returns the guard it replaces."""
+    global _console_guard
+    previous, _console_guard = _console_guard, guard
+    return previous
+
+
 class _Stderr(logging.StreamHandler):
     """A handler writing to whatever ``sys.stderr`` is when a record comes (as logging's last resort)."""
 
     def __init__(self):
         super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        guard = _console_guard
+        if guard is None:
+            super().emit(record)
+            return
+        with guard():
+            super().emit(record)
 
     @property
     def stream(self):

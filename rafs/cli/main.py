@@ -53,8 +53,8 @@ def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     On a command's parser they default to ``SUPPRESS``, so a value given before the command is kept
     unless the command line repeats the option after it; an option a command defines itself wins.
     """
-    defaults = {"log_level": "info", "log_file": None} if top else \
-        {"log_level": argparse.SUPPRESS, "log_file": argparse.SUPPRESS}
+    defaults = {"log_level": "info", "log_file": None, "quiet": False} if top else \
+        {"log_level": argparse.SUPPRESS, "log_file": argparse.SUPPRESS, "quiet": argparse.SUPPRESS}
     taken = parser._option_string_actions          # options the command defines itself
     if not {"-l", "--log-level"} & taken.keys():
         parser.add_argument("-l", "--log-level", default=defaults["log_level"], choices=LOG_LEVELS,
@@ -62,6 +62,9 @@ def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     if not {"-L", "--log-file"} & taken.keys():
         parser.add_argument("-L", "--log-file", default=defaults["log_file"],
                             help="also write log messages to this file")
+    if not {"-q", "--quiet"} & taken.keys():
+        parser.add_argument("-q", "--quiet", action="store_true", default=defaults["quiet"],
+                            help="no progress bars or prompts (they are shown only on a terminal)")
     if "--debug" not in taken:
         parser.add_argument("--debug", action="store_const", dest="log_level", const="debug",
                             default=defaults["log_level"], help="same as --log-level debug (nydusify's --debug)")

@@ -20,7 +20,7 @@ from rafs.build.merge import PREFETCH_POLICIES, InconsistentFilesystemError, Mer
 from rafs.errors import InvalidArgumentError
 from rafs.text import printable
 
-from . import checks
+from . import checks, progress
 
 log = logging.getLogger("rafs.merge")
 
@@ -63,6 +63,7 @@ def run(args) -> int:
     chunk_dict = checks.parse_chunk_dict(args.chunk_dict)
     patterns = None
     if args.prefetch_policy != "none":
+        progress.prompt_if_terminal(args, f"--prefetch-policy {args.prefetch_policy}")
         patterns = checks.stdin_lines(f"--prefetch-policy {args.prefetch_policy}")
     merger = Merger(args.sources, parent_bootstrap=args.parent_bootstrap,
                     chunk_dict=chunk_dict, blob_digests=args.blob_digests,

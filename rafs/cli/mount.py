@@ -19,7 +19,7 @@ import rafs
 from rafs.errors import InvalidArgumentError, RafsError
 from rafs.text import printable
 
-from . import checks
+from . import checks, progress
 
 log = logging.getLogger("rafs.mount")
 
@@ -124,14 +124,17 @@ def run_mount(args) -> int:
                  image.version, len(image.blobs), args.mountpoint, "on" if enable_xattr else "off",
                  "on" if image.validate else "off")
         prefetch_paths = _prefetch_list(image, args.prefetch_files)
+        prefetching = getattr(settings, "cached", False) and (
+            prefetch_paths is not None or getattr(getattr(settings, "prefetch", None), "enable", False))
         prefetches = []
-        with observing(image, settings, args) as (daemon, state):
+        with observing(image, settings, args) as (daemon, state), \
+                progress.bar(args, "prefetching", show=bool(prefetching)) as report:
             def ready():
                 log.info("ready: %s answers", args.mountpoint)
                 if daemon is not None:
                     daemon.state = "RUNNING"
                 try:
-                    prefetches.append(_start_prefetch(image, settings, state, prefetch_paths))
+                    prefetches.append(_start_prefetch(image, settings, state, prefetch_paths, progress=report))
                 except RafsError as exc:          # the mount serves on; only the warm-up is lost
                     log.warning("prefetch not started: %s", exc)
 
@@ -244,9 +247,9 @@ def _prepare_cache(settings) -> None:
             raise InvalidArgumentError(f"cache work_dir {settings.work_dir}: {exc.strerror}") from None
 
 
-def _start_prefetch(image, settings, state, paths: list[bytes] | None = None):
+def _start_prefetch(image, settings, state, paths: list[bytes] | None = None, progress=None):
     """:func:`start_prefetch`, its handle recorded in the API's MountState (for /metrics/blobcache)."""
-    handle = start_prefetch(image, settings, paths)
+    handle = start_prefetch(image, settings, paths, progress=progress)
     if handle is not None and state is not None:
         import time
         state.prefetch, state.prefetch_started = handle, time.time()
@@ -280,9 +283,10 @@ def _prefetch_list(image, list_file) -> list[bytes] | None:
     return paths
 
 
-def start_prefetch(image, settings, paths: list[bytes] | None):
+def start_prefetch(image, settings, paths: list[bytes] | None, *, progress=None):
     """Start the background prefetch the configuration (``fs_prefetch`` / ``prefetch``) or
     ``--prefetch-files`` asks for; returns its handle, or None when there is none to run.
+    ``progress(done, total)`` (:mod:`rafs.progress`) gets the bytes fetched.
 
     Foreground reads never wait for it: it runs in its own threads, and a chunk a reader wants that
     the prefetch is fetching at that moment is shared, not fetched twice.
@@ -295,7 +299,7 @@ def start_prefetch(image, settings, paths: list[bytes] | None):
         return None
     if paths is not None and not paths:
         return None
-    handle = image.prefetch(paths, all=bool(prefetch and prefetch.prefetch_all), wait=False)
+    handle = image.prefetch(paths, all=bool(prefetch and prefetch.prefetch_all), wait=False, progress=progress)
     log.info("prefetch started: %s", f"{len(paths)} paths from --prefetch-files" if paths is not None
              else "the whole image" if prefetch.prefetch_all else "the bootstrap's prefetch table")
     return handle
@@ -331,13 +335,15 @@ def _run_erofs(args) -> int:
         stop = threading.Event()
         previous = {signum: signal.signal(signum, lambda *_: stop.set())
                     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        prefetching = settings is not None and settings.prefetch.enable
         try:
             with OnDemandMount(image, args.mountpoint, work_dir=work_dir, bootstrap=args.bootstrap,
-                               threads=args.threads) as mount:
+                               threads=args.threads) as mount, \
+                    progress.bar(args, "prefetching", show=prefetching) as report:
                 log.info("ready: %s (RAFS v6 on the kernel's EROFS, %d blobs, cache %s)", args.mountpoint,
                          len(image.blobs), work_dir)
-                if settings is not None and settings.prefetch.enable:
-                    mount.prefetch(wait=False)
+                if prefetching:
+                    mount.prefetch(wait=False, progress=report)
                 while mount.is_mounted() and not stop.wait(0.5):
                     pass
         finally:

@@ -10,7 +10,7 @@ from rafs.build.builder import Output
 from rafs.errors import InvalidArgumentError
 from rafs.unpack import write_tar
 
-from . import checks
+from . import checks, progress
 
 
 # Backends ``--backend-type`` reads blobs through (rafs.io.backends); nydus-image offers every backend
@@ -85,13 +85,15 @@ def run(args) -> int:
         checks.output_file("--output", args.output, devices=True)
     with rafs.open(bootstrap, blob_dir=args.blob_dir, blobs=blobs, config=config) as image:
         if args.output == "-":
-            write_tar(image, checks.stdout_binary("--output"))
+            with progress.bar(args, "unpacking", unit="entries") as report:
+                write_tar(image, checks.stdout_binary("--output"), progress=report)
             return 0
         # written whole then renamed into place; a FIFO or a device (/dev/null) is written into, as the
         # reference does, never replaced
         out = Output(args.output, None, error=InvalidArgumentError)
         try:
-            count = write_tar(image, _Named(out.fp, args.output))
+            with progress.bar(args, "unpacking", unit="entries") as report:
+                count = write_tar(image, _Named(out.fp, args.output), progress=report)
             out.commit(None)
         except BaseException:
             out.discard()

@@ -15,6 +15,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from ..progress import Progress, Ticker
 from .fetch import merge_ranges
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Prefetch:
     """A prefetch of ``work`` = [(ChunkFetcher, chunks)] with ``threads`` workers."""
 
     def __init__(self, work, *, threads: int = 8, batch_size: int = 0x100000, bandwidth_limit: int = 0,
-                 grow_ranges: bool = False):
+                 grow_ranges: bool = False, progress: Progress | None = None):
         self.work = [(fetcher, chunks) for fetcher, chunks in work if getattr(fetcher, "cache", None) is not None]
         self.threads = max(1, threads)
         self.batch_size = max(1, batch_size)
@@ -48,6 +49,7 @@ class Prefetch:
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._ticker = Ticker(progress)     # bytes (compressed) fetched, against those planned
 
     def start(self) -> "Prefetch":
         if not self.work:
@@ -66,19 +68,26 @@ class Prefetch:
                 size = self.range_size(sum(c.compressed_size for c in todo))
                 tasks.extend((fetcher, group, size) for group in merge_ranges(todo, size))
             self.total = len(tasks)
+            self._ticker.total = sum(c.compressed_size for _, group, _ in tasks for c in group)
+            self._ticker.start()
             log.debug("prefetch: %d chunks to fetch in %d requests from %d blobs, %d threads",
                       sum(len(g) for _, g, _ in tasks), len(tasks), len(self.work), self.threads)
             with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="rafs-prefetch") as pool:
                 for future in [pool.submit(self._fetch, *task) for task in tasks]:
                     future.result()
+            self._flush()
+            self._ticker.finish()              # 100% once the chunk maps say so too
             log.debug("prefetch: done, %d chunks fetched in %.2f s, %d failed requests%s", self.fetched,
                       time.monotonic() - started, len(self.errors), " (cancelled)" if self._stop.is_set() else "")
         except BaseException as exc:  # noqa: BLE001 - reported through wait()
             self.errors.append(exc)
         finally:
-            for fetcher, _ in self.work:       # what was fetched is in the chunk maps when wait() returns
-                fetcher.cache.flush()
+            self._flush()                      # what was fetched is in the chunk maps when wait() returns
             self._done.set()
+
+    def _flush(self) -> None:
+        for fetcher, _ in self.work:
+            fetcher.cache.flush()
 
     def _throttle(self, size: int) -> None:
         """Sleep so that the bytes fetched so far stay within ``bandwidth_limit`` per second."""
@@ -105,7 +114,8 @@ class Prefetch:
     def _fetch(self, fetcher, group, size: int) -> None:
         if self._stop.is_set():
             return
-        self._throttle(sum(c.compressed_size for c in group))
+        nbytes = sum(c.compressed_size for c in group)
+        self._throttle(nbytes)
         if self._stop.is_set():
             return
         try:
@@ -119,6 +129,7 @@ class Prefetch:
             self.fetched += len(group)
             self.requests_done += 1
             done = self.requests_done
+        self._ticker.advance(nbytes)
         log.debug("prefetch: %d/%d requests done (blob %s, %d chunks)", done, self.total, fetcher.blob.blob_id,
                   len(group))
 

@@ -13,12 +13,30 @@ import logging
 import os
 from dataclasses import dataclass
 
+from fsspec.callbacks import Callback
+
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..progress import Progress, Ticker
 from .backends import S3Backend
 from .config import check_backend_config, parse_text, read_config_file
 from .retry import RetryPolicy, redact
 
 log = logging.getLogger(__name__)
+
+
+class _Uploaded(Callback):
+    """fsspec's upload callback (s3fs calls it per part uploaded), passed on to a :class:`Ticker`."""
+
+    def __init__(self, ticker: Ticker):
+        super().__init__()
+        self.ticker = ticker
+        self.passed_on = 0
+
+    def call(self, *args, **kwargs) -> None:
+        step = self.value - self.passed_on
+        self.passed_on = self.value
+        if step > 0:
+            self.ticker.advance(step)
 
 PUSH_BACKEND_TYPES = ("s3",)
 
@@ -70,27 +88,38 @@ class Pusher:
     def _http_url(self, key: str) -> str:
         return f"{self.backend.scheme}://{self.backend.bucket}.{self.backend.endpoint}/{key}"
 
-    def _put(self, path: str, key: str) -> str:
+    def _put(self, path: str, key: str, ticker: Ticker | None = None) -> str:
         target = f"{self.backend.bucket}/{key}"
         url = self.backend.url(key)
-        self.retry.call(lambda: self.backend.fs.put_file(os.fspath(path), target), f"upload of {path} to {url}")
+        ticker = ticker or Ticker(None)
+        base = ticker.done
+
+        def attempt():
+            ticker.advance(base - ticker.done)          # a retried upload starts again from its beginning
+            return self.backend.fs.put_file(os.fspath(path), target, callback=_Uploaded(ticker))
+        self.retry.call(attempt, f"upload of {path} to {url}")
         log.debug("uploaded %s to %s", path, redact(url, self.retry.secrets))
         return url
 
-    def push_blob(self, path, blob_id: str) -> str:
+    def push_blob(self, path, blob_id: str, *, ticker: Ticker | None = None) -> str:
         """Upload the data blob as ``blob_prefix + blob_id``; its ``s3://`` URL."""
-        return self._put(path, self.blob_prefix + blob_id)
+        return self._put(path, self.blob_prefix + blob_id, ticker)
 
-    def push_bootstrap(self, path, name: str) -> str:
+    def push_bootstrap(self, path, name: str, *, ticker: Ticker | None = None) -> str:
         """Upload the bootstrap as ``meta_prefix + name``; its ``s3://`` URL."""
         if not name or "/" in name:
             raise InvalidArgumentError(f"image name {name!r} cannot be an object name")
-        return self._put(path, self.meta_prefix + name)
+        return self._put(path, self.meta_prefix + name, ticker)
 
-    def push(self, *, bootstrap, name: str, blob=None, blob_id: str | None = None) -> PushResult:
-        """Blob first, then the bootstrap (so a bootstrap never points at a blob not yet there)."""
-        blob_url = self.push_blob(blob, blob_id) if blob is not None else None
-        bootstrap_url = self.push_bootstrap(bootstrap, name)
+    def push(self, *, bootstrap, name: str, blob=None, blob_id: str | None = None,
+             progress: Progress | None = None) -> PushResult:
+        """Blob first, then the bootstrap (so a bootstrap never points at a blob not yet there).
+        ``progress(done, total)`` (:mod:`rafs.progress`) counts the bytes uploaded."""
+        total = sum(os.path.getsize(p) for p in (blob, bootstrap) if p is not None)
+        ticker = Ticker(progress, total).start()
+        blob_url = self.push_blob(blob, blob_id, ticker=ticker) if blob is not None else None
+        bootstrap_url = self.push_bootstrap(bootstrap, name, ticker=ticker)
+        ticker.finish()
         return PushResult(bootstrap_url=bootstrap_url, blob_url=blob_url,
                           bootstrap_http_url=self._http_url(self.meta_prefix + name),
                           blob_http_url=self._http_url(self.blob_prefix + blob_id) if blob is not None else None)

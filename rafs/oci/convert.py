@@ -35,6 +35,7 @@ from ..build.merge import Merger
 from ..build.tar import TarSource
 from ..errors import BuildError, InvalidArgumentError, InvalidImageError, UnsupportedError
 from ..io.source import LocalRangeReader
+from ..progress import Progress, Ticker
 from . import spec
 from .documents import MAX_INDEX_DEPTH
 from .layout import BlobRef, HashingWriter, LayoutWriter, OciLayout, descriptor, digest_hex, dump_json
@@ -70,6 +71,7 @@ class ConvertOptions:
     work_dir: str | None = None
 
     def check(self) -> None:
+        """Refuse impossible options (:class:`~rafs.errors.InvalidArgumentError` naming the option) before any work."""
         if int(self.fs_version) not in (5, 6):
             raise InvalidArgumentError(f"invalid fs version {self.fs_version!r} (5 or 6)")
         self.fs_version = int(self.fs_version)
@@ -98,6 +100,7 @@ class ConvertResult:
 
 
 def parse_platform(text: str) -> tuple[str, str, str | None]:
+    """``os/arch[/variant]`` (``--platform``) as (os, arch, variant or None)."""
     parts = text.strip().split("/")
     if len(parts) not in (2, 3) or not all(parts):
         raise InvalidArgumentError(f"invalid platform {text!r} (expected os/arch[/variant])")
@@ -190,8 +193,12 @@ class Converter:
         if os.path.abspath(self.target_path) == os.path.abspath(self.source.path):
             raise InvalidArgumentError("the target layout must differ from the source")
         self.patterns = tuple(self.options.prefetch_patterns or ["/"])
+        self._progress: Progress | None = None          # set by run()
 
-    def run(self) -> ConvertResult:
+    def run(self, *, progress: Progress | None = None) -> ConvertResult:
+        """Convert; ``progress(done, total)`` (:mod:`rafs.progress`) counts the bytes of source layers
+        converted, layer by layer."""
+        self._progress = progress
         writer = LayoutWriter(self.target_path)
         work = tempfile.mkdtemp(prefix="rafs-convert-", dir=self.options.work_dir)
         try:
@@ -266,13 +273,24 @@ class Converter:
         # finishing last should not be left with one thread; biggest first shortens the tail
         jobs = {d: _with_threads(job, cpus) for d, job in
                 sorted(jobs.items(), key=lambda item: -item[1].source.size)}
+        ticker = Ticker(self._progress, sum(job.source.size for job in jobs.values())).start()
         if workers == 1:
-            return {d: convert_layer(job) for d, job in jobs.items()}
+            results = {}
+            for d, job in jobs.items():
+                results[d] = convert_layer(job)
+                ticker.advance(job.source.size)
+            ticker.finish()
+            return results
         context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                               else "spawn")
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = {d: pool.submit(convert_layer, job) for d, job in jobs.items()}
             try:
+                sizes = {future: jobs[d].source.size for d, future in futures.items()}
+                for future in concurrent.futures.as_completed(futures.values()):
+                    future.result()
+                    ticker.advance(sizes[future])
+                ticker.finish()
                 return {d: future.result() for d, future in futures.items()}
             except BaseException as exc:
                 for future in futures.values():
@@ -421,7 +439,7 @@ def _bootstrap_layer(writer: LayoutWriter, bootstrap_path: str) -> tuple[str, in
     return compressed.digest, compressed.size, plain.digest
 
 
-def convert(source, target, **options) -> ConvertResult:
+def convert(source, target, *, progress: Progress | None = None, **options) -> ConvertResult:
     """Convert the OCI image layout ``source`` to a Nydus image layout ``target``; keyword options
-    are those of :class:`ConvertOptions`."""
-    return Converter(source, target, ConvertOptions(**options)).run()
+    are those of :class:`ConvertOptions`, ``progress`` that of :meth:`Converter.run`."""
+    return Converter(source, target, ConvertOptions(**options)).run(progress=progress)

@@ -47,6 +47,7 @@ from ..io.cache import BlobCache, PersistChunkMap
 from ..io.fetch import ChunkFetcher
 from ..io.lazy import LazySource
 from ..model import Chunk
+from ..progress import Progress, Ticker
 
 log = logging.getLogger(__name__)
 
@@ -446,21 +447,24 @@ class OnDemandMount:
         """Chunks fetched from the backend since the mount started."""
         return sum(f.fetched_chunks for f in self.fillers)
 
-    def prefetch(self, *, wait: bool = True) -> threading.Thread:
+    def prefetch(self, *, wait: bool = True, progress: Progress | None = None) -> threading.Thread:
         """Fill every blob in the background (nydusd's ``fs_prefetch``): each incomplete data file is read
         in 1 MiB pieces, which raises the same events a reader would, so foreground reads are never
-        blocked behind it for longer than one piece."""
+        blocked behind it for longer than one piece. ``progress(done, total)`` (:mod:`rafs.progress`)
+        counts the uncompressed bytes of the chunks gone through, from the prefetch's thread."""
         def run():
-            for filler in self.fillers:
-                if filler.complete:
-                    continue
+            todo = [filler for filler in self.fillers if not filler.complete]
+            ticker = Ticker(progress, sum(c.uncompressed_size for f in todo for c in f.chunks)).start()
+            for filler in todo:
                 try:
                     with open(filler.data_path, "rb", buffering=0) as f:
                         for chunk in filler.chunks:
                             if not filler.chunk_map.is_ready(chunk):
                                 os.pread(f.fileno(), 1, chunk.uncompressed_offset)
+                            ticker.advance(chunk.uncompressed_size)
                 except OSError as exc:
                     log.warning("prefetch of blob %s stopped: %s", filler.blob.blob_id, exc)
+            ticker.finish()
         thread = threading.Thread(target=run, name="rafs-ondemand-prefetch", daemon=True)
         thread.start()
         if wait:

@@ -52,12 +52,15 @@ class BytesSource:
         self.name = name
 
     def read_range(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset``; a read past the end is a :class:`~rafs.errors.BackendError`, as
+        a real backend's is."""
         if offset < 0 or size < 0 or offset + size > self.size:
             from ..errors import BackendError
             raise BackendError(f"{self.name}: read of {size} bytes at {offset} past the end ({self.size})")
         return self.data[offset:offset + size]
 
     def close(self) -> None:
+        """Nothing to release: the bytes are the caller's."""
         pass
 
 

@@ -216,6 +216,7 @@ HTTP_BEHAVIOURS = ("honest", "ignore-range", "drip", "endless", "long-body")
 
 
 def http_behaviours() -> st.SearchStrategy[str]:
+    """A strategy of the hostile behaviours of :class:`HostileHTTPServer` (every one but ``honest``)."""
     return st.sampled_from(HTTP_BEHAVIOURS[1:])
 
 
@@ -241,6 +242,7 @@ class HostileHTTPServer:
 
     @property
     def url(self) -> str:
+        """The server's base URL on loopback (``http://127.0.0.1:<port>``)."""
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 

@@ -99,9 +99,11 @@ class HostileServer:
         self.thread.start()
 
     def url(self, mode: str, name: str = "") -> str:
+        """The URL of ``name`` served in the hostile ``mode`` (what the path's first segment selects)."""
         return f"{self.scheme}://127.0.0.1:{self.port}/{mode}/{name}"
 
     def count(self, mode: str, name: str, method: str = "GET") -> int:
+        """How many ``method`` requests came for ``name`` in ``mode``."""
         return sum(1 for m, p, _ in self.requests if m == method and p == f"/{mode}/{name}")
 
     def __enter__(self) -> "HostileServer":
@@ -111,6 +113,7 @@ class HostileServer:
         self.close()
 
     def close(self):
+        """Stop serving: end the hostile answers under way and close the socket."""
         self.stop.set()
         self.httpd.shutdown()
         self.httpd.server_close()
@@ -142,6 +145,7 @@ class HostileServer:
         h.close_connection = True
 
     def handle(self, h, *, head: bool) -> None:
+        """Answer the request of handler ``h`` in the mode its path names (``head``: a HEAD request)."""
         _, mode, name = h.path.split("/", 2)
         rng = h.headers.get("Range")
         with self._lock:

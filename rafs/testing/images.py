@@ -67,6 +67,7 @@ class Built:
         return {"blob_dir": self.blob_dir} if self.blob_dir is not None else {}
 
     def open(self, **kwargs):
+        """The built image opened with :func:`rafs.open` (``kwargs`` added to :attr:`open_kwargs`)."""
         import rafs
         return rafs.open(self.source, **{**self.open_kwargs, **kwargs})
 

@@ -73,9 +73,11 @@ class FileData:
 
     @classmethod
     def literal(cls, data: bytes) -> "FileData":
+        """A FileData holding exactly ``data``."""
         return cls(len(data), (Extent(0, len(data), bytes(data)),) if data else ())
 
     def pread(self, size: int, offset: int) -> bytes:
+        """Up to ``size`` bytes at ``offset`` (fewer at the end; none past it)."""
         end = min(self.size, offset + size)
         if offset >= end:
             return b""
@@ -87,9 +89,11 @@ class FileData:
         return bytes(out)
 
     def read(self) -> bytes:
+        """The whole content (for small files: it is built in memory)."""
         return self.pread(self.size, 0)
 
     def blocks(self, block: int = 1 << 20) -> Iterator[bytes]:
+        """The content in pieces of ``block`` bytes, never all of it at once."""
         for offset in range(0, self.size, block):
             yield self.pread(block, offset)
 
@@ -98,6 +102,7 @@ class FileData:
         return io.BufferedReader(_DataStream(self))
 
     def sha256(self) -> bytes:
+        """The sha256 digest of the content, read piece by piece."""
         h = hashlib.sha256()
         for part in self.blocks():
             h.update(part)
@@ -152,6 +157,7 @@ class Entry:
 
     @property
     def st_mode(self) -> int:
+        """The file type bits of ``kind`` with the permission bits, as ``st_mode``."""
         return _IFMT[self.kind] | (self.mode & 0o7777)
 
 
@@ -161,24 +167,29 @@ def file(data: bytes | FileData = b"", **attrs) -> Entry:
 
 
 def directory(**attrs) -> Entry:
+    """An Entry for a directory (mode 0755 unless given)."""
     attrs.setdefault("mode", 0o755)
     return Entry("dir", **attrs)
 
 
 def symlink(target: bytes, **attrs) -> Entry:
+    """An Entry for a symlink to ``target`` (mode 0777 unless given)."""
     attrs.setdefault("mode", 0o777)
     return Entry("symlink", target=target, **attrs)
 
 
 def hardlink(target: bytes) -> Entry:
+    """An Entry that is another link of the regular file at tree path ``target``."""
     return Entry("hardlink", target=target)
 
 
 def join(parent: bytes, name: bytes) -> bytes:
+    """The tree path of ``name`` in directory ``parent``."""
     return parent.rstrip(b"/") + b"/" + name
 
 
 def split(path: bytes) -> tuple[bytes, bytes]:
+    """A tree path as (parent directory, name); the root is the parent of top-level names."""
     parent, _, name = path.rpartition(b"/")
     return parent or ROOT, name
 
@@ -255,6 +266,7 @@ def xattr_names(*, kind: str = "file") -> st.SearchStrategy[bytes]:
 
 
 def xattrs(*, kind: str = "file", max_count: int = 3) -> st.SearchStrategy[dict]:
+    """A strategy of xattr dicts (at most ``max_count`` names that ``kind`` of entry can carry)."""
     return st.dictionaries(xattr_names(kind=kind), st.binary(max_size=64), max_size=max_count)
 
 
@@ -300,6 +312,8 @@ def file_data(draw, *, chunk_size: int = 0x1000, max_size: int = 1 << 16, sparse
 
 @st.composite
 def entry_attrs(draw, kind: str, *, owners: bool, with_xattrs: bool, mtimes: bool = True) -> dict:
+    """Drawn attributes (mode, owners, mtimes, xattrs) for an entry of ``kind``, as :func:`file` and
+    the other entry makers take them."""
     attrs = {}
     if kind == "symlink":
         attrs["mode"] = 0o777
