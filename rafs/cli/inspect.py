@@ -39,7 +39,8 @@ def run_inspect(args) -> int:
     checks.exclusive(args, ("config", "--config <config>"), ("blob_dir", "--blob-dir <blob-dir>"))
     checks.input_dir("--blob-dir", args.blob_dir)
     checks.input_file("--config", args.config)
-    with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config) as image:
+    with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config,
+                   storage_options=checks.reference_options(args, bootstrap)) as image:
         if args.request == "stats":
             info = stats(image)
         elif args.request == "blobs":
@@ -88,8 +89,10 @@ def run_check(args) -> int:
     checks.input_file("--config", args.config)
     checks.output_file("--output-json", args.output_json, devices=True)
     faults, checked = [], 0
-    with_data = bool(args.blob_dir or args.config)
-    with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config, validate=with_data) as image:
+    options = checks.reference_options(args, bootstrap)
+    with_data = bool(args.blob_dir or args.config or options is not None)   # a registry has the blobs
+    with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config, validate=with_data,
+                   storage_options=options) as image:
         for fault in image.check(verify_data=with_data):
             faults.append(fault)
             print(f"FAULT: {printable(fault)}", file=sys.stderr)

@@ -14,6 +14,8 @@ import os
 import rafs
 from rafs.errors import InvalidArgumentError
 
+from . import checks
+
 log = logging.getLogger("rafs.mount")
 
 
@@ -21,7 +23,8 @@ def register(sub) -> None:
     p = sub.add_parser("mount", help="serve an image at a mountpoint through FUSE (nydusd's flags)",
                        description="Mount a RAFS image read-only through FUSE and serve it in the "
                        "foreground until it is unmounted or the process gets SIGINT/SIGTERM.")
-    p.add_argument("-B", "--bootstrap", required=True, help="bootstrap (metadata) path or URL")
+    p.add_argument("-B", "--bootstrap", required=True, help="bootstrap (metadata) path or URL, or a Nydus image "
+                   "in a registry (docker://HOST/REPO:TAG)")
     p.add_argument("-M", "--mountpoint", required=True, help="directory to mount the image on")
     p.add_argument("-C", "--config", help="nydusd configuration file (v1 JSON or v2 TOML/JSON): backend, "
                    "blob cache, enable_xattr, digest_validate")
@@ -41,6 +44,7 @@ def register(sub) -> None:
                    "EROFS and rafs fills each blob's cache file on demand (fanotify, Linux 6.14+, RAFS v6)")
     p.add_argument("--fscache", metavar="DIR", help="with --fs-driver erofs: the cache directory for blob "
                    "data (default: the config's cache work_dir)")
+    checks.add_reference_arguments(p)
     p.set_defaults(func=run_mount)
 
     u = sub.add_parser("umount", help="unmount a rafs (or any FUSE) mount",
@@ -89,8 +93,8 @@ def run_mount(args) -> int:
         log.info("--iostats-files: rafs keeps no per-file I/O statistics; none will be collected")
     if args.fs_driver == "erofs":
         return _run_erofs(args)
-    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir,
-                   validate=args.digest_validate) as image:
+    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir, validate=args.digest_validate,
+                   storage_options=checks.reference_options(args, args.bootstrap)) as image:
         settings = getattr(image.locator, "config", None)
         enable_xattr = bool(getattr(settings, "enable_xattr", False))
         if getattr(settings, "cached", False):
@@ -128,8 +132,8 @@ def _run_erofs(args) -> int:
     from rafs.serve.ondemand import OnDemandMount
     if not os.path.isdir(args.mountpoint):
         raise InvalidArgumentError(f"--mountpoint {args.mountpoint}: not a directory")
-    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir,
-                   validate=args.digest_validate) as image:
+    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir, validate=args.digest_validate,
+                   storage_options=checks.reference_options(args, args.bootstrap)) as image:
         settings = getattr(image.locator, "config", None)
         _check_blob_sources(image, args)
         work_dir = args.fscache or (settings.work_dir if getattr(settings, "cached", False) else None)

@@ -113,9 +113,10 @@ class RegistryClient:
             except (HTTPAuthError, FileNotFoundError):
                 with self._lock:
                     self._redirects.pop(blob_id, None)
-        response, body = self.request("GET", f"blobs/sha256:{blob_id}", what, offset=offset, size=size)
+        path = f"blobs/sha256:{blob_id}"
+        response, body = self.request("GET", path, what, offset=offset, size=size)
         final = getattr(response, "final_url", None)
-        if final and urlsplit(final).netloc != urlsplit(self.base).netloc:
+        if final and final != self.base + path:          # redirected (to blob storage, as a rule)
             with self._lock:
                 self._redirects[blob_id] = (final, time.time() + redirect_lifetime(final))
         return body
