@@ -226,14 +226,14 @@ class Registry:
         self._log.flush()
         return os.path.getsize(self.log_path)
 
-    def requests_since(self, mark: int) -> list[tuple[str, str, int]]:
-        """(method, path, status) of each request the access log shows after ``mark``."""
+    def requests_since(self, mark: int) -> list[tuple[str, str, int, int]]:
+        """(method, path, status, body bytes) of each request the access log shows after ``mark``."""
         time.sleep(0.2)                          # the registry writes its log line after answering
         with open(self.log_path, "rb") as f:
             f.seek(mark)
             text = f.read().decode("utf-8", "replace")
-        return [(m.group(1), m.group(2), int(m.group(3)))
-                for m in re.finditer(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3})', text)]
+        return [(m.group(1), m.group(2), int(m.group(3)), int(m.group(4)) if m.group(4).isdigit() else 0)
+                for m in re.finditer(r'"([A-Z]+) (\S+) HTTP/[0-9.]+" (\d{3}) (\S+)', text)]
 
     def stop(self) -> None:
         self.process.terminate()

@@ -160,6 +160,8 @@ def test_reading_one_file_fetches_only_its_chunks(basic_registry, images):
     assert len(bootstrap_layers) == 1
     assert touched - bootstrap_layers == file_blobs
     assert all(r[2] == 206 for r in blob_gets), "every blob read is ranged"
+    data_bytes = sum(r[3] for r in blob_gets if r[1].rsplit("sha256:", 1)[1] in file_blobs)
+    assert data_bytes == sum(c.compressed_size for c in chunks), "only the file's chunks were fetched"
     assert len(requests) <= 10, requests
 
 
