@@ -30,6 +30,7 @@ from rafs.io.registry_auth import RegistryAuthError, parse_challenge
 from rafs.oci import convert
 
 from conftest import need
+from helpers import rafs_mount
 from oci_layers import (apply_layers, directory_inodes, directory_view, hardlink_groups, image_inodes,
                         image_view, make_layers, oci_image, oci_layout)
 from registry_server import PASSWORD, USER, Registry, available
@@ -281,26 +282,11 @@ def test_rafs_mount_of_a_reference(basic_registry, images, docker_env, tmp_path)
     need(os.geteuid() == 0 and os.path.exists("/dev/fuse"), "FUSE mounts need root and /dev/fuse")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    server = subprocess.Popen([sys.executable, "-m", "rafs", "mount", "-B", f"docker://{basic_registry.host}/{REPO}:v1",
-                               "-M", str(mnt), "--insecure"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env={**os.environ, **docker_env})
-    try:
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mnt):
-            assert server.poll() is None, server.communicate()[1].decode()
-            assert time.monotonic() < deadline, "rafs mount did not come up"
-            time.sleep(0.1)
+    with rafs_mount(["-B", f"docker://{basic_registry.host}/{REPO}:v1", "--insecure"], mnt, env=docker_env) as server:
         got, want = directory_view(str(mnt), xattrs=False), directory_view(images[1], xattrs=False)
         assert sorted(got) == sorted(want)
         for path in want:
             assert got[path] == want[path], path
-    finally:
-        subprocess.run([sys.executable, "-m", "rafs", "umount", str(mnt)], capture_output=True)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
     assert PASSWORD not in server.stderr.read().decode()
 
 
