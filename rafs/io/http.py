@@ -313,15 +313,17 @@ class HttpClient:
     # requests
 
     def request(self, method: str, url: str, *, offset: int | None = None, size: int | None = None,
-                limit: int | None = None, headers: dict | None = None,
-                rewrite_redirect=None) -> tuple[http.client.HTTPResponse, bytes]:
+                limit: int | None = None, headers: dict | None = None, rewrite_redirect=None,
+                body=None) -> tuple[http.client.HTTPResponse, bytes]:
         """``method url`` within one deadline, following redirects.
 
         With ``offset``/``size`` a ranged GET that returns exactly those bytes; otherwise the whole
         body, refused past ``limit`` bytes. Returns (response, body); HEAD returns no body. ``headers``
         go with this request (an ``Authorization`` among them only to ``url``'s own origin);
         ``rewrite_redirect(url)`` may change where a redirect leads before it is followed. The URL that
-        answered is ``response.final_url``.
+        answered is ``response.final_url``. ``body`` (bytes, or a seekable binary file sent with the
+        ``Content-Length`` the caller puts in ``headers``) goes with a POST or PUT, whose answer may be
+        any 2xx.
         """
         deadline = time.monotonic() + self.timeout
         headers = {**self.headers, **(headers or {})}
@@ -339,18 +341,19 @@ class HttpClient:
             target = parts.path or "/"
             if parts.query:
                 target += "?" + parts.query
-            response, body = self._once(origin, method, target, headers, deadline, url, offset, size, limit)
-            if response is None:                       # a redirect: ``body`` is where to
-                url = urljoin(url, body)
+            response, answer = self._once(origin, method, target, headers, deadline, url, offset, size, limit,
+                                          body)
+            if response is None:                       # a redirect: ``answer`` is where to
+                url = urljoin(url, answer)
                 if rewrite_redirect is not None:
                     url = rewrite_redirect(url)
                 parts = urlsplit(url)
                 continue
             response.final_url = url
-            return response, body
+            return response, answer
         raise BackendError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects")
 
-    def _once(self, origin, method, target, headers, deadline, url, offset, size, limit):
+    def _once(self, origin, method, target, headers, deadline, url, offset, size, limit, body=None):
         for attempt in (0, 1):
             conn = self._take(origin) if attempt == 0 else None
             reused = conn is not None
@@ -367,7 +370,9 @@ class HttpClient:
                                              f"{min(self.connect_timeout, self.timeout):g} s") from None
                 conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 try:
-                    conn.request(method, target, headers=headers)
+                    if attempt and hasattr(body, "seek"):
+                        body.seek(0)             # sent again, whole, on a fresh connection
+                    conn.request(method, target, body=body, headers=headers)
                     response = conn.getresponse()
                 except (ConnectionError, http.client.BadStatusLine):
                     if reused and not watch.fired:
@@ -435,7 +440,7 @@ class HttpClient:
                 raise BackendError(f"{name}: answered {length} bytes for a range of {size} bytes")
             body = _read(response, size)
             return (response, body), response.isclosed() and not response.will_close
-        if status != 200:
+        if status != 200 and not (method in ("POST", "PUT", "PATCH") and 200 <= status < 300):
             raise _status_error(response, url)
         if limit is not None and length is not None and length > limit:
             raise BackendError(f"{name}: declares {length} bytes, more than the limit of {limit} bytes")

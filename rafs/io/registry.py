@@ -74,11 +74,17 @@ class RegistryClient:
     def request(self, method: str, path: str, what: str, **kwargs):
         """``method`` on ``{base}{path}`` as :meth:`rafs.io.http.HttpClient.request`, logging in when
         the registry asks (once per call: a second refusal is final)."""
+        return self.request_url(method, self.base + path, what, **kwargs)
+
+    def request_url(self, method: str, url: str, what: str, **kwargs):
+        """:meth:`request` for a whole URL of the registry (an upload location)."""
         from .http import HTTPAuthError
-        url = self.base + path
         extra = kwargs.pop("headers", {})
+        body = kwargs.get("body")
         for attempt in (0, 1):
             headers = {**extra, **self.auth.headers()}
+            if attempt and hasattr(body, "seek"):
+                body.seek(0)
             self.requests += 1
             try:
                 return self.client.request(method, url, headers=headers, rewrite_redirect=self._rewrite, **kwargs)
