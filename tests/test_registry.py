@@ -41,7 +41,8 @@ AUTH = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 
 @pytest.fixture(scope="session")
 def images(tmp_path_factory):
-    """(single-platform Nydus layout, its flattened tree, two-platform Nydus layout, the arm64 tree)."""
+    """(single-platform Nydus layout, its flattened tree, two-platform Nydus layout, the arm64 tree, the
+    source OCI layout of the first)."""
     base = tmp_path_factory.mktemp("registry-images")
     tars = make_layers(str(base / "layers"), compress="gzip")
     expected = apply_layers(tars, str(base / "expected"))
@@ -53,7 +54,7 @@ def images(tmp_path_factory):
     oci_layout(multi, [], index_of=[oci_image(multi, tars, platform=("linux", "amd64")),
                                     oci_image(multi, tars[:2], platform=("linux", "arm64"))])
     convert(multi, str(base / "multi"), all_platforms=True, merge_platform=True)
-    return str(base / "nydus"), expected, str(base / "multi"), two
+    return str(base / "nydus"), expected, str(base / "multi"), two, source
 
 
 def _registry(tmp_path_factory, images, mode):
@@ -63,6 +64,7 @@ def _registry(tmp_path_factory, images, mode):
     try:
         registry.push(images[0], f"{REPO}:v1")
         registry.push(images[2], f"{REPO}:multi", all_images=True)
+        registry.push(images[4], "rafs/source:v1")
     except BaseException:
         registry.stop()
         raise
@@ -442,3 +444,49 @@ def test_blob_redirected_host_and_scheme_rewrite_the_redirect(storage):
     assert backend.open("cd" * 32).read_range(0, 8) == _Storage.data[:8]
     cached = backend.registry._redirect("cd" * 32)
     assert cached is not None and cached.startswith(f"http://localhost:{port}/storage/")
+
+
+# -- convert and copy by reference ---------------------------------------------------------------------------
+
+def test_convert_from_registry_to_registry(basic_registry, images, docker_env, tmp_path):
+    source = f"docker://{basic_registry.host}/rafs/source:v1"
+    target = f"docker://{basic_registry.host}/rafs/converted:v1"
+    result = _cli("convert", "--source", source, "--target", target, "--source-insecure", "--target-insecure",
+                  "--check", "--work-dir", str(tmp_path / "work"), env=docker_env)
+    assert result.returncode == 0, result.stderr
+    assert "check passed" in result.stderr and PASSWORD not in result.stderr
+    assert not [n for n in os.listdir(tmp_path / "work") if n.startswith(".rafs-tmp")], "scratch layouts removed"
+    raw = subprocess.run(["skopeo", "inspect", "--raw", "--cert-dir", basic_registry.cert_dir, "--creds",
+                          f"{USER}:{PASSWORD}", target], capture_output=True, text=True, timeout=60)
+    manifest = json.loads(raw.stdout)
+    layers = manifest["layers"]
+    assert layers[-1]["annotations"]["containerd.io/snapshot/nydus-bootstrap"] == "true"
+    assert all(layer["mediaType"] == "application/vnd.oci.image.layer.nydus.blob.v1" for layer in layers[:-1])
+    with rafs.open(target, storage_options=basic_options(basic_registry), validate=True) as image:
+        assert_same_tree(image, images[1])
+    # the Nydus image is a valid OCI artifact: skopeo copies it out to a layout
+    copied = subprocess.run(["skopeo", "--insecure-policy", "copy", "--src-cert-dir", basic_registry.cert_dir,
+                             "--src-creds", f"{USER}:{PASSWORD}", target, f"oci:{tmp_path / 'out'}"],
+                            capture_output=True, text=True, timeout=60)
+    assert copied.returncode == 0, copied.stderr
+    # converting again pushes nothing new: every blob is already there
+    mark = basic_registry.log_mark()
+    again = _cli("convert", "--source", source, "--target", target, "--source-insecure", "--target-insecure",
+                 env=docker_env)
+    assert again.returncode == 0, again.stderr
+    assert not [r for r in basic_registry.requests_since(mark) if r[0] in ("POST", "PATCH")]
+
+
+def test_copy_between_repositories_and_to_a_layout(basic_registry, images, docker_env, tmp_path):
+    source = f"docker://{basic_registry.host}/{REPO}:multi"
+    target = f"docker://{basic_registry.host}/rafs/copied:multi"
+    result = _cli("copy", source, target, "--source-insecure", "--target-insecure", env=docker_env)
+    assert result.returncode == 0, result.stderr
+    with rafs.open(target, storage_options=basic_options(basic_registry, platform="linux/arm64")) as image:
+        assert_same_tree(image, images[3])
+    out = tmp_path / "layout"
+    pulled = _cli("copy", target, str(out), "--source-insecure", env=docker_env)
+    assert pulled.returncode == 0, pulled.stderr
+    from rafs.oci.check import check_image
+    report = check_image(str(out))
+    assert report.ok and len(report.manifests) == 2, report.problems
