@@ -469,6 +469,16 @@ def test_convert_from_registry_to_registry(basic_registry, images, docker_env, t
                              "--src-creds", f"{USER}:{PASSWORD}", target, f"oci:{tmp_path / 'out'}"],
                             capture_output=True, text=True, timeout=60)
     assert copied.returncode == 0, copied.stderr
+    # nydusify check against the registry: the Nydus image equals its source
+    checked = _cli("check", "--target", target, "--source", source, "--insecure", env=docker_env)
+    assert checked.returncode == 0 and "entries equal to the source" in checked.stdout, checked.stderr
+    tars = make_layers(str(tmp_path / "layers"))
+    other = str(tmp_path / "other")
+    oci_layout(other, [oci_image(other, tars[:2])])
+    basic_registry.push(other, "rafs/other:v1")
+    wrong = _cli("check", "--target", target, "--source", f"docker://{basic_registry.host}/rafs/other:v1",
+                 "--insecure", env=docker_env)
+    assert wrong.returncode == 1 and "FAULT" in wrong.stderr, wrong.stdout
     # converting again pushes nothing new: every blob is already there
     mark = basic_registry.log_mark()
     again = _cli("convert", "--source", source, "--target", target, "--source-insecure", "--target-insecure",

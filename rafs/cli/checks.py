@@ -110,6 +110,10 @@ def bootstrap_argument(args) -> str:
     return path
 
 
+def bootstrap_argument_given(args) -> bool:
+    return args.bootstrap is not None or args.bootstrap_opt is not None
+
+
 def add_bootstrap_arguments(parser, what: str = "bootstrap path or URL") -> None:
     """``BOOTSTRAP`` and the deprecated ``-B/--bootstrap``, read back with :func:`bootstrap_argument`."""
     parser.add_argument("bootstrap", metavar="BOOTSTRAP", nargs="?", help=what)
@@ -154,3 +158,13 @@ def parse_chunk_dict(arg: str | None) -> str | None:
         raise InvalidArgumentError(f"invalid chunk dict argument {arg!r} (expected bootstrap=PATH)")
     input_file("--chunk-dict", path)
     return path
+
+
+def scratch_dir(work_dir: str | None) -> str:
+    """A new temporary directory (``.rafs-tmp-<pid>-*``) under ``work_dir``, else the system's
+    temporary directory, for layouts pulled from or to be pushed to a registry; the caller removes it."""
+    import tempfile
+    from rafs import tempfiles
+    directory = work_dir or tempfile.gettempdir()
+    os.makedirs(directory, exist_ok=True)
+    return tempfiles.mkdtemp(directory, suffix=".registry")

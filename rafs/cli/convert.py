@@ -17,9 +17,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 
-from rafs import tempfiles
 from rafs.cli.create import parse_chunk_size
 from rafs.errors import InvalidArgumentError
 from rafs.oci import Converter, ConvertOptions
@@ -83,13 +81,6 @@ def _registry_options(args, side: str) -> dict:
     return {"insecure": getattr(args, f"{side}_insecure"), "plain_http": args.plain_http}
 
 
-def _scratch(args) -> str:
-    """A temporary directory for layouts pulled or to be pushed (removed by the caller)."""
-    directory = args.work_dir or tempfile.gettempdir()
-    os.makedirs(directory, exist_ok=True)
-    return tempfiles.mkdtemp(directory, suffix=".registry")
-
-
 def run(args) -> int:
     patterns = None
     if args.prefetch_patterns and args.prefetch_dir:
@@ -112,7 +103,7 @@ def run(args) -> int:
     if not (remote_source or remote_target):
         return _convert(args, options, args.source, args.target)
     from rafs.io.registry_transfer import pull, push
-    scratch = _scratch(args)
+    scratch = checks.scratch_dir(args.work_dir)
     try:
         source, target = args.source, args.target
         if remote_source:
@@ -158,7 +149,7 @@ def run_copy(args) -> int:
         pull(args.source, args.target, _registry_options(args, "source"))
         digest = None
     else:
-        scratch = _scratch(args)
+        scratch = checks.scratch_dir(args.work_dir)
         try:
             layout = pull(args.source, os.path.join(scratch, "image"), _registry_options(args, "source"))
             digest = push(layout, args.target, _registry_options(args, "target"))

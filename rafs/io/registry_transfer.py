@@ -67,6 +67,9 @@ def _pull_document(registry, writer, name: str, digest: str | None, what: str, r
     media_type = document.get("mediaType") or (response.getheader("Content-Type") or "").split(";")[0].strip()
     if "manifests" in document or media_type in spec.INDEX_TYPES:
         documents.index(document, what)
+        if len(document["manifests"]) > documents.MAX_MANIFESTS:
+            raise InvalidImageError(f"{len(document['manifests'])} manifests, more than the "
+                                    f"{documents.MAX_MANIFESTS} rafs follows", structure=what)
         for entry in document["manifests"]:
             _pull_document(registry, writer, entry["digest"], entry["digest"],
                            f"manifest {entry['digest']} of {what}", retry, depth + 1)
