@@ -313,6 +313,20 @@ def test_token_auth_and_a_token_expiring_mid_read(token_registry, images):
         service.lifetime = 300
 
 
+def test_a_token_past_its_expires_in_is_renewed_before_use(token_registry, images):
+    service = token_registry.token_service
+    ref = f"docker://{token_registry.host}/{REPO}:v1"
+    service.expires_in = 1                  # the client is told its tokens last a second
+    try:
+        with rafs.open(ref, storage_options={"username": USER, "password": PASSWORD, "plain_http": True}) as image:
+            issued = service.issued
+            time.sleep(1.5)
+            assert image.read("/etc/passwd") == open(os.path.join(images[1], "etc/passwd"), "rb").read()
+            assert service.issued > issued
+    finally:
+        service.expires_in = 300
+
+
 def test_token_service_refusal_is_clear(token_registry):
     ref = f"docker://{token_registry.host}/{REPO}:v1"
     with pytest.raises(RegistryAuthError) as info:

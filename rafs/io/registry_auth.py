@@ -107,7 +107,7 @@ class RegistryAuth:
             return False
         scheme, params = parse_challenge(challenge)
         with self._lock:
-            if self._header and refused.get("Authorization") != self._header:
+            if self._header and time.monotonic() < self._expires and refused.get("Authorization") != self._header:
                 return True                              # another thread has logged in meanwhile
             if scheme == "basic":
                 if self.credentials is None or refused.get("Authorization") == self.credentials.basic():
