@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -389,6 +390,7 @@ class _Storage(BaseHTTPRequestHandler):
 
     data = bytes(range(256)) * 64
     throttle = 0
+    cut = 0                       # requests whose body is cut off halfway (the connection dropped)
     log: list = []
 
     def log_message(self, *args):
@@ -414,11 +416,19 @@ class _Storage(BaseHTTPRequestHandler):
             self.end_headers()
             return
         first, last = map(int, self.headers["Range"].split("=")[1].split("-"))
+        cls.log[-1] += (first, last)
         body = cls.data[first:last + 1]
         self.send_response(206)
         self.send_header("Content-Range", f"bytes {first}-{last}/{len(cls.data)}")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        if cls.cut:
+            cls.cut -= 1
+            self.wfile.write(body[:len(body) // 2])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
         self.wfile.write(body)
 
 
@@ -426,7 +436,7 @@ class _Storage(BaseHTTPRequestHandler):
 def storage():
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Storage)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    _Storage.log, _Storage.throttle = [], 0
+    _Storage.log, _Storage.throttle, _Storage.cut = [], 0, 0
     yield f"127.0.0.1:{server.server_address[1]}"
     server.shutdown()
     server.server_close()
@@ -439,14 +449,24 @@ def test_redirects_are_remembered_and_429_waits_for_retry_after(storage):
     reader = backend.open("ab" * 32)
     assert reader.read_range(10, 20) == _Storage.data[10:30]
     assert reader.read_range(100, 5) == _Storage.data[100:105]
-    paths = [p for _, p, _ in _Storage.log]
+    paths = [entry[1] for entry in _Storage.log]
     assert paths[0].startswith("/v2/r/blobs/sha256:") and paths[1].startswith("/storage/")
     assert paths[2].startswith("/storage/"), "the second read goes straight to the remembered URL"
     _Storage.log.clear()
     _Storage.throttle = 1
     assert reader.read_range(0, 4) == _Storage.data[:4]
-    (_, _, first), (_, _, second) = _Storage.log[:2]
+    first, second = _Storage.log[0][2], _Storage.log[1][2]
     assert second - first >= 0.9, "Retry-After: 1 was honoured"
+
+
+def test_a_dropped_connection_is_resumed_with_a_range_request(storage):
+    from rafs.io.registry import RegistryBackend
+    backend = RegistryBackend({"scheme": "http", "host": storage, "repo": "r"})
+    reader = backend.open("ef" * 32)
+    _Storage.cut = 1
+    assert reader.read_range(1000, 2000) == _Storage.data[1000:3000]
+    ranges = [entry[3:] for entry in _Storage.log if len(entry) > 3]
+    assert ranges == [(1000, 2999), (2000, 2999)], "the second request asks only for the missing half"
 
 
 def test_blob_redirected_host_and_scheme_rewrite_the_redirect(storage):

@@ -438,8 +438,10 @@ class HttpClient:
                 _check_content_range(response, name, offset, size)
             if length is not None and length > size:
                 raise BackendError(f"{name}: answered {length} bytes for a range of {size} bytes")
-            body = _read(response, size)
-            return (response, body), response.isclosed() and not response.will_close
+            # a ranged read keeps what arrived before a connection dropped: the caller sees the short
+            # body and asks for the rest (a whole-object read fails instead, never returning a stub)
+            body = _read(response, size, keep_partial=True)
+            return (response, body), response.isclosed() and not response.will_close and len(body) == size
         if status != 200 and not (method in ("POST", "PUT", "PATCH") and 200 <= status < 300):
             raise _status_error(response, url)
         if limit is not None and length is not None and length > limit:
@@ -479,12 +481,20 @@ def _check_content_range(response, name: str, offset: int, size: int) -> None:
                            f"{value[:60]!r}")
 
 
-def _read(response, want: int | None) -> bytes:
-    """At most ``want`` bytes of the body (all of it if None), in bounded pieces."""
+def _read(response, want: int | None, *, keep_partial: bool = False) -> bytes:
+    """At most ``want`` bytes of the body (all of it if None), in bounded pieces; with
+    ``keep_partial`` a body cut short by the server returns what came (the connection is not reused)."""
     pieces = []
     got = 0
     while want is None or got < want:
-        piece = response.read(READ_PIECE if want is None else min(READ_PIECE, want - got))
+        try:
+            piece = response.read(READ_PIECE if want is None else min(READ_PIECE, want - got))
+        except http.client.IncompleteRead as exc:
+            if not keep_partial:
+                raise
+            pieces.append(exc.partial)
+            response.close()
+            break
         if not piece:
             break
         pieces.append(piece)

@@ -189,11 +189,14 @@ class RegistryBlobReader:
         if size <= 0:
             return b""
 
+        got = bytearray()
+
         def fetch() -> bytes:
-            data = self.registry.blob_range(self.blob_id, offset, size)
-            if len(data) != size:
-                raise ShortReadError(f"{self.name}: short read of {size} bytes at {offset} (got {len(data)})")
-            return data
+            # a connection dropped mid-body is resumed: the next attempt asks only for the bytes missing
+            got.extend(self.registry.blob_range(self.blob_id, offset + len(got), size - len(got)))
+            if len(got) != size:
+                raise ShortReadError(f"{self.name}: short read of {size} bytes at {offset} (got {len(got)})")
+            return bytes(got)
 
         try:
             return self.retry.call(fetch, f"{self.name} [{offset:#x}, +{size:#x})")
