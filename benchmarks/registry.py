@@ -34,7 +34,7 @@ def make_tree(top: str, megabytes: int, seed: int) -> None:
     n = 0
     while left > 0:
         size = min(left, rng.choice((4096, 65536, 1 << 20, 4 << 20)))
-        directory = os.path.join(top, f"d{n % 37}")
+        directory = os.path.join(top, f"layer{seed}", f"d{n % 37}")
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, f"f{n}"), "wb") as f:
             # half random, half repetitive: compresses like real files do
