@@ -251,7 +251,7 @@ def docker_env(basic_registry, tmp_path):
 
 def test_cli_inspect_check_and_unpack_a_reference(basic_registry, images, docker_env, tmp_path):
     ref = f"docker://{basic_registry.host}/{REPO}:v1"
-    shown = _cli("inspect", ref, "--insecure", "--json", env=docker_env)
+    shown = _cli("inspect", ref, "--insecure", "--json", "--log-level", "debug", env=docker_env)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["version"] == 6
     checked = _cli("check", ref, "--insecure", env=docker_env)
