@@ -7,9 +7,6 @@ them. Every input must be accepted or refused with an InvalidImageError.
 
 from __future__ import annotations
 
-import os
-import sys
-
 from _harness import instrumented, main
 
 with instrumented():
@@ -44,16 +41,5 @@ def TestOneInput(data: bytes) -> None:  # noqa: N802
             pass
 
 
-def _seed(directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
-    if not os.listdir(directory):
-        for name, data in SEED_DOCUMENTS.items():
-            with open(os.path.join(directory, name), "wb") as f:
-                f.write(data)
-
-
 if __name__ == "__main__":
-    corpus = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
-    if corpus is not None:
-        _seed(corpus)
-    main(TestOneInput)
+    main(TestOneInput, documents=SEED_DOCUMENTS)

@@ -36,6 +36,7 @@ import stat as _stat
 from . import errors
 from .errors import InvalidArgumentError, InvalidImageError
 from .model import MAX_NAME_SIZE
+from .readahead import DEFAULT_THREADS, DataOnce, read_ahead
 from .text import printable
 
 FILTERS = ("fully_trusted", "tar", "data")
@@ -44,24 +45,46 @@ MAX_SYMLINK_TARGET = 4096          # Linux's PATH_MAX, which counts the closing 
 
 
 def _inside(root: str, path: str) -> bool:
-    return os.path.commonpath([root, path]) == root
+    """Whether normalised absolute ``path`` is ``root`` or under it (both without a trailing slash,
+    except ``/`` itself)."""
+    return path == root or path.startswith(root if root.endswith("/") else root + "/")
 
 
-def extract_all(image, dest, *, filter="data", members=None) -> None:  # noqa: A002
+def extract_all(image, dest, *, filter="data", members=None, threads: int | None = None) -> None:  # noqa: A002
+    """Write ``image``'s tree under ``dest``; file data is read and decompressed ahead, in walk (blob)
+    order, by ``threads`` workers (:mod:`rafs.readahead`) while this thread writes it."""
     if filter not in FILTERS and not callable(filter):
         raise InvalidArgumentError(f"unknown extraction filter {filter!r} (expected one of {FILTERS})")
     root = _target_root(dest)
     is_root = hasattr(os, "geteuid") and os.geteuid() == 0
     links: dict[int, str] = {}
+    made: set[str] = set()          # directories known to be real directories inside the target
     dir_attrs: list[tuple[str, object, object]] = []
     symlinks: list[tuple[str, str, object, object]] = []
     wanted = None if members is None else {image._resolve(m, follow_symlinks=False)[1] for m in members}
 
-    for raw_path, inode in image.iter_entries("/"):
+    decisions: dict[bytes, bool] = {}        # a callable filter's answers, asked once, ahead of writing
+    data_once = DataOnce()
+
+    def wants(raw_path: bytes, inode) -> bool:
+        """Whether the data of this entry is needed (read ahead): a regular file extracted, and for a
+        hardlinked one only its first path (the others are links to it)."""
+        if wanted is not None and raw_path not in wanted and raw_path != b"/":
+            return False
+        if callable(filter):
+            decisions[raw_path] = keep = bool(filter("/" + os.fsdecode(raw_path.lstrip(b"/")), inode))
+            if not keep:
+                return False
+        return data_once(raw_path, inode)
+
+    for raw_path, inode, pieces in read_ahead(image, image.iter_entries("/"), wants,
+                                              threads=threads or DEFAULT_THREADS):
         if wanted is not None and raw_path not in wanted and raw_path != b"/":
             continue
+        decision = decisions.pop(raw_path, None)
         with _os_errors(os.fsdecode(raw_path)):
-            _extract_entry(image, root, raw_path, inode, filter, is_root, links, dir_attrs, symlinks)
+            _extract_entry(image, root, raw_path, inode, filter, is_root, links, dir_attrs, symlinks,
+                           pieces=pieces, decision=decision, made=made)
     for target, link, inode, how in symlinks:
         display = "/" + os.path.relpath(target, root)
         with _os_errors(display):
@@ -108,8 +131,15 @@ def _target_root(dest) -> str:
 
 
 def _extract_entry(image, root: str, raw_path: bytes, inode, filter, is_root: bool,  # noqa: A002
-                   links: dict, dir_attrs: list, symlinks: list) -> None:
-    """Create one entry under ``root`` (directory attributes and symlinks are queued, for later)."""
+                   links: dict, dir_attrs: list, symlinks: list, *, pieces=None, decision=None,
+                   made: set | None = None) -> None:
+    """Create one entry under ``root`` (directory attributes and symlinks are queued, for later).
+
+    ``made`` holds the directories this extraction made or checked: their real path was inside the
+    target, and nothing it does later turns them into a link (symlinks are made last, and a file
+    never replaces a directory), so their entries skip the parent's check.
+    """
+    made = set() if made is None else made
     rel = os.fsdecode(raw_path.lstrip(b"/"))
     target = os.path.join(root, rel) if rel else root
     display = "/" + rel
@@ -119,7 +149,7 @@ def _extract_entry(image, root: str, raw_path: bytes, inode, filter, is_root: bo
         raise errors.UnsafePathError(display, f"a name longer than {MAX_NAME_SIZE} bytes cannot be created")
     how = filter
     if callable(filter):
-        if not filter(display, inode):
+        if not (filter(display, inode) if decision is None else decision):
             return
         how = "fully_trusted"
     kind = _stat.S_IFMT(inode.mode)
@@ -128,15 +158,20 @@ def _extract_entry(image, root: str, raw_path: bytes, inode, filter, is_root: bo
     if how == "data" and kind not in (_stat.S_IFDIR, _stat.S_IFREG, _stat.S_IFLNK):
         raise errors.UnsafePathError(display, "the 'data' filter refuses device files and fifos")
     parent = os.path.dirname(target)
-    if target != root:
+    if target != root and parent not in made:
         if not _inside(root, os.path.realpath(parent)):
             raise errors.UnsafePathError(display, "parent directory resolves outside the target")
         os.makedirs(parent, exist_ok=True)       # members= may skip a parent
+        made.add(parent)
     if kind == _stat.S_IFDIR:
         if target != root:
-            if os.path.islink(target) or (os.path.lexists(target) and not os.path.isdir(target)):
-                os.unlink(target)                 # never follow a link in the way
-            os.makedirs(target, exist_ok=True)
+            try:
+                os.mkdir(target)
+            except FileExistsError:
+                if os.path.islink(target) or not os.path.isdir(target):
+                    os.unlink(target)             # never follow a link in the way
+                    os.mkdir(target)
+        made.add(target)
         dir_attrs.append((target, inode, how))
         return
     if kind == _stat.S_IFLNK:
@@ -145,20 +180,26 @@ def _extract_entry(image, root: str, raw_path: bytes, inode, filter, is_root: bo
             _check_link(root, parent, link, display)
         symlinks.append((target, link, inode, how))
         return
-    _clear_way(target, display)
     mode = _file_mode(inode.mode, how)
     if kind == _stat.S_IFREG:
         first = links.get(inode.ino) if inode.nlink > 1 else None
         if first is not None and _is_regular(first):
+            _clear_way(target, display)
             os.link(first, target, follow_symlinks=False)
             return
-        _write_file(image, inode, target)
+        fd = _create(target, display)
+        try:
+            _write_file(image, inode, fd, pieces)
+            _set_attrs(fd, inode, how, is_root, mode)
+        finally:
+            os.close(fd)
         if inode.nlink > 1:
             links[inode.ino] = target
-    else:
-        if kind in (_stat.S_IFCHR, _stat.S_IFBLK) and not is_root:
-            raise errors.UnsafePathError(display, "creating a device node needs root")
-        os.mknod(target, kind | 0o600, inode.rdev)
+        return
+    _clear_way(target, display)
+    if kind in (_stat.S_IFCHR, _stat.S_IFBLK) and not is_root:
+        raise errors.UnsafePathError(display, "creating a device node needs root")
+    os.mknod(target, kind | 0o600, inode.rdev)
     _set_attrs(target, inode, how, is_root, mode)
 
 
@@ -195,22 +236,36 @@ def _is_regular(path: str) -> bool:
         return False
 
 
-def _write_file(image, inode, target: str) -> None:
-    """Only the chunks are written, then the file is truncated to its size: holes stay holes and a
-    huge sparse file costs nothing."""
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0),
-                 0o600)
+def _create(target: str, display: str) -> int:
+    """A new regular file at ``target``, open for writing; what an earlier entry left there (a file or
+    a link, never a directory) is removed first, and a link is never followed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     try:
+        return os.open(target, flags, 0o600)
+    except FileExistsError:
+        _clear_way(target, display)
+        return os.open(target, flags, 0o600)
+
+
+def _write_file(image, inode, fd: int, pieces=None) -> None:
+    """Only the chunks are written, then the file is truncated to its size: holes stay holes and a
+    huge sparse file costs nothing. ``pieces``: the file's (chunk, data) as read ahead; without them
+    (a hardlink whose first path was replaced) the chunks are read here."""
+    if pieces is not None:
+        for chunk, data in pieces:
+            room = inode.size - chunk.file_offset         # a last chunk may run past the size
+            if room > 0:
+                os.pwrite(fd, data if len(data) <= room else memoryview(data)[:room], chunk.file_offset)
+    else:
         with image.open_inode(inode.ino) as src:
             for offset, length in src.data_regions():
                 for at in range(offset, offset + length, COPY_PIECE):
                     os.pwrite(fd, src.pread(min(COPY_PIECE, offset + length - at), at), at)
-        try:
-            os.ftruncate(fd, inode.size)
-        except OverflowError:                    # past what off_t holds: the file system's EFBIG
-            raise OSError(errno.EFBIG, os.strerror(errno.EFBIG)) from None
-    finally:
-        os.close(fd)
+    try:
+        os.ftruncate(fd, inode.size)
+    except OverflowError:                    # past what off_t holds: the file system's EFBIG
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG)) from None
+
 
 
 def _file_mode(st_mode: int, filter) -> int | None:  # noqa: A002
@@ -229,17 +284,18 @@ def _file_mode(st_mode: int, filter) -> int | None:  # noqa: A002
     return perms
 
 
-def _set_attrs(target: str, inode, filter, is_root: bool, mode: int | None) -> None:  # noqa: A002
+def _set_attrs(target, inode, filter, is_root: bool, mode: int | None) -> None:  # noqa: A002
     """Owner (as root, not with 'data'), then mode (chown clears set-id bits), then times; a symlink
-    itself is changed, never what it points to."""
+    itself is changed, never what it points to. ``target`` is a path or a descriptor open on it."""
+    nofollow = {} if isinstance(target, int) else {"follow_symlinks": False}
     if is_root and filter != "data":
         try:
-            os.chown(target, inode.uid, inode.gid, follow_symlinks=False)
+            os.chown(target, inode.uid, inode.gid, **nofollow)
         except OSError:
             pass
     if mode is not None:
         os.chmod(target, mode)
     try:
-        os.utime(target, ns=(inode.mtime_ns, inode.mtime_ns), follow_symlinks=False)
+        os.utime(target, ns=(inode.mtime_ns, inode.mtime_ns), **nofollow)
     except (OverflowError, OSError):
         pass                             # a time the target file system cannot hold is left unset

@@ -406,7 +406,8 @@ def unmount(mountpoint, *, lazy: bool = False) -> None:
         attempts.append(["umount", *(["-l"] if lazy else []), mountpoint])
     problems = []
     for command in attempts:
-        result = subprocess.run(command, capture_output=True, text=True)
+        # a mountpoint that is not UTF-8 comes back in the tool's message: never a decoding error here
+        result = subprocess.run(command, capture_output=True, encoding="utf-8", errors="backslashreplace")
         if result.returncode == 0:
             return
         problems.append(f"{command[0]}: {result.stderr.strip() or f'exit status {result.returncode}'}")

@@ -734,13 +734,18 @@ class Image:
 
         What: ``paths`` (files or directories) if given, else the bootstrap's prefetch table (a table
         holding only the root, or ``all=True``, means everything). ``threads`` workers (default from the
-        configuration's prefetch settings, else 8) fetch merged ranges of at most ``batch_size`` bytes.
+        configuration's prefetch settings, else 8) fetch merged ranges of at most ``batch_size`` bytes
+        (without it: at least the configured batch size, larger when there is enough to fetch to
+        give every worker a range of its own, up to 8 MiB; a whole image comes in a few large ranges).
         With ``wait=False`` it runs in the background and returns a :class:`rafs.io.prefetch.Prefetch`
         handle (``wait()``, ``cancel()``, ``fetched``); with a locator that has no cache it does nothing.
         """
         from .io.prefetch import Prefetch
         settings = getattr(getattr(self.locator, "config", None), "prefetch", None)
         threads = threads or (settings.threads if settings else 8)
+        # a batch_size given here is the exact request limit; the configured one (merging_size), as
+        # for nydusd, sizes on-demand reads, and a prefetch may grow its ranges past it
+        grow_ranges = not batch_size
         batch_size = batch_size or (settings.batch_size if settings else 0x100000)
         if paths is not None:
             roots = [self._resolve(p)[0] for p in ([paths] if isinstance(paths, (str, bytes)) else paths)]
@@ -766,7 +771,7 @@ class Image:
                     key = (chunk.compressed_offset, chunk.compressed_size, chunk.uncompressed_offset)
                     jobs.setdefault(chunk.blob_index, {}).setdefault(key, chunk)
         work = [(self.chunk_reader(b), list(chunks.values())) for b, chunks in sorted(jobs.items())]
-        handle = Prefetch(work, threads=threads, batch_size=batch_size)
+        handle = Prefetch(work, threads=threads, batch_size=batch_size, grow_ranges=grow_ranges)
         handle.start()
         if wait:
             handle.wait()
@@ -837,10 +842,11 @@ class Image:
                 except errors.RafsError as exc:
                     yield f"{printable(path)}: {exc}"
 
-    def extractall(self, dest, *, filter="data", members=None) -> None:  # noqa: A002
-        """Write the tree under ``dest`` with :mod:`tarfile`'s extraction-filter semantics."""
+    def extractall(self, dest, *, filter="data", members=None, threads: int | None = None) -> None:  # noqa: A002
+        """Write the tree under ``dest`` with :mod:`tarfile`'s extraction-filter semantics; ``threads``
+        workers (default 2) read and decompress file data ahead of the writes."""
         from .extract import extract_all
-        extract_all(self, dest, filter=filter, members=members)
+        extract_all(self, dest, filter=filter, members=members, threads=threads)
 
 
 _BAD_NAMES = frozenset((b"", b".", b".."))
@@ -950,6 +956,11 @@ class ImageFile(io.RawIOBase):
             raise InvalidArgumentError("negative seek position")
         self._pos = pos
         return pos
+
+    @property
+    def chunks(self) -> list[Chunk]:
+        """The file's chunks in file order (checked for overlaps and bounds when the file was opened)."""
+        return list(self._chunks)
 
     def data_regions(self) -> list[tuple[int, int]]:
         """(file offset, length) of each run of bytes the chunks hold, in order, adjacent chunks merged;

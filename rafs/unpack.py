@@ -22,19 +22,21 @@ import tarfile
 import urllib.parse
 
 from .errors import BuildError
+from .readahead import DEFAULT_THREADS, DataOnce, read_ahead
 from .text import printable
 
 _TYPES = {_stat.S_IFDIR: tarfile.DIRTYPE, _stat.S_IFREG: tarfile.REGTYPE, _stat.S_IFLNK: tarfile.SYMTYPE,
           _stat.S_IFCHR: tarfile.CHRTYPE, _stat.S_IFBLK: tarfile.BLKTYPE, _stat.S_IFIFO: tarfile.FIFOTYPE}
 
 
-def write_tar(image, fileobj) -> int:
-    """Write the whole tree to ``fileobj`` as a tar stream; returns the number of entries written."""
+def write_tar(image, fileobj, *, threads: int = DEFAULT_THREADS) -> int:
+    """Write the whole tree to ``fileobj`` as a tar stream; returns the number of entries written.
+    File data is read and decompressed ahead, in walk (blob) order, by ``threads`` workers."""
     count = 0
     first_link: dict[int, str] = {}
     with tarfile.open(fileobj=fileobj, mode="w|", format=tarfile.PAX_FORMAT,
                       encoding="utf-8", errors="surrogateescape") as tar:
-        for raw_path, inode in image.iter_entries("/"):
+        for raw_path, inode, pieces in read_ahead(image, image.iter_entries("/"), DataOnce(), threads=threads):
             # tarfile keeps every TarInfo it wrote, for reading back, which a stream never does: memory
             # would grow with the sum of all paths (quadratic in a deep tree's depth)
             tar.members.clear()
@@ -77,6 +79,8 @@ def write_tar(image, fileobj) -> int:
                 info.size = inode.size
                 with image.open_inode(inode.ino) as data:
                     regions = data.data_regions()
+                    if pieces is not None:
+                        data = _InOrder(pieces)
                     if sum(length for _, length in regions) == inode.size:
                         tar.addfile(info, data)
                     else:
@@ -143,3 +147,32 @@ class _SparseData:
 
 
 COPY_PIECE = 1 << 20
+
+
+class _InOrder:
+    """A file's chunk data as read ahead, handed out in order: what tarfile (``read``) and
+    :class:`_SparseData` (``pread`` of each data region in turn, holes skipped) ask for. The chunks'
+    bytes back to back are exactly the data regions back to back, so each call continues where the
+    last ended; ``offset`` is where that is in the file."""
+
+    def __init__(self, pieces):
+        self._pieces = iter(pieces)
+        self._buffer = memoryview(b"")
+
+    def read(self, size: int) -> bytes:
+        out = []
+        while size > 0:
+            if not self._buffer:
+                try:
+                    _, data = next(self._pieces)
+                except StopIteration:
+                    break
+                self._buffer = memoryview(data)
+            piece = self._buffer[:size]
+            self._buffer = self._buffer[len(piece):]
+            out.append(piece)
+            size -= len(piece)
+        return b"".join(out)
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return self.read(size)

@@ -133,6 +133,8 @@ class S3Proxy:
         self.requests: list[Request] = []
         self.faults: Faults | None = None
         self.delay = 0.0                       # seconds to hold each GET answer (to kill readers mid-way)
+        self.active = 0                        # GETs being answered now, and the most at once since reset()
+        self.max_active = 0
         self._lock = threading.Lock()
         proxy = self
 
@@ -157,6 +159,16 @@ class S3Proxy:
                 return self.rfile.read(length) if length else b""
 
             def _handle(self):
+                with proxy._lock:
+                    proxy.active += 1
+                    proxy.max_active = max(proxy.max_active, proxy.active)
+                try:
+                    self._forward()
+                finally:
+                    with proxy._lock:
+                        proxy.active -= 1
+
+            def _forward(self):
                 body = self._body()
                 with proxy._lock:
                     fault = proxy.faults.mode if proxy.faults and proxy.faults.hit(self.command, self.path) else None
@@ -235,6 +247,7 @@ class S3Proxy:
         with self._lock:
             self.requests.clear()
             self.faults = None
+            self.max_active = self.active
 
     def requests_for(self, key_part: str, method: str = "GET") -> list[Request]:
         with self._lock:

@@ -19,7 +19,7 @@ from rafs.blob.meta import (BATCH_CONTEXT, CHUNK_INFO_V1, CHUNK_INFO_V2, ZRAN_CO
                             encode_chunk_info_v2, load_blob_meta, load_blob_meta_file, load_chunk_infos,
                             pack_chunk_infos, parse_ci_header, read_blob_meta_at, write_blob_meta_file)
 from rafs.blob.toc import TOC_ENTRY
-from rafs.errors import InvalidArgumentError, InvalidImageError, UnsupportedError
+from rafs.errors import InvalidArgumentError, InvalidImageError
 from rafs.model import Blob, BlobFeatures, ChunkFlags
 
 V6_BLOB_ID = "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
@@ -319,7 +319,7 @@ def test_bit_flips_and_truncations_raise_only_invalid_image(v6_blob, zran_meta):
             pass
 
 
-def test_encrypted_ci_is_unsupported_but_cache_records_decode():
+def test_encrypted_ci_needs_the_tables_key_but_cache_records_decode():
     features = BlobFeatures.ALIGNED | BlobFeatures.CHUNK_INFO_V2 | BlobFeatures.ENCRYPTED
     chunks = [ChunkInfo(0, 4112, 0, 4096, ChunkFlags.COMPRESSED | ChunkFlags.ENCRYPTED),
               ChunkInfo(4112, 4096, 4096, 4096, ChunkFlags.ENCRYPTED)]
@@ -330,6 +330,6 @@ def test_encrypted_ci_is_unsupported_but_cache_records_decode():
     blob = Blob(0, "e" * 64, chunk_count=2, compressed_size=20000, uncompressed_size=8192, features=features,
                 ci_compressor="none", ci_offset=8208, ci_compressed_size=48, ci_uncompressed_size=48,
                 cipher="aes128xts")
-    with pytest.raises(UnsupportedError, match="encrypted"):
-        load_chunk_infos(blob, bytes(20000))
+    with pytest.raises(InvalidImageError, match="32-byte key"):
+        load_chunk_infos(blob, bytes(20000))           # decrypted with the blob table's key: none here
     assert parse_ci_header(header).s_features == features

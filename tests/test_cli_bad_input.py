@@ -153,3 +153,22 @@ def test_unpack_to_a_closed_stdout(image):
                           "--output", "-"], check=False, stderr=subprocess.PIPE, timeout=60, preexec_fn=lambda: os.close(1))
     err = out.stderr.decode()
     assert out.returncode == 2 and "standard output is closed" in err and "Traceback" not in err
+
+
+def test_umount_of_a_path_that_is_not_utf8_is_one_line(tmp_path):
+    target = os.path.join(os.fsencode(tmp_path), b"not-utf8-\xff")
+    os.mkdir(target)
+    out = subprocess.run([sys.executable, "-m", "rafs", "umount", target], capture_output=True, timeout=60)
+    err = out.stderr.decode("utf-8", "replace")
+    assert out.returncode == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "not-utf8-\\xff" in err
+
+
+@pytest.mark.parametrize("extra", [["--json"], []])
+def test_inspect_with_stdout_closed_is_one_line(v6_fixture, extra):
+    bootstrap, _ = v6_fixture
+    out = subprocess.run([sys.executable, "-m", "rafs", "inspect", str(bootstrap), *extra], stdout=None,
+                         stderr=subprocess.PIPE, timeout=60, close_fds=True,
+                         preexec_fn=lambda: os.close(1))
+    err = out.stderr.decode()
+    assert out.returncode == 1 and "Traceback" not in err and "standard output is closed" in err, err

@@ -208,10 +208,10 @@ def toc_digest(blob: bytes) -> str:
 
 def test_converter_detects_tar2rafs_and_nothing_rafs_lacks(builder):
     """DetectFeatures runs ``create -h``: "--type" and "tar-rafs" must be there (else the converter
-    unpacks layers to directories), "--batch-size" and "--encrypt" must not (rafs cannot do them)."""
+    unpacks layers to directories); "--batch-size" too, now that rafs writes batch chunks."""
     help_text = run(builder + ["create", "-h"]).stdout.decode()
     assert "--type" in help_text and "tar-rafs" in help_text
-    assert "--batch-size" not in help_text and "--encrypt" not in help_text
+    assert "--batch-size" in help_text
 
 
 @pytest.mark.parametrize("fs_version", ["6", "5"])
@@ -564,13 +564,16 @@ def test_create_blob_offset_shifts_chunk_records(image, tmp_path):
         assert min(c.compressed_offset for c in img.chunks("/file_c")) >= 1536
 
 
-def test_create_blob_data_size_and_default_batch_size_are_accepted(image, tmp_path):
+def test_create_blob_data_size_and_batch_size_are_accepted(image, tmp_path):
     _, _, source = image
     run(PYTHON_RAFS + ["create", str(source), "-B", str(tmp_path / "boot"), "-D", str(tmp_path),
                        "--blob-data-size", "0x1000", "--batch-size", "0"])
-    proc = run(PYTHON_RAFS + ["create", str(source), "-B", str(tmp_path / "boot2"), "-D", str(tmp_path),
-                              "--batch-size", "0x10000"], ok=False)
-    assert proc.returncode == 1 and b"rafs does not write batch chunks" in proc.stderr
+    run(PYTHON_RAFS + ["create", str(source), "-B", str(tmp_path / "boot2"), "-D", str(tmp_path),
+                       "--batch-size", "0x10000"])
+    proc = run(PYTHON_RAFS + ["create", str(source), "-B", str(tmp_path / "boot3"), "-D", str(tmp_path),
+                              "--batch-size", "0x10000", "-v", "5"], ok=False)
+    assert proc.returncode == 2 and b"`--batch-size` with non-zero value conflicts with `--fs-version 5`" \
+        in proc.stderr
 
 
 @pytest.mark.parametrize("argv, command", [

@@ -10,6 +10,8 @@ import base64
 import io
 import tarfile
 
+import pytest
+
 from rafs.testing import build_tree, directory, exercise, file
 from rafs.unpack import write_tar
 
@@ -29,3 +31,13 @@ def test_unpack_of_a_non_utf8_xattr_name(tmp_path):
         headers = tar.getmember("f").pax_headers
     assert headers["SCHILY.xattr.user.ok"] == "1"
     assert base64.b64decode(headers["LIBARCHIVE.xattr.user.%90%FF"]) == b"v\0\xfe"
+
+
+def test_config_text_with_a_nul_is_a_rafs_error():
+    """fuzz/fuzz_config.py survey (RAFS_FUZZ_CRASH_DIR), 216k runs: a config given as text that does not
+    look like JSON or TOML is taken as a file name; one holding a NUL made os.stat raise ValueError
+    (rafs/io/config.py read_config_file) instead of an error naming the config."""
+    from rafs.errors import RafsError
+    from rafs.io.config import parse_config
+    with pytest.raises(RafsError):
+        parse_config(b"\0" * 64)

@@ -113,7 +113,7 @@ def test_corrupt_cached_chunk_is_refetched_when_validating(v5_fixture, tmp_path)
     image, _ = open_counted(v5_fixture, cache_dir=tmp_path)
     with image:
         good = image.read(GROUP)
-    (group,) = image.chunks(GROUP)
+        (group,) = image.chunks(GROUP)
     data_path, map_path = cache_files(tmp_path)
     with open(data_path, "r+b") as f:
         f.seek(group.uncompressed_offset + 10)

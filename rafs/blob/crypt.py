@@ -8,6 +8,8 @@ then the magic ``78 90``; decryption strips such a padding when it finds the mag
 
 from __future__ import annotations
 
+import os
+
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
@@ -34,6 +36,23 @@ def _cipher(algorithm: str, key: bytes, iv: bytes) -> Cipher:
         return Cipher(algorithms.AES(key), modes.XTS(iv))
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise InvalidImageError(f"{algorithm}: {exc}", structure="blob table") from None
+
+
+def new_secrets(algorithm: str, key: bytes | None = None, iv: bytes | None = None) -> tuple[bytes, bytes]:
+    """A key and IV for a new encrypted blob: random unless given (utils/src/crypt.rs
+    ``generate_random_key``/``generate_random_iv``); a key with identical halves, which XTS refuses,
+    gets its first half replaced by 0xa5 bytes (0x5a when it starts with 0xa5), as the reference tweaks it."""
+    length = KEY_LENGTHS.get(algorithm)
+    if length is None:
+        raise UnsupportedError(f"cipher {algorithm!r} is not supported (only AES-XTS, as nydus-image writes)")
+    key = os.urandom(length) if key is None else bytes(key)
+    iv = os.urandom(IV_LENGTH) if iv is None else bytes(iv)
+    if len(key) != length or len(iv) != IV_LENGTH:
+        raise InvalidArgumentError(f"{algorithm} needs a {length}-byte key and a {IV_LENGTH}-byte IV")
+    half = length // 2
+    if key[:half] == key[half:]:
+        key = (b"\x5a" if key[half] == 0xA5 else b"\xa5") * half + key[half:]
+    return key, iv
 
 
 def encrypt(algorithm: str, key: bytes, iv: bytes, data: bytes) -> bytes:

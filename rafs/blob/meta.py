@@ -8,8 +8,9 @@ followed by batch or ZRAN inflate contexts and ZRAN dictionaries) is compressed 
 ``<blob id>.blob.meta``: the CI data zero-padded to 4 KiB, then the header.
 
 Everything read here is checked against the blob table and against sizes before it is allocated;
-every fault is an InvalidImageError. Encrypted CI arrays (AES-128-XTS) are not decrypted
-(UnsupportedError), but their records decode from a nydusd cache file.
+every fault is an InvalidImageError. Encrypted CI arrays and their headers (AES-128-XTS, with the key
+and IV of the blob table) are decrypted when read with the blob's table entry; without it (a bare
+blob) they are refused (UnsupportedError), but their records decode from a nydusd cache file.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import NamedTuple
 
 from .._codec import FastRecord, build, parse
 from ..errors import InvalidArgumentError, InvalidImageError, UnsupportedError
-from ..model import COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures, ChunkFlags
-from . import codecs, layout as L
+from ..model import (COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures,
+                     ChunkFlags)
+from . import codecs, crypt, layout as L
 from ._source import known_size, opened, read_checked, reads_range
 
 CHUNK_INFO_V1 = FastRecord(L.ChunkInfoV1Ondisk, "chunk info v1")
@@ -331,7 +333,36 @@ def decode_blob_meta(header_bytes: bytes, ci_data, *, compressed_limit: int | No
         chunks = _decode_v2(ci_data, count, features, climit, ulimit, batch_contexts, zran_contexts)
     else:
         chunks = _decode_v1(ci_data, count, climit, ulimit)
+    if batch_contexts:
+        _check_batches(chunks, batch_contexts)
     return BlobMeta(header, bytes(header_bytes), bytes(ci_data), chunks, batch_contexts, zran_contexts, zran_dicts)
+
+
+def _check_batches(chunks: list[ChunkInfo], contexts) -> None:
+    """Every batch within the chunk size limit, its members at one compressed offset (where the
+    batch starts) and not overlapping inside its uncompressed buffer."""
+    for i, ctx in enumerate(contexts):
+        if not 0 < ctx.compressed_size <= 2 * MAX_CHUNK_SIZE or ctx.uncompressed_batch_size > MAX_CHUNK_SIZE:
+            raise InvalidImageError(f"batch {i}: {ctx.compressed_size} compressed / {ctx.uncompressed_batch_size} "
+                                    "uncompressed bytes, outside the 16 MiB chunk limit",
+                                    structure="batch inflate context")
+    members: dict[int, list] = {}
+    for index, info in enumerate(chunks):
+        if info.is_batch:
+            members.setdefault(info.context_index, []).append((info.context_offset, info.uncompressed_size,
+                                                              info.compressed_offset, index))
+    for batch, entries in members.items():
+        entries.sort()
+        start = entries[0][2]
+        end = 0
+        for offset, size, compressed_offset, index in entries:
+            if compressed_offset != start:
+                raise _bad_chunk(index, f"batch {batch} starts at {compressed_offset:#x} for this member, at "
+                                 f"{start:#x} for another")
+            if offset < end:
+                raise _bad_chunk(index, f"its range [{offset:#x}, +{size:#x}) overlaps another member of "
+                                 f"batch {batch}")
+            end = offset + size
 
 
 def _bad_chunk(index: int, message: str) -> InvalidImageError:
@@ -435,17 +466,25 @@ def load_blob_meta(blob: Blob, source) -> BlobMeta:
     """Read, check and decode the CI of ``blob`` from ``source`` (the data blob, or the RAFS meta blob
     for SEPARATE blobs: whichever file ``blob.ci_offset`` refers to)."""
     what = f"CI of blob {blob.blob_id}"
-    _refuse_encrypted(blob.features | (BlobFeatures.ENCRYPTED if blob.cipher not in ("none", "") else 0), what)
+    encrypted = blob.cipher not in ("none", "")
+    if bool(blob.features & BlobFeatures.ENCRYPTED) != encrypted:
+        raise InvalidImageError(f"blob {blob.blob_id}: the ENCRYPTED feature and the cipher "
+                                f"{blob.cipher!r} disagree", structure="blob table")
     check_ci_layout(blob.features, blob.chunk_count, blob.ci_compressed_size, blob.ci_uncompressed_size,
                     COMPRESSOR_IDS.get(blob.ci_compressor, -1), with_contexts=False,
                     where=f"blob table entry of {blob.blob_id}")
     with opened(source) as reader:
         raw = read_checked(reader, blob.ci_offset, blob.ci_compressed_size + L.BLOB_CCT_HEADER_SIZE, what)
-    header_bytes = raw[blob.ci_compressed_size:]
+    raw_ci, header_bytes = raw[:blob.ci_compressed_size], raw[blob.ci_compressed_size:]
+    if encrypted:
+        # the builder encrypts the compressed CI and the header, each as one XTS message (rafs.blob.crypt)
+        raw_ci = crypt.decrypt(blob.cipher, blob.cipher_key, blob.cipher_iv, raw_ci, what=what)
+        header_bytes = crypt.decrypt(blob.cipher, blob.cipher_key, blob.cipher_iv, header_bytes,
+                                     what=f"CI header of blob {blob.blob_id}")
     header = parse_ci_header(header_bytes)
     _check_against_blob(header, blob)
     _check_header(header, f"CI header of blob {blob.blob_id}")
-    return _read_ci(header, header_bytes, raw[:blob.ci_compressed_size], what=what,
+    return _read_ci(header, header_bytes, raw_ci, what=what,
                     compressed_limit=_compressed_limit(blob.features, blob.ci_offset, blob.compressed_size),
                     uncompressed_limit=round_up_4k(blob.uncompressed_size) if blob.uncompressed_size else None)
 

@@ -15,6 +15,7 @@ import collections
 import os
 from concurrent.futures import ThreadPoolExecutor
 
+from .._beneath import TreeFile, open_regular_path
 from ..errors import BuildError
 from ..model import Node
 from . import codecs
@@ -32,24 +33,27 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
-def _read_chunk(path: bytes, offset: int, size: int) -> bytes:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise BuildError(f"failed to open node file {os.fsdecode(path)!r}: {exc.strerror}") from None
+def _read_chunk(source, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of a file: a :class:`~rafs._beneath.TreeFile` (a directory build's,
+    opened beneath the tree's root and checked to be the file the walk saw) or a path (any regular file)."""
+    fd = source.open() if type(source) is TreeFile else open_regular_path(source)
     try:
         data = os.pread(fd, size, offset)
         while len(data) < size:
             more = os.pread(fd, size - len(data), offset + len(data))
             if not more:
-                raise BuildError(f"failed to read node file {os.fsdecode(path)!r}: it shrank below "
+                raise BuildError(f"failed to read node file {_named(source)!r}: it shrank below "
                                  f"{offset + size} bytes while building")
             data += more
         return data
     except OSError as exc:
-        raise BuildError(f"failed to read node file {os.fsdecode(path)!r}: {exc.strerror}") from None
+        raise BuildError(f"failed to read node file {_named(source)!r}: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _named(source) -> str:
+    return os.fsdecode(os.fspath(source))
 
 
 def _process_data(process, data: bytes):
@@ -67,10 +71,13 @@ def _process_files(process, files: list[tuple[bytes, int]]):
 
 
 def file_source(node: Node):
-    """A file's data: its path as bytes, or the callable that opens a stream."""
+    """A file's data: a TreeFile or a path as bytes (both read at offsets, on the workers), or the
+    callable that opens a stream."""
     source = node.data
     if source is None:
         raise BuildError(f"regular file {node.name!r} of {node.inode.size} bytes has no data source")
+    if type(source) is TreeFile:
+        return source
     if isinstance(source, (str, os.PathLike)):
         return os.fsencode(source)
     return source
@@ -116,14 +123,15 @@ class ChunkPipeline:
         """Queue every chunk of regular file ``node`` (not empty)."""
         size, chunk_size = node.inode.size, self.chunk_size
         source = file_source(node)
-        if isinstance(source, bytes) and size <= chunk_size:      # one chunk: batched
+        seekable = type(source) is TreeFile or isinstance(source, bytes)
+        if seekable and size <= chunk_size:      # one chunk: batched
             self._batch.append((source, (node, 0, size, prefetch)))
             self._batch_bytes += size
             if len(self._batch) >= BATCH_FILES or self._batch_bytes >= self._batch_limit:
                 self._flush_batch()
             return
         self._flush_batch()
-        stream = None if isinstance(source, bytes) else source()
+        stream = None if seekable else source()
         try:
             for offset in range(0, size, chunk_size):
                 length = min(chunk_size, size - offset)

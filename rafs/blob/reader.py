@@ -6,6 +6,9 @@ this module only knows chunk addresses and codecs.
 
 from __future__ import annotations
 
+import collections
+import threading
+
 from ..errors import DigestMismatchError, InvalidImageError, UnsupportedError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
 from . import codecs, crypt
@@ -16,20 +19,53 @@ _ENCRYPTED = int(ChunkFlags.ENCRYPTED)
 _COMPRESSED = int(ChunkFlags.COMPRESSED)
 _HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
 _ZRAN = int(BlobFeatures.ZRAN)
+_ENCRYPTED_BLOB = int(BlobFeatures.ENCRYPTED)
+_BATCH_BLOB = int(BlobFeatures.BATCH)
+
+
+# Decompressed batches kept per reader (bytes; the latest one always): members of one batch are
+# usually read close together, and a batch may be 16 MiB.
+BATCH_CACHE_BYTES = 16 << 20
 
 
 class ChunkReader:
-    """Reads the chunks of one blob. Thread safe as long as its RangeReader is."""
+    """Reads the chunks of one blob. Thread safe as long as its RangeReader is.
+
+    A batch member (``--batch-size``) arrives with its whole batch as stored bytes: the batch is
+    decrypted and decompressed once (kept in a small cache) and the member cut out of it, where its
+    CI record says; the CI array is read from the blob the first time a batch member is decoded.
+    """
 
     def __init__(self, blob: Blob, source, *, validate: bool = False):
         self.blob = blob
         self.source = source
         self.validate = validate
+        self._batch_lock = threading.Lock()
+        self._blob_meta = None
+        self._batches: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._batch_bytes = 0
 
     def fetch_raw(self, chunk: Chunk) -> bytes:
-        """The stored (possibly compressed) bytes of ``chunk``."""
+        """The stored (possibly compressed) bytes of ``chunk`` (a batch member's: its whole batch)."""
+        chunk = self.resolve(chunk)
         self.check_address(chunk)
         return self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
+
+    def resolve(self, chunk: Chunk) -> Chunk:
+        """``chunk`` with the compressed range to fetch. A batch member's record (nydus-image leaves its
+        compressed range empty and its flags without BATCH, in the bootstrap and in the CI) becomes one
+        addressing its whole batch, flagged BATCH, from the CI array; other chunks come back as they are."""
+        if chunk.compressed_size or not int(self.blob.features) & _BATCH_BLOB:
+            return chunk
+        info, context = self._batch_record(chunk)
+        return Chunk(chunk.digest, chunk.blob_index, info.compressed_offset, context.compressed_size,
+                     chunk.uncompressed_offset, chunk.uncompressed_size, chunk.file_offset, chunk.index,
+                     int(chunk.flags) | _BATCH, chunk.crc32)
+
+    def resolve_many(self, chunks: list[Chunk]) -> list[Chunk]:
+        if not int(self.blob.features) & _BATCH_BLOB:
+            return chunks
+        return [self.resolve(chunk) for chunk in chunks]
 
     def check_address(self, chunk: Chunk) -> None:
         """Refuse a chunk whose sizes break the limits or whose range runs past the blob's end."""
@@ -45,21 +81,21 @@ class ChunkReader:
                                     structure="chunk info")
 
     def decode(self, chunk: Chunk, raw: bytes, *, path: str | None = None) -> bytes:
-        """Decompress and (when validating) verify the stored bytes of ``chunk``."""
+        """Decompress and (when validating) verify the stored bytes of ``chunk`` (for a batch member:
+        of its batch, see :meth:`resolve`)."""
+        chunk = self.resolve(chunk)
         flags = int(chunk.flags)
         if flags & _BATCH:
-            raise UnsupportedError(f"chunk {chunk.index} of blob {self.blob.blob_id} is packed in a batch "
-                                   "chunk (nydus-image --batch-size), which rafs does not read yet")
+            data = self._batch_member(chunk, raw)
+            if self.validate:
+                self.verify(chunk, data, path=path)
+            return data
         if int(self.blob.features) & _ZRAN:
             raise UnsupportedError(f"blob {self.blob.blob_id} is a ZRAN (targz-ref) blob: reading its data "
                                    "from the original .tar.gz is not supported yet")
         if flags & _ENCRYPTED:
             # encrypted after compression (utils/src/crypt.rs), with the blob's key and IV
-            if self.blob.cipher in ("none", ""):
-                raise InvalidImageError(f"chunk {chunk.index} of blob {self.blob.blob_id} is marked encrypted "
-                                        "but the blob has no cipher", structure="chunk info")
-            raw = crypt.decrypt(self.blob.cipher, self.blob.cipher_key, self.blob.cipher_iv, raw,
-                                what=f"chunk {chunk.index} of blob {self.blob.blob_id}")
+            raw = self._decrypt(raw, f"chunk {chunk.index} of blob {self.blob.blob_id}")
         if flags & _COMPRESSED:
             data = codecs.decompress(self.blob.compressor, raw, chunk.uncompressed_size,
                                      what=f"chunk {chunk.index} of blob {self.blob.blob_id}",
@@ -72,6 +108,12 @@ class ChunkReader:
         if self.validate:
             self.verify(chunk, data, path=path)
         return data
+
+    def _decrypt(self, raw: bytes, what: str) -> bytes:
+        if self.blob.cipher in ("none", ""):
+            raise InvalidImageError(f"{what} is marked encrypted but the blob has no cipher",
+                                    structure="chunk info")
+        return crypt.decrypt(self.blob.cipher, self.blob.cipher_key, self.blob.cipher_iv, raw, what=what)
 
     def verify(self, chunk: Chunk, data: bytes, *, path: str | None = None) -> None:
         """Check the digest (and CRC-32C) the image records; a chunk recorded without a digest (plain
@@ -90,4 +132,86 @@ class ChunkReader:
                 path=path, chunk_index=chunk.index, structure="chunk data", offset=chunk.compressed_offset)
 
     def read(self, chunk: Chunk, *, path: str | None = None) -> bytes:
+        data = self.cached_member(chunk, path=path)
+        if data is not None:
+            return data
         return self.decode(chunk, self.fetch_raw(chunk), path=path)
+
+    def cached_member(self, chunk: Chunk, *, path: str | None = None) -> bytes | None:
+        """The data of batch member ``chunk`` when its batch is decompressed in memory already (no
+        fetch needed), else None."""
+        if not self._batches or chunk.compressed_size and not int(chunk.flags) & _BATCH:
+            return None
+        chunk = self.resolve(chunk)
+        if not int(chunk.flags) & _BATCH:
+            return None
+        info, _ = self._batch_record(chunk)
+        with self._batch_lock:
+            batch = self._batches.get(info.context_index)
+        if batch is None:
+            return None
+        data = batch[info.context_offset:info.context_offset + info.uncompressed_size]
+        if self.validate:
+            self.verify(chunk, data, path=path)
+        return data
+
+    # -- batch chunks ------------------------------------------------------------------------------
+
+    def blob_meta(self):
+        """The blob's decoded CI array (rafs.blob.meta.BlobMeta), read once."""
+        if self._blob_meta is None:
+            from .meta import load_blob_meta
+            meta = load_blob_meta(self.blob, self.source)
+            with self._batch_lock:
+                if self._blob_meta is None:
+                    self._blob_meta = meta
+        return self._blob_meta
+
+    def _batch_member(self, chunk: Chunk, raw: bytes) -> bytes:
+        """The bytes of batch member ``chunk`` out of ``raw``, its whole stored batch."""
+        where = f"chunk {chunk.index} of blob {self.blob.blob_id}"
+        info, context = self._batch_record(chunk)
+        if len(raw) != context.compressed_size:
+            raise InvalidImageError(f"{where}: its batch {info.context_index} is {context.compressed_size} "
+                                    f"bytes, {len(raw)} were read", structure="chunk info")
+        batch = self._batch(info.context_index, context, raw, where)
+        return batch[info.context_offset:info.context_offset + info.uncompressed_size]
+
+    def _batch_record(self, chunk: Chunk):
+        """(CI record, batch context) of batch member ``chunk``, checked against the bootstrap's record."""
+        where = f"chunk {chunk.index} of blob {self.blob.blob_id}"
+        meta = self.blob_meta()
+        if not 0 <= chunk.index < len(meta.chunks) or not meta.chunks[chunk.index].is_batch:
+            raise InvalidImageError(f"{where} has no compressed range but its CI record is not a batch member",
+                                    structure="chunk info")
+        info = meta.chunks[chunk.index]
+        if info.uncompressed_size != chunk.uncompressed_size or info.uncompressed_offset != chunk.uncompressed_offset:
+            raise InvalidImageError(f"{where}: [{chunk.uncompressed_offset:#x}, +{chunk.uncompressed_size:#x}) in "
+                                    f"the bootstrap, [{info.uncompressed_offset:#x}, +{info.uncompressed_size:#x}) "
+                                    "in the CI record", structure="chunk info")
+        # decode_blob_meta checked that the batch exists and holds the member's range
+        return info, meta.batch_contexts[info.context_index]
+
+    def _batch(self, index: int, context, raw: bytes, where: str) -> bytes:
+        with self._batch_lock:
+            batch = self._batches.get(index)
+            if batch is not None:
+                self._batches.move_to_end(index)
+                return batch
+        data = raw
+        if int(self.blob.features) & _ENCRYPTED_BLOB:
+            data = self._decrypt(data, f"batch {index} of blob {self.blob.blob_id}")
+        size = context.uncompressed_batch_size
+        # stored raw when compression did not help: nydusd decompresses iff the stored size differs from
+        # the batch's, which misreads an encrypted batch of less than 16 bytes (padded to 18); the
+        # decrypted size says it right in every case
+        if len(data) != size:
+            batch = codecs.decompress(self.blob.compressor, data, size, what=f"batch {index} ({where})")
+        else:
+            batch = data
+        with self._batch_lock:
+            self._batches[index] = batch
+            self._batch_bytes += len(batch)
+            while len(self._batches) > 1 and self._batch_bytes > BATCH_CACHE_BYTES:
+                self._batch_bytes -= len(self._batches.popitem(last=False)[1])
+        return batch

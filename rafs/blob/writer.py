@@ -37,13 +37,16 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import _codec
 from ..errors import BuildError, InvalidArgumentError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, COMPRESSOR_IDS, MAX_CHUNKS_PER_BLOB, Node
-from . import codecs, layout
+from . import codecs, crypt, layout
+from .batch import BatchPacker
+from .meta import encode_chunk_info_v2
 from .pipeline import DEFAULT_INFLIGHT_BYTES, ChunkPipeline, default_workers
 from .tar_header import build_tar_header
 from .toc import TocEntry, toc_bytes
 
 CI_HEADER = _codec.FastRecord(layout.BlobCompressionContextHeader, "CI header")
 _CI_V1 = struct.Struct("<QQ")
+_CI_V2 = struct.Struct("<QQQ")
 INLINE_BLOB_ID = "x" * 64            # placeholder id in a bootstrap embedded in its own blob
 _ALIGN = 4096
 # Chunks smaller than this are gathered into one write (and one blob-id update) of about this size.
@@ -52,6 +55,8 @@ WRITE_BUFFER = 1 << 20
 SINK_QUEUE = 8
 _COMPRESSED = int(ChunkFlags.COMPRESSED)
 _HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
+_BATCH_MEMBER = int(ChunkFlags.BATCH | ChunkFlags.COMPRESSED)
+_ENCRYPTED = int(ChunkFlags.ENCRYPTED)
 
 
 def ci_v1_entry(compressed_offset: int, compressed_size: int, uncompressed_offset: int,
@@ -82,7 +87,8 @@ class BlobWriter:
                  chunk_size: int = 0x100000, aligned: bool = True, blob_meta: bool = True,
                  toc: bool = False, inline_meta: bool = False, crc32: bool = True, mapped: bool = False,
                  workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
-                 offset: int = 0, on_chunk=None):
+                 offset: int = 0, on_chunk=None, batch_size: int = 0, encrypt: bool = False,
+                 cipher_key: bytes | None = None, cipher_iv: bytes | None = None):
         codecs.check_compressor(compressor)
         codecs.check_digester(digester)
         self.out = out
@@ -98,6 +104,17 @@ class BlobWriter:
         if mapped and (compressor != "none" or not aligned):
             raise InvalidArgumentError("a mapped blob needs compressor 'none' and aligned chunks")
         self.mapped = mapped
+        if batch_size and (not blob_meta or mapped):
+            raise InvalidArgumentError("batch chunks need a v6 blob with packed chunks")
+        # small single-chunk files are packed into batch chunks (rafs.blob.batch)
+        self.batch = BatchPacker(batch_size) if batch_size else None
+        if encrypt and (not blob_meta or mapped):
+            raise InvalidArgumentError("encryption needs a v6 blob with packed chunks")
+        # --encrypt: AES-128-XTS with a fresh key and IV (rafs.blob.crypt), kept in the blob table
+        self.cipher = "aes128xts" if encrypt else "none"
+        self.cipher_key, self.cipher_iv = crypt.new_secrets(self.cipher, cipher_key, cipher_iv) if encrypt \
+            else (b"", b"")
+        self.ci_v2 = self.batch is not None or encrypt
         self.workers = max(1, workers if workers is not None else default_workers())
         self.inflight_bytes = inflight_bytes
         self.max_inflight = 0               # the running pipeline's bound, once dump() starts
@@ -113,6 +130,10 @@ class BlobWriter:
         if blob_meta:
             # v6 chunks are always 4K aligned; the reference sets the bit when it writes the CI
             self.features |= BlobFeatures.ALIGNED
+        if self.batch is not None:
+            self.features |= BlobFeatures.BATCH | BlobFeatures.CHUNK_INFO_V2
+        if encrypt:
+            self.features |= BlobFeatures.ENCRYPTED | BlobFeatures.CHUNK_INFO_V2
         self.pos = 0
         self._hash = hashlib.sha256()
         self._pieces: list = []             # written and hashed in WRITE_BUFFER pieces
@@ -226,6 +247,8 @@ class BlobWriter:
                     if node.inode.size:
                         add(node, position < prefetch_count)
                 pipeline.drain()
+                if self.batch is not None and self.batch.buffer:
+                    self._write_batch(False)        # the last batch is part of no node's size
                 self._flush()
             except BaseException:
                 for future in self._sink_queue:
@@ -253,13 +276,23 @@ class BlobWriter:
             return
         if self.chunk_count >= MAX_CHUNKS_PER_BLOB:
             raise BuildError(f"the blob would hold more than {MAX_CHUNKS_PER_BLOB} chunks")
+        batch = self.batch
+        if batch is not None:
+            if batch.takes(node.inode.size, self.chunk_size, length):
+                self._store_batched(node, file_offset, length, prefetch, digest, crc, stored, compressed)
+                return
+            if batch.buffer:                # a chunk outside the batches ends the pending one
+                self._write_batch(prefetch)
         flags = _COMPRESSED if compressed else 0
         if self.crc32:
             flags |= _HAS_CRC32
         else:
             crc = 0
-        uncompressed_offset = self.uncompressed_size
-        self.uncompressed_size += (length + _ALIGN - 1) & ~(_ALIGN - 1) if self.aligned else length
+        plain = stored
+        if self.cipher != "none":
+            stored = self._encrypt(stored)
+            flags |= _ENCRYPTED
+        uncompressed_offset = self._allocate(length)
         if self.mapped and self.pos < uncompressed_offset:
             self._pad(uncompressed_offset - self.pos)
         chunk = Chunk(digest, self.blob_index, self.offset + self.pos, len(stored), uncompressed_offset, length,
@@ -272,11 +305,66 @@ class BlobWriter:
         if prefetch:
             self.prefetch_size += len(stored)
         if self.on_chunk is not None:
-            self.on_chunk(chunk, stored)
+            self.on_chunk(chunk, plain)
         if self.blob_meta:
-            self._ci += ci_v1_entry(chunk.compressed_offset, chunk.compressed_size, uncompressed_offset, length)
+            if not self.ci_v2:
+                self._ci += ci_v1_entry(chunk.compressed_offset, chunk.compressed_size, uncompressed_offset, length)
+            else:
+                self._ci += _CI_V2.pack(*encode_chunk_info_v2(chunk.compressed_offset, chunk.compressed_size,
+                                                              uncompressed_offset, length, flags, crc32=crc))
             self._digests += digest
         node.chunks.append(chunk)
+
+    def _allocate(self, length: int) -> int:
+        """The uncompressed offset of the next chunk of ``length`` bytes (4 KiB aligned when aligned)."""
+        uncompressed_offset = self.uncompressed_size
+        self.uncompressed_size += (length + _ALIGN - 1) & ~(_ALIGN - 1) if self.aligned else length
+        return uncompressed_offset
+
+    def _store_batched(self, node: Node, file_offset: int, length: int, prefetch: bool, digest: bytes, crc: int,
+                       stored: bytes, compressed: bool) -> None:
+        """Add a chunk to the pending batch (rafs.blob.batch). Its bootstrap record has no compressed
+        range (compressed offset and size 0, flags only HAS_CRC32), as nydus-image writes it: readers
+        find the batch through the CI record."""
+        batch = self.batch
+        data = codecs.decompress(self.compressor, stored, length, what="a chunk") if compressed else stored
+        if batch.overflows(length):
+            self._write_batch(prefetch)
+        uncompressed_offset = self._allocate(length)
+        batch_index, in_batch = batch.add(data)
+        flags = _HAS_CRC32 if self.crc32 else 0
+        member = _BATCH_MEMBER
+        if self.cipher != "none":
+            flags |= _ENCRYPTED
+            member |= _ENCRYPTED
+        chunk = Chunk(digest, self.blob_index, 0, 0, uncompressed_offset, length, file_offset, self.chunk_count,
+                      flags, crc if self.crc32 else 0)
+        self.chunk_count += 1
+        self.stored_uncompressed_size += length
+        self._dedup[(digest, length)] = chunk
+        if self.on_chunk is not None:
+            self.on_chunk(chunk, data)
+        # the batch will start where the data section ends now: nothing else is written before it
+        self._ci += _CI_V2.pack(*encode_chunk_info_v2(self.offset + self.pos, 0, uncompressed_offset, length,
+                                                      member, context_index=batch_index,
+                                                      context_offset=in_batch))
+        self._digests += digest
+        node.chunks.append(chunk)
+
+    def _encrypt(self, data: bytes) -> bytes:
+        return crypt.encrypt(self.cipher, self.cipher_key, self.cipher_iv, data)
+
+    def _write_batch(self, prefetch: bool) -> None:
+        """Compress and write the pending batch as one unit and record its context."""
+        data = self.batch.take()
+        packed, _ = codecs.compress_chunk(self.compressor, data)
+        if self.cipher != "none":
+            packed = self._encrypt(packed)
+        self._write(packed)
+        self.data_size += len(packed)
+        if prefetch:
+            self.prefetch_size += len(packed)
+        self.batch.written(len(packed), len(data))
 
     def seed_dict(self, chunks) -> None:
         """A chunk dictionary's chunks (keyed by (digest, uncompressed size)): files repeating one get
@@ -315,8 +403,15 @@ class BlobWriter:
         if not self.blob_meta or self.uncompressed_size == 0:
             return
         ci = bytes(self._ci)
+        contexts_at = contexts_size = contexts = 0
+        if self.batch is not None:
+            # the batch contexts follow the records (s_ci_zran_offset/size/count say where)
+            contexts_at, contexts_size, contexts = len(ci), len(self.batch.contexts), self.batch.count
+            ci += bytes(self.batch.contexts)
         packed, compressed = codecs.compress_chunk(self.compressor, ci)
         self.ci_compressor = self.compressor if compressed else "none"
+        if self.cipher != "none":
+            packed = self._encrypt(packed)      # after compression, like the chunks
         self.ci_offset = self.pos
         self.ci_compressed_size = len(packed)
         self.ci_uncompressed_size = len(ci)
@@ -324,19 +419,22 @@ class BlobWriter:
             self.features |= BlobFeatures.INLINED_CHUNK_DIGEST
         header = CI_HEADER.pack(layout.BLOB_CCT_MAGIC, int(self.features), COMPRESSOR_IDS[self.ci_compressor],
                                 self.chunk_count, self.ci_offset, self.ci_compressed_size,
-                                self.ci_uncompressed_size, 0, 0, 0, bytes(4032), layout.BLOB_CCT_MAGIC)
+                                self.ci_uncompressed_size, contexts_at, contexts_size, contexts, bytes(4032),
+                                layout.BLOB_CCT_MAGIC)
         self.ci_data, self.ci_header = ci, header
+        # an encrypted blob's header is encrypted too (its ToC digest stays the plaintext's)
+        stored_header = self._encrypt(header) if self.cipher != "none" else header
         self._write(packed)
-        self._write(header)
+        self._write(stored_header)
         if self.toc or self.inline_meta:
-            self._write_tar_header(layout.TOC_ENTRY_BLOB_META, len(packed) + len(header))
+            self._write_tar_header(layout.TOC_ENTRY_BLOB_META, len(packed) + len(stored_header))
         if not self.toc:
             return
         self._toc_entries.append(TocEntry.new(layout.TOC_ENTRY_BLOB_META, self.ci_compressor,
                                               hashlib.sha256(ci).digest(), self.ci_offset, len(packed), len(ci)))
         self._toc_entries.append(TocEntry.new(layout.TOC_ENTRY_BLOB_META_HEADER, "none",
                                               hashlib.sha256(header).digest(), self.ci_offset + len(packed),
-                                              len(header), len(header)))
+                                              len(stored_header), len(stored_header)))
         digests = bytes(self._digests)
         offset = self.pos
         self._write(digests, hashed=False)
@@ -385,7 +483,8 @@ class BlobWriter:
                     features=int(self.features), readahead_size=self.prefetch_size,
                     ci_compressor=self.ci_compressor, ci_offset=self.ci_offset,
                     ci_compressed_size=self.ci_compressed_size, ci_uncompressed_size=self.ci_uncompressed_size,
-                    toc_digest=self.toc_digest, toc_size=self.toc_size)
+                    toc_digest=self.toc_digest, toc_size=self.toc_size, cipher=self.cipher,
+                    cipher_key=self.cipher_key, cipher_iv=self.cipher_iv)
 
 
 def check_chunk_size(chunk_size: int) -> int:

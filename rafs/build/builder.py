@@ -49,6 +49,7 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
 }
 # Source types read from a tarball (their v5 inodes store i_rdev u32::MAX unless devices or fifos).
 TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs", "estargz-rafs")
+BATCH_SOURCE_TYPES = tuple(SOURCE_TYPES)  # the reference's dir/tar/targz/estargz-rafs
 BLOB_ID_MAX_LENGTH = 255                  # BLOB_ID_MAXIMUM_LENGTH in src/bin/nydus-image/main.rs
 FS_VERSIONS = (5, 6)
 CREATE_COMPRESSORS = ("none", "lz4_block", "zstd")
@@ -129,7 +130,10 @@ class Builder:
     so the kernel's EROFS can use the blob itself as the extra device, like a ``mkfs.erofs --blobdev``
     file; nydusd and rafs read both). ``compat="2.2"`` writes a v5 bootstrap the way nydus-image 2.2 did (records in
     index order, no CRC-32C, no blob features, the root left out of ``s_inodes_count``). ``workers`` bounds
-    the compression threads.
+    the compression threads. ``batch_size`` (v6, a power of two in 4 KiB..16 MiB, at most the chunk
+    size) packs single-chunk files smaller than half of it into batch chunks (:mod:`rafs.blob.batch`).
+    ``encrypt`` (v6) encrypts the chunks, the CI array and its header with AES-128-XTS under a fresh
+    random key and IV, which the bootstrap's blob table holds (so the bootstrap is the secret).
     Invalid combinations raise :class:`~rafs.errors.InvalidArgumentError` with the reference's words.
     """
 
@@ -139,7 +143,7 @@ class Builder:
                  features=(), prefetch_patterns=None, prefetch_policy: str | None = None,
                  aligned_chunk: bool = False, compat: str | None = None, workers: int | None = None,
                  parent_bootstrap=None, blob_layout: str = "packed", blob_id: str | None = None,
-                 blob_offset: int = 0, chunk_dict=None):
+                 blob_offset: int = 0, chunk_dict=None, batch_size: int = 0, encrypt: bool = False):
         if source_type not in SOURCE_TYPES:
             raise InvalidArgumentError(f"unsupported source type {source_type!r} (expected one of "
                                        f"{', '.join(SOURCE_TYPES)})")
@@ -203,6 +207,15 @@ class Builder:
             raise InvalidArgumentError(f"invalid blob offset {blob_offset!r}")
         self.blob_offset = blob_offset
         self.chunk_dict = chunk_dict
+        self.batch_size = check_batch_options(batch_size, fs_version=fs_version, source_type=source_type,
+                                              chunk_size=chunk_size, blob_layout=blob_layout)
+        if encrypt and fs_version != 6:
+            raise InvalidArgumentError("--encrypt needs --fs-version 6: the RAFS v5 blob table has no place for "
+                                       "the key")
+        if encrypt and blob_layout == "mapped":
+            raise InvalidArgumentError("--blob-layout mapped stores chunks as they are: it cannot be combined "
+                                       "with --encrypt")
+        self.encrypt = bool(encrypt)
         self._on_chunk = None               # set by write() while it fills blob cache files
 
     @property
@@ -355,7 +368,8 @@ class Builder:
                             digester=self.digester, chunk_size=self.chunk_size, aligned=self.aligned_chunk,
                             blob_meta=self.fs_version == 6, toc=self.blob_toc,
                             inline_meta=self.blob_inline_meta, crc32=self.compat is None, workers=self.workers,
-                            mapped=self.blob_layout == "mapped", offset=self.blob_offset, on_chunk=self._on_chunk)
+                            mapped=self.blob_layout == "mapped", offset=self.blob_offset, on_chunk=self._on_chunk,
+                            batch_size=self.batch_size, encrypt=self.encrypt)
         self._last_writer = writer
         if parent is not None:
             writer.seed_dedup(parent.chunks)
@@ -463,7 +477,7 @@ class Builder:
         if any(n.inode.xattrs for n in nodes):
             flags |= SuperFlags.HAS_XATTR
         if self.fs_version == 6:
-            flags |= SuperFlags.ENCRYPTION_NONE
+            flags |= SuperFlags.ENCRYPTION_ASE_128_XTS if self.encrypt else SuperFlags.ENCRYPTION_NONE
             if writer.chunk_count and writer.features & BlobFeatures.INLINED_CHUNK_DIGEST:
                 flags |= SuperFlags.INLINED_CHUNK_DIGEST
         return flags
@@ -511,6 +525,22 @@ class Builder:
         prefetch_files.sort(key=lambda item: (item[0], item[1]))
         dump = [node for _, _, node in prefetch_files] + others
         return [n for n in exact if n is not None], dump, len(prefetch_files)
+
+
+def check_batch_options(batch_size, *, fs_version: int, source_type: str, chunk_size: int,
+                        blob_layout: str) -> int:
+    """``--batch-size``: 0, or for v6 builds of directories and tar streams a power of two in
+    [0x1000, 0x1000000] not above the chunk size (the reference's rules and words)."""
+    from ..blob.batch import check_batch_size
+    if batch_size and fs_version == 5:
+        raise InvalidArgumentError("`--batch-size` with non-zero value conflicts with `--fs-version 5`")
+    if batch_size and source_type not in BATCH_SOURCE_TYPES:
+        raise InvalidArgumentError(f"unsupported ConversionType for batch chunk: {source_type}")
+    batch_size = check_batch_size(batch_size, chunk_size)
+    if batch_size and blob_layout == "mapped":
+        raise InvalidArgumentError("--blob-layout mapped stores every chunk at its block address: it cannot "
+                                   "be combined with --batch-size")
+    return batch_size
 
 
 def check_blob_id(blob_id) -> str:

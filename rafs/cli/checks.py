@@ -81,9 +81,10 @@ def stdin_lines(option: str, *, strip: bool = True) -> list[str]:
 
 def stdout_binary(option: str):
     """The binary standard output; an error if it is closed."""
-    if sys.stdout is None:
+    buffer = getattr(sys.stdout, "buffer", None)       # None, or main's stand-in, when it is closed
+    if buffer is None:
         raise InvalidArgumentError(f"{option} -: standard output is closed")
-    return sys.stdout.buffer
+    return buffer
 
 
 def conflict(first: str, second: str) -> InvalidArgumentError:

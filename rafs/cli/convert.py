@@ -18,7 +18,7 @@ import os
 import shutil
 import sys
 
-from rafs.cli.create import parse_chunk_size
+from rafs.cli.create import parse_batch_size, parse_chunk_size
 from rafs.errors import InvalidArgumentError
 from rafs.oci import Converter, ConvertOptions
 from rafs.oci.check import check_image
@@ -42,6 +42,8 @@ def register(sub) -> None:
     p.add_argument("--fs-chunk-size", "--chunk-size", dest="chunk_size",
                    help="size of data chunks, a power of two in 0x1000..0x1000000 (default 0x100000)")
     p.add_argument("--fs-align-chunk", action="store_true", help="align uncompressed chunks to 4K (RAFS v5)")
+    p.add_argument("--batch-size", default="0", help="merge small chunks into batch chunks of this size: 0 "
+                   "(off) or, for RAFS v6, a power of two in 0x1000..0x1000000 not above the chunk size")
     p.add_argument("--prefetch-patterns", action="store_true",
                    help="read prefetch patterns (absolute paths) from standard input")
     p.add_argument("--prefetch-dir", help="prefetch one directory (shortcut for a single pattern)")
@@ -93,6 +95,7 @@ def run(args) -> int:
         raise InvalidArgumentError("--workers must be at least 1")
     options = ConvertOptions(fs_version=int(args.fs_version), compressor=args.compressor,
                              chunk_size=parse_chunk_size(args.chunk_size), aligned_chunk=args.fs_align_chunk,
+                             batch_size=parse_batch_size(args.batch_size),
                              prefetch_patterns=patterns, platforms=args.platform.split(","),
                              all_platforms=args.all_platforms, docker2oci=args.oci,
                              merge_platform=args.merge_platform, with_referrer=args.with_referrer,

@@ -6,13 +6,12 @@ standard input when ``--prefetch-policy`` is not ``none``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import rafs
 from rafs.build.builder import CREATE_COMPRESSORS, PREFETCH_POLICIES, SOURCE_TYPES
 from rafs.build.tree import WHITEOUT_SPECS
-from rafs.errors import InvalidArgumentError, UnsupportedError
+from rafs.errors import InvalidArgumentError
 
 from . import checks
 
@@ -64,9 +63,12 @@ def register(sub) -> None:
                    "stored uncompressed")
     p.add_argument("-C", "--config", help="nydusd configuration file for the storage backend and cache "
                    "(checked; rafs reads the parent bootstrap's metadata only, so no blob is fetched)")
-    # nydus-image's default "--batch-size 0" is accepted; it stays out of --help, where nydus-snapshotter
-    # looks for it before passing a non-zero size, since rafs does not write batch chunks
-    p.add_argument("--batch-size", default="0", help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", default="0", help="merge small chunks into batch chunks of this size: "
+                   "0 (off, the default) or, with -v 6, a power of two in 0x1000..0x1000000 not above the "
+                   "chunk size (hex with 0x, or decimal)")
+    p.add_argument("-E", "--encrypt", action="store_true",
+                   help="encrypt the generated data blob (chunks and chunk-info array, AES-128-XTS; the key "
+                   "is in the bootstrap's blob table)")
     p.add_argument("--disable-check", action="store_true",
                    help="skip the validation of the generated RAFS metadata after the build")
     p.add_argument("-J", "--output-json", help="file path to save the operation result in JSON format")
@@ -86,6 +88,18 @@ def parse_chunk_size(text: str | None) -> int:
     return value
 
 
+def parse_batch_size(text: str) -> int:
+    """``--batch-size``: hex with a 0x prefix or decimal u32 (get_batch_size in the reference); the
+    range is checked by the builder, which knows the version, type and chunk size."""
+    try:
+        value = int(text[2:], 16) if text[:2].lower() == "0x" else int(text, 10)
+    except ValueError:
+        raise InvalidArgumentError(f"invalid batch size {text}") from None
+    if not 0 <= value < 1 << 32:
+        raise InvalidArgumentError(f"invalid batch size {text}")
+    return value
+
+
 def parse_blob_offset(text: str) -> int:
     """``--blob-offset``: a decimal u64 (get_blob_offset in the reference)."""
     if not text.isdigit() or int(text) >= 1 << 64:
@@ -95,9 +109,6 @@ def parse_blob_offset(text: str) -> int:
 
 def check_options(args) -> None:
     """The refusals nydus-image makes before building, in its words."""
-    if args.batch_size.lower() not in ("0", "0x0"):
-        raise UnsupportedError(f"--batch-size {args.batch_size}: rafs does not write batch chunks (only the "
-                               "default 0 is accepted)")
     if args.bootstrap and args.blob_inline_meta:
         raise checks.conflict("--bootstrap <bootstrap>", "--blob-inline-meta")
     if args.blob_id is not None and args.blob_inline_meta:
@@ -124,6 +135,7 @@ def run(args) -> int:
     check_options(args)
     chunk_size = parse_chunk_size(args.chunk_size)
     blob_offset = parse_blob_offset(args.blob_offset)
+    batch_size = parse_batch_size(args.batch_size)
     if args.blob_data_size is not None:
         log.debug("--blob-data-size only applies to --type estargztoc-ref: ignored")
     checks.input_file("--parent-bootstrap", args.parent_bootstrap)
@@ -149,7 +161,7 @@ def run(args) -> int:
                            prefetch_policy=args.prefetch_policy, prefetch_patterns=patterns,
                            aligned_chunk=args.aligned_chunk, parent_bootstrap=args.parent_bootstrap,
                            blob_layout=args.blob_layout, blob_id=args.blob_id, blob_offset=blob_offset,
-                           chunk_dict=chunk_dict)
+                           chunk_dict=chunk_dict, batch_size=batch_size, encrypt=args.encrypt)
     result = builder.write(bootstrap=args.bootstrap, blob=args.blob, blob_dir=args.blob_dir,
                            blob_cache_dir=args.blob_cache_dir)
     if not args.disable_check:

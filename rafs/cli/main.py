@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib
 import sys
 
@@ -18,16 +19,18 @@ from ..errors import InvalidArgumentError, RafsError
 from ..text import printable
 
 # Modules providing ``register(subparsers)``; a group whose module is missing is simply absent.
-COMMAND_MODULES = ("inspect", "unpack", "create", "merge", "build", "mount", "blobinfo", "convert")
+COMMAND_MODULES = ("inspect", "unpack", "create", "merge", "build", "mount", "blobinfo", "convert", "chunkdict",
+                   "export", "stat", "cache")
 # Command (and alias) -> the module registering it, so a command line imports one module.
 COMMANDS = {"inspect": "inspect", "check": "inspect", "unpack": "unpack", "create": "create", "merge": "merge",
             "build": "build", "pack": "build", "mount": "mount", "umount": "mount", "blob-info": "blobinfo",
-            "convert": "convert", "copy": "convert"}
+            "convert": "convert", "copy": "convert", "chunkdict": "chunkdict", "export": "export", "stat": "stat",
+            "cache": "cache"}
 _GLOBAL_OPTIONS_WITH_VALUE = ("-l", "--log-level", "-L", "--log-file")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 # Commands writing temporary files beside their outputs: SIGTERM, SIGHUP and SIGINT unwind them like
 # Ctrl-C so those files are removed (rafs.tempfiles); mount has its own signal handling.
-CLEANUP_ON_SIGNAL = ("create", "build", "pack", "merge", "convert", "copy", "unpack")
+CLEANUP_ON_SIGNAL = ("create", "build", "pack", "merge", "convert", "copy", "unpack", "export")
 
 
 def command_of(argv: list[str]) -> str | None:
@@ -105,8 +108,26 @@ def one_line(exc: BaseException) -> str:
     return printable(redact_urls(" ".join(part.strip() for part in str(exc).splitlines() if part.strip())))
 
 
+class _ClosedStream:
+    """Stands in for a standard stream the caller closed (``>&-``): writing to it is an OSError, which
+    ends the command with one line instead of an AttributeError on ``None``."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def write(self, text) -> int:
+        raise OSError(errno.EBADF, f"standard {self.name} is closed")
+
+    def flush(self) -> None:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    if sys.stdout is None:
+        sys.stdout = _ClosedStream("output")
+    if sys.stderr is None:
+        sys.stderr = _ClosedStream("error")
     parser = build_parser(command_of(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

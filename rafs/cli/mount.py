@@ -12,11 +12,14 @@ import logging
 import os
 
 import rafs
-from rafs.errors import InvalidArgumentError
+from rafs.errors import InvalidArgumentError, RafsError
+from rafs.text import printable
 
 from . import checks
 
 log = logging.getLogger("rafs.mount")
+
+MAX_PREFETCH_LIST = 64 << 20     # bytes of --prefetch-files read: far more paths than any image holds
 
 
 def register(sub) -> None:
@@ -39,6 +42,9 @@ def register(sub) -> None:
     p.add_argument("--iostats-files", type=_boolean, nargs="?", const=True, default=False, metavar="BOOL",
                    help="accepted for nydusd's command lines (the configuration's iostats_files): rafs keeps "
                    "no per-file I/O statistics, so it only logs that none are kept")
+    p.add_argument("--prefetch-files", metavar="FILE", help="a file listing image paths to prefetch into the "
+                   "blob cache once mounted, one a line (nydusd's flag; it replaces the bootstrap's prefetch "
+                   "table; paths missing from the image are skipped with a warning)")
     p.add_argument("--fs-driver", choices=["fuse", "erofs"], default="fuse",
                    help="fuse (default): serve through FUSE; erofs: the kernel mounts the bootstrap as "
                    "EROFS and rafs fills each blob's cache file on demand (fanotify, Linux 6.14+, RAFS v6)")
@@ -107,10 +113,73 @@ def run_mount(args) -> int:
         log.info("mounting %s (RAFS v%d, %d blobs) at %s, xattrs %s, digest validation %s", image.name,
                  image.version, len(image.blobs), args.mountpoint, "on" if enable_xattr else "off",
                  "on" if image.validate else "off")
-        fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr,
-                   ready=lambda: log.info("ready: %s answers", args.mountpoint))
+        prefetch_paths = _prefetch_list(image, args.prefetch_files)
+        started = []
+
+        def ready():
+            log.info("ready: %s answers", args.mountpoint)
+            try:
+                handle = start_prefetch(image, settings, prefetch_paths)
+            except RafsError as exc:          # the mount serves on; only the warm-up is lost
+                log.warning("prefetch not started: %s", exc)
+                return
+            if handle is not None:
+                started.append(handle)
+        try:
+            fuse.mount(image, args.mountpoint, threads=args.threads, enable_xattr=enable_xattr, ready=ready)
+        finally:
+            for handle in started:
+                handle.cancel()
     log.info("%s unmounted", args.mountpoint)
     return 0
+
+
+def _prefetch_list(image, list_file) -> list[bytes] | None:
+    """The image paths named in ``--prefetch-files`` (one a line, blank lines ignored), those the image
+    lacks left out with a warning; None without the flag."""
+    if not list_file:
+        return None
+    try:
+        with open(list_file, "rb") as f:
+            raw = f.read(MAX_PREFETCH_LIST)
+    except OSError as exc:
+        raise InvalidArgumentError(f"--prefetch-files {list_file}: {exc.strerror}") from None
+    paths, missing = [], []
+    for line in raw.splitlines():
+        path = line.strip()
+        if not path:
+            continue
+        try:
+            image.stat(path)
+        except RafsError:
+            missing.append(path)
+            continue
+        paths.append(path)
+    if missing:
+        log.warning("--prefetch-files: %d paths are not in the image and are skipped: %s", len(missing),
+                    ", ".join(printable(os.fsdecode(p)) for p in missing[:5]) + (" ..." if len(missing) > 5 else ""))
+    return paths
+
+
+def start_prefetch(image, settings, paths: list[bytes] | None):
+    """Start the background prefetch the configuration (``fs_prefetch`` / ``prefetch``) or
+    ``--prefetch-files`` asks for; returns its handle, or None when there is none to run.
+
+    Foreground reads never wait for it: it runs in its own threads, and a chunk a reader wants that
+    the prefetch is fetching at that moment is shared, not fetched twice.
+    """
+    prefetch = getattr(settings, "prefetch", None)
+    if paths is None and not (prefetch is not None and prefetch.enable):
+        return None
+    if not getattr(settings, "cached", False):
+        log.info("prefetch: no blob cache is configured, so there is nowhere to keep prefetched data")
+        return None
+    if paths is not None and not paths:
+        return None
+    handle = image.prefetch(paths, all=bool(prefetch and prefetch.prefetch_all), wait=False)
+    log.info("prefetch started: %s", f"{len(paths)} paths from --prefetch-files" if paths is not None
+             else "the whole image" if prefetch.prefetch_all else "the bootstrap's prefetch table")
+    return handle
 
 
 def _check_blob_sources(image, args) -> None:

@@ -25,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..text import printable
 from .backends import SECRET_KEYS, make_backend
 from .blobs import BlobLocator
 from .config_keys import MAX_CONFIG_DEPTH, NYDUSIFY_BACKEND, V2, check, depth, ignored_keys, schema_v1
@@ -140,6 +141,9 @@ def read_config_file(path, what: str = "configuration file") -> str:
     seconds. ``what`` names the file in errors (an option name or "configuration file").
     """
     path = os.fspath(path)
+    if "\0" in (path if isinstance(path, str) else path.decode("utf-8", "surrogateescape")):
+        raise InvalidArgumentError(f"{what} {printable(path)}: a path cannot hold a NUL character "
+                                   f"(and the text is neither JSON nor TOML)")
     try:
         kind = _special_kind(os.stat(path).st_mode)     # before opening: opening a device can act on it
         if kind:

@@ -4,7 +4,8 @@
 serves what the blob cache already holds, merges the rest into ranged requests of at most
 ``merge_size`` bytes over runs of adjacent (or overlapping) compressed ranges, decodes and stores them
 in the cache. Threads asking for a chunk that another thread is already fetching wait for that fetch
-instead of issuing their own, so no chunk is fetched twice at the same time.
+instead of issuing their own, so no chunk is fetched twice at the same time; except that a reader
+never waits for a prefetch (whose ranges may be large): it fetches the chunks it needs itself.
 """
 
 from __future__ import annotations
@@ -66,11 +67,12 @@ class FetchStats:
 
 
 class _Pending:
-    __slots__ = ("event", "data")
+    __slots__ = ("event", "data", "background")
 
-    def __init__(self):
+    def __init__(self, background: bool = False):
         self.event = threading.Event()
         self.data: bytes | None = None
+        self.background = background          # claimed by a prefetch, not by a reader
 
 
 class ChunkFetcher(ChunkReader):
@@ -116,11 +118,15 @@ class ChunkFetcher(ChunkReader):
         """The uncompressed bytes of each chunk, in the order given (``keep=False``: only warm the
         cache and return an empty list).
         """
+        chunks = self.resolve_many(chunks)      # batch members: the range of their batch
         if self._direct:
             if not keep:
                 return []
             if len(chunks) == 1:
                 chunk = chunks[0]
+                data = self.cached_member(chunk, path=path)
+                if data is not None:
+                    return [data]
                 self.check_address(chunk)
                 started = time.monotonic()
                 raw = self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
@@ -143,6 +149,8 @@ class ChunkFetcher(ChunkReader):
         for key, chunk in wanted.items():
             data = self._cached(chunk, path)
             if data is None:
+                data = self.cached_member(chunk, path=path)
+            if data is None:
                 missing.append((key, chunk))
                 if self.cache is not None and self.cache.is_ready(chunk):
                     looked.add(key)
@@ -151,13 +159,15 @@ class ChunkFetcher(ChunkReader):
         if self.cache is not None and log.isEnabledFor(logging.DEBUG):
             log.debug("blob %s: %d chunks from the cache, %d missing%s", self.blob.blob_id, len(results),
                       len(missing), f" ({path})" if path else "")
-        mine, theirs = [], []
+        mine, theirs, ahead = [], [], []
         with self._lock:
             for key, chunk in missing:
                 pending = self._inflight.get(key)
                 if pending is None:
-                    pending = self._inflight[key] = _Pending()
+                    pending = self._inflight[key] = _Pending(background=not keep)
                     mine.append((key, chunk, pending))
+                elif keep and pending.background:
+                    ahead.append((key, chunk, None))      # a reader does not queue behind a prefetch
                 else:
                     theirs.append((key, chunk, pending))
         try:
@@ -173,8 +183,8 @@ class ChunkFetcher(ChunkReader):
                 fetch = still
             else:
                 fetch = mine
-            if fetch:
-                self._fetch(fetch, results, path, merge_size or self.merge_size)
+            if fetch or ahead:
+                self._fetch(fetch + ahead, results, path, merge_size or self.merge_size)
         finally:
             with self._lock:
                 for key, _, pending in mine:
@@ -230,7 +240,7 @@ class ChunkFetcher(ChunkReader):
         """
         if self.cache is None:
             return 0
-        todo = {chunk_key(c): c for c in chunks if not self.cache.is_ready(c)}
+        todo = {chunk_key(c): c for c in self.resolve_many(chunks) if not self.cache.is_ready(c)}
         if not todo:
             return 0
         groups = merge_ranges(list(todo.values()), batch_size)

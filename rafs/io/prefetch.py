@@ -1,7 +1,9 @@
 """Background prefetch into the blob cache, the way nydusd's ``fs_prefetch`` does it.
 
 The caller (``Image.prefetch``) turns files into chunk lists per blob; this module fetches them with a
-bounded pool of workers, each request merging adjacent chunks up to ``batch_size`` bytes, and lets the
+bounded pool of workers, each request merging adjacent chunks up to ``batch_size`` bytes (with
+``grow_ranges``, more, up to ``LARGE_RANGE``, when there is enough to give every worker such a range),
+and lets the
 caller wait for it, cancel it, or ignore it. Chunks already cached are not fetched again, and chunks
 that a reader is fetching at the same time are not fetched twice (:class:`~rafs.io.fetch.ChunkFetcher`).
 """
@@ -17,14 +19,21 @@ from .fetch import merge_ranges
 
 log = logging.getLogger(__name__)
 
+# The largest merged request of a prefetch: few enough requests for a whole image, while what the
+# workers hold at once (a range and its decoded chunks each) stays modest.
+LARGE_RANGE = 8 << 20
+
 
 class Prefetch:
     """A prefetch of ``work`` = [(ChunkFetcher, chunks)] with ``threads`` workers."""
 
-    def __init__(self, work, *, threads: int = 8, batch_size: int = 0x100000, bandwidth_limit: int = 0):
+    def __init__(self, work, *, threads: int = 8, batch_size: int = 0x100000, bandwidth_limit: int = 0,
+                 grow_ranges: bool = False):
         self.work = [(fetcher, chunks) for fetcher, chunks in work if getattr(fetcher, "cache", None) is not None]
         self.threads = max(1, threads)
         self.batch_size = max(1, batch_size)
+        # ranges may grow past batch_size, up to LARGE_RANGE (see range_size)
+        self.grow_ranges = grow_ranges
         # bytes per second over all workers, 0 = unlimited (nydusd's bandwidth_rate / bandwidth_limit)
         # (when not given: what the blobs' locator was configured with, fs_prefetch.bandwidth_rate)
         self.bandwidth_limit = max(0, bandwidth_limit or max(
@@ -54,12 +63,13 @@ class Prefetch:
             tasks = []
             for fetcher, chunks in self.work:
                 todo = [c for c in chunks if not fetcher.cache.is_ready(c)]
-                tasks.extend((fetcher, group) for group in merge_ranges(todo, self.batch_size))
+                size = self.range_size(sum(c.compressed_size for c in todo))
+                tasks.extend((fetcher, group, size) for group in merge_ranges(todo, size))
             self.total = len(tasks)
             log.debug("prefetch: %d chunks to fetch in %d requests from %d blobs, %d threads",
-                      sum(len(g) for _, g in tasks), len(tasks), len(self.work), self.threads)
+                      sum(len(g) for _, g, _ in tasks), len(tasks), len(self.work), self.threads)
             with ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="rafs-prefetch") as pool:
-                for future in [pool.submit(self._fetch, fetcher, group) for fetcher, group in tasks]:
+                for future in [pool.submit(self._fetch, *task) for task in tasks]:
                     future.result()
             log.debug("prefetch: done, %d chunks fetched in %.2f s, %d failed requests%s", self.fetched,
                       time.monotonic() - started, len(self.errors), " (cancelled)" if self._stop.is_set() else "")
@@ -81,14 +91,23 @@ class Prefetch:
         while not self._stop.is_set() and time.monotonic() < due:
             self._stop.wait(min(0.5, due - time.monotonic()))
 
-    def _fetch(self, fetcher, group) -> None:
+    def range_size(self, todo_bytes: int) -> int:
+        """The largest request for ``todo_bytes`` of a blob: ``batch_size``, grown (up to
+        :data:`LARGE_RANGE`) while every worker still gets a range of its own. A whole image then
+        comes in a few large ranges, which a remote store serves far faster than many small ones.
+        Without ``grow_ranges``: ``batch_size``."""
+        if not self.grow_ranges:
+            return self.batch_size
+        return max(self.batch_size, min(LARGE_RANGE, -(-todo_bytes // self.threads)))
+
+    def _fetch(self, fetcher, group, size: int) -> None:
         if self._stop.is_set():
             return
         self._throttle(sum(c.compressed_size for c in group))
         if self._stop.is_set():
             return
         try:
-            fetcher.read_many(group, keep=False, merge_size=self.batch_size)
+            fetcher.read_many(group, keep=False, merge_size=size)
         except Exception as exc:  # noqa: BLE001 - one failed range must not stop the others
             log.warning("prefetch of blob %s failed: %s", fetcher.blob.blob_id, exc)
             with self._lock:

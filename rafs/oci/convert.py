@@ -58,6 +58,7 @@ class ConvertOptions:
     compressor: str = "zstd"
     chunk_size: int = 0x100000
     aligned_chunk: bool = False
+    batch_size: int = 0
     prefetch_patterns: list[str] | None = None
     platforms: list[str] = field(default_factory=lambda: [DEFAULT_PLATFORM])
     all_platforms: bool = False
@@ -72,6 +73,9 @@ class ConvertOptions:
         if int(self.fs_version) not in (5, 6):
             raise InvalidArgumentError(f"invalid fs version {self.fs_version!r} (5 or 6)")
         self.fs_version = int(self.fs_version)
+        from ..build.builder import check_batch_options
+        check_batch_options(self.batch_size, fs_version=self.fs_version, source_type="tar-rafs",
+                            chunk_size=self.chunk_size, blob_layout="packed")
         for platform in self.platforms:
             parse_platform(platform)
 
@@ -127,6 +131,7 @@ class LayerJob:
     aligned_chunk: bool
     prefetch_patterns: tuple[str, ...]
     threads: int
+    batch_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -148,7 +153,8 @@ def convert_layer(job: LayerJob) -> LayerResult:
                               fs_version=job.fs_version, compressor=job.compressor, chunk_size=job.chunk_size,
                               aligned_chunk=job.aligned_chunk, whiteout_spec="none", blob_inline_meta=True,
                               features=("blob-toc",) if job.fs_version == 6 else (), prefetch_policy="fs",
-                              prefetch_patterns=list(job.prefetch_patterns), workers=job.threads)
+                              prefetch_patterns=list(job.prefetch_patterns), workers=job.threads,
+                              batch_size=job.batch_size)
             builder.write_fp(hashing)
             digest, size = hashing.digest, hashing.size
         final = os.path.join(job.blob_dir, digest_hex(digest))
@@ -248,7 +254,7 @@ class Converter:
             if digest not in jobs:
                 jobs[digest] = LayerJob(digest, self.source.blob(layer), blob_dir, work, self.options.fs_version,
                                         self.options.compressor, self.options.chunk_size,
-                                        self.options.aligned_chunk, self.patterns, 1)
+                                        self.options.aligned_chunk, self.patterns, 1, self.options.batch_size)
 
     def _convert_layers(self, writer: LayoutWriter, work: str, plan) -> dict[str, LayerResult]:
         jobs: dict[str, LayerJob] = {}
@@ -369,7 +375,7 @@ class Converter:
 
 def _with_threads(job: LayerJob, threads: int) -> LayerJob:
     return LayerJob(job.source_digest, job.source, job.blob_dir, job.work_dir, job.fs_version, job.compressor,
-                    job.chunk_size, job.aligned_chunk, job.prefetch_patterns, threads)
+                    job.chunk_size, job.aligned_chunk, job.prefetch_patterns, threads, job.batch_size)
 
 
 def _replace_desc(old: dict, media_type: str, digest: str, size: int) -> dict:

@@ -52,6 +52,8 @@ MS_RDONLY = 1
 MNT_DETACH = 2
 DEFAULT_DEADLINE = 60.0            # seconds an event may wait for its data before EIO
 DEFAULT_THREADS = 4
+# Data filled beyond an event's own chunks, following them in the blob (see BlobFiller.with_readahead).
+DEFAULT_READAHEAD = 1 << 20
 _EVENT_BUFFER = 64 * 1024
 # The guardian answers every event fd number below this after a crash (see rafs.serve.guardian).
 _FD_LIMIT = 65536
@@ -81,6 +83,7 @@ class BlobFiller:
         st = os.stat(self.data_path)
         self.identity = (st.st_dev, st.st_ino)
         self.fetched_chunks = 0
+        self.watched = False
 
     @property
     def complete(self) -> bool:
@@ -107,6 +110,23 @@ class BlobFiller:
     def missing(self, offset: int | None, count: int | None) -> list[Chunk]:
         """The chunks of the range that are not in the data file yet."""
         return [c for c in self.covering(offset, count) if not self.chunk_map.is_ready(c)]
+
+    def with_readahead(self, chunks: list[Chunk], limit: int) -> list[Chunk]:
+        """``chunks`` plus the missing chunks that follow the last of them in the blob, up to ``limit``
+        bytes of data in all: files laid out together are read together (a walk, a start-up), so one
+        event and one ranged fetch serve the reads that would each have raised their own."""
+        if not chunks:
+            return chunks
+        total = sum(c.uncompressed_size for c in chunks)
+        out = list(chunks)
+        position = bisect.bisect_right(self.starts, chunks[-1].uncompressed_offset)
+        for chunk in self.chunks[position:]:
+            if total + chunk.uncompressed_size > limit:
+                break
+            if not self.chunk_map.is_ready(chunk):
+                out.append(chunk)
+                total += chunk.uncompressed_size
+        return out
 
     def fill(self, fd: int, chunks: list[Chunk]) -> None:
         """Fetch, decode (and verify, with validation) ``chunks``, write them through ``fd``, make them
@@ -184,11 +204,12 @@ class OnDemandMount:
     into ``work_dir`` first). ``work_dir``: the nydusd blob cache directory holding each blob's
     ``.blob.data`` and ``.chunk_map``. ``deadline``: seconds an event may wait for the backend before
     the read fails with EIO. ``threads``: events served at once. ``validate``: verify chunk digests
-    before anything reaches the cache.
+    before anything reaches the cache. ``readahead``: bytes of following chunks filled with each event's.
     """
 
     def __init__(self, image, mountpoint, *, work_dir, bootstrap=None, threads: int = DEFAULT_THREADS,
-                 deadline: float = DEFAULT_DEADLINE, validate: bool | None = None, guardian: bool = True):
+                 deadline: float = DEFAULT_DEADLINE, validate: bool | None = None, guardian: bool = True,
+                 readahead: int = DEFAULT_READAHEAD):
         if image.version != 6:
             raise UnsupportedError(f"the erofs driver serves RAFS v6 images (EROFS on disk); this is RAFS "
                                    f"v{image.version}: use the fuse driver")
@@ -200,6 +221,7 @@ class OnDemandMount:
         self.deadline = deadline
         self.validate = image.validate if validate is None else validate
         self.use_guardian = guardian
+        self.readahead = max(0, readahead)
         self.fillers: list[BlobFiller] = []
         self.group = -1
         self._by_identity: dict[tuple[int, int], BlobFiller] = {}
@@ -271,6 +293,7 @@ class OnDemandMount:
         for filler in fillers:
             try:
                 _fanotify.mark(self.group, filler.data_path)
+                filler.watched = True
             except OSError as exc:
                 raise OnDemandError(f"cannot watch {filler.data_path}: {exc.strerror}") from None
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
@@ -352,7 +375,9 @@ class OnDemandMount:
         try:
             todo = filler.missing(event.offset, event.count)      # another event may have filled some
             if todo:
-                filler.fill(pending.fd, todo)
+                filler.fill(pending.fd, filler.with_readahead(todo, self.readahead))
+                if filler.complete:
+                    self._unmark(filler)
             allow = True
             log.debug("filled blob %s [%#x, +%#x): %d chunks", filler.blob.blob_id, event.offset or 0,
                       event.count or 0, len(missing))
@@ -364,6 +389,19 @@ class OnDemandMount:
             with self._pending_lock:
                 self._pending.pop(pending.fd, None)
             os.close(pending.fd)
+
+    def _unmark(self, filler: BlobFiller) -> None:
+        """Stop watching a data file that became complete: the kernel then reads it with no event at all."""
+        with self._pending_lock:
+            if filler.watched:
+                filler.watched = False
+            else:
+                return
+        try:
+            _fanotify.mark(self.group, filler.data_path, remove=True)
+            log.debug("blob %s is complete: no longer watched", filler.blob.blob_id)
+        except OSError as exc:
+            log.warning("cannot stop watching %s: %s", filler.data_path, exc)
 
     def _answer(self, pending: _Event, *, allow: bool) -> None:
         with pending.lock:

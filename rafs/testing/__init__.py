@@ -17,6 +17,8 @@ hypothesis and rafs.
   write any id into a v5 or v6 bootstrap's blob table.
 * :mod:`rafs.testing.hostile_images` - images that lie about their shape: deep directory chains, files
   declaring sizes their chunks do not cover, and a strategy of such sizes.
+* :mod:`rafs.testing.hostile` - what an attacker controls: tar headers declaring huge sizes, file
+  sizes past their chunks, deep directory chains, hostile HTTP servers, configs, OCI layouts.
 
 See ``docs/fuzzing.md`` for a guide with a worked example.
 """
@@ -24,6 +26,9 @@ See ``docs/fuzzing.md`` for a guide with a worked example.
 from .blob_ids import blob_id_strings, hostile_blob_ids, valid_blob_ids, with_blob_ids
 from .exercise import (BytesSource, EscapedError, Outcome, OutOfMemoryError, OutOfTimeError, check_blob_mutant,
                        check_mutant, exercise, exercise_blob, memory_budget, memory_limit, time_limit)
+from .hostile import (CONFIG_SEEDS, HostileHTTPServer, config_mutants, declared_size_mutants, declared_sizes,
+                      deep_chain, http_behaviours, mutated_layout, oci_layout_mutants, oci_layout_mutations,
+                      tar_header, tar_header_bombs, tar_header_mutants, tar_sizes)
 from .images import Built, as_built, blob_devices, build_node, build_options, build_tree
 from .mutate import (Located, bit_flips, blob_structures, field_extremes, flip_bit, replace_unique, set_field,
                      set_int, truncations, v5_structures, v6_structures, word_extremes, zeroed_runs, zstd_bomb)
@@ -36,6 +41,9 @@ __all__ = [
     "blob_id_strings", "hostile_blob_ids", "valid_blob_ids", "with_blob_ids",
     "BytesSource", "EscapedError", "Outcome", "OutOfMemoryError", "OutOfTimeError", "check_blob_mutant",
     "check_mutant", "exercise", "exercise_blob", "memory_budget", "memory_limit", "time_limit",
+    "CONFIG_SEEDS", "HostileHTTPServer", "config_mutants", "declared_size_mutants", "declared_sizes",
+    "deep_chain", "http_behaviours", "mutated_layout", "oci_layout_mutants", "oci_layout_mutations",
+    "tar_header", "tar_header_bombs", "tar_header_mutants", "tar_sizes",
     "Built", "as_built", "blob_devices", "build_node", "build_options", "build_tree",
     "Located", "bit_flips", "blob_structures", "field_extremes", "flip_bit", "replace_unique", "set_field",
     "set_int", "truncations", "v5_structures", "v6_structures", "word_extremes", "zeroed_runs", "zstd_bomb",

@@ -1,7 +1,7 @@
 """Build options as a strategy, and images built from tree descriptions or hand-made model trees.
 
 :func:`build_options` draws keyword arguments for :class:`rafs.Builder` (version, compressor, digester,
-chunk size, inline meta, blob ToC) that the builder accepts. :func:`build_tree` materialises a tree
+chunk size, inline meta, blob ToC, and when asked batch size and encryption) that the builder accepts. :func:`build_tree` materialises a tree
 description and builds it; :func:`build_node` builds a :class:`rafs.model.Node` tree as it is, names
 and all, which is how hostile images (``..``, ``/`` or NUL in names) are made.
 """
@@ -17,6 +17,7 @@ from ..model import Node
 from .trees import ROOT, materialise, with_parents, without
 
 CHUNK_SIZES = (0x1000, 0x2000, 0x10000, 0x100000)
+BATCH_SIZES = (0, 0x1000, 0x2000, 0x10000, 0x100000)
 COMPRESSORS = ("none", "lz4_block", "zstd")
 DIGESTERS = ("blake3", "sha256")
 MODEL_SOURCE_TYPE = "rafs.testing.model"
@@ -25,10 +26,14 @@ MODEL_SOURCE_TYPE = "rafs.testing.model"
 @st.composite
 def build_options(draw, *, versions=(5, 6), compressors=COMPRESSORS, digesters=DIGESTERS,
                   chunk_sizes=CHUNK_SIZES, inline_meta: bool | None = None, blob_toc: bool | None = None,
-                  repeatable: bool = True) -> dict:
+                  repeatable: bool = True, batch_sizes=(0,), encrypt: bool | None = False) -> dict:
     """Keyword arguments for :class:`rafs.Builder`: ``fs_version``, ``compressor``, ``digester``,
     ``chunk_size``, ``repeatable`` and, for v6, ``blob_inline_meta`` and ``features=("blob-toc",)``.
-    Pass ``inline_meta``/``blob_toc`` True or False to pin them instead of drawing."""
+    Pass ``inline_meta``/``blob_toc`` True or False to pin them instead of drawing.
+
+    v6 only, and off unless asked (so the draws of existing callers do not change): ``batch_sizes``
+    (e.g. :data:`BATCH_SIZES`) draws ``batch_size`` among those not above the chunk size;
+    ``encrypt=None`` draws ``encrypt``, True pins it."""
     version = draw(st.sampled_from(versions))
     options = {"fs_version": version, "compressor": draw(st.sampled_from(compressors)),
                "digester": draw(st.sampled_from(digesters)), "chunk_size": draw(st.sampled_from(chunk_sizes)),
@@ -37,6 +42,13 @@ def build_options(draw, *, versions=(5, 6), compressors=COMPRESSORS, digesters=D
         options["blob_inline_meta"] = draw(st.booleans()) if inline_meta is None else inline_meta
         toc = draw(st.booleans()) if blob_toc is None else blob_toc
         options["features"] = ("blob-toc",) if toc else ()
+        fitting = [size for size in batch_sizes if size <= options["chunk_size"]]
+        if fitting != [0] and fitting:
+            options["batch_size"] = draw(st.sampled_from(fitting))
+        if encrypt is None:
+            options["encrypt"] = draw(st.booleans())
+        elif encrypt:
+            options["encrypt"] = True
     return options
 
 
