@@ -9,6 +9,7 @@ DEBIAN_PACKAGES=(
   fuse3                                                 # libfuse3 + fusermount3 (rafs mount, via ctypes)
   erofs-utils                                           # mkfs.erofs / fsck.erofs: independent EROFS writer
   squashfs-tools squashfuse zstd tar util-linux attr    # benchmark anchors, losetup, xattr tools
+  docker-registry skopeo apache2-utils                  # registry tests: distribution registry, image pushes, htpasswd -B
   cryptsetup-bin                                        # veritysetup: checks rafs export --verity trees
 )
 

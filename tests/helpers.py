@@ -9,9 +9,13 @@ build leaves out (whiteouts) are named with ``skip``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import stat
+import subprocess
+import sys
+import time
 
 import rafs
 
@@ -185,3 +189,26 @@ def make_source_tree(top) -> str:
         ns = 1_600_000_000_000_000_000 + i * 1_000_000_007 + (i % 1000) * 1001
         os.utime(path, ns=(ns, ns), follow_symlinks=False)
     return os.fsdecode(top)
+
+
+@contextlib.contextmanager
+def rafs_mount(args: list[str], mountpoint, *, env: dict | None = None, timeout: float = 30):
+    """``rafs mount ARGS -M MOUNTPOINT`` in a subprocess, waited for until it is mounted; yields the
+    process and unmounts (``rafs umount``, else a lazy ``fusermount3 -u``) when the block ends."""
+    server = subprocess.Popen([sys.executable, "-m", "rafs", "mount", *args, "-M", str(mountpoint)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env={**os.environ, **env} if env else None)
+    try:
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(mountpoint):
+            assert server.poll() is None, server.communicate()[1].decode()
+            assert time.monotonic() < deadline, "rafs mount did not come up"
+            time.sleep(0.1)
+        yield server
+    finally:
+        subprocess.run([sys.executable, "-m", "rafs", "umount", str(mountpoint)], capture_output=True)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)

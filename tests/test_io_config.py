@@ -143,7 +143,7 @@ def test_http_proxy_backend_url():
 
 @pytest.mark.parametrize("change, error, words", [
     (lambda c: c["device"]["backend"].update(type="oss"), UnsupportedError, "device.backend.type 'oss'"),
-    (lambda c: c["device"]["backend"].update(type="registry"), UnsupportedError, "device.backend.type 'registry'"),
+    (lambda c: c["device"]["backend"].update(type="localdisk"), UnsupportedError, "device.backend.type 'localdisk'"),
     (lambda c: c["device"]["backend"].update(type="ftp"), InvalidArgumentError, "device.backend.type 'ftp'"),
     (lambda c: c["device"]["cache"].update(type="fscache"), UnsupportedError, "device.cache.type 'fscache'"),
     (lambda c: c["device"]["cache"].update(type="memcache"), InvalidArgumentError, "device.cache.type 'memcache'"),

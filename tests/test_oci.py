@@ -10,10 +10,7 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
-import time
 
 import pytest
 
@@ -24,6 +21,7 @@ from rafs.oci import convert
 from rafs.oci.check import check_image
 
 from conftest import need
+from helpers import rafs_mount
 from oci_layers import (apply_layers, directory_inodes, directory_view, hardlink_groups, image_inodes,
                         image_view, make_layers, oci_image, oci_layout)
 
@@ -157,27 +155,12 @@ def test_converted_image_mounts_with_rafs_mount(source, converted, tmp_path):
     boot = bootstrap_of(target, manifest, tmp_path / "boot")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    server = subprocess.Popen([sys.executable, "-m", "rafs", "mount", "-B", boot, "-M", str(mnt),
-                               "-D", os.path.join(target, "blobs", "sha256")],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 30
-        while not os.path.ismount(mnt):
-            assert server.poll() is None, server.communicate()[1].decode()
-            assert time.monotonic() < deadline, "rafs mount did not come up"
-            time.sleep(0.1)
+    with rafs_mount(["-B", boot, "-D", os.path.join(target, "blobs", "sha256")], mnt):
         got, want = directory_view(str(mnt), xattrs=False), directory_view(expected, xattrs=False)
         assert sorted(got) == sorted(want)
         for path in want:
             assert got[path] == want[path], path
         assert hardlink_groups(directory_inodes(str(mnt))) == hardlink_groups(directory_inodes(expected))
-    finally:
-        subprocess.run([sys.executable, "-m", "rafs", "umount", str(mnt)], capture_output=True)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
 
 
 def test_check_finds_a_damaged_blob(converted, tmp_path):

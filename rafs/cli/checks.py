@@ -111,11 +111,40 @@ def bootstrap_argument(args) -> str:
     return path
 
 
+def bootstrap_argument_given(args) -> bool:
+    return args.bootstrap is not None or args.bootstrap_opt is not None
+
+
 def add_bootstrap_arguments(parser, what: str = "bootstrap path or URL") -> None:
     """``BOOTSTRAP`` and the deprecated ``-B/--bootstrap``, read back with :func:`bootstrap_argument`."""
     parser.add_argument("bootstrap", metavar="BOOTSTRAP", nargs="?", help=what)
     parser.add_argument("-B", "--bootstrap", dest="bootstrap_opt", metavar="BOOTSTRAP",
                         help="[deprecated] same as BOOTSTRAP")
+    add_reference_arguments(parser)
+
+
+def add_reference_arguments(parser) -> None:
+    """``--platform``, ``--insecure`` and ``--plain-http`` for an image given as ``docker://`` reference,
+    read back with :func:`reference_options`."""
+    group = parser.add_argument_group("Nydus images in a registry (docker://HOST[:PORT]/REPO:TAG or @sha256:...)")
+    group.add_argument("--platform", metavar="OS/ARCH[/VARIANT]", help="the manifest to open from a multi-platform "
+                       "image (default: this machine's, e.g. linux/amd64)")
+    group.add_argument("--insecure", action="store_true", help="do not verify the registry's TLS certificate")
+    group.add_argument("--plain-http", action="store_true", help="talk to the registry over http instead of https")
+
+
+def reference_options(args, source) -> dict | None:
+    """The options :func:`rafs.open` takes for an image reference (``storage_options``), None for
+    other sources; the flags given with anything but a reference are refused by name."""
+    from rafs.io.reference import is_reference
+    flags = (("--platform", "platform", args.platform), ("--insecure", "insecure", args.insecure),
+             ("--plain-http", "plain_http", args.plain_http))
+    if not is_reference(source):
+        given = [flag for flag, _, value in flags if value]
+        if given:
+            raise InvalidArgumentError(f"{given[0]} applies to images in a registry (docker://...) only")
+        return None
+    return {key: value for _, key, value in flags if value}
 
 
 def parse_chunk_dict(arg: str | None) -> str | None:
@@ -130,3 +159,13 @@ def parse_chunk_dict(arg: str | None) -> str | None:
         raise InvalidArgumentError(f"invalid chunk dict argument {arg!r} (expected bootstrap=PATH)")
     input_file("--chunk-dict", path)
     return path
+
+
+def scratch_dir(work_dir: str | None) -> str:
+    """A new temporary directory (``.rafs-tmp-<pid>-*``) under ``work_dir``, else the system's
+    temporary directory, for layouts pulled from or to be pushed to a registry; the caller removes it."""
+    import tempfile
+    from rafs import tempfiles
+    directory = work_dir or tempfile.gettempdir()
+    os.makedirs(directory, exist_ok=True)
+    return tempfiles.mkdtemp(directory, suffix=".registry")

@@ -1,5 +1,11 @@
-"""``rafs convert`` (the local part of ``nydusify convert``): an OCI image layout, directory or tar,
-into a Nydus image layout; ``--check`` then validates the result as ``nydusify check`` does.
+"""``rafs convert`` (``nydusify convert``): an OCI image, from a layout (directory or tar) or a registry
+(``docker://HOST/REPO:TAG``), into a Nydus image in a layout or a registry; ``--check`` then validates
+the result as ``nydusify check`` does. ``rafs copy`` (``nydusify copy``) copies an image with all its
+blobs between registries, or to and from a layout.
+
+A registry source is pulled into a temporary layout (streamed, every blob checked against its digest)
+and a registry target is pushed from one (blobs the registry has already are skipped); the temporary
+layouts live under ``--work-dir`` (default the system's temporary directory) and are removed at the end.
 
 Flags keep nydusify's names and defaults (``--fs-version 6``, ``--compressor zstd``,
 ``--fs-chunk-size 0x100000``, ``--platform linux/amd64``); ``--prefetch-patterns`` reads the patterns
@@ -9,6 +15,8 @@ from standard input, one absolute path a line, or from the file it names (a ``ra
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 
 from rafs.cli.create import parse_batch_size, parse_chunk_size
@@ -25,9 +33,10 @@ def register(sub) -> None:
                        description="Convert an OCI image to a Nydus image, as nydusify convert does, between "
                        "OCI image layouts (directories, or tar archives when the path ends in .tar).")
     p.add_argument("--source", "--source-archive", required=True, dest="source",
-                   help="source OCI image layout: a directory or a tar of one")
+                   help="source OCI image: a layout directory, a tar of one, or docker://HOST/REPO:TAG")
     p.add_argument("--target", "--target-archive", required=True, dest="target",
-                   help="target OCI image layout: a directory, or a tar when the name ends in .tar")
+                   help="target: an OCI layout directory, a tar when the name ends in .tar, or docker://HOST/REPO:TAG")
+    add_registry_arguments(p, "source", "target")
     p.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS version (default 6)")
     p.add_argument("--compressor", default="zstd", choices=["none", "lz4_block", "zstd"],
                    help="algorithm to compress image data (default zstd)")
@@ -54,6 +63,27 @@ def register(sub) -> None:
     p.add_argument("--check", action="store_true", help="check the converted image against the source")
     p.set_defaults(func=run)
 
+    c = sub.add_parser("copy", help="copy an image with all its blobs between registries and OCI layouts",
+                       description="Copy an image (a manifest or a whole index, with every blob) as nydusify copy "
+                       "does: from a registry (docker://HOST/REPO:TAG) or an OCI layout directory, to a registry "
+                       "or a new OCI layout directory.")
+    c.add_argument("source", metavar="SOURCE", help="docker://HOST/REPO:TAG or an OCI layout directory")
+    c.add_argument("target", metavar="TARGET", help="docker://HOST/REPO:TAG or a new OCI layout directory")
+    add_registry_arguments(c, "source", "target")
+    c.add_argument("--work-dir", help="directory for the temporary layout of a registry-to-registry copy")
+    c.set_defaults(func=run_copy)
+
+
+def add_registry_arguments(parser, *sides: str) -> None:
+    for side in sides:
+        parser.add_argument(f"--{side}-insecure", action="store_true",
+                            help=f"do not verify the TLS certificate of the {side} registry")
+    parser.add_argument("--plain-http", action="store_true", help="talk to the registries over http, not https")
+
+
+def _registry_options(args, side: str) -> dict:
+    return {"insecure": getattr(args, f"{side}_insecure"), "plain_http": args.plain_http}
+
 
 def run(args) -> int:
     patterns = None
@@ -77,18 +107,63 @@ def run(args) -> int:
                              merge_platform=args.merge_platform, with_referrer=args.with_referrer,
                              source_reference=args.source_reference, workers=args.workers,
                              work_dir=args.work_dir)
+    from rafs.io.reference import is_reference
+    remote_source, remote_target = is_reference(args.source), is_reference(args.target)
+    if not (remote_source or remote_target):
+        return _convert(args, options, args.source, args.target)
+    from rafs.io.registry_transfer import pull, push
+    scratch = checks.scratch_dir(args.work_dir)
+    try:
+        source, target = args.source, args.target
+        if remote_source:
+            source = pull(args.source, os.path.join(scratch, "source"), _registry_options(args, "source"))
+            print(f"pulled {args.source}", file=sys.stderr)
+        if remote_target:
+            target = os.path.join(scratch, "target")
+        status = _convert(args, options, source, target)
+        if status == 0 and remote_target:
+            digest = push(target, args.target, _registry_options(args, "target"))
+            print(f"pushed {args.target} ({digest})", file=sys.stderr)
+        return status
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _convert(args, options, source, target) -> int:
     with progress.bar(args, "converting") as report:
-        result = Converter(args.source, args.target, options).run(progress=report)
+        result = Converter(source, target, options).run(progress=report)
     for image in result.images:
         print(f"converted {image.source['digest']} -> {image.target['digest']} "
               f"({len(image.blob_digests)} blobs)", file=sys.stderr)
     print(f"target: {result.target}", file=sys.stderr)
     if args.check:
-        report = check_image(result.target, source=args.source)
+        report = check_image(result.target, source=source)
         for problem in report.problems:
             print(f"check: {printable(problem)}", file=sys.stderr)
         if not report.ok:
             return 1
         print(f"check passed: {len(report.manifests)} manifest(s), {report.files_compared} entries compared "
               "with the source", file=sys.stderr)
+    return 0
+
+
+def run_copy(args) -> int:
+    from rafs.io.reference import is_reference
+    from rafs.io.registry_transfer import pull, push
+    remote_source, remote_target = is_reference(args.source), is_reference(args.target)
+    if not (remote_source or remote_target):
+        raise InvalidArgumentError("copy needs a registry on at least one side (docker://HOST/REPO:TAG)")
+    if not remote_source:
+        digest = push(args.source, args.target, _registry_options(args, "target"))
+    elif not remote_target:
+        pull(args.source, args.target, _registry_options(args, "source"))
+        digest = None
+    else:
+        scratch = checks.scratch_dir(args.work_dir)
+        try:
+            layout = pull(args.source, os.path.join(scratch, "image"), _registry_options(args, "source"))
+            digest = push(layout, args.target, _registry_options(args, "target"))
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(f"copied {args.source} to {args.target}" + (f" ({digest})" if digest else ""), file=sys.stderr)
     return 0

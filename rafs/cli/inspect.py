@@ -31,6 +31,10 @@ def register(sub) -> None:
                    "also read and verify every chunk")
     c.add_argument("-J", "--output-json", help="write the result as JSON to this file")
     c.add_argument("-v", "--verbose", action="store_true", help="list every inode checked")
+    c.add_argument("--target", help="as nydusify check: the converted Nydus image to check whole (manifest, "
+                   "blobs, bootstrap, every chunk), an OCI layout or docker://HOST/REPO:TAG")
+    c.add_argument("--source", help="with --target: the OCI image it was converted from (layout or reference); "
+                   "the Nydus filesystem must equal its layers applied in order")
     c.set_defaults(func=run_check)
 
 
@@ -39,7 +43,8 @@ def run_inspect(args) -> int:
     checks.exclusive(args, ("config", "--config <config>"), ("blob_dir", "--blob-dir <blob-dir>"))
     checks.input_dir("--blob-dir", args.blob_dir)
     checks.input_file("--config", args.config)
-    with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config) as image:
+    with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config,
+                   storage_options=checks.reference_options(args, bootstrap)) as image:
         if args.request == "stats":
             info = stats(image)
         elif args.request == "blobs":
@@ -79,6 +84,8 @@ def print_text(info: dict) -> None:
 
 def run_check(args) -> int:
     from rafs.build.builder import Trace, output_document
+    if args.target or args.source:
+        return run_check_images(args)
     bootstrap = checks.bootstrap_argument(args)
     checks.exclusive(args, ("config", "--config <config>"), ("blob_dir", "--blob-dir <blob-dir>"))
     from rafs.oci.layout import is_oci_layout
@@ -88,8 +95,10 @@ def run_check(args) -> int:
     checks.input_file("--config", args.config)
     checks.output_file("--output-json", args.output_json, devices=True)
     faults, checked = [], 0
-    with_data = bool(args.blob_dir or args.config)
-    with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config, validate=with_data) as image:
+    options = checks.reference_options(args, bootstrap)
+    with_data = bool(args.blob_dir or args.config or options is not None)   # a registry has the blobs
+    with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config, validate=with_data,
+                   storage_options=options) as image:
         with progress.bar(args, "checking", show=with_data) as report:
             for fault in image.check(verify_data=with_data, progress=report):
                 faults.append(fault)
@@ -117,14 +126,43 @@ def run_check(args) -> int:
     return 0
 
 
-def run_check_layout(path) -> int:
-    """``nydusify check`` of a converted layout: manifest, blobs, bootstrap, every chunk."""
+def run_check_images(args) -> int:
+    """``--target`` (and ``--source``): layouts, or references pulled into a scratch layout first."""
+    import os
+    import shutil
+    from rafs.errors import InvalidArgumentError
+    from rafs.io.reference import is_reference
+    if not args.target:
+        raise InvalidArgumentError("--source needs --target (the converted image to check)")
+    if checks.bootstrap_argument_given(args):
+        raise InvalidArgumentError("--target and BOOTSTRAP exclude each other")
+    scratch = None
+    paths = {}
+    try:
+        for side in ("target", "source"):
+            value = getattr(args, side)
+            if value is not None and is_reference(value):
+                from rafs.io.registry_transfer import pull
+                scratch = scratch or checks.scratch_dir(None)
+                value = pull(value, os.path.join(scratch, side), {"insecure": args.insecure,
+                                                                   "plain_http": args.plain_http})
+            paths[side] = value
+        return run_check_layout(paths["target"], source=paths["source"])
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_check_layout(path, *, source=None) -> int:
+    """``nydusify check`` of a converted layout: manifest, blobs, bootstrap, every chunk; compared with
+    the ``source`` layout when given."""
     from rafs.oci.check import check_image
-    report = check_image(path)
+    report = check_image(path, source=source)
     for problem in report.problems:
         print(f"FAULT: {printable(problem)}", file=sys.stderr)
     if not report.ok:
         print(f"check failed: {len(report.problems)} fault(s)", file=sys.stderr)
         return 1
-    print(f"check passed: {len(report.manifests)} Nydus manifest(s), metadata and data")
+    compared = f", {report.files_compared} entries equal to the source" if source is not None else ""
+    print(f"check passed: {len(report.manifests)} Nydus manifest(s), metadata and data{compared}")
     return 0

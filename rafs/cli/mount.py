@@ -30,7 +30,8 @@ def register(sub) -> None:
     p = sub.add_parser("mount", help="serve an image at a mountpoint through FUSE (nydusd's flags)",
                        description="Mount a RAFS image read-only through FUSE and serve it in the "
                        "foreground until it is unmounted or the process gets SIGINT/SIGTERM.")
-    p.add_argument("-B", "--bootstrap", required=True, help="bootstrap (metadata) path or URL")
+    p.add_argument("-B", "--bootstrap", required=True, help="bootstrap (metadata) path or URL, or a Nydus image "
+                   "in a registry (docker://HOST/REPO:TAG)")
     p.add_argument("-M", "--mountpoint", required=True, help="directory to mount the image on")
     p.add_argument("-C", "--config", help="nydusd configuration file (v1 JSON or v2 TOML/JSON): backend, "
                    "blob cache, enable_xattr, digest_validate")
@@ -61,6 +62,7 @@ def register(sub) -> None:
                    "of their first read, and write them to FILE when the mount ends: absolute paths one a "
                    "line (what rafs create --prefetch-patterns reads), or nydusd's access records with "
                    "times when FILE ends in .json")
+    checks.add_reference_arguments(p)
     p.set_defaults(func=run_mount)
 
     u = sub.add_parser("umount", help="unmount a rafs (or any FUSE) mount",
@@ -114,8 +116,8 @@ def run_mount(args) -> int:
         return _run_erofs(args)
     if args.access_pattern_file:
         checks.output_file("--access-pattern-file", args.access_pattern_file)
-    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir,
-                   validate=args.digest_validate) as image:
+    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir, validate=args.digest_validate,
+                   storage_options=checks.reference_options(args, args.bootstrap)) as image:
         settings = getattr(image.locator, "config", None)
         enable_xattr = bool(getattr(settings, "enable_xattr", False))
         _prepare_cache(settings)
@@ -324,8 +326,8 @@ def _run_erofs(args) -> int:
     from rafs.serve.ondemand import OnDemandMount
     if not os.path.isdir(args.mountpoint):
         raise InvalidArgumentError(f"--mountpoint {args.mountpoint}: not a directory")
-    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir,
-                   validate=args.digest_validate) as image:
+    with rafs.open(args.bootstrap, config=args.config, blob_dir=args.localfs_dir, validate=args.digest_validate,
+                   storage_options=checks.reference_options(args, args.bootstrap)) as image:
         settings = getattr(image.locator, "config", None)
         _check_blob_sources(image, args)
         work_dir = args.fscache or (settings.work_dir if getattr(settings, "cached", False) else None)

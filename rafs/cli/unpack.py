@@ -83,7 +83,8 @@ def run(args) -> int:
         raise InvalidArgumentError("invalid empty --output option")
     if args.output != "-":
         checks.output_file("--output", args.output, devices=True)
-    with rafs.open(bootstrap, blob_dir=args.blob_dir, blobs=blobs, config=config) as image:
+    with rafs.open(bootstrap, blob_dir=args.blob_dir, blobs=blobs, config=config,
+                   storage_options=checks.reference_options(args, bootstrap)) as image:
         if args.output == "-":
             with progress.bar(args, "unpacking", unit="entries") as report:
                 write_tar(image, checks.stdout_binary("--output"), progress=report)

@@ -15,6 +15,7 @@ import os
 from ..blob.ids import blob_key, blob_path, blob_url
 from ..errors import BlobNotFoundError, InvalidArgumentError, UnsupportedError
 from .redact import redact_url
+from .registry import RegistryBackend
 from .retry import RetryPolicy
 from .source import FsspecRangeReader, HttpRangeReader, LocalRangeReader
 
@@ -33,7 +34,8 @@ DEFAULT_TIMEOUT = 5
 # TypeError deep inside a backend or fsspec.
 _KEY_TYPES = {
     **dict.fromkeys(("blob_file", "dir", "addr", "path", "bucket_name", "scheme", "endpoint", "region",
-                     "object_prefix", "blob_prefix", "meta_prefix", "access_key_id", "access_key_secret"),
+                     "object_prefix", "blob_prefix", "meta_prefix", "access_key_id", "access_key_secret",
+                     "host", "repo", "auth", "registry_token", "blob_url_scheme", "blob_redirected_host"),
                     (str,)),
     **dict.fromkeys(("timeout", "connect_timeout", "retry_limit"), (int,)),
     "skip_verify": (bool,),
@@ -265,9 +267,9 @@ class HttpProxyBackend:
         return f"<HttpProxyBackend {self.describe()}>"
 
 
-BACKENDS = {"localfs": LocalFsBackend, "s3": S3Backend, "http-proxy": HttpProxyBackend}
+BACKENDS = {"localfs": LocalFsBackend, "s3": S3Backend, "http-proxy": HttpProxyBackend, "registry": RegistryBackend}
 # Backend types nydusd knows that rafs does not implement yet.
-UNSUPPORTED_BACKENDS = ("oss", "registry", "localdisk")
+UNSUPPORTED_BACKENDS = ("oss", "localdisk")
 
 
 def make_backend(backend_type: str, config: dict, *, section: str, retry: RetryPolicy,

@@ -474,16 +474,19 @@ class ConfigLocator(BlobLocator):
     (``enable_xattr``, ``prefetch`` ...), ``validate`` whether chunk digests are checked.
     """
 
-    def __init__(self, config: NydusdConfig, *, storage_options: dict | None = None):
+    def __init__(self, config: NydusdConfig, *, storage_options: dict | None = None, backend=None):
         super().__init__(storage_options=storage_options)
         self.config = config
         self.validate = config.validate or config.cache_validate
-        self.retry = RetryPolicy(limit=config.retry_limit)
-        self.backend = make_backend(config.backend_type, config.backend_config,
-                                    section=f"backend.{config.backend_type}" if config.version == 2
-                                    else "device.backend.config", retry=self.retry,
-                                    storage_options=storage_options)
-        self.retry.secrets = config.secrets()
+        if backend is None:             # else one made already (an image reference's registry)
+            self.retry = RetryPolicy(limit=config.retry_limit)
+            backend = make_backend(config.backend_type, config.backend_config,
+                                   section=f"backend.{config.backend_type}" if config.version == 2
+                                   else "device.backend.config", retry=self.retry,
+                                   storage_options=storage_options)
+        self.backend = backend
+        self.retry = backend.retry
+        self.retry.secrets = tuple({*self.retry.secrets, *config.secrets()})
         self.cache_dir = config.work_dir if config.cached else None
         self.disable_indexed_map = config.disable_indexed_map
         self.merge_size = max(config.prefetch.batch_size, config.batch_size, 1)

@@ -58,11 +58,41 @@ OPTION_KEYS = ("timeout", "connect_timeout", "headers", "skip_verify")
 
 
 class HTTPStatusError(OSError):
-    """An HTTP answer with an unexpected status; ``status`` tells retries whether it is transient."""
+    """An HTTP answer with an unexpected status; ``status`` tells retries whether it is transient and
+    ``retry_after`` (seconds, from a ``Retry-After`` header, else None) how long the server asked to wait."""
 
-    def __init__(self, status: int, reason: str, url: str):
+    def __init__(self, status: int, reason: str, url: str, retry_after: float | None = None):
         self.status = status
+        self.retry_after = retry_after
         super().__init__(f"HTTP {status} {reason} from {redact_url(url)}")
+
+
+class HTTPAuthError(PermissionError):
+    """401 or 403: ``status``, and ``challenge`` the ``WWW-Authenticate`` header (how to log in), if any."""
+
+    def __init__(self, status: int, url: str, challenge: str | None):
+        self.status = status
+        self.challenge = challenge
+        super().__init__(13, f"access refused (HTTP {status})", redact_url(url))
+
+
+# Longest wait a Retry-After header may impose on one retry (a server asking for an hour is not obeyed).
+MAX_RETRY_AFTER = 60.0
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delay-seconds or an HTTP date; None if absent or invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER)
+    from email.utils import parsedate_to_datetime
+    try:
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    return min(max(when - time.time(), 0.0), MAX_RETRY_AFTER)
 
 
 class RequestTimeout(TimeoutError):
@@ -179,6 +209,7 @@ class HttpClient:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     headers: dict = field(default_factory=dict, repr=False)
     verify: bool = True
+    ca_files: tuple = ()                 # extra CA certificates (PEM files) to trust, nydusd's ca_cert_files
     _pool: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _context: ssl.SSLContext | None = field(default=None, repr=False)
@@ -236,6 +267,11 @@ class HttpClient:
         with self._lock:
             if self._context is None:
                 context = ssl.create_default_context()
+                for path in self.ca_files:
+                    try:
+                        context.load_verify_locations(cafile=path)
+                    except (OSError, ssl.SSLError) as exc:
+                        raise InvalidArgumentError(f"CA certificate file {path}: {exc}") from None
                 if not self.verify:
                     context.check_hostname = False
                     context.verify_mode = ssl.CERT_NONE
@@ -277,14 +313,20 @@ class HttpClient:
     # requests
 
     def request(self, method: str, url: str, *, offset: int | None = None, size: int | None = None,
-                limit: int | None = None) -> tuple[http.client.HTTPResponse, bytes]:
+                limit: int | None = None, headers: dict | None = None, rewrite_redirect=None,
+                body=None) -> tuple[http.client.HTTPResponse, bytes]:
         """``method url`` within one deadline, following redirects.
 
         With ``offset``/``size`` a ranged GET that returns exactly those bytes; otherwise the whole
-        body, refused past ``limit`` bytes. Returns (response, body); HEAD returns no body.
+        body, refused past ``limit`` bytes. Returns (response, body); HEAD returns no body. ``headers``
+        go with this request (an ``Authorization`` among them only to ``url``'s own origin);
+        ``rewrite_redirect(url)`` may change where a redirect leads before it is followed. The URL that
+        answered is ``response.final_url``. ``body`` (bytes, or a seekable binary file sent with the
+        ``Content-Length`` the caller puts in ``headers``) goes with a POST or PUT, whose answer may be
+        any 2xx.
         """
         deadline = time.monotonic() + self.timeout
-        headers = dict(self.headers)
+        headers = {**self.headers, **(headers or {})}
         if offset is not None:
             headers["Range"] = f"bytes={offset}-{offset + size - 1}"
         parts = urlsplit(url)
@@ -299,15 +341,19 @@ class HttpClient:
             target = parts.path or "/"
             if parts.query:
                 target += "?" + parts.query
-            response, body = self._once(origin, method, target, headers, deadline, url, offset, size, limit)
-            if response is None:                       # a redirect: ``body`` is where to
-                url = urljoin(url, body)
+            response, answer = self._once(origin, method, target, headers, deadline, url, offset, size, limit,
+                                          body)
+            if response is None:                       # a redirect: ``answer`` is where to
+                url = urljoin(url, answer)
+                if rewrite_redirect is not None:
+                    url = rewrite_redirect(url)
                 parts = urlsplit(url)
                 continue
-            return response, body
+            response.final_url = url
+            return response, answer
         raise BackendError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects")
 
-    def _once(self, origin, method, target, headers, deadline, url, offset, size, limit):
+    def _once(self, origin, method, target, headers, deadline, url, offset, size, limit, body=None):
         for attempt in (0, 1):
             conn = self._take(origin) if attempt == 0 else None
             reused = conn is not None
@@ -324,7 +370,9 @@ class HttpClient:
                                              f"{min(self.connect_timeout, self.timeout):g} s") from None
                 conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
                 try:
-                    conn.request(method, target, headers=headers)
+                    if attempt and hasattr(body, "seek"):
+                        body.seek(0)             # sent again, whole, on a fresh connection
+                    conn.request(method, target, body=body, headers=headers)
                     response = conn.getresponse()
                 except (ConnectionError, http.client.BadStatusLine):
                     if reused and not watch.fired:
@@ -367,13 +415,13 @@ class HttpClient:
         if status == 404:
             raise FileNotFoundError(2, "not found (HTTP 404)", name)
         if method == "HEAD" and status in HEAD_REFUSED:
-            raise HTTPStatusError(status, response.reason, url)
+            raise _status_error(response, url)
         if status in (401, 403):
-            raise PermissionError(13, f"access refused (HTTP {status})", name)
+            raise HTTPAuthError(status, url, response.getheader("WWW-Authenticate"))
         length = _content_length(response, name)
         if method == "HEAD":
             if status != 200:
-                raise HTTPStatusError(status, response.reason, url)
+                raise _status_error(response, url)
             response.read()                      # no body; closes the response so the connection is free
             return (response, b""), response.isclosed() and not response.will_close
         if offset is not None:
@@ -385,15 +433,17 @@ class HttpClient:
                 raise BackendError(f"{name}: bytes {offset}-{offset + size - 1} lie past the end of the object "
                                    "(HTTP 416)")
             if status not in (200, 206):
-                raise HTTPStatusError(status, response.reason, url)
+                raise _status_error(response, url)
             if status == 206:
                 _check_content_range(response, name, offset, size)
             if length is not None and length > size:
                 raise BackendError(f"{name}: answered {length} bytes for a range of {size} bytes")
-            body = _read(response, size)
-            return (response, body), response.isclosed() and not response.will_close
-        if status != 200:
-            raise HTTPStatusError(status, response.reason, url)
+            # a ranged read keeps what arrived before a connection dropped: the caller sees the short
+            # body and asks for the rest (a whole-object read fails instead, never returning a stub)
+            body = _read(response, size, keep_partial=True)
+            return (response, body), response.isclosed() and not response.will_close and len(body) == size
+        if status != 200 and not (method in ("POST", "PUT", "PATCH") and 200 <= status < 300):
+            raise _status_error(response, url)
         if limit is not None and length is not None and length > limit:
             raise BackendError(f"{name}: declares {length} bytes, more than the limit of {limit} bytes")
         want = length if length is not None else (limit + 1 if limit is not None else None)
@@ -431,14 +481,26 @@ def _check_content_range(response, name: str, offset: int, size: int) -> None:
                            f"{value[:60]!r}")
 
 
-def _read(response, want: int | None) -> bytes:
-    """At most ``want`` bytes of the body (all of it if None), in bounded pieces."""
+def _read(response, want: int | None, *, keep_partial: bool = False) -> bytes:
+    """At most ``want`` bytes of the body (all of it if None), in bounded pieces; with
+    ``keep_partial`` a body cut short by the server returns what came (the connection is not reused)."""
     pieces = []
     got = 0
     while want is None or got < want:
-        piece = response.read(READ_PIECE if want is None else min(READ_PIECE, want - got))
+        try:
+            piece = response.read(READ_PIECE if want is None else min(READ_PIECE, want - got))
+        except http.client.IncompleteRead as exc:
+            if not keep_partial:
+                raise
+            pieces.append(exc.partial)
+            response.close()
+            break
         if not piece:
             break
         pieces.append(piece)
         got += len(piece)
     return b"".join(pieces)
+
+
+def _status_error(response, url: str) -> HTTPStatusError:
+    return HTTPStatusError(response.status, response.reason, url, retry_after(response.getheader("Retry-After")))

@@ -94,5 +94,6 @@ class RetryPolicy:
                 logging.getLogger(__name__).debug("%s", redact(
                     f"{what}: transient {type(exc).__name__}: {exc}; retry {attempt + 1}/{self.limit}",
                     self.secrets))
-                time.sleep(self.delay(attempt))
+                # a server that said how long to wait (429/503 Retry-After) is obeyed, within reason
+                time.sleep(max(self.delay(attempt), getattr(exc, "retry_after", None) or 0))
                 attempt += 1

@@ -7,29 +7,21 @@ image, that the Nydus filesystem equals the source layers applied in order.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import os
-import shutil
 import stat as _stat
-import tarfile
 import tempfile
-import zlib
 from dataclasses import dataclass, field
 
 from .. import image as _image
 from ..build.overlay import merge_overlay
-from ..build.tar import normalize_path, open_tar, read_tar
+from ..build.tar import read_tar
 from ..errors import InvalidImageError, RafsError
-from ..io.source import MAX_BOOTSTRAP_SIZE
 from . import spec
+from .bootstrap_layer import LAYER_SLACK, extract_bootstrap  # noqa: F401 - LAYER_SLACK also from here
 from .layout import COPY_BUFFER, OciLayout, digest_hex
 
 MAX_BOOTSTRAP_LAYER = 1 << 31          # compressed
-# What a bootstrap layer's tar may hold besides image.boot: the headers, the image directory, the end
-# blocks and any padding to a record (Go's writer pads nothing, Python's to 10 KiB).
-LAYER_SLACK = 1 << 20
 
 
 @dataclass
@@ -125,28 +117,6 @@ def _check_digest(layout: OciLayout, desc: dict, problems: list[str]) -> None:
         problems.append(f"blob {desc['digest']}: content hashes to {digest}")
 
 
-class _BoundedReader(io.RawIOBase):
-    """The decompressed bootstrap layer, hashed as it is read and cut off past ``limit`` bytes: a
-    gzip bomb is refused after the bytes a bootstrap layer can hold, never decompressed whole."""
-
-    def __init__(self, inner, limit: int):
-        self._inner, self.limit, self.count = inner, limit, 0
-        self.hash = hashlib.sha256()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._inner.read(len(buffer))
-        self.count += len(data)
-        if self.count > self.limit:
-            raise InvalidImageError(f"decompresses to more than the {self.limit} bytes it may hold",
-                                    structure="bootstrap layer")
-        self.hash.update(data)
-        buffer[:len(data)] = data
-        return len(data)
-
-
 def _sha256(ref) -> str:
     hasher = hashlib.sha256()
     with ref.open() as f:
@@ -158,7 +128,7 @@ def _sha256(ref) -> str:
 def _extract_bootstrap(layout: OciLayout, desc: dict, directory: str) -> tuple[str, str]:
     """(path of the extracted ``image/image.boot``, diff id of the layer) — the layer's digest checked.
 
-    The layer is streamed: decompressed at most :data:`MAX_BOOTSTRAP_SIZE` bytes for the bootstrap
+    The layer is streamed: decompressed at most :data:`~rafs.io.source.MAX_BOOTSTRAP_SIZE` bytes for the bootstrap
     and :data:`LAYER_SLACK` for everything else (headers, the ``image`` directory, end blocks), and
     only ``image/image.boot`` is written out."""
     ref = layout.blob(desc)
@@ -169,29 +139,9 @@ def _extract_bootstrap(layout: OciLayout, desc: dict, directory: str) -> tuple[s
     if digest != desc["digest"]:
         raise InvalidImageError(f"content hashes to {digest}", structure="bootstrap layer")
     path = os.path.join(directory, "image.boot")
-    wanted = spec.BOOTSTRAP_NAME_IN_LAYER.encode()
-    found = False
-    with ref.open() as raw:
-        plain = _BoundedReader(gzip.GzipFile(fileobj=raw, mode="rb"), LAYER_SLACK)
-        try:
-            with open_tar(plain, "r|") as tar:
-                for member in tar:
-                    if b"/".join(normalize_path(member.name.encode("utf-8", "surrogateescape"))) != wanted:
-                        continue
-                    if found or not member.isreg() or member.size > MAX_BOOTSTRAP_SIZE:
-                        raise InvalidImageError(f"{spec.BOOTSTRAP_NAME_IN_LAYER} is not one regular file of at most "
-                                                f"{MAX_BOOTSTRAP_SIZE} bytes", structure="bootstrap layer")
-                    plain.limit += member.size
-                    with tar.extractfile(member) as src, open(path, "wb") as dst:
-                        shutil.copyfileobj(src, dst, COPY_BUFFER)
-                    found = True
-            while plain.read(COPY_BUFFER):             # the diff id covers the whole tar
-                pass
-        except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
-            raise InvalidImageError(f"not a readable tar.gz ({exc})", structure="bootstrap layer") from None
-    if not found:
-        raise InvalidImageError(f"no {spec.BOOTSTRAP_NAME_IN_LAYER} in it", structure="bootstrap layer")
-    return path, "sha256:" + plain.hash.hexdigest()
+    with ref.open() as raw, open(path, "wb") as dst:
+        diff_id = extract_bootstrap(raw, dst, gzipped=True)
+    return path, diff_id
 
 
 # -- comparing with the source image ---------------------------------------------------------------------

@@ -1,0 +1,180 @@
+"""Copying images between a registry and an OCI image layout: :func:`pull` and :func:`push`.
+
+These let every command that works on layouts (``rafs convert``, ``rafs copy``) take ``docker://``
+references on either side. Transfers are streamed: a layer goes between the registry and a file in
+pieces of :data:`PIECE` bytes, never whole in memory, and every blob is checked against its digest on
+the way in.
+
+Pushing follows the distribution spec: a blob the registry already has (``HEAD`` answers 200) is
+skipped; otherwise ``POST /v2/<repo>/blobs/uploads/`` opens an upload and one ``PUT <location>?digest=``
+sends the blob; manifests and indexes go up last (children first) with ``PUT
+/v2/<repo>/manifests/<digest or tag>`` and their own media type as ``Content-Type``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from urllib.parse import urlencode, urljoin
+
+from ..errors import InvalidArgumentError, InvalidImageError
+from ..oci import documents, spec
+from .reference import ACCEPT, parse_reference, registry_for
+from .retry import RetryPolicy
+
+PIECE = 8 << 20                                   # bytes per ranged GET while pulling a blob
+UPLOAD_TIMEOUT = 3600.0                           # seconds one blob upload may take
+MAX_UPLOAD_ANSWER = 1 << 20
+
+
+def _retry(options: dict) -> RetryPolicy:
+    limit = options.pop("retry_limit", None)
+    return RetryPolicy() if limit is None else RetryPolicy(limit=limit)
+
+
+def pull(source: str, target, options: dict | None = None) -> str:
+    """Write the image ``source`` (a ``docker://`` reference: a manifest, or an index with every
+    manifest in it) into a new OCI layout at ``target``; returns ``target``."""
+    from ..oci.layout import LayoutWriter
+    ref = parse_reference(source)
+    options = dict(options or {})
+    retry = _retry(options)
+    registry = registry_for(ref, options)
+    retry.secrets = registry.secrets()
+    writer = LayoutWriter(target)
+    try:
+        top = _pull_document(registry, writer, ref.name, ref.digest, f"manifest {ref.name} of {ref}", retry)
+        annotations = {spec.REF_NAME: ref.tag} if ref.tag else {}
+        return writer.commit({"schemaVersion": 2, "mediaType": spec.OCI_INDEX,
+                              "manifests": [{**top, **({"annotations": annotations} if annotations else {})}]})
+    except BaseException:
+        writer.discard()
+        raise
+
+
+def _pull_document(registry, writer, name: str, digest: str | None, what: str, retry, depth: int = 0) -> dict:
+    """Pull a manifest or index (and all it refers to) into ``writer``; its descriptor."""
+    if depth > documents.MAX_INDEX_DEPTH:
+        raise InvalidImageError(f"indexes nested more than {documents.MAX_INDEX_DEPTH} deep", structure=what)
+    response, body = retry.call(lambda: registry.request("GET", f"manifests/{name}", what, headers={"Accept": ACCEPT},
+                                                         limit=documents.MAX_JSON_SIZE),
+                                f"{registry.describe()}: {what}")
+    actual = "sha256:" + hashlib.sha256(body).hexdigest()
+    if digest is not None and actual != digest:
+        raise InvalidImageError(f"content hashes to {actual}, not {digest}", structure=what)
+    document = documents.parse(body, what)
+    media_type = document.get("mediaType") or (response.getheader("Content-Type") or "").split(";")[0].strip()
+    if "manifests" in document or media_type in spec.INDEX_TYPES:
+        documents.index(document, what)
+        if len(document["manifests"]) > documents.MAX_MANIFESTS:
+            raise InvalidImageError(f"{len(document['manifests'])} manifests, more than the "
+                                    f"{documents.MAX_MANIFESTS} rafs follows", structure=what)
+        for entry in document["manifests"]:
+            _pull_document(registry, writer, entry["digest"], entry["digest"],
+                           f"manifest {entry['digest']} of {what}", retry, depth + 1)
+        media_type = media_type or spec.OCI_INDEX
+    else:
+        documents.manifest(document, what)
+        for desc in [document["config"], *document["layers"]]:
+            _pull_blob(registry, writer, desc, retry)
+        media_type = media_type or spec.OCI_MANIFEST
+    writer.add_bytes(body)
+    return {"mediaType": media_type, "digest": actual, "size": len(body)}
+
+
+def _pull_blob(registry, writer, desc: dict, retry) -> None:
+    from .registry import RegistryBlobReader
+    digest, size = desc["digest"], desc["size"]
+    if os.path.exists(writer.blob_path(digest)):
+        return
+    reader = RegistryBlobReader(registry, documents.digest_hex(digest, "OCI descriptor"), retry)
+    tmp = writer.temp_file()
+    hasher = hashlib.sha256()
+    with open(tmp, "wb") as out:
+        for offset in range(0, size, PIECE):
+            piece = reader.read_range(offset, min(PIECE, size - offset))
+            hasher.update(piece)
+            out.write(piece)
+    if "sha256:" + hasher.hexdigest() != digest:
+        os.unlink(tmp)
+        raise InvalidImageError(f"content hashes to sha256:{hasher.hexdigest()}", structure=f"blob {digest}")
+    writer.add_file(tmp, digest)
+
+
+def push(source, target: str, options: dict | None = None) -> str:
+    """Push the OCI layout ``source`` (its one top-level manifest or index) to ``target`` (a
+    ``docker://`` reference); returns the digest of what was pushed."""
+    from ..oci.layout import OciLayout
+    ref = parse_reference(target)
+    options = dict(options or {})
+    retry = _retry(options)
+    registry = registry_for(ref, options)
+    registry.auth.scope = f"repository:{ref.repo}:pull,push"
+    retry.secrets = registry.secrets()
+    registry.client.timeout = max(registry.client.timeout, UPLOAD_TIMEOUT)
+    layout = OciLayout(source)
+    tops = layout.manifests()
+    if len(tops) != 1:
+        raise InvalidArgumentError(f"{source}: index.json lists {len(tops)} images; push needs exactly one")
+    digest = _push_document(registry, layout, tops[0], retry)
+    if ref.digest and ref.digest != digest:
+        raise InvalidArgumentError(f"{ref}: the image to push is {digest}, not the digest the reference names")
+    _put_manifest(registry, layout, tops[0], ref.tag or digest, retry)
+    return digest
+
+
+def _push_document(registry, layout, desc: dict, retry, depth: int = 0) -> str:
+    """Push what ``desc`` (a manifest or index of ``layout``) refers to, then the children by digest."""
+    if depth > documents.MAX_INDEX_DEPTH:
+        raise InvalidImageError(f"indexes nested more than {documents.MAX_INDEX_DEPTH} deep", structure="index")
+    document = layout.read_json(desc)
+    if "manifests" in document or desc.get("mediaType") in spec.INDEX_TYPES:
+        for entry in documents.index(document, desc["digest"])["manifests"]:
+            _push_document(registry, layout, entry, retry, depth + 1)
+            _put_manifest(registry, layout, entry, entry["digest"], retry)
+    else:
+        manifest = documents.manifest(document, desc["digest"])
+        for blob in [manifest["config"], *manifest["layers"]]:
+            _push_blob(registry, layout, blob, retry)
+    return desc["digest"]
+
+
+def _push_blob(registry, layout, desc: dict, retry) -> None:
+    digest = desc["digest"]
+    what = f"blob {digest}"
+
+    def exists() -> bool:
+        try:
+            registry.request("HEAD", f"blobs/{digest}", what)
+            return True
+        except FileNotFoundError:
+            return False
+
+    if retry.call(exists, f"{registry.describe()}: {what} (exists?)"):
+        return
+    ref = layout.blob(desc)
+
+    def upload() -> None:
+        response, _ = registry.request("POST", "blobs/uploads/", f"upload of {what}", body=b"",
+                                       headers={"Content-Length": "0"}, limit=MAX_UPLOAD_ANSWER)
+        location = response.getheader("Location")
+        if not location:
+            raise InvalidImageError("the registry opened an upload without a Location", structure=what)
+        url = urljoin(registry.base, location)
+        url += ("&" if "?" in url else "?") + urlencode({"digest": digest})
+        with ref.open() as body:
+            registry.request_url("PUT", url, f"upload of {what}", body=body, limit=MAX_UPLOAD_ANSWER,
+                                 headers={"Content-Type": "application/octet-stream",
+                                          "Content-Length": str(ref.size)})
+
+    retry.call(upload, f"{registry.describe()}: upload of {what}")
+
+
+def _put_manifest(registry, layout, desc: dict, name: str, retry) -> None:
+    data = layout.blob(desc).read(documents.MAX_JSON_SIZE)
+    media_type = desc.get("mediaType") or json.loads(data).get("mediaType") or spec.OCI_MANIFEST
+    retry.call(lambda: registry.request("PUT", f"manifests/{name}", f"manifest {name}", body=data,
+                                        headers={"Content-Type": media_type, "Content-Length": str(len(data))},
+                                        limit=MAX_UPLOAD_ANSWER),
+               f"{registry.describe()}: manifest {name}")
