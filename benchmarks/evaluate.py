@@ -396,6 +396,8 @@ def main(argv=None) -> int:
             else:
                 parser.error(f"unknown tree {label!r}")
             results[label] = run_tree(label, tree_work, source, args, s3)
+            facts["load_after"] = open("/proc/loadavg").read().split()[:3]
+            write_report(results, facts, args, args.markdown, args.chart)     # each tree's figures kept
     finally:
         proxy.stop()
         server.stop()
