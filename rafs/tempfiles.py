@@ -126,6 +126,17 @@ def _raise_terminated(signum, frame):
     raise Terminated(signum)
 
 
+def _terminated_in(exc: BaseException | None) -> "Terminated | None":
+    """The :class:`Terminated` that ``exc`` is, or that caused it (a bounded walk of its chain)."""
+    for _ in range(32):
+        if exc is None:
+            return None
+        if isinstance(exc, Terminated):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 @contextlib.contextmanager
 def raise_on_termination():
     """While the block runs, SIGTERM, SIGHUP and SIGINT raise :class:`Terminated` in the main thread,
@@ -142,9 +153,14 @@ def raise_on_termination():
                 signal.signal(signum, _raise_terminated)
         try:
             yield
-        except Terminated:
+        except BaseException as exc:
+            # the signal can land inside code that wraps what it raises (class creation turns it into
+            # "Error calling __set_name__"): the termination is found in the chain and raised itself
+            terminated = _terminated_in(exc)
+            if terminated is None:
+                raise
             sweep()
-            raise
+            raise terminated from None
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
