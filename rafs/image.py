@@ -20,6 +20,7 @@ from typing import Iterator, NamedTuple
 
 from . import display, errors, tables
 from .blob.reader import ChunkReader
+from .blob.zran import ci_opener, open_ci_source
 from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .io.blobs import BlobLocator
 from .io.source import LocalRangeReader, load_bytes
@@ -633,7 +634,7 @@ class Image:
         """The CI array (blob meta) of one blob, for readers that resolve chunks through it (v6)."""
         from .blob.meta import load_chunk_infos
         blob = self.blobs[blob_index]
-        return load_chunk_infos(blob, self.locator.open(blob.blob_id, blob_index))
+        return load_chunk_infos(blob, open_ci_source(self.locator, blob))
 
     def _meta_chunk_reader(self) -> ChunkReader:
         """Reads chunks stored in the image itself (META_BLOB_INDEX: plain EROFS data), which are never
@@ -662,7 +663,7 @@ class Image:
                         reader = make(blob, validate=self.validate)
                     else:
                         reader = ChunkReader(blob, self.locator.open(blob.blob_id, blob_index),
-                                             validate=self.validate)
+                                             validate=self.validate, meta_opener=ci_opener(self.locator, blob))
                     self._chunk_readers[blob_index] = reader
         return reader
 

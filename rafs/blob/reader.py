@@ -9,16 +9,16 @@ from __future__ import annotations
 import collections
 import threading
 
-from ..errors import DigestMismatchError, InvalidImageError, UnsupportedError
+from ..errors import DigestMismatchError, InvalidImageError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
 from . import codecs, crypt
+from .zran import ZranChunks, is_zran
 
 # plain ints: an IntFlag operand makes every ``&`` go through enum's Python code (a few µs per chunk)
 _BATCH = int(ChunkFlags.BATCH)
 _ENCRYPTED = int(ChunkFlags.ENCRYPTED)
 _COMPRESSED = int(ChunkFlags.COMPRESSED)
 _HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
-_ZRAN = int(BlobFeatures.ZRAN)
 _ENCRYPTED_BLOB = int(BlobFeatures.ENCRYPTED)
 _BATCH_BLOB = int(BlobFeatures.BATCH)
 
@@ -36,10 +36,13 @@ class ChunkReader:
     CI record says; the CI array is read from the blob the first time a batch member is decoded.
     """
 
-    def __init__(self, blob: Blob, source, *, validate: bool = False):
+    def __init__(self, blob: Blob, source, *, validate: bool = False, meta_opener=None):
         self.blob = blob
         self.source = source
         self.validate = validate
+        # opens the file holding the CI when that is not ``source`` (SEPARATE blobs: the RAFS meta blob)
+        self.meta_opener = meta_opener
+        self._zran = ZranChunks(self) if is_zran(blob) else None
         self._batch_lock = threading.Lock()
         self._blob_meta = None
         self._batches: collections.OrderedDict[int, bytes] = collections.OrderedDict()
@@ -54,7 +57,10 @@ class ChunkReader:
     def resolve(self, chunk: Chunk) -> Chunk:
         """``chunk`` with the compressed range to fetch. A batch member's record (nydus-image leaves its
         compressed range empty and its flags without BATCH, in the bootstrap and in the CI) becomes one
-        addressing its whole batch, flagged BATCH, from the CI array; other chunks come back as they are."""
+        addressing its whole batch, flagged BATCH, from the CI array; a ZRAN chunk one addressing its
+        context's gzip range (rafs.blob.zran); other chunks come back as they are."""
+        if self._zran is not None:
+            return self._zran.resolve(chunk)
         if chunk.compressed_size or not int(self.blob.features) & _BATCH_BLOB:
             return chunk
         info, context = self._batch_record(chunk)
@@ -63,7 +69,7 @@ class ChunkReader:
                      int(chunk.flags) | _BATCH, chunk.crc32)
 
     def resolve_many(self, chunks: list[Chunk]) -> list[Chunk]:
-        if not int(self.blob.features) & _BATCH_BLOB:
+        if not int(self.blob.features) & _BATCH_BLOB and self._zran is None:
             return chunks
         return [self.resolve(chunk) for chunk in chunks]
 
@@ -90,9 +96,11 @@ class ChunkReader:
             if self.validate:
                 self.verify(chunk, data, path=path)
             return data
-        if int(self.blob.features) & _ZRAN:
-            raise UnsupportedError(f"blob {self.blob.blob_id} is a ZRAN (targz-ref) blob: reading its data "
-                                   "from the original .tar.gz is not supported yet")
+        if self._zran is not None:
+            data = self._zran.member(chunk, raw)
+            if self.validate:
+                self.verify(chunk, data, path=path)
+            return data
         if flags & _ENCRYPTED:
             # encrypted after compression (utils/src/crypt.rs), with the blob's key and IV
             raw = self._decrypt(raw, f"chunk {chunk.index} of blob {self.blob.blob_id}")
@@ -139,7 +147,12 @@ class ChunkReader:
 
     def cached_member(self, chunk: Chunk, *, path: str | None = None) -> bytes | None:
         """The data of batch member ``chunk`` when its batch is decompressed in memory already (no
-        fetch needed), else None."""
+        fetch needed), else None; the same for a ZRAN chunk whose context is inflated already."""
+        if self._zran is not None:
+            data = self._zran.cached(chunk)
+            if data is not None and self.validate:
+                self.verify(chunk, data, path=path)
+            return data
         if not self._batches or chunk.compressed_size and not int(chunk.flags) & _BATCH:
             return None
         chunk = self.resolve(chunk)
@@ -161,7 +174,7 @@ class ChunkReader:
         """The blob's decoded CI array (rafs.blob.meta.BlobMeta), read once."""
         if self._blob_meta is None:
             from .meta import load_blob_meta
-            meta = load_blob_meta(self.blob, self.source)
+            meta = load_blob_meta(self.blob, self.meta_opener() if self.meta_opener is not None else self.source)
             with self._batch_lock:
                 if self._blob_meta is None:
                     self._blob_meta = meta

@@ -404,12 +404,13 @@ class BlobWriter:
             return
         ci = bytes(self._ci)
         contexts_at = contexts_size = contexts = 0
-        if self.batch is not None:
-            # the batch contexts follow the records (s_ci_zran_offset/size/count say where)
-            contexts_at, contexts_size, contexts = len(ci), len(self.batch.contexts), self.batch.count
-            ci += bytes(self.batch.contexts)
-        packed, compressed = codecs.compress_chunk(self.compressor, ci)
-        self.ci_compressor = self.compressor if compressed else "none"
+        extra, count = self._ci_contexts()
+        if count:
+            # batch or ZRAN contexts follow the records (s_ci_zran_offset/size/count say where)
+            contexts_at, contexts_size, contexts = len(ci), len(extra), count
+            ci += extra
+        packed, compressed = codecs.compress_chunk(self.meta_compressor, ci)
+        self.ci_compressor = self.meta_compressor if compressed else "none"
         if self.cipher != "none":
             packed = self._encrypt(packed)      # after compression, like the chunks
         self.ci_offset = self.pos
@@ -441,6 +442,17 @@ class BlobWriter:
         self._write_tar_header(layout.TOC_ENTRY_BLOB_DIGEST, len(digests))
         self._toc_entries.append(TocEntry.new(layout.TOC_ENTRY_BLOB_DIGEST, "none", hashlib.sha256(digests).digest(),
                                               offset, len(digests), len(digests)))
+
+    @property
+    def meta_compressor(self) -> str:
+        """What the CI is compressed with (when that helps): the blob's compressor."""
+        return self.compressor
+
+    def _ci_contexts(self) -> tuple[bytes, int]:
+        """The contexts that follow the CI records, and how many (the batches' here)."""
+        if self.batch is None:
+            return b"", 0
+        return bytes(self.batch.contexts), self.batch.count
 
     def inline_placeholder(self) -> Blob:
         """The blob as the embedded bootstrap records it: placeholder id, size up to here."""

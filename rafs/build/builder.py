@@ -50,10 +50,19 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
 }
 # The types that read a path, which ``rafs create --type`` offers; types registered later (such as
 # rafs.testing's in-memory trees) are for library callers only.
-PATH_SOURCE_TYPES = tuple(SOURCE_TYPES)
+PATH_SOURCE_TYPES = tuple(SOURCE_TYPES) + ("targz-ref", "tar-ref", "estargz-ref")
 # Source types read from a tarball (their v5 inodes store i_rdev u32::MAX unless devices or fifos).
 TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs", "estargz-rafs")
 BATCH_SOURCE_TYPES = tuple(SOURCE_TYPES)  # the reference's dir/tar/targz/estargz-rafs
+
+
+def _load_ref(source, **options) -> Node:
+    """The tree of a ``*-ref`` source (rafs.build.reftar); a Builder also makes its chunk records."""
+    from .reftar import RefLayer
+    return RefLayer(source, "targz-ref").load(**options)
+
+
+SOURCE_TYPES.update({name: _load_ref for name in ("targz-ref", "tar-ref", "estargz-ref")})
 BLOB_ID_MAX_LENGTH = 255                  # BLOB_ID_MAXIMUM_LENGTH in src/bin/nydus-image/main.rs
 FS_VERSIONS = (5, 6)
 CREATE_COMPRESSORS = ("none", "lz4_block", "zstd")
@@ -223,6 +232,13 @@ class Builder:
             raise InvalidArgumentError("--blob-layout mapped stores chunks as they are: it cannot be combined "
                                        "with --encrypt")
         self.encrypt = bool(encrypt)
+        self._ref = None                    # a *-ref source (rafs.build.reftar): chunks stay in the layer
+        if source_type in ("targz-ref", "tar-ref", "estargz-ref"):
+            from .reftar import RefLayer, check_ref_options
+            check_ref_options(source_type, fs_version=fs_version, prefetch_policy=self.prefetch_policy,
+                              blob_id=blob_id, encrypt=encrypt, compressor=compressor, digester=digester)
+            self._ref = RefLayer(source, source_type)
+            self.compressor, self.digester = "gzip", "sha256"
         self._on_chunk = None               # set by write() while it fills blob cache files
         self._progress: Progress | None = None      # set by write() and write_fp() for one build
 
@@ -351,8 +367,9 @@ class Builder:
         started = time.perf_counter()
         with trace.timed("build_tree"), trace.timed("load_from_directory"):
             # on a parent image the source is an upper layer: its whiteouts are applied, not dropped
-            root = SOURCE_TYPES[self.source_type](self.source, whiteout_spec=self.whiteout_spec,
-                                                  layer=self.source_layer)
+            load = self._ref.load if self._ref is not None else \
+                lambda **options: SOURCE_TYPES[self.source_type](self.source, **options)
+            root = load(whiteout_spec=self.whiteout_spec, layer=self.source_layer)
         parent = None
         if self.parent_bootstrap is not None:
             from .merge import layer_on_parent
@@ -378,7 +395,10 @@ class Builder:
             parent_blobs = parent.blobs
 
         blob_fp, bootstrap_fp = open_outputs()
-        writer = BlobWriter(blob_fp, blob_index=len(parent_blobs), compressor=self.compressor,
+        writer = self._ref.writer(blob_fp, blob_index=len(parent_blobs), chunk_size=self.chunk_size,
+                                  toc=self.blob_toc, inline_meta=self.blob_inline_meta,
+                                  crc32=self.compat is None) if self._ref is not None else \
+            BlobWriter(blob_fp, blob_index=len(parent_blobs), compressor=self.compressor,
                             digester=self.digester, chunk_size=self.chunk_size, aligned=self.aligned_chunk,
                             blob_meta=self.fs_version == 6, toc=self.blob_toc,
                             inline_meta=self.blob_inline_meta, crc32=self.compat is None, workers=self.workers,
@@ -451,7 +471,7 @@ class Builder:
             "egid": str(os.getegid()) if hasattr(os, "getegid") else "0",
         })
         blob_ids = [b.blob_id for b in blobs]
-        if has_blob and writer.blob_id not in blob_ids:
+        if has_blob and writer.blob_id not in blob_ids and self._ref is None:
             blob_ids.append(writer.blob_id)
         output = output_document(blob_ids, trace, self.fs_version, self.compressor)
         return BuildResult(blob_id=writer.blob_id if has_blob else None,

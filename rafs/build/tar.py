@@ -99,6 +99,9 @@ class TarLayer:
     compression: str = "none"
     entries: int = 0
     skipped_xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # (node, offset of its data in the uncompressed tar or None for a sparse member, size) of every
+    # regular-file entry, in tar order, replaced ones included: what ``*-ref`` builds chunk (reftar.py)
+    data_runs: list[tuple[Node, int | None, int]] = field(default_factory=list)
     _resources: list = field(default_factory=list, repr=False)
 
     def close(self) -> None:
@@ -563,6 +566,7 @@ class _TreeBuilder:
     def attach_data(self, tar: tarfile.TarFile, info: tarfile.TarInfo, node: Node) -> None:
         self.position[id(node.inode)] = self.layer.entries
         sparse = check_sparse_map(info) if info.issparse() else None
+        self.layer.data_runs.append((node, None if sparse else info.offset_data, info.size))
         if self.reader is not None:
             stored = sum(length for _, length in sparse) if sparse else info.size
             if self.size_limit is not None and info.offset_data + stored > self.size_limit:

@@ -14,6 +14,7 @@ import threading
 from typing import Mapping, Sequence
 
 from ..blob.ids import blob_path, blob_url, image_blob_id
+from ..blob.zran import ci_opener
 from ..errors import BlobNotFoundError, InvalidArgumentError, RafsError
 from .lazy import LazySource
 from .redact import redact_url
@@ -101,6 +102,31 @@ class BlobLocator:
             self._open[index] = reader
         return reader
 
+    def open_ci(self, blob) -> RangeReader:
+        """The reader of the file holding ``blob``'s CI array: the blob itself, or for a SEPARATE blob
+        (targz-ref, tar-ref) the RAFS meta blob the blob table names (:func:`rafs.blob.zran.ci_blob_id`),
+        looked up by id in the blobs mapping or the blob directory."""
+        from ..blob.zran import ci_blob_id
+        meta_id = ci_blob_id(blob)
+        if meta_id == blob.blob_id:
+            return self.open(blob.blob_id, blob.index)
+        key = -1 - blob.index                   # apart from the data blobs' entries
+        reader = self._open.get(key)
+        if reader is None:
+            given = self.blobs.get(meta_id) if isinstance(self.blobs, Mapping) else None
+            if given is None:
+                image_blob_id(meta_id, blob.index)
+                if self.blob_dir is None:
+                    raise BlobNotFoundError(meta_id, self.describe())
+                given = blob_url(self.blob_dir, meta_id) if is_url(self.blob_dir) else \
+                    blob_path(self.blob_dir, meta_id)
+            try:
+                reader = open_range_reader(given, self.storage_options, retry=self.retry)
+            except FileNotFoundError:
+                raise BlobNotFoundError(meta_id, self.describe()) from None
+            self._open[key] = reader
+        return reader
+
     def chunk_reader(self, blob, *, validate: bool = False):
         """The ChunkFetcher of ``blob`` (a :class:`rafs.model.Blob`), made once per blob."""
         from .cache import BlobCache, CacheError
@@ -122,7 +148,7 @@ class BlobLocator:
                     except (RafsError, OSError) as exc:     # the data is still readable without it
                         log.warning("blob %s: no .blob.meta in the cache: %s", blob.blob_id, exc)
                 fetcher = ChunkFetcher(blob, source, validate=validate or self.validate, cache=cache,
-                                       merge_size=self.merge_size)
+                                       merge_size=self.merge_size, meta_opener=ci_opener(self, blob))
                 fetcher.bandwidth_limit = self.prefetch_bandwidth_limit
                 self._fetchers[blob.index] = fetcher
         return fetcher

@@ -79,8 +79,8 @@ class ChunkFetcher(ChunkReader):
     """A ChunkReader with batch reads, range merging, in-flight de-duplication and an optional cache."""
 
     def __init__(self, blob: Blob, source, *, validate: bool = False, cache: BlobCache | None = None,
-                 merge_size: int = DEFAULT_MERGE_SIZE):
-        super().__init__(blob, source, validate=validate)
+                 merge_size: int = DEFAULT_MERGE_SIZE, meta_opener=None):
+        super().__init__(blob, source, validate=validate, meta_opener=meta_opener)
         self.cache = cache
         self.merge_size = max(1, merge_size)
         self.stats = FetchStats()
