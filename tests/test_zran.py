@@ -1,0 +1,257 @@
+"""ZRAN (``rafs create -t targz-ref``): images whose chunks stay inside the original gzip layer.
+
+Every tar.gz fixture of the reference (single stream, two concatenated streams, a 256 KiB zero file,
+a bgzip busybox root of many small members) is built with targz-ref and read back equal to Python's
+``tarfile`` view of it; contexts that start inside a byte (primed through the system zlib) and chunks
+of files that start in the middle of a gzip member are exercised by the bgzip layer. The context
+generator is checked against the reference's own tests, hostile contexts are refused, and the
+reference's option conflicts give its messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+import rafs
+from rafs.blob.meta import load_blob_meta
+from rafs.blob.zran import MAX_CONTEXT_OUTPUT, ci_blob_id, inflate_context
+from rafs.build.tar import read_tar
+from rafs.build.zran_context import ZranGenerator
+from rafs.errors import InvalidArgumentError, InvalidImageError
+from rafs.model import BlobFeatures
+
+GZ_FIXTURES = ["zran-single-stream.tar.gz", "zran-two-streams.tar.gz", "zran-zero-file.tar.gz", "bgzip.tar.gz"]
+
+
+def _sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def build_ref(layer, tmp_path, *, chunk_size=0x100000, source_type="targz-ref", **options):
+    """Build ``layer`` with ``source_type`` into tmp_path/blobs, the layer copied in under its id."""
+    blobs = tmp_path / "blobs"
+    blobs.mkdir(exist_ok=True)
+    boot = tmp_path / "bootstrap"
+    result = rafs.Builder(os.fspath(layer), source_type=source_type, chunk_size=chunk_size,
+                          **options).write(bootstrap=os.fspath(boot), blob_dir=os.fspath(blobs))
+    shutil.copyfile(layer, blobs / _sha256(layer))
+    return boot, blobs, result
+
+
+def tar_view(layer) -> dict[str, bytes]:
+    """{path: content} of the regular files as tarfile sees them (every concatenated archive)."""
+    files = {}
+    with tarfile.open(layer, ignore_zeros=True) as tar:
+        for member in tar:
+            name = "/" + os.path.normpath(member.name).lstrip("/")
+            if member.isreg():
+                files[name] = tar.extractfile(member).read()
+            elif member.islnk():
+                files[name] = files["/" + os.path.normpath(member.linkname).lstrip("/")]
+    return files
+
+
+def assert_reads_back(boot, blobs, layer):
+    expected = tar_view(layer)
+    assert expected
+    with rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs), validate=True) as image:
+        for path, data in expected.items():
+            assert image.read(path) == data, path
+        assert list(image.check(verify_data=True)) == []
+
+
+@pytest.mark.parametrize("name", GZ_FIXTURES)
+@pytest.mark.parametrize("chunk_size", [0x1000, 0x100000])
+def test_targz_ref_reads_back_as_tarfile_sees_it(fixtures, tmp_path, name, chunk_size):
+    layer = fixtures / "zran" / name
+    boot, blobs, result = build_ref(layer, tmp_path, chunk_size=chunk_size)
+    with rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs)) as image:
+        [blob] = image.blobs
+        assert blob.blob_id == _sha256(layer) and result.blob_ids == [blob.blob_id]
+        assert blob.compressed_size == layer.stat().st_size
+        assert blob.compressor == "gzip" and blob.digester == "sha256" and image.digester == "sha256"
+        wanted = (BlobFeatures.ZRAN | BlobFeatures.SEPARATE | BlobFeatures.CHUNK_INFO_V2 | BlobFeatures.ALIGNED
+                  | BlobFeatures.CAP_TAR_TOC)
+        assert int(blob.features) == int(wanted)
+        # the meta blob (the build's output) is named by the sha256 the blob table keeps
+        assert ci_blob_id(blob) == result.blob_id and (blobs / result.blob_id).is_file()
+        assert blob.meta_size == (blobs / result.blob_id).stat().st_size
+    assert_reads_back(boot, blobs, layer)
+
+
+def test_contexts_start_mid_byte_and_members_are_crossed(fixtures, tmp_path):
+    """bgzip: contexts that begin inside a byte, chunks of files that begin inside a gzip member and
+    contexts that run across member boundaries all read back."""
+    layer = fixtures / "zran" / "bgzip.tar.gz"
+    boot, blobs, _ = build_ref(layer, tmp_path, chunk_size=0x1000)
+    with rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs)) as image:
+        blob = image.blobs[0]
+        meta = load_blob_meta(blob, image.locator.open_ci(blob))
+    assert any(ctx.ctx_bits for ctx in meta.zran_contexts)
+    assert any(ctx.dict_size == 0x8000 for ctx in meta.zran_contexts)
+    raw = layer.read_bytes()
+    members = _member_starts(raw)
+    assert len(members) > 1
+    # some context covers the start of a later member (the decoder crosses trailer and header)
+    assert any(any(c.in_offset < m < c.in_offset + c.in_len for m in members) for c in meta.zran_contexts)
+    assert_reads_back(boot, blobs, layer)
+
+
+def _member_starts(raw: bytes) -> list[int]:
+    import zlib
+    starts, offset = [], 0
+    while offset < len(raw):
+        starts.append(offset)
+        d = zlib.decompressobj(31)
+        d.decompress(raw[offset:])
+        offset = len(raw) - len(d.unused_data)
+    return starts
+
+
+@pytest.mark.parametrize("step,expected", [(512, 3), (4096, 3)])
+def test_generator_matches_the_reference_tests(fixtures, step, expected):
+    """utils/src/compress/zlib_random.rs test_generate_comp_info and storage/src/meta/zran.rs
+    test_generate_chunk_info: two streams, min/max compressed 1024/2048, max uncompressed 4096 -> 3
+    contexts, each of which inflates."""
+    layer = fixtures / "zran" / "zran-two-streams.tar.gz"
+    with read_tar(os.fspath(layer), on_file=lambda node, stream: None) as tar:
+        runs = tar.data_runs
+    assert len(runs) == 5                      # the reference sees 5 files with ignore_zeros
+    with open(layer, "rb") as f:
+        generator = ZranGenerator(f, min_compressed=1024, max_compressed=2048, max_uncompressed=4096)
+        for _, offset, size in runs:
+            generator.read_to(offset)
+            left = size
+            while True:
+                generator.begin_read(step)
+                data = generator.read_some(min(step, left)) if left else b""
+                if not data:
+                    break
+                generator.end_read()
+                left -= len(data)
+        contexts = generator.contexts
+        generator.close()
+    assert len(contexts) == expected
+    raw = layer.read_bytes()
+    for ctx in contexts:
+        out = inflate_context(ctx, ctx.dictionary, raw[ctx.in_offset:ctx.in_offset + ctx.in_len])
+        assert len(out) == ctx.out_len
+
+
+def test_non_gzip_input_falls_back_to_tar_ref(fixtures, tmp_path):
+    layer = fixtures / "tar" / "all-entry-type.tar"
+    boot, blobs, _ = build_ref(layer, tmp_path)
+    with rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs)) as image:
+        [blob] = image.blobs
+        assert not blob.features & BlobFeatures.ZRAN and blob.features & BlobFeatures.SEPARATE
+        assert blob.blob_id == _sha256(layer) and blob.compressed_size == layer.stat().st_size
+        chunks = [c for path in tar_view(layer) for c in image.chunks(path)]
+        assert chunks and not any(c.is_compressed for c in chunks)
+    assert_reads_back(boot, blobs, layer)
+
+
+def test_blob_toc_meta_blob(fixtures, tmp_path):
+    """With --features blob-toc the meta blob carries chunk digests and a ToC, and still reads."""
+    layer = fixtures / "zran" / "zran-two-streams.tar.gz"
+    boot, blobs, result = build_ref(layer, tmp_path, features=("blob-toc",))
+    with rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs)) as image:
+        blob = image.blobs[0]
+        assert blob.features & BlobFeatures.HAS_TOC and blob.features & BlobFeatures.INLINED_CHUNK_DIGEST
+        assert blob.toc_size and blob.meta_size == (blobs / result.blob_id).stat().st_size
+    assert_reads_back(boot, blobs, layer)
+
+
+def _rafs(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "rafs", *args], capture_output=True, text=True, timeout=120,
+                          **kwargs)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--encrypt"], "conversion type 'targz-ref' conflicts with '--encrypt'"),
+    (["--blob-id", "abc"], "conversion type 'targz-ref' conflicts with '--blob-id'"),
+    (["--prefetch-policy", "blob"], "conversion type targz-ref conflicts with '--prefetch-policy blob'"),
+    (["-v", "5"], "'--fs-version 5' conflicts with conversion type 'targz-ref', only V6 is supported"),
+    (["--batch-size", "0x1000"], "unsupported ConversionType for batch chunk: targz-ref"),
+])
+def test_reference_conflicts(fixtures, tmp_path, flags, message):
+    layer = fixtures / "zran" / "zran-single-stream.tar.gz"
+    done = _rafs("create", "-t", "targz-ref", os.fspath(layer), "-D", os.fspath(tmp_path),
+                 "-B", os.fspath(tmp_path / "boot"), *flags, input="")
+    assert done.returncode != 0
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_cli_build_and_check(fixtures, tmp_path):
+    layer = fixtures / "zran" / "bgzip.tar.gz"
+    done = _rafs("create", "-t", "targz-ref", os.fspath(layer), "-D", os.fspath(tmp_path),
+                 "-B", os.fspath(tmp_path / "boot"))
+    assert done.returncode == 0, done.stderr
+    assert _sha256(layer) in done.stderr + done.stdout
+    shutil.copyfile(layer, tmp_path / _sha256(layer))
+    done = _rafs("check", "-D", os.fspath(tmp_path), os.fspath(tmp_path / "boot"))
+    assert done.returncode == 0, done.stderr
+
+
+# -- hostile contexts ---------------------------------------------------------------------------------
+
+def _read_all_with_context(tmp_path, fixtures, mutate):
+    layer = fixtures / "zran" / "zran-zero-file.tar.gz"
+    boot, blobs, _ = build_ref(layer, tmp_path, chunk_size=0x1000)
+    image = rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs))
+    mutate(image.chunk_reader(0).blob_meta())
+    return image, list(tar_view(layer))
+
+
+@pytest.mark.parametrize("field,value,words", [
+    ("in_offset", 1 << 40, "past the end of the layer"),
+    ("in_len", 1 << 31, "bytes of the gzip stream"),
+    ("out_len", MAX_CONTEXT_OUTPUT + 1, "over rafs's limit"),
+    ("ctx_bits", 9, "bits into a byte"),
+])
+def test_hostile_context_is_refused(fixtures, tmp_path, field, value, words):
+    def mutate(meta):
+        meta.zran_contexts[0] = meta.zran_contexts[0]._replace(**{field: value})
+
+    image, paths = _read_all_with_context(tmp_path, fixtures, mutate)
+    with image, pytest.raises(InvalidImageError, match=words):
+        for path in paths:
+            image.read(path)
+
+
+def test_wrong_window_is_caught_by_the_digest(fixtures, tmp_path):
+    """A dictionary that is not the stream's window inflates to other bytes: the chunk digest says so."""
+    layer = fixtures / "zran" / "bgzip.tar.gz"
+    boot, blobs, _ = build_ref(layer, tmp_path)
+    with rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs), validate=True) as image:
+        meta = image.chunk_reader(0).blob_meta()
+        meta.zran_dicts = bytes(len(meta.zran_dicts))
+        with pytest.raises((InvalidImageError, rafs.errors.DigestMismatchError)):
+            for path in tar_view(layer):
+                image.read(path)
+
+
+def test_inflate_context_refuses_short_input():
+    class Ctx:
+        in_offset, in_len, out_len, ctx_byte, ctx_bits = 0, 10, 100, 0, 0
+    with pytest.raises(InvalidImageError, match="10"):
+        inflate_context(Ctx, b"", b"short")
+    Ctx.in_len = 5
+    with pytest.raises(InvalidImageError):
+        inflate_context(Ctx, b"", b"\xff" * 5)
+
+
+def test_ref_types_need_a_path(tmp_path):
+    import io
+    with pytest.raises(InvalidArgumentError, match="tar file path"):
+        rafs.Builder(io.BytesIO(b""), source_type="targz-ref").write(bootstrap=os.fspath(tmp_path / "b"),
+                                                                      blob_dir=os.fspath(tmp_path))
+
