@@ -6,12 +6,12 @@ this module only knows chunk addresses and codecs.
 
 from __future__ import annotations
 
-import collections
 import threading
 
 from ..errors import DigestMismatchError, InvalidImageError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
 from . import codecs, crypt
+from .unit_cache import UnitCache
 from .zran import ZranChunks, is_zran
 
 # plain ints: an IntFlag operand makes every ``&`` go through enum's Python code (a few µs per chunk)
@@ -45,8 +45,7 @@ class ChunkReader:
         self._zran = ZranChunks(self) if is_zran(blob) else None
         self._batch_lock = threading.Lock()
         self._blob_meta = None
-        self._batches: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._batch_bytes = 0
+        self._batches = UnitCache(BATCH_CACHE_BYTES)
 
     def fetch_raw(self, chunk: Chunk) -> bytes:
         """The stored (possibly compressed) bytes of ``chunk`` (a batch member's: its whole batch)."""
@@ -159,8 +158,7 @@ class ChunkReader:
         if not int(chunk.flags) & _BATCH:
             return None
         info, _ = self._batch_record(chunk)
-        with self._batch_lock:
-            batch = self._batches.get(info.context_index)
+        batch = self._batches.get(info.context_index)
         if batch is None:
             return None
         data = batch[info.context_offset:info.context_offset + info.uncompressed_size]
@@ -206,11 +204,9 @@ class ChunkReader:
         return info, meta.batch_contexts[info.context_index]
 
     def _batch(self, index: int, context, raw: bytes, where: str) -> bytes:
-        with self._batch_lock:
-            batch = self._batches.get(index)
-            if batch is not None:
-                self._batches.move_to_end(index)
-                return batch
+        batch = self._batches.get(index)
+        if batch is not None:
+            return batch
         data = raw
         if int(self.blob.features) & _ENCRYPTED_BLOB:
             data = self._decrypt(data, f"batch {index} of blob {self.blob.blob_id}")
@@ -222,9 +218,5 @@ class ChunkReader:
             batch = codecs.decompress(self.blob.compressor, data, size, what=f"batch {index} ({where})")
         else:
             batch = data
-        with self._batch_lock:
-            self._batches[index] = batch
-            self._batch_bytes += len(batch)
-            while len(self._batches) > 1 and self._batch_bytes > BATCH_CACHE_BYTES:
-                self._batch_bytes -= len(self._batches.popitem(last=False)[1])
+        self._batches.put(index, batch)
         return batch

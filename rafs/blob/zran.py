@@ -16,14 +16,13 @@ reference's ``ZranDecoder`` does.
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import functools
-import threading
 import zlib
 
 from ..errors import InvalidImageError
 from ..model import BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
+from .unit_cache import UnitCache
 
 GZIP_TRAILER_SIZE = 8
 # The largest context output read into memory. The reference's generator closes a context once it
@@ -153,9 +152,7 @@ class ZranChunks:
 
     def __init__(self, reader):
         self.reader = reader
-        self._lock = threading.Lock()
-        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._bytes = 0
+        self._cache = UnitCache(CONTEXT_CACHE_BYTES)
         self._checked: set[int] = set()
 
     def record(self, chunk: Chunk):
@@ -193,26 +190,19 @@ class ZranChunks:
         if not self._cache:
             return None
         info, _ = self.record(chunk)
-        with self._lock:
-            data = self._cache.get(info.context_index)
+        data = self._cache.get(info.context_index)
         if data is None:
             return None
         return data[info.context_offset:info.context_offset + info.uncompressed_size]
 
     def _context(self, index: int, context, raw: bytes) -> bytes:
-        with self._lock:
-            data = self._cache.get(index)
-            if data is not None:
-                self._cache.move_to_end(index)
-                return data
+        data = self._cache.get(index)
+        if data is not None:
+            return data
         meta = self.reader.blob_meta()
         data = inflate_context(context, meta.zran_dict(index), raw,
                                what=f"ZRAN context {index} of blob {self.reader.blob.blob_id}")
-        with self._lock:
-            self._cache[index] = data
-            self._bytes += len(data)
-            while len(self._cache) > 1 and self._bytes > CONTEXT_CACHE_BYTES:
-                self._bytes -= len(self._cache.popitem(last=False)[1])
+        self._cache.put(index, data)
         return data
 
 
