@@ -50,7 +50,7 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
 }
 # The types that read a path, which ``rafs create --type`` offers; types registered later (such as
 # rafs.testing's in-memory trees) are for library callers only.
-PATH_SOURCE_TYPES = tuple(SOURCE_TYPES) + ("targz-ref", "tar-ref", "estargz-ref")
+PATH_SOURCE_TYPES = tuple(SOURCE_TYPES) + ("targz-ref", "tar-ref", "estargz-ref", "tar-tarfs")
 # Source types read from a tarball (their v5 inodes store i_rdev u32::MAX unless devices or fifos).
 TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs", "estargz-rafs")
 BATCH_SOURCE_TYPES = tuple(SOURCE_TYPES)  # the reference's dir/tar/targz/estargz-rafs
@@ -62,7 +62,7 @@ def _load_ref(source, **options) -> Node:
     return RefLayer(source, "targz-ref").load(**options)
 
 
-SOURCE_TYPES.update({name: _load_ref for name in ("targz-ref", "tar-ref", "estargz-ref")})
+SOURCE_TYPES.update({name: _load_ref for name in ("targz-ref", "tar-ref", "estargz-ref", "tar-tarfs")})
 BLOB_ID_MAX_LENGTH = 255                  # BLOB_ID_MAXIMUM_LENGTH in src/bin/nydus-image/main.rs
 FS_VERSIONS = (5, 6)
 CREATE_COMPRESSORS = ("none", "lz4_block", "zstd")
@@ -239,6 +239,14 @@ class Builder:
                               blob_id=blob_id, encrypt=encrypt, compressor=compressor, digester=digester)
             self._ref = RefLayer(source, source_type)
             self.compressor, self.digester = "gzip", "sha256"
+        elif source_type == "tar-tarfs":
+            from .reftar import RefLayer
+            from .tarfs import check_tarfs_options
+            check_tarfs_options(fs_version=fs_version, prefetch_policy=self.prefetch_policy, chunk_dict=chunk_dict,
+                                parent_bootstrap=parent_bootstrap, blob_inline_meta=self.blob_inline_meta,
+                                blob_toc=self.blob_toc, aligned_chunk=aligned_chunk, encrypt=encrypt)
+            self._ref = RefLayer(source, source_type)
+            self.compressor, self.digester, self.aligned_chunk = "none", "sha256", False
         self._on_chunk = None               # set by write() while it fills blob cache files
         self._progress: Progress | None = None      # set by write() and write_fp() for one build
 
@@ -276,6 +284,10 @@ class Builder:
                                        "the generated metadata blob file")
         if blob_dir is not None and not os.path.isdir(blob_dir):
             raise InvalidArgumentError(f"directory to store blobs does not exist: {os.fspath(blob_dir)!r}")
+        tarfs = self._ref is not None and self._ref.tarfs
+        if tarfs:
+            from .tarfs import check_tarfs_outputs
+            check_tarfs_outputs(blob)
         outputs: dict[str, Output] = {}
 
         def open_outputs():
@@ -287,7 +299,8 @@ class Builder:
 
         try:
             result = self._build(open_outputs)
-            blob_path = outputs["blob"].commit(result.blob_id)
+            # tarfs: the tar is the blob, nothing of the blob output is kept
+            blob_path = outputs["blob"].discard() if tarfs else outputs["blob"].commit(result.blob_id)
             boot_path = None
             if "bootstrap" in outputs:
                 boot_path = outputs["bootstrap"].commit(outputs["bootstrap"].digest_name())
@@ -514,6 +527,8 @@ class Builder:
             flags |= SuperFlags.ENCRYPTION_ASE_128_XTS if self.encrypt else SuperFlags.ENCRYPTION_NONE
             if writer.chunk_count and writer.features & BlobFeatures.INLINED_CHUNK_DIGEST:
                 flags |= SuperFlags.INLINED_CHUNK_DIGEST
+            if self._ref is not None and self._ref.tarfs:
+                flags |= SuperFlags.TARTFS_MODE
         return flags
 
     def _layout(self, order):

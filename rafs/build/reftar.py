@@ -89,8 +89,9 @@ class RefLayer:
             if offset is None:
                 raise BuildError(f"tarball: unsupported gnu sparse file extension from tar header ({self.source_type} "
                                  f"addresses file data in place: {node.name!r} is sparse)")
-        if self.compression == "zstd":
-            raise BuildError(f"conversion type {self.source_type} reads tar or tar.gz layers, not zstd")
+        if self.compression == "zstd" or self.tarfs and self.compression != "none":
+            kinds = "plain tar" if self.tarfs else "tar or tar.gz"
+            raise BuildError(f"conversion type {self.source_type} reads {kinds} layers, not {self.compression}")
         stack = [tar.root]
         while stack:
             node = stack.pop()
@@ -100,9 +101,16 @@ class RefLayer:
 
     @property
     def zran(self) -> bool:
-        return self.compression == "gzip"
+        return self.compression == "gzip" and not self.tarfs
+
+    @property
+    def tarfs(self) -> bool:
+        return self.source_type == "tar-tarfs"
 
     def writer(self, out, **options) -> "RefBlobWriter":
+        if self.tarfs:
+            from .tarfs import TarfsBlobWriter
+            return TarfsBlobWriter(out, self, **options)
         return RefBlobWriter(out, self, **options)
 
 
@@ -226,7 +234,7 @@ class RefBlobWriter(BlobWriter):
     def blob(self, blob_id: str):
         blob = super().blob(blob_id)
         blob.compressed_size = self.layer_size
-        if self._finished and not self.inline_meta:
+        if self._finished and not self.inline_meta and self.features & BlobFeatures.SEPARATE:
             blob.meta_digest = bytes.fromhex(self.blob_id)
             blob.meta_size = self.pos
         return blob
