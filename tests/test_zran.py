@@ -20,6 +20,7 @@ import tarfile
 import pytest
 
 import rafs
+import rafs.oci.check
 from rafs.blob.meta import load_blob_meta
 from rafs.blob.zran import MAX_CONTEXT_OUTPUT, ci_blob_id, inflate_context
 from rafs.build.tar import read_tar
@@ -255,3 +256,74 @@ def test_ref_types_need_a_path(tmp_path):
         rafs.Builder(io.BytesIO(b""), source_type="targz-ref").write(bootstrap=os.fspath(tmp_path / "b"),
                                                                       blob_dir=os.fspath(tmp_path))
 
+
+
+# -- rafs convert --oci-ref ---------------------------------------------------------------------------
+
+NYDUS_REF = "containerd.io/snapshot/nydus-ref"
+
+
+@pytest.fixture(scope="module")
+def oci_ref_image(tmp_path_factory):
+    """An OCI layout of gzip, gzip and plain layers converted with --oci-ref."""
+    import oci_layers
+    base = tmp_path_factory.mktemp("ociref")
+    gz = oci_layers.make_layers(str(base / "gz"), compress="gzip")
+    plain = oci_layers.make_layers(str(base / "plain"))
+    layers = [gz[0], gz[1], plain[2]]
+    expected = oci_layers.apply_layers(plain, str(base / "expected"))
+    layout = str(base / "layout")
+    oci_layers.oci_layout(layout, [oci_layers.oci_image(layout, layers)])
+    target = str(base / "nydus")
+    from rafs.oci import convert
+    result = convert(layout, target, oci_ref=True, workers=1)
+    return layout, target, result, layers, expected
+
+
+def test_oci_ref_layout_and_annotations(oci_ref_image):
+    import json
+    layout, target, result, layers, _ = oci_ref_image
+    index = json.load(open(os.path.join(target, "index.json")))
+    manifest = json.load(open(os.path.join(target, "blobs", "sha256", index["manifests"][0]["digest"][7:])))
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"     # --oci forced
+    blob_layers, boot = manifest["layers"][:-1], manifest["layers"][-1]
+    assert len(blob_layers) == len(layers)
+    for desc, layer in zip(blob_layers, layers):
+        assert desc["mediaType"] == "application/vnd.oci.image.layer.nydus.blob.v1"
+        assert desc["annotations"] == {"containerd.io/snapshot/nydus-blob": "true",
+                                       NYDUS_REF: "sha256:" + _sha256(layer)}
+        # the original layer is in the target layout, unchanged
+        assert _sha256(os.path.join(target, "blobs", "sha256", _sha256(layer))) == _sha256(layer)
+    assert boot["annotations"]["containerd.io/snapshot/nydus-bootstrap"] == "true"
+
+
+def test_oci_ref_image_reads_and_checks(oci_ref_image, tmp_path):
+    import oci_layers
+    layout, target, result, layers, expected = oci_ref_image
+    report = rafs.oci.check.check_image(target, source=layout)
+    assert report.ok, report.problems
+    assert report.files_compared == len(oci_layers.directory_view(expected)) + 1
+    image_desc = result.images[0]
+    boot = tmp_path / "boot"
+    with tarfile.open(os.path.join(target, "blobs", "sha256", image_desc.bootstrap_digest[7:])) as tar:
+        boot.write_bytes(tar.extractfile("image/image.boot").read())
+    with rafs.open(os.fspath(boot), blob_dir=os.path.join(target, "blobs", "sha256"), validate=True) as image:
+        blobs = image.blobs
+        # the merged table keeps the layers still referenced, each named by its original layer and
+        # pointing at its meta blob (the Nydus blob layer) for the CI
+        meta_of = dict(zip((_sha256(layer) for layer in layers), (d[7:] for d in image_desc.blob_digests)))
+        assert blobs and {b.blob_id for b in blobs} <= set(meta_of)
+        assert any(b.features & BlobFeatures.ZRAN for b in blobs)
+        for b in blobs:
+            assert ci_blob_id(b) == meta_of[b.blob_id]
+            assert bool(b.features & BlobFeatures.ZRAN) == layers[list(meta_of).index(b.blob_id)].endswith(".gz")
+        got, want = oci_layers.image_view(image), oci_layers.directory_view(expected)
+        assert sorted(got) == sorted(want)
+        for path in want:
+            assert got[path] == want[path], path
+
+
+def test_oci_ref_needs_v6(oci_ref_image, tmp_path):
+    from rafs.oci import convert
+    with pytest.raises(InvalidArgumentError, match="oci ref can only be supported by fs version 6"):
+        convert(oci_ref_image[0], tmp_path / "x", oci_ref=True, fs_version=5)

@@ -15,6 +15,7 @@ from standard input, one absolute path a line, or from the file it names (a ``ra
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -54,6 +55,9 @@ def register(sub) -> None:
                            help="comma-separated os/arch[/variant] to convert (default linux/amd64)")
     platforms.add_argument("--all-platforms", action="store_true", help="convert every platform of an index")
     p.add_argument("--oci", action="store_true", help="convert Docker media types to OCI ones")
+    p.add_argument("--oci-ref", action="store_true", help="convert to an OCI-referenced Nydus (ZRAN) image: "
+                   "the file data stays in the original layers, which the target layout also holds "
+                   "(RAFS v6 only; implies --oci)")
     p.add_argument("--merge-platform", action="store_true",
                    help="put the Nydus manifests beside the source ones in one index")
     p.add_argument("--with-referrer", action="store_true", help="point the manifest's subject at the source")
@@ -106,7 +110,9 @@ def run(args) -> int:
                              all_platforms=args.all_platforms, docker2oci=args.oci,
                              merge_platform=args.merge_platform, with_referrer=args.with_referrer,
                              source_reference=args.source_reference, workers=args.workers,
-                             work_dir=args.work_dir)
+                             work_dir=args.work_dir, oci_ref=args.oci_ref)
+    if args.oci_ref and not args.oci:
+        logging.getLogger("rafs.convert").warning("forcibly enabled `--oci` option when `--oci-ref` be enabled")
     from rafs.io.reference import is_reference
     remote_source, remote_target = is_reference(args.source), is_reference(args.target)
     if not (remote_source or remote_target):

@@ -20,6 +20,7 @@ from ..errors import InvalidImageError, RafsError
 from . import spec
 from .bootstrap_layer import LAYER_SLACK, extract_bootstrap  # noqa: F401 - LAYER_SLACK also from here
 from .layout import COPY_BUFFER, OciLayout, digest_hex
+from .ociref import referenced_layer
 
 MAX_BOOTSTRAP_LAYER = 1 << 31          # compressed
 
@@ -96,12 +97,19 @@ def _check_manifest(layout, desc, manifest, report, where, source_layout, verify
         if diff_ids and diff_id != diff_ids[-1]:
             problems.append(f"{where}: bootstrap layer diff id {diff_ids[-1]} != sha256 of its tar {diff_id}")
         blob_files = {digest_hex(b["digest"]): layout.blob(b).open() for b in blobs}
+        # OCI-ref blob layers are meta blobs: the table names the original layers, which hold the data
+        expected = [digest_hex(referenced_layer(b) or b["digest"]) for b in blobs]
+        for b in blobs:
+            if referenced_layer(b):
+                blob_files[digest_hex(referenced_layer(b))] = layout.blob_by_digest(referenced_layer(b)).open()
         try:
             with _image.open(bootstrap, blobs=blob_files, validate=verify_data) as image:
                 if fs_version in ("5", "6") and image.version != int(fs_version):
                     problems.append(f"{where}: bootstrap is RAFS v{image.version}, annotated {fs_version}")
                 table = [b.blob_id for b in image.blobs]
-                if table != [digest_hex(b["digest"]) for b in blobs]:
+                # nydusify lists every OCI-ref layer; the merged table keeps those still referenced
+                ref_image = any(referenced_layer(b) for b in blobs)
+                if (not set(table) <= set(expected)) if ref_image else table != expected:
                     problems.append(f"{where}: bootstrap blob table {table} differs from the manifest's blob layers")
                 problems.extend(f"{where}: {fault}" for fault in image.check(verify_data=verify_data))
                 if source_layout is not None:

@@ -29,7 +29,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 from .. import __version__, tempfiles
-from ..blob.toc import extract_entry, find_inline_bootstrap
+from ..blob.toc import extract_entry, find_inline_bootstrap, read_toc
 from ..build.builder import Builder
 from ..build.merge import Merger
 from ..build.tar import TarSource
@@ -69,12 +69,17 @@ class ConvertOptions:
     source_reference: str | None = None
     workers: int | None = None
     work_dir: str | None = None
+    oci_ref: bool = False                 # --oci-ref: the data stays in the original layers (ociref.py)
 
     def check(self) -> None:
         """Refuse impossible options (:class:`~rafs.errors.InvalidArgumentError` naming the option) before any work."""
         if int(self.fs_version) not in (5, 6):
             raise InvalidArgumentError(f"invalid fs version {self.fs_version!r} (5 or 6)")
         self.fs_version = int(self.fs_version)
+        if self.oci_ref:
+            from .ociref import check_oci_ref
+            check_oci_ref(self.fs_version)
+            self.docker2oci = True        # nydusify: "forcibly enabled `--oci` option when `--oci-ref` be enabled"
         from ..build.builder import check_batch_options
         check_batch_options(self.batch_size, fs_version=self.fs_version, source_type="tar-rafs",
                             chunk_size=self.chunk_size, blob_layout="packed")
@@ -135,6 +140,7 @@ class LayerJob:
     prefetch_patterns: tuple[str, ...]
     threads: int
     batch_size: int = 0
+    oci_ref: bool = False
 
 
 @dataclass(frozen=True)
@@ -143,22 +149,36 @@ class LayerResult:
     digest: str
     size: int
     bootstrap: str
+    toc_digest: bytes = b""               # OCI-ref meta blobs: the merge records it
 
 
 def convert_layer(job: LayerJob) -> LayerResult:
     """One OCI layer to one Nydus blob (bootstrap inline) in ``job.blob_dir``, named by its sha256;
     the layer's bootstrap is also left in ``job.work_dir`` under the blob's hex digest."""
+    if job.oci_ref:
+        from .ociref import convert_ref_layer
+        return convert_ref_layer(job)
+
+    def build(hashing) -> None:
+        with job.source.open() as layer:
+            Builder(TarSource(layer, spool_dir=job.work_dir), source_type="tar-rafs", fs_version=job.fs_version,
+                    compressor=job.compressor, chunk_size=job.chunk_size, aligned_chunk=job.aligned_chunk,
+                    whiteout_spec="none", blob_inline_meta=True,
+                    features=("blob-toc",) if job.fs_version == 6 else (), prefetch_policy="fs",
+                    prefetch_patterns=list(job.prefetch_patterns), workers=job.threads,
+                    batch_size=job.batch_size).write_fp(hashing)
+
+    return store_layer_blob(job, build, boot_name=None)
+
+
+def store_layer_blob(job: LayerJob, build, *, boot_name: str | None, toc: bool = False) -> LayerResult:
+    """Run ``build(writer)`` into a new blob of ``job.blob_dir`` named by its sha256, and leave the
+    bootstrap inside it in ``job.work_dir`` under ``boot_name`` (default: the blob's hex digest); with
+    ``toc`` the blob's ToC digest is returned too."""
     fd, tmp = tempfiles.mkstemp(job.blob_dir)
     try:
-        with os.fdopen(fd, "wb", buffering=1 << 20) as out, job.source.open() as layer, \
-                HashingWriter(out, background=True) as hashing:
-            builder = Builder(TarSource(layer, spool_dir=job.work_dir), source_type="tar-rafs",
-                              fs_version=job.fs_version, compressor=job.compressor, chunk_size=job.chunk_size,
-                              aligned_chunk=job.aligned_chunk, whiteout_spec="none", blob_inline_meta=True,
-                              features=("blob-toc",) if job.fs_version == 6 else (), prefetch_policy="fs",
-                              prefetch_patterns=list(job.prefetch_patterns), workers=job.threads,
-                              batch_size=job.batch_size)
-            builder.write_fp(hashing)
+        with os.fdopen(fd, "wb", buffering=1 << 20) as out, HashingWriter(out, background=True) as hashing:
+            build(hashing)
             digest, size = hashing.digest, hashing.size
         final = os.path.join(job.blob_dir, digest_hex(digest))
         os.replace(tmp, final)
@@ -171,12 +191,13 @@ def convert_layer(job: LayerJob) -> LayerResult:
         if entry is None:
             raise BuildError(f"layer {job.source_digest}: converted blob carries no bootstrap")
         bootstrap = extract_entry(reader, entry)
+        toc_digest = read_toc(reader).digest if toc else b""
     finally:
         reader.close()
-    boot_path = os.path.join(job.work_dir, digest_hex(digest))
+    boot_path = os.path.join(job.work_dir, boot_name or digest_hex(digest))
     with open(boot_path, "wb") as f:
         f.write(bootstrap)
-    return LayerResult(job.source_digest, digest, size, boot_path)
+    return LayerResult(job.source_digest, digest, size, boot_path, toc_digest=toc_digest)
 
 
 # -- the image ----------------------------------------------------------------------------------------------
@@ -261,7 +282,8 @@ class Converter:
             if digest not in jobs:
                 jobs[digest] = LayerJob(digest, self.source.blob(layer), blob_dir, work, self.options.fs_version,
                                         self.options.compressor, self.options.chunk_size,
-                                        self.options.aligned_chunk, self.patterns, 1, self.options.batch_size)
+                                        self.options.aligned_chunk, self.patterns, 1, self.options.batch_size,
+                                        self.options.oci_ref)
 
     def _convert_layers(self, writer: LayoutWriter, work: str, plan) -> dict[str, LayerResult]:
         jobs: dict[str, LayerJob] = {}
@@ -338,11 +360,20 @@ class Converter:
         docker = entry.get("mediaType") == spec.DOCKER_MANIFEST and not opts.docker2oci
         results = [layers[layer["digest"]] for layer in manifest["layers"]]
         merged_path = os.path.join(work, f"merged-{digest_hex(entry['digest'])}.boot")
+        ref_options = {}
+        if opts.oci_ref:
+            from . import ociref
+            ref_options = ociref.merge_options(results)
+            for layer in manifest["layers"]:          # the data: the original layers, as they are
+                writer.copy_blob(self.source.blob(layer), layer["digest"])
         merge = Merger([r.bootstrap for r in results], prefetch_policy="fs",
-                       prefetch_patterns=list(self.patterns)).write(bootstrap=merged_path)
-        sizes = {digest_hex(r.digest): r.size for r in results}
-        blob_descs = [descriptor(spec.NYDUS_BLOB, "sha256:" + blob_id, sizes[blob_id],
-                                 annotations={spec.LAYER_NYDUS_BLOB: "true"}) for blob_id in merge.blob_ids]
+                       prefetch_patterns=list(self.patterns), **ref_options).write(bootstrap=merged_path)
+        if opts.oci_ref:
+            blob_descs = ociref.blob_descriptors(results)
+        else:
+            sizes = {digest_hex(r.digest): r.size for r in results}
+            blob_descs = [descriptor(spec.NYDUS_BLOB, "sha256:" + blob_id, sizes[blob_id],
+                                     annotations={spec.LAYER_NYDUS_BLOB: "true"}) for blob_id in merge.blob_ids]
         boot_digest, boot_size, boot_diff_id = _bootstrap_layer(writer, merged_path)
         boot_type = spec.DOCKER_LAYER_GZIP if docker else spec.OCI_LAYER_GZIP
         boot_desc = descriptor(boot_type, boot_digest, boot_size,
@@ -393,7 +424,7 @@ class Converter:
 
 def _with_threads(job: LayerJob, threads: int) -> LayerJob:
     return LayerJob(job.source_digest, job.source, job.blob_dir, job.work_dir, job.fs_version, job.compressor,
-                    job.chunk_size, job.aligned_chunk, job.prefetch_patterns, threads, job.batch_size)
+                    job.chunk_size, job.aligned_chunk, job.prefetch_patterns, threads, job.batch_size, job.oci_ref)
 
 
 def _replace_desc(old: dict, media_type: str, digest: str, size: int) -> dict:

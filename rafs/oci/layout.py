@@ -162,6 +162,11 @@ class OciLayout:
                                     f"declares {size!r}", structure="OCI descriptor")
         return ref
 
+    def blob_by_digest(self, digest: str) -> BlobRef:
+        """The blob stored under ``digest`` whatever its size (for a blob no descriptor of the layout
+        sizes, such as the original layer an OCI-ref blob layer names)."""
+        return self._file(f"{spec.BLOBS_DIR}/sha256/{digest_hex(digest)}")
+
     def read_json(self, desc: dict) -> dict:
         """The JSON object a descriptor names, digest verified (its fields not checked)."""
         return self.load_json(self.blob(desc), self._name(desc), desc.get("digest"))
