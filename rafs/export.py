@@ -25,6 +25,7 @@ import os
 from . import tempfiles
 from .blob.layout import BLOB_CCT_HEADER_SIZE as CI_HEADER_SIZE
 from .blob.meta import load_chunk_infos
+from .blob.zran import open_ci_source
 from .io.cache import _KnownEnd
 from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from .model import Chunk
@@ -135,7 +136,7 @@ class _Stream:
 def _blob_chunks(image, region: Region) -> list:
     """The blob's chunk records in address order, each checked to lie inside the region."""
     blob = image.blobs[region.blob_index]
-    source = image.locator.open(blob.blob_id, blob.index)
+    source = open_ci_source(image.locator, blob)      # SEPARATE (targz-ref) blobs: the meta blob
     if getattr(source, "size", None) is None:
         # a remote blob of unknown size: its chunk info ends where the blob table says (as the cache does)
         source = _KnownEnd(source, blob.ci_offset + blob.ci_compressed_size + CI_HEADER_SIZE)

@@ -64,7 +64,7 @@ class BlobLocator:
         """The source the caller gave for this blob (``blobs=`` by id or by position), else None."""
         if isinstance(self.blobs, Mapping):
             return self.blobs.get(blob_id)
-        if self.blobs is not None and index < len(self.blobs):
+        if self.blobs is not None and 0 <= index < len(self.blobs):
             return self.blobs[index]
         return None
 
@@ -105,7 +105,7 @@ class BlobLocator:
     def open_ci(self, blob) -> RangeReader:
         """The reader of the file holding ``blob``'s CI array: the blob itself, or for a SEPARATE blob
         (targz-ref, tar-ref) the RAFS meta blob the blob table names (:func:`rafs.blob.zran.ci_blob_id`),
-        looked up by id in the blobs mapping or the blob directory."""
+        looked up by id (it is no entry of the blob table: not by position)."""
         from ..blob.zran import ci_blob_id
         meta_id = ci_blob_id(blob)
         if meta_id == blob.blob_id:
@@ -113,17 +113,9 @@ class BlobLocator:
         key = -1 - blob.index                   # apart from the data blobs' entries
         reader = self._open.get(key)
         if reader is None:
-            given = self.blobs.get(meta_id) if isinstance(self.blobs, Mapping) else None
-            if given is None:
+            if self.given(meta_id, -1) is None:
                 image_blob_id(meta_id, blob.index)
-                if self.blob_dir is None:
-                    raise BlobNotFoundError(meta_id, self.describe())
-                given = blob_url(self.blob_dir, meta_id) if is_url(self.blob_dir) else \
-                    blob_path(self.blob_dir, meta_id)
-            try:
-                reader = open_range_reader(given, self.storage_options, retry=self.retry)
-            except FileNotFoundError:
-                raise BlobNotFoundError(meta_id, self.describe()) from None
+            reader = self._open_source(meta_id, -1)
             self._open[key] = reader
         return reader
 

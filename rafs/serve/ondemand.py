@@ -42,6 +42,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import _fanotify
+from ..blob.zran import ci_opener
 from ..errors import InvalidArgumentError, RafsError, UnsupportedError
 from ..io.cache import BlobCache, PersistChunkMap
 from ..io.fetch import ChunkFetcher
@@ -75,12 +76,14 @@ class BlobFiller:
     file descriptors, since a write through any other descriptor would raise an event of its own.
     """
 
-    def __init__(self, blob, source, chunks: list[Chunk], work_dir: str, *, validate: bool, merge_size: int):
+    def __init__(self, blob, source, chunks: list[Chunk], work_dir: str, *, validate: bool, merge_size: int,
+                 meta_opener=None):
         self.blob = blob
         self.cache = BlobCache(work_dir, blob)        # creates the sparse data file and the chunk map
         self.data_path = self.cache.data_path
         self.chunk_map = self.cache.chunk_map
-        self.fetcher = ChunkFetcher(blob, source, validate=validate, cache=None, merge_size=merge_size)
+        self.fetcher = ChunkFetcher(blob, source, validate=validate, cache=None, merge_size=merge_size,
+                                    meta_opener=meta_opener)
         self.chunks = sorted(chunks, key=lambda c: c.uncompressed_offset)
         self.starts = [c.uncompressed_offset for c in self.chunks]
         st = os.stat(self.data_path)
@@ -271,7 +274,7 @@ class OnDemandMount:
         for blob in image.blobs:
             source = LazySource(locator, blob)
             filler = BlobFiller(blob, source, chunks.get(blob.index, []), self.work_dir,
-                                validate=self.validate, merge_size=merge_size)
+                                validate=self.validate, merge_size=merge_size, meta_opener=ci_opener(locator, blob))
             self.fillers.append(filler)
             self._by_identity[filler.identity] = filler
 
