@@ -371,3 +371,37 @@ def test_export_block_of_a_zran_image_mounts_in_the_kernel(fixtures, tmp_path, k
     mountpoint = kernel_mount(disk)
     for path, data in tar_view(layer).items():
         assert (mountpoint / path.lstrip("/")).read_bytes() == data, path
+
+
+@pytest.mark.parametrize("field_offset,value,words", [
+    (32, 0x8001, "dictionary"),                 # dict_size: a window larger than 32 KiB
+    (16, 1 << 40, "dictionary"),                # dict_offset past the dictionary table
+])
+def test_hostile_window_is_refused_when_the_ci_is_decoded(fixtures, tmp_path, field_offset, value, words):
+    from rafs.blob.meta import load_blob_meta_file
+    layer = fixtures / "zran" / "bgzip.tar.gz"
+    boot, blobs, _ = build_ref(layer, tmp_path)
+    with rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs)) as image:
+        meta = image.chunk_reader(0).blob_meta()
+    data = bytearray(meta.file_bytes())
+    at = meta.header.s_ci_zran_offset + field_offset
+    size = 4 if field_offset == 32 else 8
+    data[at:at + size] = value.to_bytes(size, "little")
+    with pytest.raises(InvalidImageError, match=words):
+        load_blob_meta_file(bytes(data))
+
+
+def test_context_past_the_layer_is_refused_when_the_ci_is_decoded(fixtures, tmp_path):
+    """A checkpoint whose gzip range runs past the end of the layer: refused as the CI is decoded (so
+    check -D reports it), not when a read reaches it."""
+    from rafs.blob.meta import decode_blob_meta
+    layer = fixtures / "zran" / "bgzip.tar.gz"
+    boot, blobs, _ = build_ref(layer, tmp_path)
+    with rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs)) as image:
+        meta = image.chunk_reader(0).blob_meta()
+    ci = bytearray(meta.ci_data)
+    at = meta.header.s_ci_zran_offset + 40 * (len(meta.zran_contexts) - 1)
+    ci[at:at + 8] = (layer.stat().st_size - 10).to_bytes(8, "little")     # in_offset near the end
+    decode_blob_meta(meta.header_bytes, meta.ci_data, compressed_limit=layer.stat().st_size)
+    with pytest.raises(InvalidImageError, match="past the end of the layer"):
+        decode_blob_meta(meta.header_bytes, bytes(ci), compressed_limit=layer.stat().st_size)

@@ -24,6 +24,7 @@ from ..model import (COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNK_SIZE, MAX_CHUNK
                      ChunkFlags)
 from . import codecs, crypt, layout as L
 from ._source import known_size, opened, read_checked, reads_range
+from .zran import check_context
 
 CHUNK_INFO_V1 = FastRecord(L.ChunkInfoV1Ondisk, "chunk info v1")
 CHUNK_INFO_V2 = FastRecord(L.ChunkInfoV2Ondisk, "chunk info v2")
@@ -325,6 +326,7 @@ def decode_blob_meta(header_bytes: bytes, ci_data, *, compressed_limit: int | No
                     raise InvalidImageError(f"ZRAN context {i}: dictionary [{ctx.dict_offset:#x}, "
                                             f"+{ctx.dict_size:#x}) outside the {len(zran_dicts)}-byte table",
                                             structure="ZRAN inflate context")
+                check_context(ctx, i, compressed_limit)   # its gzip range inside the layer, sizes bounded
         else:
             batch_contexts = list(BATCH_CONTEXT.iter_unpack(ci_data, start, n))
     climit = _UNBOUNDED if compressed_limit is None else compressed_limit
