@@ -70,7 +70,11 @@ def _create(option: str, choice: str, base, tmp) -> list[str]:
     extra = [option, choice]
     if option == "--type":
         source = {"tar-rafs": base / "layer.tar", "targz-rafs": base / "layer.tar.gz",
-                  "estargz-rafs": base / "layer.tar.gz"}.get(choice, source)
+                  "estargz-rafs": base / "layer.tar.gz", "targz-ref": base / "layer.tar.gz",
+                  "estargz-ref": base / "layer.tar.gz", "tar-ref": base / "layer.tar",
+                  "tar-tarfs": base / "layer.tar"}.get(choice, source)
+        if choice == "tar-tarfs":           # the tar is the blob: --blob is refused, as the reference does
+            return ["create", *extra, "-B", str(tmp / "boot"), "-D", str(tmp), str(source)]
     if option == "--blob-layout" and choice == "mapped":
         extra += ["--compressor", "none"]
     return ["create", *extra, "-B", str(tmp / "boot"), "-b", str(tmp / "blob"), str(source)]
@@ -159,4 +163,5 @@ def test_library_only_source_types_stay_out_of_create_help():
     builder.SOURCE_TYPES.setdefault(MODEL_SOURCE_TYPE, _model_source)      # as rafs.testing's builds do
     assert MODEL_SOURCE_TYPE in builder.SOURCE_TYPES
     assert offered_choices()[("create", "--type")] == ["dir-rafs", "directory", "tar-rafs", "targz-rafs",
-                                                        "estargz-rafs"]
+                                                        "estargz-rafs", "targz-ref", "tar-ref", "estargz-ref",
+                                                        "tar-tarfs"]
