@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 from .. import __version__, tempfiles
 from ..blob.toc import extract_entry, find_inline_bootstrap
-from ..build.builder import Builder
-from ..build.merge import Merger
-from ..build.tar import TarSource
+from ..builder.builder import Builder
+from ..builder.merge import Merger
+from ..builder.tar import TarSource
 from ..errors import BuildError, InvalidArgumentError, InvalidImageError, UnsupportedError
 from ..io.source import LocalRangeReader
 from ..progress import Progress, Ticker
@@ -75,7 +75,7 @@ class ConvertOptions:
         if int(self.fs_version) not in (5, 6):
             raise InvalidArgumentError(f"invalid fs version {self.fs_version!r} (5 or 6)")
         self.fs_version = int(self.fs_version)
-        from ..build.builder import check_batch_options
+        from ..builder.builder import check_batch_options
         check_batch_options(self.batch_size, fs_version=self.fs_version, source_type="tar-rafs",
                             chunk_size=self.chunk_size, blob_layout="packed")
         for platform in self.platforms:

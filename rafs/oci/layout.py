@@ -19,7 +19,7 @@ import tarfile
 import threading
 from dataclasses import dataclass
 
-from ..build.tar import RangeStream, normalize_path, open_tar
+from ..builder.tar import RangeStream, normalize_path, open_tar
 from ..errors import InvalidArgumentError, InvalidImageError, RafsError
 from ..io.source import LocalRangeReader
 from .. import tempfiles

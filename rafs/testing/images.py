@@ -78,7 +78,7 @@ def _model_source(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Node
 
 def _builder_for(source, source_type: str, options: dict):
     import rafs
-    from ..build import builder
+    from ..builder import builder
     builder.SOURCE_TYPES.setdefault(MODEL_SOURCE_TYPE, _model_source)
     return rafs.Builder(source, source_type=source_type, **options)
 

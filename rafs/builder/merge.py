@@ -3,7 +3,7 @@ builder/src/merge.rs), and putting a new layer on a parent image (``create --par
 builder/src/core/bootstrap.rs ``load_parent_bootstrap``).
 
 Merge takes N layer bootstraps, lower to upper, optionally on top of a parent bootstrap, and lays
-each tree over the ones below with OCI whiteouts applied (:mod:`rafs.build.overlay`); the first
+each tree over the ones below with OCI whiteouts applied (:mod:`rafs.builder.overlay`); the first
 tree is taken as it is when there is no parent (its own whiteout entries stay). Every layer may
 reference at most one data blob that is not in the chunk dictionary, its "own" blob, whose id is
 rewritten the way nydusify needs: ``original_blob_ids[i]``, else the source file name up to its

@@ -168,7 +168,7 @@ def read_tar(source, *, on_file: OnFile | None = None, spool_dir=None) -> TarLay
 
 
 def load_tar(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Node:
-    """The ``tar-rafs``/``targz-rafs`` source loader of :data:`rafs.build.builder.SOURCE_TYPES`.
+    """The ``tar-rafs``/``targz-rafs`` source loader of :data:`rafs.builder.builder.SOURCE_TYPES`.
 
     Whiteout entries are kept whatever ``whiteout_spec`` says: a tar layer's whiteouts are applied
     when it is merged onto the layers below (builder/src/tarball.rs never filters them). The tar (and

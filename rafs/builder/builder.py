@@ -1,7 +1,7 @@
 """``rafs.Builder``: turn a source into a RAFS bootstrap and data blob as ``nydus-image create`` does.
 
 The steps are the reference's (builder/src/directory.rs, builder/src/lib.rs): load the source into a
-:class:`~rafs.model.Node` tree, number it (:func:`rafs.build.tree.number_tree`), stream the regular
+:class:`~rafs.model.Node` tree, number it (:func:`rafs.builder.tree.number_tree`), stream the regular
 files' chunks into the blob (prefetch files first), append the blob meta (v6), then write the
 bootstrap — into the blob itself with ``blob_inline_meta`` — and finish the blob. Outputs go to
 temporary files in their target directories and are renamed only when everything succeeded.
@@ -32,7 +32,7 @@ from .directory import load_directory
 
 
 def load_tar(source, **options) -> Node:
-    """:func:`rafs.build.tar.load_tar`, imported when a tar is built (not by every directory build)."""
+    """:func:`rafs.builder.tar.load_tar`, imported when a tar is built (not by every directory build)."""
     from .tar import load_tar as load
     return load(source, **options)
 
@@ -244,7 +244,7 @@ class Builder:
         and the bootstrap named by the sha256 of its bytes unless ``bootstrap`` is given).
 
         With ``blob_cache_dir`` no blob is written: that directory receives nydusd's cache files of it
-        instead (:mod:`rafs.build.blobcache`; needs ``compressor="none"`` and a ``bootstrap`` path).
+        instead (:mod:`rafs.builder.blobcache`; needs ``compressor="none"`` and a ``bootstrap`` path).
         ``progress(done, total)`` (:mod:`rafs.progress`) counts the bytes of file data chunked.
         """
         self._progress = progress
