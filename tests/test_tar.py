@@ -15,7 +15,8 @@ import pytest
 
 import rafs
 from rafs.builder.builder import Builder
-from rafs.builder.tar import normalize_path, read_tar
+from rafs.builder.tar import read_tar
+from rafs.builder.tarstream import normalize_path
 from rafs.cli.main import main as cli
 from rafs.errors import BuildError
 
