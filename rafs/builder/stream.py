@@ -4,9 +4,10 @@ reading file data back by range.
 A layer is a path or a binary file object, possibly non-seekable (a pipe, an HTTP body); a character
 device is refused, since it has no end. Its compression is told by magic (:func:`detect_compression`,
 as builder/src/tarball.rs does for gzip; zstd too, which OCI layers may use). File data is handed out
-as seekable streams over a range reader: :class:`RangeStream` for a stored run of bytes, a sparse
-stream for a GNU sparse member (zeros between the stored runs), over ``pread`` of the tar itself when
-it is a plain seekable file, or of a :class:`Spool` that a one-pass read copied the data into.
+as seekable streams over a range reader (:class:`~rafs.io.rangestream.RangeStream` for a stored run
+of bytes, a sparse stream for a GNU sparse member, zeros between the stored runs), over ``pread`` of
+the tar itself when it is a plain seekable file, or of a :class:`Spool` that a one-pass read copied the
+data into.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import zlib
 from typing import BinaryIO
 
 from ..errors import BuildError, InvalidArgumentError
+from ..io.rangestream import RangeStream
 from ..io.source import FileObjectRangeReader
 
 GZIP_MAGIC = b"\x1f\x8b\x08"          # what builder/src/tarball.rs `detect_compression_algo` checks
@@ -142,42 +144,6 @@ def decompress_error_types():
 
 
 # -- file data ------------------------------------------------------------------------------------------
-
-class RangeStream(io.RawIOBase):
-    """A seekable stream of ``size`` bytes at ``offset`` of a RangeReader, read on demand (one per
-    ``node.data()``); with ``close_reader`` closing the stream closes the reader too."""
-
-    def __init__(self, reader, offset: int, size: int, *, close_reader: bool = False):
-        self._reader, self._offset, self._size, self._pos = reader, offset, size, 0
-        self._close_reader = close_reader
-
-    def close(self) -> None:
-        if not self.closed and self._close_reader:
-            self._reader.close()
-        super().close()
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-    def readinto(self, buffer) -> int:
-        count = min(len(buffer), self._size - self._pos)
-        if count <= 0:
-            return 0
-        buffer[:count] = self._reader.read_range(self._offset + self._pos, count)
-        self._pos += count
-        return count
-
 
 class _SparseStream(RangeStream):
     """A GNU sparse member: stored data runs at their file offsets, zeros in between."""

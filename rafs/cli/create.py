@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 
 import rafs
-from rafs.builder.builder import CREATE_COMPRESSORS, PATH_SOURCE_TYPES, PREFETCH_POLICIES
+from rafs.builder.builder import CREATE_COMPRESSORS, PATH_SOURCE_TYPES
+from rafs.builder.prefetch import PREFETCH_POLICIES
 from rafs.builder.tree import WHITEOUT_SPECS
 from rafs.errors import InvalidArgumentError
 

@@ -19,7 +19,7 @@ import tarfile
 import threading
 from dataclasses import dataclass
 
-from ..builder.stream import RangeStream
+from ..io.rangestream import RangeStream
 from ..builder.tarstream import normalize_path, open_tar
 from ..errors import InvalidArgumentError, InvalidImageError, RafsError
 from ..io.source import LocalRangeReader
