@@ -93,8 +93,8 @@ def select_prefetch(order: TreeIndex, patterns: list[bytes]) -> PrefetchSelectio
             pattern = covering(path, rank)
             if pattern is not None:
                 matched = rank[pattern]
-                if pattern == path:
-                    exact[matched] = node
+                if pattern == path and exact[matched] is None:
+                    exact[matched] = node     # a name twice in a directory: the first, as a lookup finds
         if is_reg:
             if matched is not None:
                 prefetch_files.append((matched, position, node))
