@@ -72,7 +72,8 @@ COMPAT_MODES = (None, "2.2")
 
 
 class Builder:
-    """Build a RAFS image from ``source`` (a directory for ``source_type="dir-rafs"``).
+    """Build a RAFS image from ``source`` (a directory for ``source_type="dir-rafs"``, a ready
+    :class:`~rafs.model.Node` tree through :meth:`from_tree`).
 
     Options mirror ``nydus-image create``: ``fs_version`` 5 or 6, ``compressor`` none/lz4_block/zstd,
     ``digester`` blake3/sha256, ``chunk_size`` (power of two, 4 KiB..16 MiB), ``whiteout_spec``

@@ -1,6 +1,6 @@
 """Merging per-layer bootstraps into the one bootstrap an image mounts (``nydus-image merge``,
-builder/src/merge.rs), and putting a new layer on a parent image (``create --parent-bootstrap``,
-builder/src/core/bootstrap.rs ``load_parent_bootstrap``).
+builder/src/merge.rs). Loading the bootstraps is :mod:`rafs.builder.parent`'s, which also puts a new
+layer on a parent image for a build (``create --parent-bootstrap``).
 
 Merge takes N layer bootstraps, lower to upper, optionally on top of a parent bootstrap, and lays
 each tree over the ones below with OCI whiteouts applied (:mod:`rafs.builder.overlay`); the first
