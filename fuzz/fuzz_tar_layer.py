@@ -14,7 +14,7 @@ import logging
 from _harness import instrumented, main
 
 with instrumented():
-    from rafs.build.tar import read_tar
+    from rafs.builder.tar import read_tar
     from rafs.errors import RafsError
 
 SEEDS = ["tar/all-entry-type.tar", "tar/all-entry-type-macos.tar", "tar/empty.tar",

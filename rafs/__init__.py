@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 # Imported on first use, so ``import rafs`` (and every ``rafs`` command) loads only what it needs:
 # the reader side pulls in the codecs, the builder the writers.
-_LAZY = {"open": "image", "Image": "image", "ImageFile": "image", "Stat": "image", "Builder": "build.builder",
+_LAZY = {"open": "image", "Image": "image", "ImageFile": "image", "Stat": "image", "Builder": "builder.builder",
          "mount_erofs": "serve.ondemand"}
 
 

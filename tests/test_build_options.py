@@ -16,8 +16,8 @@ import pytest
 import rafs
 from rafs.blob import writer as blob_writer
 from rafs.blob.toc import extract_inline_bootstrap
-from rafs.build import builder as builder_module
-from rafs.build.directory import load_directory
+from rafs.builder import builder as builder_module
+from rafs.builder.directory import load_directory
 from rafs.cli.main import main as cli_main
 from rafs.errors import BuildError, InvalidArgumentError
 from rafs.model import Inode, Node, SuperFlags

@@ -10,7 +10,7 @@ import pytest
 
 import rafs
 from rafs.blob import writer as blob_writer
-from rafs.build import builder as builder_module
+from rafs.builder import builder as builder_module
 
 
 @pytest.fixture

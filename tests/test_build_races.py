@@ -16,7 +16,7 @@ import pytest
 
 import rafs
 from rafs import _beneath
-from rafs.build import builder, directory
+from rafs.builder import builder, directory
 from rafs.errors import BuildError
 
 SECRET = b"SECRET-from-outside-the-tree!" * 64

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import stat
 
-from rafs.build.builder import normalise_prefetch_patterns
-from rafs.build.directory import load_directory
-from rafs.build.tree import number_tree
+from rafs.builder.prefetch import normalise_prefetch_patterns
+from rafs.builder.directory import load_directory
+from rafs.builder.tree import number_tree
 from rafs.model import Inode, Node, index_order
 
 

@@ -11,7 +11,7 @@ import sqlite3
 import pytest
 
 import rafs
-from rafs.build.chunkdict import ChunkRow, divide_set, exponential_smoothing, generate, image_name_and_version
+from rafs.builder.chunkdict import ChunkRow, divide_set, exponential_smoothing, generate, image_name_and_version
 from rafs.cli.main import main as cli_main
 from rafs.model import BlobFeatures
 

@@ -156,12 +156,11 @@ def test_every_log_level_is_accepted(command, sources, capsys):
 
 
 def test_library_only_source_types_stay_out_of_create_help():
-    """rafs.testing registers an in-memory source type in the builder's table; ``rafs create --type``
-    still offers only the types that read a path (it once offered that one too, in the same process)."""
-    from rafs.build import builder
-    from rafs.testing.images import MODEL_SOURCE_TYPE, _model_source
-    builder.SOURCE_TYPES.setdefault(MODEL_SOURCE_TYPE, _model_source)      # as rafs.testing's builds do
-    assert MODEL_SOURCE_TYPE in builder.SOURCE_TYPES
+    """The builder's table holds an in-memory source type (``Builder.from_tree``, which rafs.testing
+    builds with); ``rafs create --type`` still offers only the types that read a path (it once offered
+    an in-memory one too)."""
+    from rafs.builder import builder
+    assert builder.TREE_SOURCE_TYPE in builder.SOURCE_TYPES
     assert offered_choices()[("create", "--type")] == ["dir-rafs", "directory", "tar-rafs", "targz-rafs",
                                                         "estargz-rafs", "targz-ref", "tar-ref", "estargz-ref",
                                                         "tar-tarfs"]

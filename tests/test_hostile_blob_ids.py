@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import rafs
 from rafs.blob.ids import (MAX_BLOB_ID_LENGTH, blob_key, blob_path, blob_url, check_blob_id, is_blob_id,
                           is_sha256_id)
-from rafs.build.merge import Merger
+from rafs.builder.merge import Merger
 from rafs.errors import BuildError, InvalidArgumentError, InvalidImageError
 from rafs.io.backends import HttpProxyBackend, LocalFsBackend, S3Backend
 from rafs.io.cache import BlobCache

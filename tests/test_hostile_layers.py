@@ -22,8 +22,8 @@ import zlib
 
 import pytest
 
-from rafs.build.tar import (MAX_LONG_NAME_SIZE, MAX_PAX_HEADER_SIZE, MAX_SPARSE_ENTRIES, MAX_ZERO_RUN,
-                            read_tar)
+from rafs.builder.tar import read_tar
+from rafs.builder.tarstream import MAX_LONG_NAME_SIZE, MAX_PAX_HEADER_SIZE, MAX_SPARSE_ENTRIES, MAX_ZERO_RUN
 from rafs.cli.main import main as cli
 from rafs.errors import BuildError, InvalidArgumentError, InvalidImageError
 from rafs.oci import convert

@@ -15,9 +15,9 @@ import tarfile
 import pytest
 
 import rafs
-from rafs.build.builder import Builder
-from rafs.build.merge import InconsistentFilesystemError, Merger, file_prefix
-from rafs.build.overlay import merge_overlay, tag_layer
+from rafs.builder.builder import Builder
+from rafs.builder.merge import InconsistentFilesystemError, Merger, file_prefix
+from rafs.builder.overlay import merge_overlay, tag_layer
 from rafs.cli.main import main as cli
 from rafs.errors import InvalidArgumentError
 from rafs.model import Inode, Node, index_order

@@ -144,7 +144,7 @@ def test_ondemand_merged_three_layers(tmp_path):
     expected = apply_layers(tars, str(tmp_path / "expected"))
     built = build_layers(tars, str(tmp_path / "built"), 6)
     digests = [hashlib.sha256(open(blob, "rb").read()).hexdigest() for _, blob in built]
-    from rafs.build.merge import Merger
+    from rafs.builder.merge import Merger
     boot = tmp_path / "merged.boot"
     Merger([b for b, _ in built], blob_digests=digests).write(bootstrap=boot)
     with rafs.open(boot, blob_dir=tmp_path / "built" / "blobs") as image:

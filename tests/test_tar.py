@@ -1,4 +1,4 @@
-"""Tar layers: reading them into build trees (rafs.build.tar) and building RAFS from them
+"""Tar layers: reading them into build trees (rafs.builder.tar) and building RAFS from them
 (``rafs create -t tar-rafs|targz-rafs``), compared with what Python's tarfile sees in the same tar."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ import tarfile
 import pytest
 
 import rafs
-from rafs.build.builder import Builder
-from rafs.build.tar import normalize_path, read_tar
+from rafs.builder.builder import Builder
+from rafs.builder.tar import read_tar
+from rafs.builder.tarstream import normalize_path
 from rafs.cli.main import main as cli
 from rafs.errors import BuildError
 

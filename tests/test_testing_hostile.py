@@ -69,7 +69,7 @@ def test_hostile_http_server_behaves_as_documented(behaviour):
 
 def test_tar_header_bombs_are_refused_in_bounded_memory_and_time(tmp_path):
     honest = hostile.tar_header(b"ok", size=5) + b"hello".ljust(512, b"\0") + b"\0" * 1024
-    # 10 s: a sparse member may hold up to 4 GiB of holes (rafs.build.tar.MAX_SPARSE_HOLE_BYTES), read as
+    # 10 s: a sparse member may hold up to 4 GiB of holes (rafs.builder.tarstream.MAX_SPARSE_HOLE_BYTES), read as
     # zeros, so the 1.5 GiB one is built (in about a second); the larger ones are refused at once
     results = build_layers(tmp_path, [("honest", honest)] + list(hostile.tar_header_bombs()), seconds=10.0)
     assert results.pop("honest") == "ok"

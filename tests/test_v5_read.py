@@ -201,7 +201,7 @@ def test_fast_records_agree_with_construct(v5_fixture):
         assert fast._asdict() == {k: v for k, v in slow.items() if not k.startswith("_")}
         raw, _ = reader.record(index)
         if stat.S_ISREG(raw.i_mode) and raw.i_ino == index:
-            _, _, at = reader._layout(raw, offset)
+            _, _, at = reader.record_sections(raw, offset)
             for i in range(raw.i_child_count):
                 f = CHUNK.unpack_from(data, at + 80 * i)
                 s = _codec.parse(layout.ChunkInfo, data, at + 80 * i, structure="chunk")

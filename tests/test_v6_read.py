@@ -19,7 +19,7 @@ import pytest
 
 import rafs
 from rafs import _codec
-from rafs.build.tree import number_tree
+from rafs.builder.tree import number_tree
 from rafs.model import Blob, BlobFeatures, Chunk, Inode, Node, SuperFlags
 from rafs.v6 import layout
 from rafs.v6.reader import V6Reader, is_erofs

@@ -16,7 +16,7 @@ import rafs
 from rafs.blob.meta import build_ci_header, encode_chunk_info_v1
 from rafs.errors import InvalidArgumentError
 from rafs.model import BlobFeatures, Blob, Chunk, Inode, Node, SuperFlags
-from rafs.build.tree import number_tree
+from rafs.builder.tree import number_tree
 from rafs.v6 import alloc, dirent, layout
 from rafs.blob.toc import extract_inline_bootstrap
 from rafs.v6.writer import (BLOB, CHUNK_ADDR, CHUNK_INFO, DEVICE, DIRENT, INODE, LEGACY_DEVSLOT_ALIGNMENT,

@@ -23,8 +23,8 @@ import rafs
 import rafs.oci.check
 from rafs.blob.meta import load_blob_meta
 from rafs.blob.zran import MAX_CONTEXT_OUTPUT, ci_blob_id, inflate_context
-from rafs.build.tar import read_tar
-from rafs.build.zran_context import ZranGenerator
+from rafs.builder.tar import read_tar
+from rafs.builder.zran_context import ZranGenerator
 from rafs.errors import InvalidArgumentError, InvalidImageError
 from rafs.model import BlobFeatures
 

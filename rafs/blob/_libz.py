@@ -1,7 +1,7 @@
 """A small ctypes binding of the system's zlib inflater, for ZRAN (random access into .tar.gz).
 
 Why ctypes and not Python's ``zlib`` module: ZRAN needs four things ``zlib.decompressobj`` does not
-expose. Building the contexts (:mod:`rafs.build.zran`) needs ``inflate(Z_BLOCK)``, which stops at
+expose. Building the contexts (:mod:`rafs.builder.zran_context`) needs ``inflate(Z_BLOCK)``, which stops at
 every deflate block boundary, the ``data_type`` field that says a stop is one and how many bits of
 the last byte are still unread, and ``inflateGetDictionary`` for the 32 KiB window there. Reading a
 checkpoint that starts in the middle of a byte needs ``inflatePrime`` to feed those leftover bits

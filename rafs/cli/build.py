@@ -15,7 +15,7 @@ import os
 import sys
 
 import rafs
-from rafs.build.builder import CREATE_COMPRESSORS
+from rafs.builder.builder import CREATE_COMPRESSORS
 from rafs.errors import InvalidArgumentError
 from rafs.io.push import PUSH_BACKEND_TYPES, Pusher, load_backend_config
 
@@ -56,7 +56,7 @@ def run(args) -> int:
     pusher = None
     if not args.backend_push and (args.backend_config or args.backend_config_file):
         import logging
-        logging.getLogger("rafs.build").warning("--backend-config is used only with --backend-push: ignored")
+        logging.getLogger("rafs.builder").warning("--backend-config is used only with --backend-push: ignored")
     if args.backend_push:
         # check the backend configuration before spending time on the build
         config = load_backend_config(config=args.backend_config, config_file=args.backend_config_file)

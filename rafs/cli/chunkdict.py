@@ -1,6 +1,6 @@
 """``rafs chunkdict generate`` (nydus-image chunkdict generate): a chunk dictionary from several images.
 
-Options follow src/bin/nydus-image/main.rs; what is chosen and how is :mod:`rafs.build.chunkdict`.
+Options follow src/bin/nydus-image/main.rs; what is chosen and how is :mod:`rafs.builder.chunkdict`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run(args) -> int:
     import logging
     import os
 
-    from rafs.build.chunkdict import generate
+    from rafs.builder.chunkdict import generate
     log = logging.getLogger("rafs.chunkdict")
     for source in args.sources:
         checks.input_file("SOURCE", source)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import sys
 
 import rafs
-from rafs.build.builder import CREATE_COMPRESSORS, PATH_SOURCE_TYPES, PREFETCH_POLICIES
-from rafs.build.tree import WHITEOUT_SPECS
+from rafs.builder.builder import CREATE_COMPRESSORS, PATH_SOURCE_TYPES
+from rafs.builder.prefetch import PREFETCH_POLICIES
+from rafs.builder.tree import WHITEOUT_SPECS
 from rafs.errors import InvalidArgumentError
 
 from . import checks, progress

@@ -83,7 +83,7 @@ def print_text(info: dict) -> None:
 
 
 def run_check(args) -> int:
-    from rafs.build.builder import Trace, output_document
+    from rafs.builder.report import Trace, output_document
     if args.target or args.source:
         return run_check_images(args)
     bootstrap = checks.bootstrap_argument(args)

@@ -16,7 +16,7 @@ import json
 import logging
 import sys
 
-from rafs.build.merge import PREFETCH_POLICIES, InconsistentFilesystemError, Merger
+from rafs.builder.merge import PREFETCH_POLICIES, InconsistentFilesystemError, Merger
 from rafs.errors import InvalidArgumentError
 from rafs.text import printable
 

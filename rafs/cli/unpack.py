@@ -6,7 +6,7 @@ import json
 import sys
 
 import rafs
-from rafs.build.builder import Output
+from rafs.builder.outputs import Output
 from rafs.errors import InvalidArgumentError
 from rafs.unpack import write_tar
 

@@ -226,7 +226,7 @@ class _Hashing(io.RawIOBase):
 
 
 def _read_bootstrap_layer(registry: RegistryClient, desc: dict, retry: RetryPolicy) -> bytes:
-    from ..build.tar import RangeStream
+    from .rangestream import RangeStream
     from ..oci.bootstrap_layer import extract_bootstrap
     from .registry import RegistryBlobReader
     size = desc["size"]

@@ -18,7 +18,7 @@ import shutil
 import tarfile
 import zlib
 
-from ..build.tar import normalize_path, open_tar
+from ..builder.tarstream import normalize_path, open_tar
 from ..errors import InvalidImageError, RafsError
 from ..io.source import MAX_BOOTSTRAP_SIZE
 from . import spec

@@ -14,8 +14,8 @@ import tempfile
 from dataclasses import dataclass, field
 
 from .. import image as _image
-from ..build.overlay import merge_overlay
-from ..build.tar import read_tar
+from ..builder.overlay import merge_overlay
+from ..builder.tar import read_tar
 from ..errors import InvalidImageError, RafsError
 from . import spec
 from .bootstrap_layer import LAYER_SLACK, extract_bootstrap  # noqa: F401 - LAYER_SLACK also from here

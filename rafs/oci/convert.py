@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 from .. import __version__, tempfiles
 from ..blob.toc import extract_entry, find_inline_bootstrap, read_toc
-from ..build.builder import Builder
-from ..build.merge import Merger
-from ..build.tar import TarSource
+from ..builder.builder import Builder
+from ..builder.merge import Merger
+from ..builder.tar import TarSource
 from ..errors import BuildError, InvalidArgumentError, InvalidImageError, UnsupportedError
 from ..io.source import LocalRangeReader
 from ..progress import Progress, Ticker
@@ -80,7 +80,7 @@ class ConvertOptions:
             from .ociref import check_oci_ref
             check_oci_ref(self.fs_version)
             self.docker2oci = True        # nydusify: "forcibly enabled `--oci` option when `--oci-ref` be enabled"
-        from ..build.builder import check_batch_options
+        from ..builder.builder import check_batch_options
         check_batch_options(self.batch_size, fs_version=self.fs_version, source_type="tar-rafs",
                             chunk_size=self.chunk_size, blob_layout="packed")
         for platform in self.platforms:

@@ -19,7 +19,8 @@ import tarfile
 import threading
 from dataclasses import dataclass
 
-from ..build.tar import RangeStream, normalize_path, open_tar
+from ..io.rangestream import RangeStream
+from ..builder.tarstream import normalize_path, open_tar
 from ..errors import InvalidArgumentError, InvalidImageError, RafsError
 from ..io.source import LocalRangeReader
 from .. import tempfiles

@@ -3,7 +3,7 @@
 What nydusify does with ``--oci-ref`` (contrib/nydusify, through nydus-snapshotter's
 pkg/converter/convert_unix.go and tool/builder.go ``packRef``): it forces ``--oci``; each layer is
 built, still compressed, with ``nydus-image create --type targz-ref --blob-inline-meta --features
-blob-toc`` (:mod:`rafs.build.reftar`: a RAFS meta blob with the layer's bootstrap and ZRAN contexts;
+blob-toc`` (:mod:`rafs.builder.reftar`: a RAFS meta blob with the layer's bootstrap and ZRAN contexts;
 an uncompressed layer becomes tar-ref). That meta blob is the Nydus blob layer
 (``application/vnd.oci.image.layer.nydus.blob.v1``, annotated ``containerd.io/snapshot/nydus-blob:
 "true"`` and ``containerd.io/snapshot/nydus-ref: <original layer digest>``). The per-layer bootstraps,
@@ -22,7 +22,7 @@ import os
 import shutil
 
 from .. import tempfiles
-from ..build.builder import Builder
+from ..builder.builder import Builder
 from ..errors import InvalidArgumentError
 from . import spec
 from .layout import descriptor, digest_hex

@@ -20,7 +20,6 @@ CHUNK_SIZES = (0x1000, 0x2000, 0x10000, 0x100000)
 BATCH_SIZES = (0, 0x1000, 0x2000, 0x10000, 0x100000)
 COMPRESSORS = ("none", "lz4_block", "zstd")
 DIGESTERS = ("blake3", "sha256")
-MODEL_SOURCE_TYPE = "rafs.testing.model"
 
 
 @st.composite
@@ -72,17 +71,6 @@ class Built:
         return rafs.open(self.source, **{**self.open_kwargs, **kwargs})
 
 
-def _model_source(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Node:
-    return source
-
-
-def _builder_for(source, source_type: str, options: dict):
-    import rafs
-    from ..build import builder
-    builder.SOURCE_TYPES.setdefault(MODEL_SOURCE_TYPE, _model_source)
-    return rafs.Builder(source, source_type=source_type, **options)
-
-
 def _write(builder_obj, workdir: str, options: dict) -> Built:
     blob_dir = os.path.join(workdir, "blobs")
     os.makedirs(blob_dir, exist_ok=True)
@@ -100,7 +88,8 @@ def build_tree(tree: dict, workdir, **options) -> Built:
     into ``workdir`` (bootstrap ``image.boot`` and ``blobs/``, or ``image.blob`` with inline meta)."""
     workdir = os.fspath(workdir)
     source = materialise(tree, os.path.join(workdir, "src"))
-    return _write(_builder_for(source, "dir-rafs", options), workdir, options)
+    import rafs
+    return _write(rafs.Builder(source, source_type="dir-rafs", **options), workdir, options)
 
 
 def build_node(root: Node, workdir, **options) -> Built:
@@ -108,7 +97,8 @@ def build_node(root: Node, workdir, **options) -> Built:
     numbers it and fills in chunks). Names are not checked, so hostile images can be made."""
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
-    return _write(_builder_for(root, MODEL_SOURCE_TYPE, options), workdir, options)
+    import rafs
+    return _write(rafs.Builder.from_tree(root, **options), workdir, options)
 
 
 def as_built(tree: dict, *, repeatable: bool = True, whiteout_spec: str = "oci") -> dict:

@@ -172,7 +172,7 @@ def v5_structures(data: bytes) -> list[Located]:
         try:
             raw, offset = reader.record(index)
             found.append(Located(f"v5 inode {index}", layout.Inode, offset))
-            _, xattr_at, chunks_at = reader._layout(raw, offset)
+            _, xattr_at, chunks_at = reader.record_sections(raw, offset)
         except RafsError:
             continue
         if raw.i_flags & InodeFlags.XATTR:

@@ -188,8 +188,9 @@ class V5Reader(ImageReader):
                                     "past the end", structure="v5 inode", offset=offset)
         return bytes(self.data[start:start + raw.i_name_size])
 
-    def _layout(self, raw, offset: int) -> tuple[int, int, int]:
-        """(symlink offset, xattr offset, chunk array offset) of a record."""
+    def record_sections(self, raw, offset: int) -> tuple[int, int, int]:
+        """(symlink offset, xattr offset, chunk array offset) of the record ``raw`` at ``offset`` (as
+        :meth:`record` returns them): where its variable-length sections start."""
         symlink_at = offset + layout.RAFSV5_INODE_SIZE + _align8(raw.i_name_size)
         xattr_at = symlink_at + _align8(raw.i_symlink_size)
         chunks_at = xattr_at
@@ -216,7 +217,7 @@ class V5Reader(ImageReader):
 
     def _to_inode(self, raw, offset: int) -> Inode:
         mode = raw.i_mode
-        symlink_at, xattr_at, chunks_at = self._layout(raw, offset)
+        symlink_at, xattr_at, chunks_at = self.record_sections(raw, offset)
         symlink = None
         if _stat.S_ISLNK(mode):
             if raw.i_symlink_size == 0 or symlink_at + raw.i_symlink_size > self.size:
@@ -308,7 +309,7 @@ class V5Reader(ImageReader):
         if not _stat.S_ISREG(raw.i_mode):
             return []
         inode = self.inode(ino)
-        _, _, chunks_at = self._layout(raw, offset)
+        _, _, chunks_at = self.record_sections(raw, offset)
         result = []
         blob_count = len(self.blobs)
         for position, c in enumerate(CHUNK.iter_unpack(self.data, chunks_at, inode.chunk_count)):

@@ -4,7 +4,7 @@ Layout: ``superblock | inode table | prefetch table | blob table | extended blob
 every section 8-byte aligned. Records are written in DFS pre-order of the tree (the current builder)
 or in index order (``record_order="index"``, what nydus-image 2.2 and older wrote); either way the
 inode table points at them, so readers see the same filesystem. The tree must already be numbered
-(``inode.ino``/``nlink`` set, see :func:`rafs.build.tree.number_tree`) and every regular file's
+(``inode.ino``/``nlink`` set, see :func:`rafs.builder.tree.number_tree`) and every regular file's
 ``chunks`` filled by the blob writer.
 
 Per-record rules (builder/src/core/v5.rs, builder/src/core/node.rs): a directory's ``i_size`` is the

@@ -1,139 +1,84 @@
 """``rafs.Builder``: turn a source into a RAFS bootstrap and data blob as ``nydus-image create`` does.
 
 The steps are the reference's (builder/src/directory.rs, builder/src/lib.rs): load the source into a
-:class:`~rafs.model.Node` tree, number it (:func:`rafs.build.tree.number_tree`), stream the regular
+:class:`~rafs.model.Node` tree, number it (:func:`rafs.builder.tree.number_tree`), stream the regular
 files' chunks into the blob (prefetch files first), append the blob meta (v6), then write the
 bootstrap — into the blob itself with ``blob_inline_meta`` — and finish the blob. Outputs go to
 temporary files in their target directories and are renamed only when everything succeeded.
 
 Sources are pluggable: :data:`SOURCE_TYPES` maps a ``--type`` name to a loader
-``loader(source, *, whiteout_spec, layer) -> Node``.
+``loader(source, *, whiteout_spec, layer) -> Node``; :meth:`Builder.from_tree` builds a ready
+:class:`~rafs.model.Node` tree. What the build writes goes through :mod:`rafs.builder.outputs`, which
+files come first through :mod:`rafs.builder.prefetch`, the bootstrap through
+:mod:`rafs.builder.writers`, and a parent image or chunk dictionary is :mod:`rafs.builder.parent`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import stat as _stat
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import __version__, tempfiles
 from ..blob import codecs
 from ..blob.writer import BlobWriter, check_chunk_size
-from ..errors import BuildError, InvalidArgumentError, UnsupportedError
+from ..errors import BuildError, InvalidArgumentError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
 from ..progress import Progress, Ticker
-from ..tempfiles import umask
-from . import tree
+from . import inplace, tree
 from .directory import load_directory
+from .outputs import Output
+from .prefetch import check_prefetch_policy, normalise_prefetch_patterns, select_prefetch
+from .report import BuildResult, Trace, output_document
+from .writers import FS_VERSIONS, write_bootstrap
 
 
 def load_tar(source, **options) -> Node:
-    """:func:`rafs.build.tar.load_tar`, imported when a tar is built (not by every directory build)."""
+    """:func:`rafs.builder.tar.load_tar`, imported when a tar is built (not by every directory build)."""
     from .tar import load_tar as load
     return load(source, **options)
 
 
-#: ``--type`` name -> loader returning the source's tree. Other sources register here.
+def load_tree(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Node:
+    """The ``tree`` source: a ready :class:`~rafs.model.Node` tree, taken as it is (names unchecked,
+    whiteout entries kept); see :meth:`Builder.from_tree`."""
+    if not isinstance(source, Node):
+        raise InvalidArgumentError(f"a tree source is a rafs.model.Node, not {type(source).__name__}")
+    return source
+
+
 # "packed": as nydus-image writes blobs; "mapped": uncompressed v6 chunks at their block addresses.
 BLOB_LAYOUTS = ("packed", "mapped")
+TREE_SOURCE_TYPE = "tree"
 
+#: ``--type`` name -> loader returning the source's tree.
 SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "dir-rafs": load_directory,
     "directory": load_directory,          # the reference's backward-compatible alias
     "tar-rafs": load_tar,                 # gzip (and zstd) detected by magic, as the reference does
     "targz-rafs": load_tar,
     "estargz-rafs": load_tar,             # an eStargz is a tar.gz; its index and landmark files are skipped
+    TREE_SOURCE_TYPE: load_tree,
 }
-# The types that read a path, which ``rafs create --type`` offers; types registered later (such as
-# rafs.testing's in-memory trees) are for library callers only.
-PATH_SOURCE_TYPES = tuple(SOURCE_TYPES) + ("targz-ref", "tar-ref", "estargz-ref", "tar-tarfs")
+# The types that read a path, which ``rafs create --type`` offers; the in-memory tree is for library
+# callers only.
+PATH_SOURCE_TYPES = tuple(name for name in SOURCE_TYPES if name != TREE_SOURCE_TYPE)
 # Source types read from a tarball (their v5 inodes store i_rdev u32::MAX unless devices or fifos).
 TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs", "estargz-rafs")
-BATCH_SOURCE_TYPES = tuple(SOURCE_TYPES)  # the reference's dir/tar/targz/estargz-rafs
+BATCH_SOURCE_TYPES = PATH_SOURCE_TYPES    # the reference's dir/tar/targz/estargz-rafs
+# Types whose data stays in the layer (rafs.builder.inplace)
+PATH_SOURCE_TYPES += inplace.IN_PLACE_TYPES
 
 
-def _load_ref(source, **options) -> Node:
-    """The tree of a ``*-ref`` source (rafs.build.reftar); a Builder also makes its chunk records."""
-    from .reftar import RefLayer
-    return RefLayer(source, "targz-ref").load(**options)
-
-
-SOURCE_TYPES.update({name: _load_ref for name in ("targz-ref", "tar-ref", "estargz-ref", "tar-tarfs")})
+SOURCE_TYPES.update({name: inplace.load_in_place for name in inplace.IN_PLACE_TYPES})
 BLOB_ID_MAX_LENGTH = 255                  # BLOB_ID_MAXIMUM_LENGTH in src/bin/nydus-image/main.rs
-FS_VERSIONS = (5, 6)
 CREATE_COMPRESSORS = ("none", "lz4_block", "zstd")
 FEATURES = ("blob-toc",)
-PREFETCH_POLICIES = ("none", "fs", "blob")
 COMPAT_MODES = (None, "2.2")
 
 
-@dataclass
-class BuildResult:
-    """What a build produced: paths (None when written to file objects), blob ids in blob-table
-    order, sizes, and ``output``, the document ``nydus-image create --output-json`` writes."""
-
-    bootstrap: str | None
-    blob: str | None
-    blob_ids: list[str]
-    bootstrap_size: int
-    blob_size: int | None
-    fs_version: int
-    compressor: str
-    blobs: list[Blob] = field(default_factory=list)
-    output: dict = field(default_factory=dict)
-    blob_id: str | None = None           # the blob this build wrote (the last one), None if none
-
-    def to_json(self) -> str:
-        """The ``--output-json`` document (:attr:`output`) as indented JSON text."""
-        return json.dumps(self.output, indent=2)
-
-
-class Trace:
-    """The ``trace`` section of --output-json: phase times (seconds) and counted events."""
-
-    def __init__(self):
-        self.consumed_time: dict[str, float] = {}
-        self.registered_events: dict[str, object] = {}
-
-    def timed(self, name: str):
-        """A context manager adding the seconds spent inside it to ``consumed_time[name]``."""
-        trace = self
-
-        class _Timer:
-            def __enter__(self):
-                self.start = time.perf_counter()
-
-            def __exit__(self, *exc):
-                trace.consumed_time[name] = round(time.perf_counter() - self.start, 6)
-
-        return _Timer()
-
-    def as_dict(self) -> dict:
-        """The trace as nydus-image's output JSON holds it: ``consumed_time`` and ``registered_events``."""
-        return {"consumed_time": dict(self.consumed_time), "registered_events": dict(self.registered_events)}
-
-
-def output_document(blob_ids: list[str], trace: Trace, fs_version: int, compressor: str) -> dict:
-    """What ``--output-json`` holds (src/bin/nydus-image/main.rs ``OutputSerializer``); the
-    ``bootstrap`` path is filled in once the output is in place."""
-    return {
-        "version": f"rafs-{__version__}",
-        "bootstrap": "",
-        "blobs": blob_ids,
-        "external_bootstrap": "",
-        "external_blobs": [],
-        "trace": trace.as_dict(),
-        "fs_version": str(fs_version),
-        "compressor": compressor,
-    }
-
-
 class Builder:
-    """Build a RAFS image from ``source`` (a directory for ``source_type="dir-rafs"``).
+    """Build a RAFS image from ``source`` (a directory for ``source_type="dir-rafs"``, a ready
+    :class:`~rafs.model.Node` tree through :meth:`from_tree`).
 
     Options mirror ``nydus-image create``: ``fs_version`` 5 or 6, ``compressor`` none/lz4_block/zstd,
     ``digester`` blake3/sha256, ``chunk_size`` (power of two, 4 KiB..16 MiB), ``whiteout_spec``
@@ -183,9 +128,7 @@ class Builder:
             raise InvalidArgumentError("`--features blob-toc` can't be used with `--version 5`")
         if prefetch_policy is None:
             prefetch_policy = "fs" if prefetch_patterns else "none"
-        if prefetch_policy not in PREFETCH_POLICIES:
-            raise InvalidArgumentError(f"invalid prefetch policy {prefetch_policy!r} (expected one of "
-                                       f"{', '.join(PREFETCH_POLICIES)})")
+        check_prefetch_policy(prefetch_policy)
         if compat not in COMPAT_MODES:
             raise InvalidArgumentError(f"unknown compat mode {compat!r} (expected one of {COMPAT_MODES})")
         if compat is not None and fs_version != 5:
@@ -232,23 +175,25 @@ class Builder:
             raise InvalidArgumentError("--blob-layout mapped stores chunks as they are: it cannot be combined "
                                        "with --encrypt")
         self.encrypt = bool(encrypt)
-        self._ref = None                    # a *-ref source (rafs.build.reftar): chunks stay in the layer
-        if source_type in ("targz-ref", "tar-ref", "estargz-ref"):
-            from .reftar import RefLayer, check_ref_options
-            check_ref_options(source_type, fs_version=fs_version, prefetch_policy=self.prefetch_policy,
-                              blob_id=blob_id, encrypt=encrypt, compressor=compressor, digester=digester)
-            self._ref = RefLayer(source, source_type)
-            self.compressor, self.digester = "gzip", "sha256"
-        elif source_type == "tar-tarfs":
-            from .reftar import RefLayer
-            from .tarfs import check_tarfs_options
-            check_tarfs_options(fs_version=fs_version, prefetch_policy=self.prefetch_policy, chunk_dict=chunk_dict,
-                                parent_bootstrap=parent_bootstrap, blob_inline_meta=self.blob_inline_meta,
-                                blob_toc=self.blob_toc, aligned_chunk=aligned_chunk, encrypt=encrypt)
-            self._ref = RefLayer(source, source_type)
-            self.compressor, self.digester, self.aligned_chunk = "none", "sha256", False
+        # *-ref and tarfs sources: the data stays in the layer (rafs.builder.inplace)
+        self._ref = inplace.open_in_place(
+            source, source_type, fs_version=fs_version, prefetch_policy=self.prefetch_policy, blob_id=blob_id,
+            encrypt=encrypt, compressor=compressor, digester=digester, chunk_dict=chunk_dict,
+            parent_bootstrap=parent_bootstrap, blob_inline_meta=self.blob_inline_meta, blob_toc=self.blob_toc,
+            aligned_chunk=aligned_chunk)
+        if self._ref is not None:
+            self.compressor, self.digester = inplace.forced_algorithms(self._ref)
+            self.aligned_chunk = self.aligned_chunk and not self._ref.tarfs
         self._on_chunk = None               # set by write() while it fills blob cache files
         self._progress: Progress | None = None      # set by write() and write_fp() for one build
+
+    @classmethod
+    def from_tree(cls, root: Node, **options) -> "Builder":
+        """A builder of the ready tree ``root`` (a :class:`~rafs.model.Node` with its inodes and file
+        ``data``), taken as it is: names are not checked and whiteout entries are kept, so hostile
+        images can be made. The tree is consumed (the build numbers it and fills in chunks).
+        ``options`` are the constructor's."""
+        return cls(root, source_type=TREE_SOURCE_TYPE, **options)
 
     @property
     def source_layer(self) -> int:
@@ -268,7 +213,7 @@ class Builder:
         and the bootstrap named by the sha256 of its bytes unless ``bootstrap`` is given).
 
         With ``blob_cache_dir`` no blob is written: that directory receives nydusd's cache files of it
-        instead (:mod:`rafs.build.blobcache`; needs ``compressor="none"`` and a ``bootstrap`` path).
+        instead (:mod:`rafs.builder.blobcache`; needs ``compressor="none"`` and a ``bootstrap`` path).
         ``progress(done, total)`` (:mod:`rafs.progress`) counts the bytes of file data chunked.
         """
         self._progress = progress
@@ -285,9 +230,8 @@ class Builder:
         if blob_dir is not None and not os.path.isdir(blob_dir):
             raise InvalidArgumentError(f"directory to store blobs does not exist: {os.fspath(blob_dir)!r}")
         tarfs = self._ref is not None and self._ref.tarfs
-        if tarfs:
-            from .tarfs import check_tarfs_outputs
-            check_tarfs_outputs(blob)
+        if self._ref is not None:
+            inplace.check_outputs(self._ref, blob)
         outputs: dict[str, Output] = {}
 
         def open_outputs():
@@ -385,7 +329,7 @@ class Builder:
             root = load(whiteout_spec=self.whiteout_spec, layer=self.source_layer)
         parent = None
         if self.parent_bootstrap is not None:
-            from .merge import layer_on_parent
+            from .parent import layer_on_parent
             with trace.timed("load_tree_from_bootstrap"), trace.timed("merge_bootstrap"):
                 parent = layer_on_parent(root, self.parent_bootstrap, whiteout_spec=self.whiteout_spec,
                                          fs_version=self.fs_version, chunk_size=self.chunk_size,
@@ -398,7 +342,8 @@ class Builder:
                 node.inode.uid = node.inode.gid = 0
         with trace.timed("build_bootstrap"):
             order = tree.number_tree(root)
-            prefetch_nodes, dump_order, prefetch_count = self._layout(order)
+            selection = select_prefetch(order, self.prefetch_patterns)
+            prefetch_nodes, dump_order, prefetch_count = selection.exact, selection.files, selection.count
         parent_blobs = []
         if parent is not None:
             # only the upper layer's files are written; the parent's keep their chunks
@@ -408,9 +353,9 @@ class Builder:
             parent_blobs = parent.blobs
 
         blob_fp, bootstrap_fp = open_outputs()
-        writer = self._ref.writer(blob_fp, blob_index=len(parent_blobs), chunk_size=self.chunk_size,
-                                  toc=self.blob_toc, inline_meta=self.blob_inline_meta,
-                                  crc32=self.compat is None) if self._ref is not None else \
+        writer = inplace.in_place_writer(self._ref, blob_fp, blob_index=len(parent_blobs), chunk_size=self.chunk_size,
+                                         toc=self.blob_toc, inline_meta=self.blob_inline_meta,
+                                         crc32=self.compat is None) if self._ref is not None else \
             BlobWriter(blob_fp, blob_index=len(parent_blobs), compressor=self.compressor,
                             digester=self.digester, chunk_size=self.chunk_size, aligned=self.aligned_chunk,
                             blob_meta=self.fs_version == 6, toc=self.blob_toc,
@@ -422,7 +367,7 @@ class Builder:
             writer.seed_dedup(parent.chunks)
         dictionary = None
         if self.chunk_dict is not None:
-            from .merge import load_chunk_dict
+            from .parent import load_chunk_dict
             with trace.timed("import_chunk_dict"):
                 dictionary = load_chunk_dict(self.chunk_dict, fs_version=self.fs_version,
                                              chunk_size=self.chunk_size, digester=self.digester,
@@ -445,12 +390,12 @@ class Builder:
         if self.prefetch_policy != "blob":
             writer.prefetch_size = 0
         flags = self._flags(nodes, writer)
-        write_bootstrap = self._bootstrap_writer()
+        tar_layer = self.source_layer if self.source_type in TAR_SOURCE_TYPES else None
 
         def bootstrap_for(blobs):
-            return write_bootstrap(root, blobs, chunk_size=self.chunk_size, flags=flags,
-                                   prefetch=prefetch_nodes if self.prefetch_policy == "fs" else None,
-                                   order=order)
+            return write_bootstrap(root, blobs, fs_version=self.fs_version, chunk_size=self.chunk_size,
+                                   flags=flags, prefetch=prefetch_nodes if self.prefetch_policy == "fs" else None,
+                                   order=order, compat=self.compat is not None, tar_layer=tar_layer)
 
         blobs: list[Blob] = []
         with trace.timed("dump_bootstrap"):
@@ -492,31 +437,6 @@ class Builder:
                            blob_size=writer.pos if has_blob else None, fs_version=self.fs_version,
                            compressor=self.compressor, blobs=blobs, output=output)
 
-    def _bootstrap_writer(self):
-        if self.fs_version == 5:
-            from ..v5.writer import write_bootstrap as write_v5
-            compat = self.compat is not None
-
-            tar_layer = self.source_layer if self.source_type in TAR_SOURCE_TYPES else None
-
-            def write(root, blobs, *, chunk_size, flags, prefetch, order):
-                return write_v5(root, blobs, chunk_size=chunk_size, flags=flags, prefetch=prefetch,
-                                record_order="index" if compat else "dfs", ext_blob_features=not compat,
-                                order=order, tar_layer=tar_layer, count_root=not compat)
-            return write
-        try:
-            from ..v6.writer import write_bootstrap as write_v6
-        except ImportError:
-            raise UnsupportedError("writing RAFS v6 bootstraps is not available in this installation") from None
-
-        def write(root, blobs, *, chunk_size, flags, prefetch, order):
-            # Contract with rafs.v6.writer: every node's inode.ino holds its index (hardlinks share the
-            # first link's Inode), nlink is set, regular files' chunks are filled (4K-aligned
-            # uncompressed offsets, index = position in the blob's CI array), and each Blob carries its
-            # final fields (placeholder id "x"*64 for an inline bootstrap).
-            return write_v6(root, blobs, chunk_size=chunk_size, flags=flags, prefetch=prefetch)
-        return write
-
     def _flags(self, nodes: list[Node], writer: BlobWriter) -> SuperFlags:
         flags = SuperFlags.for_compressor(self.compressor) | SuperFlags.for_digester(self.digester)
         if not self.repeatable:
@@ -530,51 +450,6 @@ class Builder:
             if self._ref is not None and self._ref.tarfs:
                 flags |= SuperFlags.TARTFS_MODE
         return flags
-
-    def _layout(self, order):
-        """(exact prefetch matches in pattern order, regular files in dump order, prefetch count).
-
-        builder/src/core/prefetch.rs: a node matches the pattern equal to its path or to the nearest
-        ancestor path; regular files (non-empty) under a pattern are dumped first, by pattern, then
-        every other regular file in index order.
-        """
-        if not self.prefetch_patterns:
-            # nothing to match, so no path to build: every regular file in index order
-            return [], [node for node in order.nodes if _stat.S_ISREG(node.inode.mode)], 0
-        patterns = {p: i for i, p in enumerate(self.prefetch_patterns)}
-        exact: list[Node | None] = [None] * len(self.prefetch_patterns)
-        prefetch_files: list[tuple[int, int, Node]] = []
-        others: list[Node] = []
-        paths: list[bytes] = [b"/"] * len(order.nodes)
-        for position, node in enumerate(order.nodes):
-            parent = order.parents[position]
-            if parent:
-                base = paths[parent - 1]
-                paths[position] = (base if base != b"/" else b"") + b"/" + node.name
-            inode = node.inode
-            is_reg = _stat.S_ISREG(inode.mode)
-            matched = None
-            if not (is_reg and inode.size == 0):
-                path = paths[position]
-                probe = path
-                while True:
-                    if probe in patterns:
-                        matched = patterns[probe]
-                        if probe == path:
-                            exact[matched] = node
-                        break
-                    if probe == b"/":
-                        break
-                    probe = probe.rsplit(b"/", 1)[0] or b"/"
-            if is_reg:
-                if matched is not None:
-                    prefetch_files.append((matched, position, node))
-                else:
-                    others.append(node)
-        prefetch_files.sort(key=lambda item: (item[0], item[1]))
-        dump = [node for _, _, node in prefetch_files] + others
-        return [n for n in exact if n is not None], dump, len(prefetch_files)
-
 
 def _counted(nodes: list[Node], progress: Progress | None):
     """``nodes`` in order, reporting the bytes of file data handed to the blob writer per file."""
@@ -615,114 +490,3 @@ def check_blob_id(blob_id) -> str:
         raise InvalidArgumentError(f"--blob-id {blob_id!r}: a blob id names a file, so it cannot contain '/', "
                                    "control characters, or be '.' or '..'")
     return blob_id
-
-
-def normalise_prefetch_patterns(patterns) -> list[bytes]:
-    """Absolute paths, normalised; a pattern covered by an earlier one (itself or an ancestor) is
-    dropped, relative ones are ignored (builder/src/core/prefetch.rs ``generate_patterns``)."""
-    result: list[bytes] = []
-    seen: set[bytes] = set()
-    for raw in patterns:
-        text = os.fsencode(raw).strip()
-        if not text.startswith(b"/"):
-            continue
-        parts = [p for p in text.split(b"/") if p and p != b"."]
-        path = b"/" + b"/".join(parts)
-        probe, covered = path, False
-        while True:
-            if probe in seen:
-                covered = True
-                break
-            if probe == b"/":
-                break
-            probe = probe.rsplit(b"/", 1)[0] or b"/"
-        if not covered:
-            seen.add(path)
-            result.append(path)
-    return result
-
-
-class Output:
-    """One output file written through a temporary file in its target directory.
-
-    ``path`` is the final file (renamed into place on commit), or None to name it by content in
-    ``directory``. The temporary file is :func:`rafs.tempfiles.mkstemp`'s (unique, never through a
-    link), removed by ``discard`` when the build fails or is stopped by a signal. A symlink at
-    ``path`` is followed (its target is replaced, not the link), and anything that is not a regular
-    file (a FIFO, as nydus-image allows for ``--blob`` pipes, or a device such as /dev/null) is
-    written directly, never replaced. An output that cannot be opened
-    raises ``error`` naming it. Builds, merges and ``rafs unpack`` write through it.
-    """
-
-    def __init__(self, path, directory, *, error: type[Exception] = BuildError):
-        self.path = None if path is None else os.fspath(path)
-        self.directory = os.fspath(directory) if directory is not None else None
-        self.tmp = None
-        if self.path is not None:
-            self.path = os.path.realpath(self.path)
-            if _is_special(self.path):
-                try:
-                    self.fp = open(self.path, "wb")
-                except OSError as exc:
-                    raise error(f"cannot write {self.path!r}: {exc.strerror or exc}") from None
-                return
-        target_dir = os.path.dirname(self.path) if self.path is not None else self.directory
-        try:
-            fd, self.tmp = tempfiles.mkstemp(target_dir)
-        except OSError as exc:
-            raise error(f"cannot write {self.path or os.path.join(target_dir, '')!r}: cannot create a file in "
-                        f"{target_dir}: {exc.strerror or exc}") from None
-        self.fp = os.fdopen(fd, "wb", buffering=1 << 20)
-
-    def digest_name(self) -> str | None:
-        """The sha256 hex of what was written, naming an output in a directory; None for a named path."""
-        if self.path is not None or self.tmp is None:
-            return None
-        self.fp.flush()
-        # read through our own descriptor: the name could have been swapped by someone else by now
-        hasher = hashlib.sha256()
-        fd, offset = self.fp.fileno(), 0
-        while block := os.pread(fd, 1 << 20, offset):
-            hasher.update(block)
-            offset += len(block)
-        return hasher.hexdigest()
-
-    def commit(self, name: str | None) -> str | None:
-        """Move the file into place: at ``path``, else as ``directory/name``; None if not kept."""
-        if self.tmp is not None:
-            os.fchmod(self.fp.fileno(), 0o666 & ~umask())       # the mode mkstemp withheld, on our file
-        self.fp.close()
-        if self.tmp is None:
-            return self.path
-        final = self.path
-        if final is None:
-            if name is None:
-                os.unlink(self.tmp)
-                self.tmp = None
-                return None
-            final = os.path.join(self.directory, name)
-        os.replace(self.tmp, final)
-        self.tmp = None
-        return final
-
-    def discard(self) -> None:
-        """Close and remove the temporary file: nothing is left behind."""
-        try:
-            self.fp.close()
-        except (OSError, ValueError):
-            pass
-        if self.tmp is not None:
-            try:
-                os.unlink(self.tmp)
-            except FileNotFoundError:
-                pass
-            self.tmp = None
-
-
-def _is_special(path: str) -> bool:
-    """Whether ``path`` exists and is neither a regular file nor a directory (a FIFO, a device, a socket)."""
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return False
-    return not (_stat.S_ISREG(mode) or _stat.S_ISDIR(mode))

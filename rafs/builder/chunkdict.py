@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from ..errors import BuildError, InvalidArgumentError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, Inode, Node, SuperFlags
 from . import tree as _tree
-from .merge import MergedImage, load_bootstrap, write_merged
+from .merge import MergedImage, write_merged
+from .parent import load_bootstrap
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """Merging per-layer bootstraps into the one bootstrap an image mounts (``nydus-image merge``,
-builder/src/merge.rs), and putting a new layer on a parent image (``create --parent-bootstrap``,
-builder/src/core/bootstrap.rs ``load_parent_bootstrap``).
+builder/src/merge.rs). Loading the bootstraps is :mod:`rafs.builder.parent`'s, which also puts a new
+layer on a parent image for a build (``create --parent-bootstrap``).
 
 Merge takes N layer bootstraps, lower to upper, optionally on top of a parent bootstrap, and lays
-each tree over the ones below with OCI whiteouts applied (:mod:`rafs.build.overlay`); the first
+each tree over the ones below with OCI whiteouts applied (:mod:`rafs.builder.overlay`); the first
 tree is taken as it is when there is no parent (its own whiteout entries stay). Every layer may
 reference at most one data blob that is not in the chunk dictionary, its "own" blob, whose id is
 rewritten the way nydusify needs: ``original_blob_ids[i]``, else the source file name up to its
@@ -23,92 +23,26 @@ layer's, and it is marked encrypted if any layer is.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 
-from ..blob.ids import check_blob_id, image_blob_id
-from ..errors import BuildError, InvalidArgumentError, RafsError
-from ..image import open as open_image
-from ..model import DEFAULT_CHUNK_SIZE, Blob, BlobFeatures, Chunk, Node, SuperFlags
+from ..blob.ids import check_blob_id
+from ..errors import BuildError, InvalidArgumentError
+from ..model import DEFAULT_CHUNK_SIZE, Blob, BlobFeatures, Node, SuperFlags
 from . import tree
-from .builder import Output, Trace, normalise_prefetch_patterns, output_document
+from .outputs import Output
 from .overlay import merge_overlay, tag_layer
+from .parent import (InconsistentFilesystemError, LayerBootstrap, as_parent_blob, checked_ids, file_prefix,
+                     load_bootstrap, unique_chunks)
+from .prefetch import PREFETCH_POLICIES, check_prefetch_policy, normalise_prefetch_patterns, select_prefetch
+from .report import MergeResult, Trace, output_document
+from .writers import write_bootstrap
 
 log = logging.getLogger(__name__)
 
-PREFETCH_POLICIES = ("none", "fs", "blob")
-
-
-class InconsistentFilesystemError(BuildError):
-    """Layers that cannot be merged (``MergeError::InconsistentFilesystem``; exit code 2)."""
-
-
-@dataclass
-class LayerBootstrap:
-    """One loaded bootstrap: its tree (chunks included), blob table and superblock facts."""
-
-    name: str
-    root: Node
-    blobs: list[Blob]
-    version: int
-    flags: SuperFlags
-    chunk_size: int
-
-    @property
-    def explicit_uidgid(self) -> bool:
-        return bool(self.flags & SuperFlags.EXPLICIT_UID_GID)
-
-    @property
-    def tarfs(self) -> bool:
-        return bool(self.flags & SuperFlags.TARTFS_MODE)
-
-    @property
-    def encrypted(self) -> bool:
-        return bool(self.flags & SuperFlags.ENCRYPTION_ASE_128_XTS)
-
-
-def load_bootstrap(source) -> LayerBootstrap:
-    """Read a bootstrap (or a blob carrying one inline) into a :class:`LayerBootstrap`.
-
-    As ``RafsSuper::load_from_file`` does, a blob with inlined metadata takes its id from the file
-    name (up to the first dot), which is how nydusify names the bootstraps it extracts.
-    """
-    name = _source_name(source)
-    try:
-        with open_image(source) as image:
-            reader = image.reader
-            root = image.tree()
-            blobs = [dataclasses.replace(blob) for blob in reader.blobs]
-            for blob in blobs:      # ids carried into a new bootstrap must be ones a blob can be found by
-                image_blob_id(blob.blob_id, blob.index)
-            version, flags, chunk_size = reader.version, SuperFlags(reader.flags), reader.chunk_size
-    except RafsError as exc:
-        raise BuildError(f"load bootstrap {name}: {exc}") from exc
-    prefix = file_prefix(name)
-    for blob in blobs:
-        if prefix and blob.has(BlobFeatures.INLINED_FS_META) and not blob.has(BlobFeatures.SEPARATE):
-            blob.blob_id = prefix
-    return LayerBootstrap(name, root, blobs, version, flags, chunk_size)
-
-
-def as_parent_blob(blob: Blob) -> Blob:
-    """A blob of a source bootstrap as a merged table records it: no longer marked as carrying
-    the metadata inline (``BlobContext::from`` for parent and dictionary blobs), its id fixed."""
-    return dataclasses.replace(blob, features=blob.features & ~BlobFeatures.INLINED_FS_META)
-
-
-def file_prefix(path: str) -> str:
-    """The file name up to its first dot (``BlobInfo::get_blob_id_from_meta_path``)."""
-    base = os.path.basename(path)
-    return base.split(".", 1)[0]
-
-
-def _source_name(source) -> str:
-    if isinstance(source, (str, bytes, os.PathLike)):
-        return os.fsdecode(os.fspath(source))
-    return str(getattr(source, "name", "<bootstrap>"))
+__all__ = ["Merger", "MergedImage", "MergeResult", "InconsistentFilesystemError", "PREFETCH_POLICIES",
+           "file_prefix", "write_merged"]
 
 
 def check_compatibility(expected: LayerBootstrap, other: LayerBootstrap) -> None:
@@ -171,22 +105,6 @@ class MergedImage:
     first_compressor: str = "zstd"
 
 
-@dataclass
-class MergeResult:
-    """What a merge produced; ``output`` is the ``--output-json`` document."""
-
-    bootstrap: str | None
-    blob_ids: list[str]
-    blobs: list[Blob]
-    bootstrap_size: int
-    fs_version: int
-    compressor: str
-    output: dict = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        return json.dumps(self.output, indent=2)
-
-
 class Merger:
     """Merge layer bootstraps ``sources`` (lower to upper) as ``nydus-image merge`` does.
 
@@ -203,9 +121,7 @@ class Merger:
         sources = list(sources)
         if not sources:
             raise InvalidArgumentError("source bootstrap list is empty , at least one bootstrap is required")
-        if prefetch_policy not in PREFETCH_POLICIES:
-            raise InvalidArgumentError(f"invalid prefetch policy {prefetch_policy!r} (expected one of "
-                                       f"{', '.join(PREFETCH_POLICIES)})")
+        check_prefetch_policy(prefetch_policy)
         count = len(sources)
         self.sources = sources
         self.parent_bootstrap = parent_bootstrap
@@ -281,7 +197,7 @@ class Merger:
                     table.append(as_parent_blob(blob))
                 remap[local_index] = index_by_id[original_id]
             upper = tag_layer(layer.root, first_layer + position)
-            for chunk in _unique_chunks(tree.iter_nodes(upper)):
+            for chunk in unique_chunks(tree.iter_nodes(upper)):
                 if chunk.blob_index not in remap:
                     raise BuildError(f"{layer.name}: chunk refers to blob {chunk.blob_index} of {len(remap)}")
                 chunk.blob_index = remap[chunk.blob_index]
@@ -292,7 +208,8 @@ class Merger:
         if tarfs and dict_ids:
             raise InvalidArgumentError("merging RAFS in TARFS mode conflicts with `--chunk-dict`")
 
-        blobs = _checked_ids(_referenced_blobs(merged, table))
+        order = tree.number_tree(merged)
+        blobs = checked_ids(_referenced_blobs(order.nodes, table))
         flags = SuperFlags.for_compressor(compressor) | SuperFlags.for_digester(digester) | SuperFlags.HAS_XATTR
         if explicit_uidgid:
             flags |= SuperFlags.EXPLICIT_UID_GID
@@ -304,7 +221,7 @@ class Merger:
                              chunk_size=chunk_size or DEFAULT_CHUNK_SIZE, first_version=first_version,
                              first_compressor=first_compressor)
         if self.prefetch_policy == "fs":
-            result.prefetch = prefetch_nodes(merged, self.prefetch_patterns)
+            result.prefetch = select_prefetch(order, normalise_prefetch_patterns(self.prefetch_patterns)).exact
         return result
 
     def _rename_own_blob(self, blob: Blob, position: int, layer: LayerBootstrap, tarfs: bool) -> None:
@@ -375,31 +292,16 @@ class Merger:
 def write_merged(merged: MergedImage) -> bytes:
     """The bootstrap bytes of a merged (or layered) tree."""
     order = tree.number_tree(merged.root)
-    if merged.version == 5:
-        from ..v5.writer import write_bootstrap as write_v5
-        return write_v5(merged.root, merged.blobs, chunk_size=merged.chunk_size, flags=merged.flags,
-                        prefetch=merged.prefetch or None, order=order)
-    from ..v6.writer import write_bootstrap as write_v6
-    return write_v6(merged.root, merged.blobs, chunk_size=merged.chunk_size, flags=merged.flags,
-                    prefetch=merged.prefetch or None)
+    return write_bootstrap(merged.root, merged.blobs, fs_version=merged.version, chunk_size=merged.chunk_size,
+                           flags=merged.flags, prefetch=merged.prefetch or None, order=order)
 
 
-def _checked_ids(blobs: list[Blob]) -> list[Blob]:
-    """``blobs`` once every id is one a blob can be found by. Ids read from a table were checked when
-    their bootstrap was loaded, and ``--original-blob-ids`` when given; what is left are the ids taken
-    from a bootstrap's file name (a layer's own blob, an inline-meta blob)."""
-    for position, blob in enumerate(blobs):
-        check_blob_id(blob.blob_id, f"blob table entry {position}: the id taken from a bootstrap's file name "
-                      "(up to its first dot)")
-    return blobs
-
-
-def _referenced_blobs(root: Node, table: list[Blob]) -> list[Blob]:
-    """Keep the blobs some chunk still references, in first-reference order over the index order;
-    renumber the chunks accordingly."""
+def _referenced_blobs(nodes: list[Node], table: list[Blob]) -> list[Blob]:
+    """Keep the blobs some chunk still references, in first-reference order over ``nodes`` (the index
+    order); renumber the chunks accordingly."""
     new_index: dict[int, int] = {}
     blobs: list[Blob] = []
-    for chunk in _unique_chunks(tree.number_tree(root).nodes):
+    for chunk in unique_chunks(nodes):
         position = new_index.get(chunk.blob_index)
         if position is None:
             if not 0 <= chunk.blob_index < len(table):
@@ -410,134 +312,3 @@ def _referenced_blobs(root: Node, table: list[Blob]) -> list[Blob]:
     return blobs
 
 
-def _unique_chunks(nodes):
-    """Every chunk record once, in node then file order (hardlinks and readers may share them)."""
-    seen: set[int] = set()
-    for node in nodes:
-        for chunk in node.chunks:
-            if id(chunk) not in seen:
-                seen.add(id(chunk))
-                yield chunk
-
-
-def find_node(root: Node, path: bytes) -> Node | None:
-    node = root
-    for part in path.split(b"/"):
-        if not part:
-            continue
-        if not node.inode.is_dir:
-            return None
-        node = node.child(part)
-        if node is None:
-            return None
-    return node
-
-
-def prefetch_nodes(root: Node, patterns) -> list[Node]:
-    """The nodes named exactly by ``patterns`` (absolute paths), in pattern order; a pattern covered
-    by an earlier one is dropped and empty regular files never match (builder/src/core/prefetch.rs)."""
-    nodes = []
-    for pattern in normalise_prefetch_patterns(patterns):
-        node = find_node(root, pattern)
-        if node is not None and not (node.inode.is_reg and node.inode.size == 0):
-            nodes.append(node)
-    return nodes
-
-
-# -- a new layer on a parent image (create --parent-bootstrap) ----------------------------------------
-
-@dataclass
-class ParentImage:
-    """A parent bootstrap prepared for a layered build: the merged tree (upper over parent), the
-    parent's blob table (kept, the new blob is appended) and its chunks by (digest, size) for dedup."""
-
-    root: Node
-    blobs: list[Blob]
-    chunks: dict[tuple[bytes, int], Chunk]
-
-
-def check_layer_compatibility(parent: LayerBootstrap, *, fs_version: int, chunk_size: int, digester: str,
-                              explicit_uidgid: bool) -> None:
-    """A bootstrap a build reuses chunks of (a parent, a chunk dictionary) was built as this build is:
-    chunk size, explicit uid/gid, version, v5 digester, no tarfs (RafsSuperConfig::check_compatibility)."""
-    if parent.chunk_size != chunk_size:
-        raise InconsistentFilesystemError(f"inconsistent configuration of chunk_size: {chunk_size} vs "
-                                          f"{parent.chunk_size}")
-    if parent.explicit_uidgid != explicit_uidgid:
-        raise InconsistentFilesystemError(f"using inconsistent explicit_uidgid setting {explicit_uidgid}, "
-                                          f"target explicit_uidgid setting {parent.explicit_uidgid}")
-    if parent.version != fs_version:
-        raise InconsistentFilesystemError(f"using inconsistent RAFS version {fs_version}, target RAFS version "
-                                          f"{parent.version}")
-    if fs_version == 5 and parent.flags.digester != digester:
-        raise InconsistentFilesystemError(f"RAFS v5 can not support different digest algorithm due to inode "
-                                          f"digest, {digester} vs {parent.flags.digester}")
-    if parent.tarfs:
-        raise InconsistentFilesystemError("using inconsistent RAFS TARFS mode")
-
-
-def chunks_by_digest(root: Node) -> dict[tuple[bytes, int], Chunk]:
-    """Every chunk of a tree, the first one for each (digest, uncompressed size), for dedup."""
-    chunks: dict[tuple[bytes, int], Chunk] = {}
-    for node in tree.iter_nodes(root):
-        for chunk in node.chunks:
-            chunks.setdefault((chunk.digest, chunk.uncompressed_size), chunk)
-    return chunks
-
-
-def layer_on_parent(upper: Node, parent_bootstrap, *, whiteout_spec: str, fs_version: int, chunk_size: int,
-                    digester: str, explicit_uidgid: bool) -> ParentImage:
-    """Lay ``upper`` over the tree of ``parent_bootstrap`` with ``whiteout_spec`` applied, after the
-    reference's compatibility checks (:func:`check_layer_compatibility`)."""
-    parent = load_bootstrap(parent_bootstrap)
-    check_layer_compatibility(parent, fs_version=fs_version, chunk_size=chunk_size, digester=digester,
-                              explicit_uidgid=explicit_uidgid)
-    chunks = chunks_by_digest(parent.root)
-    tag_layer(parent.root, 0)
-    tag_layer(upper, 1)
-    root = merge_overlay(parent.root, upper, whiteout_spec)
-    return ParentImage(root=root, blobs=_checked_ids([as_parent_blob(b) for b in parent.blobs]), chunks=chunks)
-
-
-@dataclass
-class ChunkDictionary:
-    """A chunk dictionary for a build (``create --chunk-dict``): the dictionary bootstrap's blobs and its
-    chunks by (digest, size), their ``blob_index`` moved to ``base + index in the dictionary`` so they
-    stand apart from the build's own until :meth:`place` gives the referenced blobs their places."""
-
-    blobs: list[Blob]
-    chunks: dict[tuple[bytes, int], Chunk]
-    base: int
-
-    def place(self, nodes, own_index: int, first: int) -> tuple[int, list[Blob]]:
-        """Number the build's own blob (chunks at ``own_index``) and the dictionary blobs its files
-        reference from ``first`` on, in the order chunks first reference them (the reference allocates
-        a blob index when a chunk first needs one); renumber the chunks of ``nodes`` to match. Returns
-        the own blob's index (after the others when it holds no chunk) and the referenced dictionary
-        blobs with their indexes; only those enter the blob table."""
-        places: dict[int, int] = {}
-        for chunk in _unique_chunks(nodes):
-            index = chunk.blob_index
-            if index == own_index or index >= self.base:
-                if index not in places:
-                    places[index] = first + len(places)
-                chunk.blob_index = places[index]
-        own = places.get(own_index, first + len(places))
-        used = [dataclasses.replace(as_parent_blob(self.blobs[index - self.base]), index=position)
-                for index, position in places.items() if index != own_index]
-        return own, used
-
-
-def load_chunk_dict(source, *, fs_version: int, chunk_size: int, digester: str,
-                    explicit_uidgid: bool) -> ChunkDictionary:
-    """The chunk dictionary in bootstrap ``source`` (builder/src/core/chunk_dict.rs): it must have been
-    built as this build is; with another digester its chunks cannot match, so none are offered."""
-    dictionary = load_bootstrap(source)
-    check_layer_compatibility(dictionary, fs_version=fs_version, chunk_size=chunk_size, digester=digester,
-                              explicit_uidgid=explicit_uidgid)
-    base = 1 << 16                          # past any blob index a table can hold (v6: 256, v5: u32 but few)
-    chunks = {}
-    if dictionary.flags.digester == digester:
-        for key, chunk in chunks_by_digest(dictionary.root).items():
-            chunks[key] = dataclasses.replace(chunk, blob_index=base + chunk.blob_index)
-    return ChunkDictionary(blobs=dictionary.blobs, chunks=chunks, base=base)

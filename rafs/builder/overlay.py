@@ -1,7 +1,7 @@
 """Laying one build tree over another with whiteouts applied (``Tree::merge_overaly`` and
 ``merge_children`` in builder/src/core/tree.rs, builder/src/core/overlay.rs; spec §C).
 
-Which entries are whiteouts is decided by :func:`rafs.build.tree.whiteout_type` under a
+Which entries are whiteouts is decided by :func:`rafs.builder.tree.whiteout_type` under a
 ``--whiteout-spec``:
 
 * ``oci``: an entry ``.wh.<name>`` removes the lower ``<name>``; an entry ``.wh..wh..opq`` removes

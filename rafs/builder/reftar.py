@@ -4,7 +4,7 @@ What nydus-image does (builder/src/tarball.rs, builder/src/core/node.rs ``read_f
 builder/src/core/blob.rs, builder/src/lib.rs ``finalize_blob``): the layer is read once; a gzip layer
 (magic ``1f 8b 08``) becomes a ZRAN blob, anything else silently a ``tar-ref`` blob. Every chunk of
 regular-file data, in tar order, gets a CI v2 record: for ZRAN the gzip range inflated while the chunk
-was read and its place in a ZRAN context (:mod:`rafs.build.zran_context`), flagged ZRAN|COMPRESSED;
+was read and its place in a ZRAN context (:mod:`rafs.builder.zran_context`), flagged ZRAN|COMPRESSED;
 for tar-ref its offset in the tar, stored uncompressed. Chunks are sha256-digested and CRC-32C'd and
 deduplicated by (digest, size) within the layer; uncompressed offsets are 4 KiB aligned. Nothing of
 the data is written: the output blob (``-b``/``-D``) is the *RAFS meta blob*::
@@ -69,7 +69,7 @@ def _skip(node, stream) -> None:
 
 
 class RefLayer:
-    """One ``*-ref`` source: the tree (first pass, :func:`rafs.build.tar.read_tar`), then the blob
+    """One ``*-ref`` source: the tree (first pass, :func:`rafs.builder.tar.read_tar`), then the blob
     writer that makes the chunk records (second pass over the layer)."""
 
     def __init__(self, source, source_type: str):
@@ -106,12 +106,6 @@ class RefLayer:
     @property
     def tarfs(self) -> bool:
         return self.source_type == "tar-tarfs"
-
-    def writer(self, out, **options) -> "RefBlobWriter":
-        if self.tarfs:
-            from .tarfs import TarfsBlobWriter
-            return TarfsBlobWriter(out, self, **options)
-        return RefBlobWriter(out, self, **options)
 
 
 class RefBlobWriter(BlobWriter):
