@@ -405,3 +405,24 @@ def test_context_past_the_layer_is_refused_when_the_ci_is_decoded(fixtures, tmp_
     decode_blob_meta(meta.header_bytes, meta.ci_data, compressed_limit=layer.stat().st_size)
     with pytest.raises(InvalidImageError, match="past the end of the layer"):
         decode_blob_meta(meta.header_bytes, bytes(ci), compressed_limit=layer.stat().st_size)
+
+
+def test_chunk_dict_dedups_a_zran_build(fixtures, tmp_path):
+    """--chunk-dict: chunks found in the dictionary point at its blob (nothing of them in the ZRAN
+    context records); the rest read from the layer."""
+    layer = fixtures / "zran" / "bgzip.tar.gz"
+    dict_dir, blobs0, two = tmp_path / "dict", tmp_path / "blobs0", tmp_path / "two"
+    for directory in (dict_dir, blobs0, two):
+        directory.mkdir()
+    rafs.Builder(os.fspath(fixtures / "zran" / "zran-two-streams.tar.gz"), source_type="targz-rafs",
+                 digester="sha256").write(bootstrap=os.fspath(dict_dir / "boot"), blob_dir=os.fspath(blobs0))
+    merged = tmp_path / "merged.tar.gz"
+    # a layer that repeats the dictionary's files after bgzip's: some of its chunks are in the dictionary
+    merged.write_bytes(layer.read_bytes() + (fixtures / "zran" / "zran-two-streams.tar.gz").read_bytes())
+    boot, blobs, _ = build_ref(merged, two, chunk_dict=os.fspath(dict_dir / "boot"))
+    for name in os.listdir(tmp_path / "blobs0"):
+        shutil.copyfile(tmp_path / "blobs0" / name, blobs / name)
+    with rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs), validate=True) as image:
+        assert len(image.blobs) == 2
+        for path, data in tar_view(merged).items():
+            assert image.read(path) == data, path

@@ -184,7 +184,11 @@ class RefBlobWriter(BlobWriter):
     def _add(self, node: Node, file_offset: int, data: bytes, coff: int, csize: int, context) -> None:
         length = len(data)
         digest = hashlib.sha256(data).digest()
-        existing = self._dedup.get((digest, length))
+        # a chunk dictionary is asked first, then this layer's (and a parent's) chunks, as the reference
+        # asks its global dictionary, then the layered one (node.rs deduplicate_chunk)
+        existing = self._dict.get((digest, length)) if self._dict else None
+        if existing is None:
+            existing = self._dedup.get((digest, length))
         if existing is not None:
             node.chunks.append(Chunk(digest, existing.blob_index, existing.compressed_offset,
                                      existing.compressed_size, existing.uncompressed_offset,
