@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .._codec import FastRecord, build, parse
+from .._records import FastRecord, build, parse
 from ..errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from ..model import (COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures,
                      ChunkFlags)

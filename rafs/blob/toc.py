@@ -13,7 +13,7 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from .._codec import FastRecord
+from .._records import FastRecord
 from ..errors import DigestMismatchError, InvalidArgumentError, InvalidImageError
 from ..io.source import MAX_BOOTSTRAP_SIZE
 from ..model import MAX_CHUNKS_PER_BLOB

@@ -34,7 +34,7 @@ import hashlib
 import struct
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import _codec
+from .. import _records
 from ..errors import BuildError, InvalidArgumentError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, COMPRESSOR_IDS, MAX_CHUNKS_PER_BLOB, Node
 from . import codecs, crypt, layout
@@ -44,7 +44,7 @@ from .pipeline import DEFAULT_INFLIGHT_BYTES, ChunkPipeline, default_workers
 from .tar_header import build_tar_header
 from .toc import TocEntry, toc_bytes
 
-CI_HEADER = _codec.FastRecord(layout.BlobCompressionContextHeader, "CI header")
+CI_HEADER = _records.FastRecord(layout.BlobCompressionContextHeader, "CI header")
 _CI_V1 = struct.Struct("<QQ")
 _CI_V2 = struct.Struct("<QQQ")
 INLINE_BLOB_ID = "x" * 64            # placeholder id in a bootstrap embedded in its own blob

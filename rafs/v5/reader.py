@@ -12,7 +12,7 @@ import stat as _stat
 import struct
 from typing import Iterator
 
-from .. import _codec
+from .. import _records
 from ..errors import InvalidImageError, UnsupportedError
 from ..model import (BLOB_FEATURES_INVALID_MASK, Blob, BlobFeatures, Chunk, ImageReader, Inode,
                      InodeFlags, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SuperFlags)
@@ -45,7 +45,7 @@ class V5Reader(ImageReader):
         if self.size < layout.RAFSV5_SUPERBLOCK_SIZE:
             raise InvalidImageError(f"bootstrap of {self.size} bytes is smaller than the 8192-byte "
                                     "superblock", structure="v5 superblock", offset=0)
-        self.superblock = sb = _codec.parse(layout.SuperBlock, data, 0, structure="v5 superblock")
+        self.superblock = sb = _records.parse(layout.SuperBlock, data, 0, structure="v5 superblock")
         self._validate_superblock(sb)
         self.flags = SuperFlags(sb.s_flags)
         self.chunk_size = sb.s_block_size
