@@ -23,7 +23,7 @@ from ..errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from ..model import (COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures,
                      ChunkFlags)
 from . import codecs, crypt, layout as L
-from ._source import known_size, opened, read_checked, reads_range
+from ..ranges import known_size, opened, read_checked, reads_range
 
 CHUNK_INFO_V1 = FastRecord(L.ChunkInfoV1Ondisk, "chunk info v1")
 CHUNK_INFO_V2 = FastRecord(L.ChunkInfoV2Ondisk, "chunk info v2")
@@ -514,13 +514,12 @@ def read_blob_meta_at(source, header_offset: int) -> BlobMeta:
 
 
 @reads_range
-def load_blob_meta_file(path_or_reader, blob: Blob | None = None) -> BlobMeta:
-    """Decode a nydusd ``<blob id>.blob.meta`` cache file (a path, bytes, file object or RangeReader).
+def load_blob_meta_file(source, blob: Blob | None = None) -> BlobMeta:
+    """Decode a nydusd ``<blob id>.blob.meta`` cache file (bytes, a file object or a RangeReader).
 
     With ``blob`` the header must match the blob table, as nydusd requires before trusting the file;
     without it the header alone describes the data.
     """
-    source = path_or_reader
     size = known_size(source)
     if size < L.BLOB_CCT_HEADER_SIZE or size % _PAGE:
         raise InvalidImageError(f"blob.meta file of {size} bytes is not 4 KiB aligned data + header",

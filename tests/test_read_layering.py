@@ -1,0 +1,88 @@
+"""The read path goes only down (issue 13): ranged reads live at the bottom (:mod:`rafs.ranges`, no I/O),
+:mod:`rafs.blob` takes only range readers, bytes or open file objects and never imports :mod:`rafs.io`,
+which opens paths and URLs; each format limit and record encoding has one home."""
+
+from __future__ import annotations
+
+import ast
+import io
+import pathlib
+
+import pytest
+
+import rafs
+from rafs import limits, ranges
+from rafs.blob.toc import compute_blob_id, read_toc
+from rafs.errors import InvalidArgumentError, InvalidImageError
+from rafs.io.source import open_range_reader
+
+RAFS = pathlib.Path(rafs.__file__).parent
+
+
+def _imported_modules(path: pathlib.Path, package: str) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function, as an absolute name."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            found.add(module)
+            found.update(f"{module}.{alias.name}" for alias in node.names)
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((RAFS / "blob").glob("*.py")), ids=lambda p: p.name)
+def test_blob_never_imports_io(path):
+    imported = _imported_modules(path, "rafs.blob")
+    assert not {m for m in imported if m == "rafs.io" or m.startswith("rafs.io.")}
+
+
+def test_ranges_is_at_the_bottom():
+    imported = _imported_modules(RAFS / "ranges.py", "rafs")
+    assert {m for m in imported if m.startswith("rafs")} <= {"rafs.errors", "rafs.errors.BackendError",
+                                                             "rafs.errors.InvalidArgumentError",
+                                                             "rafs.errors.InvalidImageError"}
+
+
+def test_blob_parsers_refuse_paths_and_take_readers(fixtures):
+    blob = fixtures / "blobs" / "be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef"
+    for path in (blob, str(blob)):
+        with pytest.raises(InvalidArgumentError, match="open_range_reader opens paths"):
+            compute_blob_id(path)
+    data = blob.read_bytes()
+    expected = compute_blob_id(data)
+    assert expected == blob.name
+    with open(blob, "rb") as f:
+        assert compute_blob_id(f) == expected
+    reader = open_range_reader(blob)
+    try:
+        assert compute_blob_id(reader) == expected
+    finally:
+        reader.close()
+    assert compute_blob_id(io.BytesIO(data)) == expected
+
+
+def test_one_bytes_range_reader():
+    reader = open_range_reader(b"0123456789")
+    assert type(reader) is ranges.BytesRangeReader
+    assert reader.read_range(2, 3) == b"234"
+    with pytest.raises(InvalidImageError, match="runs past the end"):
+        reader.read_range(8, 3)
+    with pytest.raises(InvalidArgumentError, match="expected a path, URL, bytes or a binary file object"):
+        open_range_reader(12)
+    with pytest.raises(InvalidImageError):
+        read_toc(b"x" * 100)
+
+
+def test_bootstrap_limits_have_one_home():
+    from rafs.io import source
+    from rafs.oci import check
+    from rafs.v5 import writer
+    assert source.MAX_BOOTSTRAP_SIZE is limits.MAX_BOOTSTRAP_SIZE == 0x8000_0000
+    assert not hasattr(writer, "MAX_METADATA_SIZE")
+    assert check.MAX_BOOTSTRAP_LAYER is limits.MAX_BOOTSTRAP_LAYER
