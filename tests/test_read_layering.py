@@ -86,3 +86,24 @@ def test_bootstrap_limits_have_one_home():
     assert source.MAX_BOOTSTRAP_SIZE is limits.MAX_BOOTSTRAP_SIZE == 0x8000_0000
     assert not hasattr(writer, "MAX_METADATA_SIZE")
     assert check.MAX_BOOTSTRAP_LAYER is limits.MAX_BOOTSTRAP_LAYER
+
+
+def test_ci_v1_record_is_encoded_once():
+    from rafs.blob import meta, writer
+    assert writer.ci_v1_entry is meta.ci_v1_entry and writer.CI_HEADER is meta.CI_HEADER
+    assert not hasattr(writer, "_CI_V1") and not hasattr(writer, "_CI_V2")
+    args = (0x12_3456_7890, 0x1000000, 0xABC_DEF0_1000, 0x1234)
+    assert meta.ci_v1_entry(*args) == meta.CHUNK_INFO_V1.struct.pack(*meta.encode_chunk_info_v1(*args))
+    # the writer's records are unchecked: an unaligned (v5) uncompressed offset loses its low 12 bits
+    assert meta.ci_v1_entry(1, 2, 0x1FFF, 3) == meta.ci_v1_entry(1, 2, 0x1000, 3)
+    with pytest.raises(InvalidArgumentError):
+        meta.encode_chunk_info_v1(1, 2, 0x1FFF, 3)
+
+
+def test_inline_placeholder_id_has_one_home():
+    from rafs.blob import ids, writer
+    from rafs.v5 import reader as v5_reader
+    from rafs.v6 import layout as v6_layout
+    assert ids.INLINE_BLOB_ID == "x" * 64
+    assert writer.INLINE_BLOB_ID is ids.INLINE_BLOB_ID is v6_layout.RAFSV6_INLINE_BLOB_ID_PLACEHOLDER
+    assert not hasattr(v5_reader, "INLINE_BLOB_ID_PLACEHOLDER")

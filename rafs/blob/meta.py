@@ -25,6 +25,7 @@ from ..model import (COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNK_SIZE, MAX_CHUNK
 from . import codecs, crypt, layout as L
 from ..ranges import known_size, opened, read_checked, reads_range
 
+CI_HEADER = FastRecord(L.BlobCompressionContextHeader, "CI header")
 CHUNK_INFO_V1 = FastRecord(L.ChunkInfoV1Ondisk, "chunk info v1")
 CHUNK_INFO_V2 = FastRecord(L.ChunkInfoV2Ondisk, "chunk info v2")
 BATCH_CONTEXT = FastRecord(L.BatchInflateContext, "batch inflate context")
@@ -98,12 +99,29 @@ def encode_chunk_info_v1(compressed_offset: int, compressed_size: int, uncompres
         raise InvalidArgumentError(f"compressed offset {compressed_offset:#x} does not fit 40 bits")
     if uncompressed_offset & ~L.CI_V1_UNCOMP_OFFSET_MASK or uncompressed_offset < 0:
         raise InvalidArgumentError(f"uncompressed offset {uncompressed_offset:#x} is not 4K aligned below 2^44")
+    return _chunk_info_v1_words(compressed_offset, compressed_size, uncompressed_offset, uncompressed_size)
+
+
+def _chunk_info_v1_words(compressed_offset: int, compressed_size: int, uncompressed_offset: int,
+                         uncompressed_size: int) -> tuple[int, int]:
+    """The v1 words, each offset masked to its field as the reference's setters do (storage/src/meta/
+    chunk_info_v1.rs): the one place the ``BlobChunkInfoV1Ondisk`` bit layout is written."""
     usize, csize = uncompressed_size - 1, compressed_size - 1
-    uncomp = (uncompressed_offset | (usize & L.CI_V1_SIZE_LOW_MASK) << L.CI_V1_SIZE_LOW_SHIFT
+    uncomp = ((uncompressed_offset & L.CI_V1_UNCOMP_OFFSET_MASK)
+              | (usize & L.CI_V1_SIZE_LOW_MASK) << L.CI_V1_SIZE_LOW_SHIFT
               | (usize & L.CI_V1_SIZE_HIGH_MASK) >> L.CI_V1_UNCOMP_SIZE_HIGH_SHIFT)
-    comp = (compressed_offset | (csize & L.CI_V1_SIZE_LOW_MASK) << L.CI_V1_SIZE_LOW_SHIFT
+    comp = ((compressed_offset & L.CI_V1_COMP_OFFSET_MASK)
+            | (csize & L.CI_V1_SIZE_LOW_MASK) << L.CI_V1_SIZE_LOW_SHIFT
             | (csize & L.CI_V1_SIZE_HIGH_MASK) << L.CI_V1_COMP_SIZE_HIGH_SHIFT)
     return uncomp, comp
+
+
+def ci_v1_entry(compressed_offset: int, compressed_size: int, uncompressed_offset: int,
+                uncompressed_size: int) -> bytes:
+    """A 16-byte v1 record as the blob writer stores it: unchecked, offsets masked to their fields
+    (an unaligned v5 build's uncompressed offsets lose their low 12 bits, as the reference's do)."""
+    return CHUNK_INFO_V1.struct.pack(*_chunk_info_v1_words(compressed_offset, compressed_size,
+                                                           uncompressed_offset, uncompressed_size))
 
 
 def encode_chunk_info_v2(compressed_offset: int, compressed_size: int, uncompressed_offset: int,

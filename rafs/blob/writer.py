@@ -31,23 +31,18 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import struct
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import _records
 from ..errors import BuildError, InvalidArgumentError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, COMPRESSOR_IDS, MAX_CHUNKS_PER_BLOB, Node
 from . import codecs, crypt, layout
 from .batch import BatchPacker
-from .meta import encode_chunk_info_v2
+from .ids import INLINE_BLOB_ID
+from .meta import CHUNK_INFO_V2, CI_HEADER, ci_v1_entry, encode_chunk_info_v2
 from .pipeline import DEFAULT_INFLIGHT_BYTES, ChunkPipeline, default_workers
 from .tar_header import build_tar_header
 from .toc import TocEntry, toc_bytes
 
-CI_HEADER = _records.FastRecord(layout.BlobCompressionContextHeader, "CI header")
-_CI_V1 = struct.Struct("<QQ")
-_CI_V2 = struct.Struct("<QQQ")
-INLINE_BLOB_ID = "x" * 64            # placeholder id in a bootstrap embedded in its own blob
 _ALIGN = 4096
 # Chunks smaller than this are gathered into one write (and one blob-id update) of about this size.
 WRITE_BUFFER = 1 << 20
@@ -57,19 +52,7 @@ _COMPRESSED = int(ChunkFlags.COMPRESSED)
 _HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
 _BATCH_MEMBER = int(ChunkFlags.BATCH | ChunkFlags.COMPRESSED)
 _ENCRYPTED = int(ChunkFlags.ENCRYPTED)
-
-
-def ci_v1_entry(compressed_offset: int, compressed_size: int, uncompressed_offset: int,
-                uncompressed_size: int) -> bytes:
-    """A 16-byte ``BlobChunkInfoV1Ondisk`` (storage/src/meta/chunk_info_v1.rs) from the layout masks."""
-    c, u = compressed_size - 1, uncompressed_size - 1
-    uncomp = ((uncompressed_offset & layout.CI_V1_UNCOMP_OFFSET_MASK)
-              | (u & layout.CI_V1_SIZE_LOW_MASK) << layout.CI_V1_SIZE_LOW_SHIFT
-              | (u & layout.CI_V1_SIZE_HIGH_MASK) >> layout.CI_V1_UNCOMP_SIZE_HIGH_SHIFT)
-    comp = ((compressed_offset & layout.CI_V1_COMP_OFFSET_MASK)
-            | (c & layout.CI_V1_SIZE_LOW_MASK) << layout.CI_V1_SIZE_LOW_SHIFT
-            | (c & layout.CI_V1_SIZE_HIGH_MASK) << layout.CI_V1_COMP_SIZE_HIGH_SHIFT)
-    return _CI_V1.pack(uncomp, comp)
+_PACK_CI_V2 = CHUNK_INFO_V2.struct.pack
 
 
 class BlobWriter:
@@ -310,7 +293,7 @@ class BlobWriter:
             if not self.ci_v2:
                 self._ci += ci_v1_entry(chunk.compressed_offset, chunk.compressed_size, uncompressed_offset, length)
             else:
-                self._ci += _CI_V2.pack(*encode_chunk_info_v2(chunk.compressed_offset, chunk.compressed_size,
+                self._ci += _PACK_CI_V2(*encode_chunk_info_v2(chunk.compressed_offset, chunk.compressed_size,
                                                               uncompressed_offset, length, flags, crc32=crc))
             self._digests += digest
         node.chunks.append(chunk)
@@ -345,7 +328,7 @@ class BlobWriter:
         if self.on_chunk is not None:
             self.on_chunk(chunk, data)
         # the batch will start where the data section ends now: nothing else is written before it
-        self._ci += _CI_V2.pack(*encode_chunk_info_v2(self.offset + self.pos, 0, uncompressed_offset, length,
+        self._ci += _PACK_CI_V2(*encode_chunk_info_v2(self.offset + self.pos, 0, uncompressed_offset, length,
                                                       member, context_index=batch_index,
                                                       context_offset=in_batch))
         self._digests += digest

@@ -17,12 +17,11 @@ from ..errors import InvalidImageError, UnsupportedError
 from ..model import (BLOB_FEATURES_INVALID_MASK, Blob, BlobFeatures, Chunk, ImageReader, Inode,
                      InodeFlags, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SuperFlags)
 from ..blob import codecs
-from ..blob.ids import blob_table_faults
+from ..blob.ids import INLINE_BLOB_ID, blob_table_faults
 from . import layout
 
 from .records import CHUNK, EXT_BLOB, INODE
 _U32 = struct.Struct("<I")
-INLINE_BLOB_ID_PLACEHOLDER = "x" * 64     # builder/src/lib.rs dump_bootstrap, for --blob-inline-meta
 _U64 = struct.Struct("<Q")
 
 
@@ -54,7 +53,7 @@ class V5Reader(ImageReader):
         self.blobs = self._read_blobs(sb)
         if blob_id_hint:       # a bootstrap carried by its own blob: the builder wrote a placeholder id
             for blob in self.blobs:
-                if blob.blob_id == INLINE_BLOB_ID_PLACEHOLDER:
+                if blob.blob_id == INLINE_BLOB_ID:
                     blob.blob_id = blob_id_hint
         self._cached_inode = functools.lru_cache(maxsize=inode_cache_size)(self._inode)
         self.inode_uncached = self._inode
