@@ -5,6 +5,8 @@ bound that input is checked against before it becomes an allocation, a loop or a
 DEFAULT_CHUNK_SIZE = 0x100000       # RAFS_DEFAULT_CHUNK_SIZE, storage/src/lib.rs
 MIN_CHUNK_SIZE = 0x1000
 MAX_CHUNK_SIZE = 0x1000000          # RAFS_MAX_CHUNK_SIZE
+# The reference's rule for chunk sizes, batch sizes and a v5 superblock's block size, in its words
+CHUNK_SIZE_RULE = f"a power of two in [{MIN_CHUNK_SIZE:#x}, {MAX_CHUNK_SIZE:#x}]"
 MAX_CHUNKS_PER_BLOB = 1 << 24       # RAFS_MAX_CHUNKS_PER_BLOB
 MAX_BLOBS = 255                     # blob index is a u8 (v6 stores index + 1)
 MAX_NAME_SIZE = 255
@@ -20,3 +22,8 @@ MAX_DEPTH = 2048
 MAX_BOOTSTRAP_SIZE = 0x8000_0000
 # Compressed bytes of an OCI layer that carries a bootstrap (a gzip stream of a small tar around it).
 MAX_BOOTSTRAP_LAYER = 1 << 31
+
+
+def is_chunk_size(value: int) -> bool:
+    """Whether ``value`` follows :data:`CHUNK_SIZE_RULE`."""
+    return MIN_CHUNK_SIZE <= value <= MAX_CHUNK_SIZE and value & (value - 1) == 0

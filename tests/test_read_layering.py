@@ -107,3 +107,15 @@ def test_inline_placeholder_id_has_one_home():
     assert ids.INLINE_BLOB_ID == "x" * 64
     assert writer.INLINE_BLOB_ID is ids.INLINE_BLOB_ID is v6_layout.RAFSV6_INLINE_BLOB_ID_PLACEHOLDER
     assert not hasattr(v5_reader, "INLINE_BLOB_ID_PLACEHOLDER")
+
+
+def test_chunk_size_rule_has_one_home():
+    from rafs.blob import batch, writer
+    assert limits.CHUNK_SIZE_RULE == "a power of two in [0x1000, 0x1000000]"
+    assert [limits.is_chunk_size(v) for v in (0x800, 0x1000, 0x3000, 0x1000000, 0x2000000)] == \
+        [False, True, False, True, False]
+    with pytest.raises(InvalidArgumentError, match=r"^invalid chunk size: 0x3000 \(a power of two in \[0x1000, "):
+        writer.check_chunk_size(0x3000)
+    assert not hasattr(batch, "MIN_BATCH_SIZE") and not hasattr(batch, "MAX_BATCH_SIZE")
+    with pytest.raises(InvalidArgumentError, match="^invalid batch size: 12288$"):
+        batch.check_batch_size(0x3000, 0x100000)

@@ -49,6 +49,8 @@ _UNBOUNDED = 1 << 64
 
 
 def round_up_4k(value: int) -> int:
+    """``value`` rounded up to the 4 KiB page the CI addresses in: aligned chunks' uncompressed
+    offsets, the ``.blob.meta`` padding (the reference's ``round_up_4k``)."""
     return (value + _PAGE - 1) & ~(_PAGE - 1)
 
 

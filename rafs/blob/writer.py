@@ -34,16 +34,16 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import BuildError, InvalidArgumentError
+from ..limits import CHUNK_SIZE_RULE, is_chunk_size
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, COMPRESSOR_IDS, MAX_CHUNKS_PER_BLOB, Node
 from . import codecs, crypt, layout
 from .batch import BatchPacker
 from .ids import INLINE_BLOB_ID
-from .meta import CHUNK_INFO_V2, CI_HEADER, ci_v1_entry, encode_chunk_info_v2
+from .meta import CHUNK_INFO_V2, CI_HEADER, ci_v1_entry, encode_chunk_info_v2, round_up_4k
 from .pipeline import DEFAULT_INFLIGHT_BYTES, ChunkPipeline, default_workers
 from .tar_header import build_tar_header
 from .toc import TocEntry, toc_bytes
 
-_ALIGN = 4096
 # Chunks smaller than this are gathered into one write (and one blob-id update) of about this size.
 WRITE_BUFFER = 1 << 20
 # Hand-overs of about WRITE_BUFFER bytes that may wait for the sink thread.
@@ -301,7 +301,7 @@ class BlobWriter:
     def _allocate(self, length: int) -> int:
         """The uncompressed offset of the next chunk of ``length`` bytes (4 KiB aligned when aligned)."""
         uncompressed_offset = self.uncompressed_size
-        self.uncompressed_size += (length + _ALIGN - 1) & ~(_ALIGN - 1) if self.aligned else length
+        self.uncompressed_size += round_up_4k(length) if self.aligned else length
         return uncompressed_offset
 
     def _store_batched(self, node: Node, file_offset: int, length: int, prefetch: bool, digest: bytes, crc: int,
@@ -471,8 +471,7 @@ class BlobWriter:
 
 
 def check_chunk_size(chunk_size: int) -> int:
-    if not isinstance(chunk_size, int) or chunk_size < 0x1000 or chunk_size > 0x1000000 \
-            or chunk_size & (chunk_size - 1):
-        raise InvalidArgumentError(f"invalid chunk size: {chunk_size:#x} (a power of two in [0x1000, 0x1000000])"
+    if not isinstance(chunk_size, int) or not is_chunk_size(chunk_size):
+        raise InvalidArgumentError(f"invalid chunk size: {chunk_size:#x} ({CHUNK_SIZE_RULE})"
                                    if isinstance(chunk_size, int) else f"invalid chunk size: {chunk_size!r}")
     return chunk_size

@@ -14,8 +14,9 @@ from typing import Iterator
 
 from .. import _records
 from ..errors import InvalidImageError, UnsupportedError
+from ..limits import CHUNK_SIZE_RULE, is_chunk_size
 from ..model import (BLOB_FEATURES_INVALID_MASK, Blob, BlobFeatures, Chunk, ImageReader, Inode,
-                     InodeFlags, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SuperFlags)
+                     InodeFlags, MAX_CHUNK_SIZE, SuperFlags)
 from ..blob import codecs
 from ..blob.ids import INLINE_BLOB_ID, blob_table_faults
 from . import layout
@@ -71,9 +72,8 @@ class V5Reader(ImageReader):
         if sb.s_sb_size != layout.RAFSV5_SUPERBLOCK_SIZE:
             bad(f"s_sb_size {sb.s_sb_size} is not {layout.RAFSV5_SUPERBLOCK_SIZE}", 8)
         bs = sb.s_block_size
-        if not (bs == layout.RAFSV5_STARGZ_CHUNK_SIZE or
-                (MIN_CHUNK_SIZE <= bs <= MAX_CHUNK_SIZE and bs & (bs - 1) == 0)):
-            bad(f"s_block_size {bs:#x} is not a power of two in [0x1000, 0x1000000]", 12)
+        if not (bs == layout.RAFSV5_STARGZ_CHUNK_SIZE or is_chunk_size(bs)):
+            bad(f"s_block_size {bs:#x} is not {CHUNK_SIZE_RULE}", 12)
         unknown = sb.s_flags & ~SuperFlags.known_mask()
         if unknown:
             bad(f"s_flags has unknown bits {unknown:#x}", 16)
