@@ -34,7 +34,7 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 
 from ..errors import BuildError, InvalidArgumentError
-from ..limits import CHUNK_SIZE_RULE, is_chunk_size
+from ..limits import CHUNK_SIZE_RULE, DEFAULT_CHUNK_SIZE, is_chunk_size
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, COMPRESSOR_IDS, MAX_CHUNKS_PER_BLOB, Node
 from . import codecs, crypt, layout
 from .batch import BatchPacker
@@ -67,7 +67,7 @@ class BlobWriter:
     """
 
     def __init__(self, out, *, blob_index: int = 0, compressor: str = "zstd", digester: str = "blake3",
-                 chunk_size: int = 0x100000, aligned: bool = True, blob_meta: bool = True,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, aligned: bool = True, blob_meta: bool = True,
                  toc: bool = False, inline_meta: bool = False, crc32: bool = True, mapped: bool = False,
                  workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
                  offset: int = 0, on_chunk=None, batch_size: int = 0, encrypt: bool = False,

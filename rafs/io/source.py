@@ -11,7 +11,8 @@ import stat
 from ..errors import BackendError, InvalidArgumentError, RafsError
 # nydusd mmaps a bootstrap; rafs reads a private copy of at most MAX_BOOTSTRAP_SIZE bytes (see load_bytes)
 from ..limits import MAX_BOOTSTRAP_SIZE
-from ..ranges import FileObjectRangeReader, RangeReader, as_range_reader  # noqa: F401 - FileObjectRangeReader also from here
+# FileObjectRangeReader is also imported from here
+from ..ranges import FileObjectRangeReader, RangeReader, as_range_reader  # noqa: F401
 from .redact import redact_url
 from .retry import RetryPolicy, ShortReadError
 
