@@ -27,7 +27,7 @@ import json
 import os
 import stat
 
-from .blob.meta import round_up_4k
+from .blob.ci import round_up_4k
 from .display import Table
 
 FILE_SIZE_BUCKETS = 45

@@ -89,7 +89,7 @@ def test_bootstrap_limits_have_one_home():
 
 
 def test_ci_v1_record_is_encoded_once():
-    from rafs.blob import meta, writer
+    from rafs.blob import ci as meta, writer
     assert writer.ci_v1_entry is meta.ci_v1_entry and writer.CI_HEADER is meta.CI_HEADER
     assert not hasattr(writer, "_CI_V1") and not hasattr(writer, "_CI_V2")
     args = (0x12_3456_7890, 0x1000000, 0xABC_DEF0_1000, 0x1234)

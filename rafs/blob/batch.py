@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from ..errors import InvalidArgumentError
 from ..limits import is_chunk_size
-from .meta import BATCH_CONTEXT
+from .ci import BATCH_CONTEXT
 
 
 def check_batch_size(batch_size: int, chunk_size: int) -> int:

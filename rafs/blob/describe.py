@@ -10,7 +10,8 @@ from ..errors import InvalidImageError, RafsError
 from ..model import COMPRESSOR_NAMES, Blob, BlobFeatures, flag_words
 from . import layout
 from ..ranges import known_size, reads_range
-from .meta import BlobMeta, load_blob_meta, load_blob_meta_file, parse_ci_header, read_blob_meta_at, round_up_4k
+from .ci import parse_ci_header, round_up_4k
+from .meta import BlobMeta, load_blob_meta, load_blob_meta_file, read_blob_meta_at
 from .tar_header import walk_sections
 from .toc import compute_blob_id, find_inline_bootstrap, read_toc
 

@@ -39,7 +39,7 @@ from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, COMPRESSOR_IDS, MAX_C
 from . import codecs, crypt, layout
 from .batch import BatchPacker
 from .ids import INLINE_BLOB_ID
-from .meta import CHUNK_INFO_V2, CI_HEADER, ci_v1_entry, encode_chunk_info_v2, round_up_4k
+from .ci import CHUNK_INFO_V2, CI_HEADER, ci_v1_entry, encode_chunk_info_v2, round_up_4k
 from .pipeline import DEFAULT_INFLIGHT_BYTES, ChunkPipeline, default_workers
 from .tar_header import build_tar_header
 from .toc import TocEntry, toc_bytes
