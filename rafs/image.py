@@ -639,7 +639,7 @@ class Image:
     def _meta_chunk_reader(self) -> ChunkReader:
         """Reads chunks stored in the image itself (META_BLOB_INDEX: plain EROFS data), which are never
         compressed and carry no digest."""
-        from .blob._source import BytesRangeReader
+        from .ranges import BytesRangeReader
         blob = Blob(index=META_BLOB_INDEX, blob_id="<image>", compressor="none")
         return ChunkReader(blob, BytesRangeReader(self.reader.data, "image"), validate=False)
 

@@ -18,7 +18,7 @@ import construct
 import pytest
 
 import rafs
-from rafs import _codec
+from rafs import _records
 from rafs.builder.tree import number_tree
 from rafs.model import Blob, BlobFeatures, Chunk, Inode, Node, SuperFlags
 from rafs.v6 import layout
@@ -245,7 +245,7 @@ FAST_SCHEMAS = [layout.SuperBlock, layout.SuperBlockExt, layout.Device, layout.I
 
 @pytest.mark.parametrize("schema", FAST_SCHEMAS, ids=lambda s: str(s.subcons[0].name))
 def test_fast_records_agree_with_construct(schema):
-    fast = _codec.FastRecord(schema, "schema under test")
+    fast = _records.FastRecord(schema, "schema under test")
     rng = random.Random(6)
     for _ in range(20):
         raw = bytearray(rng.randbytes(schema.sizeof()))

@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError, InvalidImageError
+from ..limits import MAX_BOOTSTRAP_LAYER
 from ..oci import documents, spec
 from .registry import RegistryBackend, RegistryClient
 from .registry_auth import Credentials, RegistryAuth
@@ -29,7 +30,6 @@ from .retry import RetryPolicy
 SCHEME = "docker://"
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_REGISTRY = "registry-1.docker.io"
-MAX_BOOTSTRAP_LAYER = 1 << 31                    # compressed bytes a bootstrap layer may have
 LAYER_READ = 4 << 20                             # bytes per ranged GET while streaming the bootstrap layer
 ACCEPT = ", ".join((spec.OCI_INDEX, spec.DOCKER_MANIFEST_LIST, spec.OCI_MANIFEST, spec.DOCKER_MANIFEST))
 # registry/reference/regexp.go: path components, tags and the domain

@@ -35,6 +35,7 @@ from ..builder.merge import Merger
 from ..builder.tar import TarSource
 from ..errors import BuildError, InvalidArgumentError, InvalidImageError, UnsupportedError
 from ..io.source import LocalRangeReader
+from ..limits import DEFAULT_CHUNK_SIZE
 from ..progress import Progress, Ticker
 from . import spec
 from .documents import MAX_INDEX_DEPTH
@@ -57,7 +58,7 @@ class ConvertOptions:
 
     fs_version: int = 6
     compressor: str = "zstd"
-    chunk_size: int = 0x100000
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     aligned_chunk: bool = False
     batch_size: int = 0
     prefetch_patterns: list[str] | None = None

@@ -12,17 +12,17 @@ import stat as _stat
 import struct
 from typing import Iterator
 
-from .. import _codec
+from .. import _records
 from ..errors import InvalidImageError, UnsupportedError
+from ..limits import CHUNK_SIZE_RULE, is_chunk_size
 from ..model import (BLOB_FEATURES_INVALID_MASK, Blob, BlobFeatures, Chunk, ImageReader, Inode,
-                     InodeFlags, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SuperFlags)
+                     InodeFlags, MAX_CHUNK_SIZE, SuperFlags)
 from ..blob import codecs
-from ..blob.ids import blob_table_faults
+from ..blob.ids import INLINE_BLOB_ID, blob_table_faults
 from . import layout
 
 from .records import CHUNK, EXT_BLOB, INODE
 _U32 = struct.Struct("<I")
-INLINE_BLOB_ID_PLACEHOLDER = "x" * 64     # builder/src/lib.rs dump_bootstrap, for --blob-inline-meta
 _U64 = struct.Struct("<Q")
 
 
@@ -45,7 +45,7 @@ class V5Reader(ImageReader):
         if self.size < layout.RAFSV5_SUPERBLOCK_SIZE:
             raise InvalidImageError(f"bootstrap of {self.size} bytes is smaller than the 8192-byte "
                                     "superblock", structure="v5 superblock", offset=0)
-        self.superblock = sb = _codec.parse(layout.SuperBlock, data, 0, structure="v5 superblock")
+        self.superblock = sb = _records.parse(layout.SuperBlock, data, 0, structure="v5 superblock")
         self._validate_superblock(sb)
         self.flags = SuperFlags(sb.s_flags)
         self.chunk_size = sb.s_block_size
@@ -54,7 +54,7 @@ class V5Reader(ImageReader):
         self.blobs = self._read_blobs(sb)
         if blob_id_hint:       # a bootstrap carried by its own blob: the builder wrote a placeholder id
             for blob in self.blobs:
-                if blob.blob_id == INLINE_BLOB_ID_PLACEHOLDER:
+                if blob.blob_id == INLINE_BLOB_ID:
                     blob.blob_id = blob_id_hint
         self._cached_inode = functools.lru_cache(maxsize=inode_cache_size)(self._inode)
         self.inode_uncached = self._inode
@@ -72,9 +72,8 @@ class V5Reader(ImageReader):
         if sb.s_sb_size != layout.RAFSV5_SUPERBLOCK_SIZE:
             bad(f"s_sb_size {sb.s_sb_size} is not {layout.RAFSV5_SUPERBLOCK_SIZE}", 8)
         bs = sb.s_block_size
-        if not (bs == layout.RAFSV5_STARGZ_CHUNK_SIZE or
-                (MIN_CHUNK_SIZE <= bs <= MAX_CHUNK_SIZE and bs & (bs - 1) == 0)):
-            bad(f"s_block_size {bs:#x} is not a power of two in [0x1000, 0x1000000]", 12)
+        if not (bs == layout.RAFSV5_STARGZ_CHUNK_SIZE or is_chunk_size(bs)):
+            bad(f"s_block_size {bs:#x} is not {CHUNK_SIZE_RULE}", 12)
         unknown = sb.s_flags & ~SuperFlags.known_mask()
         if unknown:
             bad(f"s_flags has unknown bits {unknown:#x}", 16)

@@ -35,7 +35,7 @@ import stat as _stat
 import struct
 from typing import Callable, Iterator
 
-from .. import _codec
+from .. import _records
 from ..blob import codecs
 from ..blob.ids import blob_table_faults
 from ..errors import InvalidImageError, UnsupportedError
@@ -68,7 +68,7 @@ _EXTENDED = INODE_RECORDS[layout.EROFS_INODE_LAYOUT_EXTENDED]
 _COMPACT_SIZE, _EXTENDED_SIZE = _COMPACT.size, _EXTENDED.size
 
 
-def _skipping_reserved(record: _codec.FastRecord):
+def _skipping_reserved(record: _records.FastRecord):
     """``unpack_from`` of the record's own struct format with the trailing reserved bytes skipped
     (``16s`` -> ``16x``), so the hot path makes no bytes object per inode."""
     fmt = record.struct.format
@@ -173,7 +173,7 @@ class V6Reader(ImageReader):
         if not is_erofs(data) or self.size < layout.EROFS_SUPER_OFFSET + layout.EROFS_SUPER_BLOCK_SIZE:
             raise InvalidImageError("no EROFS superblock (magic 0xe0f5e1e2 at 1024)", structure="v6 superblock",
                                     offset=layout.EROFS_SUPER_OFFSET)
-        self.superblock = sb = _codec.parse(layout.SuperBlock, data, layout.EROFS_SUPER_OFFSET,
+        self.superblock = sb = _records.parse(layout.SuperBlock, data, layout.EROFS_SUPER_OFFSET,
                                             structure="v6 superblock")
         self.is_rafs = bool(sb.s_feature_compat & layout.EROFS_FEATURE_COMPAT_RAFS_V6)
         self.block_bits = sb.s_blkszbits
@@ -188,7 +188,7 @@ class V6Reader(ImageReader):
         self.superblock_ext = None
         self._shared_xattr_base: int | None = None
         if self.is_rafs:
-            self.superblock_ext = ext = _codec.parse(layout.SuperBlockExt, data, layout.EROFS_SUPER_OFFSET +
+            self.superblock_ext = ext = _records.parse(layout.SuperBlockExt, data, layout.EROFS_SUPER_OFFSET +
                                                      layout.EROFS_SUPER_BLOCK_SIZE, structure="v6 superblock ext")
             self._validate_ext(ext)
             self.flags = SuperFlags(ext.s_flags)
