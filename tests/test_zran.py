@@ -426,3 +426,44 @@ def test_chunk_dict_dedups_a_zran_build(fixtures, tmp_path):
         assert len(image.blobs) == 2
         for path, data in tar_view(merged).items():
             assert image.read(path) == data, path
+
+
+def test_context_at_the_end_of_a_gzip_member_reads(fixtures):
+    """A context starting where a member's deflate data ends (its trailer, then the next member): what
+    the generator records for a chunk starting exactly at a member boundary. rafs reads it."""
+    import zlib
+    raw = (fixtures / "zran" / "zran-two-streams.tar.gz").read_bytes()
+    first = zlib.decompressobj(31)
+    first.decompress(raw)
+    member_end = len(raw) - len(first.unused_data)
+    tail = raw[member_end - 8:]
+    import gzip
+
+    class Ctx:
+        in_offset, in_len, ctx_byte, ctx_bits = member_end - 8, len(tail), 0, 0
+        out_len = len(gzip.decompress(raw[member_end:]))
+    assert inflate_context(Ctx, b"", tail) == gzip.decompress(raw[member_end:])
+
+
+def test_chunk_starting_at_a_member_boundary(tmp_path):
+    """A layer whose second gzip member starts exactly where a chunk does (eStargz-like splitting):
+    the generator starts a context at the end of the first member's deflate data; it reads back."""
+    import gzip
+    import io
+    import random
+    data = random.Random(5).randbytes(3 << 20)
+    plain = io.BytesIO()
+    with tarfile.open(fileobj=plain, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        info = tarfile.TarInfo("big")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    tar_bytes = plain.getvalue()
+    split = 512 + (1 << 20)                      # the tar header, then the first 1 MiB chunk
+    layer = tmp_path / "split.tar.gz"
+    layer.write_bytes(gzip.compress(tar_bytes[:split], mtime=0) + gzip.compress(tar_bytes[split:], mtime=0))
+    boot, blobs, _ = build_ref(layer, tmp_path)
+    with rafs.open(os.fspath(boot), blob_dir=os.fspath(blobs), validate=True) as image:
+        meta = image.chunk_reader(0).blob_meta()
+        first_member = len(gzip.compress(tar_bytes[:split], mtime=0))
+        assert any(ctx.in_offset == first_member - 8 for ctx in meta.zran_contexts)
+        assert image.read("/big") == data

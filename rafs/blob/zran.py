@@ -25,6 +25,7 @@ from ..model import BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
 from .unit_cache import UnitCache
 
 GZIP_TRAILER_SIZE = 8
+GZIP_MAGIC = b"\x1f\x8b\x08"
 # The largest context output read into memory. The reference's generator closes a context once it
 # holds 1 MiB before a chunk starts (2 MiB minus a default chunk), so a context is at most that plus
 # one chunk and a few deflate blocks; a declared out_len beyond this bound is refused, not allocated.
@@ -85,6 +86,16 @@ def inflate_context(ctx, dictionary: bytes, raw: bytes, *, what: str = "ZRAN con
     if ctx.out_len > MAX_CONTEXT_OUTPUT:
         raise InvalidImageError(f"{what}: {want} bytes of output, over rafs's limit of {MAX_CONTEXT_OUTPUT}",
                                 structure="ZRAN inflate context")
+    if raw[GZIP_TRAILER_SIZE:GZIP_TRAILER_SIZE + 3] == GZIP_MAGIC:
+        # A context may start where a gzip member's deflate data ends (the generator records the end of
+        # a member's last block as a block boundary: a chunk starting exactly at a member boundary, as
+        # eStargz and bgzip layers have). Then what follows is the trailer and the next member, which
+        # nydusd's raw inflate cannot read; rafs reads it as that. A deflate block that merely has the
+        # gzip magic at bytes 8..10 fails this way and is read as deflate below.
+        try:
+            return _inflate_members(raw[GZIP_TRAILER_SIZE:], want)
+        except (zlib.error, ValueError):
+            pass
     bits = ctx.ctx_bits & 7
     try:
         if bits:
@@ -112,6 +123,20 @@ def inflate_context(ctx, dictionary: bytes, raw: bytes, *, what: str = "ZRAN con
     if len(out) != want:
         raise InvalidImageError(f"{what}: inflates to {len(out)} bytes, the context says {want}",
                                 structure="ZRAN inflate context")
+    return bytes(out)
+
+
+def _inflate_members(raw: bytes, want: int) -> bytes:
+    """Exactly ``want`` bytes inflated from whole gzip members (ValueError when they give fewer)."""
+    out, rest = bytearray(), raw
+    while len(out) < want and rest:
+        decoder = zlib.decompressobj(31)
+        out += decoder.decompress(rest, want - len(out))
+        if len(out) < want and not decoder.eof:
+            break
+        rest = decoder.unused_data
+    if len(out) != want:
+        raise ValueError("short")
     return bytes(out)
 
 
