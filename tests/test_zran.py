@@ -467,3 +467,12 @@ def test_chunk_starting_at_a_member_boundary(tmp_path):
         first_member = len(gzip.compress(tar_bytes[:split], mtime=0))
         assert any(ctx.in_offset == first_member - 8 for ctx in meta.zran_contexts)
         assert image.read("/big") == data
+
+
+def test_cli_convert_oci_ref_with_check(oci_ref_image, tmp_path, caplog):
+    from rafs.cli.main import main as cli
+    layout = oci_ref_image[0]
+    target = tmp_path / "target"
+    assert cli(["convert", "--source", layout, "--target", os.fspath(target), "--oci-ref", "--check",
+                "--workers", "1"]) == 0
+    assert "forcibly enabled `--oci` option" in caplog.text
