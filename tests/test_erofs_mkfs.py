@@ -19,7 +19,7 @@ import rafs
 from conftest import need
 from rafs.model import META_BLOB_INDEX, SuperFlags
 from rafs.v6 import layout, xattr
-from rafs.v6.extents import chunk_format_bits
+from rafs.v6.inodes import chunk_format_bits
 from rafs.v6.reader import V6Reader, erofs_sb_checksum
 
 BUILD_TIME = 1_700_000_000

@@ -7,7 +7,7 @@ import pytest
 import rafs
 from rafs.errors import InvalidImageError
 from rafs.v6 import dirent, layout
-from rafs.v6.reader import LOOKUP_TABLE_BLOCKS
+from rafs.v6.directories import LOOKUP_TABLE_BLOCKS
 from rafs.v6.writer import dirent_blocks
 
 

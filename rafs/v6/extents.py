@@ -20,39 +20,17 @@ are not resolved here but in :mod:`rafs.v6.chunks`. Every function takes the ima
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
-from ..errors import InvalidImageError, UnsupportedError
-from ..model import DEFAULT_CHUNK_SIZE, META_BLOB_INDEX, Chunk
+from ..errors import InvalidImageError
+from ..model import META_BLOB_INDEX, Chunk
 from . import layout
+from .inodes import FLAT_PIECE_SIZE, Record, chunk_format_bits
 from .records import CHUNK_INDEX
 from .superblock import Geometry
 
-if TYPE_CHECKING:
-    from .inodes import Record
-
 _U32 = struct.Struct("<I")
-# Flat data is handed out in pieces of this size (aligned in the file), so a read touches only what
-# it needs and no piece exceeds the chunk reader's 16 MiB limit.
-FLAT_PIECE_SIZE = DEFAULT_CHUNK_SIZE
 Extent = tuple[int, int, int, int]
-
-
-def chunk_format_bits(geo: Geometry, nid: int, i_u: int) -> int:
-    """log2 of the chunk size a chunk-based inode's i_u declares."""
-    fmt = i_u & 0xFFFF
-    if fmt & ~layout.EROFS_CHUNK_FORMAT_ALL or fmt & layout.EROFS_CHUNK_FORMAT_48BIT:
-        raise UnsupportedError(f"nid {nid}: chunk format {fmt:#x} is not supported")
-    return geo.block_bits + (fmt & layout.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
-
-
-def chunk_positions(geo: Geometry, nid: int, datalayout: int, size: int, i_u: int) -> int:
-    """Number of chunk positions (index entries, or flat pieces) of a regular file."""
-    if datalayout == layout.EROFS_INODE_CHUNK_BASED:
-        unit = geo.chunk_size if geo.is_rafs else 1 << chunk_format_bits(geo, nid, i_u)
-    else:
-        unit = FLAT_PIECE_SIZE
-    return -(-size // unit)
 
 
 def unified(geo: Geometry, address: int, length: int, nid: int) -> tuple[int, int]:

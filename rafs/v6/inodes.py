@@ -22,13 +22,16 @@ import struct
 from typing import Callable
 
 from .. import _codec
-from ..errors import InvalidImageError
-from ..model import Inode, InodeFlags
-from . import extents, layout, xattr
+from ..errors import InvalidImageError, UnsupportedError
+from ..model import DEFAULT_CHUNK_SIZE, Inode, InodeFlags
+from . import layout, xattr
 from .records import INODE_RECORDS
 from .superblock import Geometry
 
 _U16 = struct.Struct("<H")
+# Flat data is handed out in pieces of this size (aligned in the file), so a read touches only what
+# it needs and no piece exceeds the chunk reader's 16 MiB limit; a flat file's chunk count counts them.
+FLAT_PIECE_SIZE = DEFAULT_CHUNK_SIZE
 # Symlink targets longer than this cannot come from a Linux file system (PATH_MAX - 1).
 MAX_SYMLINK_SIZE = 4095
 _FILE_TYPES = frozenset(layout.EROFS_FILE_TYPE_BY_MODE)
@@ -76,6 +79,23 @@ def _decode_dev(raw: int) -> int:
     major = (raw & 0xFFF00) >> 8
     minor = (raw & 0xFF) | ((raw >> 12) & 0xFFF00)
     return os.makedev(major, minor)
+
+
+def chunk_format_bits(geo: Geometry, nid: int, i_u: int) -> int:
+    """log2 of the chunk size a chunk-based inode's i_u declares."""
+    fmt = i_u & 0xFFFF
+    if fmt & ~layout.EROFS_CHUNK_FORMAT_ALL or fmt & layout.EROFS_CHUNK_FORMAT_48BIT:
+        raise UnsupportedError(f"nid {nid}: chunk format {fmt:#x} is not supported")
+    return geo.block_bits + (fmt & layout.EROFS_CHUNK_FORMAT_BLKBITS_MASK)
+
+
+def chunk_positions(geo: Geometry, nid: int, datalayout: int, size: int, i_u: int) -> int:
+    """Number of chunk positions (index entries, or flat pieces) of a regular file."""
+    if datalayout == layout.EROFS_INODE_CHUNK_BASED:
+        unit = geo.chunk_size if geo.is_rafs else 1 << chunk_format_bits(geo, nid, i_u)
+    else:
+        unit = FLAT_PIECE_SIZE
+    return -(-size // unit)
 
 
 class Record:
@@ -260,7 +280,7 @@ class InodeDecoder:
             if self.is_rafs and datalayout == _CHUNK_BASED:
                 chunk_count = -(-size // self.chunk_size)
             else:
-                chunk_count = extents.chunk_positions(self.geometry, nid, datalayout, size, i_u)
+                chunk_count = chunk_positions(self.geometry, nid, datalayout, size, i_u)
             if nlink > 1:
                 flags |= _HARDLINK_FLAG
         elif kind == _S_IFLNK:

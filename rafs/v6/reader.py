@@ -42,13 +42,12 @@ from ..errors import InvalidImageError
 from ..model import Chunk, ImageReader, Inode, SuperFlags
 from . import checks, extents, layout, superblock, tables
 from .chunks import ChunkInfoSource, RafsChunks
-from .directories import LOOKUP_TABLE_BLOCKS, Directories
-from .extents import FLAT_PIECE_SIZE
-from .inodes import MAX_SYMLINK_SIZE, InodeDecoder, Record
+from .directories import Directories
+from .inodes import InodeDecoder, Record
 from .superblock import PLAIN_EROFS_FLAGS, Geometry, erofs_sb_checksum, is_erofs
 
-__all__ = ["V6Reader", "is_erofs", "erofs_sb_checksum", "FLAT_PIECE_SIZE", "PLAIN_EROFS_FLAGS",
-           "LOOKUP_TABLE_BLOCKS", "MAX_SYMLINK_SIZE"]
+# is_erofs and erofs_sb_checksum live in rafs.v6.superblock; importers have long found them here
+__all__ = ["V6Reader", "is_erofs", "erofs_sb_checksum"]
 
 _CHUNK_BASED = layout.EROFS_INODE_CHUNK_BASED
 _COMPRESSED_LAYOUTS = layout.EROFS_COMPRESSED_LAYOUTS

@@ -21,6 +21,7 @@ from .. import _codec
 from ..blob import codecs
 from ..errors import InvalidImageError, UnsupportedError
 from ..model import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SuperFlags
+from ..table_checks import first_overlap
 from . import layout
 
 _U32 = struct.Struct("<I")
@@ -209,7 +210,6 @@ def _validate_ext(ext, size: int, device_count: int) -> None:
         if offset < max(layout.RAFSV6_ALIGNMENT, devslot_end) or length % 4 or offset + length > size:
             bad(f"prefetch table [{offset:#x}, +{length:#x}) is misplaced", 40)
         spans.append((offset, offset + length, "prefetch table"))
-    spans.sort()
-    for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
-        if start < end:
-            bad(f"{name} overlaps {other}")
+    overlap = first_overlap(spans)
+    if overlap:
+        bad("{} overlaps {}".format(*overlap))

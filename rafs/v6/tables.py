@@ -19,6 +19,7 @@ import struct
 from ..errors import InvalidImageError
 from ..model import (BLOB_FEATURES_INVALID_MASK, CIPHER_NAMES, COMPRESSOR_NAMES, DIGESTER_NAMES, MAX_CHUNKS_PER_BLOB,
                      Blob, BlobFeatures)
+from ..table_checks import ascii_blob_id
 from . import layout
 from .records import BLOB, CHUNK_INFO, DEVICE
 
@@ -44,20 +45,12 @@ def read_devices(data, size: int, sb, count: int, is_rafs: bool) -> list:
             at = start + i * layout.EROFS_DEVT_SLOT_SIZE
             if dev.blocks == 0:
                 raise InvalidImageError(f"device slot {i} has 0 blocks", structure="v6 device table", offset=at)
-            blob_id = _blob_id_text(dev.blob_id, "v6 device table", at)
+            blob_id = ascii_blob_id(dev.blob_id, "v6 device table", at)
             if blob_id in seen:
                 raise InvalidImageError(f"duplicate blob id {blob_id} in the device table",
                                         structure="v6 device table", offset=at)
             seen.add(blob_id)
     return devices
-
-
-def _blob_id_text(raw: bytes, structure: str, offset: int) -> str:
-    text = raw.rstrip(b"\0")
-    try:
-        return text.decode("ascii")
-    except UnicodeDecodeError:
-        raise InvalidImageError(f"blob id {text!r} is not ASCII", structure=structure, offset=offset) from None
 
 
 def read_blob_table(data, ext, devices, *, chunk_size: int, tarfs: bool, blob_id_hint: str | None) -> list[Blob]:
@@ -71,7 +64,7 @@ def read_blob_table(data, ext, devices, *, chunk_size: int, tarfs: bool, blob_id
     for i, entry in enumerate(BLOB.iter_unpack(data, ext.s_blob_table_offset, count)):
         at = ext.s_blob_table_offset + i * layout.RAFSV6_BLOB_ENTRY_SIZE
         _validate_blob_entry(entry, i, chunk_size, tarfs, at)
-        raw_id = _blob_id_text(entry.blob_id, "v6 blob table", at)
+        raw_id = ascii_blob_id(entry.blob_id, "v6 blob table", at)
         cipher = CIPHER_NAMES[entry.cipher_algo]
         blob = Blob(index=i, blob_id=raw_id, compressor=COMPRESSOR_NAMES[entry.compression_algo],
                     digester=DIGESTER_NAMES[entry.digest_algo], chunk_size=entry.chunk_size,
