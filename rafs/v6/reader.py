@@ -123,6 +123,7 @@ class V6Reader(ImageReader):
     # -- tables ----------------------------------------------------------------------------------
 
     def prefetch_inodes(self) -> list[int]:
+        """The nids of the RAFS prefetch table, in table order."""
         return tables.prefetch_nids(self.data, self.superblock_ext)
 
     def chunk_table(self) -> dict:
@@ -134,6 +135,7 @@ class V6Reader(ImageReader):
     # -- inodes ----------------------------------------------------------------------------------
 
     def inode_offset(self, nid: int) -> int:
+        """Byte offset of inode ``nid`` in the image."""
         return self.geometry.inode_offset(nid)
 
     def record(self, nid: int) -> Record:
@@ -179,6 +181,7 @@ class V6Reader(ImageReader):
         return extents.meta_data(self.geometry, self.data, rec, lambda rec: self.zdata.read_all(rec))
 
     def chunks(self, ino: int) -> list[Chunk]:
+        """The chunks of a regular file: compressed extents, RAFS chunk indexes or plain EROFS extents."""
         rec = self._record(ino)
         if not _stat.S_ISREG(rec.mode):
             return []
@@ -196,9 +199,11 @@ class V6Reader(ImageReader):
         return self.directories.entries(ino)
 
     def listing(self, ino: int) -> tuple[list[bytes], list[int]]:
+        """The names and nids of a directory's entries but ``.`` and ``..``, as two lists."""
         return self.directories.listing(ino)
 
     def lookup(self, ino: int, name: bytes) -> int | None:
+        """The nid of ``name`` in directory ``ino``, or None."""
         return self.directories.lookup(ino, name)
 
     # -- checks and description ------------------------------------------------------------------
@@ -209,4 +214,5 @@ class V6Reader(ImageReader):
         return checks.verify_structure(self)
 
     def describe_extra(self) -> dict:
+        """What ``rafs inspect`` shows of the superblocks and devices (:func:`rafs.v6.checks.describe_extra`)."""
         return checks.describe_extra(self)

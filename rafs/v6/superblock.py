@@ -106,6 +106,7 @@ def is_rafs(sb) -> bool:
 
 
 def block_size_of(sb) -> int:
+    """The block size ``s_blkszbits`` declares (capped, so that a hostile value cannot make a huge int)."""
     return 1 << min(sb.s_blkszbits, 63)
 
 
