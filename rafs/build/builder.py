@@ -25,6 +25,9 @@ from ..blob import codecs
 from ..blob.writer import BlobWriter, check_chunk_size
 from ..errors import BuildError, InvalidArgumentError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
+from ..options import BLOB_LAYOUTS, COMPAT_MODES, FEATURES, FS_VERSIONS, PREFETCH_POLICIES, TAR_SOURCE_TYPES
+from ..options import COMPRESSORS as CREATE_COMPRESSORS
+from ..options import SOURCE_TYPES as PATH_SOURCE_TYPES
 from ..progress import Progress, Ticker
 from ..tempfiles import umask
 from . import tree
@@ -38,9 +41,6 @@ def load_tar(source, **options) -> Node:
 
 
 #: ``--type`` name -> loader returning the source's tree. Other sources register here.
-# "packed": as nydus-image writes blobs; "mapped": uncompressed v6 chunks at their block addresses.
-BLOB_LAYOUTS = ("packed", "mapped")
-
 SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "dir-rafs": load_directory,
     "directory": load_directory,          # the reference's backward-compatible alias
@@ -48,18 +48,11 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "targz-rafs": load_tar,
     "estargz-rafs": load_tar,             # an eStargz is a tar.gz; its index and landmark files are skipped
 }
-# The types that read a path, which ``rafs create --type`` offers; types registered later (such as
-# rafs.testing's in-memory trees) are for library callers only.
-PATH_SOURCE_TYPES = tuple(SOURCE_TYPES)
-# Source types read from a tarball (their v5 inodes store i_rdev u32::MAX unless devices or fifos).
-TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs", "estargz-rafs")
-BATCH_SOURCE_TYPES = tuple(SOURCE_TYPES)  # the reference's dir/tar/targz/estargz-rafs
+# The types that read a path (rafs.options.SOURCE_TYPES), which ``rafs create --type`` offers; types
+# registered later (such as rafs.testing's in-memory trees) are for library callers only. Tarball types
+# (rafs.options.TAR_SOURCE_TYPES) store v5 i_rdev u32::MAX unless devices or fifos.
+BATCH_SOURCE_TYPES = PATH_SOURCE_TYPES    # the reference's dir/tar/targz/estargz-rafs
 BLOB_ID_MAX_LENGTH = 255                  # BLOB_ID_MAXIMUM_LENGTH in src/bin/nydus-image/main.rs
-FS_VERSIONS = (5, 6)
-CREATE_COMPRESSORS = ("none", "lz4_block", "zstd")
-FEATURES = ("blob-toc",)
-PREFETCH_POLICIES = ("none", "fs", "blob")
-COMPAT_MODES = (None, "2.2")
 
 
 @dataclass

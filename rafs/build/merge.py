@@ -32,13 +32,12 @@ from ..blob.ids import check_blob_id, image_blob_id
 from ..errors import BuildError, InvalidArgumentError, RafsError
 from ..image import open as open_image
 from ..model import DEFAULT_CHUNK_SIZE, Blob, BlobFeatures, Chunk, Node, SuperFlags
+from ..options import PREFETCH_POLICIES
 from . import tree
 from .builder import Output, Trace, normalise_prefetch_patterns, output_document
 from .overlay import merge_overlay, tag_layer
 
 log = logging.getLogger(__name__)
-
-PREFETCH_POLICIES = ("none", "fs", "blob")
 
 
 class InconsistentFilesystemError(BuildError):
@@ -184,6 +183,7 @@ class MergeResult:
     output: dict = field(default_factory=dict)
 
     def to_json(self) -> str:
+        """The output document (:attr:`output`) as indented JSON text."""
         return json.dumps(self.output, indent=2)
 
 
@@ -223,6 +223,7 @@ class Merger:
     # -- the merge ---------------------------------------------------------------------------------
 
     def merge(self) -> MergedImage:
+        """The layers' trees merged in order (whiteouts applied) with the merged blob table; no output."""
         merged: Node | None = None
         table: list[Blob] = []
         index_by_id: dict[str, int] = {}
@@ -358,6 +359,7 @@ class Merger:
         return result
 
     def write_fp(self, fp) -> MergeResult:
+        """Merge and write the bootstrap to the file object ``fp``; ``bootstrap`` of the result is None."""
         trace = Trace()
         with trace.timed("total_build"):
             with trace.timed("merge_bootstrap"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
-from rafs.blob.describe import describe_blob
+import rafs
 from rafs.text import printable
 
 
@@ -18,7 +18,7 @@ def register(sub) -> None:
 
 
 def run_blob_info(args) -> int:
-    info = describe_blob(args.blob, chunks=args.chunks)
+    info = rafs.describe_blob(args.blob, chunks=args.chunks)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -107,7 +107,7 @@ def one_line(exc: BaseException) -> str:
     """An error's message on one line (backends such as botocore put line breaks in theirs), without
     any URL's userinfo (whatever raised it), with the control characters an image's names and ids may
     carry escaped."""
-    from ..io.redact import redact_urls
+    from .. import redact_urls
     return printable(redact_urls(" ".join(part.strip() for part in str(exc).splitlines() if part.strip())))
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fsspec.callbacks import Callback
 
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..options import PUSH_BACKEND_TYPES
 from ..progress import Progress, Ticker
 from .backends import S3Backend
 from .config import check_backend_config, parse_text, read_config_file
@@ -37,8 +38,6 @@ class _Uploaded(Callback):
         self.passed_on = self.value
         if step > 0:
             self.ticker.advance(step)
-
-PUSH_BACKEND_TYPES = ("s3",)
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,7 @@ class Reference:
 
 
 def is_reference(source) -> bool:
+    """Whether ``source`` names an image in a registry (``docker://HOST/REPO:TAG``), not a path."""
     return isinstance(source, str) and source.startswith(SCHEME)
 
 
