@@ -22,7 +22,7 @@ imports only the public face).
 from .errors import (BackendError, BlobNotFoundError, BuildError, DigestMismatchError, ExtractError,
                      FileNotFoundError, FileTooLargeError, InternalError, InvalidArgumentError,
                      InvalidImageError, IsADirectoryError, NoSuchXattrError, NotADirectoryError,
-                     NotASymlinkError, PathError, RafsError, UnsafePathError, UnsupportedError)
+                     NotASymlinkError, ParameterError, PathError, RafsError, UnsafePathError, UnsupportedError)
 
 __version__ = "0.1.0"
 
@@ -79,7 +79,7 @@ __all__ = ["open", "mount_erofs", "Image", "ImageFile", "Stat", "StatFs", "Build
            "output_document", "Merger", "MergeResult", "generate_chunk_dict", "Converter", "ConvertOptions",
            "ConvertResult", "check_oci_image", "OciCheckReport", "is_oci_layout", "is_reference", "pull_image",
            "push_image", "Pusher", "PushResult", "load_backend_config", "describe_blob", "missing_blobs",
-           "redact_urls", "RafsError", "InvalidImageError", "InvalidArgumentError", "UnsupportedError",
+           "redact_urls", "RafsError", "InvalidImageError", "InvalidArgumentError", "ParameterError", "UnsupportedError",
            "BlobNotFoundError", "DigestMismatchError", "BackendError", "BuildError", "InternalError",
            "InconsistentFilesystemError", "PathError", "NotASymlinkError", "NoSuchXattrError", "UnsafePathError",
            "FileTooLargeError", "ExtractError", "PUBLIC_MODULES", "__version__"]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import builtins
 import errno as _errno
+import string
+from typing import Callable
 
 
 class RafsError(Exception):
@@ -19,6 +21,37 @@ class RafsError(Exception):
 
 class InvalidArgumentError(RafsError, ValueError):
     """The caller passed an option, path or value that rafs cannot use."""
+
+
+class ParameterError(InvalidArgumentError):
+    """A wrong value or combination of the caller's parameters, which the message names as fields of
+    ``template`` (``"{output} is required unless {localfs_dir} is given"``).
+
+    The message says the library's parameter names (``output is required unless localfs_dir is
+    given``); a front end with its own names for them words the same message with :meth:`worded` (the
+    ``rafs`` command says its flags: ``--output``, ``--localfs-dir``). ``values`` fill the template's
+    other fields, with their conversions (``{blob_id!r}``).
+    """
+
+    def __init__(self, template: str, **values):
+        self.template = template
+        self.values = values
+        super().__init__(self.worded(str))
+
+    def worded(self, name: Callable[[str], str]) -> str:
+        """The message with each parameter ``p`` of the template called ``name(p)``."""
+        return _Wording(name, self.values).vformat(self.template, (), {})
+
+
+class _Wording(string.Formatter):
+    """Fills a :class:`ParameterError` template: its values where given, a parameter's name elsewhere."""
+
+    def __init__(self, name: Callable[[str], str], values: dict):
+        self.name = name
+        self.values = values
+
+    def get_value(self, key, args, kwargs):
+        return self.values[key] if key in self.values else self.name(key)
 
 
 class InvalidImageError(RafsError, ValueError):

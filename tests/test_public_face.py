@@ -114,3 +114,54 @@ def test_image_write_tar_to_a_path_and_a_file(tmp_path):
     with tarfile.open(tmp_path / "out.tar") as tar:
         assert tar.extractfile("a").read() == b"hello"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".rafs-tmp")]
+
+
+# -- library errors name parameters, the CLI names flags -------------------------------------------------
+
+def test_parameter_errors_name_parameters_and_the_cli_words_them_as_flags():
+    from rafs.cli.flags import message, naming
+    exc = rafs.ParameterError("{output} is required unless {localfs_dir} is given ({value!r})", value="a{b}")
+    assert str(exc) == "output is required unless localfs_dir is given ('a{b}')"
+    assert isinstance(exc, rafs.InvalidArgumentError)
+    assert message(exc) == "--output is required unless --localfs-dir is given ('a{b}')"
+    with pytest.raises(rafs.InvalidArgumentError) as raised:
+        with naming(path="--apisock"):
+            raise rafs.ParameterError("{path} {value}: exists", value="/run/x")
+    assert str(raised.value) == "--apisock /run/x: exists"
+
+
+def test_cli_mount_says_apisock(tmp_path, capsys):
+    from rafs.cli.main import main
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    rafs.Builder(tree).write(bootstrap=tmp_path / "boot", blob_dir=tmp_path)
+    (tmp_path / "mnt").mkdir()
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    argv = ["mount", "-B", str(tmp_path / "boot"), "-D", str(tmp_path), "-M", str(tmp_path / "mnt"),
+            "--apisock", str(plain)]
+    assert main(argv) == 2
+    assert f"rafs mount: error: --apisock {plain}: exists and is not a socket" in capsys.readouterr().err
+
+
+def test_export_default_output_names_parameters():
+    from rafs.export import default_output
+    with pytest.raises(rafs.ParameterError, match="^output is required unless localfs_dir is given$"):
+        default_output("boot", None)
+    assert default_output("/x/boot", "/d") == "/d/boot.disk"
+
+
+def test_export_default_output_in_the_cli_words():
+    from rafs.cli.flags import message
+    from rafs.export import default_output
+    with pytest.raises(rafs.ParameterError) as raised:
+        default_output("boot", None)
+    assert message(raised.value) == "--output is required unless --localfs-dir is given"
+
+
+def test_api_socket_errors_name_the_parameter_in_the_library_and_the_flag_in_the_cli(tmp_path):
+    from rafs.serve.api import ApiServer, Daemon
+    plain = tmp_path / "plain"
+    plain.write_text("")
+    with pytest.raises(rafs.ParameterError, match=f"^path {plain}: exists and is not a socket$"):
+        ApiServer(plain, Daemon())

@@ -108,7 +108,8 @@ def one_line(exc: BaseException) -> str:
     any URL's userinfo (whatever raised it), with the control characters an image's names and ids may
     carry escaped."""
     from .. import redact_urls
-    return printable(redact_urls(" ".join(part.strip() for part in str(exc).splitlines() if part.strip())))
+    from .flags import message
+    return printable(redact_urls(" ".join(part.strip() for part in message(exc).splitlines() if part.strip())))
 
 
 class _ClosedStream:

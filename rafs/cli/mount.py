@@ -20,7 +20,7 @@ from rafs.errors import InvalidArgumentError, RafsError
 from rafs.options import FS_DRIVERS
 from rafs.text import printable
 
-from . import checks, progress
+from . import checks, flags, progress
 
 log = logging.getLogger("rafs.mount")
 
@@ -166,7 +166,10 @@ def observing(image, settings, args):
     daemon = Daemon(mounter=_api_mounter(args))
     state = daemon.add(MountState(image, MountObserver(trace=trace), config=settings,
                                   to_fuse=_fuse().InodeNumbers(image.root_ino).to_fuse))
-    server = ApiServer(args.apisock, daemon) if args.apisock else None
+    server = None
+    if args.apisock:
+        with flags.naming(path="--apisock"):
+            server = ApiServer(args.apisock, daemon)
     try:
         yield daemon, state
     finally:

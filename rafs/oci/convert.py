@@ -33,7 +33,7 @@ from ..blob.toc import extract_entry, find_inline_bootstrap
 from ..build.builder import Builder
 from ..build.merge import Merger
 from ..build.tar import TarSource
-from ..errors import BuildError, InvalidArgumentError, InvalidImageError, UnsupportedError
+from ..errors import BuildError, InvalidArgumentError, InvalidImageError, ParameterError, UnsupportedError
 from ..io.source import LocalRangeReader
 from ..progress import Progress, Ticker
 from . import spec
@@ -232,8 +232,9 @@ class Converter:
                 if wanted:
                     children.append((child, self._plan(child, depth + 1)))
             if not children:
-                raise InvalidArgumentError(f"no manifest of {entry.get('digest')} matches the platforms "
-                                           f"{', '.join(self.options.platforms)} (use --all-platforms?)")
+                raise ParameterError("no manifest of {digest} matches the platforms {platforms} (use "
+                                     "{all_platforms}?)", digest=entry.get("digest"),
+                                     platforms=", ".join(self.options.platforms))
             return ("index", index, children)
         if media_type in spec.MANIFEST_TYPES:
             manifest = self.source.read_manifest(entry)
