@@ -165,3 +165,16 @@ def test_api_socket_errors_name_the_parameter_in_the_library_and_the_flag_in_the
     plain.write_text("")
     with pytest.raises(rafs.ParameterError, match=f"^path {plain}: exists and is not a socket$"):
         ApiServer(plain, Daemon())
+
+
+def test_builder_errors_name_parameters_and_create_says_flags(tmp_path, capsys):
+    from rafs.cli.main import main
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    with pytest.raises(rafs.ParameterError, match="^blob_layout mapped needs fs_version 6 and compressor none"):
+        rafs.Builder(tree, blob_layout="mapped", compressor="zstd")
+    with pytest.raises(rafs.ParameterError, match="^both blob and blob_dir are missing"):
+        rafs.Builder(tree).write(bootstrap=tmp_path / "boot")
+    assert main(["create", "--blob-layout", "mapped", "--compressor", "zstd", "-B", str(tmp_path / "b"),
+                 "-b", str(tmp_path / "blob"), str(tree)]) == 2
+    assert "error: --blob-layout mapped needs --fs-version 6 and --compressor none" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from typing import Callable
 from .. import __version__, tempfiles
 from ..blob import codecs
 from ..blob.writer import BlobWriter, check_chunk_size
-from ..errors import BuildError, InvalidArgumentError, UnsupportedError
+from ..errors import BuildError, InvalidArgumentError, ParameterError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
 from ..options import BLOB_LAYOUTS, COMPAT_MODES, FEATURES, FS_VERSIONS, PREFETCH_POLICIES, TAR_SOURCE_TYPES
 from ..options import COMPRESSORS as CREATE_COMPRESSORS
@@ -195,8 +195,8 @@ class Builder:
             raise InvalidArgumentError(f"unknown blob layout {blob_layout!r} (expected one of "
                                        f"{', '.join(BLOB_LAYOUTS)})")
         if blob_layout == "mapped" and (fs_version != 6 or compressor != "none"):
-            raise InvalidArgumentError("--blob-layout mapped needs --fs-version 6 and --compressor none: "
-                                       "only uncompressed v6 chunks can sit at their block addresses")
+            raise ParameterError("{blob_layout} mapped needs {fs_version} 6 and {compressor} none: only "
+                                 "uncompressed v6 chunks can sit at their block addresses")
         self.blob_layout = blob_layout
         if blob_id is not None:
             check_blob_id(blob_id)
@@ -244,13 +244,13 @@ class Builder:
         if blob_cache_dir is not None:
             return self._write_blob_cache(bootstrap, blob, blob_dir, blob_cache_dir)
         if blob is None and blob_dir is None:
-            raise InvalidArgumentError("both --blob and --blob-dir are missing, please specify one to store "
-                                       "the generated data blob file")
+            raise ParameterError("both {blob} and {blob_dir} are missing, please specify one to store the "
+                                 "generated data blob file")
         if bootstrap is not None and self.blob_inline_meta:
-            raise InvalidArgumentError("--bootstrap conflicts with --blob-inline-meta")
+            raise ParameterError("{bootstrap} conflicts with {blob_inline_meta}")
         if bootstrap is None and blob_dir is None and not self.blob_inline_meta:
-            raise InvalidArgumentError("both --bootstrap and --blob-dir are missing, please specify one to store "
-                                       "the generated metadata blob file")
+            raise ParameterError("both {bootstrap} and {blob_dir} are missing, please specify one to store the "
+                                 "generated metadata blob file")
         if blob_dir is not None and not os.path.isdir(blob_dir):
             raise InvalidArgumentError(f"directory to store blobs does not exist: {os.fspath(blob_dir)!r}")
         outputs: dict[str, Output] = {}
@@ -289,8 +289,8 @@ class Builder:
         if self.compressor != "none":
             raise InvalidArgumentError("blob cache files hold uncompressed chunks: build with compressor 'none'")
         if bootstrap is None:
-            raise InvalidArgumentError("both --bootstrap and --blob-dir are missing, please specify one to store "
-                                       "the generated metadata blob file")
+            raise ParameterError("both {bootstrap} and {blob_dir} are missing, please specify one to store the "
+                                 "generated metadata blob file")
         if not os.path.isdir(cache_dir):
             raise InvalidArgumentError(f"directory to store blob cache does not exist: {os.fspath(cache_dir)!r}")
         outputs: dict = {}
@@ -325,7 +325,7 @@ class Builder:
         if bootstrap_fp is None and not self.blob_inline_meta:
             raise InvalidArgumentError("a bootstrap file object is needed unless blob_inline_meta is set")
         if bootstrap_fp is not None and self.blob_inline_meta:
-            raise InvalidArgumentError("--bootstrap conflicts with --blob-inline-meta")
+            raise ParameterError("{bootstrap} conflicts with {blob_inline_meta}")
         return self._build(lambda: (blob_fp, bootstrap_fp))
 
     # -- the build ---------------------------------------------------------------------------------
@@ -557,8 +557,8 @@ def check_batch_options(batch_size, *, fs_version: int, source_type: str, chunk_
         raise InvalidArgumentError(f"unsupported ConversionType for batch chunk: {source_type}")
     batch_size = check_batch_size(batch_size, chunk_size)
     if batch_size and blob_layout == "mapped":
-        raise InvalidArgumentError("--blob-layout mapped stores every chunk at its block address: it cannot "
-                                   "be combined with --batch-size")
+        raise ParameterError("{blob_layout} mapped stores every chunk at its block address: it cannot be "
+                             "combined with {batch_size}")
     return batch_size
 
 
@@ -566,12 +566,12 @@ def check_blob_id(blob_id) -> str:
     """A blob id given by the user (``--blob-id``): at most 255 characters as the reference allows, and
     usable as a file name, since the blob is stored under it in ``--blob-dir``."""
     if not isinstance(blob_id, str) or not blob_id:
-        raise InvalidArgumentError("--blob-id must not be empty")
+        raise ParameterError("{blob_id} must not be empty")
     if len(blob_id) > BLOB_ID_MAX_LENGTH:
         raise InvalidArgumentError(f"blob id is limited to length {BLOB_ID_MAX_LENGTH}")
     if "/" in blob_id or "\0" in blob_id or blob_id in (".", "..") or not blob_id.isprintable():
-        raise InvalidArgumentError(f"--blob-id {blob_id!r}: a blob id names a file, so it cannot contain '/', "
-                                   "control characters, or be '.' or '..'")
+        raise ParameterError("{blob_id} {value!r}: a blob id names a file, so it cannot contain '/', control "
+                             "characters, or be '.' or '..'", value=blob_id)
     return blob_id
 
 

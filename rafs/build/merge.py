@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..blob.ids import check_blob_id, image_blob_id
-from ..errors import BuildError, InvalidArgumentError, RafsError
+from ..errors import BuildError, InvalidArgumentError, ParameterError, RafsError
 from ..image import open as open_image
 from ..model import DEFAULT_CHUNK_SIZE, Blob, BlobFeatures, Chunk, Node, SuperFlags
 from ..options import PREFETCH_POLICIES
@@ -289,9 +289,9 @@ class Merger:
             merged = upper if merged is None else merge_overlay(merged, upper, "oci")
 
         if tarfs and self.parent_bootstrap is not None:
-            raise InvalidArgumentError("merging RAFS in TARFS mode conflicts with `--parent-bootstrap`")
+            raise ParameterError("merging RAFS in TARFS mode conflicts with `{parent_bootstrap}`")
         if tarfs and dict_ids:
-            raise InvalidArgumentError("merging RAFS in TARFS mode conflicts with `--chunk-dict`")
+            raise ParameterError("merging RAFS in TARFS mode conflicts with `{chunk_dict}`")
 
         blobs = _checked_ids(_referenced_blobs(merged, table))
         flags = SuperFlags.for_compressor(compressor) | SuperFlags.for_digester(digester) | SuperFlags.HAS_XATTR
