@@ -201,7 +201,7 @@ class Builder:
         if blob_id is not None:
             check_blob_id(blob_id)
             if self.blob_inline_meta:
-                raise InvalidArgumentError("the argument '--blob-inline-meta' cannot be used with '--blob-id'")
+                raise ParameterError("{blob_inline_meta} cannot be used with {blob_id}")
         self.blob_id = blob_id
         if not isinstance(blob_offset, int) or not 0 <= blob_offset < 1 << 64:
             raise InvalidArgumentError(f"invalid blob offset {blob_offset!r}")
@@ -279,13 +279,11 @@ class Builder:
 
     def _write_blob_cache(self, bootstrap, blob, blob_dir, cache_dir) -> BuildResult:
         from .blobcache import BlobCacheFiles, Discard
-        for given, option in ((blob, "--blob <blob>"), (blob_dir, "--blob-dir <blob-dir>")):
+        for given, parameter in ((blob, "blob"), (blob_dir, "blob_dir")):
             if given is not None:
-                raise InvalidArgumentError(f"the argument '--blob-cache-dir <blob-cache-dir>' cannot be used "
-                                           f"with '{option}'")
+                raise ParameterError("{blob_cache_dir} cannot be used with {%s}" % parameter)
         if self.blob_inline_meta:
-            raise InvalidArgumentError("the argument '--blob-cache-dir <blob-cache-dir>' cannot be used with "
-                                       "'--blob-inline-meta'")
+            raise ParameterError("{blob_cache_dir} cannot be used with {blob_inline_meta}")
         if self.compressor != "none":
             raise InvalidArgumentError("blob cache files hold uncompressed chunks: build with compressor 'none'")
         if bootstrap is None:
