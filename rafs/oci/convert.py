@@ -35,6 +35,7 @@ from ..build.merge import Merger
 from ..build.tar import TarSource
 from ..errors import BuildError, InvalidArgumentError, InvalidImageError, ParameterError, UnsupportedError
 from ..io.source import LocalRangeReader
+from ..options import FS_VERSIONS
 from ..progress import Progress, Ticker
 from . import spec
 from .documents import MAX_INDEX_DEPTH
@@ -72,7 +73,7 @@ class ConvertOptions:
 
     def check(self) -> None:
         """Refuse impossible options (:class:`~rafs.errors.InvalidArgumentError` naming the option) before any work."""
-        if int(self.fs_version) not in (5, 6):
+        if int(self.fs_version) not in FS_VERSIONS:
             raise InvalidArgumentError(f"invalid fs version {self.fs_version!r} (5 or 6)")
         self.fs_version = int(self.fs_version)
         from ..build.builder import check_batch_options
