@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import builtins
 import errno as _errno
-import string
-from typing import Callable
 
 
 class RafsError(Exception):
@@ -38,20 +36,21 @@ class ParameterError(InvalidArgumentError):
         self.values = values
         super().__init__(self.worded(str))
 
-    def worded(self, name: Callable[[str], str]) -> str:
-        """The message with each parameter ``p`` of the template called ``name(p)``."""
-        return _Wording(name, self.values).vformat(self.template, (), {})
+    def worded(self, name) -> str:
+        """The message with each parameter ``p`` of the template called ``name(p)`` (a function from a
+        parameter name to the words for it)."""
+        return self.template.format_map(_Fields(name, self.values))
 
 
-class _Wording(string.Formatter):
+class _Fields(dict):
     """Fills a :class:`ParameterError` template: its values where given, a parameter's name elsewhere."""
 
-    def __init__(self, name: Callable[[str], str], values: dict):
+    def __init__(self, name, values: dict):
+        super().__init__(values)
         self.name = name
-        self.values = values
 
-    def get_value(self, key, args, kwargs):
-        return self.values[key] if key in self.values else self.name(key)
+    def __missing__(self, key: str) -> str:
+        return self.name(key)
 
 
 class InvalidImageError(RafsError, ValueError):
