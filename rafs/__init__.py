@@ -20,9 +20,10 @@ imports only the public face).
 """
 
 from .errors import (BackendError, BlobNotFoundError, BuildError, DigestMismatchError, ExtractError,
-                     FileNotFoundError, FileTooLargeError, InternalError, InvalidArgumentError,
-                     InvalidImageError, IsADirectoryError, NoSuchXattrError, NotADirectoryError,
+                     FileTooLargeError, InternalError, InvalidArgumentError, InvalidImageError, NoSuchXattrError,
                      NotASymlinkError, ParameterError, PathError, RafsError, UnsafePathError, UnsupportedError)
+# rafs.FileNotFoundError and the others named like builtins: attributes, kept out of __all__ (below)
+from .errors import FileNotFoundError, IsADirectoryError, NotADirectoryError  # noqa: F401, A004
 
 __version__ = "0.1.0"
 
@@ -73,8 +74,7 @@ def __dir__():
     return sorted(set(globals()) | set(_LAZY))
 
 
-# The path errors named like builtins (FileNotFoundError, NotADirectoryError, IsADirectoryError) are
-# ``rafs.`` attributes but stay out of ``__all__``: a star import would shadow the builtins.
+# The path errors named like builtins stay out of ``__all__``: a star import would shadow the builtins.
 __all__ = ["open", "mount_erofs", "Image", "ImageFile", "Stat", "StatFs", "Builder", "BuildResult", "BuildTrace",
            "output_document", "Merger", "MergeResult", "generate_chunk_dict", "Converter", "ConvertOptions",
            "ConvertResult", "check_oci_image", "OciCheckReport", "is_oci_layout", "is_reference", "pull_image",
