@@ -887,6 +887,30 @@ class Image:
         from .extract import extract_all
         extract_all(self, dest, filter=filter, members=members, threads=threads)
 
+    def write_tar(self, target, *, threads: int | None = None, progress: Progress | None = None) -> int:
+        """Write the tree as an OCI-compatible tar (what ``nydus-image unpack`` writes) to ``target``, a
+        file object or a path (written through a temporary file and renamed into place); returns the
+        number of entries. ``threads`` workers read file data ahead; ``progress`` counts entries."""
+        from .unpack import write_tar_to
+        return write_tar_to(self, target, threads=threads, progress=progress)
+
+    def describe(self, *, with_stats: bool = True) -> dict:
+        """A summary as plain data (what ``rafs inspect --json`` prints): version, flags in words,
+        superblock fields, blobs, prefetch table and, ``with_stats``, :meth:`tree_stats`."""
+        from .inspect import describe
+        return describe(self, with_stats=with_stats)
+
+    def tree_stats(self) -> dict:
+        """Counts over the whole tree (entries, directories, files, hardlinks, chunks...): walks every inode."""
+        from .inspect import stats
+        return stats(self)
+
+    def blob_summaries(self) -> list[dict]:
+        """One dict per blob of the blob table (id, compressor, sizes, features, ToC and meta sections);
+        a blob's key and IV are never in it."""
+        from .inspect import blob_info
+        return [blob_info(blob) for blob in self.blobs]
+
 
 _BAD_NAMES = frozenset((b"", b".", b".."))
 

@@ -20,7 +20,7 @@ import platform as _platform
 import re
 from dataclasses import dataclass
 
-from ..errors import InvalidArgumentError, InvalidImageError
+from ..errors import InvalidArgumentError, InvalidImageError, ParameterError
 from ..limits import MAX_BOOTSTRAP_LAYER
 from ..oci import documents, spec
 from .registry import RegistryBackend, RegistryClient
@@ -67,6 +67,7 @@ class Reference:
 
 
 def is_reference(source) -> bool:
+    """Whether ``source`` names an image in a registry (``docker://HOST/REPO:TAG``), not a path."""
     return isinstance(source, str) and source.startswith(SCHEME)
 
 
@@ -194,8 +195,8 @@ def resolve(source: str, options: dict | None = None) -> Resolved:
             have = sorted({"/".join(filter(None, ((m.get("platform") or {}).get(k, "") for k in
                                                   ("os", "architecture", "variant"))))
                            for m in document["manifests"]})
-            raise InvalidArgumentError(f"{ref}: no manifest for platform {wanted} (the index has: "
-                                       f"{', '.join(have) or 'no platforms'}); choose one with --platform")
+            raise ParameterError("{ref}: no manifest for platform {wanted} (the index has: {have}); choose one "
+                                 "with {platform}", ref=ref, wanted=wanted, have=", ".join(have) or "no platforms")
         chosen = next((m for m in entries if _is_nydus(m)), entries[0])
         what = f"manifest {chosen['digest']} ({wanted}) of {ref}"
         document, digest = _document(registry, chosen["digest"], what, chosen["digest"], retry)
