@@ -126,7 +126,7 @@ def test_chunks_through_ci_array_match_chunk_table(v6_fixture):
         expected = {name: image.read("/" + name) for name in EXPECTED_FILES}
     with rafs.open(boot, blob_dir=blob_dir, validate=True) as image:
         reader = image.reader
-        assert reader.ci_provider is not None
+        assert reader.chunk_info_source is not None
         reader._chunk_table = {}                   # as if the bootstrap had no chunk info table
         for name in EXPECTED_FILES:
             from_ci = reader.chunks(image.lstat("/" + name).st_ino)

@@ -6,7 +6,7 @@ import json
 import sys
 
 import rafs
-from rafs.inspect import blob_info, describe, stats
+from rafs.image.inspect import blob_info, describe, stats
 from rafs.text import printable
 
 from . import checks, progress

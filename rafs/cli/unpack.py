@@ -8,7 +8,7 @@ import sys
 import rafs
 from rafs.build.builder import Output
 from rafs.errors import InvalidArgumentError
-from rafs.unpack import write_tar
+from rafs.image.unpack import write_tar
 
 from . import checks, progress
 

@@ -10,7 +10,7 @@ Where file data lives:
 * RAFS v6 (``COMPAT_RAFS_V6``): every regular file is chunk-based; each 8-byte chunk index names a blob
   (``c_blob_addr_hi & 0xff`` - 1) and a 24-bit index into that blob's CI array. The chunk is resolved
   through the bootstrap's chunk info table, or failing that through the blob's CI array (blob meta),
-  which ``ci_provider`` (set by :class:`rafs.image.Image`) loads on demand. In tarfs mode the tar is
+  which ``chunk_info_source`` (given by :func:`rafs.open`) loads on demand. In tarfs mode the tar is
   the blob: a chunk is the plain bytes at ``c_blk_addr`` (512-byte blocks), with no digest.
 * plain EROFS: flat (``FLAT_PLAIN``/``FLAT_INLINE``) data and chunk-based data with device id 0 live in
   the image itself, returned as chunks of the pseudo blob :data:`rafs.model.META_BLOB_INDEX` addressed by
@@ -159,17 +159,18 @@ class V6Reader(ImageReader):
 
     ``blob_id_hint`` is the id of the blob the bootstrap was extracted from (``--blob-inline-meta``):
     it replaces the placeholder id the builder wrote, as the reference's ``BlobInfo::blob_id`` does.
-    ``ci_provider`` (blob index -> list of CI entries, or None) resolves chunks the chunk info table
-    does not hold.
+    ``chunk_info_source`` (a :class:`rafs.image.protocols.ChunkInfoSource`: blob -> its CI entries)
+    resolves chunks the chunk info table does not hold.
     """
 
     version = 6
 
-    def __init__(self, data, *, blob_id_hint: str | None = None, inode_cache_size: int = 4096):
+    def __init__(self, data, *, blob_id_hint: str | None = None, inode_cache_size: int = 4096,
+                 chunk_info_source: Callable[[Blob], list] | None = None):
         self.data = data
         self.size = len(data)
         self.blob_id_hint = blob_id_hint
-        self.ci_provider: Callable[[int], list] | None = None
+        self.chunk_info_source = chunk_info_source
         if not is_erofs(data) or self.size < layout.EROFS_SUPER_OFFSET + layout.EROFS_SUPER_BLOCK_SIZE:
             raise InvalidImageError("no EROFS superblock (magic 0xe0f5e1e2 at 1024)", structure="v6 superblock",
                                     offset=layout.EROFS_SUPER_OFFSET)
@@ -939,13 +940,13 @@ class V6Reader(ImageReader):
         return result
 
     def _chunk_from_ci(self, blob_index: int, ci_index: int, file_offset: int, nid: int, at: int) -> Chunk:
-        if self.ci_provider is None:
+        if self.chunk_info_source is None:
             raise InvalidImageError(f"nid {nid}: chunk {ci_index} of blob {blob_index} is not in the chunk "
                                     "table and no blob meta (CI array) is available", structure="v6 chunk index",
                                     offset=at)
         infos = self._ci_arrays.get(blob_index)
         if infos is None:
-            infos = self._ci_arrays[blob_index] = self.ci_provider(blob_index)
+            infos = self._ci_arrays[blob_index] = self.chunk_info_source(self.blobs[blob_index])
         if infos is None or not 0 <= ci_index < len(infos):
             raise InvalidImageError(f"nid {nid}: CI index {ci_index} outside blob {blob_index}'s "
                                     f"{0 if infos is None else len(infos)} chunk infos",

@@ -67,7 +67,7 @@ class ZDataReader:
                                     uncompressed_size=length, file_offset=at, index=nid))
         return result
 
-    # -- the chunk-reader interface of rafs.image.Image -----------------------------------------------
+    # -- the ChunkSource interface (rafs.image.protocols) ---------------------------------------------
 
     def read(self, chunk: Chunk, *, path: str | None = None) -> bytes:
         return self.read_range(chunk.index, chunk.file_offset, chunk.uncompressed_size)

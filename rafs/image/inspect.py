@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import stat as _stat
 
-from .model import BlobFeatures, SuperFlags, flag_words
+from ..model import BlobFeatures, SuperFlags, flag_words
 
 
 def _container_dict(container) -> dict:

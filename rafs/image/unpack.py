@@ -21,10 +21,10 @@ import stat as _stat
 import tarfile
 import urllib.parse
 
-from .errors import BuildError
-from .progress import Progress, Ticker
-from .readahead import DEFAULT_THREADS, DataOnce, read_ahead
-from .text import printable
+from ..errors import BuildError
+from ..progress import Progress, Ticker
+from ..readahead import DEFAULT_THREADS, DataOnce, read_ahead
+from ..text import printable
 
 _TYPES = {_stat.S_IFDIR: tarfile.DIRTYPE, _stat.S_IFREG: tarfile.REGTYPE, _stat.S_IFLNK: tarfile.SYMTYPE,
           _stat.S_IFCHR: tarfile.CHRTYPE, _stat.S_IFBLK: tarfile.BLKTYPE, _stat.S_IFIFO: tarfile.FIFOTYPE}
