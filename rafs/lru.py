@@ -60,6 +60,11 @@ class LRU(Generic[V]):
                     if self.max_bytes is not None:
                         self._bytes -= len(dropped)
 
+    def items(self) -> list[tuple[Hashable, V]]:
+        """A snapshot of the (key, value) pairs, oldest first, none made recent."""
+        with self._lock:
+            return list(self._entries.items())
+
     def __contains__(self, key: Hashable) -> bool:
         return key in self._entries
 
