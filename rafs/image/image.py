@@ -12,7 +12,6 @@ not UTF-8 come back as surrogate escapes, so none is lost) and ``bytes`` paths a
 
 from __future__ import annotations
 
-import logging
 from typing import Iterator
 
 from .. import display, errors, tables
@@ -26,8 +25,6 @@ from .paths import check_name, fsdecode, fsencode, resolve
 from .protocols import BlobLocator, ChunkSource
 from .stat import Stat, StatFs
 from .walks import DirEntry
-
-log = logging.getLogger("rafs.image")
 
 
 class Image:
