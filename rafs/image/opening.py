@@ -1,9 +1,10 @@
 """Opening an image: loading the bootstrap, telling its version from its bytes, wiring reader and blobs.
 
-:func:`open` is :func:`rafs.open`. The version is read from the magic numbers once: RAFS v5 at
-offset 0, EROFS (RAFS v6 and plain EROFS) at 1024. Bytes with neither may be a data blob that carries
-its bootstrap inline (``--blob-inline-meta``): the bootstrap is taken out of it, its version read, and
-the blob itself serves the data unless the caller said where blobs are.
+:func:`open` is :func:`rafs.open`. The version of each byte string is read once, from the magic
+numbers: RAFS v5 at offset 0, EROFS (RAFS v6 and plain EROFS) at 1024. Bytes that no reader accepts
+may be a data blob carrying its bootstrap inline (``--blob-inline-meta``; one without file data even
+begins with it, magic and all): the bootstrap is taken out of the blob, its own version read, and the
+blob itself serves the data unless the caller said where blobs are.
 """
 
 from __future__ import annotations
@@ -79,15 +80,18 @@ def open(source, *, blob_dir=None, blobs=None, storage_options: dict | None = No
         locator = DirectoryLocator(blob_dir=blob_dir, blobs=blobs, storage_options=storage_options)
     data = locator.load_bootstrap(source)
     name = describe_source(source)
-    version = detect_version(data)
-    bootstrap, inline_blob_id = data, None
-    if version is None:
-        bootstrap, inline_blob_id = _inline_bootstrap(data, name)
-        version = detect_version(bootstrap)
+    inline_blob_id = None
+    try:
+        reader = detect_reader(data, chunk_info_source=BlobMetaChunkInfos(locator))
+    except InvalidImageError as not_a_bootstrap:
+        # a data blob may carry its bootstrap, and may even begin with it (one without file data):
+        # the magic alone cannot tell, so bytes a reader refuses are looked at as a blob
+        bootstrap, inline_blob_id = _inline_bootstrap(data, name, not_a_bootstrap)
         if not (blob_dir or blobs or config):
             # the blob that carried the bootstrap also carries the data
             locator = DirectoryLocator(blobs={inline_blob_id: source}, storage_options=storage_options)
-    reader = _make_reader(version, bootstrap, inline_blob_id, BlobMetaChunkInfos(locator))
+        reader = detect_reader(bootstrap, blob_id_hint=inline_blob_id,
+                               chunk_info_source=BlobMetaChunkInfos(locator))
     log.debug("bootstrap %s: %d bytes%s, RAFS v%d, %d blobs, blobs from %s", name, len(data),
               " (inside a data blob)" if inline_blob_id is not None else "", reader.version, len(reader.blobs),
               locator.describe())
@@ -100,13 +104,13 @@ def open_bootstrap(bootstrap, locator: BlobLocator, *, validate: bool = False, n
     return Image(reader, locator, validate=validate, name=name)
 
 
-def _inline_bootstrap(data, name: str) -> tuple[bytes, str]:
+def _inline_bootstrap(data, name: str, not_a_bootstrap: InvalidImageError) -> tuple[bytes, str]:
     """(bootstrap, blob id) of a data blob that carries its bootstrap inline; bytes that are neither a
-    bootstrap nor such a blob are an InvalidImageError."""
+    bootstrap nor such a blob raise ``not_a_bootstrap``, what the bootstrap reader said of them."""
     from ..blob.toc import extract_inline_bootstrap
     found = extract_inline_bootstrap(data, name=name)
     if found is None:
-        raise InvalidImageError(_NEITHER, structure="superblock", offset=0)
+        raise not_a_bootstrap from None
     return found
 
 
