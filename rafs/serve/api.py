@@ -123,7 +123,7 @@ class MountState:
     def _fetch_stats(self) -> tuple[int, int, int]:
         """(backend requests, backend bytes, chunks served from the blob cache) over every blob."""
         requests = size = hits = 0
-        for reader in list(getattr(self.image, "_chunk_readers", {}).values()):
+        for reader in self.image.store.opened():
             stats = getattr(reader, "stats", None)
             if stats is not None:
                 requests += stats.requests
