@@ -12,9 +12,10 @@ with ``tests/data/byte_identity.json``:
 * the benchmark trees (``benchmarks/build.py``, ``mount.py``, ``walk.py`` and ``batch.py``'s
   ``generate_tree`` with their default sizes), their mtimes set to one fixed time since the
   generators leave them at the time of generation;
-* layered builds on a parent bootstrap, a chunk dictionary, and a merge of two layers.
+* layered builds on a parent bootstrap, a chunk dictionary, and a merge of two layers;
+* ``rafs convert`` of an OCI image layout of two fixture tars.
 
-Every build goes through the command line (``rafs create``, ``merge``, ``unpack``, ``export``) in this
+Every build goes through the command line (``rafs create``, ``merge``, ``unpack``, ``export``, ``convert``) in this
 process: its flags are the interface that must not change, whatever moves inside the library.
 ``tests/test_byte_identity.py`` checks the fast cases (the ones marked ``fast``) on every test run.
 
@@ -81,6 +82,19 @@ def _source_tree(dest: str) -> None:
     make_source_tree(dest)
 
 
+def _oci_layout(dest: str) -> None:
+    """An OCI image layout of two fixture tars (a plain and a gzip layer), as the tests make one."""
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from oci_layers import oci_image, oci_layout
+    finally:
+        sys.path.remove(str(REPO / "tests"))
+    layers = [str(TARS["all-entry-type.tar"]), str(TARS["zran-two-streams.tar.gz"])]
+    desc = oci_image(dest, layers)
+    desc["annotations"] = {"org.opencontainers.image.ref.name": "v1"}
+    oci_layout(dest, [desc])
+
+
 def _extracted(bootstrap: pathlib.Path, blob_dir: pathlib.Path) -> Callable[[str], None]:
     def make(dest: str) -> None:
         import rafs
@@ -101,6 +115,7 @@ TREES: dict[str, Callable[[str], None]] = {
     "bench-mount": _benchmark("mount", 3000, 60),
     "bench-walk": _benchmark("walk", 100_000, makes_top=True),
     "bench-batch": _benchmark("batch", 3000),
+    "oci-layout": _oci_layout,
 }
 
 #: name -> a source file that is used as it is
@@ -139,6 +154,8 @@ def cases() -> list[Case]:
         out.append(Case(name, tuple(steps), fast, tuple(needs)))
 
     for tree in TREES:
+        if tree == "oci-layout":
+            continue
         fast = tree in ("source", "fixture-v5", "fixture-v6")
         for version in VERSIONS:
             for compressor in COMPRESSORS:
@@ -219,6 +236,12 @@ def cases() -> list[Case]:
         add(f"export/{case}", ("export", "-q", "--block", "-B", "{case:%s}/bootstrap" % case,
                                "-D", "{case:%s}/blobs" % case, "-O", "{out}/disk", "--verity"),
             fast=compressor == "zstd", needs=(case,))
+
+    # OCI image conversion: a whole Nydus image layout (manifests, config, blobs, bootstrap layer)
+    for name, options in {"v6": (), "v5": ("--fs-version", "5"), "lz4_block": ("--compressor", "lz4_block"),
+                          "oci": ("--oci",)}.items():
+        add(f"convert/{name}", ("convert", "-q", "--source", "{src:oci-layout}", "--target", "{out}/layout",
+                                "--workers", "1", *options), fast=name == "v6")
     return out
 
 
