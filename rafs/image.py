@@ -20,7 +20,7 @@ from typing import Iterator, NamedTuple
 
 from . import display, errors, tables
 from .blob.reader import ChunkReader
-from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
+from .errors import InvalidArgumentError, InvalidImageError
 from .io.blobs import BlobLocator
 from .io.source import LocalRangeReader, load_bytes
 from .model import MAX_DEPTH, META_BLOB_INDEX, ZDATA_BLOB_INDEX, Blob, Chunk, ImageReader, Inode
@@ -132,7 +132,7 @@ def detect_reader(data, *, blob_id_hint: str | None = None) -> ImageReader:
     try:
         from .v6.reader import V6Reader, is_erofs
     except ImportError:                           # pragma: no cover - v6 support not installed
-        V6Reader = is_erofs = None
+        V6Reader = is_erofs = None  # noqa: N806 - the class, imported lazily
     if is_erofs is not None and is_erofs(data):
         return V6Reader(data, blob_id_hint=blob_id_hint)
     raise InvalidImageError("neither a RAFS v5 superblock (magic 0x52414653 at 0) nor an EROFS/RAFS v6 "

@@ -134,8 +134,9 @@ TARS = {
 @dataclass(frozen=True)
 class Case:
     """One command's outputs. ``steps`` are rafs command lines run in an output directory (``{out}``,
-    with empty ``blobs`` and ``cache`` directories), with ``{src:NAME}`` a tree or tar and ``{case:NAME}`` another case's output
-    directory; ``digest`` is every file under ``{out}`` after the steps."""
+    with empty ``blobs`` and ``cache`` directories), with ``{src:NAME}`` a tree or tar, ``{case:NAME}``
+    another case's output directory and ``{layer:NAME}`` its bootstrap named by its blob id; the
+    digests are those of every file under ``{out}`` after the steps."""
 
     name: str
     steps: tuple[tuple[str, ...], ...]
@@ -175,7 +176,7 @@ def cases() -> list[Case]:
                 fast=tar == "zran-two-streams.tar.gz")
 
     # the options that change the layout, on the source tree
-    V6_ONLY = {"blob-toc"}
+    v6_only = {"blob-toc"}
     variants = {
         "sha256": ("--digester", "sha256"),
         "repeatable": ("--repeatable",),
@@ -191,7 +192,7 @@ def cases() -> list[Case]:
     }
     for version in VERSIONS:
         for variant, options in variants.items():
-            if version == 5 and variant in V6_ONLY:
+            if version == 5 and variant in v6_only:
                 continue
             add(f"source/v{version}/{variant}", _create("source", "-v", str(version), *options), fast=True)
     for version in VERSIONS:

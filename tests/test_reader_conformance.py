@@ -133,7 +133,8 @@ def v5_subject(v5_fixture):
 def v6_subject(v6_fixture):
     bootstrap, blobs = v6_fixture
     kinds = {b"/": "dir", **{path: "file" for path in V6_FILES}}
-    expected = Expected(kinds=kinds, md5={path: md5 for path, (md5, _) in V6_FILES.items()}, sizes={path: size for path, (_, size) in V6_FILES.items()},
+    expected = Expected(kinds=kinds, md5={path: md5 for path, (md5, _) in V6_FILES.items()},
+                        sizes={path: size for path, (_, size) in V6_FILES.items()},
                         stats={path: {"st_mode": 0o100644, "st_nlink": 1} for path in V6_FILES})
     return Subject("v6", lambda: rafs.open(bootstrap, blob_dir=blobs, validate=True), expected, (bootstrap,))
 

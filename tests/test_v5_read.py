@@ -18,6 +18,8 @@ from rafs import _codec
 from rafs.v5 import layout
 from rafs.v5.reader import CHUNK, EXT_BLOB, INODE, V5Reader
 
+BUSYBOX = "/normal-file-test/busybox/1f777dbdd68d1c4d554bc0d20e027bfef9ed2dfe2d8d5f029e958552a0e12475"
+
 
 @pytest.fixture(scope="module")
 def image(v5_fixture):
@@ -64,7 +66,7 @@ def test_partial_reads_fetch_only_needed_chunks(v5_fixture):
 
     blob_id = "7334a2594e133cf8ae364189c2276b090fc490c627bcc3fb1077f0419a538e00"
     with rafs.open(bootstrap, blobs={blob_id: Counting(blobs / blob_id)}) as im:
-        with im.open("/normal-file-test/busybox/1f777dbdd68d1c4d554bc0d20e027bfef9ed2dfe2d8d5f029e958552a0e12475/layer.tar") as f:
+        with im.open(f"{BUSYBOX}/layer.tar") as f:
             assert im.stat(f.name).st_size == 1415680
             f.seek(1_100_000)
             assert len(f.read(10)) == 10
@@ -144,7 +146,7 @@ def test_open_from_file_object_and_memory_url(v5_fixture):
     import fsspec
     bootstrap, blobs, _ = v5_fixture
     with open(bootstrap, "rb") as f, rafs.open(f, blob_dir=blobs) as im:
-        assert im.read("/normal-file-test/busybox/1f777dbdd68d1c4d554bc0d20e027bfef9ed2dfe2d8d5f029e958552a0e12475/VERSION") == b"1.0"
+        assert im.read(f"{BUSYBOX}/VERSION") == b"1.0"
     fs = fsspec.filesystem("memory")
     fs.pipe("/rafs-test/boot", bootstrap.read_bytes())
     with rafs.open("memory://rafs-test/boot", blob_dir=blobs) as im:

@@ -110,8 +110,10 @@ def test_chunks_through_ci_array_match_chunk_table(v6_fixture):
         reader._chunk_table = {}                   # as if the bootstrap had no chunk info table
         for name in EXPECTED_FILES:
             from_ci = reader.chunks(image.lstat("/" + name).st_ino)
-            key = lambda c: (c.blob_index, c.compressed_offset, c.compressed_size, c.uncompressed_offset,
-                             c.uncompressed_size, c.file_offset, c.index, int(c.flags) & 1)
+
+            def key(c):
+                return (c.blob_index, c.compressed_offset, c.compressed_size, c.uncompressed_offset,
+                        c.uncompressed_size, c.file_offset, c.index, int(c.flags) & 1)
             assert [key(c) for c in from_ci] == [key(c) for c in from_table[name]]
             assert all(c.digest == b"" for c in from_ci)
             assert image.read("/" + name) == expected[name]

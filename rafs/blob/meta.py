@@ -22,7 +22,7 @@ from .._codec import FastRecord, build, parse
 from ..errors import InvalidArgumentError, InvalidImageError, UnsupportedError
 from ..model import (COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures,
                      ChunkFlags)
-from . import codecs, crypt, layout as L
+from . import codecs, crypt, layout as L  # noqa: N812 - the schemas, read as L.Name
 from ._source import known_size, opened, read_checked, reads_range
 
 CHUNK_INFO_V1 = FastRecord(L.ChunkInfoV1Ondisk, "chunk info v1")

@@ -192,7 +192,8 @@ class Builder:
         self.blob_inline_meta = bool(blob_inline_meta)
         self.features = features
         self.prefetch_policy = prefetch_policy
-        self.prefetch_patterns = normalise_prefetch_patterns(prefetch_patterns or ()) if prefetch_policy != "none" else []
+        self.prefetch_patterns = (normalise_prefetch_patterns(prefetch_patterns or ())
+                                  if prefetch_policy != "none" else [])
         # v6 (except tarfs) is always 4K aligned; --aligned-chunk only matters for v5
         self.aligned_chunk = True if fs_version == 6 else bool(aligned_chunk)
         self.compat = compat
@@ -627,7 +628,7 @@ class Output:
             self.path = os.path.realpath(self.path)
             if _is_special(self.path):
                 try:
-                    self.fp = open(self.path, "wb")
+                    self.fp = open(self.path, "wb")  # noqa: SIM115 - kept open until commit or discard
                 except OSError as exc:
                     raise error(f"cannot write {self.path!r}: {exc.strerror or exc}") from None
                 return
