@@ -78,8 +78,9 @@ def __dir__():
 __all__ = ["open", "mount_erofs", "Image", "ImageFile", "Stat", "StatFs", "Builder", "BuildResult", "BuildTrace",
            "output_document", "Merger", "MergeResult", "generate_chunk_dict", "Converter", "ConvertOptions",
            "ConvertResult", "check_oci_image", "OciCheckReport", "is_oci_layout", "is_reference", "pull_image",
-           "push_image", "Pusher", "PushResult", "load_backend_config", "describe_blob", "open_range_reader", "missing_blobs",
-           "redact_urls", "RafsError", "InvalidImageError", "InvalidArgumentError", "ParameterError", "UnsupportedError",
+           "push_image", "Pusher", "PushResult", "load_backend_config", "describe_blob", "open_range_reader",
+           "missing_blobs", "redact_urls", "RafsError", "InvalidImageError", "InvalidArgumentError", "ParameterError",
+           "UnsupportedError",
            "BlobNotFoundError", "DigestMismatchError", "BackendError", "BuildError", "InternalError",
            "InconsistentFilesystemError", "PathError", "NotASymlinkError", "NoSuchXattrError", "UnsafePathError",
            "FileTooLargeError", "ExtractError", "PUBLIC_MODULES", "__version__"]

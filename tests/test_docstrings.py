@@ -14,7 +14,6 @@ import importlib
 import inspect
 import pkgutil
 
-import pytest
 
 import rafs
 

@@ -15,8 +15,7 @@ import tarfile
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import rafs
-from rafs.errors import InvalidImageError, RafsError, UnsafePathError
+from rafs.errors import RafsError
 from rafs.testing import (Entry, FileData, build_node, directory, file, hostile_names, names, node,
                           replace_unique, symlink)
 from rafs.testing.mutate import set_field, v5_structures

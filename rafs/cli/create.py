@@ -28,7 +28,8 @@ def register(sub) -> None:
     p.add_argument("-b", "--blob", help="file path to save the generated RAFS data blob (may be a FIFO)")
     p.add_argument("--blob-inline-meta", "--inline-bootstrap", action="store_true",
                    help="inline RAFS metadata and blob metadata into the data blob")
-    p.add_argument("-v", "--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS], help="RAFS format version (default 6)")
+    p.add_argument("-v", "--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS],
+                   help="RAFS format version (default 6)")
     p.add_argument("--compressor", choices=list(COMPRESSORS),
                    help="algorithm to compress data chunks (default zstd)")
     p.add_argument("--digester", default="blake3", choices=list(DIGESTERS),

@@ -107,7 +107,8 @@ def run_check(args) -> int:
         details = image.blob_summaries()
         # nydus-image check's --output-json (OutputSerializer::dump_for_check), which nydusify's checker
         # and committer read ("blobs" as ids, "fs_version", "compressor"); then what rafs adds
-        result = rafs.output_document([b["blob_id"] for b in details], rafs.BuildTrace(), image.version, image.compressor)
+        result = rafs.output_document([b["blob_id"] for b in details], rafs.BuildTrace(), image.version,
+                                      image.compressor)
         result.update({"bootstrap": str(bootstrap), "digester": image.digester, "blob_details": details,
                        "data_verified": with_data, "faults": faults})
     if args.output_json:

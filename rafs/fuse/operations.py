@@ -314,7 +314,7 @@ class RafsOperations:
         token = observer.begin_remote(file.inode.ino) if observer is not None else None
         try:
             data = file.pread(size, offset)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - answered to the kernel as an errno
             self._log_read_error(file, size, offset, exc)
             self.lib.fuse_reply_err(req, errno_for(exc))
         else:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from .file import MAX_READ_SIZE, ImageFile
 from .image import Image
-from .opening import detect_reader, detect_version, open
+from .opening import detect_reader, detect_version, open  # noqa: A004 - rafs.open, the API's entry
 from .paths import MAX_SYMLINK_FOLLOWS, fsdecode, fsencode
 from .stat import Stat, StatFs
 from .walks import DirEntry

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Iterator
 
 from .. import display, errors, tables
+from ..errors import InvalidArgumentError
 from ..io.blobs import BlobLocator as DirectoryLocator
 from ..model import META_BLOB_INDEX, ZDATA_BLOB_INDEX, Chunk, ImageReader, Inode
 from ..progress import Progress

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import platform as _platform
 import re
 from dataclasses import dataclass

@@ -40,7 +40,7 @@ from ..options import FS_VERSIONS
 from ..progress import Progress, Ticker
 from . import spec
 from .documents import MAX_INDEX_DEPTH
-from .layout import BlobRef, HashingWriter, LayoutWriter, OciLayout, descriptor, digest_hex, dump_json
+from .layout import BlobRef, HashingWriter, LayoutWriter, OciLayout, descriptor, digest_hex
 
 DEFAULT_PLATFORM = "linux/amd64"       # nydusify's --platform default
 

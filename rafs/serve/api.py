@@ -24,8 +24,8 @@ so nydusctl-style clients and nydus-snapshotter's checks work against a rafs mou
 
 Metrics take ``?id=``: ``/`` for the ``--bootstrap`` mount, DIR for one mounted through the API, or a
 mount's configuration ``id``; without it the only mount (with several, nydusd's ``NoCounter`` 404, as
-for an unknown id). Errors are nydusd's ``{"code": "UNDEFINED", "message": ...}``. The server is the standard library's, one thread per connection; it reads at most
-:data:`MAX_BODY` bytes of a request body.
+for an unknown id). Errors are nydusd's ``{"code": "UNDEFINED", "message": ...}``. The server is the
+standard library's, one thread per connection; it reads at most :data:`MAX_BODY` bytes of a request body.
 """
 
 from __future__ import annotations
