@@ -25,9 +25,8 @@ import os
 from . import tempfiles
 from .blob.layout import BLOB_CCT_HEADER_SIZE as CI_HEADER_SIZE
 from .blob.meta import load_chunk_infos
-from .blob.zran import open_ci_source
 from .io.cache import _KnownEnd
-from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
+from .errors import InvalidImageError, ParameterError, UnsupportedError
 from .model import Chunk
 from .verity import BLOCK_SIZE, SPARE_NYDUS, VerityWriter, tree_size, veritysetup_options
 
@@ -136,7 +135,7 @@ class _Stream:
 def _blob_chunks(image, region: Region) -> list:
     """The blob's chunk records in address order, each checked to lie inside the region."""
     blob = image.blobs[region.blob_index]
-    source = open_ci_source(image.locator, blob)      # SEPARATE (targz-ref) blobs: the meta blob
+    source = image.locator.open_ci(blob)      # SEPARATE (targz-ref) blobs: the meta blob
     if getattr(source, "size", None) is None:
         # a remote blob of unknown size: its chunk info ends where the blob table says (as the cache does)
         source = _KnownEnd(source, blob.ci_offset + blob.ci_compressed_size + CI_HEADER_SIZE)
@@ -203,5 +202,5 @@ def export_block(image, output, *, verity: bool = False, spare: str = SPARE_NYDU
 def default_output(bootstrap: str, localfs_dir: str | None) -> str:
     """nydus-image's default output: ``<localfs dir>/<bootstrap file name>.disk``."""
     if localfs_dir is None:
-        raise InvalidArgumentError("--output is required unless --localfs-dir is given")
+        raise ParameterError("{output} is required unless {localfs_dir} is given")
     return os.path.join(localfs_dir, os.path.basename(bootstrap) + ".disk")

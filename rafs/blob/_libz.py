@@ -97,10 +97,9 @@ class Inflater:
         self.close()
 
     def __del__(self):
-        try:
+        # at interpreter shutdown the library may be gone already: nothing left to free then
+        if getattr(self, "_open", False) and self.lib is not None:
             self.close()
-        except Exception:                   # pragma: no cover - interpreter shutdown
-            pass
 
     def reset(self, window_bits: int | None = None) -> None:
         ret = self.lib.inflateReset(self._ref) if window_bits is None \

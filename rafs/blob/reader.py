@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 
 from ..errors import DigestMismatchError, InvalidImageError
+from ..lru import LRU
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
 from . import codecs, crypt
-from .unit_cache import UnitCache
 from .zran import ZranChunks, is_zran
 
 # plain ints: an IntFlag operand makes every ``&`` go through enum's Python code (a few µs per chunk)
@@ -45,7 +45,7 @@ class ChunkReader:
         self._zran = ZranChunks(self) if is_zran(blob) else None
         self._batch_lock = threading.Lock()
         self._blob_meta = None
-        self._batches = UnitCache(BATCH_CACHE_BYTES)
+        self._batches: LRU[bytes] = LRU(max_bytes=BATCH_CACHE_BYTES)
 
     def fetch_raw(self, chunk: Chunk) -> bytes:
         """The stored (possibly compressed) bytes of ``chunk`` (a batch member's: its whole batch)."""
@@ -143,6 +143,14 @@ class ChunkReader:
         if data is not None:
             return data
         return self.decode(chunk, self.fetch_raw(chunk), path=path)
+
+    def read_many(self, chunks: list[Chunk], *, path: str | None = None) -> list[bytes]:
+        """:meth:`read` of each chunk (a fetching subclass merges adjacent ones into one request)."""
+        return [self.read(chunk, path=path) for chunk in chunks]
+
+    def is_cached(self, chunk: Chunk) -> bool:
+        """False: without a blob cache, every chunk comes from the source."""
+        return False
 
     def cached_member(self, chunk: Chunk, *, path: str | None = None) -> bytes | None:
         """The data of batch member ``chunk`` when its batch is decompressed in memory already (no

@@ -21,8 +21,8 @@ import functools
 import zlib
 
 from ..errors import InvalidImageError
+from ..lru import LRU
 from ..model import BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
-from .unit_cache import UnitCache
 
 GZIP_TRAILER_SIZE = 8
 GZIP_MAGIC = b"\x1f\x8b\x08"
@@ -46,21 +46,13 @@ def ci_blob_id(blob) -> str:
     return blob.blob_id
 
 
-def open_ci_source(locator, blob):
-    """The RangeReader of the file holding ``blob``'s CI (see :func:`ci_blob_id`), through ``locator``
-    (its ``open_ci`` when it has one: a meta blob is no entry of the blob table)."""
-    open_ci = getattr(locator, "open_ci", None)
-    if open_ci is not None:
-        return open_ci(blob)
-    return locator.open(blob.blob_id, blob.index)
-
-
 def ci_opener(locator, blob):
-    """For a ChunkReader's ``meta_opener``: a callable opening ``blob``'s meta blob, or None when the CI
-    is in the blob itself."""
+    """For a ChunkReader's ``meta_opener``: a callable opening ``blob``'s meta blob through the
+    locator's ``open_ci`` (a meta blob is no entry of the blob table), or None when the CI is in the
+    blob itself."""
     if ci_blob_id(blob) == blob.blob_id:
         return None
-    return functools.partial(open_ci_source, locator, blob)
+    return functools.partial(locator.open_ci, blob)
 
 
 def check_context(ctx, index: int, source_size: int | None) -> None:
@@ -177,7 +169,7 @@ class ZranChunks:
 
     def __init__(self, reader):
         self.reader = reader
-        self._cache = UnitCache(CONTEXT_CACHE_BYTES)
+        self._cache: LRU[bytes] = LRU(max_bytes=CONTEXT_CACHE_BYTES)
         self._checked: set[int] = set()
 
     def record(self, chunk: Chunk):

@@ -9,10 +9,11 @@ nothing) that replaces the data blob writer.
 from __future__ import annotations
 
 from ..model import Node
-from .reftar import REF_SOURCE_TYPES, RefBlobWriter, RefLayer, check_ref_options
-from .tarfs import TARFS_TYPE, TarfsBlobWriter, check_tarfs_options, check_tarfs_outputs
+from ..options import REF_SOURCE_TYPES, TARFS_SOURCE_TYPE
+from .reftar import RefBlobWriter, RefLayer, check_ref_options
+from .tarfs import TarfsBlobWriter, check_tarfs_options, check_tarfs_outputs
 
-IN_PLACE_TYPES = REF_SOURCE_TYPES + (TARFS_TYPE,)
+IN_PLACE_TYPES = REF_SOURCE_TYPES + (TARFS_SOURCE_TYPE,)
 
 
 def load_in_place(source, **options) -> Node:
@@ -28,7 +29,7 @@ def open_in_place(source, source_type: str, *, fs_version: int, prefetch_policy:
     if source_type in REF_SOURCE_TYPES:
         check_ref_options(source_type, fs_version=fs_version, prefetch_policy=prefetch_policy, blob_id=blob_id,
                           encrypt=encrypt, compressor=compressor, digester=digester)
-    elif source_type == TARFS_TYPE:
+    elif source_type == TARFS_SOURCE_TYPE:
         check_tarfs_options(fs_version=fs_version, prefetch_policy=prefetch_policy, chunk_dict=chunk_dict,
                             parent_bootstrap=parent_bootstrap, blob_inline_meta=blob_inline_meta, blob_toc=blob_toc,
                             aligned_chunk=aligned_chunk, encrypt=encrypt)

@@ -37,7 +37,6 @@ from ..model import BlobFeatures, Chunk, ChunkFlags, MAX_CHUNKS_PER_BLOB, Node
 
 log = logging.getLogger(__name__)
 
-REF_SOURCE_TYPES = ("targz-ref", "tar-ref", "estargz-ref")
 _COMPRESSED = int(ChunkFlags.COMPRESSED)
 _HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
 _READ_STEP = 1 << 20

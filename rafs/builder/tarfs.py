@@ -20,16 +20,14 @@ from __future__ import annotations
 
 from ..errors import BuildError, InvalidArgumentError
 from ..model import BlobFeatures, Chunk, MAX_CHUNKS_PER_BLOB, Node
+from ..options import TARFS_SOURCE_TYPE
 from .reftar import RefBlobWriter
-
-TARFS_TYPE = "tar-tarfs"
-
 
 def check_tarfs_options(*, fs_version: int, prefetch_policy: str, chunk_dict, parent_bootstrap,
                         blob_inline_meta: bool, blob_toc: bool, aligned_chunk: bool, encrypt: bool) -> None:
     """The reference's refusals for ``tar-tarfs``, in its order and words (``--blob`` is refused when
     the outputs are known, :func:`check_tarfs_outputs`)."""
-    t = TARFS_TYPE
+    t = TARFS_SOURCE_TYPE
     if prefetch_policy == "blob":
         raise InvalidArgumentError(f"conversion type {t} conflicts with '--prefetch-policy blob'")
     if fs_version != 6:
@@ -43,7 +41,7 @@ def check_tarfs_options(*, fs_version: int, prefetch_policy: str, chunk_dict, pa
 
 def check_tarfs_outputs(blob) -> None:
     if blob is not None:
-        raise InvalidArgumentError(f"conversion type `{TARFS_TYPE}` conflicts with `--blob`")
+        raise InvalidArgumentError(f"conversion type `{TARFS_SOURCE_TYPE}` conflicts with `--blob`")
 
 
 class TarfsBlobWriter(RefBlobWriter):
