@@ -58,6 +58,8 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "tar-rafs": load_tar,                 # gzip (and zstd) detected by magic, as the reference does
     "targz-rafs": load_tar,
     "estargz-rafs": load_tar,             # an eStargz is a tar.gz; its index and landmark files are skipped
+    # the data stays in the layer: a Builder also makes their chunk records (rafs.builder.inplace)
+    **{name: inplace.load_in_place for name in inplace.IN_PLACE_TYPES},
     TREE_SOURCE_TYPE: load_tree,
 }
 # The types that read a path (rafs.options.SOURCE_TYPES), which ``rafs create --type`` offers; types
@@ -66,8 +68,6 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
 # the reference's dir/tar/targz/estargz-rafs (not the types whose data stays in the layer)
 BATCH_SOURCE_TYPES = tuple(name for name in PATH_SOURCE_TYPES if name not in inplace.IN_PLACE_TYPES)
 
-
-SOURCE_TYPES.update({name: inplace.load_in_place for name in inplace.IN_PLACE_TYPES})
 BLOB_ID_MAX_LENGTH = 255                  # BLOB_ID_MAXIMUM_LENGTH in src/bin/nydus-image/main.rs
 
 
