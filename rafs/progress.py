@@ -7,6 +7,10 @@ known), in the unit that entry point documents (bytes, or entries). Calls come a
 file, layer or request, and at most every :data:`INTERVAL` seconds in between), from whichever thread
 does the work, and a last one at the end with ``done == total``. A progress callable that raises stops
 the call, as an exception from the work would.
+
+The last report of a call with nothing to do is ``(0, 0)``, which reads the same as a start whose
+total is not known yet; so that a display can still show such a call complete, a callable may have a
+``finish()`` method, called once after the last report (:meth:`Ticker.finish`).
 """
 
 from __future__ import annotations
@@ -65,3 +69,6 @@ class Ticker:
                 self.total = self.done
             self.done = self.total
         self.progress(self.done, self.total)
+        finish = getattr(self.progress, "finish", None)
+        if callable(finish):
+            finish()
