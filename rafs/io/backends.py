@@ -209,6 +209,28 @@ class S3Backend(_RemoteBackend):
         return f"<S3Backend {self.describe()}>"
 
 
+class _HeadSizedReader(HttpRangeReader):
+    """An http-proxy blob whose ``size`` comes from a HEAD request on first use (nydusd's
+    ``blob_size()``), for readers of a blob's tail (its chunk table, ToC); opening stays free of I/O."""
+
+    _size: int | None = None
+    _asked = False
+
+    @property
+    def size(self) -> int | None:
+        if self._size is None and not self._asked:
+            self._asked = True
+            self._size = self.stat_size()
+        return self._size
+
+    @size.setter
+    def size(self, value: int | None) -> None:
+        self._size = value
+
+    def __repr__(self) -> str:
+        return f"HttpRangeReader({self.name!r}, size={self._size})"          # no request for a repr
+
+
 # Longest unix socket path the kernel takes (sun_path is 108 bytes with its terminating NUL).
 MAX_UNIX_SOCKET_PATH = 107
 
@@ -269,7 +291,7 @@ class HttpProxyBackend:
     def open(self, blob_id: str) -> HttpRangeReader:
         url = self.url_for(blob_id)
         where = f"unix socket {self.unix_socket}" if self.unix_socket is not None else url
-        return HttpRangeReader(url, client=self.client, name=f"blob {blob_id} ({where})", retry=self.retry)
+        return _HeadSizedReader(url, client=self.client, name=f"blob {blob_id} ({where})", retry=self.retry)
 
     def bootstrap_reader(self, url: str):
         """A reader through this backend's client (its timeouts) for a bootstrap under ``addr``, else None."""
