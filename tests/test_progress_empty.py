@@ -76,3 +76,28 @@ def test_bar_shown_empty_then_given_work_counts_it(monkeypatch):
         ticker.finish()
     text = _bar_output(monkeypatch, work)
     assert text.rstrip().endswith("]") and "3.00k/3.00k" in text.replace("kB", "k"), text
+
+
+def test_only_finish_reports_the_end():
+    """The last unit counted is not yet the end (a prefetch still writes its chunk maps after it): a
+    bar reads 100% only once finish() has run."""
+    calls = Recorder()
+    ticker = Ticker(calls, 10, interval=0).start()
+    ticker.advance(4)
+    ticker.advance(6)
+    assert calls[-1] == (9, 10)
+    ticker.finish()
+    assert calls[-2:] == [(10, 10), "finish"]
+
+
+def test_bar_reads_100_percent_only_after_finish(monkeypatch):
+    """tqdm would round 999 of 1000 up to "100%"; the bar shows 99% until the call ends."""
+    def work(report):
+        report(0, 1000)
+        report(999, 1000)
+        report.shown.refresh()                        # drawn now, whatever tqdm's redraw interval
+        text = __import__("sys").stderr.getvalue()
+        assert " 99%|" in text and "100%" not in text, text
+        report(1000, 1000)
+    text = _bar_output(monkeypatch, work)
+    assert "100%|" in text

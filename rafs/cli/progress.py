@@ -76,7 +76,12 @@ class _Bar:
                 shown.bar_format, shown.total, shown.n = None, None, 0
             if total and shown.total != total:
                 shown.total = total
+            if total and done < total:
+                # tqdm rounds 99.6% up to "100%": until the call has ended a bar shows at most 99%
+                done = min(done, total * 99 // 100)
             shown.update(done - shown.n)
+            if total and done >= total:
+                shown.refresh()       # the end is drawn at once, not at tqdm's next redraw
 
     def finish(self) -> None:
         with self._lock:
