@@ -16,7 +16,7 @@ from test_cli_dropin import env, shim, tar_members
 
 
 def nydus_image(tmp_path, *argv: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([shim(tmp_path / "bin", "nydus-image"), *argv], capture_output=True, text=True,
+    proc = subprocess.run([shim(tmp_path / "bin", "nydus-image"), *argv], check=False, capture_output=True, text=True,
                           cwd=tmp_path, env=env(), timeout=120, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, proc.stderr
     return proc
@@ -24,8 +24,8 @@ def nydus_image(tmp_path, *argv: str) -> subprocess.CompletedProcess:
 
 def summary(proc) -> tuple[str | None, list[str]]:
     """(meta blob path or None, data blob ids) from the reference's summary lines."""
-    meta = re.search(r"^meta blob path: (.*)$", proc.stderr, re.M).group(1)
-    blobs = json.loads(re.search(r"^data blobs: (.*)$", proc.stderr, re.M).group(1))
+    meta = re.search(r"^meta blob path: (.*)$", proc.stderr, re.MULTILINE).group(1)
+    blobs = json.loads(re.search(r"^data blobs: (.*)$", proc.stderr, re.MULTILINE).group(1))
     return (None if meta == "<none>" else meta), blobs
 
 
