@@ -18,7 +18,8 @@ from rafs.errors import InvalidArgumentError
 from rafs.oci.distributed import read_pairs
 
 from conftest import need
-from oci_layers import make_layers, oci_image, oci_layout
+from helpers import rafs_mount
+from oci_layers import apply_layers, directory_view, make_layers, oci_image, oci_layout
 from registry_server import PASSWORD, USER, Registry, available
 
 AUTH = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
@@ -32,6 +33,7 @@ def registry(tmp_path_factory):
     base = tmp_path_factory.mktemp("scale")
     tars = make_layers(str(base / "layers"), compress="gzip")
     server = Registry(str(base / "registry"), "basic")
+    server.expected = apply_layers(tars, str(base / "expected"))        # the flattened tree of src1
     try:
         # three images sharing layers in different combinations
         for i, layers in enumerate((tars, tars[:2], [tars[0], tars[2]]), start=1):
@@ -169,3 +171,20 @@ def test_list_files_are_checked_line_by_line(tmp_path):
         read_pairs(str(tmp_path / "missing.list"))
     result = _cli("convert", "--from-list", str(bad))
     assert result.returncode != 0 and "bad.list:2" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_erofs_on_demand_mount_of_a_reference(registry, docker_env, tmp_path):
+    from test_ondemand import need_ondemand
+    need_ondemand()
+    target = f"docker://{registry.host}/rafs/ondemand:v1"
+    converted = _cli("convert", "--source", f"docker://{registry.host}/rafs/src1:v1", "--target", target,
+                     "--source-insecure", "--target-insecure", env=docker_env)
+    assert converted.returncode == 0, converted.stderr
+    mnt, cache = tmp_path / "mnt", tmp_path / "cache"
+    mnt.mkdir()
+    with rafs_mount(["--fs-driver", "erofs", "-B", target, "--insecure", "--fscache", str(cache)], mnt,
+                    env=docker_env) as server:
+        got, want = directory_view(str(mnt), xattrs=False), directory_view(registry.expected, xattrs=False)
+        assert got == want
+    assert PASSWORD not in server.stderr.read().decode()
+    assert any(name.endswith(".blob.data") for name in os.listdir(cache)), "blobs filled into nydusd's layout"
