@@ -6,6 +6,7 @@ standard input when ``--prefetch-policy`` is not ``none``.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import rafs
@@ -179,13 +180,12 @@ def run(args) -> int:
     if not args.disable_check:
         validate_output(result, log)
     if args.output_json:
-        import json
         with open(args.output_json, "w") as f:
             json.dump(result.output, f, indent=2)
     log.info("successfully built RAFS filesystem:")
     print(f"meta blob path: {result.bootstrap or '<none>'}", file=sys.stderr)
     print(f"data blob size: {result.blob_size or 0:#x}", file=sys.stderr)
-    print(f"data blobs: {result.blob_ids}", file=sys.stderr)
+    print(f"data blobs: {json.dumps(list(result.blob_ids))}", file=sys.stderr)      # as the reference: ["id"]
     return 0
 
 

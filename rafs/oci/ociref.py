@@ -25,7 +25,7 @@ from .. import tempfiles
 from ..builder.builder import Builder
 from ..errors import InvalidArgumentError
 from . import spec
-from .layout import descriptor, digest_hex
+from .layout import BlobRef, descriptor, digest_hex
 
 
 def check_oci_ref(fs_version: int) -> None:
@@ -35,9 +35,10 @@ def check_oci_ref(fs_version: int) -> None:
 
 def _layer_path(job) -> tuple[str, bool]:
     """A plain file holding the layer (the ref builders read a path): the layout's own file when the
-    layer is all of it, else a copy in the work directory. (path, whether it is a copy)."""
+    layer is all of it, else a copy in the work directory (a layer inside a layout archive, or
+    streamed from a registry). (path, whether it is a copy)."""
     source = job.source
-    if source.offset == 0 and os.path.getsize(source.path) == source.size:
+    if isinstance(source, BlobRef) and source.offset == 0 and os.path.getsize(source.path) == source.size:
         return source.path, False
     fd, tmp = tempfiles.mkstemp(job.work_dir)
     with os.fdopen(fd, "wb") as dst, source.open() as src:
