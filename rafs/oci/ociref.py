@@ -22,7 +22,6 @@ import os
 import shutil
 
 from .. import tempfiles
-from ..builder.builder import Builder
 from ..errors import InvalidArgumentError
 from . import spec
 from .layout import BlobRef, descriptor, digest_hex
@@ -49,6 +48,7 @@ def _layer_path(job) -> tuple[str, bool]:
 def convert_ref_layer(job):
     """One OCI layer to its RAFS meta blob (bootstrap inline) in ``job.blob_dir``, named by its sha256;
     the layer's bootstrap is left in ``job.work_dir`` under the *original* layer's hex digest."""
+    from ..builder.builder import Builder
     from .convert import store_layer_blob
     path, copied = _layer_path(job)
     try:
