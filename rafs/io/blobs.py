@@ -108,7 +108,8 @@ class BlobLocator:
 
     def chunk_reader(self, blob, *, validate: bool = False):
         """The ChunkFetcher of ``blob`` (a :class:`rafs.model.Blob`), made once per blob."""
-        from .cache import BlobCache, CacheError
+        from .cache import BlobCache
+        from .cachefiles import CacheError
         from .fetch import ChunkFetcher
         with self._lock:
             fetcher = self._fetchers.get(blob.index)

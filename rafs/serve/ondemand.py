@@ -43,7 +43,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .. import _fanotify
 from ..errors import InvalidArgumentError, RafsError, UnsupportedError
-from ..io.cache import BlobCache, PersistChunkMap
+from ..io.cache import BlobCache
+from ..io.chunkmap import PersistChunkMap
 from ..io.fetch import ChunkFetcher
 from ..io.lazy import LazySource
 from ..model import Chunk
