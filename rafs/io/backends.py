@@ -284,7 +284,7 @@ class HttpProxyBackend:
     def url_for(self, blob_id: str) -> str:
         url = blob_url(self.prefix, blob_id)              # the blob id is checked either way
         if self.unix_socket is not None:
-            from .http import unix_url
+            from .unix_http import unix_url
             return unix_url(self.unix_socket)
         return url
 
