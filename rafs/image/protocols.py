@@ -9,7 +9,7 @@
   :class:`rafs.v6.zdata.ZDataReader` for compressed EROFS data inside the image).
 * :class:`ChunkInfoSource`: the blob-meta chunk-info (CI) array of a blob, for the v6 reader to resolve
   chunks its chunk table does not hold (given to it when it is made: ``chunk_info_source=``); declared
-  by the reader's own layer (:mod:`rafs.v6.chunks`) and named here with the others.
+  below the readers (in :mod:`rafs.model`, beside ``ImageReader``) and named here with the others.
 
 These are :class:`typing.Protocol` s: implementations need not inherit from them, and this module
 imports nothing that does I/O.
@@ -19,8 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from ..model import Blob, Chunk, ImageReader
-from ..v6.chunks import ChunkInfoSource
+from ..model import Blob, Chunk, ChunkInfoSource, ImageReader
 
 if TYPE_CHECKING:                                  # pragma: no cover - names for annotations only
     from ..io.config import NydusdConfig

@@ -12,25 +12,14 @@ the reader loads. In tarfs mode the tar is the blob: a chunk is the plain bytes 
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterator, Sequence
 
 from ..errors import InvalidImageError
-from ..model import Blob, Chunk
+from ..model import Blob, Chunk, ChunkInfoSource
 from . import extents, layout
 from .inodes import Record
 from .records import CHUNK_INDEX
 from .superblock import Geometry
-
-
-class ChunkInfoSource(Protocol):
-    """The decoded CI records (:class:`rafs.blob.meta.ChunkInfo`) of a blob, from its blob meta: what the
-    v6 reader is given when it is made (``chunk_info_source=``) to resolve chunks its chunk table does
-    not hold. Declared here, where the reader imports it without importing :mod:`rafs.image`, which
-    re-exports it among its protocols (:mod:`rafs.image.protocols`) and implements it
-    (:class:`rafs.image.chunks.BlobMetaChunkInfos`)."""
-
-    def __call__(self, blob: Blob) -> Sequence | None:
-        """The CI array of ``blob`` (a record of the reader's blob table), or None when it has none."""
 
 
 class RafsChunks:
