@@ -70,7 +70,8 @@ def open(source, *, blob_dir=None, blobs=None, storage_options: dict | None = No
     """
     if isinstance(source, str) and source.startswith("docker://"):
         from ..oci.reference import open_reference    # an image in a registry: the bootstrap comes from there
-        return open_reference(source, options=storage_options, validate=validate, config=config)
+        bootstrap, locator, name = open_reference(source, options=storage_options, config=config)
+        return open_bootstrap(bootstrap, locator, validate=validate or locator.validate, name=name)
     locator: BlobLocator
     if config is not None:
         from ..io.config import locator_from_config

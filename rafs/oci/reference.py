@@ -248,10 +248,10 @@ def _read_bootstrap_layer(registry: RegistryClient, desc: dict, retry: RetryPoli
     return out.getvalue()
 
 
-def open_reference(source: str, *, options: dict | None = None, validate: bool = False, config=None):
-    """:func:`rafs.open` for a ``docker://`` reference: the bootstrap from the registry, the blobs read
-    lazily from it through the cache of ``config`` (a nydusd configuration) if one is given."""
-    from ..image.opening import open_bootstrap
+def open_reference(source: str, *, options: dict | None = None, config=None):
+    """What :func:`rafs.open` needs of a ``docker://`` reference: (the bootstrap from the registry, a
+    locator reading the blobs lazily from it through the cache of ``config`` (a nydusd configuration)
+    if one is given, the image's name)."""
     from ..io.config import ConfigLocator, NydusdConfig, parse_config
     resolved = resolve(source, options)
     parsed = parse_config(config) if config is not None else NydusdConfig(backend_type="registry")
@@ -259,5 +259,4 @@ def open_reference(source: str, *, options: dict | None = None, validate: bool =
     retry = RetryPolicy(limit=parsed.retry_limit if limit is None else limit)
     backend = RegistryBackend({}, retry=retry, registry=resolved.registry)
     locator = ConfigLocator(parsed, backend=backend)
-    return open_bootstrap(resolved.bootstrap, locator, validate=validate or locator.validate,
-                          name=str(resolved.reference))
+    return resolved.bootstrap, locator, str(resolved.reference)
