@@ -35,6 +35,7 @@ class RegistryEndpoint:
 
     @property
     def parsed(self) -> Reference:
+        """``reference`` checked and split (:func:`rafs.oci.reference.parse_reference`)."""
         return parse_reference(self.reference)
 
     def connect(self, *, push: bool = False):
