@@ -78,14 +78,12 @@ class BlobFiller:
     file descriptors, since a write through any other descriptor would raise an event of its own.
     """
 
-    def __init__(self, blob, source, chunks: list[Chunk], work_dir: str, *, validate: bool, merge_size: int,
-                 meta_opener=None):
+    def __init__(self, blob, source, chunks: list[Chunk], work_dir: str, **fetch_options):
         self.blob = blob
         self.cache = BlobCache(work_dir, blob)        # creates the sparse data file and the chunk map
         self.data_path = self.cache.data_path
         self.chunk_map = self.cache.chunk_map
-        self.fetcher = ChunkFetcher(blob, source, validate=validate, cache=None, merge_size=merge_size,
-                                    meta_opener=meta_opener)
+        self.fetcher = ChunkFetcher(blob, source, cache=None, **fetch_options)
         self.chunks = sorted(chunks, key=lambda c: c.uncompressed_offset)
         self.starts = [c.uncompressed_offset for c in self.chunks]
         st = os.stat(self.data_path)
