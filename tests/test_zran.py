@@ -489,3 +489,30 @@ def test_estargz_ref_builds_as_targz_ref(fixtures, tmp_path):
         boot, blobs, result = build_ref(layer, work, source_type=kind)
         outputs.append((boot.read_bytes(), (blobs / result.blob_id).read_bytes()))
     assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_blob_cache_takes_a_whole_context(fixtures, tmp_path):
+    """Reading one file through a blob cache stores every chunk of the context it inflated (nydusd's
+    behaviour): the layer's other files in that context then read from the cache, inflating nothing."""
+    import json
+    layer = fixtures / "zran" / "bgzip.tar.gz"
+    boot, blobs, _ = build_ref(layer, tmp_path, chunk_size=0x10000)
+    (tmp_path / "cache").mkdir()
+    config = {"device": {"backend": {"type": "localfs", "config": {"dir": os.fspath(blobs)}},
+                         "cache": {"type": "blobcache", "config": {"work_dir": os.fspath(tmp_path / "cache")}}},
+              "mode": "direct"}
+    files = tar_view(layer)
+    with rafs.open(os.fspath(boot), config=json.dumps(config)) as image:
+        meta = image.chunk_reader(0).blob_meta()
+        chunks = {path: image.chunks(path) for path in files}
+        first = next(path for path, found in chunks.items() if found)
+        context = meta.chunks[chunks[first][0].index].context_index
+        assert image.read(first) == files[first]
+        fetcher = image.chunk_reader(0)
+        same = [c for found in chunks.values() for c in found if meta.chunks[c.index].context_index == context]
+        assert len(same) > 1 and all(fetcher.is_cached(c) for c in same)
+        others = [c for found in chunks.values() for c in found if meta.chunks[c.index].context_index != context]
+        assert not any(fetcher.is_cached(c) for c in others)
+    with rafs.open(os.fspath(boot), config=json.dumps(config), validate=True) as image:
+        for path, data in files.items():
+            assert image.read(path) == data, path

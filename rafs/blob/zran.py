@@ -171,6 +171,7 @@ class ZranChunks:
         self.reader = reader
         self._cache: LRU[bytes] = LRU(max_bytes=CONTEXT_CACHE_BYTES)
         self._checked: set[int] = set()
+        self._members: dict[int, list[int]] | None = None     # context index -> its chunks' CI indexes
 
     def record(self, chunk: Chunk):
         """(CI record, context) of ``chunk``, checked against the bootstrap's record and the layer."""
@@ -211,6 +212,34 @@ class ZranChunks:
         if data is None:
             return None
         return data[info.context_offset:info.context_offset + info.uncompressed_size]
+
+    def siblings(self, decoded: list[tuple[Chunk, bytes]]) -> list[tuple[Chunk, bytes]]:
+        """The other chunks of the contexts inflated for ``decoded``, with their bytes: what a blob
+        cache stores along with the chunks asked for, as nydusd fills its cache with a whole context
+        (a later read of any of them then inflates nothing)."""
+        meta = self.reader.blob_meta()
+        if self._members is None:
+            members: dict[int, list[int]] = {}
+            for index, info in enumerate(meta.chunks):
+                if info.zran:
+                    members.setdefault(info.context_index, []).append(index)
+            self._members = members
+        done = {chunk.index for chunk, _ in decoded}
+        out = []
+        inflated = {meta.chunks[i].context_index for i in done if 0 <= i < len(meta.chunks) and meta.chunks[i].zran}
+        for context_index in inflated:
+            data = self._cache.peek(context_index)
+            if data is None:
+                continue
+            context = meta.zran_contexts[context_index]
+            for index in self._members.get(context_index, ()):
+                info = meta.chunks[index]
+                if index in done:
+                    continue
+                chunk = Chunk(b"", self.reader.blob.index, context.in_offset, context.in_len, info.uncompressed_offset,
+                              info.uncompressed_size, 0, index, _COMPRESSED)
+                out.append((chunk, data[info.context_offset:info.context_offset + info.uncompressed_size]))
+        return out
 
     def _context(self, index: int, context, raw: bytes) -> bytes:
         data = self._cache.get(index)

@@ -216,7 +216,8 @@ class ChunkFetcher(ChunkReader):
                 data = self.decode(chunk, raw[offset:offset + chunk.compressed_size], path=path)
                 decoded.append((chunk, data))
             if self.cache is not None:
-                self.cache.store(decoded)
+                # ZRAN: the rest of each context just inflated goes into the cache too, as nydusd does
+                self.cache.store(decoded + self._zran.siblings(decoded) if self._zran is not None else decoded)
             for chunk, data in decoded:
                 key = chunk_key(chunk)
                 results[key] = data
