@@ -144,6 +144,40 @@ class S3Proxy:
             def log_message(self, *args):      # keep pytest output clean
                 pass
 
+            def setup(self):
+                super().setup()
+                # headers and body leave in separate writes: without NODELAY, Nagle holds the body
+                # until the client's delayed ACK (40 ms a request on Linux), a latency no real S3 has
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.upstream = None
+
+            def finish(self):
+                super().finish()
+                if self.upstream is not None:
+                    self.upstream.close()
+
+            def _upstream_exchange(self, body, headers):
+                """(status, headers, payload) from moto, over one keep-alive connection per client
+                connection (a fresh one when moto had closed it)."""
+                for attempt in (0, 1):
+                    if self.upstream is None:
+                        self.upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port,
+                                                                   timeout=60)
+                    try:
+                        self.upstream.request(self.command, self.path, body=body or None, headers=headers)
+                        response = self.upstream.getresponse()
+                        payload = response.read()
+                    except (ConnectionError, http.client.HTTPException):
+                        self.upstream.close()
+                        self.upstream = None
+                        if attempt:
+                            raise
+                        continue
+                    if response.will_close:
+                        self.upstream.close()
+                        self.upstream = None
+                    return response.status, response.getheaders(), payload
+
             def _body(self) -> bytes:
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     parts = []
@@ -195,14 +229,7 @@ class S3Proxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in proxy.HOP_HEADERS}
                 if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
                     headers["Content-Length"] = str(len(body))
-                upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=60)
-                try:
-                    upstream.request(self.command, self.path, body=body or None, headers=headers)
-                    response = upstream.getresponse()
-                    payload = response.read()
-                    status, reply_headers = response.status, response.getheaders()
-                finally:
-                    upstream.close()
+                status, reply_headers, payload = self._upstream_exchange(body, headers)
                 if proxy.delay and self.command == "GET":
                     time.sleep(proxy.delay)
                 self.send_response(status)
