@@ -429,9 +429,12 @@ class BlobCache:
         # file descriptor is never closed, reused by another open, and then written through
         self._users = 0
         self._closed = False
-        self._idle = threading.Condition()
+        self._idle = threading.Condition(threading.Lock())     # never taken twice by one thread
         self._flush_lock = threading.Lock()
         self._unflushed = 0             # bytes marked ready since the last flush
+        # the flusher's epoch when a flush was last asked for and is still due (a forked child's flusher
+        # has a new epoch and knows nothing of the parent's requests), else None
+        self._scheduled = None
 
     def _enter(self) -> bool:
         with self._idle:
@@ -543,7 +546,11 @@ class BlobCache:
             with self._idle:
                 self._unflushed += sum(c.uncompressed_size for c in chunks)
                 urgent = self._unflushed >= FLUSH_BYTES
-            _flusher.schedule(self, urgent=urgent)
+                # one word to the flusher per flush, not one per chunk stored (each costs a lock)
+                tell = urgent or self._scheduled is not _flusher.epoch
+                self._scheduled = _flusher.epoch
+            if tell:
+                _flusher.schedule(self, urgent=urgent)
 
     def flush(self) -> None:
         """Make the data written so far durable (one ``fdatasync``), then write the bits it covers."""
@@ -558,6 +565,7 @@ class BlobCache:
         with self._flush_lock:
             with self._idle:
                 self._unflushed = 0
+                self._scheduled = None
             updates = self.chunk_map.take_unsynced()
             if not updates:
                 return
@@ -602,6 +610,7 @@ class _Flusher:
         self._cond = threading.Condition()
         self._due: dict[BlobCache, float] = {}
         self._thread: threading.Thread | None = None
+        self.epoch = object()
 
     def schedule(self, cache: BlobCache, *, urgent: bool = False) -> None:
         with self._cond:
@@ -645,6 +654,7 @@ class _Flusher:
         self._cond = threading.Condition()
         self._due = {}
         self._thread = None
+        self.epoch = object()
 
 
 _flusher = _Flusher()
