@@ -429,7 +429,10 @@ class BlobCache:
         # file descriptor is never closed, reused by another open, and then written through
         self._users = 0
         self._closed = False
-        self._idle = threading.Condition(threading.Lock())     # never taken twice by one thread
+        # a plain Lock (its ``with`` costs far less than a Condition's, twice on every read and store)
+        # guards the counters; close() waits on the Event for the last user to leave
+        self._state = threading.Lock()
+        self._idle = threading.Event()
         self._flush_lock = threading.Lock()
         self._unflushed = 0             # bytes marked ready since the last flush
         # the flusher's epoch when a flush was last asked for and is still due (a forked child's flusher
@@ -437,17 +440,18 @@ class BlobCache:
         self._scheduled = None
 
     def _enter(self) -> bool:
-        with self._idle:
+        with self._state:
             if self._closed:
                 return False
             self._users += 1
             return True
 
     def _leave(self) -> None:
-        with self._idle:
+        with self._state:
             self._users -= 1
-            if self._users == 0 and self._closed:      # only close() waits
-                self._idle.notify_all()
+            last = self._users == 0 and self._closed
+        if last:                                          # only close() waits
+            self._idle.set()
 
     def is_ready(self, chunk: Chunk) -> bool:
         if not self._enter():
@@ -543,7 +547,7 @@ class BlobCache:
         reach the chunk map after the next flush."""
         self.chunk_map.mark(chunks)
         if isinstance(self.chunk_map, PersistChunkMap):
-            with self._idle:
+            with self._state:
                 self._unflushed += sum(c.uncompressed_size for c in chunks)
                 urgent = self._unflushed >= FLUSH_BYTES
                 # one word to the flusher per flush, not one per chunk stored (each costs a lock)
@@ -563,7 +567,7 @@ class BlobCache:
 
     def _flush(self) -> None:
         with self._flush_lock:
-            with self._idle:
+            with self._state:
                 self._unflushed = 0
                 self._scheduled = None
             updates = self.chunk_map.take_unsynced()
@@ -580,12 +584,13 @@ class BlobCache:
     def close(self) -> None:
         """Flush, then close the files once no read or store is under way; later calls find nothing
         cached."""
-        with self._idle:
+        with self._state:
             if self._closed:
                 return
             self._closed = True
-            while self._users:
-                self._idle.wait()
+            busy = self._users > 0
+        if busy:
+            self._idle.wait()
         _flusher.forget(self)
         if self._fd >= 0:
             self._flush()
