@@ -63,7 +63,11 @@ class SiblingPusher:
         self._parent_of.update(dict.fromkeys((child for _, child in entries), dir_ino))
 
     def after_read(self, ino: int, size: int, nbytes: int) -> None:
-        """A read of ``nbytes`` at offset 0 of image inode ``ino`` (``size`` bytes long) was answered."""
+        """A read of ``nbytes`` at offset 0 of image inode ``ino`` (``size`` bytes long) was answered.
+
+        The first batch of siblings is read and decoded here, on the thread that answered (the reader
+        comes back for the next file at once, and the worker that stores it in the page cache must
+        be there first); storing it, and the rest of the directory, goes to a worker."""
         if nbytes != size or size > PUSH_FILE_MAX:
             return
         dir_ino = self._parent_of.get(ino)
@@ -71,34 +75,53 @@ class SiblingPusher:
             return
         self._done.add(dir_ino)
         entries = self._entries.pop(dir_ino, None)
-        if entries and not self._closed.is_set():
-            self.pool.submit(self._push, entries, ino)
+        if not entries or self._closed.is_set():
+            return
+        try:
+            batches = self._plan(entries, ino)
+            if batches:
+                first = self._decode(batches[0])
+                if first is not None:
+                    self.pool.submit(self._deliver, batches[0], first, batches[1:])
+        except Exception as exc:  # noqa: BLE001 - a push is only ever a head start: readers ask anyway
+            log.debug("pushing files into the page cache failed: %r", exc, exc_info=True)
 
     def close(self) -> None:
         """Push nothing more (the session is about to go)."""
         self._closed.set()
 
-    def _push(self, entries: list, skip: int) -> None:
-        # in listing order from the file read on (a reader goes through a directory in that order),
-        # the first batch small so that the next file arrives soon
+    def _plan(self, entries: list, skip: int) -> list[list]:
+        """Batches of (ino, size, chunk) of the small files to push, in listing order from the file
+        read on (a reader goes through a directory in that order), the first batch small."""
         at = next((i for i, (_, child) in enumerate(entries) if child == skip), 0)
+        batches, batch, batch_bytes, total, limit = [], [], 0, 0, PUSH_FIRST_BYTES
+        for _, child in entries[at + 1:] + entries[:at]:
+            if total >= PUSH_DIR_BYTES:
+                break
+            found = self._candidate(child, skip)
+            if found is None:
+                continue
+            batch.append(found)
+            batch_bytes += found[1]
+            total += found[1]
+            if batch_bytes >= limit:
+                batches.append(batch)
+                batch, batch_bytes, limit = [], 0, PUSH_BATCH_BYTES
+        if batch:
+            batches.append(batch)
+        return batches
+
+    def _deliver(self, batch: list, datas: list, rest: list) -> None:
         try:
-            batch, batch_bytes, total, limit = [], 0, 0, PUSH_FIRST_BYTES
-            for _, child in entries[at + 1:] + entries[:at]:
-                if self._closed.is_set() or total >= PUSH_DIR_BYTES:
-                    break
-                found = self._candidate(child, skip)
-                if found is None:
-                    continue
-                batch.append(found)
-                batch_bytes += found[1]
-                total += found[1]
-                if batch_bytes >= limit:
-                    self._store(batch)
-                    batch, batch_bytes, limit = [], 0, PUSH_BATCH_BYTES
-            if batch:
-                self._store(batch)
-        except Exception as exc:  # noqa: BLE001 - a push is only ever a head start: readers ask anyway
+            self._notify(batch, datas)
+            for batch in rest:
+                if self._closed.is_set():
+                    return
+                datas = self._decode(batch)
+                if datas is None:
+                    return
+                self._notify(batch, datas)
+        except Exception as exc:  # noqa: BLE001
             log.debug("pushing files into the page cache stopped: %r", exc, exc_info=True)
 
     def _candidate(self, ino: int, skip: int):
@@ -113,10 +136,12 @@ class SiblingPusher:
             return None
         return ino, inode.size, chunks[0]
 
-    def _store(self, batch: list) -> None:
-        datas = self.image.read_chunks([chunk for _, _, chunk in batch], local_only=True)
-        if datas is None:                     # some would come from a remote backend: not worth it
-            return
+    def _decode(self, batch: list) -> list | None:
+        """The data of each file of ``batch``; None when some would come from a remote backend (not
+        worth a fetch nobody asked for)."""
+        return self.image.read_chunks([chunk for _, _, chunk in batch], local_only=True)
+
+    def _notify(self, batch: list, datas: list) -> None:
         store = self.lib.fuse_lowlevel_notify_store
         for (ino, size, _), data in zip(batch, datas):
             if self._closed.is_set():
