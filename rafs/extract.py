@@ -28,7 +28,6 @@ refused too: no Linux file system can create them. Refusals raise
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import errno
 import os
@@ -42,9 +41,6 @@ from .text import printable
 
 FILTERS = ("fully_trusted", "tar", "data")
 COPY_PIECE = 1 << 20
-WRITER_THREADS = 4                 # threads creating small files (see _Writers)
-WRITER_WINDOW = 64                 # small files under way at once
-WRITER_FILE_MAX = 1 << 20          # larger files are written by the walking thread
 MAX_SYMLINK_TARGET = 4096          # Linux's PATH_MAX, which counts the closing NUL
 
 
@@ -81,19 +77,14 @@ def extract_all(image, dest, *, filter="data", members=None, threads: int | None
                 return False
         return data_once(raw_path, inode)
 
-    with _Writers() as writers:
-        for raw_path, inode, pieces in read_ahead(image, image.iter_entries("/"), wants,
-                                                  threads=threads or DEFAULT_THREADS):
-            if wanted is not None and raw_path not in wanted and raw_path != b"/":
-                continue
-            decision = decisions.pop(raw_path, None)
-            args = (image, root, raw_path, inode, filter, is_root, links, dir_attrs, symlinks)
-            if inode.is_reg and inode.nlink == 1 and inode.size <= WRITER_FILE_MAX:
-                writers.submit(raw_path, args, pieces=pieces, decision=decision, made=made)
-                continue
-            writers.drain()              # a link or a directory may depend on a file written before
-            with _os_errors(os.fsdecode(raw_path)):
-                _extract_entry(*args, pieces=pieces, decision=decision, made=made)
+    for raw_path, inode, pieces in read_ahead(image, image.iter_entries("/"), wants,
+                                              threads=threads or DEFAULT_THREADS):
+        if wanted is not None and raw_path not in wanted and raw_path != b"/":
+            continue
+        decision = decisions.pop(raw_path, None)
+        with _os_errors(os.fsdecode(raw_path)):
+            _extract_entry(image, root, raw_path, inode, filter, is_root, links, dir_attrs, symlinks,
+                           pieces=pieces, decision=decision, made=made)
     for target, link, inode, how in symlinks:
         display = "/" + os.path.relpath(target, root)
         with _os_errors(display):
@@ -114,44 +105,6 @@ def extract_all(image, dest, *, filter="data", members=None, threads: int | None
     if escaping:
         shown = ", ".join("/" + os.path.relpath(t, root) for t in escaping[:5])
         raise errors.UnsafePathError(shown, "symlinks resolving outside the target were removed")
-
-
-class _Writers:
-    """Small regular files created and written by a few threads, in the order given, at most
-    :data:`WRITER_WINDOW` at a time. Creating a file is mostly waiting on the file system (a few hundred
-    microseconds each on a busy disk), which tar spends in its own process while zstd decompresses:
-    here the waits overlap each other and the decompression. ``drain()`` waits for every file under
-    way and raises the first failure (in entry order); entries other than small files come after it.
-    """
-
-    def __init__(self):
-        from concurrent.futures import ThreadPoolExecutor
-        self.pool = ThreadPoolExecutor(WRITER_THREADS, thread_name_prefix="rafs-extract")
-        self.pending: collections.deque = collections.deque()
-
-    def submit(self, raw_path: bytes, args: tuple, **kwargs) -> None:
-        if len(self.pending) >= WRITER_WINDOW:
-            self.pending.popleft().result()
-        self.pending.append(self.pool.submit(_write_entry, raw_path, args, kwargs))
-
-    def drain(self) -> None:
-        while self.pending:
-            self.pending.popleft().result()
-
-    def __enter__(self) -> "_Writers":
-        return self
-
-    def __exit__(self, kind, exc, tb) -> None:
-        try:
-            if kind is None:
-                self.drain()
-        finally:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _write_entry(raw_path: bytes, args: tuple, kwargs: dict) -> None:
-    with _os_errors(os.fsdecode(raw_path)):
-        _extract_entry(*args, **kwargs)
 
 
 @contextlib.contextmanager

@@ -147,11 +147,8 @@ def read_ahead(image, entries: Iterable, wants: Callable, *, threads: int = DEFA
                 submit()                         # the caller wants it now
             yield path, inode, pieces
             held -= size
-        exhausted = True
     finally:
-        # at the end every read is waited for (a caller may still be writing the last files from
-        # other threads); when the caller stops early, those not started are dropped
-        pool.shutdown(wait=True, cancel_futures=not (exhausted and not pending))
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _read(image, chunks: list) -> tuple[list, list]:
