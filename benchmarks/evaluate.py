@@ -15,7 +15,13 @@ Rows (each measured on a fresh mount after ``echo 3 > /proc/sys/vm/drop_caches``
   blob as its device (no daemon);
 * ``EROFS on demand, cold`` / ``cached``: ``rafs mount --fs-driver erofs`` with the localfs + blobcache
   config, the cache empty / complete;
+* ``FUSE + S3, cold, prefetch``: the same with ``fs_prefetch`` (prefetch_all, 4 threads), against
+  ``S3 download + extract`` (the blob in one GET, then ``Image.extractall``), the issue's anchor;
 * ``squashfuse_ll`` and ``kernel, local files`` as references.
+
+The CPU seconds each daemon spent serving the cold full read are reported under each table.
+``--rows`` / ``--columns`` / ``--bench-files`` measure a subset quickly (e.g. ``--rows "fuse + local,squash"
+--columns read``); figures print as they come, with the load average.
 
 Columns: seconds until the mount answers; a cold metadata walk (``lstat`` of every entry); a cold full
 read; the first byte of the largest file; a start-up-like read of a fixed list of 100 files.
@@ -50,7 +56,7 @@ sys.path.insert(0, os.path.join(ROOT, "tests"))
 
 import rafs  # noqa: E402
 from rafs.serve.ondemand import mount_file_backed  # noqa: E402
-from mount import drop_caches, generate_tree, read_all, stat_all, wait_mounted  # noqa: E402
+from mount import cpu_seconds, drop_caches, generate_tree, read_all, stat_all, wait_mounted  # noqa: E402
 
 COLUMNS = ["mount", "walk", "read", "first_byte", "startup"]
 COLUMN_TITLES = {"mount": "mount", "walk": "cold metadata walk", "read": "cold full read",
@@ -253,15 +259,19 @@ def startup_read(top: str, names: list[str]) -> int:
     return total
 
 
-def measure(row: Row, work) -> tuple[float, float]:
-    """(seconds of ``work`` on a fresh, cold mount, seconds until that mount answered)."""
+def measure(row: Row, work) -> tuple[float, float, float | None]:
+    """(seconds of ``work`` on a fresh, cold mount, seconds until that mount answered, CPU seconds the
+    row's daemon spent meanwhile: None without a daemon)."""
     row.reset()
     drop_caches()
     mount_seconds = row.mount()
     try:
+        pid = row.process.pid if row.process is not None else None
+        cpu = cpu_seconds(pid) if pid else None
         start = time.perf_counter()
         work(row.mountpoint)
-        return time.perf_counter() - start, mount_seconds
+        seconds = time.perf_counter() - start
+        return seconds, mount_seconds, (cpu_seconds(pid) - cpu if pid else None)
     finally:
         row.umount()
 
@@ -335,8 +345,10 @@ def run_tree(label: str, work: str, source: str, args, s3) -> dict:
             print(f"[{label}] round {round_number + 1}: {row.name}", flush=True)
             for column in (c for c in columns if c in row.columns):
                 work_fn = row.download_and_extract if isinstance(row, DownloadRow) else works[column]
-                seconds, mount_seconds = measure(row, work_fn)
+                seconds, mount_seconds, cpu = measure(row, work_fn)
                 times[row.name][column].append(seconds)
+                if column == "read" and cpu is not None:
+                    times[row.name].setdefault("read_cpu", []).append(cpu)
                 if not isinstance(row, DownloadRow):
                     times[row.name]["mount"].append(mount_seconds)
                 print(f"  {column}: {seconds:.3f} s (load {open('/proc/loadavg').read().split()[0]})", flush=True)
@@ -374,10 +386,14 @@ def write_report(results: dict, facts: dict, args, path_md: str, path_png: str) 
         lines += [f"## Tree `{label}`: {result['files']} files, {result['bytes'] / 1e6:.1f} MB", "",
                   "| row | " + " | ".join(COLUMN_TITLES[c] for c in COLUMNS) + " |",
                   "| --- |" + " ---: |" * len(COLUMNS)]
-        best = {name: {c: min(v) if v else None for c, v in row.items()} for name, row in result["times"].items()}
+        best = {name: {c: min(row[c]) if row[c] else None for c in COLUMNS} for name, row in result["times"].items()}
         for name, row in best.items():
             lines.append(f"| {name} | " + " | ".join("-" if row[c] is None else f"{row[c]:.3f}" for c in COLUMNS)
                          + " |")
+        daemons = [(name, min(row["read_cpu"])) for name, row in result["times"].items() if row.get("read_cpu")]
+        if daemons:
+            lines += ["", "CPU seconds of the serving daemon during the cold full read (best): " +
+                      ", ".join(f"{name} {cpu:.2f}" for name, cpu in daemons) + "."]
         lines += ["", "Ratios (below 1.0: faster than the anchor):", ""]
         for name, anchor_name, column in [("FUSE + local", "squashfuse_ll", "read"),
                                           ("FUSE + local", "squashfuse_ll", "walk"),
