@@ -1,7 +1,7 @@
 """The FUSE read path's speed features, checked by what the daemon is asked (never by timing):
 
 - when the first small file of a listed directory is read, its siblings are pushed into the kernel's
-  page cache (``fuse_lowlevel_notify_store``), so reading them asks the daemon nothing, and returns
+  page cache (``fuse_lowlevel_notify_store``, rafs/fuse/push.py), so reading them asks the daemon nothing, and returns
   the right bytes;
 - a traced mount pushes nothing (the trace must see every read);
 - the mount's read-ahead is raised so that a large file comes in 1 MiB requests.
@@ -17,7 +17,8 @@ import time
 import pytest
 
 import rafs
-from rafs import fuse, fusepush
+from rafs import fuse
+from rafs.fuse import push as fusepush
 from test_fuse_support import need_fuse
 
 pytestmark = pytest.mark.privileged

@@ -46,7 +46,8 @@ def erofs_bytes(tmp_path_factory) -> bytes:
         os.setxattr(src / "a" / f"f{i:03d}", "user.shared", b"same")
     os.mkfifo(src / "fifo")
     image = base / "small.erofs"
-    subprocess.run([mkfs, "--quiet", "-T1700000000", "-U6a1d0c1e-2f3b-4c5d-8e9f-0a1b2c3d4e5f", str(image), str(src)], check=True, capture_output=True)
+    subprocess.run([mkfs, "--quiet", "-T1700000000", "-U6a1d0c1e-2f3b-4c5d-8e9f-0a1b2c3d4e5f", str(image), str(src)],
+                   check=True, capture_output=True)
     return image.read_bytes()
 
 
@@ -117,7 +118,7 @@ def _rechecksum(data: bytearray, reader: V6Reader) -> bytes:
 def _dirent_offset(reader: V6Reader, dir_nid: int, name: bytes) -> int:
     """Byte offset of the dirent called ``name`` in a directory stored inline or in one plain block."""
     rec = reader.record(dir_nid)
-    for file_offset, length, blob, offset in reader._extents(rec):
+    for file_offset, length, blob, offset in reader.flat_extents(rec):
         block = bytes(reader.data[offset:offset + length])
         count = DIRENT.unpack_from(block, 0).e_nameoff // 12
         for i, entry in enumerate(DIRENT.iter_unpack(block, 0, count)):

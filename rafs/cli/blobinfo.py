@@ -6,8 +6,7 @@ import contextlib
 import json
 import sys
 
-from rafs.blob.describe import describe_blob
-from rafs.io.source import open_range_reader
+import rafs
 from rafs.text import printable
 
 
@@ -20,8 +19,8 @@ def register(sub) -> None:
 
 
 def run_blob_info(args) -> int:
-    with contextlib.closing(open_range_reader(args.blob)) as blob:
-        info = describe_blob(blob, chunks=args.chunks)
+    with contextlib.closing(rafs.open_range_reader(args.blob)) as blob:
+        info = rafs.describe_blob(blob, chunks=args.chunks)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")

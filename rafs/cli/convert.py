@@ -19,26 +19,32 @@ import os
 import shutil
 import sys
 
-from rafs.cli.create import parse_batch_size, parse_chunk_size
+import rafs
 from rafs.errors import InvalidArgumentError
-from rafs.oci import Converter, ConvertOptions
-from rafs.oci.check import check_image
+from rafs.options import COMPRESSORS, FS_VERSIONS
 from rafs.text import printable
 
 from . import checks, progress
+from .create import parse_batch_size, parse_chunk_size
 
 
 def register(sub) -> None:
     p = sub.add_parser("convert", help="convert an OCI image layout (dir or tar) into a Nydus image layout",
                        description="Convert an OCI image to a Nydus image, as nydusify convert does, between "
                        "OCI image layouts (directories, or tar archives when the path ends in .tar).")
-    p.add_argument("--source", "--source-archive", required=True, dest="source",
+    p.add_argument("--source", "--source-archive", dest="source",
                    help="source OCI image: a layout directory, a tar of one, or docker://HOST/REPO:TAG")
-    p.add_argument("--target", "--target-archive", required=True, dest="target",
+    p.add_argument("--target", "--target-archive", dest="target",
                    help="target: an OCI layout directory, a tar when the name ends in .tar, or docker://HOST/REPO:TAG")
+    p.add_argument("--from-list", metavar="FILE",
+                   help="convert many images: FILE has one 'SOURCE TARGET' pair a line (# comments)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --from-list, run the per-layer work on the Dask distributed scheduler at ADDRESS "
+                   "(tcp://HOST:8786); its workers pull and push the layers themselves")
     add_registry_arguments(p, "source", "target")
-    p.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS version (default 6)")
-    p.add_argument("--compressor", default="zstd", choices=["none", "lz4_block", "zstd"],
+    p.add_argument("--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS],
+                   help="RAFS version (default 6)")
+    p.add_argument("--compressor", default="zstd", choices=list(COMPRESSORS),
                    help="algorithm to compress image data (default zstd)")
     p.add_argument("--fs-chunk-size", "--chunk-size", dest="chunk_size",
                    help="size of data chunks, a power of two in 0x1000..0x1000000 (default 0x100000)")
@@ -99,45 +105,69 @@ def run(args) -> int:
         patterns = [args.prefetch_dir]
     if args.workers is not None and args.workers < 1:
         raise InvalidArgumentError("--workers must be at least 1")
-    options = ConvertOptions(fs_version=int(args.fs_version), compressor=args.compressor,
-                             chunk_size=parse_chunk_size(args.chunk_size), aligned_chunk=args.fs_align_chunk,
-                             batch_size=parse_batch_size(args.batch_size),
-                             prefetch_patterns=patterns, platforms=args.platform.split(","),
-                             all_platforms=args.all_platforms, docker2oci=args.oci,
-                             merge_platform=args.merge_platform, with_referrer=args.with_referrer,
-                             source_reference=args.source_reference, workers=args.workers,
-                             work_dir=args.work_dir)
-    from rafs.io.reference import is_reference
-    remote_source, remote_target = is_reference(args.source), is_reference(args.target)
+    options = rafs.ConvertOptions(fs_version=int(args.fs_version), compressor=args.compressor,
+                                  chunk_size=parse_chunk_size(args.chunk_size), aligned_chunk=args.fs_align_chunk,
+                                  batch_size=parse_batch_size(args.batch_size),
+                                  prefetch_patterns=patterns, platforms=args.platform.split(","),
+                                  all_platforms=args.all_platforms, docker2oci=args.oci,
+                                  merge_platform=args.merge_platform, with_referrer=args.with_referrer,
+                                  source_reference=args.source_reference, workers=args.workers,
+                                  work_dir=args.work_dir)
+    if args.from_list:
+        if args.source or args.target:
+            raise InvalidArgumentError("--from-list replaces --source and --target")
+        return _convert_list(args, options)
+    if args.scheduler:
+        raise InvalidArgumentError("--scheduler goes with --from-list")
+    if not (args.source and args.target):
+        raise InvalidArgumentError("--source and --target are required (or --from-list FILE)")
+    remote_source, remote_target = rafs.is_reference(args.source), rafs.is_reference(args.target)
     if not (remote_source or remote_target):
-        return _convert(args, options, args.source, args.target)
-    from rafs.io.registry_transfer import pull, push
+        return _convert(args, lambda report: rafs.Converter(args.source, args.target, options).run(progress=report),
+                        args.source)
+    # a registry on either side: source layers are streamed from it and converted blobs pushed as
+    # each is made, by the worker that made it; the documents go up last
+    source = rafs.RegistryLayout(args.source, _registry_options(args, "source")) if remote_source else args.source
+    if not remote_target:
+        return _convert(args, lambda report: rafs.Converter(source, args.target, options).run(progress=report), source)
     scratch = checks.scratch_dir(args.work_dir)
     try:
-        source, target = args.source, args.target
-        if remote_source:
-            source = pull(args.source, os.path.join(scratch, "source"), _registry_options(args, "source"))
-            print(f"pulled {args.source}", file=sys.stderr)
-        if remote_target:
-            target = os.path.join(scratch, "target")
-        status = _convert(args, options, source, target)
-        if status == 0 and remote_target:
-            digest = push(target, args.target, _registry_options(args, "target"))
+        layout = os.path.join(scratch, "target")
+        endpoint = rafs.RegistryEndpoint(args.target, _registry_options(args, "target"))
+        status = _convert(args, lambda report: rafs.Converter(source, layout, options, push_to=endpoint)
+                          .run(progress=report), source)
+        if status == 0:
+            digest = rafs.push_image(layout, args.target, _registry_options(args, "target"),
+                          mount_from=rafs.same_registry_repo(args.source, args.target))
             print(f"pushed {args.target} ({digest})", file=sys.stderr)
         return status
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _convert(args, options, source, target) -> int:
+def _convert_list(args, options) -> int:
+    pairs = rafs.read_convert_list(args.from_list)
+    done = [0]
+
+    def finished(pair, result, digest) -> None:
+        done[0] += 1
+        where = f"{pair.target} ({digest})" if digest else pair.target
+        print(f"[{done[0]}/{len(pairs)}] converted {pair.source} -> {where}", file=sys.stderr)
+
+    rafs.convert_many(pairs, options, scheduler=args.scheduler, source_options=_registry_options(args, "source"),
+                 target_options=_registry_options(args, "target"), work_dir=args.work_dir, on_done=finished)
+    return 0
+
+
+def _convert(args, run, source) -> int:
     with progress.bar(args, "converting") as report:
-        result = Converter(source, target, options).run(progress=report)
+        result = run(report)
     for image in result.images:
         print(f"converted {image.source['digest']} -> {image.target['digest']} "
               f"({len(image.blob_digests)} blobs)", file=sys.stderr)
     print(f"target: {result.target}", file=sys.stderr)
     if args.check:
-        report = check_image(result.target, source=source)
+        report = rafs.check_oci_image(result.target, source=source)
         for problem in report.problems:
             print(f"check: {printable(problem)}", file=sys.stderr)
         if not report.ok:
@@ -148,21 +178,21 @@ def _convert(args, options, source, target) -> int:
 
 
 def run_copy(args) -> int:
-    from rafs.io.reference import is_reference
-    from rafs.io.registry_transfer import pull, push
-    remote_source, remote_target = is_reference(args.source), is_reference(args.target)
+    remote_source, remote_target = rafs.is_reference(args.source), rafs.is_reference(args.target)
     if not (remote_source or remote_target):
         raise InvalidArgumentError("copy needs a registry on at least one side (docker://HOST/REPO:TAG)")
     if not remote_source:
-        digest = push(args.source, args.target, _registry_options(args, "target"))
+        digest = rafs.push_image(args.source, args.target, _registry_options(args, "target"))
     elif not remote_target:
-        pull(args.source, args.target, _registry_options(args, "source"))
+        rafs.pull_image(args.source, args.target, _registry_options(args, "source"))
         digest = None
     else:
         scratch = checks.scratch_dir(args.work_dir)
         try:
-            layout = pull(args.source, os.path.join(scratch, "image"), _registry_options(args, "source"))
-            digest = push(layout, args.target, _registry_options(args, "target"))
+            layout = rafs.pull_image(args.source, os.path.join(scratch, "image"),
+                                     _registry_options(args, "source"))
+            digest = rafs.push_image(layout, args.target, _registry_options(args, "target"),
+                                     mount_from=rafs.same_registry_repo(args.source, args.target))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     print(f"copied {args.source} to {args.target}" + (f" ({digest})" if digest else ""), file=sys.stderr)

@@ -24,8 +24,8 @@ so nydusctl-style clients and nydus-snapshotter's checks work against a rafs mou
 
 Metrics take ``?id=``: ``/`` for the ``--bootstrap`` mount, DIR for one mounted through the API, or a
 mount's configuration ``id``; without it the only mount (with several, nydusd's ``NoCounter`` 404, as
-for an unknown id). Errors are nydusd's ``{"code": "UNDEFINED", "message": ...}``. The server is the standard library's, one thread per connection; it reads at most
-:data:`MAX_BODY` bytes of a request body.
+for an unknown id). Errors are nydusd's ``{"code": "UNDEFINED", "message": ...}``. The server is the
+standard library's, one thread per connection; it reads at most :data:`MAX_BODY` bytes of a request body.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class MountState:
     def _fetch_stats(self) -> tuple[int, int, int]:
         """(backend requests, backend bytes, chunks served from the blob cache) over every blob."""
         requests = size = hits = 0
-        for reader in list(getattr(self.image, "_chunk_readers", {}).values()):
+        for reader in self.image.store.opened():
             stats = getattr(reader, "stats", None)
             if stats is not None:
                 requests += stats.requests
@@ -367,8 +367,8 @@ class ApiServer:
             mode = None
         if mode is not None:
             if not stat.S_ISSOCK(mode):
-                from ..errors import InvalidArgumentError
-                raise InvalidArgumentError(f"--apisock {path}: exists and is not a socket")
+                from ..errors import ParameterError
+                raise ParameterError("{path} {value}: exists and is not a socket", value=path)
             os.unlink(self.path)             # a socket left by an earlier daemon, as nydusd removes it
         self.server = _Server(self.path, _Handler, bind_and_activate=False)
         try:
@@ -377,8 +377,8 @@ class ApiServer:
             self.server.server_activate()
         except OSError as exc:
             self.server.server_close()
-            from ..errors import InvalidArgumentError
-            raise InvalidArgumentError(f"--apisock {path}: {exc.strerror or exc}") from None
+            from ..errors import ParameterError
+            raise ParameterError("{path} {value}: {problem}", value=path, problem=exc.strerror or exc) from None
         self.server.daemon = daemon
         self._thread = threading.Thread(target=self.server.serve_forever, name="rafs-api", daemon=True)
         self._thread.start()

@@ -19,6 +19,7 @@ from ..model import (BLOB_FEATURES_INVALID_MASK, Blob, BlobFeatures, Chunk, Imag
                      InodeFlags, MAX_CHUNK_SIZE, SuperFlags)
 from ..blob import codecs
 from ..blob.ids import INLINE_BLOB_ID, blob_table_faults
+from ..table_checks import ascii_blob_id, first_overlap
 from . import layout
 
 from .records import CHUNK, EXT_BLOB, INODE
@@ -100,10 +101,9 @@ class V5Reader(ImageReader):
             if offset % layout.RAFSV5_ALIGNMENT:
                 bad(f"{name} offset {offset:#x} is not 8-byte aligned")
             spans.append((offset, offset + size, name))
-        spans.sort()
-        for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
-            if start < end:
-                bad(f"{name} overlaps {other}")
+        overlap = first_overlap(spans)
+        if overlap:
+            bad("{} overlaps {}".format(*overlap))
 
     def _read_blobs(self, sb) -> list[Blob]:
         offset, size = sb.s_blob_table_offset, sb.s_blob_table_size
@@ -121,11 +121,7 @@ class V5Reader(ImageReader):
                     raise InvalidImageError("blob table entry with an empty blob id",
                                             structure="v5 blob table", offset=offset + pos)
                 break
-            try:
-                text = blob_id.decode("ascii")
-            except UnicodeDecodeError:
-                raise InvalidImageError(f"blob id {blob_id!r} is not ASCII", structure="v5 blob table",
-                                        offset=offset + pos) from None
+            text = ascii_blob_id(blob_id, "v5 blob table", offset + pos)
             if len(blobs) >= 256:
                 raise InvalidImageError("more than 256 blobs", structure="v5 blob table", offset=offset)
             blobs.append(Blob(index=len(blobs), blob_id=text, compressor=self.flags.compressor,

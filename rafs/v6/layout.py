@@ -88,6 +88,7 @@ EROFS_INODE_COMPRESSED_FULL = 1
 EROFS_INODE_FLAT_INLINE = 2             # whole blocks from i_u, the last block's bytes after the inode
 EROFS_INODE_COMPRESSED_COMPACT = 3
 EROFS_INODE_CHUNK_BASED = 4             # i_u is a chunk header; chunk indexes/block map follow the inode
+EROFS_COMPRESSED_LAYOUTS = (EROFS_INODE_COMPRESSED_FULL, EROFS_INODE_COMPRESSED_COMPACT)
 EROFS_DATALAYOUT_NAMES = {0: "flat_plain", 1: "compressed_full", 2: "flat_inline", 3: "compressed_compact",
                           4: "chunk_based"}
 

@@ -22,7 +22,7 @@ import ctypes
 import logging
 import threading
 
-from . import _libfuse as ll
+from .. import _libfuse as ll
 
 log = logging.getLogger(__name__)
 
