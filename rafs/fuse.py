@@ -26,6 +26,7 @@ import signal
 import struct
 import subprocess
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
@@ -318,6 +319,7 @@ class RafsOperations:
         self.lib.fuse_reply_open(req, fi)
 
     def read(self, req, ino, size, offset, fi) -> None:
+        started = time.monotonic_ns() if self.observer is not None else None     # the read's latency
         image_ino = self.numbers.to_image(ino)
         file = self._files.get(image_ino)
         if file is None:
@@ -333,12 +335,12 @@ class RafsOperations:
             raise _Reply(errno_for(exc)) from None
         if data is not None:
             if self.observer is not None:         # before the reply, which lets the reader go on
-                self.observer.read(image_ino, len(data))
+                self.observer.read(image_ino, len(data), started=started)
             self.lib.fuse_reply_buf(req, data, len(data))
             return
-        self._pool.submit(self._read_remote, req, file, size, offset)
+        self._pool.submit(self._read_remote, req, file, size, offset, started)
 
-    def _read_remote(self, req, file, size, offset) -> None:
+    def _read_remote(self, req, file, size, offset, started=None) -> None:
         observer = self.observer
         token = observer.begin_remote(file.inode.ino) if observer is not None else None
         try:
@@ -348,7 +350,7 @@ class RafsOperations:
             self.lib.fuse_reply_err(req, errno_for(exc))
         else:
             if observer is not None:
-                observer.read(file.inode.ino, len(data), remote=True)
+                observer.read(file.inode.ino, len(data), remote=True, started=started)
             self.lib.fuse_reply_buf(req, data, len(data))
         finally:
             if token is not None:
