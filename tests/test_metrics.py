@@ -16,8 +16,8 @@ from rafs.errors import BackendError
 from rafs.io.fetch import ChunkFetcher
 from rafs.io.latency import BackendLatency, micros_bucket, millis_bucket, size_bucket, sum_fields
 from rafs.serve import api, trace
-from test_fuse_support import Mount, guide_config, need_fuse
-from test_mount_trace import FOP_READ, WORKLOAD, make_tree
+from test_fuse_support import Mount, guide_config
+from test_mount_trace import FOP_READ, WORKLOAD, tree  # noqa: F401  (a pytest fixture)
 
 
 def test_latency_buckets_match_nydusd():
@@ -102,14 +102,8 @@ def test_observer_keeps_per_file_counters_and_read_latency():
 
 
 @pytest.mark.privileged
-def test_metrics_count_the_reads_of_a_mount(tmp_path):
-    need_fuse()
-    source = tmp_path / "src"
-    files = make_tree(source, random.Random(18))
-    blobs = tmp_path / "blobs"
-    blobs.mkdir()
-    rafs.Builder(str(source), fs_version=6, compressor="zstd").write(bootstrap=str(tmp_path / "boot"),
-                                                                      blob_dir=str(blobs))
+def test_metrics_count_the_reads_of_a_mount(tmp_path, tree):
+    source, files, blobs = tree
     config = tmp_path / "config.json"
     config.write_text(json.dumps(guide_config(blobs, tmp_path / "cache")))
     sock = tmp_path / "api.sock"
