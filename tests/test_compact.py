@@ -4,6 +4,7 @@ keeps every file's content, stores fewer blob bytes, and the result passes ``raf
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -11,10 +12,12 @@ import random
 import pytest
 
 import rafs
+from helpers import ranged_blob_server
 from rafs.builder.compact import CompactConfig, Compactor, compact, default_output
 from rafs.builder.merge import Merger
 from rafs.cli.main import main as cli_main
 from rafs.errors import InvalidArgumentError
+from s3server import moto_server, s3, s3_proxy  # noqa: F401  (pytest fixtures)
 
 CHUNK = 0x10000
 
@@ -137,3 +140,30 @@ def test_compact_config_keys():
         CompactConfig.from_dict({"ratio": 5})
     with pytest.raises(InvalidArgumentError, match="min_used_ratio"):
         CompactConfig(min_used_ratio=100)
+
+
+@pytest.mark.parametrize("backend", ["s3", "http-proxy"])
+def test_compact_reads_blobs_through_a_backend(tmp_path, backend, request):
+    """--backend-type s3 (a moto server) or http-proxy (a loopback ranged server): the blobs are read from
+    the backend, the new blob is written to --blob-dir."""
+    merged, blobs = _layers(tmp_path, 6)
+    with rafs.open(merged, blob_dir=blobs) as image:
+        before = _contents(image)
+        ids = [blob.blob_id for blob in image.blobs]
+    out_dir = tmp_path / "out-blobs"
+    out_dir.mkdir()
+    out = tmp_path / "compacted.boot"
+    with contextlib.ExitStack() as stack:
+        if backend == "s3":
+            s3 = request.getfixturevalue("s3")
+            for blob_id in ids:
+                s3.put("nydus-demo/blob/" + blob_id, (blobs / blob_id).read_bytes())
+            config = s3.backend_config()
+        else:
+            config = {"addr": stack.enter_context(ranged_blob_server(blobs))}
+        assert cli_main(["compact", "-B", str(merged), "-D", str(out_dir), "--backend-type", backend,
+                         "--backend-config", json.dumps(config), "-O", str(out)]) == 0
+    (new_id,) = os.listdir(out_dir)
+    with rafs.open(out, blob_dir=out_dir) as image:
+        assert [blob.blob_id for blob in image.blobs] == [new_id]
+        assert _contents(image) == before

@@ -39,14 +39,13 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from ..blob import codecs
-from ..blob.writer import BlobWriter
-from ..errors import BuildError, DigestMismatchError, InvalidArgumentError
-from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, Node, SuperFlags
+from ..errors import BuildError, InvalidArgumentError
+from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, SuperFlags
 from . import tree
-from .outputs import Output, write_whole
+from .outputs import write_whole
 from .parent import check_layer_compatibility, load_bootstrap, unique_chunks
 from .report import BuildResult, Trace, output_document
+from .rewrite import ChunkCopier
 from .writers import write_bootstrap
 
 log = logging.getLogger(__name__)
@@ -347,31 +346,15 @@ class Compactor:
                   and all(c.compressed_offset == c.uncompressed_offset for c in chunks))
         toc = any(self.states[c.blob_index].blob.has(BlobFeatures.HAS_TOC) for c in chunks)
         aligned = self.version == 6 or any(self.states[c.blob_index].blob.has(BlobFeatures.ALIGNED) for c in chunks)
-        out = Output(None, self.blob_dir)
+        copier = ChunkCopier(image, self.blob_dir, index=index, like=first, version=self.version, aligned=aligned,
+                             toc=toc, mapped=mapped)
         try:
-            writer = BlobWriter(out.fp, blob_index=index, compressor=first.compressor, digester=first.digester,
-                                chunk_size=first.chunk_size, aligned=aligned, blob_meta=self.version == 6,
-                                toc=toc, crc32=True, mapped=mapped, workers=1)
             for chunk in chunks:
-                reader = image.chunk_reader(chunk.blob_index)
-                stored = reader.fetch_raw(chunk)
-                data = reader.decode(chunk, stored)
-                # what is copied must be what the image promises: a damaged chunk stops the compaction
-                if codecs.digest(first.digester, data) != chunk.digest:
-                    raise DigestMismatchError(f"compactor: chunk {chunk.index} of blob "
-                                              f"{self.states[chunk.blob_index].blob.blob_id} does not match its "
-                                              "digest", structure="chunk data", offset=chunk.compressed_offset)
-                new = writer.store_encoded(chunk.digest, chunk.uncompressed_size, stored,
-                                           bool(chunk.flags & ChunkFlags.COMPRESSED), codecs.crc32c(data))
-                changed[(chunk.blob_index, chunk.compressed_offset, chunk.uncompressed_offset)] = new
-            writer.end_data()
-            writer.write_meta()
-            blob = writer.finish()
-            out.commit(blob.blob_id)
+                changed[(chunk.blob_index, chunk.compressed_offset, chunk.uncompressed_offset)] = copier.copy(chunk)
         except BaseException:
-            out.discard()
+            copier.discard()
             raise
-        return blob
+        return copier.finish()
 
 
 def _moved(chunk: Chunk, to: Chunk) -> Chunk:

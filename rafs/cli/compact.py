@@ -9,7 +9,7 @@ import sys
 from rafs.errors import InvalidArgumentError
 
 from . import checks
-from .unpack import BACKEND_TYPES, backend_config
+from .unpack import add_backend_arguments, backend_config
 
 
 def _count(option: str, upper: int | None = None):
@@ -32,11 +32,7 @@ def register(sub) -> None:
     p.add_argument("-D", "--blob-dir", required=True,
                    help="local blobs directory for blobs not in the backend, also for the output blobs")
     p.add_argument("-C", "--config", help="nydusd configuration file whose backend holds the blobs")
-    p.add_argument("--backend-type", choices=BACKEND_TYPES + ("localfs",), metavar="{" + ",".join(BACKEND_TYPES) + "}",
-                   help="read the blobs through this storage backend, configured by --backend-config or "
-                   "--backend-config-file")
-    p.add_argument("--backend-config", help="backend configuration as inline JSON")
-    p.add_argument("--backend-config-file", help="backend configuration file (JSON)")
+    add_backend_arguments(p)
     p.add_argument("--min-used-ratio", help="lower bound of used ratio for blobs to be kept, possible values: "
                    "0-99, 0 means disable (default 0)")
     p.add_argument("--compact-blob-size", help="upper bound of blob size for blobs to be compacted, in bytes "

@@ -107,6 +107,8 @@ def run_mount(args) -> int:
     fuse.clear_stale_mount(args.mountpoint)
     if not os.path.isdir(args.mountpoint):
         raise InvalidArgumentError(f"--mountpoint {args.mountpoint}: not a directory")
+    if args.iostats_files and not args.apisock:
+        log.info("--iostats-files without --apisock: no per-file I/O statistics are kept (the API serves them)")
     if args.fs_driver == "erofs":
         if args.apisock or args.access_pattern_file:
             raise InvalidArgumentError("--apisock and --access-pattern-file need --fs-driver fuse: with erofs "

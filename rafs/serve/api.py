@@ -48,7 +48,7 @@ from urllib.parse import parse_qs, urlsplit
 from .. import __version__
 from ..io.latency import sum_fields
 from .metrics import file_records
-from .trace import FOP_READ, FOPS, pattern_records, paths_of
+from .trace import FOP_READ, FOPS, paths_of, pattern_records
 
 log = logging.getLogger(__name__)
 
