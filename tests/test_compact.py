@@ -167,3 +167,28 @@ def test_compact_reads_blobs_through_a_backend(tmp_path, backend, request):
     with rafs.open(out, blob_dir=out_dir) as image:
         assert [blob.blob_id for blob in image.blobs] == [new_id]
         assert _contents(image) == before
+
+
+def test_compact_with_a_chunk_dictionary(tmp_path):
+    """The dictionary's blobs are kept as they are; chunks it holds are referenced there, not copied."""
+    merged, blobs = _layers(tmp_path, 5)
+    dictionary = tmp_path / "a.boot"                 # the lowest layer, as a chunk dictionary
+    with rafs.open(merged, blob_dir=blobs) as image:
+        before = _contents(image)
+    with rafs.open(dictionary, blob_dir=blobs) as image:
+        dict_blob = image.blobs[0].blob_id
+        dict_digests = {c.digest for path, st in image.iter_stats() if st.st_mode & 0o170000 == 0o100000
+                        for c in image.chunks(path)}
+    out = tmp_path / "compacted.boot"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"version": 2, "backend": {"type": "localfs", "localfs": {"dir": str(blobs)}}}))
+    assert cli_main(["compact", "-B", str(merged), "-D", str(blobs), "-C", str(config), "--chunk-dict",
+                     f"bootstrap={dictionary}", "-O", str(out)]) == 0
+    with rafs.open(out, blob_dir=blobs) as image:
+        assert _contents(image) == before
+        ids = [blob.blob_id for blob in image.blobs]
+        assert dict_blob in ids and len(ids) == 2
+        for path, st in image.iter_stats():
+            if st.st_mode & 0o170000 == 0o100000:
+                for chunk in image.chunks(path):
+                    assert (ids[chunk.blob_index] == dict_blob) == (chunk.digest in dict_digests), path
