@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError
 from ..model import BlobFeatures, Chunk, Node, SuperFlags
+from ..patterns import read_list_file, read_pattern_file
 from . import tree
 from .outputs import write_whole
 from .parent import load_bootstrap
@@ -41,7 +42,6 @@ from .writers import write_bootstrap
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_BOOTSTRAP = "optimized_bootstrap"     # nydus-image optimize without --output-bootstrap
-MAX_LIST_SIZE = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -61,16 +61,9 @@ class PrefetchFile:
 
 def read_prefetch_files(path, *, option: str = "--prefetch-files") -> list[PrefetchFile]:
     """The files a prefetch list names (see the module docstring for the formats)."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_LIST_SIZE + 1)
-    except OSError as exc:
-        raise InvalidArgumentError(f"{option} {path}: {exc.strerror or exc}") from None
-    if len(data) > MAX_LIST_SIZE:
-        raise InvalidArgumentError(f"{option} {path}: larger than {MAX_LIST_SIZE >> 20} MiB")
+    data = read_list_file(path, option)
     if data.lstrip()[:1] == b"{":
         return _nydusify_list(data, f"{option} {path}")
-    from ..serve.trace import read_pattern_file
     return [PrefetchFile(p) for p in read_pattern_file(path, option=option)]
 
 

@@ -25,6 +25,7 @@ import time
 
 from .. import tempfiles
 from ..io.latency import BUCKETS, SIZE_BUCKET_BY_BITS, micros_bucket, size_bucket  # noqa: F401
+from ..patterns import read_pattern_file  # noqa: F401 - its home before rafs.patterns
 
 log = logging.getLogger(__name__)
 
@@ -216,32 +217,6 @@ def write_pattern_file(path, records) -> None:
     except BaseException:
         tempfiles.remove(tmp)
         raise
-
-
-def read_pattern_file(path, *, option: str = "--prefetch-patterns") -> list[str]:
-    """The patterns in a pattern file: one path a line, or the JSON records :func:`write_pattern_file`
-    writes (and ``/api/v1/metrics/pattern`` serves), their ``path`` fields in order."""
-    from ..errors import InvalidArgumentError
-    try:
-        with open(path, "rb") as f:
-            data = f.read((64 << 20) + 1)
-    except OSError as exc:
-        raise InvalidArgumentError(f"{option} {path}: {exc.strerror or exc}") from None
-    if len(data) > 64 << 20:
-        raise InvalidArgumentError(f"{option} {path}: larger than 64 MiB")
-    if data.lstrip()[:1] == b"[":
-        try:
-            records = json.loads(data)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"{option} {path}: not valid JSON ({exc})") from None
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise InvalidArgumentError(f"{option} {path}: expected a JSON list of access records")
-        paths = [r.get("path") for r in records]
-        if not all(isinstance(p, str) for p in paths):
-            raise InvalidArgumentError(f"{option} {path}: every access record needs a \"path\" (nydusd's own "
-                                       "records name inodes only: take them from rafs mount's API or trace)")
-        return paths
-    return [os.fsdecode(line) for line in data.splitlines() if line.strip()]
 
 
 def paths_of(image, inos) -> dict[int, str]:
