@@ -30,7 +30,8 @@ def register(sub) -> None:
                        "merge small blobs")
     p.add_argument("-B", "--bootstrap", required=True, help="bootstrap to compact")
     p.add_argument("-D", "--blob-dir", required=True,
-                   help="local blobs directory for blobs not in the backend, also for the output blobs")
+                   help="directory of the blobs (read from there unless -C or --backend-type names a "
+                   "backend) and of the output blobs")
     p.add_argument("-C", "--config", help="nydusd configuration file whose backend holds the blobs")
     add_backend_arguments(p)
     p.add_argument("--min-used-ratio", help="lower bound of used ratio for blobs to be kept, possible values: "
