@@ -18,6 +18,7 @@ from rafs.errors import InvalidArgumentError
 from rafs.model import BlobFeatures
 from rafs.serve import trace
 from s3server import moto_server, s3, s3_proxy  # noqa: F401  (pytest fixtures)
+from test_mount_trace import tree  # noqa: F401  (a pytest fixture)
 
 CHUNK = 0x10000
 TRACE = ["/d2/small1", "/d0/small3", "/big-b", "/d1/small0", "/d0/small0"]
@@ -170,3 +171,28 @@ def test_optimize_reads_blobs_through_a_backend(tmp_path, backend, request):
     with rafs.open(tmp_path / "out.boot", blob_dir=out_dir) as image:
         assert [b.blob_id for b in image.blobs] == [blob_id, prefetch_id]
         assert _contents(image) == {os.fsencode("/" + rel): data for rel, data in files.items()}
+
+
+@pytest.mark.privileged
+def test_optimized_image_starts_with_fewer_backend_requests(s3, tmp_path, tree):
+    """The loop of issue 18 with ``rafs optimize``: the trace's files, moved into the prefetch blob, are
+    fetched by the mount's prefetch in one merged request; the original image asks once per file."""
+    from test_mount_trace import WORKLOAD, _s3_start
+    source, files, blobs = tree
+    (tmp_path / "trace.txt").write_text("".join(f"/{rel}\n" for rel in WORKLOAD))
+    out_dir = tmp_path / "optimized-blobs"
+    out_dir.mkdir()
+    result = optimize(tmp_path / "boot", read_prefetch_files(tmp_path / "trace.txt"), output_blob_dir=out_dir,
+                      output_bootstrap=tmp_path / "optimized.boot", blob_dir=blobs)
+    (original_id,) = os.listdir(blobs)
+    s3.put(f"nydus-demo/blob/{original_id}", (blobs / original_id).read_bytes())
+    s3.put(f"nydus-demo/blob/{result.blob_id}", (out_dir / result.blob_id).read_bytes())
+
+    without = _s3_start(s3, tmp_path, "original", tmp_path / "boot", original_id, files, prefetches=False)
+    with_blob = _s3_start(s3, tmp_path, "optimized", tmp_path / "optimized.boot", result.blob_id, files,
+                          prefetches=True)
+    original_after = len(s3.proxy.requests_for(f"nydus-demo/blob/{original_id}"))
+    assert without >= len(WORKLOAD), f"the original image's workload took only {without} requests"
+    # the prefetch blob: its meta and one merged request; the original blob is not asked for the workload
+    assert with_blob <= 2 and original_after <= 1, (with_blob, original_after)
+    assert with_blob + original_after < without
