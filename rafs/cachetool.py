@@ -17,6 +17,7 @@ blob's cache never creates files here: a blob whose data or map file is missing 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import os
@@ -156,8 +157,10 @@ def report(work_dir, images=()) -> tuple[list[CachedBlob], list[str]]:
 def _sizes_from_meta(cache: BlobCache, blob) -> dict[int, int] | None:
     """{chunk index: data size} from the cached .blob.meta (every chunk of the blob), if it is sound."""
     from .blob.meta import load_blob_meta_file
+    from .io.source import LocalRangeReader
     try:
-        meta = load_blob_meta_file(cache.meta_path, blob)
+        with contextlib.closing(LocalRangeReader(cache.meta_path)) as reader:
+            meta = load_blob_meta_file(reader, blob)
     except (RafsError, OSError):
         return None
     return {i: ci.uncompressed_size for i, ci in enumerate(meta.chunks)}

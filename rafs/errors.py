@@ -21,6 +21,38 @@ class InvalidArgumentError(RafsError, ValueError):
     """The caller passed an option, path or value that rafs cannot use."""
 
 
+class ParameterError(InvalidArgumentError):
+    """A wrong value or combination of the caller's parameters, which the message names as fields of
+    ``template`` (``"{output} is required unless {localfs_dir} is given"``).
+
+    The message says the library's parameter names (``output is required unless localfs_dir is
+    given``); a front end with its own names for them words the same message with :meth:`worded` (the
+    ``rafs`` command says its flags: ``--output``, ``--localfs-dir``). ``values`` fill the template's
+    other fields, with their conversions (``{blob_id!r}``).
+    """
+
+    def __init__(self, template: str, **values):
+        self.template = template
+        self.values = values
+        super().__init__(self.worded(str))
+
+    def worded(self, name) -> str:
+        """The message with each parameter ``p`` of the template called ``name(p)`` (a function from a
+        parameter name to the words for it)."""
+        return self.template.format_map(_Fields(name, self.values))
+
+
+class _Fields(dict):
+    """Fills a :class:`ParameterError` template: its values where given, a parameter's name elsewhere."""
+
+    def __init__(self, name, values: dict):
+        super().__init__(values)
+        self.name = name
+
+    def __missing__(self, key: str) -> str:
+        return self.name(key)
+
+
 class InvalidImageError(RafsError, ValueError):
     """The bytes of a bootstrap or blob break the format.
 

@@ -26,7 +26,7 @@ from . import tempfiles
 from .blob.layout import BLOB_CCT_HEADER_SIZE as CI_HEADER_SIZE
 from .blob.meta import load_chunk_infos
 from .io.cache import _KnownEnd
-from .errors import InvalidArgumentError, InvalidImageError, UnsupportedError
+from .errors import InvalidImageError, ParameterError, UnsupportedError
 from .model import Chunk
 from .verity import BLOCK_SIZE, SPARE_NYDUS, VerityWriter, tree_size, veritysetup_options
 
@@ -202,5 +202,5 @@ def export_block(image, output, *, verity: bool = False, spare: str = SPARE_NYDU
 def default_output(bootstrap: str, localfs_dir: str | None) -> str:
     """nydus-image's default output: ``<localfs dir>/<bootstrap file name>.disk``."""
     if localfs_dir is None:
-        raise InvalidArgumentError("--output is required unless --localfs-dir is given")
+        raise ParameterError("{output} is required unless {localfs_dir} is given")
     return os.path.join(localfs_dir, os.path.basename(bootstrap) + ".disk")

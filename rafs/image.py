@@ -124,8 +124,9 @@ class StatFs:
     f_namemax: int = 255
 
 
-def detect_reader(data, *, blob_id_hint: str | None = None) -> ImageReader:
-    """The reader for a bootstrap's bytes: v5 by its magic at 0, v6/EROFS by the magic at 1024."""
+def detect_reader(data, *, blob_id_hint: str | None = None, chunk_info_source=None) -> ImageReader:
+    """The reader for a bootstrap's bytes: v5 by its magic at 0, v6/EROFS by the magic at 1024.
+    ``chunk_info_source`` (see :func:`chunk_info_source`) lets a v6 reader resolve chunks through blob meta."""
     from .v5.reader import V5Reader, is_v5
     if is_v5(bytes(data[:8])):
         return V5Reader(data, blob_id_hint=blob_id_hint)
@@ -134,7 +135,7 @@ def detect_reader(data, *, blob_id_hint: str | None = None) -> ImageReader:
     except ImportError:                           # pragma: no cover - v6 support not installed
         V6Reader = is_erofs = None
     if is_erofs is not None and is_erofs(data):
-        return V6Reader(data, blob_id_hint=blob_id_hint)
+        return V6Reader(data, blob_id_hint=blob_id_hint, chunk_info_source=chunk_info_source)
     raise InvalidImageError("neither a RAFS v5 superblock (magic 0x52414653 at 0) nor an EROFS/RAFS v6 "
                             "superblock (magic 0xe0f5e1e2 at 1024)", structure="superblock", offset=0)
 
@@ -163,20 +164,29 @@ def open(source, *, blob_dir=None, blobs=None, storage_options: dict | None = No
         locator = BlobLocator(blob_dir=blob_dir, blobs=blobs, storage_options=storage_options)
     load_bootstrap = getattr(locator, "load_bootstrap", None)
     data = load_bootstrap(source) if load_bootstrap else load_bytes(source, storage_options)
-    reader, inline_blob = _reader_for(data, source, storage_options)
-    if inline_blob is not None and not (blob_dir or blobs or config):
-        # the blob that carried the bootstrap also carries the data
-        locator = BlobLocator(blobs={inline_blob[0]: inline_blob[1]}, storage_options=storage_options)
+    reader, inline_blob, locator = _reader_for(data, source, storage_options, locator,
+                                               keep_locator=bool(blob_dir or blobs or config))
     log.debug("bootstrap %s: %d bytes%s, RAFS v%d, %d blobs, blobs from %s", _describe_source(source), len(data),
               " (inside a data blob)" if inline_blob is not None else "", reader.version, len(reader.blobs),
               locator.describe())
     return Image(reader, locator, validate=validate, name=_describe_source(source))
 
 
-def _reader_for(data, source, storage_options):
-    """(reader, (blob id, source) if the bootstrap came out of a data blob)."""
+def chunk_info_source(locator):
+    """What a v6 reader resolves chunks through when its chunk info table lacks them: a blob's CI array
+    (blob meta), loaded from the blob that ``locator`` finds."""
     try:
-        return detect_reader(data), None
+        from .blob.meta import load_chunk_infos
+    except ImportError:                           # pragma: no cover - no blob meta support
+        return None
+    return lambda blob: load_chunk_infos(blob, locator.open(blob.blob_id, blob.index))
+
+
+def _reader_for(data, source, storage_options, locator, *, keep_locator: bool):
+    """(reader, (blob id, source) if the bootstrap came out of a data blob, the locator of the image's
+    blobs): the blob that carried the bootstrap also carries the data, unless ``keep_locator``."""
+    try:
+        return detect_reader(data, chunk_info_source=chunk_info_source(locator)), None, locator
     except InvalidImageError as first_error:
         try:
             from .blob.toc import extract_inline_bootstrap
@@ -186,7 +196,10 @@ def _reader_for(data, source, storage_options):
         if found is None:
             raise first_error from None
         bootstrap, blob_id = found
-        return detect_reader(bootstrap, blob_id_hint=blob_id), (blob_id, source)
+        if not keep_locator:
+            locator = BlobLocator(blobs={blob_id: source}, storage_options=storage_options)
+        return (detect_reader(bootstrap, blob_id_hint=blob_id, chunk_info_source=chunk_info_source(locator)),
+                (blob_id, source), locator)
 
 
 def _describe_source(source) -> str:
@@ -214,13 +227,6 @@ class Image:
         self._lock = threading.Lock()
         self._chunk_cache: collections.OrderedDict = collections.OrderedDict()
         self._chunk_cache_size = chunk_cache_size
-        if getattr(reader, "ci_provider", False) is None:
-            try:
-                from .blob.meta import load_chunk_infos  # noqa: F401 - only if blob meta support exists
-            except ImportError:                          # pragma: no cover
-                pass
-            else:
-                reader.ci_provider = self._chunk_infos
 
     # -- the image as a whole --------------------------------------------------------------------
 
@@ -629,16 +635,10 @@ class Image:
         ino, _ = self._resolve(path)
         return self.reader.chunks(ino)
 
-    def _chunk_infos(self, blob_index: int) -> list:
-        """The CI array (blob meta) of one blob, for readers that resolve chunks through it (v6)."""
-        from .blob.meta import load_chunk_infos
-        blob = self.blobs[blob_index]
-        return load_chunk_infos(blob, self.locator.open(blob.blob_id, blob_index))
-
     def _meta_chunk_reader(self) -> ChunkReader:
         """Reads chunks stored in the image itself (META_BLOB_INDEX: plain EROFS data), which are never
         compressed and carry no digest."""
-        from .blob._source import BytesRangeReader
+        from .ranges import BytesRangeReader
         blob = Blob(index=META_BLOB_INDEX, blob_id="<image>", compressor="none")
         return ChunkReader(blob, BytesRangeReader(self.reader.data, "image"), validate=False)
 
@@ -886,6 +886,30 @@ class Image:
         workers (default 2) read and decompress file data ahead of the writes."""
         from .extract import extract_all
         extract_all(self, dest, filter=filter, members=members, threads=threads)
+
+    def write_tar(self, target, *, threads: int | None = None, progress: Progress | None = None) -> int:
+        """Write the tree as an OCI-compatible tar (what ``nydus-image unpack`` writes) to ``target``, a
+        file object or a path (written through a temporary file and renamed into place); returns the
+        number of entries. ``threads`` workers read file data ahead; ``progress`` counts entries."""
+        from .unpack import write_tar_to
+        return write_tar_to(self, target, threads=threads, progress=progress)
+
+    def describe(self, *, with_stats: bool = True) -> dict:
+        """A summary as plain data (what ``rafs inspect --json`` prints): version, flags in words,
+        superblock fields, blobs, prefetch table and, ``with_stats``, :meth:`tree_stats`."""
+        from .inspect import describe
+        return describe(self, with_stats=with_stats)
+
+    def tree_stats(self) -> dict:
+        """Counts over the whole tree (entries, directories, files, hardlinks, chunks...): walks every inode."""
+        from .inspect import stats
+        return stats(self)
+
+    def blob_summaries(self) -> list[dict]:
+        """One dict per blob of the blob table (id, compressor, sizes, features, ToC and meta sections);
+        a blob's key and IV are never in it."""
+        from .inspect import blob_info
+        return [blob_info(blob) for blob in self.blobs]
 
 
 _BAD_NAMES = frozenset((b"", b".", b".."))

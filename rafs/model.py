@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, BinaryIO
 
 from . import display
+# the format limits, read from here by many modules
+from .limits import (DEFAULT_CHUNK_SIZE, MAX_BLOBS, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, MAX_DEPTH,  # noqa: F401
+                     MAX_NAME_SIZE, MAX_XATTR_VALUE_SIZE, MIN_CHUNK_SIZE)
 
 # Compressor ids as stored in blob tables and CI headers (utils/src/compress/mod.rs `Algorithm`).
 COMPRESSOR_IDS = {"none": 0, "lz4_block": 1, "gzip": 2, "zstd": 3}
@@ -27,25 +30,12 @@ DIGEST_SIZE = 32
 CIPHER_IDS = {"none": 0, "aes128xts": 1, "aes256xts": 2, "aes256gcm": 3}
 CIPHER_NAMES = {v: k for k, v in CIPHER_IDS.items()}
 
-DEFAULT_CHUNK_SIZE = 0x100000       # RAFS_DEFAULT_CHUNK_SIZE, storage/src/lib.rs
-MIN_CHUNK_SIZE = 0x1000
-MAX_CHUNK_SIZE = 0x1000000          # RAFS_MAX_CHUNK_SIZE
-MAX_CHUNKS_PER_BLOB = 1 << 24       # RAFS_MAX_CHUNKS_PER_BLOB
-MAX_BLOBS = 255                     # blob index is a u8 (v6 stores index + 1)
 # Blob index of chunks stored in the image itself (plain EROFS flat/inline data, device 0 chunks):
 # their offsets address the bootstrap's own bytes, and there is no digest to verify.
 META_BLOB_INDEX = -1
 # Blob index of compressed EROFS extents (mkfs.erofs -z): decoded from the image by the v6 reader's
 # zdata chunk reader; ``index`` is the file's nid (see rafs/v6/zdata.py).
 ZDATA_BLOB_INDEX = -2
-MAX_NAME_SIZE = 255
-MAX_XATTR_VALUE_SIZE = 0x10000
-# Deepest directory nesting a walk of an image accepts (InvalidImageError beyond). Not a limit of the
-# formats, which nest without bound, but of every system that names files by path: PATH_MAX (4096
-# bytes, NUL included) holds at most 2048 levels ("/a" each), so a deeper entry cannot be created,
-# opened or extracted by path on Linux, nor come out of a directory a builder walked. Walks keep memory
-# linear in depth; the bound also caps the time and output that grow with depth times path length.
-MAX_DEPTH = 2048
 # Xattr name prefixes RAFS stores (rafs/src/metadata/layout/mod.rs `RAFS_XATTR_PREFIXES`).
 XATTR_PREFIXES = (b"user.", b"security.", b"trusted.", b"system.posix_acl_access",
                   b"system.posix_acl_default")

@@ -27,12 +27,12 @@ import json
 import os
 import stat
 
+from .blob.ci import round_up_4k
 from .display import Table
 
 FILE_SIZE_BUCKETS = 45
 CHUNK_SIZE_BITS = range(12, 21)
 DEDUP_THRESHOLDS = 20
-_PAGE = 4096
 
 
 @dataclasses.dataclass
@@ -115,7 +115,7 @@ class ImageStat:
                 size = inode.size
                 info.file_sizes[min(size.bit_length(), FILE_SIZE_BUCKETS - 1)] += 1
                 info.file_size += size
-                info.padding_size += -size % _PAGE
+                info.padding_size += round_up_4k(size) - size
                 info.chunks += len(chunks)
                 info.comp_size += sum(c.compressed_size for c in chunks)
                 info.uncomp_size += sum(c.uncompressed_size for c in chunks)

@@ -21,7 +21,7 @@ import stat as _stat
 import tarfile
 import urllib.parse
 
-from .errors import BuildError
+from .errors import BuildError, InvalidArgumentError
 from .progress import Progress, Ticker
 from .readahead import DEFAULT_THREADS, DataOnce, read_ahead
 from .text import printable
@@ -99,6 +99,40 @@ def write_tar(image, fileobj, *, threads: int = DEFAULT_THREADS, progress: Progr
             ticker.advance()
     ticker.finish()
     return count
+
+
+def write_tar_to(image, target, *, threads: int | None = None, progress: Progress | None = None) -> int:
+    """:func:`write_tar` to a file object, or to the path ``target`` written whole through a temporary file
+    then renamed into place (a FIFO or a device such as /dev/null is written into, never replaced); an
+    error writing it names the path (a full disk reads ``No space left on device: 'x.tar'``)."""
+    threads = DEFAULT_THREADS if threads is None else threads
+    if hasattr(target, "write"):
+        return write_tar(image, target, threads=threads, progress=progress)
+    from .builder.outputs import Output
+    out = Output(target, None, error=InvalidArgumentError)
+    try:
+        count = write_tar(image, _Named(out.fp, os.fspath(target)), threads=threads, progress=progress)
+        out.commit(None)
+    except BaseException:
+        out.discard()
+        raise
+    return count
+
+
+class _Named:
+    """A file whose write errors name ``path``."""
+
+    def __init__(self, fileobj, path):
+        self.fileobj = fileobj
+        self.path = path
+
+    def write(self, data) -> int:
+        try:
+            return self.fileobj.write(data)
+        except OSError as exc:
+            if exc.filename is None:
+                exc.filename = self.path
+            raise
 
 
 def _sparse_member(info: tarfile.TarInfo, data, regions: list[tuple[int, int]]):

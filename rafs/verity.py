@@ -24,13 +24,13 @@ import hashlib
 import os
 
 from .errors import InvalidArgumentError
+from .options import VERITY_SPARES
 
 BLOCK_SIZE = 4096
 DIGEST_SIZE = 32
 DIGESTS_PER_PAGE = BLOCK_SIZE // DIGEST_SIZE
 ZERO_BLOCK_DIGEST = hashlib.sha256(bytes(BLOCK_SIZE)).digest()
-SPARE_NYDUS = "nydus"
-SPARE_ZERO = "zero"
+SPARE_NYDUS, SPARE_ZERO = VERITY_SPARES
 SPARE_FILLS = {SPARE_NYDUS: ZERO_BLOCK_DIGEST, SPARE_ZERO: bytes(DIGEST_SIZE)}
 
 

@@ -52,12 +52,12 @@ def zran_meta(fixtures):
 # -- fixtures ----------------------------------------------------------------------------------------
 
 def test_v6_blob_ci(v6_blob):
-    chunks = load_chunk_infos(V6_BLOB, v6_blob)
+    chunks = load_chunk_infos(V6_BLOB, v6_blob.read_bytes())
     assert _addresses(chunks) == V6_CHUNKS
     assert all(c.flags == ChunkFlags.COMPRESSED and c.crc32 == 0 and c.context is None for c in chunks)
-    meta = load_blob_meta(V6_BLOB, v6_blob)
+    meta = load_blob_meta(V6_BLOB, v6_blob.read_bytes())
     assert meta.version == 1 and meta.header.s_features == 0x7000_0021 and meta.header.s_ci_compressor == 0
-    assert read_blob_meta_at(v6_blob, 8346).chunks == chunks
+    assert read_blob_meta_at(v6_blob.read_bytes(), 8346).chunks == chunks
 
 
 def test_v6_blob_ci_through_the_bootstrap(v6_fixture):
@@ -66,7 +66,7 @@ def test_v6_blob_ci_through_the_bootstrap(v6_fixture):
     with rafs.open(bootstrap, blob_dir=blob_dir) as image:
         blob = image.blobs[0]
         assert (blob.ci_offset, blob.ci_compressed_size, blob.ci_compressor) == (8314, 32, "none")
-        assert _addresses(load_chunk_infos(blob, blob_dir / blob.blob_id)) == V6_CHUNKS
+        assert _addresses(load_chunk_infos(blob, (blob_dir / blob.blob_id).read_bytes())) == V6_CHUNKS
 
 
 def test_encoders_rebuild_the_v6_blob_ci_byte_for_byte(v6_blob):
@@ -79,7 +79,7 @@ def test_encoders_rebuild_the_v6_blob_ci_byte_for_byte(v6_blob):
 
 
 def test_zran_cache_file(zran_meta):
-    meta = load_blob_meta_file(zran_meta)
+    meta = load_blob_meta_file(zran_meta.read_bytes())
     header = meta.header
     assert (header.s_features, header.s_ci_entries, header.s_ci_uncompressed_size) == (0xF, 0xA3, 660112)
     assert (header.s_ci_zran_offset, header.s_ci_zran_size, header.s_ci_zran_count) == (3912, 0xA0348, 21)
@@ -97,21 +97,21 @@ def test_zran_cache_file(zran_meta):
     assert pack_chunk_infos(meta.chunks, 2) == meta.ci_data[:3912]
     assert meta.file_bytes() == zran_meta.read_bytes()
     # with the blob table entry the reference's tests use, and a wrong one
-    assert load_blob_meta_file(zran_meta, ZRAN_BLOB).chunks == meta.chunks
+    assert load_blob_meta_file(zran_meta.read_bytes(), ZRAN_BLOB).chunks == meta.chunks
     with pytest.raises(InvalidImageError):
-        load_blob_meta_file(zran_meta, dataclasses.replace(ZRAN_BLOB, chunk_count=162))
+        load_blob_meta_file(zran_meta.read_bytes(), dataclasses.replace(ZRAN_BLOB, chunk_count=162))
     with pytest.raises(InvalidImageError):
-        load_blob_meta_file(zran_meta, dataclasses.replace(ZRAN_BLOB, uncompressed_size=0x100000))
+        load_blob_meta_file(zran_meta.read_bytes(), dataclasses.replace(ZRAN_BLOB, uncompressed_size=0x100000))
 
 
 def test_cache_file_writer(v6_blob, tmp_path):
-    meta = load_blob_meta(V6_BLOB, v6_blob)
+    meta = load_blob_meta(V6_BLOB, v6_blob.read_bytes())
     expected = meta.ci_data + bytes(4096 - 32) + meta.header_bytes
     assert blob_meta_file_bytes(meta.ci_data, meta.header_bytes) == expected == meta.file_bytes()
     path = tmp_path / f"{V6_BLOB_ID}.blob.meta"
     with open(path, "wb") as f:
         assert write_blob_meta_file(f, meta.ci_data, meta.header_bytes) == 8192
-    assert load_blob_meta_file(path, V6_BLOB).chunks == meta.chunks
+    assert load_blob_meta_file(path.read_bytes(), V6_BLOB).chunks == meta.chunks
     assert load_blob_meta_file(expected).chunks == meta.chunks
     with pytest.raises(InvalidArgumentError):
         blob_meta_file_bytes(meta.ci_data[:16], meta.header_bytes)
@@ -237,14 +237,14 @@ def test_encoders_refuse_what_does_not_fit():
 ])
 def test_ci_sizes_that_lie(v6_blob, change):
     with pytest.raises(InvalidImageError):
-        load_chunk_infos(dataclasses.replace(V6_BLOB, **change), v6_blob)
+        load_chunk_infos(dataclasses.replace(V6_BLOB, **change), v6_blob.read_bytes())
 
 
 def test_huge_declared_ci_is_refused_before_reading(v6_blob):
     count = 1 << 24
     blob = dataclasses.replace(V6_BLOB, chunk_count=count, ci_compressed_size=16 * count,
                                ci_uncompressed_size=16 * count)
-    _fails_within(lambda: load_chunk_infos(blob, v6_blob), 4 << 20)
+    _fails_within(lambda: load_chunk_infos(blob, v6_blob.read_bytes()), 4 << 20)
 
 
 def _fails_within(call, memory_limit: int) -> None:

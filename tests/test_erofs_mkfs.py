@@ -19,6 +19,7 @@ import rafs
 from conftest import need
 from rafs.model import META_BLOB_INDEX, SuperFlags
 from rafs.v6 import layout, xattr
+from rafs.v6.inodes import chunk_format_bits
 from rafs.v6.reader import V6Reader, erofs_sb_checksum
 
 BUILD_TIME = 1_700_000_000
@@ -326,7 +327,7 @@ def _punch_holes(images, name: str) -> tuple[bytes, int]:
     indexes = rec.raw.i_u & layout.EROFS_CHUNK_FORMAT_INDEXES
     unit = 8 if indexes else 4
     start = (rec.body_end + unit - 1) // unit * unit
-    count = -(-rec.size // (1 << reader._chunk_bits(rec)))
+    count = -(-rec.size // (1 << chunk_format_bits(reader.geometry, rec.nid, rec.i_u)))
     addr_at = [start + unit * i + (4 if indexes else 0) for i in range(count)]
     zero_block = Counter(bytes(data[a:a + 4]) for a in addr_at).most_common(1)[0][0]
     holes = 0
@@ -375,7 +376,7 @@ def test_lookup_by_binary_search(images):
         listing = list(reader.entries(big))
         assert len(listing) == BIG_DIR_ENTRIES
         assert [n for n, _ in listing] == sorted(n for n, _ in listing)
-        assert reader._block_count(reader.record(big)) > 10
+        assert reader.directories.block_count(reader.record(big)) > 10
         for name, nid in listing:
             assert reader.lookup(big, name) == nid
         for missing in (b"", b"a", b"entry-", b"entry-00001-", b"entry-02999-x", b"zzz", b"."):

@@ -46,7 +46,7 @@ def test_v6_chunks_of_ordinary_files_take_one_pass(image_dir, monkeypatch):
         reader = image.reader
         expect = {name: reader.chunks(image.inode("/" + name).ino) for name in image.listdir("/")}
         long_way = []
-        monkeypatch.setattr(reader, "_rafs_chunks", lambda rec: long_way.append(rec) or [])
+        monkeypatch.setattr(reader.rafs_chunks, "long_way", lambda rec: long_way.append(rec) or [])
         assert {name: reader.chunks(image.inode("/" + name).ino) for name in image.listdir("/")} == expect
         assert not long_way
         assert sum(len(chunks) for chunks in expect.values()) > 10
@@ -64,7 +64,7 @@ def test_v6_chunks_match_the_long_way(image_dir, v6_fixture):
                     if not inode.is_reg:
                         continue
                     ino = inode.ino
-                    assert reader.chunks(ino) == reader._rafs_chunks(reader.record(ino)), name
+                    assert reader.chunks(ino) == reader.rafs_chunks.long_way(reader.record(ino)), name
                     seen += 1
             assert seen
 

@@ -7,7 +7,7 @@ import construct
 import pytest
 from hypothesis import given, strategies as st
 
-from rafs import _codec
+from rafs import _records
 from rafs.errors import InternalError, InvalidImageError
 from rafs.testing import from_schema, layout_schemas, schema_bytes
 from rafs.testing.schemas import fixed_bytes, flat_fields, integer_range
@@ -39,14 +39,14 @@ def test_schema_decodes_any_bytes_or_raises_a_rafs_error(name, data):
     schema = SCHEMAS[name]
     raw = data.draw(st.one_of(schema_bytes(schema), st.binary(max_size=64)), label="raw")
     try:
-        _codec.parse(schema, raw, structure=name)
+        _records.parse(schema, raw, structure=name)
     except InvalidImageError:
         pass
 
 
 def _fast_record(schema):
     try:
-        return _codec.FastRecord(schema, "under test")
+        return _records.FastRecord(schema, "under test")
     except InternalError:
         return None
 

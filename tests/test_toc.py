@@ -14,7 +14,7 @@ import zstandard
 
 import rafs
 from rafs.blob import codecs
-from rafs.blob._source import BytesRangeReader
+from rafs.ranges import BytesRangeReader
 from rafs.blob.describe import describe_blob
 from rafs.blob.tar_header import build_tar_header, parse_tar_header, walk_sections
 from rafs.blob.toc import (TocEntry, compute_blob_id, extract_entry, extract_inline_bootstrap, read_toc,
@@ -43,7 +43,7 @@ def v6_blob(fixtures):
 # -- the reference's toc fixture (storage/src/meta/toc.rs tests) -------------------------------------
 
 def test_toc_fixture_lists_four_entries(toc_blob):
-    toc = read_toc(toc_blob)
+    toc = read_toc(toc_blob.read_bytes())
     assert [e.name for e in toc] == ["image.blob", "blob.meta", "blob.meta.header", "image.boot"]
     assert (toc.offset, toc.size, toc.digest) == (9010, 1024, TOC_DIGEST)
     meta, header, boot = toc.get("blob.meta"), toc.get("blob.meta.header"), toc.get("image.boot")
@@ -53,27 +53,27 @@ def test_toc_fixture_lists_four_entries(toc_blob):
 
 
 def test_toc_digest_and_location_are_checked(toc_blob):
-    assert len(read_toc(toc_blob, digest=TOC_DIGEST, size=1024, offset=9010)) == 4
-    assert len(read_toc(toc_blob, digest=TOC_DIGEST, size=1024)) == 4
+    assert len(read_toc(toc_blob.read_bytes(), digest=TOC_DIGEST, size=1024, offset=9010)) == 4
+    assert len(read_toc(toc_blob.read_bytes(), digest=TOC_DIGEST, size=1024)) == 4
     wrong = bytes([0]) + TOC_DIGEST[1:]
     with pytest.raises(DigestMismatchError):
-        read_toc(toc_blob, digest=wrong, size=1024, offset=9010)
+        read_toc(toc_blob.read_bytes(), digest=wrong, size=1024, offset=9010)
     with pytest.raises(InvalidImageError):
-        read_toc(toc_blob, size=1024, offset=9000)
+        read_toc(toc_blob.read_bytes(), size=1024, offset=9000)
     with pytest.raises(InvalidImageError):
-        read_toc(toc_blob, size=1000)                  # not a multiple of 128
+        read_toc(toc_blob.read_bytes(), size=1000)                  # not a multiple of 128
     with pytest.raises(InvalidImageError):
-        read_toc(toc_blob, size=1024, offset=9100)     # runs past the end
+        read_toc(toc_blob.read_bytes(), size=1024, offset=9100)     # runs past the end
     # a zero digest means "not recorded" (as in the reference)
-    assert len(read_toc(toc_blob, digest=bytes(32), size=1024)) == 4
+    assert len(read_toc(toc_blob.read_bytes(), digest=bytes(32), size=1024)) == 4
 
 
 def test_toc_entries_extract_and_verify(toc_blob):
-    toc = read_toc(toc_blob, digest=TOC_DIGEST, size=1024)
-    meta = extract_entry(toc_blob, toc.get("blob.meta"))
-    header = extract_entry(toc_blob, toc.get("blob.meta.header"))
+    toc = read_toc(toc_blob.read_bytes(), digest=TOC_DIGEST, size=1024)
+    meta = extract_entry(toc_blob.read_bytes(), toc.get("blob.meta"))
+    header = extract_entry(toc_blob.read_bytes(), toc.get("blob.meta.header"))
     assert len(meta) == 0x30 and len(header) == 0x1000 and header[:4] == b"\x0b\xb1\x0b\xb1"
-    boot = extract_entry(toc_blob, toc.get("image.boot"))
+    boot = extract_entry(toc_blob.read_bytes(), toc.get("image.boot"))
     assert len(boot) == 20480 and boot[1024:1028] == b"\xe2\xe1\xf5\xe0"
 
 
@@ -117,11 +117,11 @@ def test_zstd_fixture_is_the_toc_blob(fixtures, toc_blob):
 # -- the v6 fixture blob (blob-toc, inlined chunk digests) -------------------------------------------
 
 def test_v6_blob_toc_and_sections(v6_blob):
-    toc = read_toc(v6_blob, digest=V6_TOC_DIGEST, size=1024)
+    toc = read_toc(v6_blob.read_bytes(), digest=V6_TOC_DIGEST, size=1024)
     assert [e.name for e in toc] == ["image.blob", "blob.meta", "blob.meta.header", "blob.digest"]
     assert [(e.compressed_offset, e.compressed_size, e.uncompressed_size) for e in toc] == [
         (7802, 7802, 36864), (8314, 32, 32), (8346, 4096, 4096), (12954, 64, 64)]
-    assert len(extract_entry(v6_blob, toc.get("blob.digest"))) == 64
+    assert len(extract_entry(v6_blob.read_bytes(), toc.get("blob.digest"))) == 64
     sections = [(s.name, s.offset, s.size) for s in reversed(walk_sections(BytesRangeReader(v6_blob.read_bytes())))]
     assert sections == [("image.blob", 0, 7802), ("blob.meta", 8314, 4128), ("blob.digest", 12954, 64),
                         ("rafs.blob.toc", 13530, 512)]
@@ -130,14 +130,14 @@ def test_v6_blob_toc_and_sections(v6_blob):
     data = v6_blob.read_bytes()
     assert hashlib.sha256(data[:7802 + 512]).digest() == toc.get("image.blob").uncompressed_digest
     with pytest.raises(InvalidImageError):
-        extract_entry(v6_blob, toc.get("image.blob"))
+        extract_entry(v6_blob.read_bytes(), toc.get("image.blob"))
     assert extract_inline_bootstrap(data, str(v6_blob)) is None
 
 
 def test_v6_blob_id_skips_the_digest_array(v6_blob):
     data = v6_blob.read_bytes()
     assert hashlib.sha256(data).hexdigest() == V6_BLOB_SHA256
-    assert compute_blob_id(data) == V6_BLOB_ID == compute_blob_id(v6_blob)
+    assert compute_blob_id(data) == V6_BLOB_ID == compute_blob_id(v6_blob.read_bytes())
     assert hashlib.sha256(data[:12954] + data[12954 + 64:]).hexdigest() == V6_BLOB_ID
 
 
@@ -292,7 +292,7 @@ def test_bootstrap_bombs_are_refused_without_inflating():
 # -- inspection ---------------------------------------------------------------------------------------
 
 def test_describe_and_cli(toc_blob, v6_blob, capsys):
-    info = describe_blob(toc_blob, chunks=True)
+    info = describe_blob(toc_blob.read_bytes(), chunks=True)
     assert info["problems"] == [] and info["blob_id"] == TOC_BLOB_ID
     assert [s["name"] for s in info["sections"]] == ["image.blob", "blob.meta", "image.boot", "rafs.blob.toc"]
     assert info["chunk_count"] == 3 and info["inline_bootstrap"]["uncompressed_size"] == 20480

@@ -14,7 +14,7 @@ import tarfile
 import pytest
 
 import rafs
-from rafs import _codec
+from rafs import _records
 from rafs.v5 import layout
 from rafs.v5.reader import CHUNK, EXT_BLOB, INODE, V5Reader
 
@@ -197,14 +197,14 @@ def test_fast_records_agree_with_construct(v5_fixture):
     for index in range(1, reader.inode_count + 1):
         offset = reader.record_offset(index)
         fast = INODE.unpack_from(data, offset)
-        slow = _codec.parse(layout.Inode, data, offset, structure="v5 inode")
+        slow = _records.parse(layout.Inode, data, offset, structure="v5 inode")
         assert fast._asdict() == {k: v for k, v in slow.items() if not k.startswith("_")}
         raw, _ = reader.record(index)
         if stat.S_ISREG(raw.i_mode) and raw.i_ino == index:
             _, _, at = reader.record_sections(raw, offset)
             for i in range(raw.i_child_count):
                 f = CHUNK.unpack_from(data, at + 80 * i)
-                s = _codec.parse(layout.ChunkInfo, data, at + 80 * i, structure="chunk")
+                s = _records.parse(layout.ChunkInfo, data, at + 80 * i, structure="chunk")
                 assert f._asdict() == {k: v for k, v in s.items() if not k.startswith("_")}
                 assert CHUNK.pack(*f) == layout.ChunkInfo.build(s)
     sb = reader.superblock

@@ -7,7 +7,7 @@ import pytest
 import rafs
 from rafs.errors import InvalidImageError
 from rafs.v6 import dirent, layout
-from rafs.v6.reader import LOOKUP_TABLE_BLOCKS
+from rafs.v6.directories import LOOKUP_TABLE_BLOCKS
 from rafs.v6.writer import dirent_blocks
 
 
@@ -74,7 +74,7 @@ def test_lookup_small_and_large_directories(tmp_path, count):
     with rafs.open(result.bootstrap) as image:
         reader = image.reader
         root = reader.root_ino
-        blocks = reader._block_count(reader.record(root))
+        blocks = reader.directories.block_count(reader.record(root))
         assert (blocks > LOOKUP_TABLE_BLOCKS) == (count > 100)
         listed = dict(reader.entries(root))
         assert sorted(listed) == names

@@ -117,7 +117,7 @@ def _rechecksum(data: bytearray, reader: V6Reader) -> bytes:
 def _dirent_offset(reader: V6Reader, dir_nid: int, name: bytes) -> int:
     """Byte offset of the dirent called ``name`` in a directory stored inline or in one plain block."""
     rec = reader.record(dir_nid)
-    for file_offset, length, blob, offset in reader._extents(rec):
+    for file_offset, length, blob, offset in reader.flat_extents(rec):
         block = bytes(reader.data[offset:offset + length])
         count = DIRENT.unpack_from(block, 0).e_nameoff // 12
         for i, entry in enumerate(DIRENT.iter_unpack(block, 0, count)):

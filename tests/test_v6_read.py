@@ -18,7 +18,7 @@ import construct
 import pytest
 
 import rafs
-from rafs import _codec
+from rafs import _records
 from rafs.builder.tree import number_tree
 from rafs.model import Blob, BlobFeatures, Chunk, Inode, Node, SuperFlags
 from rafs.v6 import layout
@@ -126,7 +126,7 @@ def test_chunks_through_ci_array_match_chunk_table(v6_fixture):
         expected = {name: image.read("/" + name) for name in EXPECTED_FILES}
     with rafs.open(boot, blob_dir=blob_dir, validate=True) as image:
         reader = image.reader
-        assert reader.ci_provider is not None
+        assert reader.chunk_info_source is not None
         reader._chunk_table = {}                   # as if the bootstrap had no chunk info table
         for name in EXPECTED_FILES:
             from_ci = reader.chunks(image.lstat("/" + name).st_ino)
@@ -245,7 +245,7 @@ FAST_SCHEMAS = [layout.SuperBlock, layout.SuperBlockExt, layout.Device, layout.I
 
 @pytest.mark.parametrize("schema", FAST_SCHEMAS, ids=lambda s: str(s.subcons[0].name))
 def test_fast_records_agree_with_construct(schema):
-    fast = _codec.FastRecord(schema, "schema under test")
+    fast = _records.FastRecord(schema, "schema under test")
     rng = random.Random(6)
     for _ in range(20):
         raw = bytearray(rng.randbytes(schema.sizeof()))

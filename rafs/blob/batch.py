@@ -13,16 +13,9 @@ in the CI data. Readers decompress a batch when its compressed and uncompressed 
 
 from __future__ import annotations
 
-import struct
-
 from ..errors import InvalidArgumentError
-from . import layout
-
-_CONTEXT = struct.Struct("<II32s")
-assert _CONTEXT.size == layout.INFLATE_CONTEXT_SIZE
-
-MIN_BATCH_SIZE = 0x1000
-MAX_BATCH_SIZE = 0x1000000
+from ..limits import is_chunk_size
+from .ci import BATCH_CONTEXT
 
 
 def check_batch_size(batch_size: int, chunk_size: int) -> int:
@@ -32,7 +25,7 @@ def check_batch_size(batch_size: int, chunk_size: int) -> int:
         raise InvalidArgumentError(f"invalid batch size {batch_size!r}")
     if batch_size == 0:
         return 0
-    if batch_size > MAX_BATCH_SIZE or batch_size < MIN_BATCH_SIZE or batch_size & (batch_size - 1):
+    if not is_chunk_size(batch_size):           # the reference bounds batches as chunks
         raise InvalidArgumentError(f"invalid batch size: {batch_size}")
     if batch_size > chunk_size:
         raise InvalidArgumentError(f"batch size 0x{batch_size:x} is bigger than chunk size 0x{chunk_size:x}")
@@ -41,7 +34,7 @@ def check_batch_size(batch_size: int, chunk_size: int) -> int:
 
 def pack_batch_context(compressed_size: int, uncompressed_size: int) -> bytes:
     """One ``BatchInflateContext``: the sizes, then 32 reserved bytes."""
-    return _CONTEXT.pack(compressed_size, uncompressed_size, bytes(32))
+    return BATCH_CONTEXT.pack(compressed_size, uncompressed_size, bytes(32))
 
 
 class BatchPacker:

@@ -9,15 +9,16 @@ from __future__ import annotations
 from ..errors import InvalidImageError, RafsError
 from ..model import COMPRESSOR_NAMES, Blob, BlobFeatures, flag_words
 from . import layout
-from ._source import known_size, reads_range
-from .meta import BlobMeta, load_blob_meta, load_blob_meta_file, parse_ci_header, read_blob_meta_at, round_up_4k
+from ..ranges import known_size, reads_range
+from .ci import parse_ci_header, round_up_4k
+from .meta import BlobMeta, load_blob_meta, load_blob_meta_file, read_blob_meta_at
 from .tar_header import walk_sections
 from .toc import compute_blob_id, find_inline_bootstrap, read_toc
 
 
 @reads_range
 def describe_blob(source, blob: Blob | None = None, *, chunks: bool = False) -> dict:
-    """Describe the blob file ``source`` (path, URL, bytes or RangeReader).
+    """Describe the blob file ``source`` (bytes, a binary file object or a RangeReader; rafs.io opens paths and URLs).
 
     With ``blob`` (its entry from a bootstrap) the ToC digest and the CI are checked against the blob
     table; without it the blob describes itself. ``chunks=True`` lists every chunk record.

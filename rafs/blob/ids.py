@@ -41,6 +41,10 @@ from typing import Iterable, Iterator
 from ..errors import InternalError, InvalidArgumentError, InvalidImageError
 
 MAX_BLOB_ID_LENGTH = 128
+# The id a bootstrap carried inside its own blob (--blob-inline-meta) records for that blob: the builder
+# cannot know the blob's digest while writing it, so readers substitute the id the blob was found under
+# (builder/src/lib.rs dump_bootstrap; RAFSV6_INLINE_BLOB_ID_PLACEHOLDER, storage/src/device.rs).
+INLINE_BLOB_ID = "x" * 64
 SHA256_ID = re.compile(r"[0-9a-f]{64}")
 BLOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,%d}" % (MAX_BLOB_ID_LENGTH - 1))
 _SHOWN = 80          # characters of a refused id shown in a message

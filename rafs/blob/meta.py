@@ -18,19 +18,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .._codec import FastRecord, build, parse
-from ..errors import InvalidArgumentError, InvalidImageError, UnsupportedError
+from ..errors import InvalidImageError, UnsupportedError
 from ..model import (COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures,
                      ChunkFlags)
 from . import codecs, crypt, layout as L
-from ._source import known_size, opened, read_checked, reads_range
+from ..ranges import known_size, opened, read_checked, reads_range
+# the records and their encoders, also imported from here
+from .ci import (BATCH_CONTEXT, CHUNK_INFO_V1, CHUNK_INFO_V2, CI_HEADER, CI_PAGE, ZRAN_CONTEXT,  # noqa: F401
+                 blob_meta_file_bytes, build_ci_header, ci_v1_entry, encode_chunk_info_v1, encode_chunk_info_v2,
+                 pack_chunk_infos, parse_ci_header, round_up_4k, write_blob_meta_file)
 
-CHUNK_INFO_V1 = FastRecord(L.ChunkInfoV1Ondisk, "chunk info v1")
-CHUNK_INFO_V2 = FastRecord(L.ChunkInfoV2Ondisk, "chunk info v2")
-BATCH_CONTEXT = FastRecord(L.BatchInflateContext, "batch inflate context")
-ZRAN_CONTEXT = FastRecord(L.ZranInflateContext, "ZRAN inflate context")
 
-_PAGE = 0x1000
 # Features that change how the CI is laid out or read: they must agree between blob table and header.
 _LAYOUT_FEATURES = (BlobFeatures.CHUNK_INFO_V2 | BlobFeatures.ZRAN | BlobFeatures.BATCH
                     | BlobFeatures.ENCRYPTED)
@@ -45,10 +43,6 @@ _V2_TO_CHUNK_FLAGS = tuple(
     for b in range(L.CI_V2_FLAGS_VALID + 1))
 _V1_PLAIN, _V1_COMPRESSED = ChunkFlags(0), ChunkFlags.COMPRESSED
 _UNBOUNDED = 1 << 64
-
-
-def round_up_4k(value: int) -> int:
-    return (value + _PAGE - 1) & ~(_PAGE - 1)
 
 
 class ChunkInfo(NamedTuple):
@@ -78,125 +72,6 @@ class ChunkInfo(NamedTuple):
     def context(self) -> tuple[int, int] | None:
         """(context index, offset) of batch and ZRAN chunks, else None."""
         return (self.context_index, self.context_offset) if self.zran or self.is_batch else None
-
-
-# -- encoders (the builder packs records with these) -------------------------------------------------
-
-def _check_sizes(compressed_size: int, uncompressed_size: int, *, v2: bool) -> None:
-    low = 0 if v2 else 1
-    if not low <= compressed_size <= (L.BLOB_CCT_CHUNK_SIZE_MASK if v2 else L.BLOB_CCT_CHUNK_SIZE_MASK + 1):
-        raise InvalidArgumentError(f"compressed size {compressed_size} does not fit a v{2 if v2 else 1} CI record")
-    if not 1 <= uncompressed_size <= L.BLOB_CCT_CHUNK_SIZE_MASK + 1:
-        raise InvalidArgumentError(f"uncompressed size {uncompressed_size} is not in 1..16 MiB")
-
-
-def encode_chunk_info_v1(compressed_offset: int, compressed_size: int, uncompressed_offset: int,
-                         uncompressed_size: int) -> tuple[int, int]:
-    """The (uncomp_info, comp_info) words of a v1 record."""
-    _check_sizes(compressed_size, uncompressed_size, v2=False)
-    if compressed_offset & ~L.CI_V1_COMP_OFFSET_MASK or compressed_offset < 0:
-        raise InvalidArgumentError(f"compressed offset {compressed_offset:#x} does not fit 40 bits")
-    if uncompressed_offset & ~L.CI_V1_UNCOMP_OFFSET_MASK or uncompressed_offset < 0:
-        raise InvalidArgumentError(f"uncompressed offset {uncompressed_offset:#x} is not 4K aligned below 2^44")
-    usize, csize = uncompressed_size - 1, compressed_size - 1
-    uncomp = (uncompressed_offset | (usize & L.CI_V1_SIZE_LOW_MASK) << L.CI_V1_SIZE_LOW_SHIFT
-              | (usize & L.CI_V1_SIZE_HIGH_MASK) >> L.CI_V1_UNCOMP_SIZE_HIGH_SHIFT)
-    comp = (compressed_offset | (csize & L.CI_V1_SIZE_LOW_MASK) << L.CI_V1_SIZE_LOW_SHIFT
-            | (csize & L.CI_V1_SIZE_HIGH_MASK) << L.CI_V1_COMP_SIZE_HIGH_SHIFT)
-    return uncomp, comp
-
-
-def encode_chunk_info_v2(compressed_offset: int, compressed_size: int, uncompressed_offset: int,
-                         uncompressed_size: int, flags: int = 0, *, crc32: int = 0, zran: bool = False,
-                         context_index: int = 0, context_offset: int = 0) -> tuple[int, int, int]:
-    """The (uncomp_info, comp_info, data) words of a v2 record; ``flags`` are ChunkFlags."""
-    _check_sizes(compressed_size, uncompressed_size, v2=True)
-    if compressed_offset & ~L.CI_V2_COMP_OFFSET_MASK or compressed_offset < 0:
-        raise InvalidArgumentError(f"compressed offset {compressed_offset:#x} does not fit 40 bits")
-    page = uncompressed_offset >> L.CI_V2_UNCOMP_OFFSET_SHIFT
-    if uncompressed_offset < 0 or page << L.CI_V2_UNCOMP_OFFSET_SHIFT != uncompressed_offset \
-            or page > L.CI_V2_UNCOMP_OFFSET_MASK:
-        raise InvalidArgumentError(f"uncompressed offset {uncompressed_offset:#x} is not 4K aligned below 2^44")
-    batch = bool(flags & ChunkFlags.BATCH)
-    bits = ((L.CI_V2_FLAG_COMPRESSED if flags & ChunkFlags.COMPRESSED else 0)
-            | (L.CI_V2_FLAG_ENCRYPTED if flags & ChunkFlags.ENCRYPTED else 0)
-            | (L.CI_V2_FLAG_BATCH if batch else 0)
-            | (L.CI_V2_FLAG_ZRAN if zran else 0)
-            | (L.CI_V2_FLAG_HAS_CRC32 if flags & ChunkFlags.HAS_CRC32 and not (batch or zran) else 0))
-    if zran or batch:
-        if not (0 <= context_index <= 0xFFFF_FFFF and 0 <= context_offset <= 0xFFFF_FFFF):
-            raise InvalidArgumentError("batch/ZRAN context index and offset are 32-bit")
-        data = context_index << L.CI_V2_DATA_INDEX_SHIFT | context_offset
-    else:
-        data = crc32 & L.CI_V2_DATA_LOW_MASK if bits & L.CI_V2_FLAG_HAS_CRC32 else 0
-    uncomp = page | (uncompressed_size - 1) << L.CI_V2_UNCOMP_SIZE_SHIFT | bits << L.CI_V2_FLAGS_SHIFT
-    comp = compressed_offset | compressed_size << L.CI_V2_COMP_SIZE_SHIFT
-    return uncomp, comp, data
-
-
-def pack_chunk_infos(infos, version: int) -> bytes:
-    """The uncompressed CI records (without contexts) for a sequence of :class:`ChunkInfo`."""
-    out = bytearray()
-    if version == 1:
-        pack = CHUNK_INFO_V1.struct.pack
-        for i in infos:
-            out += pack(*encode_chunk_info_v1(i.compressed_offset, i.compressed_size, i.uncompressed_offset,
-                                              i.uncompressed_size))
-    elif version == 2:
-        pack = CHUNK_INFO_V2.struct.pack
-        for i in infos:
-            out += pack(*encode_chunk_info_v2(i.compressed_offset, i.compressed_size, i.uncompressed_offset,
-                                              i.uncompressed_size, i.flags, crc32=i.crc32, zran=i.zran,
-                                              context_index=i.context_index, context_offset=i.context_offset))
-    else:
-        raise InvalidArgumentError(f"chunk info version {version} (expected 1 or 2)")
-    return bytes(out)
-
-
-def build_ci_header(*, features: int, ci_compressor, ci_entries: int, ci_offset: int, ci_compressed_size: int,
-                    ci_uncompressed_size: int, ci_zran_offset: int = 0, ci_zran_size: int = 0,
-                    ci_zran_count: int = 0, reserved: bytes | None = None) -> bytes:
-    """The 4096-byte ``BlobCompressionContextHeader``; ``ci_compressor`` is a name or an id."""
-    if isinstance(ci_compressor, str):
-        if ci_compressor not in COMPRESSOR_IDS:
-            raise InvalidArgumentError(f"unknown CI compressor {ci_compressor!r}")
-        ci_compressor = COMPRESSOR_IDS[ci_compressor]
-    return build(L.BlobCompressionContextHeader,
-                 dict(s_magic=L.BLOB_CCT_MAGIC, s_features=features, s_ci_compressor=ci_compressor,
-                      s_ci_entries=ci_entries, s_ci_offset=ci_offset, s_ci_compressed_size=ci_compressed_size,
-                      s_ci_uncompressed_size=ci_uncompressed_size, s_ci_zran_offset=ci_zran_offset,
-                      s_ci_zran_size=ci_zran_size, s_ci_zran_count=ci_zran_count,
-                      s_reserved=reserved if reserved is not None else bytes(4032), s_magic2=L.BLOB_CCT_MAGIC),
-                 structure="CI header")
-
-
-def parse_ci_header(data, offset: int = 0):
-    """The CI header at ``data[offset:]`` (a construct Container); both magics are checked."""
-    return parse(L.BlobCompressionContextHeader, data, offset, structure="CI header")
-
-
-def blob_meta_file_bytes(ci_data, header) -> bytes:
-    """A nydusd ``<blob id>.blob.meta`` cache file: CI data, zeros to 4 KiB, the 4096-byte header."""
-    return b"".join(_blob_meta_file_parts(ci_data, header))
-
-
-def write_blob_meta_file(fileobj, ci_data, header) -> int:
-    """Stream the cache file of :func:`blob_meta_file_bytes` into ``fileobj``; returns its size."""
-    total = 0
-    for part in _blob_meta_file_parts(ci_data, header):
-        fileobj.write(part)
-        total += len(part)
-    return total
-
-
-def _blob_meta_file_parts(ci_data, header):
-    header = bytes(header)
-    fields = parse_ci_header(header)
-    if len(ci_data) != fields.s_ci_uncompressed_size:
-        raise InvalidArgumentError(f"CI data of {len(ci_data)} bytes, header says {fields.s_ci_uncompressed_size}")
-    yield bytes(ci_data)
-    yield bytes(round_up_4k(len(ci_data)) - len(ci_data))
-    yield header
 
 
 # -- decoding ----------------------------------------------------------------------------------------
@@ -514,15 +389,14 @@ def read_blob_meta_at(source, header_offset: int) -> BlobMeta:
 
 
 @reads_range
-def load_blob_meta_file(path_or_reader, blob: Blob | None = None) -> BlobMeta:
-    """Decode a nydusd ``<blob id>.blob.meta`` cache file (a path, bytes, file object or RangeReader).
+def load_blob_meta_file(source, blob: Blob | None = None) -> BlobMeta:
+    """Decode a nydusd ``<blob id>.blob.meta`` cache file (bytes, a file object or a RangeReader).
 
     With ``blob`` the header must match the blob table, as nydusd requires before trusting the file;
     without it the header alone describes the data.
     """
-    source = path_or_reader
     size = known_size(source)
-    if size < L.BLOB_CCT_HEADER_SIZE or size % _PAGE:
+    if size < L.BLOB_CCT_HEADER_SIZE or size % CI_PAGE:
         raise InvalidImageError(f"blob.meta file of {size} bytes is not 4 KiB aligned data + header",
                                 structure="blob.meta file")
     header_bytes = source.read_range(size - L.BLOB_CCT_HEADER_SIZE, L.BLOB_CCT_HEADER_SIZE)

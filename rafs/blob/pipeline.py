@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .._beneath import TreeFile, open_regular_path
 from ..errors import BuildError
+from ..limits import DEFAULT_CHUNK_SIZE
 from ..model import Node
 from . import codecs
 
@@ -91,8 +92,8 @@ class ChunkPipeline:
     in the order files were added, as room is needed and at :meth:`drain`.
     """
 
-    def __init__(self, store, *, compressor: str = "zstd", digester: str = "blake3", chunk_size: int = 0x100000,
-                 workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
+    def __init__(self, store, *, compressor: str = "zstd", digester: str = "blake3",
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
         self._process = codecs.chunk_processor(compressor, digester)   # checks both names
         self.store = store
         self.chunk_size = chunk_size

@@ -1,6 +1,6 @@
 """Reading chunks out of a data blob: fetch the stored bytes, decompress, verify.
 
-The blob's bytes come from a :class:`rafs.io.source.RangeReader` (local file, fsspec URL, cache);
+The blob's bytes come from a :class:`rafs.ranges.RangeReader` (local file, fsspec URL, cache);
 this module only knows chunk addresses and codecs.
 """
 

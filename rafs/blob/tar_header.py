@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .._codec import build, parse
+from .._records import build, parse
 from ..errors import InvalidArgumentError, InvalidImageError
 from . import layout
 

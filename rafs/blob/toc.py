@@ -13,12 +13,12 @@ import hashlib
 import os
 from dataclasses import dataclass
 
-from .._codec import FastRecord
+from .._records import FastRecord
 from ..errors import DigestMismatchError, InvalidArgumentError, InvalidImageError
-from ..io.source import MAX_BOOTSTRAP_SIZE
+from ..limits import MAX_BOOTSTRAP_SIZE
 from ..model import MAX_CHUNKS_PER_BLOB
 from . import codecs, layout
-from ._source import known_size, read_checked, reads_range
+from ..ranges import known_size, read_checked, reads_range
 from .ids import is_sha256_id
 from .tar_header import build_tar_header, parse_tar_header, walk_sections
 

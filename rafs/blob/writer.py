@@ -31,24 +31,19 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import struct
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import _codec
 from ..errors import BuildError, InvalidArgumentError
+from ..limits import CHUNK_SIZE_RULE, DEFAULT_CHUNK_SIZE, is_chunk_size
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, COMPRESSOR_IDS, MAX_CHUNKS_PER_BLOB, Node
 from . import codecs, crypt, layout
 from .batch import BatchPacker
-from .meta import encode_chunk_info_v2
+from .ids import INLINE_BLOB_ID
+from .ci import CHUNK_INFO_V2, CI_HEADER, ci_v1_entry, encode_chunk_info_v2, round_up_4k
 from .pipeline import DEFAULT_INFLIGHT_BYTES, ChunkPipeline, default_workers
 from .tar_header import build_tar_header
 from .toc import TocEntry, toc_bytes
 
-CI_HEADER = _codec.FastRecord(layout.BlobCompressionContextHeader, "CI header")
-_CI_V1 = struct.Struct("<QQ")
-_CI_V2 = struct.Struct("<QQQ")
-INLINE_BLOB_ID = "x" * 64            # placeholder id in a bootstrap embedded in its own blob
-_ALIGN = 4096
 # Chunks smaller than this are gathered into one write (and one blob-id update) of about this size.
 WRITE_BUFFER = 1 << 20
 # Hand-overs of about WRITE_BUFFER bytes that may wait for the sink thread.
@@ -57,19 +52,7 @@ _COMPRESSED = int(ChunkFlags.COMPRESSED)
 _HAS_CRC32 = int(ChunkFlags.HAS_CRC32)
 _BATCH_MEMBER = int(ChunkFlags.BATCH | ChunkFlags.COMPRESSED)
 _ENCRYPTED = int(ChunkFlags.ENCRYPTED)
-
-
-def ci_v1_entry(compressed_offset: int, compressed_size: int, uncompressed_offset: int,
-                uncompressed_size: int) -> bytes:
-    """A 16-byte ``BlobChunkInfoV1Ondisk`` (storage/src/meta/chunk_info_v1.rs) from the layout masks."""
-    c, u = compressed_size - 1, uncompressed_size - 1
-    uncomp = ((uncompressed_offset & layout.CI_V1_UNCOMP_OFFSET_MASK)
-              | (u & layout.CI_V1_SIZE_LOW_MASK) << layout.CI_V1_SIZE_LOW_SHIFT
-              | (u & layout.CI_V1_SIZE_HIGH_MASK) >> layout.CI_V1_UNCOMP_SIZE_HIGH_SHIFT)
-    comp = ((compressed_offset & layout.CI_V1_COMP_OFFSET_MASK)
-            | (c & layout.CI_V1_SIZE_LOW_MASK) << layout.CI_V1_SIZE_LOW_SHIFT
-            | (c & layout.CI_V1_SIZE_HIGH_MASK) << layout.CI_V1_COMP_SIZE_HIGH_SHIFT)
-    return _CI_V1.pack(uncomp, comp)
+_PACK_CI_V2 = CHUNK_INFO_V2.struct.pack
 
 
 class BlobWriter:
@@ -84,7 +67,7 @@ class BlobWriter:
     """
 
     def __init__(self, out, *, blob_index: int = 0, compressor: str = "zstd", digester: str = "blake3",
-                 chunk_size: int = 0x100000, aligned: bool = True, blob_meta: bool = True,
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, aligned: bool = True, blob_meta: bool = True,
                  toc: bool = False, inline_meta: bool = False, crc32: bool = True, mapped: bool = False,
                  workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES,
                  offset: int = 0, on_chunk=None, batch_size: int = 0, encrypt: bool = False,
@@ -310,7 +293,7 @@ class BlobWriter:
             if not self.ci_v2:
                 self._ci += ci_v1_entry(chunk.compressed_offset, chunk.compressed_size, uncompressed_offset, length)
             else:
-                self._ci += _CI_V2.pack(*encode_chunk_info_v2(chunk.compressed_offset, chunk.compressed_size,
+                self._ci += _PACK_CI_V2(*encode_chunk_info_v2(chunk.compressed_offset, chunk.compressed_size,
                                                               uncompressed_offset, length, flags, crc32=crc))
             self._digests += digest
         node.chunks.append(chunk)
@@ -318,7 +301,7 @@ class BlobWriter:
     def _allocate(self, length: int) -> int:
         """The uncompressed offset of the next chunk of ``length`` bytes (4 KiB aligned when aligned)."""
         uncompressed_offset = self.uncompressed_size
-        self.uncompressed_size += (length + _ALIGN - 1) & ~(_ALIGN - 1) if self.aligned else length
+        self.uncompressed_size += round_up_4k(length) if self.aligned else length
         return uncompressed_offset
 
     def _store_batched(self, node: Node, file_offset: int, length: int, prefetch: bool, digest: bytes, crc: int,
@@ -345,7 +328,7 @@ class BlobWriter:
         if self.on_chunk is not None:
             self.on_chunk(chunk, data)
         # the batch will start where the data section ends now: nothing else is written before it
-        self._ci += _CI_V2.pack(*encode_chunk_info_v2(self.offset + self.pos, 0, uncompressed_offset, length,
+        self._ci += _PACK_CI_V2(*encode_chunk_info_v2(self.offset + self.pos, 0, uncompressed_offset, length,
                                                       member, context_index=batch_index,
                                                       context_offset=in_batch))
         self._digests += digest
@@ -495,9 +478,8 @@ class BlobWriter:
 
 
 def check_chunk_size(chunk_size: int) -> int:
-    if not isinstance(chunk_size, int) or chunk_size < 0x1000 or chunk_size > 0x1000000 \
-            or chunk_size & (chunk_size - 1):
-        raise InvalidArgumentError(f"invalid chunk size: {chunk_size:#x} (a power of two in [0x1000, 0x1000000])"
+    if not isinstance(chunk_size, int) or not is_chunk_size(chunk_size):
+        raise InvalidArgumentError(f"invalid chunk size: {chunk_size:#x} ({CHUNK_SIZE_RULE})"
                                    if isinstance(chunk_size, int) else f"invalid chunk size: {chunk_size!r}")
     return chunk_size
 

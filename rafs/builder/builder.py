@@ -21,15 +21,18 @@ from typing import Callable
 
 from ..blob import codecs
 from ..blob.writer import BlobWriter, check_chunk_size
-from ..errors import BuildError, InvalidArgumentError
+from ..errors import BuildError, InvalidArgumentError, ParameterError, UnsupportedError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
+from ..options import BLOB_LAYOUTS, COMPAT_MODES, FEATURES, FS_VERSIONS, PREFETCH_POLICIES, TAR_SOURCE_TYPES
+from ..options import COMPRESSORS as CREATE_COMPRESSORS
+from ..options import SOURCE_TYPES as PATH_SOURCE_TYPES
 from ..progress import Progress, Ticker
 from . import tree
 from .directory import load_directory
 from .outputs import Output
 from .prefetch import check_prefetch_policy, normalise_prefetch_patterns, select_prefetch
 from .report import BuildResult, Trace, output_document
-from .writers import FS_VERSIONS, write_bootstrap
+from .writers import write_bootstrap
 
 
 def load_tar(source, **options) -> Node:
@@ -46,8 +49,6 @@ def load_tree(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Node:
     return source
 
 
-# "packed": as nydus-image writes blobs; "mapped": uncompressed v6 chunks at their block addresses.
-BLOB_LAYOUTS = ("packed", "mapped")
 TREE_SOURCE_TYPE = "tree"
 
 #: ``--type`` name -> loader returning the source's tree.
@@ -59,16 +60,11 @@ SOURCE_TYPES: dict[str, Callable[..., Node]] = {
     "estargz-rafs": load_tar,             # an eStargz is a tar.gz; its index and landmark files are skipped
     TREE_SOURCE_TYPE: load_tree,
 }
-# The types that read a path, which ``rafs create --type`` offers; the in-memory tree is for library
-# callers only.
-PATH_SOURCE_TYPES = tuple(name for name in SOURCE_TYPES if name != TREE_SOURCE_TYPE)
-# Source types read from a tarball (their v5 inodes store i_rdev u32::MAX unless devices or fifos).
-TAR_SOURCE_TYPES = ("tar-rafs", "targz-rafs", "estargz-rafs")
+# The types that read a path (rafs.options.SOURCE_TYPES), which ``rafs create --type`` offers; types
+# registered later (such as rafs.testing's in-memory trees) are for library callers only. Tarball types
+# (rafs.options.TAR_SOURCE_TYPES) store v5 i_rdev u32::MAX unless devices or fifos.
 BATCH_SOURCE_TYPES = PATH_SOURCE_TYPES    # the reference's dir/tar/targz/estargz-rafs
 BLOB_ID_MAX_LENGTH = 255                  # BLOB_ID_MAXIMUM_LENGTH in src/bin/nydus-image/main.rs
-CREATE_COMPRESSORS = ("none", "lz4_block", "zstd")
-FEATURES = ("blob-toc",)
-COMPAT_MODES = (None, "2.2")
 
 
 class Builder:
@@ -149,13 +145,13 @@ class Builder:
             raise InvalidArgumentError(f"unknown blob layout {blob_layout!r} (expected one of "
                                        f"{', '.join(BLOB_LAYOUTS)})")
         if blob_layout == "mapped" and (fs_version != 6 or compressor != "none"):
-            raise InvalidArgumentError("--blob-layout mapped needs --fs-version 6 and --compressor none: "
-                                       "only uncompressed v6 chunks can sit at their block addresses")
+            raise ParameterError("{blob_layout} mapped needs {fs_version} 6 and {compressor} none: only "
+                                 "uncompressed v6 chunks can sit at their block addresses")
         self.blob_layout = blob_layout
         if blob_id is not None:
             check_blob_id(blob_id)
             if self.blob_inline_meta:
-                raise InvalidArgumentError("the argument '--blob-inline-meta' cannot be used with '--blob-id'")
+                raise ParameterError("{blob_inline_meta} cannot be used with {blob_id}")
         self.blob_id = blob_id
         if not isinstance(blob_offset, int) or not 0 <= blob_offset < 1 << 64:
             raise InvalidArgumentError(f"invalid blob offset {blob_offset!r}")
@@ -206,13 +202,13 @@ class Builder:
         if blob_cache_dir is not None:
             return self._write_blob_cache(bootstrap, blob, blob_dir, blob_cache_dir)
         if blob is None and blob_dir is None:
-            raise InvalidArgumentError("both --blob and --blob-dir are missing, please specify one to store "
-                                       "the generated data blob file")
+            raise ParameterError("both {blob} and {blob_dir} are missing, please specify one to store the "
+                                 "generated data blob file")
         if bootstrap is not None and self.blob_inline_meta:
-            raise InvalidArgumentError("--bootstrap conflicts with --blob-inline-meta")
+            raise ParameterError("{bootstrap} conflicts with {blob_inline_meta}")
         if bootstrap is None and blob_dir is None and not self.blob_inline_meta:
-            raise InvalidArgumentError("both --bootstrap and --blob-dir are missing, please specify one to store "
-                                       "the generated metadata blob file")
+            raise ParameterError("both {bootstrap} and {blob_dir} are missing, please specify one to store the "
+                                 "generated metadata blob file")
         if blob_dir is not None and not os.path.isdir(blob_dir):
             raise InvalidArgumentError(f"directory to store blobs does not exist: {os.fspath(blob_dir)!r}")
         outputs: dict[str, Output] = {}
@@ -241,18 +237,16 @@ class Builder:
 
     def _write_blob_cache(self, bootstrap, blob, blob_dir, cache_dir) -> BuildResult:
         from .blobcache import BlobCacheFiles, Discard
-        for given, option in ((blob, "--blob <blob>"), (blob_dir, "--blob-dir <blob-dir>")):
+        for given, parameter in ((blob, "blob"), (blob_dir, "blob_dir")):
             if given is not None:
-                raise InvalidArgumentError(f"the argument '--blob-cache-dir <blob-cache-dir>' cannot be used "
-                                           f"with '{option}'")
+                raise ParameterError("{blob_cache_dir} cannot be used with {%s}" % parameter)
         if self.blob_inline_meta:
-            raise InvalidArgumentError("the argument '--blob-cache-dir <blob-cache-dir>' cannot be used with "
-                                       "'--blob-inline-meta'")
+            raise ParameterError("{blob_cache_dir} cannot be used with {blob_inline_meta}")
         if self.compressor != "none":
             raise InvalidArgumentError("blob cache files hold uncompressed chunks: build with compressor 'none'")
         if bootstrap is None:
-            raise InvalidArgumentError("both --bootstrap and --blob-dir are missing, please specify one to store "
-                                       "the generated metadata blob file")
+            raise ParameterError("both {bootstrap} and {blob_dir} are missing, please specify one to store the "
+                                 "generated metadata blob file")
         if not os.path.isdir(cache_dir):
             raise InvalidArgumentError(f"directory to store blob cache does not exist: {os.fspath(cache_dir)!r}")
         outputs: dict = {}
@@ -287,7 +281,7 @@ class Builder:
         if bootstrap_fp is None and not self.blob_inline_meta:
             raise InvalidArgumentError("a bootstrap file object is needed unless blob_inline_meta is set")
         if bootstrap_fp is not None and self.blob_inline_meta:
-            raise InvalidArgumentError("--bootstrap conflicts with --blob-inline-meta")
+            raise ParameterError("{bootstrap} conflicts with {blob_inline_meta}")
         return self._build(lambda: (blob_fp, bootstrap_fp))
 
     # -- the build ---------------------------------------------------------------------------------
@@ -450,8 +444,8 @@ def check_batch_options(batch_size, *, fs_version: int, source_type: str, chunk_
         raise InvalidArgumentError(f"unsupported ConversionType for batch chunk: {source_type}")
     batch_size = check_batch_size(batch_size, chunk_size)
     if batch_size and blob_layout == "mapped":
-        raise InvalidArgumentError("--blob-layout mapped stores every chunk at its block address: it cannot "
-                                   "be combined with --batch-size")
+        raise ParameterError("{blob_layout} mapped stores every chunk at its block address: it cannot be "
+                             "combined with {batch_size}")
     return batch_size
 
 
@@ -459,10 +453,10 @@ def check_blob_id(blob_id) -> str:
     """A blob id given by the user (``--blob-id``): at most 255 characters as the reference allows, and
     usable as a file name, since the blob is stored under it in ``--blob-dir``."""
     if not isinstance(blob_id, str) or not blob_id:
-        raise InvalidArgumentError("--blob-id must not be empty")
+        raise ParameterError("{blob_id} must not be empty")
     if len(blob_id) > BLOB_ID_MAX_LENGTH:
         raise InvalidArgumentError(f"blob id is limited to length {BLOB_ID_MAX_LENGTH}")
     if "/" in blob_id or "\0" in blob_id or blob_id in (".", "..") or not blob_id.isprintable():
-        raise InvalidArgumentError(f"--blob-id {blob_id!r}: a blob id names a file, so it cannot contain '/', "
-                                   "control characters, or be '.' or '..'")
+        raise ParameterError("{blob_id} {value!r}: a blob id names a file, so it cannot contain '/', control "
+                             "characters, or be '.' or '..'", value=blob_id)
     return blob_id

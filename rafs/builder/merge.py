@@ -28,7 +28,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..blob.ids import check_blob_id
-from ..errors import BuildError, InvalidArgumentError
+from ..errors import BuildError, InvalidArgumentError, ParameterError
 from ..model import DEFAULT_CHUNK_SIZE, Blob, BlobFeatures, Node, SuperFlags
 from . import tree
 from .outputs import Output
@@ -139,6 +139,7 @@ class Merger:
     # -- the merge ---------------------------------------------------------------------------------
 
     def merge(self) -> MergedImage:
+        """The layers' trees merged in order (whiteouts applied) with the merged blob table; no output."""
         merged: Node | None = None
         table: list[Blob] = []
         index_by_id: dict[str, int] = {}
@@ -204,9 +205,9 @@ class Merger:
             merged = upper if merged is None else merge_overlay(merged, upper, "oci")
 
         if tarfs and self.parent_bootstrap is not None:
-            raise InvalidArgumentError("merging RAFS in TARFS mode conflicts with `--parent-bootstrap`")
+            raise ParameterError("merging RAFS in TARFS mode conflicts with `{parent_bootstrap}`")
         if tarfs and dict_ids:
-            raise InvalidArgumentError("merging RAFS in TARFS mode conflicts with `--chunk-dict`")
+            raise ParameterError("merging RAFS in TARFS mode conflicts with `{chunk_dict}`")
 
         order = tree.number_tree(merged)
         blobs = checked_ids(_referenced_blobs(order.nodes, table))
@@ -275,6 +276,7 @@ class Merger:
         return result
 
     def write_fp(self, fp) -> MergeResult:
+        """Merge and write the bootstrap to the file object ``fp``; ``bootstrap`` of the result is None."""
         trace = Trace()
         with trace.timed("total_build"):
             with trace.timed("merge_bootstrap"):

@@ -20,7 +20,7 @@ from ..model import Node, TreeIndex
 
 # "fs": the bootstrap lists the matched nodes; "blob": their chunks go first in the blob and the blob
 # table records how many bytes to prefetch; "none": neither
-PREFETCH_POLICIES = ("none", "fs", "blob")
+from ..options import PREFETCH_POLICIES  # noqa: E402 - one home for the vocabulary
 
 
 def check_prefetch_policy(policy: str) -> str:

@@ -15,11 +15,11 @@ import stat as _stat
 
 from ..errors import InvalidArgumentError
 from ..model import Node, TreeIndex, index_order
+from ..options import WHITEOUT_SPECS
 
 OCI_WHITEOUT_PREFIX = b".wh."
 OCI_WHITEOUT_OPAQUE = b".wh..wh..opq"
 OVERLAYFS_OPAQUE_XATTR = b"trusted.overlay.opaque"
-WHITEOUT_SPECS = ("oci", "overlayfs", "none")
 _S_IFMT, _S_IFDIR, _S_IFREG = 0o170000, _stat.S_IFDIR, _stat.S_IFREG
 
 

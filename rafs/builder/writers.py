@@ -12,7 +12,7 @@ from __future__ import annotations
 from ..errors import UnsupportedError
 from ..model import Blob, Node, SuperFlags, TreeIndex
 
-FS_VERSIONS = (5, 6)
+from ..options import FS_VERSIONS  # noqa: E402,F401 - re-exported
 
 
 def write_bootstrap(root: Node, blobs: list[Blob], *, fs_version: int, chunk_size: int, flags: SuperFlags,

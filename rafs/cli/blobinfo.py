@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 
-from rafs.blob.describe import describe_blob
+import rafs
 from rafs.text import printable
 
 
@@ -18,7 +19,8 @@ def register(sub) -> None:
 
 
 def run_blob_info(args) -> int:
-    info = describe_blob(args.blob, chunks=args.chunks)
+    with contextlib.closing(rafs.open_range_reader(args.blob)) as blob:
+        info = rafs.describe_blob(blob, chunks=args.chunks)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -15,9 +15,8 @@ import os
 import sys
 
 import rafs
-from rafs.builder.builder import CREATE_COMPRESSORS
 from rafs.errors import InvalidArgumentError
-from rafs.io.push import PUSH_BACKEND_TYPES, Pusher, load_backend_config
+from rafs.options import COMPRESSORS, FS_VERSIONS, PUSH_BACKEND_TYPES
 
 from . import checks, progress
 from .create import parse_chunk_size
@@ -33,8 +32,8 @@ def register(sub) -> None:
     p.add_argument("--source-dir", required=True, help="source directory to build the image from")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
                    help=f"directory for the bootstrap, blob and output.json (default {DEFAULT_OUTPUT_DIR})")
-    p.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS format version (default 6)")
-    p.add_argument("--compressor", default="zstd", choices=list(CREATE_COMPRESSORS),
+    p.add_argument("--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS], help="RAFS format version (default 6)")
+    p.add_argument("--compressor", default="zstd", choices=list(COMPRESSORS),
                    help="algorithm to compress data chunks (default zstd)")
     p.add_argument("--chunk-size", default="0x100000",
                    help="size of data chunks, a power of two in 0x1000..0x1000000 (default 0x100000)")
@@ -59,8 +58,8 @@ def run(args) -> int:
         logging.getLogger("rafs.builder").warning("--backend-config is used only with --backend-push: ignored")
     if args.backend_push:
         # check the backend configuration before spending time on the build
-        config = load_backend_config(config=args.backend_config, config_file=args.backend_config_file)
-        pusher = Pusher(args.backend_type, config)
+        config = rafs.load_backend_config(config=args.backend_config, config_file=args.backend_config_file)
+        pusher = rafs.Pusher(args.backend_type, config)
     os.makedirs(args.output_dir, exist_ok=True)
     bootstrap = os.path.join(args.output_dir, f"{args.name}.meta")
     blob = os.path.join(args.output_dir, f"{args.name}.blob")

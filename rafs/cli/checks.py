@@ -12,6 +12,7 @@ import os
 import stat
 import sys
 
+import rafs
 from rafs.errors import InvalidArgumentError
 
 
@@ -136,10 +137,9 @@ def add_reference_arguments(parser) -> None:
 def reference_options(args, source) -> dict | None:
     """The options :func:`rafs.open` takes for an image reference (``storage_options``), None for
     other sources; the flags given with anything but a reference are refused by name."""
-    from rafs.io.reference import is_reference
     flags = (("--platform", "platform", args.platform), ("--insecure", "insecure", args.insecure),
              ("--plain-http", "plain_http", args.plain_http))
-    if not is_reference(source):
+    if not rafs.is_reference(source):
         given = [flag for flag, _, value in flags if value]
         if given:
             raise InvalidArgumentError(f"{given[0]} applies to images in a registry (docker://...) only")

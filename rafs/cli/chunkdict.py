@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 
 from rafs.errors import InvalidArgumentError
+from rafs.options import PREFETCH_POLICIES
 
 from . import checks
 
@@ -26,7 +27,7 @@ def register(sub) -> None:
                    "sqlite:///path/database.db")
     g.add_argument("-B", "--bootstrap", help="output path of the chunk dictionary bootstrap")
     g.add_argument("-D", "--blob-dir", help="directory to save the bootstrap in (as chunkdict.boot)")
-    g.add_argument("--prefetch-policy", default="none", choices=["fs", "blob", "none"],
+    g.add_argument("--prefetch-policy", default="none", choices=list(PREFETCH_POLICIES),
                    help="data prefetch policy (accepted; a dictionary has nothing to prefetch)")
     g.add_argument("-J", "--output-json", help="file path to save the operation result in JSON format")
     g.add_argument("-C", "--config", help="nydusd configuration file (checked)")
@@ -42,7 +43,7 @@ def run(args) -> int:
     import logging
     import os
 
-    from rafs.builder.chunkdict import generate
+    import rafs
     log = logging.getLogger("rafs.chunkdict")
     for source in args.sources:
         checks.input_file("SOURCE", source)
@@ -60,7 +61,7 @@ def run(args) -> int:
                                    "the generated metadata blob file")
     checks.output_file("--bootstrap", target)
     checks.output_file("--output-json", args.output_json, devices=True)
-    result = generate(args.sources, args.database, target)
+    result = rafs.generate_chunk_dict(args.sources, args.database, target)
     log.info("The length of chunkdict is %d", result.chunk_count)
     if result.noise_images:
         log.info("It is not recommended to use image deduplication")

@@ -19,13 +19,13 @@ import os
 import shutil
 import sys
 
-from rafs.cli.create import parse_batch_size, parse_chunk_size
+import rafs
 from rafs.errors import InvalidArgumentError
-from rafs.oci import Converter, ConvertOptions
-from rafs.oci.check import check_image
+from rafs.options import COMPRESSORS, FS_VERSIONS
 from rafs.text import printable
 
 from . import checks, progress
+from .create import parse_batch_size, parse_chunk_size
 
 
 def register(sub) -> None:
@@ -37,8 +37,9 @@ def register(sub) -> None:
     p.add_argument("--target", "--target-archive", required=True, dest="target",
                    help="target: an OCI layout directory, a tar when the name ends in .tar, or docker://HOST/REPO:TAG")
     add_registry_arguments(p, "source", "target")
-    p.add_argument("--fs-version", default="6", choices=["5", "6"], help="RAFS version (default 6)")
-    p.add_argument("--compressor", default="zstd", choices=["none", "lz4_block", "zstd"],
+    p.add_argument("--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS],
+                   help="RAFS version (default 6)")
+    p.add_argument("--compressor", default="zstd", choices=list(COMPRESSORS),
                    help="algorithm to compress image data (default zstd)")
     p.add_argument("--fs-chunk-size", "--chunk-size", dest="chunk_size",
                    help="size of data chunks, a power of two in 0x1000..0x1000000 (default 0x100000)")
@@ -99,30 +100,29 @@ def run(args) -> int:
         patterns = [args.prefetch_dir]
     if args.workers is not None and args.workers < 1:
         raise InvalidArgumentError("--workers must be at least 1")
-    options = ConvertOptions(fs_version=int(args.fs_version), compressor=args.compressor,
-                             chunk_size=parse_chunk_size(args.chunk_size), aligned_chunk=args.fs_align_chunk,
-                             batch_size=parse_batch_size(args.batch_size),
-                             prefetch_patterns=patterns, platforms=args.platform.split(","),
-                             all_platforms=args.all_platforms, docker2oci=args.oci,
-                             merge_platform=args.merge_platform, with_referrer=args.with_referrer,
-                             source_reference=args.source_reference, workers=args.workers,
-                             work_dir=args.work_dir)
-    from rafs.io.reference import is_reference
-    remote_source, remote_target = is_reference(args.source), is_reference(args.target)
+    options = rafs.ConvertOptions(fs_version=int(args.fs_version), compressor=args.compressor,
+                                  chunk_size=parse_chunk_size(args.chunk_size), aligned_chunk=args.fs_align_chunk,
+                                  batch_size=parse_batch_size(args.batch_size),
+                                  prefetch_patterns=patterns, platforms=args.platform.split(","),
+                                  all_platforms=args.all_platforms, docker2oci=args.oci,
+                                  merge_platform=args.merge_platform, with_referrer=args.with_referrer,
+                                  source_reference=args.source_reference, workers=args.workers,
+                                  work_dir=args.work_dir)
+    remote_source, remote_target = rafs.is_reference(args.source), rafs.is_reference(args.target)
     if not (remote_source or remote_target):
         return _convert(args, options, args.source, args.target)
-    from rafs.io.registry_transfer import pull, push
     scratch = checks.scratch_dir(args.work_dir)
     try:
         source, target = args.source, args.target
         if remote_source:
-            source = pull(args.source, os.path.join(scratch, "source"), _registry_options(args, "source"))
+            source = rafs.pull_image(args.source, os.path.join(scratch, "source"),
+                                     _registry_options(args, "source"))
             print(f"pulled {args.source}", file=sys.stderr)
         if remote_target:
             target = os.path.join(scratch, "target")
         status = _convert(args, options, source, target)
         if status == 0 and remote_target:
-            digest = push(target, args.target, _registry_options(args, "target"))
+            digest = rafs.push_image(target, args.target, _registry_options(args, "target"))
             print(f"pushed {args.target} ({digest})", file=sys.stderr)
         return status
     finally:
@@ -131,13 +131,13 @@ def run(args) -> int:
 
 def _convert(args, options, source, target) -> int:
     with progress.bar(args, "converting") as report:
-        result = Converter(source, target, options).run(progress=report)
+        result = rafs.Converter(source, target, options).run(progress=report)
     for image in result.images:
         print(f"converted {image.source['digest']} -> {image.target['digest']} "
               f"({len(image.blob_digests)} blobs)", file=sys.stderr)
     print(f"target: {result.target}", file=sys.stderr)
     if args.check:
-        report = check_image(result.target, source=source)
+        report = rafs.check_oci_image(result.target, source=source)
         for problem in report.problems:
             print(f"check: {printable(problem)}", file=sys.stderr)
         if not report.ok:
@@ -148,21 +148,20 @@ def _convert(args, options, source, target) -> int:
 
 
 def run_copy(args) -> int:
-    from rafs.io.reference import is_reference
-    from rafs.io.registry_transfer import pull, push
-    remote_source, remote_target = is_reference(args.source), is_reference(args.target)
+    remote_source, remote_target = rafs.is_reference(args.source), rafs.is_reference(args.target)
     if not (remote_source or remote_target):
         raise InvalidArgumentError("copy needs a registry on at least one side (docker://HOST/REPO:TAG)")
     if not remote_source:
-        digest = push(args.source, args.target, _registry_options(args, "target"))
+        digest = rafs.push_image(args.source, args.target, _registry_options(args, "target"))
     elif not remote_target:
-        pull(args.source, args.target, _registry_options(args, "source"))
+        rafs.pull_image(args.source, args.target, _registry_options(args, "source"))
         digest = None
     else:
         scratch = checks.scratch_dir(args.work_dir)
         try:
-            layout = pull(args.source, os.path.join(scratch, "image"), _registry_options(args, "source"))
-            digest = push(layout, args.target, _registry_options(args, "target"))
+            layout = rafs.pull_image(args.source, os.path.join(scratch, "image"),
+                                     _registry_options(args, "source"))
+            digest = rafs.push_image(layout, args.target, _registry_options(args, "target"))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     print(f"copied {args.source} to {args.target}" + (f" ({digest})" if digest else ""), file=sys.stderr)

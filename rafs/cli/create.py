@@ -9,10 +9,9 @@ from __future__ import annotations
 import sys
 
 import rafs
-from rafs.builder.builder import CREATE_COMPRESSORS, PATH_SOURCE_TYPES
-from rafs.builder.prefetch import PREFETCH_POLICIES
-from rafs.builder.tree import WHITEOUT_SPECS
 from rafs.errors import InvalidArgumentError
+from rafs.options import (BLOB_LAYOUTS, COMPRESSORS, DIGESTERS, FEATURES, FS_VERSIONS, PREFETCH_POLICIES,
+                          SOURCE_TYPES, WHITEOUT_SPECS)
 
 from . import checks, progress
 
@@ -21,7 +20,7 @@ def register(sub) -> None:
     p = sub.add_parser("create", help="create a RAFS filesystem (bootstrap and data blob) from a directory",
                        description="Create RAFS filesystems as nydus-image create does.")
     p.add_argument("source", metavar="SOURCE", help="source from which to build the RAFS filesystem")
-    p.add_argument("-t", "--type", "--source-type", dest="type", default="dir-rafs", choices=list(PATH_SOURCE_TYPES),
+    p.add_argument("-t", "--type", "--source-type", dest="type", default="dir-rafs", choices=list(SOURCE_TYPES),
                    help="conversion type (default dir-rafs)")
     p.add_argument("-B", "--bootstrap", help="file path to save the generated RAFS metadata blob")
     p.add_argument("-D", "--blob-dir", help="directory to save generated RAFS metadata and data blobs "
@@ -29,16 +28,16 @@ def register(sub) -> None:
     p.add_argument("-b", "--blob", help="file path to save the generated RAFS data blob (may be a FIFO)")
     p.add_argument("--blob-inline-meta", "--inline-bootstrap", action="store_true",
                    help="inline RAFS metadata and blob metadata into the data blob")
-    p.add_argument("-v", "--fs-version", default="6", choices=["5", "6"], help="RAFS format version (default 6)")
-    p.add_argument("--compressor", choices=list(CREATE_COMPRESSORS),
+    p.add_argument("-v", "--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS], help="RAFS format version (default 6)")
+    p.add_argument("--compressor", choices=list(COMPRESSORS),
                    help="algorithm to compress data chunks (default zstd)")
-    p.add_argument("--digester", default="blake3", choices=["blake3", "sha256"],
+    p.add_argument("--digester", default="blake3", choices=list(DIGESTERS),
                    help="algorithm to digest data chunks (default blake3)")
     p.add_argument("--chunk-size", help="size of data chunks, a power of two in 0x1000..0x1000000 "
                    "(hex with 0x, or decimal; default 0x100000)")
     p.add_argument("--whiteout-spec", default="oci", choices=list(WHITEOUT_SPECS),
                    help="type of whiteout specification (default oci)")
-    p.add_argument("--features", choices=["blob-toc"], help="enable features (blob-toc: chunk digests and a ToC)")
+    p.add_argument("--features", choices=list(FEATURES), help="enable features (blob-toc: chunk digests and a ToC)")
     p.add_argument("--repeatable", action="store_true", help="generate reproducible RAFS metadata (uid/gid 0)")
     p.add_argument("--prefetch-policy", default="none", choices=list(PREFETCH_POLICIES),
                    help="data prefetch policy; patterns are read from stdin, one absolute path a line")
@@ -47,7 +46,7 @@ def register(sub) -> None:
                    "--access-pattern-file; implies --prefetch-policy fs unless another policy is given")
     p.add_argument("--aligned-chunk", action="store_true",
                    help="align uncompressed data chunks to 4K, only for RAFS v5 (v6 is always aligned)")
-    p.add_argument("--blob-layout", default="packed", choices=["packed", "mapped"],
+    p.add_argument("--blob-layout", default="packed", choices=list(BLOB_LAYOUTS),
                    help="packed: chunks back to back, as nydus-image writes them (default); mapped: with "
                    "-v 6 --compressor none, every chunk at its uncompressed offset so the kernel's EROFS "
                    "can mount the bootstrap with the blob itself as device (rafs only)")

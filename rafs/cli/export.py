@@ -12,6 +12,7 @@ import argparse
 
 import rafs
 from rafs.errors import InvalidArgumentError
+from rafs.options import VERITY_SPARES
 
 from . import checks
 
@@ -39,7 +40,7 @@ def register(sub) -> None:
     p.add_argument("-O", "--output", help="path of the disk image")
     p.add_argument("--verity", action="store_true", help="append a dm-verity hash tree and print its root digest "
                    "with the veritysetup options that open it")
-    p.add_argument("--verity-spare", choices=("nydus", "zero"), default="nydus",
+    p.add_argument("--verity-spare", choices=VERITY_SPARES, default="nydus",
                    help="fill of the tree's unused digest slots: nydus (as nydus-image, the default; the "
                    "kernel accepts it) or zero (as veritysetup format; 'veritysetup verify' accepts only this)")
     p.set_defaults(func=run)

@@ -6,7 +6,6 @@ import json
 import sys
 
 import rafs
-from rafs.inspect import blob_info, describe, stats
 from rafs.text import printable
 
 from . import checks, progress
@@ -46,13 +45,13 @@ def run_inspect(args) -> int:
     with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config,
                    storage_options=checks.reference_options(args, bootstrap)) as image:
         if args.request == "stats":
-            info = stats(image)
+            info = image.tree_stats()
         elif args.request == "blobs":
-            info = [blob_info(b) for b in image.blobs]
+            info = image.blob_summaries()
         elif args.request == "prefetch":
             info = {"prefetch_table": image.reader.prefetch_inodes()}
         else:
-            info = describe(image)
+            info = image.describe()
     if args.json or args.request != "all":
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -83,13 +82,11 @@ def print_text(info: dict) -> None:
 
 
 def run_check(args) -> int:
-    from rafs.builder.report import Trace, output_document
     if args.target or args.source:
         return run_check_images(args)
     bootstrap = checks.bootstrap_argument(args)
     checks.exclusive(args, ("config", "--config <config>"), ("blob_dir", "--blob-dir <blob-dir>"))
-    from rafs.oci.layout import is_oci_layout
-    if is_oci_layout(bootstrap):
+    if rafs.is_oci_layout(bootstrap):
         return run_check_layout(bootstrap)
     checks.input_dir("--blob-dir", args.blob_dir)
     checks.input_file("--config", args.config)
@@ -107,10 +104,10 @@ def run_check(args) -> int:
             for path, inode in image.iter_entries("/"):
                 checked += 1
                 print(f"{inode.ino:>8} {inode.mode:07o} {inode.size:>12} {printable(path)}")
-        details = [blob_info(b) for b in image.blobs]
+        details = image.blob_summaries()
         # nydus-image check's --output-json (OutputSerializer::dump_for_check), which nydusify's checker
         # and committer read ("blobs" as ids, "fs_version", "compressor"); then what rafs adds
-        result = output_document([b["blob_id"] for b in details], Trace(), image.version, image.compressor)
+        result = rafs.output_document([b["blob_id"] for b in details], rafs.BuildTrace(), image.version, image.compressor)
         result.update({"bootstrap": str(bootstrap), "digester": image.digester, "blob_details": details,
                        "data_verified": with_data, "faults": faults})
     if args.output_json:
@@ -131,7 +128,6 @@ def run_check_images(args) -> int:
     import os
     import shutil
     from rafs.errors import InvalidArgumentError
-    from rafs.io.reference import is_reference
     if not args.target:
         raise InvalidArgumentError("--source needs --target (the converted image to check)")
     if checks.bootstrap_argument_given(args):
@@ -141,11 +137,10 @@ def run_check_images(args) -> int:
     try:
         for side in ("target", "source"):
             value = getattr(args, side)
-            if value is not None and is_reference(value):
-                from rafs.io.registry_transfer import pull
+            if value is not None and rafs.is_reference(value):
                 scratch = scratch or checks.scratch_dir(None)
-                value = pull(value, os.path.join(scratch, side), {"insecure": args.insecure,
-                                                                   "plain_http": args.plain_http})
+                value = rafs.pull_image(value, os.path.join(scratch, side), {"insecure": args.insecure,
+                                                                             "plain_http": args.plain_http})
             paths[side] = value
         return run_check_layout(paths["target"], source=paths["source"])
     finally:
@@ -156,8 +151,7 @@ def run_check_images(args) -> int:
 def run_check_layout(path, *, source=None) -> int:
     """``nydusify check`` of a converted layout: manifest, blobs, bootstrap, every chunk; compared with
     the ``source`` layout when given."""
-    from rafs.oci.check import check_image
-    report = check_image(path, source=source)
+    report = rafs.check_oci_image(path, source=source)
     for problem in report.problems:
         print(f"FAULT: {printable(problem)}", file=sys.stderr)
     if not report.ok:

@@ -107,8 +107,9 @@ def one_line(exc: BaseException) -> str:
     """An error's message on one line (backends such as botocore put line breaks in theirs), without
     any URL's userinfo (whatever raised it), with the control characters an image's names and ids may
     carry escaped."""
-    from ..io.redact import redact_urls
-    return printable(redact_urls(" ".join(part.strip() for part in str(exc).splitlines() if part.strip())))
+    from .. import redact_urls
+    from .flags import message
+    return printable(redact_urls(" ".join(part.strip() for part in message(exc).splitlines() if part.strip())))
 
 
 class _ClosedStream:

@@ -16,8 +16,9 @@ import json
 import logging
 import sys
 
-from rafs.builder.merge import PREFETCH_POLICIES, InconsistentFilesystemError, Merger
+import rafs
 from rafs.errors import InvalidArgumentError
+from rafs.options import PREFETCH_POLICIES
 from rafs.text import printable
 
 from . import checks, progress
@@ -65,7 +66,7 @@ def run(args) -> int:
     if args.prefetch_policy != "none":
         progress.prompt_if_terminal(args, f"--prefetch-policy {args.prefetch_policy}")
         patterns = checks.stdin_lines(f"--prefetch-policy {args.prefetch_policy}")
-    merger = Merger(args.sources, parent_bootstrap=args.parent_bootstrap,
+    merger = rafs.Merger(args.sources, parent_bootstrap=args.parent_bootstrap,
                     chunk_dict=chunk_dict, blob_digests=args.blob_digests,
                     original_blob_ids=args.original_blob_ids, blob_sizes=args.blob_sizes,
                     blob_toc_digests=args.blob_toc_digests, blob_toc_sizes=args.blob_toc_sizes,
@@ -73,7 +74,7 @@ def run(args) -> int:
                     blob_accessible=args.config is not None)
     try:
         result = merger.write(bootstrap=args.bootstrap, blob_dir=args.blob_dir)
-    except InconsistentFilesystemError as exc:
+    except rafs.InconsistentFilesystemError as exc:
         print(f"rafs merge: {printable(exc)}", file=sys.stderr)
         return 2
     if args.output_json:

@@ -17,9 +17,10 @@ import os
 
 import rafs
 from rafs.errors import InvalidArgumentError, RafsError
+from rafs.options import FS_DRIVERS
 from rafs.text import printable
 
-from . import checks, progress
+from . import checks, flags, progress
 
 log = logging.getLogger("rafs.mount")
 
@@ -49,7 +50,7 @@ def register(sub) -> None:
     p.add_argument("--prefetch-files", metavar="FILE", help="a file listing image paths to prefetch into the "
                    "blob cache once mounted, one a line (nydusd's flag; it replaces the bootstrap's prefetch "
                    "table; paths missing from the image are skipped with a warning)")
-    p.add_argument("--fs-driver", choices=["fuse", "erofs"], default="fuse",
+    p.add_argument("--fs-driver", choices=list(FS_DRIVERS), default="fuse",
                    help="fuse (default): serve through FUSE; erofs: the kernel mounts the bootstrap as "
                    "EROFS and rafs fills each blob's cache file on demand (fanotify, Linux 6.14+, RAFS v6)")
     p.add_argument("--fscache", metavar="DIR", help="with --fs-driver erofs: the cache directory for blob "
@@ -166,7 +167,10 @@ def observing(image, settings, args):
     files = bool(args.iostats_files or getattr(settings, "iostats_files", False))
     state = daemon.add(MountState(image, MountObserver(trace=trace, files=files), config=settings,
                                   to_fuse=_fuse().InodeNumbers(image.root_ino).to_fuse))
-    server = ApiServer(args.apisock, daemon) if args.apisock else None
+    server = None
+    if args.apisock:
+        with flags.naming(path="--apisock"):
+            server = ApiServer(args.apisock, daemon)
     try:
         yield daemon, state
     finally:
@@ -311,8 +315,7 @@ def start_prefetch(image, settings, paths: list[bytes] | None, *, progress=None)
 
 def _check_blob_sources(image, args) -> None:
     """Refuse to serve an image whose blobs are nowhere: every read would fail with EIO."""
-    from rafs.io.preflight import missing_blobs
-    missing = missing_blobs(image, blob_dir_words="--localfs-dir", threads=args.threads)
+    missing = rafs.missing_blobs(image, blob_dir_words="--localfs-dir", threads=args.threads)
     if not missing:
         return
     shown = "; ".join(m.message() for m in missing[:3]) + (f"; and {len(missing) - 3} more" if len(missing) > 3

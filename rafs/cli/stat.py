@@ -9,6 +9,7 @@ import sys
 
 import rafs
 from rafs.errors import InvalidArgumentError, RafsError
+from rafs.options import DIGESTERS
 from rafs.text import printable
 
 from . import checks
@@ -23,7 +24,7 @@ def register(sub) -> None:
                    "extension), and of deduplicating chunks across them")
     p.add_argument("-T", "--target", help="statistics of this image built with the others as chunk dictionary")
     p.add_argument("-C", "--config", help="nydusd configuration file for the blobs")
-    p.add_argument("--digester", choices=("blake3", "sha256"), default="blake3",
+    p.add_argument("--digester", choices=DIGESTERS, default="blake3",
                    help="digest algorithm of the chunks deduplicated across images (default blake3)")
     p.add_argument("-J", "--output-json", help="write the statistics as JSON to this file instead")
     p.set_defaults(func=run)

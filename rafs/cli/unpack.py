@@ -6,16 +6,14 @@ import json
 import sys
 
 import rafs
-from rafs.builder.outputs import Output
 from rafs.errors import InvalidArgumentError
-from rafs.unpack import write_tar
+from rafs.options import BACKEND_TYPES
 
 from . import checks, progress
 
 
-# Backends ``--backend-type`` reads blobs through (rafs.io.backends); nydus-image offers every backend
-# but localfs there, and so does rafs: a local directory is ``--blob-dir``.
-BACKEND_TYPES = ("s3", "http-proxy")
+# nydus-image offers every backend but localfs for ``--backend-type``, and so does rafs
+# (rafs.options.BACKEND_TYPES): a local directory is ``--blob-dir``; localfs is parsed to say so.
 
 
 def register(sub) -> None:
@@ -92,33 +90,10 @@ def run(args) -> int:
                    storage_options=checks.reference_options(args, bootstrap)) as image:
         if args.output == "-":
             with progress.bar(args, "unpacking", unit="entries") as report:
-                write_tar(image, checks.stdout_binary("--output"), progress=report)
+                image.write_tar(checks.stdout_binary("--output"), progress=report)
             return 0
-        # written whole then renamed into place; a FIFO or a device (/dev/null) is written into, as the
-        # reference does, never replaced
-        out = Output(args.output, None, error=InvalidArgumentError)
-        try:
-            with progress.bar(args, "unpacking", unit="entries") as report:
-                count = write_tar(image, _Named(out.fp, args.output), progress=report)
-            out.commit(None)
-        except BaseException:
-            out.discard()
-            raise
+        with progress.bar(args, "unpacking", unit="entries") as report:
+            count = image.write_tar(args.output, progress=report)
     print(f"unpacked {count} entries to {args.output}", file=sys.stderr)
     return 0
 
-
-class _Named:
-    """A file whose write errors name ``path`` (a full disk reads ``No space left on device: 'x.tar'``)."""
-
-    def __init__(self, fileobj, path):
-        self.fileobj = fileobj
-        self.path = path
-
-    def write(self, data) -> int:
-        try:
-            return self.fileobj.write(data)
-        except OSError as exc:
-            if exc.filename is None:
-                exc.filename = self.path
-            raise

@@ -38,7 +38,7 @@ import threading
 import time
 from typing import Iterable
 
-from .. import _codec, tempfiles
+from .. import _records, tempfiles
 from ..errors import InvalidArgumentError, RafsError
 from ..model import MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures, Chunk
 from ..blob.ids import check_blob_id
@@ -234,7 +234,7 @@ class PersistChunkMap:
             self._write_header()
             return bytearray(self.bitmap_size)
         try:
-            header = _codec.parse(CHUNK_MAP_HEADER, raw, 0, structure="chunk_map header")
+            header = _records.parse(CHUNK_MAP_HEADER, raw, 0, structure="chunk_map header")
         except RafsError as exc:
             raise CacheError(f"{self.path}: not a nydusd chunk map ({exc})") from None
         if header.version >= 1 and header.magic2 != CHUNK_MAP_MAGIC2:

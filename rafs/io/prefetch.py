@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..progress import Progress, Ticker
-from .fetch import merge_ranges
+from .fetch import DEFAULT_MERGE_SIZE, merge_ranges
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ LARGE_RANGE = 8 << 20
 class Prefetch:
     """A prefetch of ``work`` = [(ChunkFetcher, chunks)] with ``threads`` workers."""
 
-    def __init__(self, work, *, threads: int = 8, batch_size: int = 0x100000, bandwidth_limit: int = 0,
+    def __init__(self, work, *, threads: int = 8, batch_size: int = DEFAULT_MERGE_SIZE, bandwidth_limit: int = 0,
                  grow_ranges: bool = False, progress: Progress | None = None):
         self.work = [(fetcher, chunks) for fetcher, chunks in work if getattr(fetcher, "cache", None) is not None]
         self.threads = max(1, threads)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from fsspec.callbacks import Callback
 
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..options import PUSH_BACKEND_TYPES
 from ..progress import Progress, Ticker
 from .backends import S3Backend
 from .config import check_backend_config, parse_text, read_config_file
@@ -37,8 +38,6 @@ class _Uploaded(Callback):
         self.passed_on = self.value
         if step > 0:
             self.ticker.advance(step)
-
-PUSH_BACKEND_TYPES = ("s3",)
 
 
 @dataclass(frozen=True)
@@ -76,9 +75,9 @@ class Pusher:
                  retry_limit: int | None = None):
         if backend_type not in PUSH_BACKEND_TYPES:
             if backend_type in ("oss", "localfs", "registry"):
-                raise UnsupportedError(f"--backend-type {backend_type!r} is not supported yet (supported: "
+                raise UnsupportedError(f"backend_type {backend_type!r} is not supported yet (supported: "
                                        f"{', '.join(PUSH_BACKEND_TYPES)})")
-            raise InvalidArgumentError(f"unknown --backend-type {backend_type!r}")
+            raise InvalidArgumentError(f"unknown backend_type {backend_type!r}")
         retry = RetryPolicy() if retry_limit is None else RetryPolicy(limit=retry_limit)
         self.backend = S3Backend(config, section="backend config", retry=retry, storage_options=storage_options)
         self.retry = self.backend.retry

@@ -20,7 +20,8 @@ import platform as _platform
 import re
 from dataclasses import dataclass
 
-from ..errors import InvalidArgumentError, InvalidImageError
+from ..errors import InvalidArgumentError, InvalidImageError, ParameterError
+from ..limits import MAX_BOOTSTRAP_LAYER
 from ..oci import documents, spec
 from .registry import RegistryBackend, RegistryClient
 from .registry_auth import Credentials, RegistryAuth
@@ -29,7 +30,6 @@ from .retry import RetryPolicy
 SCHEME = "docker://"
 DOCKER_HUB = "docker.io"
 DOCKER_HUB_REGISTRY = "registry-1.docker.io"
-MAX_BOOTSTRAP_LAYER = 1 << 31                    # compressed bytes a bootstrap layer may have
 LAYER_READ = 4 << 20                             # bytes per ranged GET while streaming the bootstrap layer
 ACCEPT = ", ".join((spec.OCI_INDEX, spec.DOCKER_MANIFEST_LIST, spec.OCI_MANIFEST, spec.DOCKER_MANIFEST))
 # registry/reference/regexp.go: path components, tags and the domain
@@ -67,6 +67,7 @@ class Reference:
 
 
 def is_reference(source) -> bool:
+    """Whether ``source`` names an image in a registry (``docker://HOST/REPO:TAG``), not a path."""
     return isinstance(source, str) and source.startswith(SCHEME)
 
 
@@ -194,8 +195,8 @@ def resolve(source: str, options: dict | None = None) -> Resolved:
             have = sorted({"/".join(filter(None, ((m.get("platform") or {}).get(k, "") for k in
                                                   ("os", "architecture", "variant"))))
                            for m in document["manifests"]})
-            raise InvalidArgumentError(f"{ref}: no manifest for platform {wanted} (the index has: "
-                                       f"{', '.join(have) or 'no platforms'}); choose one with --platform")
+            raise ParameterError("{ref}: no manifest for platform {wanted} (the index has: {have}); choose one "
+                                 "with {platform}", ref=ref, wanted=wanted, have=", ".join(have) or "no platforms")
         chosen = next((m for m in entries if _is_nydus(m)), entries[0])
         what = f"manifest {chosen['digest']} ({wanted}) of {ref}"
         document, digest = _document(registry, chosen["digest"], what, chosen["digest"], retry)
@@ -251,7 +252,7 @@ def _read_bootstrap_layer(registry: RegistryClient, desc: dict, retry: RetryPoli
 def open_reference(source: str, *, options: dict | None = None, validate: bool = False, config=None):
     """:func:`rafs.open` for a ``docker://`` reference: the bootstrap from the registry, the blobs read
     lazily from it through the cache of ``config`` (a nydusd configuration) if one is given."""
-    from ..image import Image, detect_reader
+    from ..image import Image, chunk_info_source, detect_reader
     from .config import ConfigLocator, NydusdConfig, parse_config
     resolved = resolve(source, options)
     parsed = parse_config(config) if config is not None else NydusdConfig(backend_type="registry")
@@ -259,5 +260,5 @@ def open_reference(source: str, *, options: dict | None = None, validate: bool =
     retry = RetryPolicy(limit=parsed.retry_limit if limit is None else limit)
     backend = RegistryBackend({}, retry=retry, registry=resolved.registry)
     locator = ConfigLocator(parsed, backend=backend)
-    reader = detect_reader(resolved.bootstrap)
+    reader = detect_reader(resolved.bootstrap, chunk_info_source=chunk_info_source(locator))
     return Image(reader, locator, validate=validate or locator.validate, name=str(resolved.reference))

@@ -5,30 +5,16 @@ object. This module knows nothing of inodes or chunks; it moves bytes.
 from __future__ import annotations
 
 import errno
-import io
-import mmap
 import os
 import stat
-import threading
-from typing import Protocol
 
 from ..errors import BackendError, InvalidArgumentError, RafsError
+# nydusd mmaps a bootstrap; rafs reads a private copy of at most MAX_BOOTSTRAP_SIZE bytes (see load_bytes)
+from ..limits import MAX_BOOTSTRAP_SIZE
+# FileObjectRangeReader is also imported from here
+from ..ranges import FileObjectRangeReader, RangeReader, as_range_reader  # noqa: F401
 from .redact import redact_url
 from .retry import RetryPolicy, ShortReadError
-
-# Bootstraps are bounded by RAFS_MAX_METADATA_SIZE (2 GiB), so reading one whole into memory is bounded
-# too. nydusd mmaps it; rafs reads a private copy instead (see load_bytes).
-MAX_BOOTSTRAP_SIZE = 0x8000_0000
-
-
-class RangeReader(Protocol):
-    """Anything that serves ``read_range(offset, size)``; ``size`` is the total length if known."""
-
-    size: int | None
-
-    def read_range(self, offset: int, size: int) -> bytes: ...
-
-    def close(self) -> None: ...
 
 
 def is_url(source) -> bool:
@@ -61,34 +47,6 @@ class LocalRangeReader:
 
     def __repr__(self) -> str:
         return f"LocalRangeReader({self.path!r}, size={self.size})"
-
-
-class FileObjectRangeReader:
-    """Ranged reads of a seekable binary file object (fsspec files included), serialised by a lock."""
-
-    def __init__(self, fileobj, name: str = "<file object>"):
-        self._f = fileobj
-        self.name = name
-        self._lock = threading.Lock()
-        try:
-            self.size = fileobj.seek(0, io.SEEK_END)
-        except (OSError, ValueError, AttributeError):
-            self.size = None
-
-    def read_range(self, offset: int, size: int) -> bytes:
-        with self._lock:
-            self._f.seek(offset)
-            data = self._f.read(size)
-        if data is None or len(data) != size:
-            got = 0 if data is None else len(data)
-            raise BackendError(f"{self.name}: short read of {size} bytes at {offset} (got {got})")
-        return bytes(data)
-
-    def close(self) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        return f"FileObjectRangeReader({self.name!r}, size={self.size})"
 
 
 class FsspecRangeReader:
@@ -224,35 +182,10 @@ def open_http(url: str, storage_options: dict | None = None, *, retry: RetryPoli
     return reader
 
 
-class BytesRangeReader:
-    """Ranged reads of bytes already in memory (a blob handed over as ``bytes`` or an mmap)."""
-
-    def __init__(self, data, name: str = "<bytes>"):
-        self._data = memoryview(data)
-        self.name = name
-        self.size = len(self._data)
-
-    def read_range(self, offset: int, size: int) -> bytes:
-        if offset < 0 or size < 0 or offset + size > self.size:
-            raise BackendError(f"{self.name}: read of {size} bytes at {offset} past the end ({self.size} bytes)")
-        return bytes(self._data[offset:offset + size])
-
-    def close(self) -> None:
-        pass
-
-    def __repr__(self) -> str:
-        return f"BytesRangeReader({self.name!r}, size={self.size})"
-
-
 def open_range_reader(source, storage_options: dict | None = None, *,
                       retry: RetryPolicy | None = None) -> RangeReader:
-    """A RangeReader over a local path, an fsspec URL, or an open binary file object."""
-    if hasattr(source, "read_range"):
-        return source
-    if hasattr(source, "read") and hasattr(source, "seek"):
-        return FileObjectRangeReader(source, getattr(source, "name", "<file object>"))
-    if isinstance(source, (bytes, bytearray, memoryview, mmap.mmap)):
-        return BytesRangeReader(source)
+    """A RangeReader over a local path, an fsspec URL, an open binary file object or bytes (the last
+    two through :func:`rafs.ranges.as_range_reader`)."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if is_http_url(path):
@@ -277,8 +210,11 @@ def open_range_reader(source, storage_options: dict | None = None, *,
         if path.startswith("file://"):
             path = path[len("file://"):]
         return LocalRangeReader(path)
-    raise InvalidArgumentError(f"cannot read from {type(source).__name__}: expected a path, URL, bytes "
-                               "or a binary file object")
+    try:
+        return as_range_reader(source)
+    except InvalidArgumentError:
+        raise InvalidArgumentError(f"cannot read from {type(source).__name__}: expected a path, URL, bytes "
+                                   "or a binary file object") from None
 
 
 def load_bytes(source, storage_options: dict | None = None):

@@ -4,7 +4,7 @@ nydusify's last layer (annotated ``containerd.io/snapshot/nydus-bootstrap: "true
 compressed as a rule, holding the bootstrap at ``image/image.boot``. It is input like any other: it
 is decompressed as it is read and cut off past the bytes it may hold (:data:`LAYER_SLACK` for headers,
 the ``image`` directory and the end blocks, plus the bootstrap's declared size up to
-:data:`~rafs.io.source.MAX_BOOTSTRAP_SIZE`), so a gzip bomb is refused, never expanded; only
+:data:`~rafs.limits.MAX_BOOTSTRAP_SIZE`), so a gzip bomb is refused, never expanded; only
 ``image/image.boot`` is written out. Used for layouts on disk (:mod:`rafs.oci.check`) and for
 registries (:mod:`rafs.io.reference`).
 """
@@ -20,7 +20,7 @@ import zlib
 
 from ..builder.tarstream import normalize_path, open_tar
 from ..errors import InvalidImageError, RafsError
-from ..io.source import MAX_BOOTSTRAP_SIZE
+from ..limits import MAX_BOOTSTRAP_SIZE
 from . import spec
 
 # What a bootstrap layer's tar may hold besides image.boot: the headers, the image directory, the end

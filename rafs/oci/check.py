@@ -17,11 +17,10 @@ from .. import image as _image
 from ..builder.overlay import merge_overlay
 from ..builder.tar import read_tar
 from ..errors import InvalidImageError, RafsError
+from ..limits import MAX_BOOTSTRAP_LAYER
 from . import spec
 from .bootstrap_layer import LAYER_SLACK, extract_bootstrap  # noqa: F401 - LAYER_SLACK also from here
 from .layout import COPY_BUFFER, OciLayout, digest_hex
-
-MAX_BOOTSTRAP_LAYER = 1 << 31          # compressed
 
 
 @dataclass
@@ -34,6 +33,7 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
+        """True when no problem was found."""
         return not self.problems
 
 
@@ -128,7 +128,7 @@ def _sha256(ref) -> str:
 def _extract_bootstrap(layout: OciLayout, desc: dict, directory: str) -> tuple[str, str]:
     """(path of the extracted ``image/image.boot``, diff id of the layer) — the layer's digest checked.
 
-    The layer is streamed: decompressed at most :data:`~rafs.io.source.MAX_BOOTSTRAP_SIZE` bytes for the bootstrap
+    The layer is streamed: decompressed at most :data:`~rafs.limits.MAX_BOOTSTRAP_SIZE` bytes for the bootstrap
     and :data:`LAYER_SLACK` for everything else (headers, the ``image`` directory, end blocks), and
     only ``image/image.boot`` is written out."""
     ref = layout.blob(desc)

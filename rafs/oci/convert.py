@@ -33,8 +33,10 @@ from ..blob.toc import extract_entry, find_inline_bootstrap
 from ..builder.builder import Builder
 from ..builder.merge import Merger
 from ..builder.tar import TarSource
-from ..errors import BuildError, InvalidArgumentError, InvalidImageError, UnsupportedError
+from ..errors import BuildError, InvalidArgumentError, InvalidImageError, ParameterError, UnsupportedError
 from ..io.source import LocalRangeReader
+from ..limits import DEFAULT_CHUNK_SIZE
+from ..options import FS_VERSIONS
 from ..progress import Progress, Ticker
 from . import spec
 from .documents import MAX_INDEX_DEPTH
@@ -57,7 +59,7 @@ class ConvertOptions:
 
     fs_version: int = 6
     compressor: str = "zstd"
-    chunk_size: int = 0x100000
+    chunk_size: int = DEFAULT_CHUNK_SIZE
     aligned_chunk: bool = False
     batch_size: int = 0
     prefetch_patterns: list[str] | None = None
@@ -72,7 +74,7 @@ class ConvertOptions:
 
     def check(self) -> None:
         """Refuse impossible options (:class:`~rafs.errors.InvalidArgumentError` naming the option) before any work."""
-        if int(self.fs_version) not in (5, 6):
+        if int(self.fs_version) not in FS_VERSIONS:
             raise InvalidArgumentError(f"invalid fs version {self.fs_version!r} (5 or 6)")
         self.fs_version = int(self.fs_version)
         from ..builder.builder import check_batch_options
@@ -232,8 +234,9 @@ class Converter:
                 if wanted:
                     children.append((child, self._plan(child, depth + 1)))
             if not children:
-                raise InvalidArgumentError(f"no manifest of {entry.get('digest')} matches the platforms "
-                                           f"{', '.join(self.options.platforms)} (use --all-platforms?)")
+                raise ParameterError("no manifest of {digest} matches the platforms {platforms} (use "
+                                     "{all_platforms}?)", digest=entry.get("digest"),
+                                     platforms=", ".join(self.options.platforms))
             return ("index", index, children)
         if media_type in spec.MANIFEST_TYPES:
             manifest = self.source.read_manifest(entry)

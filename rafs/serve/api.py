@@ -378,8 +378,8 @@ class ApiServer:
             mode = None
         if mode is not None:
             if not stat.S_ISSOCK(mode):
-                from ..errors import InvalidArgumentError
-                raise InvalidArgumentError(f"--apisock {path}: exists and is not a socket")
+                from ..errors import ParameterError
+                raise ParameterError("{path} {value}: exists and is not a socket", value=path)
             os.unlink(self.path)             # a socket left by an earlier daemon, as nydusd removes it
         self.server = _Server(self.path, _Handler, bind_and_activate=False)
         try:
@@ -388,8 +388,8 @@ class ApiServer:
             self.server.server_activate()
         except OSError as exc:
             self.server.server_close()
-            from ..errors import InvalidArgumentError
-            raise InvalidArgumentError(f"--apisock {path}: {exc.strerror or exc}") from None
+            from ..errors import ParameterError
+            raise ParameterError("{path} {value}: {problem}", value=path, problem=exc.strerror or exc) from None
         self.server.daemon = daemon
         self._thread = threading.Thread(target=self.server.serve_forever, name="rafs-api", daemon=True)
         self._thread.start()

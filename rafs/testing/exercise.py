@@ -12,6 +12,7 @@ wall-clock limit and, optionally, a memory limit (tracemalloc or peak RSS).
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import stat as _stat
 import threading
@@ -44,7 +45,7 @@ class OutOfMemoryError(AssertionError):
 
 
 class BytesSource:
-    """A blob held in memory, served as a :class:`rafs.io.source.RangeReader` (``blobs={id: ...}``)."""
+    """A blob held in memory, served as a :class:`rafs.ranges.RangeReader` (``blobs={id: ...}``)."""
 
     def __init__(self, data: bytes, name: str = "<bytes>"):
         self.data = bytes(data)
@@ -314,6 +315,10 @@ def exercise_blob(source, blob=None, *, what: str = "blob") -> Outcome:
     started = time.monotonic()
     if isinstance(source, (bytes, bytearray, memoryview)):
         source = BytesSource(bytes(source), what)
+    elif isinstance(source, (str, os.PathLike)):
+        from ..io.source import open_range_reader
+        with contextlib.closing(open_range_reader(source)) as reader:
+            return exercise_blob(reader, blob, what=what)
 
     def run(name, step):
         try:

@@ -14,16 +14,15 @@ from dataclasses import dataclass, replace
 from hypothesis import strategies as st
 
 from ..model import Node
+from ..options import COMPRESSORS, DIGESTERS, FS_VERSIONS
 from .trees import ROOT, materialise, with_parents, without
 
 CHUNK_SIZES = (0x1000, 0x2000, 0x10000, 0x100000)
 BATCH_SIZES = (0, 0x1000, 0x2000, 0x10000, 0x100000)
-COMPRESSORS = ("none", "lz4_block", "zstd")
-DIGESTERS = ("blake3", "sha256")
 
 
 @st.composite
-def build_options(draw, *, versions=(5, 6), compressors=COMPRESSORS, digesters=DIGESTERS,
+def build_options(draw, *, versions=FS_VERSIONS, compressors=COMPRESSORS, digesters=DIGESTERS,
                   chunk_sizes=CHUNK_SIZES, inline_meta: bool | None = None, blob_toc: bool | None = None,
                   repeatable: bool = True, batch_sizes=(0,), encrypt: bool | None = False) -> dict:
     """Keyword arguments for :class:`rafs.Builder`: ``fs_version``, ``compressor``, ``digester``,

@@ -226,7 +226,7 @@ def v6_structures(data: bytes) -> list[Located]:
                                  body + layout.EROFS_XATTR_IBODY_HEADER_SIZE + 4 * shared))
         try:
             if _stat.S_ISDIR(rec.mode):
-                for file_offset, length, blob, offset in reader._extents(rec):
+                for file_offset, length, blob, offset in reader.flat_extents(rec):
                     if blob < 0 and length >= layout.EROFS_DIRENT_SIZE:
                         count = min(int.from_bytes(data[offset + 8:offset + 10], "little") // 12, 16)
                         for d in range(count):
@@ -234,7 +234,7 @@ def v6_structures(data: bytes) -> list[Located]:
                                                  layout.Dirent, offset + 12 * d))
                 todo.extend(child for _, child in reader.entries(nid))
             elif _stat.S_ISREG(rec.mode) and rec.datalayout == layout.EROFS_INODE_CHUNK_BASED and reader.is_rafs:
-                for c, (position, _, _, _, at) in enumerate(reader._rafs_chunk_addrs(rec)):
+                for c, (position, _, _, _, at) in enumerate(reader.rafs_chunks.addresses(rec)):
                     if c >= 4:
                         break
                     found.append(Located(f"v6 chunk index {position} of nid {nid}", layout.ChunkIndex, at))

@@ -12,17 +12,18 @@ import stat as _stat
 import struct
 from typing import Iterator
 
-from .. import _codec
+from .. import _records
 from ..errors import InvalidImageError, UnsupportedError
+from ..limits import CHUNK_SIZE_RULE, is_chunk_size
 from ..model import (BLOB_FEATURES_INVALID_MASK, Blob, BlobFeatures, Chunk, ImageReader, Inode,
-                     InodeFlags, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, SuperFlags)
+                     InodeFlags, MAX_CHUNK_SIZE, SuperFlags)
 from ..blob import codecs
-from ..blob.ids import blob_table_faults
+from ..blob.ids import INLINE_BLOB_ID, blob_table_faults
+from ..table_checks import ascii_blob_id, first_overlap
 from . import layout
 
 from .records import CHUNK, EXT_BLOB, INODE
 _U32 = struct.Struct("<I")
-INLINE_BLOB_ID_PLACEHOLDER = "x" * 64     # builder/src/lib.rs dump_bootstrap, for --blob-inline-meta
 _U64 = struct.Struct("<Q")
 
 
@@ -45,7 +46,7 @@ class V5Reader(ImageReader):
         if self.size < layout.RAFSV5_SUPERBLOCK_SIZE:
             raise InvalidImageError(f"bootstrap of {self.size} bytes is smaller than the 8192-byte "
                                     "superblock", structure="v5 superblock", offset=0)
-        self.superblock = sb = _codec.parse(layout.SuperBlock, data, 0, structure="v5 superblock")
+        self.superblock = sb = _records.parse(layout.SuperBlock, data, 0, structure="v5 superblock")
         self._validate_superblock(sb)
         self.flags = SuperFlags(sb.s_flags)
         self.chunk_size = sb.s_block_size
@@ -54,7 +55,7 @@ class V5Reader(ImageReader):
         self.blobs = self._read_blobs(sb)
         if blob_id_hint:       # a bootstrap carried by its own blob: the builder wrote a placeholder id
             for blob in self.blobs:
-                if blob.blob_id == INLINE_BLOB_ID_PLACEHOLDER:
+                if blob.blob_id == INLINE_BLOB_ID:
                     blob.blob_id = blob_id_hint
         self._cached_inode = functools.lru_cache(maxsize=inode_cache_size)(self._inode)
         self.inode_uncached = self._inode
@@ -72,9 +73,8 @@ class V5Reader(ImageReader):
         if sb.s_sb_size != layout.RAFSV5_SUPERBLOCK_SIZE:
             bad(f"s_sb_size {sb.s_sb_size} is not {layout.RAFSV5_SUPERBLOCK_SIZE}", 8)
         bs = sb.s_block_size
-        if not (bs == layout.RAFSV5_STARGZ_CHUNK_SIZE or
-                (MIN_CHUNK_SIZE <= bs <= MAX_CHUNK_SIZE and bs & (bs - 1) == 0)):
-            bad(f"s_block_size {bs:#x} is not a power of two in [0x1000, 0x1000000]", 12)
+        if not (bs == layout.RAFSV5_STARGZ_CHUNK_SIZE or is_chunk_size(bs)):
+            bad(f"s_block_size {bs:#x} is not {CHUNK_SIZE_RULE}", 12)
         unknown = sb.s_flags & ~SuperFlags.known_mask()
         if unknown:
             bad(f"s_flags has unknown bits {unknown:#x}", 16)
@@ -101,10 +101,9 @@ class V5Reader(ImageReader):
             if offset % layout.RAFSV5_ALIGNMENT:
                 bad(f"{name} offset {offset:#x} is not 8-byte aligned")
             spans.append((offset, offset + size, name))
-        spans.sort()
-        for (_, end, name), (start, _, other) in zip(spans, spans[1:]):
-            if start < end:
-                bad(f"{name} overlaps {other}")
+        overlap = first_overlap(spans)
+        if overlap:
+            bad("{} overlaps {}".format(*overlap))
 
     def _read_blobs(self, sb) -> list[Blob]:
         offset, size = sb.s_blob_table_offset, sb.s_blob_table_size
@@ -122,11 +121,7 @@ class V5Reader(ImageReader):
                     raise InvalidImageError("blob table entry with an empty blob id",
                                             structure="v5 blob table", offset=offset + pos)
                 break
-            try:
-                text = blob_id.decode("ascii")
-            except UnicodeDecodeError:
-                raise InvalidImageError(f"blob id {blob_id!r} is not ASCII", structure="v5 blob table",
-                                        offset=offset + pos) from None
+            text = ascii_blob_id(blob_id, "v5 blob table", offset + pos)
             if len(blobs) >= 256:
                 raise InvalidImageError("more than 256 blobs", structure="v5 blob table", offset=offset)
             blobs.append(Blob(index=len(blobs), blob_id=text, compressor=self.flags.compressor,

@@ -21,6 +21,7 @@ import struct
 
 from ..blob import codecs
 from ..errors import BuildError, InvalidArgumentError
+from ..limits import MAX_BOOTSTRAP_SIZE
 from ..model import Blob, InodeFlags, Node, SuperFlags, TreeIndex, index_order
 from . import layout
 
@@ -37,7 +38,6 @@ _DEVICE_OR_FIFO = (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO)
 # i_rdev of a tar build's inodes that are neither devices nor fifos (u32::MAX in builder/src/tarball.rs)
 TAR_NO_RDEV = 0xFFFF_FFFF
 _HARDLINK, _SYMLINK, _XATTR = int(InodeFlags.HARDLINK), int(InodeFlags.SYMLINK), int(InodeFlags.XATTR)
-MAX_METADATA_SIZE = 0x8000_0000     # RAFS_MAX_METADATA_SIZE (rafs/src/metadata/mod.rs)
 
 
 def _align8(n: int) -> int:
@@ -121,8 +121,8 @@ def write_bootstrap(root: Node, blobs: list[Blob], *, chunk_size: int, flags: Su
         offsets[position] = at
         records.append(record)
         at += len(record)
-    if at > MAX_METADATA_SIZE:
-        raise BuildError(f"v5 bootstrap of {at} bytes exceeds the {MAX_METADATA_SIZE:#x}-byte metadata limit")
+    if at > MAX_BOOTSTRAP_SIZE:
+        raise BuildError(f"v5 bootstrap of {at} bytes exceeds the {MAX_BOOTSTRAP_SIZE:#x}-byte metadata limit")
 
     unique_inodes = len({id(n.inode) for n in nodes}) - (0 if count_root else 1)
     superblock = SUPERBLOCK.pack(

@@ -18,6 +18,7 @@ little-endian.
 
 from construct import Bytes, Const, Int8ul, Int16ul, Int32ul, Int64ul, Struct
 
+from ..blob.ids import INLINE_BLOB_ID
 from ..blob.layout import RafsChunkInfo
 
 EROFS_SUPER_OFFSET = 1024
@@ -32,9 +33,9 @@ RAFSV6_BLOB_ENTRY_SIZE = 256
 RAFSV6_CHUNK_INFO_SIZE = 80
 RAFSV6_ALIGNMENT = 4096                 # blob, chunk and meta areas start 4K-aligned
 # Blob ids are sha256 hex strings; blobs carrying their own bootstrap (--blob-inline-meta) are written
-# with this placeholder and readers substitute the id they were found under (storage/src/device.rs).
+# with a placeholder id (rafs.blob.ids.INLINE_BLOB_ID, the reference's RAFSV6_INLINE_BLOB_ID_PLACEHOLDER).
 RAFSV6_BLOB_ID_SIZE = 64
-RAFSV6_INLINE_BLOB_ID_PLACEHOLDER = "x" * 64
+RAFSV6_INLINE_BLOB_ID_PLACEHOLDER = INLINE_BLOB_ID
 
 EROFS_BLKSZBITS_MIN = 9                 # kernel: 512-byte blocks up to PAGE_SIZE
 EROFS_BLKSZBITS_MAX = 12
@@ -87,6 +88,7 @@ EROFS_INODE_COMPRESSED_FULL = 1
 EROFS_INODE_FLAT_INLINE = 2             # whole blocks from i_u, the last block's bytes after the inode
 EROFS_INODE_COMPRESSED_COMPACT = 3
 EROFS_INODE_CHUNK_BASED = 4             # i_u is a chunk header; chunk indexes/block map follow the inode
+EROFS_COMPRESSED_LAYOUTS = (EROFS_INODE_COMPRESSED_FULL, EROFS_INODE_COMPRESSED_COMPACT)
 EROFS_DATALAYOUT_NAMES = {0: "flat_plain", 1: "compressed_full", 2: "flat_inline", 3: "compressed_compact",
                           4: "chunk_based"}
 

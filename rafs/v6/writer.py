@@ -22,8 +22,9 @@ import stat as _stat
 import struct
 
 from ..errors import InvalidArgumentError
-from ..model import (BlobFeatures, CIPHER_IDS, COMPRESSOR_IDS, DIGESTER_IDS, MAX_BLOBS, MAX_CHUNK_SIZE,
-                     MAX_CHUNKS_PER_BLOB, MAX_NAME_SIZE, MIN_CHUNK_SIZE, Blob, Chunk, Node, SuperFlags)
+from ..limits import CHUNK_SIZE_RULE, is_chunk_size
+from ..model import (BlobFeatures, CIPHER_IDS, COMPRESSOR_IDS, DIGESTER_IDS, MAX_BLOBS,
+                     MAX_CHUNKS_PER_BLOB, MAX_NAME_SIZE, Blob, Chunk, Node, SuperFlags)
 from . import alloc, layout
 
 from .records import (BLOB, CHUNK_INDEX as CHUNK_ADDR, CHUNK_INFO, DEVICE, DIRENT, INODE_EXTENDED as INODE,
@@ -215,8 +216,8 @@ class _BootstrapWriter:
                  prefetch: list[Node], devslot_alignment: int):
         if not root.inode.is_dir:
             raise _bad("the root is not a directory")
-        if chunk_size & (chunk_size - 1) or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-            raise _bad(f"chunk size {chunk_size:#x} is not a power of two in [0x1000, 0x1000000]")
+        if not is_chunk_size(chunk_size):
+            raise _bad(f"chunk size {chunk_size:#x} is not {CHUNK_SIZE_RULE}")
         for bits, what in ((_COMPRESSION_BITS, "compression"), (_DIGEST_BITS, "digest")):
             if bin(flags & bits).count("1") != 1:
                 raise _bad(f"flags {flags:#x} must hold exactly one {what} bit")

@@ -26,7 +26,6 @@ from .zmap import FRAGMENT, ZMapper
 PIECE_SIZE = 1 << 20
 # Decoded extents kept for reuse: fragments of many small files share one pcluster of the packed inode.
 DECODED_CACHE = 32
-COMPRESSED_LAYOUTS = (layout.EROFS_INODE_COMPRESSED_FULL, layout.EROFS_INODE_COMPRESSED_COMPACT)
 
 
 class ZDataReader:
@@ -130,7 +129,7 @@ class ZDataReader:
         if offset < 0 or offset + length > rec.size:
             raise InvalidImageError(f"fragment [{offset:#x}, +{length:#x}) lies outside the {rec.size}-byte "
                                     f"packed inode", structure="erofs compressed index", offset=rec.offset)
-        if rec.datalayout in COMPRESSED_LAYOUTS:
+        if rec.datalayout in layout.EROFS_COMPRESSED_LAYOUTS:
             return self.read_range(nid, offset, length, in_packed=True)
         out = bytearray(length)
         for file_offset, ext_len, blob, at in reader.flat_extents(rec):

@@ -1,5 +1,5 @@
-"""Glue between construct schemas and fast ``struct`` codecs, and the one place where construct and
-``struct`` errors become rafs errors.
+"""Glue between construct schemas and fast ``struct`` record packers, and the one place where
+construct and ``struct`` errors become rafs errors. (Compressors are codecs: :mod:`rafs.blob.codecs`.)
 
 construct declares every structure (see ``rafs/*/layout.py``) and is used for headers, validation and
 inspection. Tables that may hold millions of records go through a :class:`FastRecord`, a
@@ -78,7 +78,7 @@ def _format_of(subcon: construct.Construct) -> str:
 
 
 class FastRecord:
-    """A ``struct`` codec for a flat, fixed-size little-endian construct ``Struct``.
+    """A ``struct`` packer and unpacker for a flat, fixed-size little-endian construct ``Struct``.
 
     ``unpack_from`` returns a named tuple with the schema's field names; ``iter_unpack`` walks a whole
     table; ``pack`` encodes from field values. A test checks it agrees with construct.
