@@ -102,7 +102,7 @@ def test_compact_cli_options_and_json(tmp_path, capsys):
                      "--min-used-ratio", "99", "-O", str(out2)]) == 0
     with rafs.open(merged, blob_dir=blobs) as a, rafs.open(out2, blob_dir=blobs) as b:
         assert len(b.blobs) == 3
-        assert set(x.blob_id for x in a.blobs) != set(x.blob_id for x in b.blobs)
+        assert {x.blob_id for x in a.blobs} != {x.blob_id for x in b.blobs}
         assert _contents(a) == _contents(b)
     # --layers-to-compact above the blob count: nothing happens, nothing is written
     out3 = tmp_path / "none.boot"

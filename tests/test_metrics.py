@@ -103,7 +103,7 @@ def test_observer_keeps_per_file_counters_and_read_latency():
 
 @pytest.mark.privileged
 def test_metrics_count_the_reads_of_a_mount(tmp_path, tree):
-    source, files, blobs = tree
+    _, files, blobs = tree
     config = tmp_path / "config.json"
     config.write_text(json.dumps(guide_config(blobs, tmp_path / "cache")))
     sock = tmp_path / "api.sock"

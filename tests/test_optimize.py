@@ -61,7 +61,7 @@ def _prefetch_paths(image) -> list[str]:
 @pytest.mark.parametrize("version", [5, 6])
 @pytest.mark.parametrize("form", ["lines", "records", "nydusify"])
 def test_prefetch_blob_holds_the_trace_contiguously(tmp_path, version, form):
-    files, blobs = _image(tmp_path, version)
+    _, blobs = _image(tmp_path, version)
     listing = tmp_path / ("trace.json" if form != "lines" else "trace.txt")
     if form == "nydusify":
         listing.write_text(json.dumps({"version": "v1", "files": [{"path": p, "ranges": None} for p in TRACE]}))
@@ -139,7 +139,7 @@ def test_bad_prefetch_lists(tmp_path, text, message):
 
 
 def test_cli_needs_its_outputs(tmp_path, capsys):
-    files, blobs = _image(tmp_path, 6)
+    _, blobs = _image(tmp_path, 6)
     (tmp_path / "list").write_text("/d0/small0\n")
     assert cli_main(["optimize", "-B", str(tmp_path / "boot"), "-D", str(blobs), "-p", str(tmp_path / "list")]) != 0
     assert "missing parameter `output-blob-dir`" in capsys.readouterr().err
@@ -178,7 +178,7 @@ def test_optimized_image_starts_with_fewer_backend_requests(s3, tmp_path, tree):
     """The loop of issue 18 with ``rafs optimize``: the trace's files, moved into the prefetch blob, are
     fetched by the mount's prefetch in one merged request; the original image asks once per file."""
     from test_mount_trace import WORKLOAD, _s3_start
-    source, files, blobs = tree
+    _, files, blobs = tree
     (tmp_path / "trace.txt").write_text("".join(f"/{rel}\n" for rel in WORKLOAD))
     out_dir = tmp_path / "optimized-blobs"
     out_dir.mkdir()

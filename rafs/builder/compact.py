@@ -39,7 +39,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 
-from ..errors import BuildError, InvalidArgumentError
+from ..errors import BuildError, InvalidArgumentError, ParameterError
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, SuperFlags
 from . import tree
 from .outputs import write_whole
@@ -82,7 +82,7 @@ class CompactConfig:
             raise InvalidArgumentError(f"min_used_ratio must be within 0-99, not {self.min_used_ratio}")
 
     @classmethod
-    def from_dict(cls, values: dict) -> "CompactConfig":
+    def from_dict(cls, values: dict) -> CompactConfig:
         """From nydusify's compact configuration (unknown keys are an error, missing ones default)."""
         if not isinstance(values, dict):
             raise InvalidArgumentError("a compact configuration is a JSON object")
@@ -105,7 +105,7 @@ class _ChunkSet:
             self.chunks[key] = chunk
             self.total_size += chunk.compressed_size
 
-    def merge(self, other: "_ChunkSet") -> None:
+    def merge(self, other: _ChunkSet) -> None:
         for key, chunk in other.chunks.items():
             self.add(key, chunk)
 
@@ -142,7 +142,7 @@ class Compactor:
     def __init__(self, source, *, blob_dir, config=None, chunk_dict=None,
                  settings: CompactConfig | None = None):
         if blob_dir is None or not os.path.isdir(blob_dir):
-            raise InvalidArgumentError(f"blob directory {blob_dir!r} does not exist")
+            raise ParameterError("{blob_dir} {path!r}: no such directory", path=blob_dir)
         self.source = source
         self.blob_dir = os.fspath(blob_dir)
         self.config = config

@@ -29,7 +29,7 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, ParameterError
 from ..model import BlobFeatures, Chunk, Node, SuperFlags
 from ..patterns import read_list_file, read_pattern_file
 from . import tree
@@ -53,6 +53,7 @@ class PrefetchFile:
     ranges: tuple[tuple[int, int], ...] | None = None
 
     def wants(self, chunk: Chunk) -> bool:
+        """Whether ``chunk`` of this file moves: it shares a byte with one of the ranges (or no ranges given)."""
         if self.ranges is None:
             return True
         start, end = chunk.file_offset, chunk.file_offset + chunk.uncompressed_size
@@ -99,14 +100,14 @@ def optimize(source, prefetch_files: list[PrefetchFile], *, output_blob_dir, out
     ``output_bootstrap`` (default ``optimized_bootstrap``); the source's blobs come from ``blob_dir``,
     ``blobs`` or ``config`` (as :func:`rafs.open` takes them)."""
     if output_blob_dir is None or not os.path.isdir(output_blob_dir):
-        raise InvalidArgumentError(f"output blob directory {output_blob_dir!r} does not exist")
+        raise ParameterError("{output_blob_dir} {path!r}: no such directory", path=output_blob_dir)
     output_bootstrap = output_bootstrap or DEFAULT_OUTPUT_BOOTSTRAP
     trace = Trace()
     import rafs
     with trace.timed("total_build"):
         layer = load_bootstrap(source)
         if not layer.blobs:
-            raise InvalidArgumentError("the image has no data blob to take prefetch files from")
+            raise InvalidArgumentError(f"{source}: the image has no data blob to take prefetch files from")
         paths = _paths(layer.root)
         links: dict[object, list[Node]] = {}
         for node in paths.values():

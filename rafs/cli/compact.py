@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+import rafs
 from rafs.errors import InvalidArgumentError
 
 from . import checks
@@ -50,7 +51,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from rafs.builder.compact import CompactConfig, compact, default_output
     checks.input_file("--bootstrap", args.bootstrap)
     checks.input_dir("--blob-dir", args.blob_dir)
     checks.input_file("--config", args.config)
@@ -58,7 +58,7 @@ def run(args) -> int:
     if config is not None and args.config:
         raise checks.conflict("--config <config>", "--backend-type <backend-type>")
     chunk_dict = checks.parse_chunk_dict(args.chunk_dict)
-    output = args.output_bootstrap or default_output(args.bootstrap)
+    output = args.output_bootstrap or rafs.compact_output(args.bootstrap)
     checks.output_file("--output-bootstrap", output)
     checks.output_file("--output-json", args.output_json)
     values = {}
@@ -69,8 +69,8 @@ def run(args) -> int:
         text = getattr(args, name)
         if text is not None:
             values[name] = _count(option, upper)(text)
-    result = compact(args.bootstrap, blob_dir=args.blob_dir, output_bootstrap=output,
-                     config=config or args.config, chunk_dict=chunk_dict, settings=CompactConfig(**values))
+    result = rafs.compact(args.bootstrap, blob_dir=args.blob_dir, output_bootstrap=output,
+                     config=config or args.config, chunk_dict=chunk_dict, settings=rafs.CompactConfig(**values))
     if result is None:
         print("no chance to compact data blobs", file=sys.stderr)
         return 0

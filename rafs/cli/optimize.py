@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+import rafs
 from rafs.errors import InvalidArgumentError
 
 from . import checks
@@ -30,7 +31,6 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from rafs.builder.optimize import DEFAULT_OUTPUT_BOOTSTRAP, optimize, read_prefetch_files
     checks.input_file("--bootstrap", args.bootstrap)
     if args.output_blob_dir is None:
         raise InvalidArgumentError("missing parameter `output-blob-dir`")
@@ -45,10 +45,10 @@ def run(args) -> int:
     config = backend_config(args)
     if config is not None and args.config:
         raise checks.conflict("--config <config>", "--backend-type <backend-type>")
-    output = args.output_bootstrap or DEFAULT_OUTPUT_BOOTSTRAP
+    output = args.output_bootstrap or rafs.OPTIMIZED_BOOTSTRAP
     checks.output_file("--output-bootstrap", output)
     checks.output_file("--output-json", args.output_json)
-    files = read_prefetch_files(args.prefetch_files)
+    files = rafs.read_prefetch_files(args.prefetch_files)
     source_config = config or args.config
     blobs = None
     if args.blob:
@@ -56,7 +56,7 @@ def run(args) -> int:
         blobs = [args.blob]
     elif source_config is None and args.blob_dir is None:
         raise InvalidArgumentError("--blob-dir or --backend-type must be specified")
-    result = optimize(args.bootstrap, files, output_blob_dir=args.output_blob_dir, output_bootstrap=output,
+    result = rafs.optimize(args.bootstrap, files, output_blob_dir=args.output_blob_dir, output_bootstrap=output,
                       blob_dir=args.blob_dir, blobs=blobs, config=source_config)
     if args.output_json:
         with open(args.output_json, "w") as f:
