@@ -165,7 +165,8 @@ def main(argv=None) -> int:
     python = sys.executable
     extract = " && ".join(f"zstd -dc '{f}' | tar -xf - -C '{out}'" for f in files)
     tools = {
-        "zstd -d | tar -x (every layer, in order)": lambda: ["sh", "-c", f"rm -rf '{out}' && mkdir '{out}' && {extract}"],
+        "zstd -d | tar -x (every layer, in order)":
+            lambda: ["sh", "-c", f"rm -rf '{out}' && mkdir '{out}' && {extract}"],
         f"rafs convert ({cpus} workers)": lambda: [python, "-m", "rafs", "convert", "--source", layout,
                                                    "--target", fresh(out), "--work-dir", work],
         "rafs convert (1 worker)": lambda: [python, "-m", "rafs", "convert", "--source", layout,

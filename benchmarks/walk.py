@@ -146,7 +146,8 @@ def main(argv=None) -> int:
     print(f"rafs build {build_s:.2f} s (bootstrap {result.bootstrap_size / 1e6:.1f} MB); "
           f"mkfs.erofs {mkfs_s:.2f} s (image {os.path.getsize(erofs_image) / 1e6:.1f} MB)")
 
-    walks = {"rafs open + iter_stats": walk_iter_stats, "rafs open + iter_entries": walk_entries, "rafs open + iter_entries + Stat": walk_stats,
+    walks = {"rafs open + iter_stats": walk_iter_stats, "rafs open + iter_entries": walk_entries,
+             "rafs open + iter_entries + Stat": walk_stats,
              "rafs open + walk + lstat(path)": walk_paths}
     fsck_name = "fsck.erofs --device (no --extract)"
     rows: dict[str, list[float]] = {name: [] for name in [*walks, fsck_name]}

@@ -18,8 +18,8 @@ with instrumented():
     # everything the read paths import lazily is imported here, so that it is instrumented too
     import rafs.blob.meta  # noqa: F401
     import rafs.blob.toc  # noqa: F401
-    import rafs.extract  # noqa: F401
-    import rafs.unpack  # noqa: F401
+    import rafs.image.extract  # noqa: F401
+    import rafs.image.unpack  # noqa: F401
     import rafs.v5.reader  # noqa: F401
     import rafs.v6.reader  # noqa: F401
     from rafs.testing import exercise

@@ -58,6 +58,10 @@ _LAZY = {
     "OciCheckReport": ("oci.check", "CheckReport"), "is_oci_layout": ("oci.layout", "is_oci_layout"),
     "is_reference": ("io.reference", "is_reference"), "pull_image": ("io.registry_transfer", "pull"),
     "push_image": ("io.registry_transfer", "push"),
+    "RegistryLayout": ("oci.registry_source", "RegistryLayout"),
+    "RegistryEndpoint": ("oci.registry_source", "RegistryEndpoint"),
+    "same_registry_repo": ("oci.distributed", "same_registry_repo"),
+    "convert_many": ("oci.distributed", "convert_many"), "read_convert_list": ("oci.distributed", "read_pairs"),
     # pushing a build to a storage backend (nydusify build --backend-push)
     "Pusher": ("io.push", "Pusher"), "PushResult": ("io.push", "PushResult"),
     "load_backend_config": ("io.push", "load_backend_config"),
@@ -85,8 +89,10 @@ __all__ = ["open", "mount_erofs", "Image", "ImageFile", "Stat", "StatFs", "Build
            "output_document", "Merger", "MergeResult", "generate_chunk_dict", "compact", "CompactConfig",
            "compact_output", "optimize", "PrefetchFile", "read_prefetch_files", "OPTIMIZED_BOOTSTRAP", "Converter", "ConvertOptions",
            "ConvertResult", "check_oci_image", "OciCheckReport", "is_oci_layout", "is_reference", "pull_image",
-           "push_image", "Pusher", "PushResult", "load_backend_config", "describe_blob", "open_range_reader", "missing_blobs",
-           "redact_urls", "RafsError", "InvalidImageError", "InvalidArgumentError", "ParameterError", "UnsupportedError",
+           "RegistryLayout", "RegistryEndpoint", "same_registry_repo", "convert_many", "read_convert_list",
+           "push_image", "Pusher", "PushResult", "load_backend_config", "describe_blob", "open_range_reader",
+           "missing_blobs", "redact_urls", "RafsError", "InvalidImageError", "InvalidArgumentError", "ParameterError",
+           "UnsupportedError",
            "BlobNotFoundError", "DigestMismatchError", "BackendError", "BuildError", "InternalError",
            "InconsistentFilesystemError", "PathError", "NotASymlinkError", "NoSuchXattrError", "UnsafePathError",
            "FileTooLargeError", "ExtractError", "PUBLIC_MODULES", "__version__"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, BinaryIO
 
 from . import display
+from .errors import InvalidImageError
 # the format limits, read from here by many modules
 from .limits import (DEFAULT_CHUNK_SIZE, MAX_BLOBS, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, MAX_DEPTH,  # noqa: F401
                      MAX_NAME_SIZE, MAX_XATTR_VALUE_SIZE, MIN_CHUNK_SIZE)
@@ -439,6 +440,10 @@ class ImageReader(abc.ABC):
     chunk_size: int
     flags: SuperFlags
     size: int
+    #: the bootstrap's bytes (bytes, mmap or memoryview), where data kept in the image is read from
+    data: object
+    #: the number of inodes, as the superblock declares it (what statfs reports as f_files)
+    inode_count: int = 0
 
     @property
     def compressor(self) -> str:
@@ -498,6 +503,15 @@ class ImageReader(abc.ABC):
     def verify_structure(self) -> Iterator[str]:
         """Problems in the metadata beyond what reading the tree finds (empty when sound)."""
         return iter(())
+
+    def describe_extra(self) -> dict:
+        """Format-specific fields for ``rafs inspect`` beyond the common summary (none by default)."""
+        return {}
+
+    def zdata_chunk_reader(self):
+        """The chunk source of :data:`ZDATA_BLOB_INDEX` (compressed EROFS data): only EROFS has one."""
+        raise InvalidImageError(f"a chunk refers to compressed EROFS data, which a RAFS v{self.version} image "
+                                "cannot hold", structure="chunk info")
 
     def close(self) -> None:
         """Release what the reader holds (mapped files); a no-op unless a format needs it."""

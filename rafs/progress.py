@@ -5,8 +5,13 @@ The library never prints. An entry point that may take long (``Builder.write``, 
 calls as ``progress(done, total)`` with the units finished so far and the units planned (0 when not
 known), in the unit that entry point documents (bytes, or entries). Calls come at cheap points (per
 file, layer or request, and at most every :data:`INTERVAL` seconds in between), from whichever thread
-does the work, and a last one at the end with ``done == total``. A progress callable that raises stops
-the call, as an exception from the work would.
+does the work, and a last one at the end with ``done == total``; only that last one has ``done`` reach
+a known ``total`` (so "100%" means the call has ended, its results written, not only its units counted).
+A progress callable that raises stops the call, as an exception from the work would.
+
+The last report of a call with nothing to do is ``(0, 0)``, which reads the same as a start whose
+total is not known yet; so that a display can still show such a call complete, a callable may have a
+``finish()`` method, called once after the last report (:meth:`Ticker.finish`).
 """
 
 from __future__ import annotations
@@ -54,6 +59,8 @@ class Ticker:
                 return
             self._last = now
             done, total = self.done, self.total
+        if total and done >= total:
+            done = total - 1            # the end is finish()'s to report
         self.progress(done, total)
 
     def finish(self) -> None:
@@ -65,3 +72,6 @@ class Ticker:
                 self.total = self.done
             self.done = self.total
         self.progress(self.done, self.total)
+        finish = getattr(self.progress, "finish", None)
+        if callable(finish):
+            finish()

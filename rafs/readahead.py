@@ -1,6 +1,6 @@
 """File data of a tree walk, read and decompressed ahead by a small thread pool, handed out in walk order.
 
-Extraction (:func:`rafs.extract.extract_all`) and ``rafs unpack`` visit files in the walk's order,
+Extraction (:func:`rafs.image.extract.extract_all`) and ``rafs unpack`` visit files in the walk's order,
 which for images the builder wrote is also blob order. Reading each chunk when its file comes up leaves
 the blob reads and the decompression (zstd and lz4 release the GIL) on the thread that writes files;
 here they run ahead on ``threads`` workers while the caller writes what has arrived.

@@ -78,7 +78,8 @@ def compress(alg: str, data: bytes, capacity: int) -> bytes | None:
 class Extent:
     """Bytes ``[start, next extent's start)`` of a file. ``kind``: "head1", "head2", "plain" or
     "fragment" (the tail, kept in the packed inode), "inline" or "inline_plain" (the tail, compressed by
-    the first algorithm or not, stored right after the index: ztailpacking); ``blocks``: pcluster size in blocks (more than 1
+    the first algorithm or not, stored right after the index: ztailpacking); ``blocks``: pcluster size in blocks
+    (more than 1
     needs ``big``); ``extra``: further bytes the pcluster holds beyond the extent (PARTIAL_REF)."""
 
     start: int

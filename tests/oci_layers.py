@@ -272,7 +272,8 @@ def oci_image(layout: str, layers: list[str], *, platform=("linux", "amd64"), do
     """Add an image of ``layers`` (tar, tar.gz or tar.zst files) to the layout; returns its
     manifest descriptor (not yet listed in index.json)."""
     import gzip as _gzip
-    types = ({"gz": "application/vnd.docker.image.rootfs.diff.tar.gzip", "tar": "application/vnd.docker.image.rootfs.diff.tar"}
+    types = ({"gz": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+              "tar": "application/vnd.docker.image.rootfs.diff.tar"}
              if docker else
              {"gz": "application/vnd.oci.image.layer.v1.tar+gzip", "tar": "application/vnd.oci.image.layer.v1.tar",
               "zst": "application/vnd.oci.image.layer.v1.tar+zstd"})

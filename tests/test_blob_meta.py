@@ -203,7 +203,8 @@ def test_v2_batch_and_zran_records_round_trip():
     features = BlobFeatures.ALIGNED | BlobFeatures.CHUNK_INFO_V2 | BlobFeatures.BATCH
     header = _header_for(ci, 3, features, ci_zran_offset=len(records), ci_zran_size=40, ci_zran_count=1)
     meta = decode_blob_meta(header, ci)
-    assert meta.chunks == batch and meta.chunks[1].context == (0, 100) and meta.batch_contexts[0].compressed_size == 0x100
+    assert meta.chunks == batch and meta.chunks[1].context == (0, 100)
+    assert meta.batch_contexts[0].compressed_size == 0x100
     # a member reaching past its batch's output, or naming a batch that does not exist
     for bad in (batch[1]._replace(context_offset=250), batch[1]._replace(context_index=1)):
         with pytest.raises(InvalidImageError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -25,8 +24,7 @@ from rafs.v5.reader import V5Reader
 
 from helpers import verify_tree
 
-HAVE_V6 = importlib.util.find_spec("rafs.v6.writer") is not None
-VERSIONS = [5, pytest.param(6, marks=pytest.mark.skipif(not HAVE_V6, reason="rafs.v6.writer not available"))]
+VERSIONS = [5, 6]
 
 
 @pytest.fixture
@@ -125,8 +123,7 @@ def test_write_fp_matches_write(small_tree, tmp_path):
     assert hashlib.sha256(blob.getvalue()).hexdigest() == result.blob_ids[0]
 
 
-@pytest.mark.parametrize("fs_version,toc", [(5, False), *[pytest.param(6, toc, marks=VERSIONS[1].marks)
-                                                          for toc in (False, True)]])
+@pytest.mark.parametrize("fs_version,toc", [(5, False), (6, False), (6, True)])
 def test_inline_bootstrap(small_tree, tmp_path, fs_version, toc):
     result = rafs.Builder(small_tree, fs_version=fs_version, blob_inline_meta=True,
                           features=["blob-toc"] if toc else ()).write(blob_dir=tmp_path)
@@ -360,7 +357,6 @@ def test_outputs_inside_the_source_are_not_part_of_it(small_tree):
         assert "a.txt" in image.listdir("/")
 
 
-@pytest.mark.skipif(not HAVE_V6, reason="rafs.v6.writer not available")
 def test_prefetch_fs_policy_v6_keeps_pattern_order(small_tree, tmp_path):
     result = rafs.Builder(small_tree, fs_version=6, prefetch_patterns=["/sub/deep/c.txt", "/a.txt"]) \
         .write(bootstrap=tmp_path / "boot", blob_dir=tmp_path)

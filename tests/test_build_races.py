@@ -83,7 +83,7 @@ def build(src, out, timeout: float = 30.0, fifo=None):
     def run():
         try:
             outcome["result"] = rafs.Builder(src, fs_version=6, compressor="none").write(blob_dir=out)
-        except BaseException as exc:        # handed to the test thread
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             outcome["error"] = exc
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -179,7 +179,7 @@ def test_model_tree_naming_a_fifo_is_refused_without_hanging(tmp_path):
     def run():
         try:
             build_node(root, tmp_path / "out")
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
             outcome["error"] = exc
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

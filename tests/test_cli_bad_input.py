@@ -150,7 +150,8 @@ def test_prefetch_patterns_from_a_closed_stdin(image, args):
 
 def test_unpack_to_a_closed_stdout(image):
     out = subprocess.run([sys.executable, "-m", "rafs", "unpack", str(image / "boot"), "-D", str(image / "blobs"),
-                          "--output", "-"], check=False, stderr=subprocess.PIPE, timeout=60, preexec_fn=lambda: os.close(1))
+                          "--output", "-"], check=False, stderr=subprocess.PIPE, timeout=60,
+                         preexec_fn=lambda: os.close(1))
     err = out.stderr.decode()
     assert out.returncode == 2 and "standard output is closed" in err and "Traceback" not in err
 

@@ -14,12 +14,11 @@ import importlib
 import inspect
 import pkgutil
 
-import pytest
 
 import rafs
 
 MODULES = ["rafs", "rafs.image", "rafs.builder.builder", "rafs.model", "rafs.errors", "rafs.display", "rafs.tables",
-           "rafs.fsspec", "rafs.progress", "rafs.oci", "rafs.oci.convert", "rafs.unpack"]
+           "rafs.fsspec", "rafs.progress", "rafs.oci", "rafs.oci.convert", "rafs.image.unpack"]
 MODULES += ["rafs.testing"] + [f"rafs.testing.{m.name}" for m in pkgutil.iter_modules(
     importlib.import_module("rafs.testing").__path__) if not m.name.startswith("_")]
 # Names the top-level package exports from other modules (resolved lazily)

@@ -59,7 +59,8 @@ def test_fixture_export_is_byte_identical_to_nydus_image(v6_fixture, tmp_path, c
 def test_fixture_export_through_a_blob_cache_entry(v6_fixture, tmp_path):
     bootstrap, blobs = v6_fixture
     entry = {"type": "bootstrap", "id": "disk", "domain_id": "block",
-             "config_v2": {"version": 2, "id": "factory", "backend": {"type": "localfs", "localfs": {"dir": str(blobs)}},
+             "config_v2": {"version": 2, "id": "factory",
+                           "backend": {"type": "localfs", "localfs": {"dir": str(blobs)}},
                            "cache": {"type": "dummycache"}, "metadata_path": str(bootstrap)}}
     import json
     (tmp_path / "entry.json").write_text(json.dumps(entry))

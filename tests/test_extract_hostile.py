@@ -15,8 +15,7 @@ import tarfile
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import rafs
-from rafs.errors import InvalidImageError, RafsError, UnsafePathError
+from rafs.errors import RafsError
 from rafs.testing import (Entry, FileData, build_node, directory, file, hostile_names, names, node,
                           replace_unique, symlink)
 from rafs.testing.mutate import set_field, v5_structures
@@ -223,7 +222,7 @@ def test_modes_follow_tarfile_filters(tmp_path, version):
                 node(b"rel", symlink(b"suid"))]
     built = build(tmp_path, version, children)
     with built.open() as image, open(tmp_path / "image.tar", "wb") as out:
-        from rafs.unpack import write_tar
+        from rafs.image.unpack import write_tar
         write_tar(image, out)
     for how in FILTERS:
         ours, theirs = tmp_path / f"ours-{how}", tmp_path / f"theirs-{how}"

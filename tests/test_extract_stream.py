@@ -130,7 +130,7 @@ def test_unpack_tar_extracts_to_the_source(built, tmp_path):
     """``rafs unpack``'s tar (data read ahead) restores the source with GNU tar, holes included."""
     import shutil
     import subprocess
-    from rafs.unpack import write_tar
+    from rafs.image.unpack import write_tar
     if shutil.which("tar") is None:
         pytest.skip("GNU tar is not installed")
     source, bootstrap, blob_dir = built

@@ -32,8 +32,6 @@ def s3_image(s3, tmp_path):
     """(bootstrap path, blob id, nydusd config path): the tree built as RAFS v6, its blob pushed to S3
     under the guide's blob_prefix, the bootstrap kept local (the guide downloads it before mounting)."""
     need_fuse()
-    if not hasattr(rafs, "Builder"):
-        pytest.skip("rafs.Builder is not available yet")
     source = tmp_path / "src"
     for rel, data in FILES.items():
         (source / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,6 @@ import subprocess
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import rafs
 from rafs.testing import (as_built, assert_same_tree, blob_devices, build_node, build_options, build_tree,
                           directory, exercise, file, trees, tree_from_directory, tree_from_image)
 from rafs.testing.trees import FileData, Extent, default_kinds

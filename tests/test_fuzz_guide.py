@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, need
+from conftest import ROOT
 
 GUIDE = ROOT / "docs" / "fuzzing.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", GUIDE.read_text(), flags=re.S)

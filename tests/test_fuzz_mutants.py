@@ -26,8 +26,7 @@ from hypothesis import settings
 
 import rafs
 from rafs.blob import layout as blob_layout
-from rafs.blob.toc import TocEntry, read_toc, toc_bytes
-from rafs.model import BlobFeatures
+from rafs.blob.toc import read_toc, toc_bytes
 from rafs.testing import (BytesSource, Entry, Extent, FileData, bit_flips, blob_structures, build_tree,
                           check_mutant, directory, field_extremes, file, hardlink, memory_budget, set_field,
                           symlink, truncations, v5_structures, v6_structures, word_extremes, zstd_bomb)

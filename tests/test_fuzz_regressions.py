@@ -13,7 +13,7 @@ import tarfile
 import pytest
 
 from rafs.testing import build_tree, directory, exercise, file
-from rafs.unpack import write_tar
+from rafs.image.unpack import write_tar
 
 
 def test_unpack_of_a_non_utf8_xattr_name(tmp_path):

@@ -10,7 +10,6 @@ bootstraps, ``rafs create --parent-bootstrap``; ``rafs inspect`` still shows suc
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import shutil

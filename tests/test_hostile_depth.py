@@ -23,7 +23,7 @@ _LIMIT = """
 import resource, sys
 import rafs
 from rafs.cli.main import main
-from rafs.unpack import write_tar
+from rafs.image.unpack import write_tar
 vm = int([line for line in open("/proc/self/status") if line.startswith("VmSize")][0].split()[1]) * 1024
 limit = vm + int(sys.argv[2])
 resource.setrlimit(resource.RLIMIT_AS, (limit, limit))

@@ -302,7 +302,7 @@ def test_passwords_absent_from_reprs_describe_and_errors(backend):
     for text in shown:
         assert_clean(text)
     assert "127.0.0.1" in locator.describe()
-    boot = f"s3://b/boot" if backend == "s3" else f"http://alice:{HTTP_PASSWORD}@127.0.0.1:{port}/boot"
+    boot = "s3://b/boot" if backend == "s3" else f"http://alice:{HTTP_PASSWORD}@127.0.0.1:{port}/boot"
     with pytest.raises(RafsError) as info:
         rafs.open(boot, config=config)
     assert_clean(str(info.value))
@@ -336,7 +336,7 @@ def test_passwords_absent_from_cli_errors(tmp_path, backend):
     port = free_port()
     config = tmp_path / "config.json"
     config.write_text(json.dumps(secret_configs(port)[backend]))
-    boot = f"s3://b/boot" if backend == "s3" else f"http://alice:{HTTP_PASSWORD}@127.0.0.1:{port}/boot"
+    boot = "s3://b/boot" if backend == "s3" else f"http://alice:{HTTP_PASSWORD}@127.0.0.1:{port}/boot"
     (tmp_path / "mnt").mkdir()
     runs = [run_cli(["mount", "-B", boot, "-C", str(config), "-M", str(tmp_path / "mnt")])]
     if backend == "http-proxy":

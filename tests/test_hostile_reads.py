@@ -25,7 +25,7 @@ from rafs import errors
 from rafs.model import Inode, Node
 from rafs.testing.hostile_images import declare_size, declared_sizes, directory_chain
 from rafs.testing.images import build_node
-from rafs.unpack import write_tar
+from rafs.image.unpack import write_tar
 
 HUGE = 1 << 40
 DATA = b"real chunk data " * 320                    # 5120 bytes: one chunk

@@ -86,7 +86,6 @@ def test_the_guides_basic_commands(tmp_path, monkeypatch):
     """01-basic of the users' guide, its commands as written with rafs in place of nydusify."""
     import shutil
     import subprocess
-    import sys
     monkeypatch.chdir(tmp_path)
     shutil.copytree(ROOT / "samples" / "origin-root-dir", "origin-root-dir", symlinks=True)
     os.makedirs("origin-root-dir/dir_1/subdir_b", exist_ok=True)

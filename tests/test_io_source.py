@@ -40,7 +40,7 @@ def test_file_urls_and_chained_urls(v5_fixture, in_memory, tmp_path):
     with rafs.open(f"file://{bootstrap}", blob_dir=str(blob_dir)) as image:
         assert image.read(GROUP) == ref.read(GROUP)
     assert isinstance(open_range_reader(f"file://{bootstrap}"), LocalRangeReader)
-    chained = f"simplecache::memory://rafs-src/image.meta"
+    chained = "simplecache::memory://rafs-src/image.meta"
     with rafs.open(chained, blob_dir="memory://rafs-src/blobs",
                    storage_options={"simplecache": {"cache_storage": str(tmp_path)}}) as image:
         assert image.read(GROUP) == ref.read(GROUP)

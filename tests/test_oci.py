@@ -202,7 +202,8 @@ def test_multi_platform_index(small_layers, tmp_path):
     index = document(tmp_path / "all", entry)
     assert [m["platform"]["architecture"] for m in index["manifests"]] == ["amd64", "arm64"]
     manifests = [document(tmp_path / "all", m) for m in index["manifests"]]
-    shared = set(d["digest"] for d in manifests[0]["layers"][:-1]) & set(d["digest"] for d in manifests[1]["layers"][:-1])
+    shared = ({d["digest"] for d in manifests[0]["layers"][:-1]}
+              & {d["digest"] for d in manifests[1]["layers"][:-1]})
     assert shared, "a layer both platforms use is converted once, to the same blob"
     for manifest, expected in zip(manifests, (three, two)):
         with rafs.open(bootstrap_of(tmp_path / "all", manifest, tmp_path / "boot"),

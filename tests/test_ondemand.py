@@ -12,7 +12,6 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading

@@ -184,7 +184,7 @@ def test_check_reports_bytes_verified(built):
 
 
 def test_unpack_reports_entries(built):
-    from rafs.unpack import write_tar
+    from rafs.image.unpack import write_tar
     boot, blobs = built
     calls = Calls()
     with rafs.open(boot, blob_dir=blobs) as image, open(os.devnull, "wb") as sink:

@@ -17,7 +17,7 @@ import pytest
 import rafs
 from rafs.cli.main import main as rafs_main
 from rafs.errors import BackendError
-from rafs.inspect import describe
+from rafs.image.inspect import describe
 
 from s3server import ACCESS_KEY_ID, ACCESS_KEY_SECRET, Faults, moto_server, s3, s3_proxy  # noqa: F401
 from test_io_fetch import BUSYBOX, GROUP, LAYER_TAR

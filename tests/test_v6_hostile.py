@@ -46,7 +46,8 @@ def erofs_bytes(tmp_path_factory) -> bytes:
         os.setxattr(src / "a" / f"f{i:03d}", "user.shared", b"same")
     os.mkfifo(src / "fifo")
     image = base / "small.erofs"
-    subprocess.run([mkfs, "--quiet", "-T1700000000", "-U6a1d0c1e-2f3b-4c5d-8e9f-0a1b2c3d4e5f", str(image), str(src)], check=True, capture_output=True)
+    subprocess.run([mkfs, "--quiet", "-T1700000000", "-U6a1d0c1e-2f3b-4c5d-8e9f-0a1b2c3d4e5f", str(image), str(src)],
+                   check=True, capture_output=True)
     return image.read_bytes()
 
 

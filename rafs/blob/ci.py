@@ -9,7 +9,7 @@ from __future__ import annotations
 from .._records import FastRecord, build, parse
 from ..errors import InvalidArgumentError
 from ..model import COMPRESSOR_IDS, ChunkFlags
-from . import layout as L
+from . import layout as L  # noqa: N812 - the layout module, short in long field expressions
 
 CI_HEADER = FastRecord(L.BlobCompressionContextHeader, "CI header")
 CHUNK_INFO_V1 = FastRecord(L.ChunkInfoV1Ondisk, "chunk info v1")

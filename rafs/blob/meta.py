@@ -21,7 +21,8 @@ from typing import NamedTuple
 from ..errors import InvalidImageError, UnsupportedError
 from ..model import (COMPRESSOR_IDS, COMPRESSOR_NAMES, MAX_CHUNK_SIZE, MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures,
                      ChunkFlags)
-from . import codecs, crypt, layout as L
+from . import codecs, crypt
+from . import layout as L  # noqa: N812 - the layout module, short in long field expressions
 from ..ranges import known_size, opened, read_checked, reads_range
 # the records and their encoders, also imported from here
 from .ci import (BATCH_CONTEXT, CHUNK_INFO_V1, CHUNK_INFO_V2, CI_HEADER, CI_PAGE, ZRAN_CONTEXT,  # noqa: F401

@@ -93,7 +93,8 @@ class ChunkPipeline:
     """
 
     def __init__(self, store, *, compressor: str = "zstd", digester: str = "blake3",
-                 chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int | None = None, inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
+                 chunk_size: int = DEFAULT_CHUNK_SIZE, workers: int | None = None,
+                 inflight_bytes: int = DEFAULT_INFLIGHT_BYTES):
         self._process = codecs.chunk_processor(compressor, digester)   # checks both names
         self.store = store
         self.chunk_size = chunk_size

@@ -6,10 +6,10 @@ this module only knows chunk addresses and codecs.
 
 from __future__ import annotations
 
-import collections
 import threading
 
 from ..errors import DigestMismatchError, InvalidImageError, UnsupportedError
+from ..lru import LRU
 from ..model import Blob, BlobFeatures, Chunk, ChunkFlags, MAX_CHUNK_SIZE
 from . import codecs, crypt
 
@@ -42,8 +42,7 @@ class ChunkReader:
         self.validate = validate
         self._batch_lock = threading.Lock()
         self._blob_meta = None
-        self._batches: collections.OrderedDict[int, bytes] = collections.OrderedDict()
-        self._batch_bytes = 0
+        self._batches: LRU[bytes] = LRU(max_bytes=BATCH_CACHE_BYTES)
 
     def fetch_raw(self, chunk: Chunk) -> bytes:
         """The stored (possibly compressed) bytes of ``chunk`` (a batch member's: its whole batch)."""
@@ -137,6 +136,14 @@ class ChunkReader:
             return data
         return self.decode(chunk, self.fetch_raw(chunk), path=path)
 
+    def read_many(self, chunks: list[Chunk], *, path: str | None = None) -> list[bytes]:
+        """:meth:`read` of each chunk (a fetching subclass merges adjacent ones into one request)."""
+        return [self.read(chunk, path=path) for chunk in chunks]
+
+    def is_cached(self, chunk: Chunk) -> bool:
+        """False: without a blob cache, every chunk comes from the source."""
+        return False
+
     def cached_member(self, chunk: Chunk, *, path: str | None = None) -> bytes | None:
         """The data of batch member ``chunk`` when its batch is decompressed in memory already (no
         fetch needed), else None."""
@@ -146,8 +153,7 @@ class ChunkReader:
         if not int(chunk.flags) & _BATCH:
             return None
         info, _ = self._batch_record(chunk)
-        with self._batch_lock:
-            batch = self._batches.get(info.context_index)
+        batch = self._batches.get(info.context_index)
         if batch is None:
             return None
         data = batch[info.context_offset:info.context_offset + info.uncompressed_size]
@@ -193,11 +199,9 @@ class ChunkReader:
         return info, meta.batch_contexts[info.context_index]
 
     def _batch(self, index: int, context, raw: bytes, where: str) -> bytes:
-        with self._batch_lock:
-            batch = self._batches.get(index)
-            if batch is not None:
-                self._batches.move_to_end(index)
-                return batch
+        batch = self._batches.get(index)
+        if batch is not None:
+            return batch
         data = raw
         if int(self.blob.features) & _ENCRYPTED_BLOB:
             data = self._decrypt(data, f"batch {index} of blob {self.blob.blob_id}")
@@ -209,9 +213,5 @@ class ChunkReader:
             batch = codecs.decompress(self.blob.compressor, data, size, what=f"batch {index} ({where})")
         else:
             batch = data
-        with self._batch_lock:
-            self._batches[index] = batch
-            self._batch_bytes += len(batch)
-            while len(self._batches) > 1 and self._batch_bytes > BATCH_CACHE_BYTES:
-                self._batch_bytes -= len(self._batches.popitem(last=False)[1])
+        self._batches.put(index, batch)
         return batch

@@ -21,9 +21,9 @@ from typing import Callable
 
 from ..blob import codecs
 from ..blob.writer import BlobWriter, check_chunk_size
-from ..errors import BuildError, InvalidArgumentError, ParameterError, UnsupportedError
+from ..errors import BuildError, InvalidArgumentError, ParameterError
 from ..model import Blob, BlobFeatures, Node, SuperFlags
-from ..options import BLOB_LAYOUTS, COMPAT_MODES, FEATURES, FS_VERSIONS, PREFETCH_POLICIES, TAR_SOURCE_TYPES
+from ..options import BLOB_LAYOUTS, COMPAT_MODES, FEATURES, FS_VERSIONS, TAR_SOURCE_TYPES
 from ..options import COMPRESSORS as CREATE_COMPRESSORS
 from ..options import SOURCE_TYPES as PATH_SOURCE_TYPES
 from ..progress import Progress, Ticker
@@ -135,7 +135,8 @@ class Builder:
         self.blob_inline_meta = bool(blob_inline_meta)
         self.features = features
         self.prefetch_policy = prefetch_policy
-        self.prefetch_patterns = normalise_prefetch_patterns(prefetch_patterns or ()) if prefetch_policy != "none" else []
+        self.prefetch_patterns = (normalise_prefetch_patterns(prefetch_patterns or ()) if prefetch_policy != "none"
+                                  else [])
         # v6 (except tarfs) is always 4K aligned; --aligned-chunk only matters for v5
         self.aligned_chunk = True if fs_version == 6 else bool(aligned_chunk)
         self.compat = compat

@@ -145,7 +145,8 @@ def _checked_row(row) -> ChunkRow:
                chunk.chunk_compressed_offset, chunk.chunk_uncompressed_offset)
     if not all(isinstance(t, str) for t in texts) or not all(isinstance(n, int) and 0 <= n < 1 << 64
                                                              for n in numbers) \
-            or not re.fullmatch(r"[0-9a-f]{64}", chunk.chunk_digest) or not 0 < chunk.chunk_uncompressed_size <= 1 << 24:
+            or not re.fullmatch(r"[0-9a-f]{64}", chunk.chunk_digest) \
+            or not 0 < chunk.chunk_uncompressed_size <= 1 << 24:
         raise BuildError(f"the chunk database holds a malformed chunk row {row!r:.200}")
     return chunk
 

@@ -32,7 +32,7 @@ class Output:
             self.path = os.path.realpath(self.path)
             if _is_special(self.path):
                 try:
-                    self.fp = open(self.path, "wb")
+                    self.fp = open(self.path, "wb")     # noqa: SIM115 - closed by commit() or discard()
                 except OSError as exc:
                     raise error(f"cannot write {self.path!r}: {exc.strerror or exc}") from None
                 return

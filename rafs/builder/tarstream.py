@@ -151,7 +151,7 @@ class BoundedTarInfo(tarfile.TarInfo):
         self.size = realsize
         return self
 
-    def _proc_gnusparse_10(self, next, pax_headers, tar):
+    def _proc_gnusparse_10(self, next, pax_headers, tar):  # noqa: A002 - tarfile.TarInfo's own signature
         """PAX sparse 1.0: the map is decimal lines (a count, then offset and length pairs) at the start
         of the member's data, padded to a block."""
         numbers: list[int] = []

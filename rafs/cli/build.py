@@ -32,7 +32,8 @@ def register(sub) -> None:
     p.add_argument("--source-dir", required=True, help="source directory to build the image from")
     p.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR,
                    help=f"directory for the bootstrap, blob and output.json (default {DEFAULT_OUTPUT_DIR})")
-    p.add_argument("--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS], help="RAFS format version (default 6)")
+    p.add_argument("--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS],
+                   help="RAFS format version (default 6)")
     p.add_argument("--compressor", default="zstd", choices=list(COMPRESSORS),
                    help="algorithm to compress data chunks (default zstd)")
     p.add_argument("--chunk-size", default="0x100000",

@@ -32,10 +32,15 @@ def register(sub) -> None:
     p = sub.add_parser("convert", help="convert an OCI image layout (dir or tar) into a Nydus image layout",
                        description="Convert an OCI image to a Nydus image, as nydusify convert does, between "
                        "OCI image layouts (directories, or tar archives when the path ends in .tar).")
-    p.add_argument("--source", "--source-archive", required=True, dest="source",
+    p.add_argument("--source", "--source-archive", dest="source",
                    help="source OCI image: a layout directory, a tar of one, or docker://HOST/REPO:TAG")
-    p.add_argument("--target", "--target-archive", required=True, dest="target",
+    p.add_argument("--target", "--target-archive", dest="target",
                    help="target: an OCI layout directory, a tar when the name ends in .tar, or docker://HOST/REPO:TAG")
+    p.add_argument("--from-list", metavar="FILE",
+                   help="convert many images: FILE has one 'SOURCE TARGET' pair a line (# comments)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="with --from-list, run the per-layer work on the Dask distributed scheduler at ADDRESS "
+                   "(tcp://HOST:8786); its workers pull and push the layers themselves")
     add_registry_arguments(p, "source", "target")
     p.add_argument("--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS],
                    help="RAFS version (default 6)")
@@ -108,30 +113,55 @@ def run(args) -> int:
                                   merge_platform=args.merge_platform, with_referrer=args.with_referrer,
                                   source_reference=args.source_reference, workers=args.workers,
                                   work_dir=args.work_dir)
+    if args.from_list:
+        if args.source or args.target:
+            raise InvalidArgumentError("--from-list replaces --source and --target")
+        return _convert_list(args, options)
+    if args.scheduler:
+        raise InvalidArgumentError("--scheduler goes with --from-list")
+    if not (args.source and args.target):
+        raise InvalidArgumentError("--source and --target are required (or --from-list FILE)")
     remote_source, remote_target = rafs.is_reference(args.source), rafs.is_reference(args.target)
     if not (remote_source or remote_target):
-        return _convert(args, options, args.source, args.target)
+        return _convert(args, lambda report: rafs.Converter(args.source, args.target, options).run(progress=report),
+                        args.source)
+    # a registry on either side: source layers are streamed from it and converted blobs pushed as
+    # each is made, by the worker that made it; the documents go up last
+    source = rafs.RegistryLayout(args.source, _registry_options(args, "source")) if remote_source else args.source
+    if not remote_target:
+        return _convert(args, lambda report: rafs.Converter(source, args.target, options).run(progress=report), source)
     scratch = checks.scratch_dir(args.work_dir)
     try:
-        source, target = args.source, args.target
-        if remote_source:
-            source = rafs.pull_image(args.source, os.path.join(scratch, "source"),
-                                     _registry_options(args, "source"))
-            print(f"pulled {args.source}", file=sys.stderr)
-        if remote_target:
-            target = os.path.join(scratch, "target")
-        status = _convert(args, options, source, target)
-        if status == 0 and remote_target:
-            digest = rafs.push_image(target, args.target, _registry_options(args, "target"))
+        layout = os.path.join(scratch, "target")
+        endpoint = rafs.RegistryEndpoint(args.target, _registry_options(args, "target"))
+        status = _convert(args, lambda report: rafs.Converter(source, layout, options, push_to=endpoint)
+                          .run(progress=report), source)
+        if status == 0:
+            digest = rafs.push_image(layout, args.target, _registry_options(args, "target"),
+                          mount_from=rafs.same_registry_repo(args.source, args.target))
             print(f"pushed {args.target} ({digest})", file=sys.stderr)
         return status
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _convert(args, options, source, target) -> int:
+def _convert_list(args, options) -> int:
+    pairs = rafs.read_convert_list(args.from_list)
+    done = [0]
+
+    def finished(pair, result, digest) -> None:
+        done[0] += 1
+        where = f"{pair.target} ({digest})" if digest else pair.target
+        print(f"[{done[0]}/{len(pairs)}] converted {pair.source} -> {where}", file=sys.stderr)
+
+    rafs.convert_many(pairs, options, scheduler=args.scheduler, source_options=_registry_options(args, "source"),
+                 target_options=_registry_options(args, "target"), work_dir=args.work_dir, on_done=finished)
+    return 0
+
+
+def _convert(args, run, source) -> int:
     with progress.bar(args, "converting") as report:
-        result = rafs.Converter(source, target, options).run(progress=report)
+        result = run(report)
     for image in result.images:
         print(f"converted {image.source['digest']} -> {image.target['digest']} "
               f"({len(image.blob_digests)} blobs)", file=sys.stderr)
@@ -161,7 +191,8 @@ def run_copy(args) -> int:
         try:
             layout = rafs.pull_image(args.source, os.path.join(scratch, "image"),
                                      _registry_options(args, "source"))
-            digest = rafs.push_image(layout, args.target, _registry_options(args, "target"))
+            digest = rafs.push_image(layout, args.target, _registry_options(args, "target"),
+                                     mount_from=rafs.same_registry_repo(args.source, args.target))
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
     print(f"copied {args.source} to {args.target}" + (f" ({digest})" if digest else ""), file=sys.stderr)

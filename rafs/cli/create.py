@@ -6,6 +6,7 @@ standard input when ``--prefetch-policy`` is not ``none``.
 
 from __future__ import annotations
 
+import json
 import sys
 
 import rafs
@@ -28,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("-b", "--blob", help="file path to save the generated RAFS data blob (may be a FIFO)")
     p.add_argument("--blob-inline-meta", "--inline-bootstrap", action="store_true",
                    help="inline RAFS metadata and blob metadata into the data blob")
-    p.add_argument("-v", "--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS], help="RAFS format version (default 6)")
+    p.add_argument("-v", "--fs-version", default="6", choices=[str(v) for v in FS_VERSIONS],
+                   help="RAFS format version (default 6)")
     p.add_argument("--compressor", choices=list(COMPRESSORS),
                    help="algorithm to compress data chunks (default zstd)")
     p.add_argument("--digester", default="blake3", choices=list(DIGESTERS),
@@ -178,13 +180,12 @@ def run(args) -> int:
     if not args.disable_check:
         validate_output(result, log)
     if args.output_json:
-        import json
         with open(args.output_json, "w") as f:
             json.dump(result.output, f, indent=2)
     log.info("successfully built RAFS filesystem:")
     print(f"meta blob path: {result.bootstrap or '<none>'}", file=sys.stderr)
     print(f"data blob size: {result.blob_size or 0:#x}", file=sys.stderr)
-    print(f"data blobs: {result.blob_ids}", file=sys.stderr)
+    print(f"data blobs: {json.dumps(list(result.blob_ids))}", file=sys.stderr)      # as the reference: ["id"]
     return 0
 
 

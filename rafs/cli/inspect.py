@@ -8,7 +8,7 @@ import sys
 import rafs
 from rafs.text import printable
 
-from . import checks, progress
+from . import checks, inspect_requests, progress
 
 
 def register(sub) -> None:
@@ -18,9 +18,11 @@ def register(sub) -> None:
                    "directory; inspect reads metadata only, so only checked to exist)")
     p.add_argument("-C", "--config", help="nydusd configuration file for the blobs (checked; inspect "
                    "reads metadata only)")
-    p.add_argument("-R", "--request", choices=["stats", "blobs", "prefetch", "all"], default="all",
-                   help="what to show, as nydus-image inspect -R (default all)")
-    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.add_argument("-R", "--request", metavar="REQUEST",
+                   help="answer one request as nydus-image inspect -R, printing its JSON value: stats, blobs, "
+                   "prefetch, ls, cd DIR, stat FILE_NAME, chunk OFFSET, icheck INODE (the last four print text "
+                   "first), or all (rafs's summary)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON for machines")
     p.set_defaults(func=run_inspect)
 
     c = sub.add_parser("check", help="validate every structure and digest of an image")
@@ -42,17 +44,15 @@ def run_inspect(args) -> int:
     checks.exclusive(args, ("config", "--config <config>"), ("blob_dir", "--blob-dir <blob-dir>"))
     checks.input_dir("--blob-dir", args.blob_dir)
     checks.input_file("--config", args.config)
+    if args.request is not None:
+        inspect_requests.check(args.request)
     with rafs.open(bootstrap, blob_dir=args.blob_dir, config=args.config,
                    storage_options=checks.reference_options(args, bootstrap)) as image:
-        if args.request == "stats":
-            info = image.tree_stats()
-        elif args.request == "blobs":
-            info = image.blob_summaries()
-        elif args.request == "prefetch":
-            info = {"prefetch_table": image.reader.prefetch_inodes()}
-        else:
-            info = image.describe()
-    if args.json or args.request != "all":
+        if args.request is not None:
+            inspect_requests.dump(inspect_requests.execute(image, args.request, sys.stdout), sys.stdout)
+            return 0
+        info = image.describe()
+    if args.json:
         json.dump(info, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
@@ -107,7 +107,8 @@ def run_check(args) -> int:
         details = image.blob_summaries()
         # nydus-image check's --output-json (OutputSerializer::dump_for_check), which nydusify's checker
         # and committer read ("blobs" as ids, "fs_version", "compressor"); then what rafs adds
-        result = rafs.output_document([b["blob_id"] for b in details], rafs.BuildTrace(), image.version, image.compressor)
+        result = rafs.output_document([b["blob_id"] for b in details], rafs.BuildTrace(), image.version,
+                                      image.compressor)
         result.update({"bootstrap": str(bootstrap), "digester": image.digester, "blob_details": details,
                        "data_verified": with_data, "faults": faults})
     if args.output_json:

@@ -81,5 +81,5 @@ def run(args) -> int:
         with open(args.output_json, "w") as f:
             json.dump(result.output, f, indent=2)
     print(f"meta blob path: {result.bootstrap}", file=sys.stderr)
-    print(f"data blobs: {result.blob_ids}", file=sys.stderr)
+    print(f"data blobs: {json.dumps(list(result.blob_ids))}", file=sys.stderr)      # as the reference: ["id"]
     return 0

@@ -42,24 +42,59 @@ def bar(args, description: str, unit: str = "B", *, show: bool = True) -> Iterat
     from tqdm import tqdm
 
     from . import logs
-    lock = threading.Lock()
     scaled = unit == "B"
     shown = tqdm(desc=description, total=None, unit=unit, unit_scale=scaled, unit_divisor=1000,
                  file=sys.stderr, leave=True, dynamic_ncols=True)
-
-    def report(done: int, total: int) -> None:
-        with lock:
-            if total and shown.total != total:
-                shown.total = total
-            shown.update(done - shown.n)
+    report = _Bar(shown)
 
     previous = logs.set_console_guard(tqdm.external_write_mode)
     try:
         yield report
     finally:
         logs.set_console_guard(previous)
-        with lock:
-            shown.close()
+        report.close()
+
+
+# What a bar shows after a call that had nothing to do (tqdm draws no percentage for a total of 0).
+NOTHING_TO_DO = "{l_bar}{bar}| nothing to do"
+
+
+class _Bar:
+    """The ``progress(done, total)`` callable behind one tqdm bar (thread safe); its ``finish()`` shows a
+    call with nothing to do as complete (100%, "nothing to do") rather than as a count stuck at 0."""
+
+    def __init__(self, shown):
+        self.shown = shown
+        self._lock = threading.Lock()
+        self._empty = False           # drawn as "nothing to do": reset when a later call reports work
+
+    def __call__(self, done: int, total: int) -> None:
+        with self._lock:
+            shown = self.shown
+            if self._empty:
+                self._empty = False
+                shown.bar_format, shown.total, shown.n = None, None, 0
+            if total and shown.total != total:
+                shown.total = total
+            if total and done < total:
+                # tqdm rounds 99.6% up to "100%": until the call has ended a bar shows at most 99%
+                done = min(done, total * 99 // 100)
+            shown.update(done - shown.n)
+            if total and done >= total:
+                shown.refresh()       # the end is drawn at once, not at tqdm's next redraw
+
+    def finish(self) -> None:
+        with self._lock:
+            shown = self.shown
+            if shown.total or shown.n:
+                return
+            self._empty = True
+            shown.bar_format, shown.total, shown.n = NOTHING_TO_DO, 1, 1
+            shown.refresh()
+
+    def close(self) -> None:
+        with self._lock:
+            self.shown.close()
 
 
 def prompt_if_terminal(args, option: str) -> None:

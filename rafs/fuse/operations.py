@@ -9,7 +9,6 @@ Mounting, the request loop and signals are :mod:`rafs.fuse.mounting`'s.
 
 from __future__ import annotations
 
-import collections
 import ctypes
 import errno
 import logging
@@ -22,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import _libfuse as ll
 from .. import errors
 from ..image import Image
+from ..lru import LRU
 
 log = logging.getLogger(__name__)
 
@@ -82,24 +82,6 @@ def errno_for(exc: BaseException) -> int:
     return errno.EIO         # a broken image, a missing blob, a backend that failed: an I/O error
 
 
-class _LRU(collections.OrderedDict):
-    def __init__(self, size: int):
-        super().__init__()
-        self.size = size
-
-    def get(self, key, default=None):
-        value = super().get(key, default)
-        if value is not default:
-            self.move_to_end(key)
-        return value
-
-    def put(self, key, value) -> None:
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
-
-
 class _Reply(Exception):
     """Raised by a handler to answer the request with an errno."""
 
@@ -122,13 +104,13 @@ class RafsOperations:
         self.zero_message_open = False
         self.zero_message_opendir = False
         self._slots: dict[int, tuple] = {}
-        self._listings = _LRU(LISTING_CACHE_SIZE)
-        self._files = _LRU(FILE_CACHE_SIZE)
+        self._listings = LRU(LISTING_CACHE_SIZE)
+        self._files = LRU(FILE_CACHE_SIZE)
         self._parents: dict[int, int] = {}
         # names seen by lookup and readdirplus, so an error can name a file by its path: directories
         # all (there are few), other files the last NAME_CACHE_SIZE looked up
         self._dir_names: dict[int, bytes] = {}
-        self._names = _LRU(NAME_CACHE_SIZE)
+        self._names = LRU(NAME_CACHE_SIZE)
         self._negative = ll.entry_param(ino=0, entry_timeout=CACHE_TIMEOUT)
         self._dir_buffer = ctypes.create_string_buffer(1 << 16)
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rafs-fetch")
@@ -334,7 +316,7 @@ class RafsOperations:
         token = observer.begin_remote(file.inode.ino) if observer is not None else None
         try:
             data = file.pread(size, offset)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - answered to the kernel as an errno
             self._log_read_error(file, size, offset, exc)
             self.lib.fuse_reply_err(req, errno_for(exc))
         else:
@@ -366,7 +348,7 @@ class RafsOperations:
         while current != root:
             if len(parts) > 4096:
                 return None
-            found = collections.OrderedDict.get(self._names, current)     # no reordering from a worker
+            found = self._names.peek(current)     # no reordering from a worker
             if found is None and current in self._dir_names:
                 found = (self._parents.get(current, root), self._dir_names[current])
             if found is None:

@@ -209,8 +209,39 @@ class S3Backend(_RemoteBackend):
         return f"<S3Backend {self.describe()}>"
 
 
+class _HeadSizedReader(HttpRangeReader):
+    """An http-proxy blob whose ``size`` comes from a HEAD request on first use (nydusd's
+    ``blob_size()``), for readers of a blob's tail (its chunk table, ToC); opening stays free of I/O."""
+
+    _size: int | None = None
+    _asked = False
+
+    @property
+    def size(self) -> int | None:
+        if self._size is None and not self._asked:
+            self._asked = True
+            self._size = self.stat_size()
+        return self._size
+
+    @size.setter
+    def size(self, value: int | None) -> None:
+        self._size = value
+
+    def __repr__(self) -> str:
+        return f"HttpRangeReader({self.name!r}, size={self._size})"          # no request for a repr
+
+
+# Longest unix socket path the kernel takes (sun_path is 108 bytes with its terminating NUL).
+MAX_UNIX_SOCKET_PATH = 107
+
+
 class HttpProxyBackend:
-    """``http-proxy``: ``GET {addr}{path}/{blob id}`` with ``Range`` (storage/src/backend/http_proxy.rs)."""
+    """``http-proxy``: ``GET {addr}{path}/{blob id}`` with ``Range`` (storage/src/backend/http_proxy.rs).
+
+    An ``addr`` that is not an http(s) URL is the path of a unix socket, as in nydusd: then every blob is
+    ``GET /`` on that socket (the reference ignores ``path`` and the blob id there; nydus-snapshotter's
+    streaming unpack serves one blob per socket that way).
+    """
 
     type = "http-proxy"
 
@@ -218,11 +249,13 @@ class HttpProxyBackend:
                  storage_options: dict | None = None):
         _refuse_unsupported_connection_keys(section, config)
         self.addr = config.get("addr") or ""
-        if not self.addr.startswith(("http://", "https://")):
-            if self.addr:
-                raise UnsupportedError(f"{section}.addr {redact_url(self.addr)!r}: only http(s) URLs are supported, "
-                                       "not unix sockets")
+        if not self.addr:
             raise InvalidArgumentError(f"{section}.addr is required")
+        self.unix_socket = None if self.addr.startswith(("http://", "https://")) else self.addr
+        if self.unix_socket is not None and ("\0" in self.unix_socket
+                                             or len(os.fsencode(self.unix_socket)) > MAX_UNIX_SOCKET_PATH):
+            raise InvalidArgumentError(f"{section}.addr {self.unix_socket!r} is neither an http(s) URL nor a usable "
+                                       f"unix socket path (at most {MAX_UNIX_SOCKET_PATH} bytes)")
         self.path = config.get("path") or ""
         self.retry = retry or RetryPolicy()
         options = {"timeout": config.get("timeout") or DEFAULT_TIMEOUT,
@@ -238,7 +271,8 @@ class HttpProxyBackend:
         first use."""
         if self._client is None:
             from .http import HttpClient
-            self._client = HttpClient.from_options(self.storage_options, where="storage option")
+            self._client = HttpClient.from_options(self.storage_options, where="storage option",
+                                                   unix_socket=self.unix_socket)
         return self._client
 
     @property
@@ -248,19 +282,26 @@ class HttpProxyBackend:
         return self.addr.rstrip("/") + "/" + (path + "/" if path else "")
 
     def url_for(self, blob_id: str) -> str:
-        return blob_url(self.prefix, blob_id)
+        url = blob_url(self.prefix, blob_id)              # the blob id is checked either way
+        if self.unix_socket is not None:
+            from .http import unix_url
+            return unix_url(self.unix_socket)
+        return url
 
     def open(self, blob_id: str) -> HttpRangeReader:
         url = self.url_for(blob_id)
-        return HttpRangeReader(url, client=self.client, name=f"blob {blob_id} ({url})", retry=self.retry)
+        where = f"unix socket {self.unix_socket}" if self.unix_socket is not None else url
+        return _HeadSizedReader(url, client=self.client, name=f"blob {blob_id} ({where})", retry=self.retry)
 
     def bootstrap_reader(self, url: str):
         """A reader through this backend's client (its timeouts) for a bootstrap under ``addr``, else None."""
-        if url.startswith(self.addr):
+        if self.unix_socket is None and url.startswith(self.addr):
             return HttpRangeReader(url, client=self.client, retry=self.retry)
         return None
 
     def describe(self) -> str:
+        if self.unix_socket is not None:
+            return f"http-proxy unix socket {self.unix_socket}"
         return redact_url(f"http-proxy {self.prefix}")
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ from ..errors import BlobNotFoundError, InvalidArgumentError, RafsError
 from .lazy import LazySource
 from .redact import redact_url
 from .retry import RetryPolicy
-from .source import RangeReader, is_url, open_range_reader
+from .source import RangeReader, is_url, load_bytes, open_range_reader
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class BlobLocator:
     """Resolves a blob (by id and table position) to a RangeReader, opening each one once."""
 
     validate = False
+    config = None                   # no nydusd configuration: default prefetch settings
     cache_dir = None
     disable_indexed_map = False
     merge_size = 0x100000
@@ -47,6 +48,10 @@ class BlobLocator:
             self.cache_dir = os.fspath(cache_dir)
         if retry is not None:
             self.retry = retry
+
+    def load_bootstrap(self, source):
+        """The bytes of the bootstrap at ``source`` (path, URL, file object), read with ``storage_options``."""
+        return load_bytes(source, self.storage_options)
 
     def describe(self) -> str:
         places = []

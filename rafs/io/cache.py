@@ -43,8 +43,8 @@ from ..errors import InvalidArgumentError, RafsError
 from ..model import MAX_CHUNKS_PER_BLOB, Blob, BlobFeatures, Chunk
 from ..blob.ids import check_blob_id
 from ..blob.layout import BLOB_CCT_HEADER_SIZE as CI_HEADER_SIZE
-from .layout import (CHUNK_MAP_ALL_READY, CHUNK_MAP_HEADER, CHUNK_MAP_HEADER_SIZE, CHUNK_MAP_MAGIC,
-                     CHUNK_MAP_MAGIC2, CHUNK_MAP_SUFFIX, CHUNK_MAP_VERSION, DATA_SUFFIX, META_SUFFIX)
+from .layout import (CHUNK_MAP_ALL_READY, CHUNK_MAP_HEADER, CHUNK_MAP_HEADER_SIZE, CHUNK_MAP_MAGIC2,
+                     CHUNK_MAP_SUFFIX, CHUNK_MAP_VERSION, DATA_SUFFIX, META_SUFFIX)
 
 log = logging.getLogger(__name__)
 

@@ -16,6 +16,13 @@ promises rafs makes about a server it does not trust:
 - **a whole-object GET (a bootstrap) is bounded**: a declared ``Content-Length`` past the limit is
   refused before reading, and a body without one is cut off at the limit.
 
+Over a unix socket (``HttpClient(unix_socket=PATH)``, nydusd's ``http-proxy`` backend with an ``addr``
+that is not a URL: storage/src/backend/http_proxy.rs), every request goes to that socket with the same
+deadlines and bounds, to URLs :func:`unix_url` makes. Such a local proxy may answer a ranged GET with
+``200`` and just the bytes asked for (nydusd reads whatever body comes; nydus-snapshotter's content-store
+proxy sets ``Content-Range`` only after writing the body, which Go then drops), so there a ``200`` is
+taken as the range, still refused past the size asked for; redirects are not followed.
+
 Redirects are followed (at most :data:`MAX_REDIRECTS`); credentials from the URL's userinfo go out as
 ``Authorization: Basic`` to the URL's own origin only, never to the origin a redirect leads to. Every
 name this module puts in a message passes through :func:`rafs.io.redact.redact_url`.
@@ -33,7 +40,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 from ..errors import BackendError, InvalidArgumentError
 from .redact import redact_url
@@ -184,6 +191,39 @@ def _shutdown(sock: socket.socket) -> None:
 _WATCHDOG = _Watchdog()
 
 
+# The scheme of URLs that name a unix socket (:func:`unix_url`); only a client made for that socket
+# follows them, so no server can point a redirect at a local socket.
+UNIX_SCHEME = "http+unix"
+
+
+def unix_url(socket_path: str, path: str = "/") -> str:
+    """The URL of ``path`` on the HTTP server at the unix socket ``socket_path`` (its name in messages too)."""
+    return f"{UNIX_SCHEME}://{quote(socket_path, safe='')}{path}"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    """An HTTP/1.1 connection over a unix stream socket (``Host: localhost``, as hyperlocal sends)."""
+
+    def __init__(self, socket_path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.socket_path)
+        except (TimeoutError, socket.timeout):
+            sock.close()
+            raise
+        except OSError as exc:
+            sock.close()
+            # not FileNotFoundError: a missing socket is no missing blob
+            raise ConnectionError(f"{self.socket_path}: cannot connect to the unix socket "
+                                  f"({exc.strerror or exc})") from None
+        self.sock = sock
+
+
 def _origin(parts) -> tuple[str, str, int]:
     if parts.scheme not in ("http", "https"):
         raise InvalidArgumentError(f"{redact_url(parts.geturl())}: only http and https URLs are supported here")
@@ -210,14 +250,17 @@ class HttpClient:
     headers: dict = field(default_factory=dict, repr=False)
     verify: bool = True
     ca_files: tuple = ()                 # extra CA certificates (PEM files) to trust, nydusd's ca_cert_files
+    unix_socket: str | None = None       # every request goes to this unix socket (URLs from unix_url)
     _pool: dict = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _context: ssl.SSLContext | None = field(default=None, repr=False)
 
     @classmethod
-    def from_options(cls, options: dict | None, *, where: str = "storage_options") -> "HttpClient":
+    def from_options(cls, options: dict | None, *, where: str = "storage_options",
+                     unix_socket: str | None = None) -> "HttpClient":
         """A client from ``storage_options`` for an http(s) URL: ``timeout``, ``connect_timeout``
-        (seconds), ``headers`` (a dict) and ``skip_verify``; other keys are refused by name."""
+        (seconds), ``headers`` (a dict) and ``skip_verify``; other keys are refused by name. With
+        ``unix_socket`` it talks to the server on that socket."""
         options = dict(options or {})
         unknown = sorted(set(options) - set(OPTION_KEYS))
         if unknown:
@@ -236,7 +279,7 @@ class HttpClient:
         if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                     for k, v in headers.items()):
             raise InvalidArgumentError(f"{where} 'headers' must map header names to strings")
-        return cls(headers=dict(headers), verify=not options.get("skip_verify"), **kwargs)
+        return cls(headers=dict(headers), verify=not options.get("skip_verify"), unix_socket=unix_socket, **kwargs)
 
     # connections
 
@@ -245,6 +288,15 @@ class HttpClient:
         the moment it exists, so a handshake dripped byte by byte ends at the deadline too."""
         scheme, host, port = origin
         limit = min(self.connect_timeout, max(deadline - time.monotonic(), 0.001))
+        if scheme == "unix":
+            conn = _UnixConnection(host, limit)
+            try:
+                conn.connect()
+                _WATCHDOG.follow(watch, conn.sock)
+            except BaseException:
+                conn.close()
+                raise
+            return conn
         if scheme == "https":
             context = self._ssl_context()
             conn = http.client.HTTPSConnection(host, port, timeout=limit, context=context)
@@ -330,12 +382,12 @@ class HttpClient:
         if offset is not None:
             headers["Range"] = f"bytes={offset}-{offset + size - 1}"
         parts = urlsplit(url)
-        auth_origin = _origin(parts)
+        auth_origin = self._origin(parts)
         if parts.username is not None:
             userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
             headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode("ascii")
         for _ in range(MAX_REDIRECTS + 1):
-            origin = _origin(parts)
+            origin = self._origin(parts)
             if origin != auth_origin:               # credentials stay with the origin they were given for
                 headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
             target = parts.path or "/"
@@ -344,6 +396,9 @@ class HttpClient:
             response, answer = self._once(origin, method, target, headers, deadline, url, offset, size, limit,
                                           body)
             if response is None:                       # a redirect: ``answer`` is where to
+                if self.unix_socket is not None:
+                    raise BackendError(f"{redact_url(url)}: the server on the unix socket answered with a "
+                                       "redirect, which is not followed")
                 url = urljoin(url, answer)
                 if rewrite_redirect is not None:
                     url = rewrite_redirect(url)
@@ -352,6 +407,16 @@ class HttpClient:
             response.final_url = url
             return response, answer
         raise BackendError(f"{redact_url(url)}: more than {MAX_REDIRECTS} redirects")
+
+    def _origin(self, parts) -> tuple[str, str, int]:
+        """Where a URL's requests go: its (scheme, host, port), or this client's unix socket for the
+        URLs :func:`unix_url` makes (and only those)."""
+        if self.unix_socket is None:
+            return _origin(parts)
+        if parts.scheme != UNIX_SCHEME or unquote(parts.netloc) != self.unix_socket:
+            raise InvalidArgumentError(f"{redact_url(parts.geturl())}: this client talks only to the unix socket "
+                                       f"{self.unix_socket}")
+        return ("unix", self.unix_socket, 0)
 
     def _once(self, origin, method, target, headers, deadline, url, offset, size, limit, body=None):
         for attempt in (0, 1):
@@ -424,6 +489,15 @@ class HttpClient:
                 raise _status_error(response, url)
             response.read()                      # no body; closes the response so the connection is free
             return (response, b""), response.isclosed() and not response.will_close
+        if offset is not None and status == 200 and self.unix_socket is not None:
+            # a local proxy's 200 carries the range (see the module's docstring), never more than asked for
+            if length is not None and length > size:
+                raise BackendError(f"{name}: answered {length} bytes for a range of {size} bytes")
+            body = _read(response, size + 1, keep_partial=True)
+            if len(body) > size:
+                raise BackendError(f"{name}: answered more than the {size} bytes asked for (the server ignored "
+                                   "the Range header)")
+            return (response, body), response.isclosed() and not response.will_close and len(body) == size
         if offset is not None:
             if status == 200 and not (offset == 0 and length == size):
                 raise BackendError(f"{name}: the server ignored the Range header (HTTP 200 with the whole object "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import platform as _platform
 import re
 from dataclasses import dataclass
@@ -252,7 +251,7 @@ def _read_bootstrap_layer(registry: RegistryClient, desc: dict, retry: RetryPoli
 def open_reference(source: str, *, options: dict | None = None, validate: bool = False, config=None):
     """:func:`rafs.open` for a ``docker://`` reference: the bootstrap from the registry, the blobs read
     lazily from it through the cache of ``config`` (a nydusd configuration) if one is given."""
-    from ..image import Image, chunk_info_source, detect_reader
+    from ..image.opening import open_bootstrap
     from .config import ConfigLocator, NydusdConfig, parse_config
     resolved = resolve(source, options)
     parsed = parse_config(config) if config is not None else NydusdConfig(backend_type="registry")
@@ -260,5 +259,5 @@ def open_reference(source: str, *, options: dict | None = None, validate: bool =
     retry = RetryPolicy(limit=parsed.retry_limit if limit is None else limit)
     backend = RegistryBackend({}, retry=retry, registry=resolved.registry)
     locator = ConfigLocator(parsed, backend=backend)
-    reader = detect_reader(resolved.bootstrap, chunk_info_source=chunk_info_source(locator))
-    return Image(reader, locator, validate=validate or locator.validate, name=str(resolved.reference))
+    return open_bootstrap(resolved.bootstrap, locator, validate=validate or locator.validate,
+                          name=str(resolved.reference))

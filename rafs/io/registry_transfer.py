@@ -28,7 +28,8 @@ UPLOAD_TIMEOUT = 3600.0                           # seconds one blob upload may 
 MAX_UPLOAD_ANSWER = 1 << 20
 
 
-def _retry(options: dict) -> RetryPolicy:
+def retry_policy(options: dict) -> RetryPolicy:
+    """The retry policy ``options`` ask for (``retry_limit``, taken out of them)."""
     limit = options.pop("retry_limit", None)
     return RetryPolicy() if limit is None else RetryPolicy(limit=limit)
 
@@ -39,7 +40,7 @@ def pull(source: str, target, options: dict | None = None) -> str:
     from ..oci.layout import LayoutWriter
     ref = parse_reference(source)
     options = dict(options or {})
-    retry = _retry(options)
+    retry = retry_policy(options)
     registry = registry_for(ref, options)
     retry.secrets = registry.secrets()
     writer = LayoutWriter(target)
@@ -102,13 +103,14 @@ def _pull_blob(registry, writer, desc: dict, retry) -> None:
     writer.add_file(tmp, digest)
 
 
-def push(source, target: str, options: dict | None = None) -> str:
+def push(source, target: str, options: dict | None = None, *, mount_from: str | None = None) -> str:
     """Push the OCI layout ``source`` (its one top-level manifest or index) to ``target`` (a
-    ``docker://`` reference); returns the digest of what was pushed."""
+    ``docker://`` reference); returns the digest of what was pushed. ``mount_from`` names another
+    repository of the same registry whose blobs are mounted rather than uploaded."""
     from ..oci.layout import OciLayout
     ref = parse_reference(target)
     options = dict(options or {})
-    retry = _retry(options)
+    retry = retry_policy(options)
     registry = registry_for(ref, options)
     registry.auth.scope = f"repository:{ref.repo}:pull,push"
     retry.secrets = registry.secrets()
@@ -117,31 +119,34 @@ def push(source, target: str, options: dict | None = None) -> str:
     tops = layout.manifests()
     if len(tops) != 1:
         raise InvalidArgumentError(f"{source}: index.json lists {len(tops)} images; push needs exactly one")
-    digest = _push_document(registry, layout, tops[0], retry)
+    digest = _push_document(registry, layout, tops[0], retry, mount_from=mount_from)
     if ref.digest and ref.digest != digest:
         raise InvalidArgumentError(f"{ref}: the image to push is {digest}, not the digest the reference names")
     _put_manifest(registry, layout, tops[0], ref.tag or digest, retry)
     return digest
 
 
-def _push_document(registry, layout, desc: dict, retry, depth: int = 0) -> str:
+def _push_document(registry, layout, desc: dict, retry, depth: int = 0, *, mount_from: str | None = None) -> str:
     """Push what ``desc`` (a manifest or index of ``layout``) refers to, then the children by digest."""
     if depth > documents.MAX_INDEX_DEPTH:
         raise InvalidImageError(f"indexes nested more than {documents.MAX_INDEX_DEPTH} deep", structure="index")
     document = layout.read_json(desc)
     if "manifests" in document or desc.get("mediaType") in spec.INDEX_TYPES:
         for entry in documents.index(document, desc["digest"])["manifests"]:
-            _push_document(registry, layout, entry, retry, depth + 1)
+            _push_document(registry, layout, entry, retry, depth + 1, mount_from=mount_from)
             _put_manifest(registry, layout, entry, entry["digest"], retry)
     else:
         manifest = documents.manifest(document, desc["digest"])
         for blob in [manifest["config"], *manifest["layers"]]:
-            _push_blob(registry, layout, blob, retry)
+            push_blob(registry, retry, blob["digest"], blob["size"], lambda blob=blob: layout.blob(blob).open(),
+                      mount_from=mount_from)
     return desc["digest"]
 
 
-def _push_blob(registry, layout, desc: dict, retry) -> None:
-    digest = desc["digest"]
+def push_blob(registry, retry, digest: str, size: int, open_blob, *, mount_from: str | None = None) -> None:
+    """Put one blob into ``registry``'s repository: nothing when it is there already (``HEAD``), a
+    cross-repository mount from ``mount_from`` (same registry) when that repository has it, else an
+    upload of ``open_blob()`` (a binary stream of ``size`` bytes)."""
     what = f"blob {digest}"
 
     def exists() -> bool:
@@ -153,20 +158,21 @@ def _push_blob(registry, layout, desc: dict, retry) -> None:
 
     if retry.call(exists, f"{registry.describe()}: {what} (exists?)"):
         return
-    ref = layout.blob(desc)
 
     def upload() -> None:
-        response, _ = registry.request("POST", "blobs/uploads/", f"upload of {what}", body=b"",
+        query = "?" + urlencode({"mount": digest, "from": mount_from}) if mount_from else ""
+        response, _ = registry.request("POST", f"blobs/uploads/{query}", f"upload of {what}", body=b"",
                                        headers={"Content-Length": "0"}, limit=MAX_UPLOAD_ANSWER)
+        if mount_from and response.status == 201:
+            return                                   # mounted: the registry shares the blob it has
         location = response.getheader("Location")
         if not location:
             raise InvalidImageError("the registry opened an upload without a Location", structure=what)
         url = urljoin(registry.base, location)
         url += ("&" if "?" in url else "?") + urlencode({"digest": digest})
-        with ref.open() as body:
+        with open_blob() as body:
             registry.request_url("PUT", url, f"upload of {what}", body=body, limit=MAX_UPLOAD_ANSWER,
-                                 headers={"Content-Type": "application/octet-stream",
-                                          "Content-Length": str(ref.size)})
+                                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(size)})
 
     retry.call(upload, f"{registry.describe()}: upload of {what}")
 

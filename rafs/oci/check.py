@@ -52,7 +52,7 @@ def check_image(target, *, source=None, verify_data: bool = True) -> CheckReport
     it was converted from) when given."""
     report = CheckReport()
     layout = OciLayout(target)
-    source_layout = OciLayout(source) if source is not None else None
+    source_layout = source if source is None or isinstance(source, OciLayout) else OciLayout(source)
     manifests = nydus_manifests(layout)
     if not manifests:
         report.problems.append("no Nydus manifest (one whose last layer is a nydus-bootstrap layer) found")

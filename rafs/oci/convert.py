@@ -20,6 +20,7 @@ converted once.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import gzip
 import multiprocessing
 import os
@@ -40,7 +41,7 @@ from ..options import FS_VERSIONS
 from ..progress import Progress, Ticker
 from . import spec
 from .documents import MAX_INDEX_DEPTH
-from .layout import BlobRef, HashingWriter, LayoutWriter, OciLayout, descriptor, digest_hex, dump_json
+from .layout import BlobRef, HashingWriter, LayoutWriter, OciLayout, descriptor, digest_hex
 
 DEFAULT_PLATFORM = "linux/amd64"       # nydusify's --platform default
 
@@ -137,6 +138,7 @@ class LayerJob:
     prefetch_patterns: tuple[str, ...]
     threads: int
     batch_size: int = 0
+    push_to: object = None          # a RegistryEndpoint the worker pushes the converted blob to
 
 
 @dataclass(frozen=True)
@@ -167,6 +169,9 @@ def convert_layer(job: LayerJob) -> LayerResult:
     except BaseException:
         tempfiles.remove(tmp)
         raise
+    if job.push_to is not None:
+        from .registry_source import push_layer_blob
+        push_layer_blob(job.push_to, final, digest, size)
     reader = LocalRangeReader(final)
     try:
         entry = find_inline_bootstrap(reader)
@@ -185,12 +190,22 @@ def convert_layer(job: LayerJob) -> LayerResult:
 
 class Converter:
     """Convert the OCI image layout ``source`` into a Nydus image in the layout ``target`` (a
-    directory, or a tar archive when it ends in ``.tar``)."""
+    directory, or a tar archive when it ends in ``.tar``).
 
-    def __init__(self, source, target, options: ConvertOptions | None = None):
+    ``source`` may also be an opened layout (a :class:`~rafs.oci.registry_source.RegistryLayout`
+    reads a registry image in place). ``push_to`` (a
+    :class:`~rafs.oci.registry_source.RegistryEndpoint`) has each converted blob pushed by the worker
+    that made it; ``layer_runner(jobs, ticker)`` replaces the local worker processes (for example
+    with a Dask cluster, :mod:`rafs.oci.distributed`) and returns a :class:`LayerResult` per source
+    digest, bootstraps in the work directory."""
+
+    def __init__(self, source, target, options: ConvertOptions | None = None, *, push_to=None,
+                 layer_runner=None):
         self.options = options or ConvertOptions()
         self.options.check()
-        self.source = OciLayout(source)
+        self.source = source if isinstance(source, OciLayout) else OciLayout(source)
+        self.push_to = push_to
+        self.layer_runner = layer_runner
         self.target_path = os.fspath(target)
         if os.path.abspath(self.target_path) == os.path.abspath(self.source.path):
             raise InvalidArgumentError("the target layout must differ from the source")
@@ -264,7 +279,8 @@ class Converter:
             if digest not in jobs:
                 jobs[digest] = LayerJob(digest, self.source.blob(layer), blob_dir, work, self.options.fs_version,
                                         self.options.compressor, self.options.chunk_size,
-                                        self.options.aligned_chunk, self.patterns, 1, self.options.batch_size)
+                                        self.options.aligned_chunk, self.patterns, 1, self.options.batch_size,
+                                        self.push_to)
 
     def _convert_layers(self, writer: LayoutWriter, work: str, plan) -> dict[str, LayerResult]:
         jobs: dict[str, LayerJob] = {}
@@ -277,6 +293,10 @@ class Converter:
         jobs = {d: _with_threads(job, cpus) for d, job in
                 sorted(jobs.items(), key=lambda item: -item[1].source.size)}
         ticker = Ticker(self._progress, sum(job.source.size for job in jobs.values())).start()
+        if self.layer_runner is not None:
+            results = self.layer_runner(jobs, ticker, work)
+            ticker.finish()
+            return results
         if workers == 1:
             results = {}
             for d, job in jobs.items():
@@ -395,8 +415,7 @@ class Converter:
 
 
 def _with_threads(job: LayerJob, threads: int) -> LayerJob:
-    return LayerJob(job.source_digest, job.source, job.blob_dir, job.work_dir, job.fs_version, job.compressor,
-                    job.chunk_size, job.aligned_chunk, job.prefetch_patterns, threads, job.batch_size)
+    return dataclasses.replace(job, threads=threads)
 
 
 def _replace_desc(old: dict, media_type: str, digest: str, size: int) -> dict:

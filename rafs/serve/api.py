@@ -26,8 +26,8 @@ so nydusctl-style clients and nydus-snapshotter's checks work against a rafs mou
 
 Metrics take ``?id=``: ``/`` for the ``--bootstrap`` mount, DIR for one mounted through the API, or a
 mount's configuration ``id``; without it the only mount (with several, nydusd's ``NoCounter`` 404, as
-for an unknown id). Errors are nydusd's ``{"code": "UNDEFINED", "message": ...}``. The server is the standard library's, one thread per connection; it reads at most
-:data:`MAX_BODY` bytes of a request body.
+for an unknown id). Errors are nydusd's ``{"code": "UNDEFINED", "message": ...}``. The server is the
+standard library's, one thread per connection; it reads at most :data:`MAX_BODY` bytes of a request body.
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ class MountState:
     def _fetch_stats(self) -> tuple[int, int, int]:
         """(backend requests, backend bytes, chunks served from the blob cache) over every blob."""
         requests = size = hits = 0
-        for reader in list(getattr(self.image, "_chunk_readers", {}).values()):
+        for reader in self.image.store.opened():
             stats = getattr(reader, "stats", None)
             if stats is not None:
                 requests += stats.requests

@@ -362,7 +362,7 @@ class OnDemandMount:
             st = os.fstat(event.fd)
             filler = self._by_identity.get((st.st_dev, st.st_ino))
             missing = filler.missing(event.offset, event.count) if filler is not None else []
-        except Exception as exc:                       # never leave a reader waiting on a bug
+        except Exception as exc:  # noqa: BLE001 - never leave a reader waiting on a bug
             log.error("on-demand event for fd %d: %s", event.fd, exc)
             self._answer_now(event.fd, allow=False)
             return
@@ -385,7 +385,7 @@ class OnDemandMount:
             allow = True
             log.debug("filled blob %s [%#x, +%#x): %d chunks", filler.blob.blob_id, event.offset or 0,
                       event.count or 0, len(missing))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - logged; the reader is answered either way
             log.error("blob %s: cannot fill [%#x, +%#x): %s", filler.blob.blob_id, event.offset or 0,
                       event.count or 0, exc)
         finally:

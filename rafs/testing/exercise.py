@@ -201,7 +201,7 @@ def exercise(source, *, steps=STEPS, max_read_per_file: int = MAX_READ_PER_FILE,
     :class:`EscapedError` when any step raises something other than a :class:`rafs.RafsError`.
     """
     import rafs
-    from ..unpack import write_tar
+    from ..image.unpack import write_tar
 
     outcome = Outcome()
     started = time.monotonic()
@@ -288,7 +288,7 @@ def exercise(source, *, steps=STEPS, max_read_per_file: int = MAX_READ_PER_FILE,
 
         def inspect():
             import json
-            from ..inspect import describe
+            from ..image.inspect import describe
             json.dumps(describe(image), default=str)       # what ``rafs inspect`` prints
 
         table = {"walk": walk, "stat": stat_all, "read": read_all, "tree": tree, "check": check,

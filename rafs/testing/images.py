@@ -1,9 +1,10 @@
 """Build options as a strategy, and images built from tree descriptions or hand-made model trees.
 
 :func:`build_options` draws keyword arguments for :class:`rafs.Builder` (version, compressor, digester,
-chunk size, inline meta, blob ToC, and when asked batch size and encryption) that the builder accepts. :func:`build_tree` materialises a tree
-description and builds it; :func:`build_node` builds a :class:`rafs.model.Node` tree as it is, names
-and all, which is how hostile images (``..``, ``/`` or NUL in names) are made.
+chunk size, inline meta, blob ToC, and when asked batch size and encryption) that the builder accepts.
+:func:`build_tree` materialises a tree description and builds it; :func:`build_node` builds a
+:class:`rafs.model.Node` tree as it is, names and all, which is how hostile images (``..``, ``/`` or NUL
+in names) are made.
 """
 
 from __future__ import annotations

@@ -572,7 +572,7 @@ def from_node(root: Node) -> dict:
             continue
         data = None
         if inode.is_reg:
-            data = _read_stream(node.data() if callable(node.data) else open(node.data, "rb"))
+            data = _read_stream(node.data() if callable(node.data) else open(node.data, "rb"))  # noqa: SIM115
             if key is not None:
                 first[key] = path
         tree[path] = _entry_from_inode(inode, data)

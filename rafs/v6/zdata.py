@@ -13,10 +13,9 @@ from __future__ import annotations
 import bisect
 import functools
 import stat as _stat
-import threading
-from collections import OrderedDict
 
 from ..errors import InvalidImageError
+from ..lru import LRU
 from ..model import META_BLOB_INDEX, ZDATA_BLOB_INDEX, Chunk
 from . import layout, zdecompress
 from .zdecompress import INTERLACED
@@ -37,8 +36,7 @@ class ZDataReader:
         self.reader = reader
         self.mapper = ZMapper(reader)
         self._maps = functools.lru_cache(maxsize=256)(self._map)
-        self._decoded: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
+        self._decoded: LRU[bytes] = LRU(DECODED_CACHE)
 
     # -- mapping ---------------------------------------------------------------------------------
 
@@ -66,7 +64,7 @@ class ZDataReader:
                                     uncompressed_size=length, file_offset=at, index=nid))
         return result
 
-    # -- the chunk-reader interface of rafs.image.Image -----------------------------------------------
+    # -- the ChunkSource interface (rafs.image.protocols) ---------------------------------------------
 
     def read(self, chunk: Chunk, *, path: str | None = None) -> bytes:
         return self.read_range(chunk.index, chunk.file_offset, chunk.uncompressed_size)
@@ -144,11 +142,9 @@ class ZDataReader:
 
     def _decoded_extent(self, nid: int, ext) -> bytes:
         key = (nid, ext.file_offset)
-        with self._lock:
-            data = self._decoded.get(key)
-            if data is not None:
-                self._decoded.move_to_end(key)
-                return data
+        data = self._decoded.get(key)
+        if data is not None:
+            return data
         mapper = self.mapper
         bs = mapper.block_size
         src = bytes(self.reader.data[ext.address:ext.address + ext.plen])
@@ -159,8 +155,5 @@ class ZDataReader:
                                   zero_padding=mapper.zero_padding, first_block_room=bs - ext.address % bs,
                                   interlaced_at=bs - ext.file_offset % bs if ext.algorithm == INTERLACED else None,
                                   offset=ext.address)
-        with self._lock:
-            self._decoded[key] = data
-            while len(self._decoded) > DECODED_CACHE:
-                self._decoded.popitem(last=False)
+        self._decoded.put(key, data)
         return data

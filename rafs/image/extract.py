@@ -33,11 +33,12 @@ import errno
 import os
 import stat as _stat
 
-from . import errors
-from .errors import InvalidArgumentError, InvalidImageError
-from .model import MAX_NAME_SIZE
-from .readahead import DEFAULT_THREADS, DataOnce, read_ahead
-from .text import printable
+from .. import errors
+from ..errors import InvalidArgumentError, InvalidImageError
+from ..model import MAX_NAME_SIZE
+from ..readahead import DEFAULT_THREADS, DataOnce, read_ahead
+from ..text import printable
+from .paths import resolve
 
 FILTERS = ("fully_trusted", "tar", "data")
 COPY_PIECE = 1 << 20
@@ -61,7 +62,7 @@ def extract_all(image, dest, *, filter="data", members=None, threads: int | None
     made: set[str] = set()          # directories known to be real directories inside the target
     dir_attrs: list[tuple[str, object, object]] = []
     symlinks: list[tuple[str, str, object, object]] = []
-    wanted = None if members is None else {image._resolve(m, follow_symlinks=False)[1] for m in members}
+    wanted = None if members is None else {resolve(image.reader, m, follow_symlinks=False)[1] for m in members}
 
     decisions: dict[bytes, bool] = {}        # a callable filter's answers, asked once, ahead of writing
     data_once = DataOnce()

@@ -21,10 +21,10 @@ import stat as _stat
 import tarfile
 import urllib.parse
 
-from .errors import BuildError, InvalidArgumentError
-from .progress import Progress, Ticker
-from .readahead import DEFAULT_THREADS, DataOnce, read_ahead
-from .text import printable
+from ..errors import BuildError, InvalidArgumentError
+from ..progress import Progress, Ticker
+from ..readahead import DEFAULT_THREADS, DataOnce, read_ahead
+from ..text import printable
 
 _TYPES = {_stat.S_IFDIR: tarfile.DIRTYPE, _stat.S_IFREG: tarfile.REGTYPE, _stat.S_IFLNK: tarfile.SYMTYPE,
           _stat.S_IFCHR: tarfile.CHRTYPE, _stat.S_IFBLK: tarfile.BLKTYPE, _stat.S_IFIFO: tarfile.FIFOTYPE}
@@ -108,7 +108,7 @@ def write_tar_to(image, target, *, threads: int | None = None, progress: Progres
     threads = DEFAULT_THREADS if threads is None else threads
     if hasattr(target, "write"):
         return write_tar(image, target, threads=threads, progress=progress)
-    from .builder.outputs import Output
+    from ..builder.outputs import Output
     out = Output(target, None, error=InvalidArgumentError)
     try:
         count = write_tar(image, _Named(out.fp, os.fspath(target)), threads=threads, progress=progress)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import stat as _stat
 
-from .model import BlobFeatures, SuperFlags, flag_words
+from ..model import BlobFeatures, SuperFlags, flag_words
 
 
 def _container_dict(container) -> dict:
@@ -94,9 +94,7 @@ def describe(image, *, with_stats: bool = True) -> dict:
         "blobs": [blob_info(b) for b in image.blobs],
         "prefetch": reader.prefetch_inodes(),
     }
-    extra = getattr(reader, "describe_extra", None)
-    if extra is not None:
-        info.update(extra())
+    info.update(reader.describe_extra())
     if with_stats:
         info["stats"] = stats(image)
     return info
