@@ -87,7 +87,8 @@ def __dir__():
 # The path errors named like builtins stay out of ``__all__``: a star import would shadow the builtins.
 __all__ = ["open", "mount_erofs", "Image", "ImageFile", "Stat", "StatFs", "Builder", "BuildResult", "BuildTrace",
            "output_document", "Merger", "MergeResult", "generate_chunk_dict", "compact", "CompactConfig",
-           "compact_output", "optimize", "PrefetchFile", "read_prefetch_files", "OPTIMIZED_BOOTSTRAP", "Converter", "ConvertOptions",
+           "compact_output", "optimize", "PrefetchFile", "read_prefetch_files", "OPTIMIZED_BOOTSTRAP", "Converter",
+           "ConvertOptions",
            "ConvertResult", "check_oci_image", "OciCheckReport", "is_oci_layout", "is_reference", "pull_image",
            "RegistryLayout", "RegistryEndpoint", "same_registry_repo", "convert_many", "read_convert_list",
            "push_image", "Pusher", "PushResult", "load_backend_config", "describe_blob", "open_range_reader",

@@ -144,7 +144,7 @@ class MountState:
     def backend_metrics(self) -> dict:
         backend_type = getattr(self.config, "backend_type", "") or "localfs"
         latencies = []
-        for reader in list(getattr(self.image, "_chunk_readers", {}).values()):
+        for reader in self.image.store.opened():
             stats = getattr(reader, "stats", None)
             if stats is not None:
                 latencies.append(stats.latency.fields())
