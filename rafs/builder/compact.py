@@ -349,8 +349,8 @@ class Compactor:
         copier = ChunkCopier(image, self.blob_dir, index=index, like=first, version=self.version, aligned=aligned,
                              toc=toc, mapped=mapped)
         try:
-            for chunk in chunks:
-                changed[(chunk.blob_index, chunk.compressed_offset, chunk.uncompressed_offset)] = copier.copy(chunk)
+            for chunk, new in zip(chunks, copier.copy_all(chunks)):
+                changed[(chunk.blob_index, chunk.compressed_offset, chunk.uncompressed_offset)] = new
         except BaseException:
             copier.discard()
             raise

@@ -131,7 +131,9 @@ def optimize(source, prefetch_files: list[PrefetchFile], *, output_blob_dir, out
                     if not node.inode.is_reg:
                         continue
                     prefetch.append(node)
-                    chunks = [copier.copy(c) if wanted.wants(c) else c for c in node.chunks]
+                    moving = [c for c in node.chunks if wanted.wants(c)]
+                    moved = dict(zip(map(id, moving), copier.copy_all(moving)))
+                    chunks = [moved.get(id(c), c) for c in node.chunks]
                     for other in links.get(node.hardlink_key, [node]):
                         other.chunks = [_at(old, new) for old, new in zip(other.chunks, chunks)]
             except BaseException:
