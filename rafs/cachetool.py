@@ -26,7 +26,8 @@ import stat as _stat
 from .blob import codecs
 from .blob.ids import blob_id_problem
 from .errors import InvalidArgumentError, RafsError
-from .io.cache import BlobCache, CacheError, open_work_dir
+from .io.cache import BlobCache
+from .io.cachefiles import CacheError, open_work_dir
 from .io.layout import CHUNK_MAP_HEADER_SIZE, CHUNK_MAP_SUFFIX, DATA_SUFFIX, META_SUFFIX
 from .model import MAX_CHUNKS_PER_BLOB, Chunk
 

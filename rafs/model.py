@@ -12,7 +12,7 @@ import enum
 import os
 import stat as _stat
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, BinaryIO
+from typing import Callable, Iterator, BinaryIO, Protocol, Sequence
 
 from . import display
 from .errors import InvalidImageError
@@ -424,6 +424,15 @@ def index_order(root: Node) -> TreeIndex:
         subdirs = [at for at, child in enumerate(children, first) if child.inode.mode & _S_IFMT == _S_IFDIR]
         stack.extend(reversed(subdirs))
     return TreeIndex(nodes, parents, child_index)
+
+
+class ChunkInfoSource(Protocol):
+    """The decoded CI records (:class:`rafs.blob.meta.ChunkInfo`) of a blob, from its blob meta: given to
+    the v6 reader when it is made (``chunk_info_source=``) to resolve chunks its chunk table does not
+    hold; :class:`rafs.image.chunks.BlobMetaChunkInfos` implements it over a blob locator."""
+
+    def __call__(self, blob: Blob) -> Sequence | None:
+        """The CI array of ``blob`` (a record of the reader's blob table), or None when it has none."""
 
 
 class ImageReader(abc.ABC):

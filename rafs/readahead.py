@@ -18,8 +18,9 @@ import collections
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
+from .limits import DEFAULT_MERGE_SIZE
+
 DEFAULT_THREADS = 2
-DEFAULT_BATCH = 1 << 20           # one merged request of the blob cache's default merging_size
 DEFAULT_WINDOW = 64 << 20
 MAX_PENDING_ENTRIES = 4096
 
@@ -84,7 +85,7 @@ class DataOnce:
 
 
 def read_ahead(image, entries: Iterable, wants: Callable, *, threads: int = DEFAULT_THREADS,
-               batch_size: int = DEFAULT_BATCH, window: int = DEFAULT_WINDOW) -> Iterator[tuple]:
+               batch_size: int = DEFAULT_MERGE_SIZE, window: int = DEFAULT_WINDOW) -> Iterator[tuple]:
     """``(path, inode, pieces)`` for each ``(path, inode)`` of ``entries``; ``pieces`` yields the
     ``(chunk, data)`` of the regular files ``wants(path, inode)`` accepts, in file order, and is None
     for the rest.

@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from rafs.testing import (as_built, assert_same_tree, blob_devices, build_options, build_tree, exercise, trees,
                           tree_from_directory, tree_from_image)
 from rafs.testing.images import BATCH_SIZES
-from rafs.testing.trees import default_kinds
+from rafs.testing.tree_strategies import default_kinds
 
 from conftest import need
 from test_fuzz_build import kernel_mounted

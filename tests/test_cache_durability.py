@@ -19,6 +19,7 @@ import pytest
 
 import rafs
 from rafs.io import cache as cache_module
+from rafs.io import chunkmap as chunkmap_module
 from rafs.io.cache import BlobCache
 from s3server import S3Proxy, moto_server, s3, s3_proxy  # noqa: F401  (pytest fixtures)
 from test_fuse_support import Mount, diff_r, guide_config, need_fuse
@@ -388,7 +389,7 @@ def test_ondemand_warm_cache_with_the_s3_bucket_deleted_and_the_localfs_dir_gone
 def test_bits_another_user_wrote_are_learned_on_a_miss(v5_fixture, tmp_path, monkeypatch):
     """A miss looks at the file again (at most every PEEK_SECONDS): a chunk another process cached
     is then served from the cache; stray bits past the last chunk never count."""
-    monkeypatch.setattr(cache_module, "PEEK_SECONDS", 0.0)
+    monkeypatch.setattr(chunkmap_module, "PEEK_SECONDS", 0.0)
     ref = reference(v5_fixture)
     (group,) = ref.chunks(GROUP)
     ours, theirs = BlobCache(tmp_path, ref.blobs[0]), BlobCache(tmp_path, ref.blobs[0])

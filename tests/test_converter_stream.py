@@ -22,7 +22,8 @@ import time
 import pytest
 
 from rafs.errors import BackendError
-from rafs.io.http import HttpClient, unix_url
+from rafs.io.http import HttpClient
+from rafs.io.unix_http import unix_url
 from test_cli_dropin import (LOWER, PYTHON_RAFS, UPPER, Fifo, layer_tar, pack, release, run, shim,
                              tar_members, unpack_entry)
 

@@ -18,7 +18,8 @@ from hypothesis import given, settings, strategies as st
 
 from rafs.testing import (as_built, assert_same_tree, blob_devices, build_node, build_options, build_tree,
                           directory, exercise, file, trees, tree_from_directory, tree_from_image)
-from rafs.testing.trees import FileData, Extent, default_kinds
+from rafs.testing.tree_strategies import default_kinds
+from rafs.testing.trees import Extent, FileData
 
 from conftest import need
 

@@ -11,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from rafs.testing import (Entry, Extent, FileData, diff_trees, directory, file, hardlink, materialise, symlink,
                           to_node, tree_from_directory, trees)
-from rafs.testing.trees import canonical, from_node, with_parents
+from rafs.testing.tree_io import from_node
+from rafs.testing.trees import canonical, with_parents
 
 FEW = max(5, settings.default.max_examples // 2)
 

@@ -17,7 +17,8 @@ import pytest
 import rafs
 from rafs.image import Image, detect_reader
 from rafs.io.blobs import BlobLocator
-from rafs.io.cache import BlobCache, CacheError
+from rafs.io.cache import BlobCache
+from rafs.io.cachefiles import CacheError
 from rafs.io.source import load_bytes
 from rafs.oci import convert
 from rafs.tempfiles import TEMP_PREFIX, umask

@@ -141,13 +141,13 @@ def test_https_skip_verify_certificate_errors_and_a_silent_handshake(server):
 
 
 def test_keep_alive_and_a_bounded_watchdog(server):
-    from rafs.io import http
+    from rafs.io import deadline
     reader = source_module.open_http(server.url("good", server.blob_id), {"timeout": 300})
     blob = server.files[server.blob_id]
     for i in range(300):
         assert reader.read_range(i * 7, 100) == blob[i * 7:i * 7 + 100]
     assert len(server.clients) == 1                 # one keep-alive connection served every read
-    assert len(http._WATCHDOG._heap) < 150          # finished requests do not pile up until their deadline
+    assert len(deadline.WATCHDOG._heap) < 150          # finished requests do not pile up until their deadline
     reader.close()
 
 

@@ -16,7 +16,8 @@ import pytest
 import rafs
 from rafs.image import Image, detect_reader
 from rafs.io.blobs import BlobLocator
-from rafs.io.cache import BlobCache, DigestChunkMap, PersistChunkMap
+from rafs.io.cache import BlobCache
+from rafs.io.chunkmap import DigestChunkMap, PersistChunkMap
 from rafs.io.layout import CHUNK_MAP_ALL_READY, CHUNK_MAP_MAGIC, CHUNK_MAP_MAGIC2
 from rafs.io.source import LocalRangeReader, load_bytes
 

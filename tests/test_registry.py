@@ -26,7 +26,7 @@ import pytest
 
 import rafs
 from rafs.errors import InvalidArgumentError, InvalidImageError, UnsupportedError
-from rafs.io.reference import parse_reference
+from rafs.oci.reference import parse_reference
 from rafs.io.registry_auth import RegistryAuthError, parse_challenge
 from rafs.oci import convert
 
@@ -341,7 +341,7 @@ def test_token_service_refusal_is_clear(token_registry):
 # -- the registry backend of nydusd configurations ----------------------------------------------------------
 
 def _bootstrap_file(registry, tmp_path) -> str:
-    from rafs.io.reference import resolve
+    from rafs.oci.reference import resolve
     resolved = resolve(f"docker://{registry.host}/{REPO}:v1", basic_options(registry))
     path = tmp_path / "image.boot"
     path.write_bytes(resolved.bootstrap)

@@ -8,7 +8,7 @@ import rafs
 from rafs.errors import InvalidImageError
 from rafs.v6 import dirent, layout
 from rafs.v6.directories import LOOKUP_TABLE_BLOCKS
-from rafs.v6.writer import dirent_blocks
+from rafs.v6.encode import dirent_blocks
 
 
 def block_of(entries: list[tuple[bytes, int, int]]) -> bytes:

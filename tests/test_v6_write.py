@@ -19,9 +19,10 @@ from rafs.model import BlobFeatures, Blob, Chunk, Inode, Node, SuperFlags
 from rafs.builder.tree import number_tree
 from rafs.v6 import alloc, dirent, layout
 from rafs.blob.toc import extract_inline_bootstrap
-from rafs.v6.writer import (BLOB, CHUNK_ADDR, CHUNK_INFO, DEVICE, DIRENT, INODE, LEGACY_DEVSLOT_ALIGNMENT,
-                            SUPERBLOCK, SUPERBLOCK_EXT, UNMAPPED_DEVSLOTS, dirent_blocks, dirent_size,
-                            write_bootstrap, xattr_body)
+from rafs.v6.encode import dirent_blocks, dirent_size, xattr_body
+from rafs.v6.records import (BLOB, CHUNK_INDEX as CHUNK_ADDR, CHUNK_INFO, DEVICE, DIRENT, INODE_EXTENDED as INODE,
+                             SUPERBLOCK, SUPERBLOCK_EXT)
+from rafs.v6.writer import LEGACY_DEVSLOT_ALIGNMENT, UNMAPPED_DEVSLOTS, write_bootstrap
 
 FLAGS = (SuperFlags.COMPRESSION_NONE | SuperFlags.HASH_SHA256 | SuperFlags.ENCRYPTION_NONE
          | SuperFlags.EXPLICIT_UID_GID)

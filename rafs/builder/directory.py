@@ -22,14 +22,12 @@ import os
 import stat as _stat
 
 from ..errors import BuildError, InvalidArgumentError
+from ..limits import MAX_INODE_NAME_SIZE, MAX_SYMLINK_SIZE, MAX_XATTR_NAME_SIZE
 from ..model import Inode, MAX_XATTR_VALUE_SIZE, Node, XATTR_PREFIXES
 from .. import _beneath
 from .._beneath import TreeFile
 from . import tree
 
-MAX_NAME_SIZE = 0xFFFF           # the reference's u16 i_name_size limit (Linux stops at 255 anyway)
-MAX_SYMLINK_SIZE = 0xFFFF
-MAX_XATTR_NAME_SIZE = 255
 
 
 def load_directory(source, *, whiteout_spec: str = "oci", layer: int = 0) -> Node:
@@ -128,7 +126,7 @@ def _node(name: bytes, parent: bytes | None, st: os.stat_result, layer: int, tre
     """The node of entry ``name`` of directory ``dir_fd``, at ``parent`` (its relative path) beneath
     the root, or the root itself when ``parent`` is None; ``xattr_path`` names the entry for the xattr
     calls (the root's fd for the root)."""
-    if len(name) > MAX_NAME_SIZE:
+    if len(name) > MAX_INODE_NAME_SIZE:
         raise BuildError(f"file name length {len(name):#x} is too big: {_shown(tree_root, parent, name)!r}")
     mode = st.st_mode
     seconds, nanoseconds = divmod(st.st_mtime_ns, 1_000_000_000)

@@ -40,10 +40,11 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
 from ..errors import BuildError
-from ..model import MAX_NAME_SIZE, MAX_XATTR_VALUE_SIZE, XATTR_PREFIXES, Inode, Node
+from ..limits import MAX_NAME_SIZE, MAX_SYMLINK_SIZE, MAX_XATTR_NAME_SIZE, MAX_XATTR_VALUE_SIZE
+from ..model import XATTR_PREFIXES, Inode, Node
 from .stream import (COPY_BUFFER, MemberStream, Spool, decompress_error_types, decompressed, detect_compression,
                      is_seekable, open_member, open_source, peek, range_reader)
-from .tarstream import MAX_SYMLINK_SIZE, check_sparse_map, members, normalize_path
+from .tarstream import check_sparse_map, members, normalize_path
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ class _TreeBuilder:
                 log.warning("tar entry %r: dropping xattr %r, RAFS stores only names starting with %s",
                             raw_name, name, ", ".join(p.decode() for p in XATTR_PREFIXES))
                 continue
-            if len(name) > MAX_NAME_SIZE or len(value) > MAX_XATTR_VALUE_SIZE:
+            if len(name) > MAX_XATTR_NAME_SIZE or len(value) > MAX_XATTR_VALUE_SIZE:
                 raise BuildError(f"tar entry {raw_name!r}: xattr {name!r} too large")
             kept[name] = value
         return kept

@@ -14,8 +14,8 @@ import tarfile
 from typing import Iterator
 
 from ..errors import BuildError
+from ..limits import MAX_SYMLINK_SIZE
 
-MAX_SYMLINK_SIZE = 0xFFFF             # the reference refuses longer targets (u16 i_symlink_size)
 STREAM_BUFFER = 1 << 20
 BLOCKSIZE = tarfile.BLOCKSIZE
 

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import _libfuse as ll
 from .. import errors
 from ..image import Image
+from ..limits import BLOCK_SIZE
 from ..lru import LRU
 
 log = logging.getLogger(__name__)
@@ -172,12 +173,12 @@ class RafsOperations:
             sec, nsec = divmod(inode.mtime_ns, 1_000_000_000)
             try:
                 entry = _make_entry(fuse_ino, fuse_ino, inode.mode, inode.nlink, inode.uid, inode.gid, inode.rdev,
-                                    inode.size, 4096, inode.blocks, sec, nsec, sec, nsec, sec, nsec, CACHE_TIMEOUT,
-                                    CACHE_TIMEOUT)
+                                    inode.size, BLOCK_SIZE, inode.blocks, sec, nsec, sec, nsec, sec, nsec,
+                                    CACHE_TIMEOUT, CACHE_TIMEOUT)
             except struct.error:          # a value out of its field's range: let ctypes truncate it
                 stamp = ll.timespec(sec, nsec)
                 attr = ll.stat(st_ino=fuse_ino, st_mode=inode.mode, st_nlink=inode.nlink, st_uid=inode.uid,
-                               st_gid=inode.gid, st_rdev=inode.rdev, st_size=inode.size, st_blksize=4096,
+                               st_gid=inode.gid, st_rdev=inode.rdev, st_size=inode.size, st_blksize=BLOCK_SIZE,
                                st_blocks=inode.blocks, st_atim=stamp, st_mtim=stamp, st_ctim=stamp)
                 entry = ll.entry_param(fuse_ino, 0, attr, CACHE_TIMEOUT, CACHE_TIMEOUT)
             slot = self._slots[ino] = (entry, ctypes.addressof(entry), inode.is_dir)

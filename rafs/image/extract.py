@@ -35,14 +35,13 @@ import stat as _stat
 
 from .. import errors
 from ..errors import InvalidArgumentError, InvalidImageError
-from ..model import MAX_NAME_SIZE
+from ..limits import MAX_LINUX_SYMLINK_SIZE, MAX_NAME_SIZE
 from ..readahead import DEFAULT_THREADS, DataOnce, read_ahead
 from ..text import printable
+from .file import COPY_PIECE
 from .paths import resolve
 
 FILTERS = ("fully_trusted", "tar", "data")
-COPY_PIECE = 1 << 20
-MAX_SYMLINK_TARGET = 4096          # Linux's PATH_MAX, which counts the closing NUL
 
 
 def _inside(root: str, path: str) -> bool:
@@ -209,9 +208,9 @@ def _symlink_target(inode, display: str) -> str:
     if not raw or b"\0" in raw:
         raise InvalidImageError(f"{printable(display)}: symlink target {raw!r} is empty or holds NUL",
                                 structure="symlink")
-    if len(raw) >= MAX_SYMLINK_TARGET:
+    if len(raw) > MAX_LINUX_SYMLINK_SIZE:
         raise errors.UnsafePathError(display, f"a symlink target of {len(raw)} bytes cannot be created "
-                                     f"(Linux allows {MAX_SYMLINK_TARGET - 1})")
+                                     f"(Linux allows {MAX_LINUX_SYMLINK_SIZE})")
     return os.fsdecode(raw)
 
 

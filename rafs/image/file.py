@@ -18,6 +18,9 @@ from ..text import printable
 # is whatever its image declares (2^64 - 1 in v5), and beyond its chunks it is holes: reading it whole
 # would allocate what the image says. Larger files are read in pieces through Image.open().
 MAX_READ_SIZE = 1 << 30
+# How much of a file's data is read at a time where it is copied out whole (extraction, unpack to tar),
+# so memory stays bounded whatever size the file declares.
+COPY_PIECE = 1 << 20
 
 
 def chunk_layout_problem(inode: Inode, chunks: list[Chunk]) -> str | None:

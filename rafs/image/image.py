@@ -16,6 +16,7 @@ from typing import Iterator
 
 from .. import display, errors, tables
 from ..errors import InvalidArgumentError
+from ..limits import BLOCK_SIZE, DEFAULT_MERGE_SIZE
 from ..io.blobs import BlobLocator as DirectoryLocator
 from ..model import META_BLOB_INDEX, ZDATA_BLOB_INDEX, Chunk, ImageReader, Inode
 from ..progress import Progress
@@ -231,7 +232,7 @@ class Image:
     def statfs(self) -> StatFs:
         """Block size 4096, the blobs' uncompressed size in blocks, the inode count when known."""
         size = sum(blob.uncompressed_size for blob in self.blobs)
-        return StatFs(f_bsize=4096, f_blocks=-(-size // 4096), f_files=self.reader.inode_count)
+        return StatFs(f_bsize=BLOCK_SIZE, f_blocks=-(-size // BLOCK_SIZE), f_files=self.reader.inode_count)
 
     # -- directories: listdir, scandir, walk, and the pre-order walks ------------------------------
 
@@ -347,7 +348,7 @@ class Image:
         # a batch_size given here is the exact request limit; the configured one (merging_size), as
         # for nydusd, sizes on-demand reads, and a prefetch may grow its ranges past it
         grow_ranges = not batch_size
-        batch_size = batch_size or (settings.batch_size if settings else 0x100000)
+        batch_size = batch_size or (settings.batch_size if settings else DEFAULT_MERGE_SIZE)
         if paths is not None:
             roots = [self._resolve(p)[0] for p in ([paths] if isinstance(paths, (str, bytes)) else paths)]
         else:

@@ -61,7 +61,7 @@ def open(source, *, blob_dir=None, blobs=None, storage_options: dict | None = No
     """Open a bootstrap (v5, v6, plain EROFS) or a blob with an inline bootstrap.
 
     ``source`` is a local path, an fsspec URL, an open binary file object or a Nydus image in a registry
-    (``docker://HOST/REPO:TAG``, :mod:`rafs.io.reference`; ``storage_options`` then holds its options
+    (``docker://HOST/REPO:TAG``, :mod:`rafs.oci.reference`; ``storage_options`` then holds its options
     such as ``platform``, ``insecure``, ``plain_http``, ``docker_config``). Blobs are found in
     ``blob_dir`` by blob id, or through ``blobs`` (a mapping of blob id to path/URL/file object, or a
     list in device order). ``config`` is a nydusd configuration (path, JSON text or dict) whose backend
@@ -69,8 +69,9 @@ def open(source, *, blob_dir=None, blobs=None, storage_options: dict | None = No
     digest.
     """
     if isinstance(source, str) and source.startswith("docker://"):
-        from ..io.reference import open_reference    # an image in a registry: the bootstrap comes from there
-        return open_reference(source, options=storage_options, validate=validate, config=config)
+        from ..oci.reference import open_reference    # an image in a registry: the bootstrap comes from there
+        bootstrap, locator, name = open_reference(source, options=storage_options, config=config)
+        return open_bootstrap(bootstrap, locator, validate=validate or locator.validate, name=name)
     locator: BlobLocator
     if config is not None:
         from ..io.config import locator_from_config

@@ -8,7 +8,8 @@
   (:class:`rafs.blob.reader.ChunkReader`, :class:`rafs.io.fetch.ChunkFetcher`, and
   :class:`rafs.v6.zdata.ZDataReader` for compressed EROFS data inside the image).
 * :class:`ChunkInfoSource`: the blob-meta chunk-info (CI) array of a blob, for the v6 reader to resolve
-  chunks its chunk table does not hold (given to it when it is made: ``chunk_info_source=``).
+  chunks its chunk table does not hold (given to it when it is made: ``chunk_info_source=``); declared
+  below the readers (in :mod:`rafs.model`, beside ``ImageReader``) and named here with the others.
 
 These are :class:`typing.Protocol` s: implementations need not inherit from them, and this module
 imports nothing that does I/O.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from ..model import Blob, Chunk, ImageReader
+from ..model import Blob, Chunk, ChunkInfoSource, ImageReader
 
 if TYPE_CHECKING:                                  # pragma: no cover - names for annotations only
     from ..io.config import NydusdConfig
@@ -75,10 +76,3 @@ class BlobLocator(Protocol):
 
     def close(self) -> None:
         """Release every blob handle."""
-
-
-class ChunkInfoSource(Protocol):
-    """The decoded CI records (:class:`rafs.blob.meta.ChunkInfo`) of a blob, from its blob meta."""
-
-    def __call__(self, blob: Blob) -> list:
-        """The CI array of ``blob`` (a record of the reader's blob table)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .. import display
+from ..limits import BLOCK_SIZE
 from ..model import Inode
 
 
@@ -47,7 +48,7 @@ class Stat(NamedTuple):
     @property
     def st_blksize(self) -> int:
         """Preferred I/O size: 4096, the RAFS block size."""
-        return 4096
+        return BLOCK_SIZE
 
     @property
     def filemode(self) -> str:

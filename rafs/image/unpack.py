@@ -25,6 +25,7 @@ from ..errors import BuildError, InvalidArgumentError
 from ..progress import Progress, Ticker
 from ..readahead import DEFAULT_THREADS, DataOnce, read_ahead
 from ..text import printable
+from .file import COPY_PIECE
 
 _TYPES = {_stat.S_IFDIR: tarfile.DIRTYPE, _stat.S_IFREG: tarfile.REGTYPE, _stat.S_IFLNK: tarfile.SYMTYPE,
           _stat.S_IFCHR: tarfile.CHRTYPE, _stat.S_IFBLK: tarfile.BLKTYPE, _stat.S_IFIFO: tarfile.FIFOTYPE}
@@ -186,9 +187,6 @@ class _SparseData:
                 self._regions[-1] = (offset + piece, length - piece)
             return self._data.pread(piece, offset)
         return b""
-
-
-COPY_PIECE = 1 << 20
 
 
 class _InOrder:

@@ -14,6 +14,7 @@ import os
 
 from ..blob.ids import blob_key, blob_path, blob_url
 from ..errors import BlobNotFoundError, InvalidArgumentError, UnsupportedError
+from .config_keys import check_backend_values, refuse_unsupported_connection_keys
 from .redact import redact_url
 from .registry import RegistryBackend
 from .retry import RetryPolicy
@@ -30,50 +31,13 @@ S3_DEFAULT_ENDPOINT = "s3.amazonaws.com"       # S3_DEFAULT_ENDPOINT, storage/sr
 DEFAULT_TIMEOUT = 5
 
 
-# The value types of backend keys (api/src/config.rs): a wrong one is named here, not met later as a
-# TypeError deep inside a backend or fsspec.
-_KEY_TYPES = {
-    **dict.fromkeys(("blob_file", "dir", "addr", "path", "bucket_name", "scheme", "endpoint", "region",
-                     "object_prefix", "blob_prefix", "meta_prefix", "access_key_id", "access_key_secret",
-                     "host", "repo", "auth", "registry_token", "blob_url_scheme", "blob_redirected_host"),
-                    (str,)),
-    **dict.fromkeys(("timeout", "connect_timeout", "retry_limit"), (int,)),
-    "skip_verify": (bool,),
-    "alt_dirs": (list,),
-}
-
-
-def _check_value_types(section: str, config: dict) -> None:
-    for key, types in _KEY_TYPES.items():
-        value = config.get(key)
-        if value is None:
-            continue
-        if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
-            raise InvalidArgumentError(f"{section}.{key} must be a {types[0].__name__}, not {value!r}")
-        if types == (int,) and value < 0:
-            raise InvalidArgumentError(f"{section}.{key} must not be negative, not {value!r}")
-    if not all(isinstance(d, str) for d in config.get("alt_dirs") or []):
-        raise InvalidArgumentError(f"{section}.alt_dirs must be a list of paths")
-
-
-def _refuse_unsupported_connection_keys(section: str, config: dict) -> None:
-    """Connection options rafs cannot honour yet: refused by name rather than silently ignored (and
-    every key's value type checked)."""
-    _check_value_types(section, config)
-    proxy = config.get("proxy") or {}
-    if isinstance(proxy, dict) and proxy.get("url"):
-        raise UnsupportedError(f"{section}.proxy.url is not supported yet (rafs talks to the backend directly)")
-    if config.get("mirrors"):
-        raise UnsupportedError(f"{section}.mirrors is not supported yet")
-
-
 class LocalFsBackend:
     """``localfs``: one ``blob_file`` for every blob, or ``dir/<blob id>`` (then each of ``alt_dirs``)."""
 
     type = "localfs"
 
     def __init__(self, config: dict, *, section: str = "backend.localfs", retry: RetryPolicy | None = None):
-        _check_value_types(section, config)
+        check_backend_values(section, config)
         self.blob_file = config.get("blob_file") or ""
         self.dir = config.get("dir") or ""
         self.alt_dirs = list(config.get("alt_dirs") or [])
@@ -135,7 +99,7 @@ class S3Backend(_RemoteBackend):
 
     def __init__(self, config: dict, *, section: str = "backend.s3", retry: RetryPolicy | None = None,
                  storage_options: dict | None = None):
-        _refuse_unsupported_connection_keys(section, config)
+        refuse_unsupported_connection_keys(section, config)
         self.bucket = config.get("bucket_name") or ""
         if not self.bucket:
             raise InvalidArgumentError(f"{section}.bucket_name is required")
@@ -247,7 +211,7 @@ class HttpProxyBackend:
 
     def __init__(self, config: dict, *, section: str = "backend.http-proxy", retry: RetryPolicy | None = None,
                  storage_options: dict | None = None):
-        _refuse_unsupported_connection_keys(section, config)
+        refuse_unsupported_connection_keys(section, config)
         self.addr = config.get("addr") or ""
         if not self.addr:
             raise InvalidArgumentError(f"{section}.addr is required")
@@ -284,7 +248,7 @@ class HttpProxyBackend:
     def url_for(self, blob_id: str) -> str:
         url = blob_url(self.prefix, blob_id)              # the blob id is checked either way
         if self.unix_socket is not None:
-            from .http import unix_url
+            from .unix_http import unix_url
             return unix_url(self.unix_socket)
         return url
 

@@ -15,6 +15,7 @@ from typing import Mapping, Sequence
 
 from ..blob.ids import blob_path, blob_url, image_blob_id
 from ..errors import BlobNotFoundError, InvalidArgumentError, RafsError
+from ..limits import DEFAULT_MERGE_SIZE
 from .lazy import LazySource
 from .redact import redact_url
 from .retry import RetryPolicy
@@ -30,7 +31,7 @@ class BlobLocator:
     config = None                   # no nydusd configuration: default prefetch settings
     cache_dir = None
     disable_indexed_map = False
-    merge_size = 0x100000
+    merge_size = DEFAULT_MERGE_SIZE
     prefetch_bandwidth_limit = 0
 
     def __init__(self, *, blob_dir=None, blobs: Mapping | Sequence | None = None,
@@ -108,7 +109,8 @@ class BlobLocator:
 
     def chunk_reader(self, blob, *, validate: bool = False):
         """The ChunkFetcher of ``blob`` (a :class:`rafs.model.Blob`), made once per blob."""
-        from .cache import BlobCache, CacheError
+        from .cache import BlobCache
+        from .cachefiles import CacheError
         from .fetch import ChunkFetcher
         with self._lock:
             fetcher = self._fetchers.get(blob.index)

@@ -25,6 +25,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from ..errors import InvalidArgumentError, UnsupportedError
+from ..limits import DEFAULT_MERGE_SIZE
 from ..text import printable
 from .backends import SECRET_KEYS, make_backend
 from .blobs import BlobLocator
@@ -39,7 +40,6 @@ MAX_CONFIG_SIZE = 0x100000           # ConfigV2::from_file refuses larger files
 CONFIG_READ_TIMEOUT = 30             # seconds a configuration read from a pipe may wait for more data
 CACHE_TYPES = ("", "dummycache", "blobcache", "filecache", "fscache")
 DEFAULT_PREFETCH_THREADS = 8         # default_prefetch_threads
-DEFAULT_PREFETCH_BATCH_SIZE = 0x100000
 DEFAULT_AMPLIFY_IO = 0x20000         # default_batch_size (128 KiB)
 
 
@@ -49,7 +49,7 @@ class PrefetchConfig:
 
     enable: bool = False
     threads: int = DEFAULT_PREFETCH_THREADS
-    batch_size: int = DEFAULT_PREFETCH_BATCH_SIZE    # v1 merging_size
+    batch_size: int = DEFAULT_MERGE_SIZE    # v1 merging_size
     bandwidth_limit: int = 0                         # v1 bandwidth_rate, bytes/s, 0 = unlimited
     prefetch_all: bool = False
 
@@ -336,7 +336,7 @@ def _prefetch(section: dict, where: str, *, v1: bool) -> PrefetchConfig:
     config = PrefetchConfig(
         enable=_bool(section, "enable", False, where),
         threads=_int(section, names[0], DEFAULT_PREFETCH_THREADS, where, high=1024),
-        batch_size=_int(section, names[1], DEFAULT_PREFETCH_BATCH_SIZE, where, high=0x1000_0000),
+        batch_size=_int(section, names[1], DEFAULT_MERGE_SIZE, where, high=0x1000_0000),
         bandwidth_limit=_int(section, names[2], 0, where, high=1 << 40),
         # FsPrefetchControl defaults prefetch_all to true in v1, PrefetchConfigV2 to false
         prefetch_all=_bool(section, "prefetch_all", v1, where))

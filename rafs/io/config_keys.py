@@ -10,6 +10,9 @@ A schema is a dict of key -> spec, where a spec is a value type (``str``, ``int`
 ``float`` for a number), a nested schema (a table), ``[schema]`` (a list of tables) or ``ANY`` (a value
 rafs does not look into). Keys nydusd accepts but rafs does not act on are listed in ``IGNORED`` and
 noted at debug level.
+
+A backend section's values are checked once more where a backend is made (:func:`check_backend_values`,
+:func:`refuse_unsupported_connection_keys`), by every backend alike.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, UnsupportedError
 
 ANY = object()
 # Deepest nesting a configuration may have (the real schema is 5 levels deep): deeper input is refused
@@ -217,3 +220,41 @@ def depth(value) -> int:
             return level
         stack.extend((child, level + 1) for child in children)
     return deepest
+
+
+# The value types of backend keys (api/src/config.rs): a wrong one is named here, not met later as a
+# TypeError deep inside a backend or fsspec.
+_KEY_TYPES = {
+    **dict.fromkeys(("blob_file", "dir", "addr", "path", "bucket_name", "scheme", "endpoint", "region",
+                     "object_prefix", "blob_prefix", "meta_prefix", "access_key_id", "access_key_secret",
+                     "host", "repo", "auth", "registry_token", "blob_url_scheme", "blob_redirected_host"),
+                    (str,)),
+    **dict.fromkeys(("timeout", "connect_timeout", "retry_limit"), (int,)),
+    "skip_verify": (bool,),
+    "alt_dirs": (list,),
+}
+
+
+def check_backend_values(section: str, config: dict) -> None:
+    """The value type of every backend key ``config`` (the backend section ``section``) holds."""
+    for key, types in _KEY_TYPES.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+            raise InvalidArgumentError(f"{section}.{key} must be a {types[0].__name__}, not {value!r}")
+        if types == (int,) and value < 0:
+            raise InvalidArgumentError(f"{section}.{key} must not be negative, not {value!r}")
+    if not all(isinstance(d, str) for d in config.get("alt_dirs") or []):
+        raise InvalidArgumentError(f"{section}.alt_dirs must be a list of paths")
+
+
+def refuse_unsupported_connection_keys(section: str, config: dict) -> None:
+    """Connection options rafs cannot honour yet: refused by name rather than silently ignored (and
+    every key's value type checked)."""
+    check_backend_values(section, config)
+    proxy = config.get("proxy") or {}
+    if isinstance(proxy, dict) and proxy.get("url"):
+        raise UnsupportedError(f"{section}.proxy.url is not supported yet (rafs talks to the backend directly)")
+    if config.get("mirrors"):
+        raise UnsupportedError(f"{section}.mirrors is not supported yet")

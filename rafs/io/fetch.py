@@ -18,15 +18,13 @@ from dataclasses import dataclass, field
 
 from ..blob.reader import ChunkReader
 from ..errors import DigestMismatchError
+from ..limits import DEFAULT_MERGE_SIZE
 from ..model import Blob, Chunk
 from .cache import BlobCache
 from .latency import BackendLatency
 from .source import LocalRangeReader
 
 log = logging.getLogger(__name__)
-
-# Upper bound of one merged request (nydusd's fs_prefetch.merging_size / prefetch batch_size default).
-DEFAULT_MERGE_SIZE = 0x100000
 
 
 def chunk_key(chunk: Chunk) -> tuple[int, int, int, int]:

@@ -7,8 +7,8 @@ not the request, so a server dripping a byte a second holds a read forever. This
 promises rafs makes about a server it does not trust:
 
 - **a deadline for each whole request** (``timeout`` seconds from connecting to the last body byte, as
-  nydusd's reqwest ``timeout``): a watchdog thread shuts the socket down when the deadline passes, which
-  ends a blocked connect, TLS handshake, header or body read at once;
+  nydusd's reqwest ``timeout``): a watchdog thread (:mod:`rafs.io.deadline`) shuts the socket down
+  when the deadline passes, which ends a blocked connect, TLS handshake, header or body read at once;
 - **a ranged GET never reads more than the bytes asked for**: a ``200`` answer to a ``Range`` request (the
   server ignored it) is refused before its body is read, a ``206`` whose ``Content-Range`` or
   ``Content-Length`` does not match the request is refused, and a connection whose body was not read to
@@ -17,11 +17,12 @@ promises rafs makes about a server it does not trust:
   refused before reading, and a body without one is cut off at the limit.
 
 Over a unix socket (``HttpClient(unix_socket=PATH)``, nydusd's ``http-proxy`` backend with an ``addr``
-that is not a URL: storage/src/backend/http_proxy.rs), every request goes to that socket with the same
-deadlines and bounds, to URLs :func:`unix_url` makes. Such a local proxy may answer a ranged GET with
-``200`` and just the bytes asked for (nydusd reads whatever body comes; nydus-snapshotter's content-store
-proxy sets ``Content-Range`` only after writing the body, which Go then drops), so there a ``200`` is
-taken as the range, still refused past the size asked for; redirects are not followed.
+that is not a URL: storage/src/backend/http_proxy.rs, :mod:`rafs.io.unix_http`), every request goes to
+that socket with the same deadlines and bounds, to URLs :func:`~rafs.io.unix_http.unix_url` makes. Such
+a local proxy may answer a ranged GET with ``200`` and just the bytes asked for (nydusd reads whatever
+body comes; nydus-snapshotter's content-store proxy sets ``Content-Range`` only after writing the body,
+which Go then drops), so there a ``200`` is taken as the range, still refused past the size asked for;
+redirects are not followed.
 
 Redirects are followed (at most :data:`MAX_REDIRECTS`); credentials from the URL's userinfo go out as
 ``Authorization: Basic`` to the URL's own origin only, never to the origin a redirect leads to. Every
@@ -31,19 +32,19 @@ name this module puts in a message passes through :func:`rafs.io.redact.redact_u
 from __future__ import annotations
 
 import base64
-import heapq
 import http.client
-import itertools
 import select
 import socket
 import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote, urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from ..errors import BackendError, InvalidArgumentError
+from .deadline import WATCHDOG, RequestTimeout, Watch
 from .redact import redact_url
+from .unix_http import UNIX_SCHEME, UnixConnection
 
 # Defaults for plain http(s) URLs opened without a nydusd configuration: aiohttp's own (5 minutes for a
 # whole request, 30 s to connect), so a URL that worked before keeps working. nydusd's backends
@@ -100,128 +101,6 @@ def retry_after(value: str | None) -> float | None:
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     return min(max(when - time.time(), 0.0), MAX_RETRY_AFTER)
-
-
-class RequestTimeout(TimeoutError):
-    """A request ran past its deadline (connect to last byte)."""
-
-
-@dataclass
-class _Watch:
-    deadline: float
-    sock: socket.socket | None
-    fired: bool = False
-    done: bool = False
-
-
-class _Watchdog:
-    """One daemon thread that shuts down the socket of every request still running at its deadline."""
-
-    def __init__(self):
-        self._cond = threading.Condition()
-        self._heap: list = []
-        self._seq = itertools.count()
-        self._thread: threading.Thread | None = None
-        self._cancelled = 0                  # entries in the heap whose request has finished
-
-    def watch(self, deadline: float, sock: socket.socket) -> _Watch:
-        watch = _Watch(deadline, sock)
-        with self._cond:
-            heapq.heappush(self._heap, (deadline, next(self._seq), watch))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="rafs-http-deadline", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-        return watch
-
-    def follow(self, watch: _Watch, sock: socket.socket) -> None:
-        """Watch ``sock`` from now on (a connection's socket once made, then its TLS wrapper); shut it
-        down at once if the deadline has already passed."""
-        with self._cond:
-            if watch.done:
-                return
-            watch.sock = sock
-            late = watch.fired
-        if late:
-            _shutdown(sock)
-
-    def cancel(self, watch: _Watch) -> bool:
-        """Stop watching; whether the deadline fired (the socket is then unusable)."""
-        with self._cond:
-            if not watch.done and not watch.fired:
-                # the entry stays in the heap until its deadline; compacted when the dead outnumber the live
-                self._cancelled += 1
-                if self._cancelled > 64 and 2 * self._cancelled > len(self._heap):
-                    self._heap = [entry for entry in self._heap if not entry[2].done and entry[2] is not watch]
-                    heapq.heapify(self._heap)
-                    self._cancelled = 0
-            watch.done = True
-            watch.sock = None
-            return watch.fired
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._heap:
-                    self._cond.wait()
-                deadline, _, watch = self._heap[0]
-                now = time.monotonic()
-                if deadline > now and not watch.done:
-                    self._cond.wait(deadline - now)
-                    continue
-                heapq.heappop(self._heap)
-                if watch.done:
-                    self._cancelled = max(0, self._cancelled - 1)
-                    continue
-                watch.fired = True
-                sock = watch.sock
-            if sock is not None:
-                _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    """End every blocked read and write on ``sock``: the plain socket's shutdown, also under TLS
-    (SSLSocket.shutdown would drop the TLS object under the feet of the thread still reading from it)."""
-    try:
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except (OSError, AttributeError, TypeError):
-        pass
-
-
-_WATCHDOG = _Watchdog()
-
-
-# The scheme of URLs that name a unix socket (:func:`unix_url`); only a client made for that socket
-# follows them, so no server can point a redirect at a local socket.
-UNIX_SCHEME = "http+unix"
-
-
-def unix_url(socket_path: str, path: str = "/") -> str:
-    """The URL of ``path`` on the HTTP server at the unix socket ``socket_path`` (its name in messages too)."""
-    return f"{UNIX_SCHEME}://{quote(socket_path, safe='')}{path}"
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    """An HTTP/1.1 connection over a unix stream socket (``Host: localhost``, as hyperlocal sends)."""
-
-    def __init__(self, socket_path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.socket_path = socket_path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.socket_path)
-        except (TimeoutError, socket.timeout):
-            sock.close()
-            raise
-        except OSError as exc:
-            sock.close()
-            # not FileNotFoundError: a missing socket is no missing blob
-            raise ConnectionError(f"{self.socket_path}: cannot connect to the unix socket "
-                                  f"({exc.strerror or exc})") from None
-        self.sock = sock
 
 
 def _origin(parts) -> tuple[str, str, int]:
@@ -283,16 +162,16 @@ class HttpClient:
 
     # connections
 
-    def _connect(self, origin, deadline: float, watch: _Watch) -> http.client.HTTPConnection:
+    def _connect(self, origin, deadline: float, watch: Watch) -> http.client.HTTPConnection:
         """A connection to ``origin``, the TLS handshake included; the watchdog follows its socket from
         the moment it exists, so a handshake dripped byte by byte ends at the deadline too."""
         scheme, host, port = origin
         limit = min(self.connect_timeout, max(deadline - time.monotonic(), 0.001))
         if scheme == "unix":
-            conn = _UnixConnection(host, limit)
+            conn = UnixConnection(host, limit)
             try:
                 conn.connect()
-                _WATCHDOG.follow(watch, conn.sock)
+                WATCHDOG.follow(watch, conn.sock)
             except BaseException:
                 conn.close()
                 raise
@@ -304,10 +183,10 @@ class HttpClient:
             conn = http.client.HTTPConnection(host, port, timeout=limit)
         try:
             http.client.HTTPConnection.connect(conn)         # TCP only (HTTPSConnection's also shakes hands)
-            _WATCHDOG.follow(watch, conn.sock)
+            WATCHDOG.follow(watch, conn.sock)
             if scheme == "https":
                 conn.sock = context.wrap_socket(conn.sock, server_hostname=host, do_handshake_on_connect=False)
-                _WATCHDOG.follow(watch, conn.sock)
+                WATCHDOG.follow(watch, conn.sock)
                 conn.sock.do_handshake()
         except BaseException:
             conn.close()
@@ -424,7 +303,7 @@ class HttpClient:
             reused = conn is not None
             if conn is None and time.monotonic() >= deadline:
                 raise RequestTimeout(f"{redact_url(url)}: no answer within {self.timeout:g} s")
-            watch = _WATCHDOG.watch(deadline, conn.sock if conn is not None else None)
+            watch = WATCHDOG.watch(deadline, conn.sock if conn is not None else None)
             keep = fired = False
             try:
                 if conn is None:
@@ -445,7 +324,7 @@ class HttpClient:
                         continue
                     raise
                 answer, keep = self._answer(response, method, url, offset, size, limit)
-                fired = _WATCHDOG.cancel(watch)
+                fired = WATCHDOG.cancel(watch)
                 if fired:                # the body may have been cut short by the shutdown
                     raise RequestTimeout(f"{redact_url(url)}: no complete answer within {self.timeout:g} s "
                                          "(the request timeout)")
@@ -463,7 +342,7 @@ class HttpClient:
             except ValueError as exc:            # http.client.InvalidURL: control characters and such
                 raise InvalidArgumentError(f"{redact_url(url)}: not a valid URL for a request ({exc})") from None
             finally:
-                fired = _WATCHDOG.cancel(watch) or fired
+                fired = WATCHDOG.cancel(watch) or fired
                 if conn is not None and keep and not fired:
                     self._give_back(origin, conn)
                 elif conn is not None:

@@ -16,7 +16,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from ..progress import Progress, Ticker
-from .fetch import DEFAULT_MERGE_SIZE, merge_ranges
+from ..limits import DEFAULT_MERGE_SIZE
+from .fetch import merge_ranges
 
 log = logging.getLogger(__name__)
 

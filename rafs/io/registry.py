@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, urlsplit, urlunsplit
 from ..blob.ids import image_blob_id
 from ..errors import BlobNotFoundError, InvalidArgumentError
 from .redact import redact
+from .config_keys import refuse_unsupported_connection_keys
 from .registry_auth import Credentials, RegistryAuth, RegistryAuthError
 from .retry import RetryPolicy, ShortReadError
 
@@ -217,9 +218,8 @@ class RegistryBackend:
 
     def __init__(self, config: dict, *, section: str = "backend.registry", retry: RetryPolicy | None = None,
                  storage_options: dict | None = None, registry: RegistryClient | None = None):
-        from .backends import _refuse_unsupported_connection_keys
         from .http import HttpClient
-        _refuse_unsupported_connection_keys(section, config)
+        refuse_unsupported_connection_keys(section, config)
         self.retry = retry or RetryPolicy()
         if registry is None:
             host = config.get("host") or ""

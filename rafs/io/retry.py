@@ -5,7 +5,7 @@ permanent one is a missing object, a refused credential or a malformed request. 
 retried with exponential backoff up to the limit; then :class:`~rafs.errors.BackendError` names the
 object and the byte range. Messages are scrubbed of the secrets the caller registered and of every URL's
 userinfo, so a key can never leak through an error text. A request that runs past its deadline
-(:class:`rafs.io.http.RequestTimeout`, a TimeoutError) is transient like any other timeout.
+(:class:`rafs.io.deadline.RequestTimeout`, a TimeoutError) is transient like any other timeout.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ is decompressed as it is read and cut off past the bytes it may hold (:data:`LAY
 the ``image`` directory and the end blocks, plus the bootstrap's declared size up to
 :data:`~rafs.limits.MAX_BOOTSTRAP_SIZE`), so a gzip bomb is refused, never expanded; only
 ``image/image.boot`` is written out. Used for layouts on disk (:mod:`rafs.oci.check`) and for
-registries (:mod:`rafs.io.reference`).
+registries (:mod:`rafs.oci.reference`).
 """
 
 from __future__ import annotations

@@ -123,8 +123,8 @@ def connect(scheduler: str):
 def convert_pair(pair: ConvertPair, options: ConvertOptions, *, source_options: dict, target_options: dict,
                  layer_runner=None, work_dir: str | None = None) -> tuple[ConvertPair, ConvertResult, str | None]:
     """Convert one pair (either side a layout or a reference); (pair, result, pushed digest or None)."""
-    from ..io.reference import is_reference
-    from ..io.registry_transfer import push
+    from .reference import is_reference
+    from .registry_transfer import push
     from .registry_source import RegistryEndpoint, RegistryLayout
     source = RegistryLayout(pair.source, source_options) if is_reference(pair.source) else pair.source
     if not is_reference(pair.target):
@@ -148,7 +148,7 @@ def convert_pair(pair: ConvertPair, options: ConvertOptions, *, source_options: 
 
 def same_registry_repo(source: str, target: str) -> str | None:
     """The source repository when source and target are in one registry (its blobs can be mounted)."""
-    from ..io.reference import is_reference, parse_reference
+    from .reference import is_reference, parse_reference
     if not (is_reference(source) and is_reference(target)):
         return None
     a, b = parse_reference(source), parse_reference(target)

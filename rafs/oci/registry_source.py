@@ -19,8 +19,8 @@ import io
 from dataclasses import dataclass, field
 
 from ..errors import InvalidImageError
-from ..io.reference import ACCEPT, Reference, parse_reference, registry_for
-from ..io.registry_transfer import PIECE, UPLOAD_TIMEOUT, push_blob, retry_policy
+from .reference import ACCEPT, Reference, parse_reference, registry_for
+from .registry_transfer import PIECE, UPLOAD_TIMEOUT, push_blob, retry_policy
 from . import documents, spec
 from .layout import OciLayout, digest_hex
 
@@ -28,13 +28,14 @@ from .layout import OciLayout, digest_hex
 @dataclass(frozen=True)
 class RegistryEndpoint:
     """A repository of a registry (``docker://HOST/REPO[:TAG]``) and the options that reach it (those
-    of :func:`rafs.io.reference.registry_for`: ``insecure``, ``plain_http``, credentials...)."""
+    of :func:`rafs.oci.reference.registry_for`: ``insecure``, ``plain_http``, credentials...)."""
 
     reference: str
     options: dict = field(default_factory=dict, hash=False, compare=False)
 
     @property
     def parsed(self) -> Reference:
+        """``reference`` checked and split (:func:`rafs.oci.reference.parse_reference`)."""
         return parse_reference(self.reference)
 
     def connect(self, *, push: bool = False):

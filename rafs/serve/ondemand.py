@@ -43,7 +43,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .. import _fanotify
 from ..errors import InvalidArgumentError, RafsError, UnsupportedError
-from ..io.cache import BlobCache, PersistChunkMap
+from ..limits import DEFAULT_MERGE_SIZE
+from ..io.cache import BlobCache
+from ..io.chunkmap import PersistChunkMap
 from ..io.fetch import ChunkFetcher
 from ..io.lazy import LazySource
 from ..model import Chunk
@@ -267,7 +269,7 @@ class OnDemandMount:
         image = self.image
         chunks = blob_chunks(image) if image.blobs else {}
         locator = image.locator
-        merge_size = getattr(locator, "merge_size", 0x100000)
+        merge_size = getattr(locator, "merge_size", DEFAULT_MERGE_SIZE)
         for blob in image.blobs:
             source = LazySource(locator, blob)
             filler = BlobFiller(blob, source, chunks.get(blob.index, []), self.work_dir,

@@ -3,10 +3,11 @@
 For rafs' own tests and for anyone testing another RAFS (or EROFS) implementation. Depends only on
 hypothesis and rafs.
 
-* :mod:`rafs.testing.trees` - source trees as plain data (``{path: Entry}``): hypothesis strategies with
-  every entry type, hostile and non-UTF-8 names, xattrs, hardlinks, sparse and chunk-boundary sizes;
-  :func:`materialise` to a real directory, :func:`to_node` for the model, read-back from a directory or
-  an image, and :func:`diff_trees` to compare.
+* :mod:`rafs.testing.trees` - source trees as plain data (``{path: Entry}``); hypothesis strategies for
+  them in :mod:`rafs.testing.tree_strategies` (every entry type, hostile and non-UTF-8 names, xattrs,
+  hardlinks, sparse and chunk-boundary sizes); :mod:`rafs.testing.tree_io` (:func:`materialise` to a
+  real directory, :func:`to_node` for the model, read-back from a directory or an image) and
+  :mod:`rafs.testing.tree_diff` (:func:`diff_trees` to compare).
 * :mod:`rafs.testing.images` - build options (version, compressor, digester, chunk size, inline
   meta, blob ToC) as a strategy of ``rafs.Builder`` keyword arguments; images built from trees.
 * :mod:`rafs.testing.schemas` - strategies derived from construct schemas, and discovery of every
@@ -33,9 +34,10 @@ from .images import Built, as_built, blob_devices, build_node, build_options, bu
 from .mutate import (Located, bit_flips, blob_structures, field_extremes, flip_bit, replace_unique, set_field,
                      set_int, truncations, v5_structures, v6_structures, word_extremes, zeroed_runs, zstd_bomb)
 from .schemas import from_schema, layout_schemas, schema_bytes, schemas_in
-from .trees import (Entry, Extent, FileData, assert_same_tree, diff_trees, directory, file, file_data,
-                    hardlink, hostile_names, materialise, names, node, symlink, to_node, tree_from_directory,
-                    tree_from_image, trees)
+from .tree_diff import assert_same_tree, diff_trees
+from .tree_io import materialise, node, to_node, tree_from_directory, tree_from_image
+from .tree_strategies import file_data, hostile_names, names, trees
+from .trees import Entry, Extent, FileData, directory, file, hardlink, symlink
 
 __all__ = [
     "blob_id_strings", "hostile_blob_ids", "valid_blob_ids", "with_blob_ids",

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 
 from ..model import Node
 from ..options import COMPRESSORS, DIGESTERS, FS_VERSIONS
-from .trees import ROOT, materialise, with_parents, without
+from .tree_io import materialise
+from .trees import ROOT, with_parents, without
 
 CHUNK_SIZES = (0x1000, 0x2000, 0x10000, 0x100000)
 BATCH_SIZES = (0, 0x1000, 0x2000, 0x10000, 0x100000)

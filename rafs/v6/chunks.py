@@ -15,13 +15,11 @@ from __future__ import annotations
 from typing import Callable, Iterator, Sequence
 
 from ..errors import InvalidImageError
-from ..model import Blob, Chunk
+from ..model import Blob, Chunk, ChunkInfoSource
 from . import extents, layout
 from .inodes import Record
 from .records import CHUNK_INDEX
 from .superblock import Geometry
-
-ChunkInfoSource = Callable[[Blob], "Sequence | None"]
 
 
 class RafsChunks:

@@ -23,6 +23,7 @@ from typing import Callable
 
 from .. import _records
 from ..errors import InvalidImageError, UnsupportedError
+from ..limits import MAX_LINUX_SYMLINK_SIZE
 from ..model import DEFAULT_CHUNK_SIZE, Inode, InodeFlags
 from . import layout, xattr
 from .records import INODE_RECORDS
@@ -32,8 +33,6 @@ _U16 = struct.Struct("<H")
 # Flat data is handed out in pieces of this size (aligned in the file), so a read touches only what
 # it needs and no piece exceeds the chunk reader's 16 MiB limit; a flat file's chunk count counts them.
 FLAT_PIECE_SIZE = DEFAULT_CHUNK_SIZE
-# Symlink targets longer than this cannot come from a Linux file system (PATH_MAX - 1).
-MAX_SYMLINK_SIZE = 4095
 _FILE_TYPES = frozenset(layout.EROFS_FILE_TYPE_BY_MODE)
 _COMPACT = INODE_RECORDS[layout.EROFS_INODE_LAYOUT_COMPACT]
 _EXTENDED = INODE_RECORDS[layout.EROFS_INODE_LAYOUT_EXTENDED]
@@ -142,7 +141,7 @@ class InodeDecoder:
     def attributes(self, nid: int) -> tuple:
         """What every decoder of inode ``nid`` starts from, checked against the image: the inode and its
         inline xattrs inside it, a known format, layout and file type, a size below 2^63, a symlink
-        target of at most MAX_SYMLINK_SIZE bytes. One ``struct`` unpack of the compact or extended record.
+        target of at most MAX_LINUX_SYMLINK_SIZE bytes. One ``struct`` unpack of the compact or extended record.
 
         The first ten values are :class:`rafs.Stat`'s fields (st_mode, st_ino, st_nlink, st_uid, st_gid,
         st_size, st_mtime_ns, st_rdev, st_blocks, st_dev), then offset, i_format, data layout, xattr
@@ -188,7 +187,7 @@ class InodeDecoder:
         rdev = 0
         if kind == _S_IFCHR or kind == _S_IFBLK:
             rdev = _decode_dev(i_u)
-        elif kind == _S_IFLNK and size > MAX_SYMLINK_SIZE:
+        elif kind == _S_IFLNK and size > MAX_LINUX_SYMLINK_SIZE:
             raise InvalidImageError(f"nid {nid} symlink target of {size} bytes is too long",
                                     structure="v6 inode", offset=offset)
         # st_blocks, in 512-byte units: a compressed inode's i_u counts its blocks, others are rounded up
@@ -265,7 +264,7 @@ class InodeDecoder:
         if not kinds <= _BULK_FILE_TYPES:
             return False
         return _S_IFLNK not in kinds or max(size for mode, size in zip(modes, sizes)
-                                            if mode & _S_IFMT == _S_IFLNK) <= MAX_SYMLINK_SIZE
+                                            if mode & _S_IFMT == _S_IFLNK) <= MAX_LINUX_SYMLINK_SIZE
 
     def inode(self, nid: int) -> Inode:
         """The model inode, straight from the unpacked fields (no :class:`Record` unless the inode's

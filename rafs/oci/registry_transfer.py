@@ -19,9 +19,9 @@ import os
 from urllib.parse import urlencode, urljoin
 
 from ..errors import InvalidArgumentError, InvalidImageError
-from ..oci import documents, spec
+from ..io.retry import RetryPolicy
+from . import documents, spec
 from .reference import ACCEPT, parse_reference, registry_for
-from .retry import RetryPolicy
 
 PIECE = 8 << 20                                   # bytes per ranged GET while pulling a blob
 UPLOAD_TIMEOUT = 3600.0                           # seconds one blob upload may take
@@ -37,7 +37,7 @@ def retry_policy(options: dict) -> RetryPolicy:
 def pull(source: str, target, options: dict | None = None) -> str:
     """Write the image ``source`` (a ``docker://`` reference: a manifest, or an index with every
     manifest in it) into a new OCI layout at ``target``; returns ``target``."""
-    from ..oci.layout import LayoutWriter
+    from .layout import LayoutWriter
     ref = parse_reference(source)
     options = dict(options or {})
     retry = retry_policy(options)
@@ -85,7 +85,7 @@ def _pull_document(registry, writer, name: str, digest: str | None, what: str, r
 
 
 def _pull_blob(registry, writer, desc: dict, retry) -> None:
-    from .registry import RegistryBlobReader
+    from ..io.registry import RegistryBlobReader
     digest, size = desc["digest"], desc["size"]
     if os.path.exists(writer.blob_path(digest)):
         return
@@ -107,7 +107,7 @@ def push(source, target: str, options: dict | None = None, *, mount_from: str | 
     """Push the OCI layout ``source`` (its one top-level manifest or index) to ``target`` (a
     ``docker://`` reference); returns the digest of what was pushed. ``mount_from`` names another
     repository of the same registry whose blobs are mounted rather than uploaded."""
-    from ..oci.layout import OciLayout
+    from .layout import OciLayout
     ref = parse_reference(target)
     options = dict(options or {})
     retry = retry_policy(options)

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 
 from ..errors import InvalidArgumentError, InvalidImageError, ParameterError
 from ..limits import MAX_BOOTSTRAP_LAYER
-from ..oci import documents, spec
-from .registry import RegistryBackend, RegistryClient
-from .registry_auth import Credentials, RegistryAuth
-from .retry import RetryPolicy
+from ..io.registry import RegistryBackend, RegistryClient
+from ..io.registry_auth import Credentials, RegistryAuth
+from ..io.retry import RetryPolicy
+from . import documents, spec
 
 SCHEME = "docker://"
 DOCKER_HUB = "docker.io"
@@ -136,8 +136,8 @@ class Resolved:
 def registry_for(ref: Reference, options: dict | None = None) -> RegistryClient:
     """A :class:`RegistryClient` for ``ref`` with the options of :func:`resolve` (credentials from
     ``username``/``password``, ``registry_token`` or the docker config.json)."""
-    from . import docker_config
-    from .http import HttpClient
+    from ..io import docker_config
+    from ..io.http import HttpClient
     options = dict(options or {})
     unknown = sorted(set(options) - set(OPTION_KEYS))
     if unknown:
@@ -226,9 +226,9 @@ class _Hashing(io.RawIOBase):
 
 
 def _read_bootstrap_layer(registry: RegistryClient, desc: dict, retry: RetryPolicy) -> bytes:
-    from .rangestream import RangeStream
-    from ..oci.bootstrap_layer import extract_bootstrap
-    from .registry import RegistryBlobReader
+    from ..io.rangestream import RangeStream
+    from ..io.registry import RegistryBlobReader
+    from .bootstrap_layer import extract_bootstrap
     size = desc["size"]
     if size > MAX_BOOTSTRAP_LAYER:
         raise InvalidImageError(f"{size} bytes, over the {MAX_BOOTSTRAP_LAYER}-byte limit",
@@ -248,16 +248,15 @@ def _read_bootstrap_layer(registry: RegistryClient, desc: dict, retry: RetryPoli
     return out.getvalue()
 
 
-def open_reference(source: str, *, options: dict | None = None, validate: bool = False, config=None):
-    """:func:`rafs.open` for a ``docker://`` reference: the bootstrap from the registry, the blobs read
-    lazily from it through the cache of ``config`` (a nydusd configuration) if one is given."""
-    from ..image.opening import open_bootstrap
-    from .config import ConfigLocator, NydusdConfig, parse_config
+def open_reference(source: str, *, options: dict | None = None, config=None):
+    """What :func:`rafs.open` needs of a ``docker://`` reference: (the bootstrap from the registry, a
+    locator reading the blobs lazily from it through the cache of ``config`` (a nydusd configuration)
+    if one is given, the image's name)."""
+    from ..io.config import ConfigLocator, NydusdConfig, parse_config
     resolved = resolve(source, options)
     parsed = parse_config(config) if config is not None else NydusdConfig(backend_type="registry")
     limit = (options or {}).get("retry_limit")
     retry = RetryPolicy(limit=parsed.retry_limit if limit is None else limit)
     backend = RegistryBackend({}, retry=retry, registry=resolved.registry)
     locator = ConfigLocator(parsed, backend=backend)
-    return open_bootstrap(resolved.bootstrap, locator, validate=validate or locator.validate,
-                          name=str(resolved.reference))
+    return resolved.bootstrap, locator, str(resolved.reference)
