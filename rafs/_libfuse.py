@@ -78,6 +78,17 @@ class conn_info(ctypes.Structure):
                                                    "congestion_threshold", "time_gran")]
 
 
+class buf(ctypes.Structure):
+    """struct fuse_buf (libfuse 3.0-3.16): ``mem`` holds ``size`` bytes when ``flags`` is 0."""
+    _fields_ = [("size", ctypes.c_size_t), ("flags", ctypes.c_int), ("mem", ctypes.c_void_p), ("fd", ctypes.c_int),
+                ("pos", c_off)]
+
+
+class bufvec(ctypes.Structure):
+    """struct fuse_bufvec with one buffer."""
+    _fields_ = [("count", ctypes.c_size_t), ("idx", ctypes.c_size_t), ("off", ctypes.c_size_t), ("buf", buf * 1)]
+
+
 class args(ctypes.Structure):
     _fields_ = [("argc", ctypes.c_int), ("argv", ctypes.POINTER(ctypes.c_char_p)), ("allocated", ctypes.c_int)]
 
@@ -173,6 +184,7 @@ def load():
             ("fuse_reply_readlink", ctypes.c_int, [c_req, ctypes.c_char_p]),
             ("fuse_reply_statfs", ctypes.c_int, [c_req, P(statvfs)]),
             ("fuse_reply_xattr", ctypes.c_int, [c_req, ctypes.c_size_t]),
+            ("fuse_lowlevel_notify_store", ctypes.c_int, [ctypes.c_void_p, c_ino, c_off, P(bufvec), ctypes.c_int]),
             ("fuse_add_direntry_plus", ctypes.c_size_t,
              [c_req, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p, c_off])):
         function = getattr(lib, fn)

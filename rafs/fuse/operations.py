@@ -104,6 +104,7 @@ class RafsOperations:
         self.numbers = InodeNumbers(image.root_ino)
         self.zero_message_open = False
         self.zero_message_opendir = False
+        self.pusher = None            # a rafs.fuse.push.SiblingPusher, once the session exists
         self._slots: dict[int, tuple] = {}
         self._listings = LRU(LISTING_CACHE_SIZE)
         self._files = LRU(FILE_CACHE_SIZE)
@@ -151,6 +152,8 @@ class RafsOperations:
 
     def close(self, timeout: float = 10) -> bool:
         """Stop the fetch workers; False if some are still busy after ``timeout`` seconds."""
+        if self.pusher is not None:
+            self.pusher.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
         done = threading.Event()
 
@@ -258,6 +261,8 @@ class RafsOperations:
         if entries is None:
             entries = self.image.dir_entries(dir_ino)
             self._listings.put(dir_ino, entries)
+        if self.pusher is not None and offset == 0:
+            self.pusher.listed(dir_ino, entries)
         if len(self._dir_buffer) < size:
             self._dir_buffer = ctypes.create_string_buffer(size)
         base, used = ctypes.addressof(self._dir_buffer), 0     # only the loop thread lists
@@ -309,6 +314,8 @@ class RafsOperations:
             if self.observer is not None:         # before the reply, which lets the reader go on
                 self.observer.read(image_ino, len(data), started=started)
             self.lib.fuse_reply_buf(req, data, len(data))
+            if offset == 0 and self.pusher is not None:
+                self.pusher.after_read(image_ino, file.size, len(data))
             return
         self._pool.submit(self._read_remote, req, file, size, offset, started)
 
@@ -324,6 +331,8 @@ class RafsOperations:
             if observer is not None:
                 observer.read(file.inode.ino, len(data), remote=True, started=started)
             self.lib.fuse_reply_buf(req, data, len(data))
+            if offset == 0 and self.pusher is not None:
+                self.pusher.after_read(file.inode.ino, file.size, len(data))
         finally:
             if token is not None:
                 observer.end_remote(token)

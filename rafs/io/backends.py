@@ -29,6 +29,8 @@ S3_DEFAULT_ENDPOINT = "s3.amazonaws.com"       # S3_DEFAULT_ENDPOINT, storage/sr
 # that) and ``connect_timeout`` the connect within it; s3 hands both to botocore, which bounds each
 # socket read.
 DEFAULT_TIMEOUT = 5
+# The least whole-request deadline of an S3 blob read, seconds (see S3Backend.client).
+S3_MIN_REQUEST_TIMEOUT = 30
 
 
 class LocalFsBackend:
@@ -140,8 +142,27 @@ class S3Backend(_RemoteBackend):
             options.update(key=key, secret=secret)
         else:
             options["anon"] = True
+        # with storage options of the caller's, blobs are read through s3fs, which honours them
+        self._plain = not storage_options
         options.update(storage_options or {})
         self.storage_options = options
+        self._keys = (key, secret)
+        self._timeouts = (timeout, connect_timeout, bool(config.get("skip_verify")))
+        self._client = None
+
+    @property
+    def client(self):
+        """The signing client of blob reads (:mod:`rafs.io.s3sign`), made on first use. botocore's
+        ``timeout`` bounds each socket read; here it bounds the whole request, so it is given at least
+        ``S3_MIN_REQUEST_TIMEOUT`` seconds (a large prefetch range takes more than 5)."""
+        if self._client is None:
+            from .http import HttpClient
+            from .s3sign import SignedClient
+            timeout, connect_timeout, skip_verify = self._timeouts
+            self._client = SignedClient(HttpClient(timeout=max(timeout, S3_MIN_REQUEST_TIMEOUT),
+                                                   connect_timeout=connect_timeout, verify=not skip_verify),
+                                        *self._keys, self.region)
+        return self._client
 
     def _make_fs(self):
         import s3fs
@@ -155,8 +176,13 @@ class S3Backend(_RemoteBackend):
     def url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
 
-    def open(self, blob_id: str) -> FsspecRangeReader:
+    def open(self, blob_id: str) -> FsspecRangeReader | HttpRangeReader:
         key = self.key_for(blob_id)
+        if self._plain:
+            from .s3sign import object_url
+            url = object_url(self.scheme, self.endpoint, self.bucket, key)
+            return HttpRangeReader(url, client=self.client, name=f"blob {blob_id} ({self.url(key)})",
+                                   retry=self.retry)
         return FsspecRangeReader(self.fs, f"{self.bucket}/{key}", name=f"blob {blob_id} ({self.url(key)})",
                                  retry=self.retry)
 

@@ -91,22 +91,29 @@ class BlobCache:
         # file descriptor is never closed, reused by another open, and then written through
         self._users = 0
         self._closed = False
-        self._idle = threading.Condition()
+        # a plain Lock (its ``with`` costs far less than a Condition's, twice on every read and store)
+        # guards the counters; close() waits on the Event for the last user to leave
+        self._state = threading.Lock()
+        self._idle = threading.Event()
         self._flush_lock = threading.Lock()
         self._unflushed = 0             # bytes marked ready since the last flush
+        # the flusher's epoch when a flush was last asked for and is still due (a forked child's flusher
+        # has a new epoch and knows nothing of the parent's requests), else None
+        self._scheduled = None
 
     def _enter(self) -> bool:
-        with self._idle:
+        with self._state:
             if self._closed:
                 return False
             self._users += 1
             return True
 
     def _leave(self) -> None:
-        with self._idle:
+        with self._state:
             self._users -= 1
-            if self._users == 0 and self._closed:      # only close() waits
-                self._idle.notify_all()
+            last = self._users == 0 and self._closed
+        if last:                                          # only close() waits
+            self._idle.set()
 
     def is_ready(self, chunk: Chunk) -> bool:
         if not self._enter():
@@ -202,10 +209,14 @@ class BlobCache:
         reach the chunk map after the next flush."""
         self.chunk_map.mark(chunks)
         if isinstance(self.chunk_map, PersistChunkMap):
-            with self._idle:
+            with self._state:
                 self._unflushed += sum(c.uncompressed_size for c in chunks)
                 urgent = self._unflushed >= FLUSH_BYTES
-            _flusher.schedule(self, urgent=urgent)
+                # one word to the flusher per flush, not one per chunk stored (each costs a lock)
+                tell = urgent or self._scheduled is not _flusher.epoch
+                self._scheduled = _flusher.epoch
+            if tell:
+                _flusher.schedule(self, urgent=urgent)
 
     def flush(self) -> None:
         """Make the data written so far durable (one ``fdatasync``), then write the bits it covers."""
@@ -218,8 +229,9 @@ class BlobCache:
 
     def _flush(self) -> None:
         with self._flush_lock:
-            with self._idle:
+            with self._state:
                 self._unflushed = 0
+                self._scheduled = None
             updates = self.chunk_map.take_unsynced()
             if not updates:
                 return
@@ -234,12 +246,13 @@ class BlobCache:
     def close(self) -> None:
         """Flush, then close the files once no read or store is under way; later calls find nothing
         cached."""
-        with self._idle:
+        with self._state:
             if self._closed:
                 return
             self._closed = True
-            while self._users:
-                self._idle.wait()
+            busy = self._users > 0
+        if busy:
+            self._idle.wait()
         _flusher.forget(self)
         if self._fd >= 0:
             self._flush()
@@ -264,6 +277,7 @@ class _Flusher:
         self._cond = threading.Condition()
         self._due: dict[BlobCache, float] = {}
         self._thread: threading.Thread | None = None
+        self.epoch = object()
 
     def schedule(self, cache: BlobCache, *, urgent: bool = False) -> None:
         with self._cond:
@@ -307,6 +321,7 @@ class _Flusher:
         self._cond = threading.Condition()
         self._due = {}
         self._thread = None
+        self.epoch = object()
 
 
 _flusher = _Flusher()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from ..blob.reader import ChunkReader
 from ..errors import DigestMismatchError
 from ..limits import DEFAULT_MERGE_SIZE
-from ..model import Blob, Chunk
+from ..model import Blob, BlobFeatures, Chunk
 from .cache import BlobCache
 from .latency import BackendLatency
 from .source import LocalRangeReader
@@ -90,6 +90,8 @@ class ChunkFetcher(ChunkReader):
         # a local blob file without a cache: nothing to share between threads and nothing to store, so
         # reads skip the in-flight bookkeeping (two threads reading one chunk each pread it)
         self._direct = cache is None and isinstance(source, LocalRangeReader)
+        # a single chunk through the cache takes the short way (_read_one); batch members do not
+        self._single = cache is not None and not int(blob.features) & int(BlobFeatures.BATCH)
 
     def read(self, chunk: Chunk, *, path: str | None = None) -> bytes:
         return self.read_many([chunk], path=path)[0]
@@ -120,6 +122,10 @@ class ChunkFetcher(ChunkReader):
         cache and return an empty list).
         """
         chunks = self.resolve_many(chunks)      # batch members: the range of their batch
+        if len(chunks) == 1 and keep and self._single:
+            data = self._read_one(chunks[0], path)
+            if data is not None:
+                return [data]
         if self._direct:
             if not keep:
                 return []
@@ -200,6 +206,38 @@ class ChunkFetcher(ChunkReader):
         if not keep:
             return []
         return [results[chunk_key(chunk)] for chunk in chunks]
+
+    def _read_one(self, chunk: Chunk, path: str | None) -> bytes | None:
+        """One chunk through the cache (most reads of a mount): what :meth:`read_many` does, without
+        its grouping and merging. None when another thread is fetching the chunk (then read_many
+        waits for it)."""
+        data = self._cached(chunk, path)
+        if data is not None:
+            return data
+        corrupt = self.cache.is_ready(chunk)         # ready, yet absent or corrupt a moment ago
+        key = chunk_key(chunk)
+        with self._lock:
+            if key in self._inflight:
+                return None
+            pending = self._inflight[key] = _Pending()
+        try:
+            if not corrupt and self.cache.is_ready(chunk):     # stored by a fetch that ended since we looked
+                data = self._cached(chunk, path)
+            if data is None:
+                self.check_address(chunk)
+                started = time.monotonic()
+                raw = self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
+                if log.isEnabledFor(logging.DEBUG):
+                    self._log_fetch(chunk.compressed_offset, chunk.compressed_size, 1, started, path)
+                self.stats.add(requests=1, bytes=chunk.compressed_size)
+                data = self.decode(chunk, raw, path=path)
+                self.cache.store([(chunk, data)])
+            pending.data = data
+            return data
+        finally:
+            with self._lock:
+                self._inflight.pop(key, None)
+                pending.event.set()
 
     def _fetch(self, mine, results: dict, path: str | None, merge_size: int) -> None:
         pendings = {key: pending for key, _, pending in mine}

@@ -119,7 +119,10 @@ def _configured(locator, config, blob: Blob) -> MissingBlob | None:
     else:
         try:
             reader = backend.open(blob.blob_id)
-            reader.retry.call(lambda: reader.fs.info(reader.path), f"{reader.name} (size)")
+            if hasattr(reader, "stat_size"):
+                reader.stat_size()
+            else:
+                reader.retry.call(lambda: reader.fs.info(reader.path), f"{reader.name} (size)")
             return None
         except FileNotFoundError:
             looked = [f"{section} ({backend.describe()})"]
