@@ -226,7 +226,7 @@ class ChunkFetcher(ChunkReader):
             if data is None:
                 self.check_address(chunk)
                 started = time.monotonic()
-                raw = self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
+                raw = self._backend_read(chunk.compressed_offset, chunk.compressed_size, started)
                 if log.isEnabledFor(logging.DEBUG):
                     self._log_fetch(chunk.compressed_offset, chunk.compressed_size, 1, started, path)
                 self.stats.add(requests=1, bytes=chunk.compressed_size)
