@@ -46,6 +46,12 @@ _LAZY = {
     "Merger": ("builder.merge", "Merger"), "MergeResult": ("builder.report", "MergeResult"),
     "InconsistentFilesystemError": ("builder.merge", "InconsistentFilesystemError"),
     "generate_chunk_dict": ("builder.chunkdict", "generate"),
+    # rewriting an image's blobs (nydus-image compact, optimize)
+    "compact": ("builder.compact", "compact"), "CompactConfig": ("builder.compact", "CompactConfig"),
+    "compact_output": ("builder.compact", "default_output"), "optimize": ("builder.optimize", "optimize"),
+    "PrefetchFile": ("builder.optimize", "PrefetchFile"),
+    "read_prefetch_files": ("builder.optimize", "read_prefetch_files"),
+    "OPTIMIZED_BOOTSTRAP": ("builder.optimize", "DEFAULT_OUTPUT_BOOTSTRAP"),
     # OCI images and registries
     "Converter": ("oci.convert", "Converter"), "ConvertOptions": ("oci.convert", "ConvertOptions"),
     "ConvertResult": ("oci.convert", "ConvertResult"), "check_oci_image": ("oci.check", "check_image"),
@@ -80,7 +86,9 @@ def __dir__():
 
 # The path errors named like builtins stay out of ``__all__``: a star import would shadow the builtins.
 __all__ = ["open", "mount_erofs", "Image", "ImageFile", "Stat", "StatFs", "Builder", "BuildResult", "BuildTrace",
-           "output_document", "Merger", "MergeResult", "generate_chunk_dict", "Converter", "ConvertOptions",
+           "output_document", "Merger", "MergeResult", "generate_chunk_dict", "compact", "CompactConfig",
+           "compact_output", "optimize", "PrefetchFile", "read_prefetch_files", "OPTIMIZED_BOOTSTRAP", "Converter",
+           "ConvertOptions",
            "ConvertResult", "check_oci_image", "OciCheckReport", "is_oci_layout", "is_reference", "pull_image",
            "RegistryLayout", "RegistryEndpoint", "same_registry_repo", "convert_many", "read_convert_list",
            "push_image", "Pusher", "PushResult", "load_backend_config", "describe_blob", "open_range_reader",

@@ -25,7 +25,7 @@ import os
 from . import tempfiles
 from .blob.layout import BLOB_CCT_HEADER_SIZE as CI_HEADER_SIZE
 from .blob.meta import load_chunk_infos
-from .io.cache import _KnownEnd
+from .io.cache import KnownEnd
 from .errors import InvalidImageError, ParameterError, UnsupportedError
 from .model import Chunk
 from .verity import BLOCK_SIZE, SPARE_NYDUS, VerityWriter, tree_size, veritysetup_options
@@ -138,7 +138,7 @@ def _blob_chunks(image, region: Region) -> list:
     source = image.locator.open_ci(blob)      # SEPARATE (targz-ref) blobs: the meta blob
     if getattr(source, "size", None) is None:
         # a remote blob of unknown size: its chunk info ends where the blob table says (as the cache does)
-        source = _KnownEnd(source, blob.ci_offset + blob.ci_compressed_size + CI_HEADER_SIZE)
+        source = KnownEnd(source, blob.ci_offset + blob.ci_compressed_size + CI_HEADER_SIZE)
     infos = sorted(load_chunk_infos(blob, source), key=lambda ci: ci.uncompressed_offset)
     end, limit = 0, region.blocks * BLOCK_SIZE
     for ci in infos:

@@ -212,3 +212,35 @@ def rafs_mount(args: list[str], mountpoint, *, env: dict | None = None, timeout:
         except subprocess.TimeoutExpired:
             server.kill()
             subprocess.run(["fusermount3", "-u", "-z", str(mountpoint)], capture_output=True)
+
+
+@contextlib.contextmanager
+def ranged_blob_server(blob_dir):
+    """A loopback HTTP server answering ``GET /<blob id>`` with a ``Range`` header from the files of
+    ``blob_dir``, as nydusd's http-proxy backend asks; yields its ``http://127.0.0.1:PORT`` address."""
+    import http.server
+    import pathlib
+    import threading
+
+    class Ranged(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            data = (pathlib.Path(blob_dir) / self.path.strip("/")).read_bytes()
+            start, _, end = self.headers["Range"].removeprefix("bytes=").partition("-")
+            part = data[int(start):int(end) + 1]
+            self.send_response(206)
+            self.send_header("Content-Length", str(len(part)))
+            self.send_header("Content-Range", f"bytes {start}-{int(start) + len(part) - 1}/{len(data)}")
+            self.end_headers()
+            self.wfile.write(part)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ranged)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -27,6 +27,7 @@ import pytest
 
 import rafs
 from conftest import ROOT
+from helpers import ranged_blob_server
 from rafs.blob import layout
 from rafs.blob.toc import extract_entry, read_toc
 from s3server import moto_server, s3, s3_proxy  # noqa: F401  (pytest fixtures)
@@ -658,38 +659,14 @@ def test_create_checks_its_output_unless_disable_check(image, tmp_path, monkeypa
 def test_unpack_through_a_backend(image, tmp_path):
     """--backend-type http-proxy --backend-config '{"addr": ...}', as the converter's stream unpack
     passes it, with an http:// address (a loopback HTTP server holding the blob)."""
-    import http.server
     boot, blobs, source = image
-
-    class Ranged(http.server.BaseHTTPRequestHandler):
-        """GET /<blob id> with a Range header, as the http-proxy backend asks."""
-
-        def do_GET(self):
-            data = (pathlib.Path(blobs) / self.path.strip("/")).read_bytes()
-            start, _, end = self.headers["Range"].removeprefix("bytes=").partition("-")
-            part = data[int(start):int(end) + 1]
-            self.send_response(206)
-            self.send_header("Content-Length", str(len(part)))
-            self.send_header("Content-Range", f"bytes {start}-{int(start) + len(part) - 1}/{len(data)}")
-            self.end_headers()
-            self.wfile.write(part)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ranged)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        config = json.dumps({"addr": f"http://127.0.0.1:{server.server_address[1]}"})
+    with ranged_blob_server(blobs) as address:
+        config = json.dumps({"addr": address})
         run(PYTHON_RAFS + ["unpack", "--log-level", "warn", "--bootstrap", boot, "--output", str(tmp_path / "o.tar"),
                            "--backend-type", "http-proxy", "--backend-config", config])
         (tmp_path / "backend.json").write_text(config)
         run(PYTHON_RAFS + ["unpack", boot, "--output", str(tmp_path / "o2.tar"), "--backend-type", "http-proxy",
                            "--backend-config-file", str(tmp_path / "backend.json")])
-    finally:
-        server.shutdown()
-        server.server_close()
     members = tar_members((tmp_path / "o.tar").read_bytes())
     assert members["dir_1/subdir_a/file_a"] == ("file", b"file_a\n")
     assert members == tar_members((tmp_path / "o2.tar").read_bytes())

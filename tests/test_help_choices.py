@@ -24,6 +24,10 @@ COVERED_ELSEWHERE = {
     ("unpack", "--backend-type"): {"s3": "test_cli_dropin.py::test_unpack_through_s3",
                                    "http-proxy": "test_cli_dropin.py::test_unpack_through_a_backend"},
     ("build", "--backend-type"): {"s3": "test_s3.py::pushed_guide_image"},
+    ("compact", "--backend-type"): {b: "test_compact.py::test_compact_reads_blobs_through_a_backend"
+                                    for b in ("s3", "http-proxy")},
+    ("optimize", "--backend-type"): {b: "test_optimize.py::test_optimize_reads_blobs_through_a_backend"
+                                     for b in ("s3", "http-proxy")},
     ("mount", "--fs-driver"): {"fuse": "test_fuse.py", "erofs": "test_ondemand.py"},
 }
 

@@ -188,3 +188,18 @@ def test_erofs_on_demand_mount_of_a_reference(registry, docker_env, tmp_path):
         assert got == want
     assert PASSWORD not in server.stderr.read().decode()
     assert any(name.endswith(".blob.data") for name in os.listdir(cache)), "blobs filled into nydusd's layout"
+
+
+def test_export_a_block_disk_from_a_reference(registry, docker_env, tmp_path, kernel_mount):
+    target = f"docker://{registry.host}/rafs/export:v1"
+    converted = _cli("convert", "--source", f"docker://{registry.host}/rafs/src1:v1", "--target", target,
+                     "--source-insecure", "--target-insecure", env=docker_env)
+    assert converted.returncode == 0, converted.stderr
+    disk = tmp_path / "disk.img"
+    exported = _cli("export", "--block", "--verity", "-B", target, "--insecure", "-O", str(disk), env=docker_env)
+    assert exported.returncode == 0, exported.stderr
+    assert "root_digest" in exported.stdout or "dm-verity options" in exported.stdout
+    assert directory_view(str(kernel_mount(disk)), xattrs=False) == directory_view(registry.expected, xattrs=False)
+    refused = _cli("export", "--block", "-B", target, "--insecure", "-D", str(tmp_path), "-O", str(disk),
+                   env=docker_env)
+    assert refused.returncode != 0 and "--localfs-dir" in refused.stderr and "Traceback" not in refused.stderr

@@ -349,6 +349,13 @@ class BlobWriter:
             self.prefetch_size += len(packed)
         self.batch.written(len(packed), len(data))
 
+    def store_encoded(self, digest: bytes, length: int, stored: bytes, compressed: bool, crc: int) -> Chunk:
+        """Append one chunk already encoded by this blob's compressor (``rafs compact`` copies chunks
+        between blobs as they are stored); its record comes back, the file offset left 0."""
+        holder = _Holder()
+        self._store(holder, 0, length, False, digest, crc, stored, compressed)
+        return holder.chunks[-1]
+
     def seed_dict(self, chunks) -> None:
         """A chunk dictionary's chunks (keyed by (digest, uncompressed size)): files repeating one get
         a record pointing at it, even when this blob stores the same data already."""
@@ -487,3 +494,13 @@ def check_chunk_size(chunk_size: int) -> int:
         raise InvalidArgumentError(f"invalid chunk size: {chunk_size:#x} ({CHUNK_SIZE_RULE})"
                                    if isinstance(chunk_size, int) else f"invalid chunk size: {chunk_size!r}")
     return chunk_size
+
+
+class _Holder:
+    """What :meth:`BlobWriter._store` fills for a chunk that belongs to no file yet."""
+
+    __slots__ = ("chunks", "inode")
+
+    def __init__(self):
+        self.chunks: list[Chunk] = []
+        self.inode = None

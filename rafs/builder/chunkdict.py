@@ -269,14 +269,8 @@ def generate(sources, database: str, bootstrap) -> ChunkDictResult:
     flags = SuperFlags(first.flags)
     merged = MergedImage(root=root, blobs=blobs, version=first.version, flags=flags, chunk_size=first.chunk_size)
     data = write_merged(merged)
-    from .builder import Output
-    out = Output(bootstrap, None)
-    try:
-        out.fp.write(data)
-        written = out.commit(None)
-    except BaseException:
-        out.discard()
-        raise
+    from .outputs import write_whole
+    written = write_whole(bootstrap, data)
     blob_ids = [b.blob_id for b in blobs]
     count = sum(len(n.chunks) for n in root.children)
     return ChunkDictResult(written, blob_ids, count, noise,

@@ -96,3 +96,14 @@ def _is_special(path: str) -> bool:
     except OSError:
         return False
     return not (_stat.S_ISREG(mode) or _stat.S_ISDIR(mode))
+
+
+def write_whole(path, data: bytes) -> str | None:
+    """Write ``data`` to ``path`` through an :class:`Output` (renamed into place only once all is written)."""
+    out = Output(path, None)
+    try:
+        out.fp.write(data)
+        return out.commit(None)
+    except BaseException:
+        out.discard()
+        raise

@@ -31,7 +31,8 @@ def register(sub) -> None:
     p = sub.add_parser("export", help="export a RAFS v6 image as a raw EROFS block disk (with dm-verity)")
     p.add_argument("--block", action="store_true", required=True,
                    help="export as a raw block disk image (the only kind of export)")
-    p.add_argument("-B", "--bootstrap", help="bootstrap of the image to export (with --localfs-dir)")
+    p.add_argument("-B", "--bootstrap", help="bootstrap of the image to export (with --localfs-dir), or a Nydus "
+                   "image in a registry (docker://HOST/REPO:TAG), its blobs streamed from the registry")
     p.add_argument("-C", "--config", help="BlobCacheEntry JSON file: config_v2 is the nydusd configuration of "
                    "the blobs, config_v2.metadata_path the bootstrap")
     p.add_argument("-D", "--localfs-dir", help="directory holding the data blobs, named by blob id; the disk "
@@ -43,6 +44,7 @@ def register(sub) -> None:
     p.add_argument("--verity-spare", choices=VERITY_SPARES, default="nydus",
                    help="fill of the tree's unused digest slots: nydus (as nydus-image, the default; the "
                    "kernel accepts it) or zero (as veritysetup format; 'veritysetup verify' accepts only this)")
+    checks.add_reference_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -62,9 +64,18 @@ def _blob_cache_entry(path: str) -> tuple[dict, str]:
 
 def run(args) -> int:
     from rafs.export import default_output, export_block
-    if args.config and args.localfs_dir:
+    reference = rafs.is_reference(args.bootstrap) if args.bootstrap else False
+    storage_options = checks.reference_options(args, args.bootstrap)
+    if reference and (args.config or args.localfs_dir):
+        raise InvalidArgumentError("--bootstrap docker://... reads the blobs from the registry: leave out "
+                                   "--config and --localfs-dir")
+    if reference:
+        if not args.output:
+            raise InvalidArgumentError("--output is required with --bootstrap docker://...")
+        bootstrap, config = args.bootstrap, None
+    elif args.config and args.localfs_dir:
         raise checks.conflict("--config <config>", "--localfs-dir <localfs-dir>")
-    if args.localfs_dir:
+    elif args.localfs_dir:
         if not args.bootstrap:
             raise InvalidArgumentError("--localfs-dir needs --bootstrap")
         checks.input_dir("--localfs-dir", args.localfs_dir)
@@ -81,7 +92,7 @@ def run(args) -> int:
         raise InvalidArgumentError("both --config and --localfs-dir are missing")
     output = args.output or default_output(bootstrap, args.localfs_dir)
     checks.output_file("--output", output)
-    with rafs.open(bootstrap, blob_dir=args.localfs_dir, config=config) as image:
+    with rafs.open(bootstrap, blob_dir=args.localfs_dir, config=config, storage_options=storage_options) as image:
         result = export_block(image, output, verity=args.verity, spare=args.verity_spare)
     if result.root_digest is not None:
         print(f"dm-verity options: {result.veritysetup_options}")

@@ -20,17 +20,17 @@ from ..text import printable
 
 # Modules providing ``register(subparsers)``; a group whose module is missing is simply absent.
 COMMAND_MODULES = ("inspect", "unpack", "create", "merge", "build", "mount", "blobinfo", "convert", "chunkdict",
-                   "export", "stat", "cache")
+                   "export", "stat", "cache", "compact", "optimize")
 # Command (and alias) -> the module registering it, so a command line imports one module.
 COMMANDS = {"inspect": "inspect", "check": "inspect", "unpack": "unpack", "create": "create", "merge": "merge",
             "build": "build", "pack": "build", "mount": "mount", "umount": "mount", "blob-info": "blobinfo",
             "convert": "convert", "copy": "convert", "chunkdict": "chunkdict", "export": "export", "stat": "stat",
-            "cache": "cache"}
+            "cache": "cache", "compact": "compact", "optimize": "optimize"}
 _GLOBAL_OPTIONS_WITH_VALUE = ("-l", "--log-level", "-L", "--log-file")
 LOG_LEVELS = ("trace", "debug", "info", "warn", "error")
 # Commands writing temporary files beside their outputs: SIGTERM, SIGHUP and SIGINT unwind them like
 # Ctrl-C so those files are removed (rafs.tempfiles); mount has its own signal handling.
-CLEANUP_ON_SIGNAL = ("create", "build", "pack", "merge", "convert", "copy", "unpack", "export")
+CLEANUP_ON_SIGNAL = ("create", "build", "pack", "merge", "convert", "copy", "unpack", "export", "compact", "optimize")
 
 
 def command_of(argv: list[str]) -> str | None:

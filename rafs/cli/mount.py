@@ -45,8 +45,8 @@ def register(sub) -> None:
                    help="check every chunk read against its digest (the configuration's digest_validate; "
                    "given alone it means true)")
     p.add_argument("--iostats-files", type=_boolean, nargs="?", const=True, default=False, metavar="BOOL",
-                   help="accepted for nydusd's command lines (the configuration's iostats_files): rafs keeps "
-                   "no per-file I/O statistics, so it only logs that none are kept")
+                   help="keep per-file read counters, served by the API's /api/v1/metrics/files (the "
+                   "configuration's iostats_files; given alone it means true)")
     p.add_argument("--prefetch-files", metavar="FILE", help="a file listing image paths to prefetch into the "
                    "blob cache once mounted, one a line (nydusd's flag; it replaces the bootstrap's prefetch "
                    "table; paths missing from the image are skipped with a warning)")
@@ -108,8 +108,8 @@ def run_mount(args) -> int:
     fuse.clear_stale_mount(args.mountpoint)
     if not os.path.isdir(args.mountpoint):
         raise InvalidArgumentError(f"--mountpoint {args.mountpoint}: not a directory")
-    if args.iostats_files:
-        log.info("--iostats-files: rafs keeps no per-file I/O statistics; none will be collected")
+    if args.iostats_files and not args.apisock:
+        log.info("--iostats-files without --apisock: no per-file I/O statistics are kept (the API serves them)")
     if args.fs_driver == "erofs":
         if args.apisock or args.access_pattern_file:
             raise InvalidArgumentError("--apisock and --access-pattern-file need --fs-driver fuse: with erofs "
@@ -164,7 +164,8 @@ def observing(image, settings, args):
     from rafs.serve.api import ApiServer, Daemon, MountState
     from rafs.serve.trace import MountObserver, write_pattern_file
     daemon = Daemon(mounter=_api_mounter(args))
-    state = daemon.add(MountState(image, MountObserver(trace=trace), config=settings,
+    files = bool(args.iostats_files or getattr(settings, "iostats_files", False))
+    state = daemon.add(MountState(image, MountObserver(trace=trace, files=files), config=settings,
                                   to_fuse=_fuse().InodeNumbers(image.root_ino).to_fuse))
     server = None
     if args.apisock:
@@ -198,7 +199,8 @@ def _api_mounter(args):
             settings = getattr(image.locator, "config", None)
             _prepare_cache(settings)
             _check_blob_sources(image, argparse.Namespace(threads=args.threads, config=config, localfs_dir=None))
-            state = MountState(image, MountObserver(trace=bool(getattr(settings, "access_pattern", False))),
+            state = MountState(image, MountObserver(trace=bool(getattr(settings, "access_pattern", False)),
+                                                    files=bool(getattr(settings, "iostats_files", False))),
                                config=settings, key=mountpoint, to_fuse=fuse.InodeNumbers(image.root_ino).to_fuse)
         except BaseException:
             image.close()

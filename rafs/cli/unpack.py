@@ -22,14 +22,19 @@ def register(sub) -> None:
     # one blob source at most, as nydus-image's "backend" group: --blob, --blob-dir or --backend-type
     p.add_argument("-D", "--blob-dir", help="directory holding the data blobs, named by blob id")
     p.add_argument("-b", "--blob", help="the single data blob file")
+    add_backend_arguments(p)
+    p.add_argument("--output", required=True, help="output tar path ('-' for stdout)")
+    p.set_defaults(func=run)
+
+
+def add_backend_arguments(p) -> None:
+    """nydus-image's ``--backend-type``, ``--backend-config`` and ``--backend-config-file``."""
     p.add_argument("--backend-type", choices=BACKEND_TYPES + ("localfs",), metavar="{" + ",".join(BACKEND_TYPES) + "}",
                    help="read the blobs through this storage backend, configured by --backend-config or "
                    "--backend-config-file (the backend section of a nydusd configuration)")
     p.add_argument("--backend-config", help="backend configuration as inline JSON, e.g. "
                    "'{\"endpoint\": ..., \"bucket_name\": ...}' for s3 or '{\"addr\": SOCKET}' for http-proxy")
     p.add_argument("--backend-config-file", help="backend configuration file (JSON)")
-    p.add_argument("--output", required=True, help="output tar path ('-' for stdout)")
-    p.set_defaults(func=run)
 
 
 def backend_config(args) -> dict | None:

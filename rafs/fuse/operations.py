@@ -15,6 +15,7 @@ import logging
 import os
 import struct
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import _libfuse as ll
@@ -295,6 +296,7 @@ class RafsOperations:
         self.lib.fuse_reply_open(req, fi)
 
     def read(self, req, ino, size, offset, fi) -> None:
+        started = time.monotonic_ns() if self.observer is not None else None     # the read's latency
         image_ino = self.numbers.to_image(ino)
         file = self._files.get(image_ino)
         if file is None:
@@ -310,14 +312,14 @@ class RafsOperations:
             raise _Reply(errno_for(exc)) from None
         if data is not None:
             if self.observer is not None:         # before the reply, which lets the reader go on
-                self.observer.read(image_ino, len(data))
+                self.observer.read(image_ino, len(data), started=started)
             self.lib.fuse_reply_buf(req, data, len(data))
             if offset == 0 and self.pusher is not None:
                 self.pusher.after_read(image_ino, file.size, len(data))
             return
-        self._pool.submit(self._read_remote, req, file, size, offset)
+        self._pool.submit(self._read_remote, req, file, size, offset, started)
 
-    def _read_remote(self, req, file, size, offset) -> None:
+    def _read_remote(self, req, file, size, offset, started=None) -> None:
         observer = self.observer
         token = observer.begin_remote(file.inode.ino) if observer is not None else None
         try:
@@ -327,7 +329,7 @@ class RafsOperations:
             self.lib.fuse_reply_err(req, errno_for(exc))
         else:
             if observer is not None:
-                observer.read(file.inode.ino, len(data), remote=True)
+                observer.read(file.inode.ino, len(data), remote=True, started=started)
             self.lib.fuse_reply_buf(req, data, len(data))
             if offset == 0 and self.pusher is not None:
                 self.pusher.after_read(file.inode.ino, file.size, len(data))

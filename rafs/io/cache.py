@@ -157,7 +157,7 @@ class BlobCache:
         if getattr(source, "size", None) is None:
             # a remote blob of unknown size: the CI and its header end at a known place, which is all
             # the reader needs (asking the server for the size would cost a request)
-            source = _KnownEnd(source, self.blob.ci_offset + self.blob.ci_compressed_size + CI_HEADER_SIZE)
+            source = KnownEnd(source, self.blob.ci_offset + self.blob.ci_compressed_size + CI_HEADER_SIZE)
         content = load_blob_meta(self.blob, source).file_bytes()
         tmp = None
         try:
@@ -330,7 +330,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_flusher.after_fork)
 
 
-class _KnownEnd:
+class KnownEnd:
     """A RangeReader whose size is taken as ``size``: the blob holds at least that many bytes."""
 
     def __init__(self, inner, size: int):

@@ -75,8 +75,8 @@ NYDUSIFY_BACKEND = S3
 
 # Keys nydusd accepts and rafs does not act on (paths relative to the configuration's root).
 IGNORED = frozenset({
-    "id", "external_backends", "overlay", "iostats_files", "access_pattern", "latest_read_files",
-    "rafs.iostats_files", "rafs.access_pattern", "rafs.latest_read_files", "cache.fscache",
+    "id", "external_backends", "overlay", "access_pattern", "latest_read_files",
+    "rafs.access_pattern", "rafs.latest_read_files", "cache.fscache",
     "cache.filecache.encryption_key", "device.id", "device.external_backends",
     "device.cache.config.encryption_key",
 })

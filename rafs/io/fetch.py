@@ -21,6 +21,7 @@ from ..errors import DigestMismatchError
 from ..limits import DEFAULT_MERGE_SIZE
 from ..model import Blob, BlobFeatures, Chunk
 from .cache import BlobCache
+from .latency import BackendLatency
 from .source import LocalRangeReader
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,8 @@ class FetchStats:
     bytes: int = 0
     cache_hits: int = 0
     refetched_corrupt: int = 0
+    # every backend request again, with failures and latencies: nydusd's BackendMetrics
+    latency: BackendLatency = field(default_factory=BackendLatency, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **counts) -> None:
@@ -133,7 +136,7 @@ class ChunkFetcher(ChunkReader):
                     return [data]
                 self.check_address(chunk)
                 started = time.monotonic()
-                raw = self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
+                raw = self._backend_read(chunk.compressed_offset, chunk.compressed_size, started)
                 if log.isEnabledFor(logging.DEBUG):
                     self._log_fetch(chunk.compressed_offset, chunk.compressed_size, 1, started, path)
                 self.stats.requests += 1            # counters of the direct path: no lock, best effort
@@ -223,7 +226,7 @@ class ChunkFetcher(ChunkReader):
             if data is None:
                 self.check_address(chunk)
                 started = time.monotonic()
-                raw = self.source.read_range(chunk.compressed_offset, chunk.compressed_size)
+                raw = self._backend_read(chunk.compressed_offset, chunk.compressed_size, started)
                 if log.isEnabledFor(logging.DEBUG):
                     self._log_fetch(chunk.compressed_offset, chunk.compressed_size, 1, started, path)
                 self.stats.add(requests=1, bytes=chunk.compressed_size)
@@ -244,7 +247,7 @@ class ChunkFetcher(ChunkReader):
             start = group[0].compressed_offset
             end = max(c.compressed_offset + c.compressed_size for c in group)
             started = time.monotonic()
-            raw = self.source.read_range(start, end - start)
+            raw = self._backend_read(start, end - start, started)
             if log.isEnabledFor(logging.DEBUG):
                 self._log_fetch(start, end - start, len(group), started, path)
             self.stats.add(requests=1, bytes=end - start)
@@ -262,6 +265,16 @@ class ChunkFetcher(ChunkReader):
                 pending = pendings[key]
                 if pending is not None:
                     pending.data = data
+
+    def _backend_read(self, offset: int, size: int, started: float) -> bytes:
+        """One request to the blob's source, its latency (or failure) counted for the metrics API."""
+        try:
+            raw = self.source.read_range(offset, size)
+        except BaseException:
+            self.stats.latency.record(0, time.monotonic() - started, error=True)
+            raise
+        self.stats.latency.record(len(raw), time.monotonic() - started)
+        return raw
 
     def _log_fetch(self, offset: int, size: int, chunks: int, started: float, path: str | None) -> None:
         log.debug("fetch blob %s range [%#x, %#x) %d bytes, %d chunk%s, %.1f ms from %s%s", self.blob.blob_id,

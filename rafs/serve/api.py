@@ -8,11 +8,13 @@ so nydusctl-style clients and nydus-snapshotter's checks work against a rafs mou
   ``rustc``), ``id``, ``supervisor``, ``state`` (INIT, RUNNING, STOPPED) and ``backend_collection``
   (per pseudo-fs mountpoint: ``backend_type`` "Rafs", ``mountpoint``, ``mounted_time``, ``config`` with
   secrets replaced); ``GET /api/v2/daemon`` the same without ``backend_collection``;
-- ``GET /api/v1/metrics`` (FsIoStats), ``/metrics/files`` (per-file counters: rafs keeps none, ``{}``;
-  ``?latest=true`` the inodes read, as ``[[ino], [start, end]]`` ranges), ``/metrics/pattern``
-  (AccessPattern records, in first-read order, each with its ``path`` besides), ``/metrics/backend``
-  (BackendMetrics: ``read_count`` and ``read_amount_total`` count chunk data fetched, not yet the blob
-  meta read when a blob is opened; latencies are not measured), ``/metrics/blobcache``
+- ``GET /api/v1/metrics`` (FsIoStats; read latencies in ``fop_cumulative_latency_total`` and
+  ``read_latency_dist``, from the request's arrival to its answer), ``/metrics/files`` (per-file
+  counters with ``--iostats-files`` or the config's ``iostats_files``, else ``{}``: see
+  :mod:`rafs.serve.metrics`; ``?latest=true`` the inodes read, as ``[[ino], [start, end]]`` ranges),
+  ``/metrics/pattern`` (AccessPattern records, in first-read order, each with its ``path`` besides),
+  ``/metrics/backend`` (BackendMetrics with nydusd's latency distributions, :mod:`rafs.io.latency`:
+  every request for chunk data counts, not yet the blob meta read when a blob is opened), ``/metrics/blobcache``
   (BlobcacheMetrics, 404 without a blob cache) and ``/metrics/inflight`` (reads waiting on the
   backend, 204 when none);
 - ``PUT /api/v1/daemon/exit``: 204, then the mount is unmounted and the process ends (SIGTERM to
@@ -44,7 +46,9 @@ from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 from .. import __version__
-from .trace import BLOCK_BUCKETS, FOP_READ, FOPS, pattern_records, paths_of
+from ..io.latency import sum_fields
+from .metrics import file_records
+from .trace import FOP_READ, FOPS, paths_of, pattern_records
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +105,19 @@ class MountState:
 
     def fs_metrics(self) -> dict:
         totals = self.observer.totals()
-        hits, errors = [0] * len(FOPS), [0] * len(FOPS)
+        hits, errors, latency = [0] * len(FOPS), [0] * len(FOPS), [0] * len(FOPS)
         hits[FOP_READ], errors[FOP_READ] = totals["reads"], totals["errors"]
-        return {"files_account_enabled": False, "access_pattern_enabled": self.observer.trace,
-                "record_latest_read_files_enabled": self.observer.trace, "measure_latency": False,
+        latency[FOP_READ] = totals["latency_us"]
+        return {"files_account_enabled": self.observer.files, "access_pattern_enabled": self.observer.trace,
+                "record_latest_read_files_enabled": self.observer.trace, "measure_latency": True,
                 "id": self.key, "nr_opens": 0, "data_read": totals["data_read"],
                 "block_count_read": totals["buckets"], "fop_hits": hits, "fop_errors": errors,
-                "fop_cumulative_latency_total": [0] * len(FOPS), "read_latency_dist": [0] * BLOCK_BUCKETS}
+                "fop_cumulative_latency_total": latency, "read_latency_dist": totals["latency_dist"]}
+
+    def files_metrics(self) -> dict:
+        """``/api/v1/metrics/files``: per-file counters by inode (nydusd's ``InodeIoStats``), ``{}`` unless
+        the mount keeps them (``--iostats-files``)."""
+        return file_records(self.observer.file_counters(), self.to_fuse) if self.observer.files else {}
 
     def latest_read_files(self) -> list[list[int]]:
         """The inodes read so far as nydusd's ranges: [ino] alone, [start, end] for a run."""
@@ -132,13 +142,13 @@ class MountState:
         return requests, size, hits
 
     def backend_metrics(self) -> dict:
-        requests, size, _ = self._fetch_stats()
         backend_type = getattr(self.config, "backend_type", "") or "localfs"
-        return {"backend_type": backend_type, "read_count": requests, "read_errors": 0, "read_amount_total": size,
-                "read_cumulative_latency_millis_total": 0,
-                "read_cumulative_latency_millis_dist": [0] * BLOCK_BUCKETS,
-                "read_count_block_size_dist": [0] * BLOCK_BUCKETS,
-                "read_latency_sizes_dist": [[0] * BLOCK_BUCKETS for _ in range(BLOCK_BUCKETS)]}
+        latencies = []
+        for reader in self.image.store.opened():
+            stats = getattr(reader, "stats", None)
+            if stats is not None:
+                latencies.append(stats.latency.fields())
+        return {"backend_type": backend_type, **sum_fields(latencies)}
 
     def blobcache_metrics(self) -> dict:
         if not getattr(self.config, "cached", False):
@@ -282,7 +292,8 @@ class Daemon:
             ("GET", "/api/v2/daemon"): lambda: self.daemon_info(with_fs=False),
             ("GET", "/api/v1/metrics"): metric("GlobalMetrics", MountState.fs_metrics),
             ("GET", "/api/v1/metrics/files"): metric("FsFilesMetrics", lambda m: m.latest_read_files()
-                                                     if query.get("latest", "").lower() == "true" else {}),
+                                                     if query.get("latest", "").lower() == "true"
+                                                     else m.files_metrics()),
             ("GET", "/api/v1/metrics/pattern"): metric("Pattern", MountState.patterns),
             ("GET", "/api/v1/metrics/backend"): metric("BackendMetrics", MountState.backend_metrics),
             ("GET", "/api/v1/metrics/blobcache"): metric("BlobcacheMetrics", MountState.blobcache_metrics),

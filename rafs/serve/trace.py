@@ -24,6 +24,8 @@ import threading
 import time
 
 from .. import tempfiles
+from ..io.latency import BUCKETS, SIZE_BUCKET_BY_BITS, micros_bucket, size_bucket  # noqa: F401
+from ..patterns import read_pattern_file  # noqa: F401 - its home before rafs.patterns
 
 log = logging.getLogger(__name__)
 
@@ -31,22 +33,17 @@ log = logging.getLogger(__name__)
 FOPS = ("Getattr", "Readlink", "Open", "Release", "Read", "Statfs", "Getxattr", "Listxattr", "Opendir", "Lookup",
         "Readdir", "Readdirplus", "Access", "Forget", "BatchForget")
 FOP_READ = FOPS.index("Read")
-# read sizes by bucket, as nydusd's block_count_read: <1K, 1K~, 4K~, 16K~, 64K~, 128K~, 512K~, 1M~
-BLOCK_BUCKETS = 8
-_BUCKET_START = (0, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 128 << 10, 512 << 10, 1 << 20)
-# the bucket of a size by its bit length (a table, so counting a read costs one look-up)
-_BUCKET_BY_BITS = tuple(sum(1 for start in _BUCKET_START[1:] if (1 << bits) >> 1 >= start) for bits in range(22))
-
-
-def size_bucket(size: int) -> int:
-    """nydusd's ``request_size_index``: which of the eight size buckets a read of ``size`` bytes is in."""
-    return _BUCKET_BY_BITS[min(size.bit_length(), 21)]
+# read sizes by bucket, as nydusd's block_count_read (rafs.io.latency holds nydusd's buckets)
+BLOCK_BUCKETS = BUCKETS
+_BUCKET_BY_BITS = SIZE_BUCKET_BY_BITS
 
 
 class ReadCounters:
-    """Reads answered, bytes, size buckets, failures; per inode the first read and the number of reads."""
+    """Reads answered, bytes, size buckets, failures, read latencies; per inode the first read and the
+    number of reads, and with per-file accounting each file's reads, bytes and size buckets."""
 
-    __slots__ = ("reads", "data_read", "errors", "buckets", "first", "per_inode")
+    __slots__ = ("reads", "data_read", "errors", "buckets", "first", "per_inode", "latency_us", "latency_dist",
+                 "files")
 
     def __init__(self):
         self.reads = 0
@@ -55,11 +52,19 @@ class ReadCounters:
         self.buckets = [0] * BLOCK_BUCKETS
         self.first: dict[int, int] = {}        # inode -> wall time (ns) of its first read, in read order
         self.per_inode: dict[int, int] = {}    # inode -> reads
+        self.latency_us = 0                    # microseconds spent answering reads, all added up
+        self.latency_dist = [0] * BLOCK_BUCKETS
+        self.files: dict[int, list] = {}       # inode -> [reads, bytes, size buckets] (iostats_files)
 
-    def count(self, ino: int, size: int, trace: bool) -> None:
+    def count(self, ino: int, size: int, trace: bool, files: bool = False, elapsed_ns: int | None = None) -> None:
         self.reads += 1
         self.data_read += size
-        self.buckets[_BUCKET_BY_BITS[min(size.bit_length(), 21)]] += 1
+        bucket = _BUCKET_BY_BITS[min(size.bit_length(), 21)]
+        self.buckets[bucket] += 1
+        if elapsed_ns is not None:
+            elapsed_us = elapsed_ns // 1000
+            self.latency_us += elapsed_us
+            self.latency_dist[micros_bucket(elapsed_us)] += 1
         if trace:
             seen = self.per_inode.get(ino)
             if seen is None:
@@ -67,17 +72,26 @@ class ReadCounters:
                 self.per_inode[ino] = 1
             else:
                 self.per_inode[ino] = seen + 1
+        if files:
+            counters = self.files.get(ino)
+            if counters is None:
+                counters = self.files[ino] = [0, 0, [0] * BLOCK_BUCKETS]
+            counters[0] += 1
+            counters[1] += size
+            counters[2][bucket] += 1
 
 
 class MountObserver:
     """Counters and the access trace of one mount, and the in-flight backend reads.
 
     ``trace``: keep the per-inode access trace (the config's ``access_pattern``, or a pattern file asked
-    for); without it only the totals are counted.
+    for); ``files``: keep per-file read counters (nydusd's ``iostats_files``); without them only the
+    totals and the latencies are counted.
     """
 
-    def __init__(self, *, trace: bool = True):
+    def __init__(self, *, trace: bool = True, files: bool = False):
         self.trace = trace
+        self.files = files
         self.started = time.time()
         self._local = ReadCounters()           # the FUSE loop thread's, lock-free
         self._remote = ReadCounters()          # the fetch workers', under _lock
@@ -87,13 +101,15 @@ class MountObserver:
 
     # -- the adapter's calls ---------------------------------------------------------------------
 
-    def read(self, ino: int, size: int, *, remote: bool = False) -> None:
-        """One read of ``size`` bytes of inode ``ino`` answered."""
+    def read(self, ino: int, size: int, *, remote: bool = False, started: int | None = None) -> None:
+        """One read of ``size`` bytes of inode ``ino`` answered; ``started`` is when the request arrived
+        (``time.monotonic_ns()``), for the read latency."""
+        elapsed = time.monotonic_ns() - started if started is not None else None
         if remote:
             with self._lock:
-                self._remote.count(ino, size, self.trace)
+                self._remote.count(ino, size, self.trace, self.files, elapsed)
         else:
-            self._local.count(ino, size, self.trace)
+            self._local.count(ino, size, self.trace, self.files, elapsed)
 
     def failed(self) -> None:
         """One read failed (rare: counted under the lock from either side)."""
@@ -114,12 +130,25 @@ class MountObserver:
     # -- what was seen ---------------------------------------------------------------------------
 
     def totals(self) -> dict:
-        """reads, data_read, errors and the size buckets over both sides."""
+        """reads, data_read, errors, the size buckets, read latency (µs) and its buckets over both sides."""
         with self._lock:
             sides = (self._local, self._remote)
             return {"reads": sum(s.reads for s in sides), "data_read": sum(s.data_read for s in sides),
                     "errors": sum(s.errors for s in sides),
-                    "buckets": [a + b for a, b in zip(self._local.buckets, self._remote.buckets)]}
+                    "buckets": [a + b for a, b in zip(self._local.buckets, self._remote.buckets)],
+                    "latency_us": sum(s.latency_us for s in sides),
+                    "latency_dist": [a + b for a, b in zip(self._local.latency_dist, self._remote.latency_dist)]}
+
+    def file_counters(self) -> dict[int, tuple[int, int, list[int]]]:
+        """{inode: (reads, bytes read, reads by size bucket)} of every file read (with ``files`` only)."""
+        with self._lock:
+            sides = [dict(self._local.files), dict(self._remote.files)]
+            merged: dict[int, tuple[int, int, list[int]]] = {}
+            for side in sides:
+                for ino, (reads, size, buckets) in side.items():
+                    had = merged.get(ino, (0, 0, [0] * BLOCK_BUCKETS))
+                    merged[ino] = (had[0] + reads, had[1] + size, [a + b for a, b in zip(had[2], buckets)])
+        return merged
 
     def inflight(self) -> list[tuple[int, int, int]]:
         """(token, inode, start second) of each read waiting on the backend."""
@@ -188,32 +217,6 @@ def write_pattern_file(path, records) -> None:
     except BaseException:
         tempfiles.remove(tmp)
         raise
-
-
-def read_pattern_file(path, *, option: str = "--prefetch-patterns") -> list[str]:
-    """The patterns in a pattern file: one path a line, or the JSON records :func:`write_pattern_file`
-    writes (and ``/api/v1/metrics/pattern`` serves), their ``path`` fields in order."""
-    from ..errors import InvalidArgumentError
-    try:
-        with open(path, "rb") as f:
-            data = f.read((64 << 20) + 1)
-    except OSError as exc:
-        raise InvalidArgumentError(f"{option} {path}: {exc.strerror or exc}") from None
-    if len(data) > 64 << 20:
-        raise InvalidArgumentError(f"{option} {path}: larger than 64 MiB")
-    if data.lstrip()[:1] == b"[":
-        try:
-            records = json.loads(data)
-        except ValueError as exc:
-            raise InvalidArgumentError(f"{option} {path}: not valid JSON ({exc})") from None
-        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise InvalidArgumentError(f"{option} {path}: expected a JSON list of access records")
-        paths = [r.get("path") for r in records]
-        if not all(isinstance(p, str) for p in paths):
-            raise InvalidArgumentError(f"{option} {path}: every access record needs a \"path\" (nydusd's own "
-                                       "records name inodes only: take them from rafs mount's API or trace)")
-        return paths
-    return [os.fsdecode(line) for line in data.splitlines() if line.strip()]
 
 
 def paths_of(image, inos) -> dict[int, str]:
