@@ -160,13 +160,21 @@ def registry_for(ref: Reference, options: dict | None = None) -> RegistryClient:
                           client=client)
 
 
-def _document(registry: RegistryClient, ref_name: str, what: str, digest: str | None, retry: RetryPolicy):
-    body = retry.call(lambda: registry.request("GET", f"manifests/{ref_name}", what,
-                                               headers={"Accept": ACCEPT}, limit=documents.MAX_JSON_SIZE)[1],
-                      f"{registry.describe()}: {what}")
+def fetch_manifest(registry: RegistryClient, name: str, what: str, digest: str | None,
+                   retry: RetryPolicy) -> tuple[bytes, str, str]:
+    """``GET manifests/<name>`` (a manifest or an index, bounded, retried): (body, its sha256 digest, the
+    answer's media type), the body checked against ``digest`` when one is expected."""
+    response, body = retry.call(lambda: registry.request("GET", f"manifests/{name}", what,
+                                                         headers={"Accept": ACCEPT}, limit=documents.MAX_JSON_SIZE),
+                                f"{registry.describe()}: {what}")
     actual = "sha256:" + hashlib.sha256(body).hexdigest()
     if digest is not None and actual != digest:
         raise InvalidImageError(f"content hashes to {actual}, not {digest}", structure=what)
+    return body, actual, (response.getheader("Content-Type") or "").split(";")[0].strip()
+
+
+def _document(registry: RegistryClient, ref_name: str, what: str, digest: str | None, retry: RetryPolicy):
+    body, actual, _ = fetch_manifest(registry, ref_name, what, digest, retry)
     return documents.parse(body, what), actual
 
 

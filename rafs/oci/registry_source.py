@@ -19,7 +19,7 @@ import io
 from dataclasses import dataclass, field
 
 from ..errors import InvalidImageError
-from .reference import ACCEPT, Reference, parse_reference, registry_for
+from .reference import Reference, fetch_manifest, parse_reference, registry_for
 from .registry_transfer import PIECE, UPLOAD_TIMEOUT, push_blob, retry_policy
 from . import documents, spec
 from .layout import OciLayout, digest_hex
@@ -131,13 +131,8 @@ class RegistryLayout(OciLayout):
         self.index = {"schemaVersion": 2, "mediaType": spec.OCI_INDEX, "manifests": [top]}
 
     def _fetch_manifest(self, name: str, digest: str | None, what: str) -> tuple[bytes, str]:
-        response, body = self._retry.call(
-            lambda: self._registry.request("GET", f"manifests/{name}", what, headers={"Accept": ACCEPT},
-                                           limit=documents.MAX_JSON_SIZE),
-            f"{self._registry.describe()}: {what}")
-        if digest is not None and "sha256:" + hashlib.sha256(body).hexdigest() != digest:
-            raise InvalidImageError(f"content does not match its digest {digest}", structure=what)
-        return body, (response.getheader("Content-Type") or "").split(";")[0].strip()
+        body, _, media_type = fetch_manifest(self._registry, name, what, digest, self._retry)
+        return body, media_type
 
     def blob(self, desc: dict) -> RegistryLayer:
         """The blob a descriptor names (its size is the descriptor's, checked as it is read)."""

@@ -21,7 +21,7 @@ from urllib.parse import urlencode, urljoin
 from ..errors import InvalidArgumentError, InvalidImageError
 from ..io.retry import RetryPolicy
 from . import documents, spec
-from .reference import ACCEPT, parse_reference, registry_for
+from .reference import fetch_manifest, parse_reference, registry_for
 
 PIECE = 8 << 20                                   # bytes per ranged GET while pulling a blob
 UPLOAD_TIMEOUT = 3600.0                           # seconds one blob upload may take
@@ -58,14 +58,9 @@ def _pull_document(registry, writer, name: str, digest: str | None, what: str, r
     """Pull a manifest or index (and all it refers to) into ``writer``; its descriptor."""
     if depth > documents.MAX_INDEX_DEPTH:
         raise InvalidImageError(f"indexes nested more than {documents.MAX_INDEX_DEPTH} deep", structure=what)
-    response, body = retry.call(lambda: registry.request("GET", f"manifests/{name}", what, headers={"Accept": ACCEPT},
-                                                         limit=documents.MAX_JSON_SIZE),
-                                f"{registry.describe()}: {what}")
-    actual = "sha256:" + hashlib.sha256(body).hexdigest()
-    if digest is not None and actual != digest:
-        raise InvalidImageError(f"content hashes to {actual}, not {digest}", structure=what)
+    body, actual, content_type = fetch_manifest(registry, name, what, digest, retry)
     document = documents.parse(body, what)
-    media_type = document.get("mediaType") or (response.getheader("Content-Type") or "").split(";")[0].strip()
+    media_type = document.get("mediaType") or content_type
     if "manifests" in document or media_type in spec.INDEX_TYPES:
         documents.index(document, what)
         if len(document["manifests"]) > documents.MAX_MANIFESTS:
